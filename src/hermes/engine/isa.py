@@ -1,0 +1,309 @@
+"""The eBPF instruction set (RFC 9669) as one table: opcodes, mnemonics, operand forms and semantics.
+
+Everything that encodes, decodes, assembles, disassembles, verifies, interprets or compiles eBPF
+reads this table; nothing else in the project spells an opcode number.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+# --- Instruction classes (low 3 bits of the opcode) -------------------------------------------
+CLS_LD = 0x00     #: non-standard loads: only ``lddw`` (mode IMM); ABS/IND are legacy and rejected
+CLS_LDX = 0x01    #: load into a register from memory
+CLS_ST = 0x02     #: store an immediate to memory
+CLS_STX = 0x03    #: store a register to memory, and atomics
+CLS_ALU = 0x04    #: 32-bit arithmetic; results are zero-extended to 64 bits
+CLS_JMP = 0x05    #: 64-bit comparisons, calls and exit
+CLS_JMP32 = 0x06  #: 32-bit comparisons (and ``gotol``)
+CLS_ALU64 = 0x07  #: 64-bit arithmetic
+
+# --- Source bit of ALU/JMP opcodes --------------------------------------------------------------
+SRC_K = 0x00  #: operand is the sign-extended 32-bit immediate
+SRC_X = 0x08  #: operand is the source register
+
+# --- Size field of load/store opcodes (bits 4..3) ----------------------------------------------
+SIZE_W = 0x00   #: 4 bytes
+SIZE_H = 0x08   #: 2 bytes
+SIZE_B = 0x10   #: 1 byte
+SIZE_DW = 0x18  #: 8 bytes
+SIZE_BYTES = {SIZE_W: 4, SIZE_H: 2, SIZE_B: 1, SIZE_DW: 8}
+SIZE_SUFFIX = {SIZE_W: "w", SIZE_H: "h", SIZE_B: "b", SIZE_DW: "dw"}
+
+# --- Mode field of load/store opcodes (bits 7..5) ----------------------------------------------
+MODE_IMM = 0x00     #: 64-bit immediate (``lddw``)
+MODE_ABS = 0x20     #: legacy packet access (rejected)
+MODE_IND = 0x40     #: legacy packet access (rejected)
+MODE_MEM = 0x60     #: regular memory access
+MODE_MEMSX = 0x80   #: sign-extending load
+MODE_ATOMIC = 0xC0  #: atomic read-modify-write (STX only)
+
+# --- ALU operation codes (bits 7..4) -------------------------------------------------------------
+ALU_ADD = 0x00   #: dst += src
+ALU_SUB = 0x10   #: dst -= src
+ALU_MUL = 0x20   #: dst *= src
+ALU_DIV = 0x30   #: dst /= src (offset 1: signed); x / 0 = 0
+ALU_OR = 0x40    #: dst |= src
+ALU_AND = 0x50   #: dst &= src
+ALU_LSH = 0x60   #: dst <<= src, shift masked to the width
+ALU_RSH = 0x70   #: dst >>= src, logical, masked
+ALU_NEG = 0x80   #: dst = -dst
+ALU_MOD = 0x90   #: dst %= src (offset 1: signed); x % 0 = x
+ALU_XOR = 0xA0   #: dst ^= src
+ALU_MOV = 0xB0   #: dst = src (offset 8/16/32: sign-extending movsx)
+ALU_ARSH = 0xC0  #: dst >>= src, arithmetic, masked
+ALU_END = 0xD0   #: byte swap (ALU: to le/be; ALU64: unconditional bswap)
+
+# --- JMP operation codes (bits 7..4) -------------------------------------------------------------
+JMP_JA = 0x00    #: pc += 1 + off (JMP32 class: ``gotol``, pc += 1 + imm)
+JMP_JEQ = 0x10   #: jump if dst == src
+JMP_JGT = 0x20   #: jump if dst > src, unsigned
+JMP_JGE = 0x30   #: jump if dst >= src, unsigned
+JMP_JSET = 0x40  #: jump if dst & src != 0
+JMP_JNE = 0x50   #: jump if dst != src
+JMP_JSGT = 0x60  #: jump if dst > src, signed
+JMP_JSGE = 0x70  #: jump if dst >= src, signed
+JMP_CALL = 0x80  #: src 0: helper imm; src 1: local function at pc + 1 + imm; X form: helper id in dst
+JMP_EXIT = 0x90  #: return r0 to the caller or end the program
+JMP_JLT = 0xA0   #: jump if dst < src, unsigned
+JMP_JLE = 0xB0   #: jump if dst <= src, unsigned
+JMP_JSLT = 0xC0  #: jump if dst < src, signed
+JMP_JSLE = 0xD0  #: jump if dst <= src, signed
+
+# --- Atomic operations (imm of an ATOMIC STX) ----------------------------------------------------
+ATOMIC_ADD = 0x00      #: *addr += src
+ATOMIC_OR = 0x40       #: *addr |= src
+ATOMIC_AND = 0x50      #: *addr &= src
+ATOMIC_XOR = 0xA0      #: *addr ^= src
+ATOMIC_FETCH = 0x01    #: flag: the old value is written back to src
+ATOMIC_XCHG = 0xE1     #: src = xchg(*addr, src)
+ATOMIC_CMPXCHG = 0xF1  #: r0 = cmpxchg(*addr, r0, src)
+
+# --- lddw source variants (src field of opcode 0x18) --------------------------------------------
+LDDW_SRC = {
+    0: "64-bit immediate",
+    1: "map by file descriptor (BPF_PSEUDO_MAP_FD)",
+    2: "map value address (BPF_PSEUDO_MAP_VALUE)",
+    3: "kernel variable by BTF id (BPF_PSEUDO_BTF_ID)",
+    4: "address of a function (BPF_PSEUDO_FUNC)",
+    5: "map by index (BPF_PSEUDO_MAP_IDX)",
+    6: "map value by index (BPF_PSEUDO_MAP_IDX_VALUE)",
+}
+
+OPCODE_LDDW = CLS_LD | MODE_IMM | SIZE_DW  #: 0x18, the only two-slot instruction
+MAX_REG = 10     #: r0..r10
+FRAME_POINTER = 10
+
+# Operand forms: how an instruction's fields are written in assembly and which fields must be 0.
+#   name        syntax (after the mnemonic)    fields that must be zero
+FORMS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "alu_k":      ("dst, imm",          ("src", "off")),
+    "alu_x":      ("dst, src",          ("imm", "off")),
+    "unary":      ("dst",               ("src", "off", "imm")),
+    "end":        ("dst",               ("src", "off")),
+    "ja":         ("off",               ("dst", "src", "imm")),
+    "gotol":      ("imm_target",        ("dst", "src", "off")),
+    "jcond_k":    ("dst, imm, off",     ("src",)),
+    "jcond_x":    ("dst, src, off",     ("imm",)),
+    "call":       ("imm",               ("dst", "off")),
+    "call_local": ("local imm_target",  ("dst", "off")),
+    "callx":      ("dst",               ("src", "off", "imm")),
+    "exit":       ("",                  ("dst", "src", "off", "imm")),
+    "lddw":       ("dst, imm64",        ("off",)),
+    "ldx":        ("dst, [src+off]",    ("imm",)),
+    "st":         ("[dst+off], imm",    ("src",)),
+    "stx":        ("[dst+off], src",    ("imm",)),
+    "atomic":     ("[dst+off], src",    ()),
+}
+
+
+@dataclass(frozen=True)
+class Op:
+    """One row of the instruction table.
+
+    ``match`` fixes fields beyond the opcode byte that select this row (``off`` for sdiv/smod and
+    movsx, ``imm`` for byte swaps and atomics, ``src`` for call kinds and lddw). ``sem`` names the
+    operation for the engines (``add``, ``jsgt``, ``ldx``, ``atomic_add``...), ``width`` is the
+    operand width in bits for ALU/JMP rows and the access size in bytes for memory rows.
+    """
+
+    opcode: int
+    mnemonic: str
+    form: str
+    sem: str
+    width: int
+    doc: str
+    match: tuple[tuple[str, int], ...] = field(default=())
+    signed: bool = False
+
+    @property
+    def cls(self) -> int:
+        """Instruction class (low three bits of the opcode)."""
+        return self.opcode & 0x07
+
+    @property
+    def source_x(self) -> bool:
+        """True when the second operand is the source register."""
+        return bool(self.opcode & SRC_X) and self.cls in (CLS_ALU, CLS_ALU64, CLS_JMP, CLS_JMP32)
+
+
+def _build_table() -> list[Op]:
+    ops: list[Op] = []
+    alu = [
+        (ALU_ADD, "add", "dst += src"), (ALU_SUB, "sub", "dst -= src"),
+        (ALU_MUL, "mul", "dst *= src"), (ALU_DIV, "div", "dst /= src, unsigned; x/0 = 0"),
+        (ALU_OR, "or", "dst |= src"), (ALU_AND, "and", "dst &= src"),
+        (ALU_LSH, "lsh", "dst <<= src & (width-1)"),
+        (ALU_RSH, "rsh", "dst >>= src & (width-1), logical"),
+        (ALU_MOD, "mod", "dst %= src, unsigned; x%0 = x"), (ALU_XOR, "xor", "dst ^= src"),
+        (ALU_MOV, "mov", "dst = src"),
+        (ALU_ARSH, "arsh", "dst >>= src & (width-1), arithmetic"),
+    ]
+    for cls, suffix, width in ((CLS_ALU64, "", 64), (CLS_ALU, "32", 32)):
+        for code, name, doc in alu:
+            ops.append(Op(cls | code | SRC_K, name + suffix, "alu_k", name, width,
+                          f"{doc} ({width}-bit, immediate)", (("off", 0),)))
+            ops.append(Op(cls | code | SRC_X, name + suffix, "alu_x", name, width,
+                          f"{doc} ({width}-bit, register)", (("off", 0),)))
+        for code, name, doc in ((ALU_DIV, "sdiv", "dst /= src, signed; x/0 = 0, MIN/-1 = MIN"),
+                                (ALU_MOD, "smod", "dst %= src, signed; x%0 = x, MIN%-1 = 0")):
+            ops.append(Op(cls | code | SRC_K, name + suffix, "alu_k", name, width,
+                          f"{doc} ({width}-bit, immediate)", (("off", 1),), signed=True))
+            ops.append(Op(cls | code | SRC_X, name + suffix, "alu_x", name, width,
+                          f"{doc} ({width}-bit, register)", (("off", 1),), signed=True))
+        ops.append(Op(cls | ALU_NEG | SRC_K, "neg" + suffix, "unary", "neg", width,
+                      f"dst = -dst ({width}-bit)"))
+        for bits in (8, 16, 32):
+            if bits == 32 and width == 32:
+                continue
+            ops.append(Op(cls | ALU_MOV | SRC_X, f"movsx{bits}{width}", "alu_x", "movsx", width,
+                          f"dst = sign-extend the low {bits} bits of src to {width} bits",
+                          (("off", bits),), signed=True))
+    for bits in (16, 32, 64):
+        ops.append(Op(CLS_ALU | ALU_END | SRC_K, f"le{bits}", "end", "le", bits,
+                      f"dst = htole{bits}(dst), zero-extended from {bits} bits", (("imm", bits),)))
+        ops.append(Op(CLS_ALU | ALU_END | SRC_X, f"be{bits}", "end", "be", bits,
+                      f"dst = htobe{bits}(dst), zero-extended from {bits} bits", (("imm", bits),)))
+        ops.append(Op(CLS_ALU64 | ALU_END | SRC_K, f"bswap{bits}", "end", "bswap", bits,
+                      f"dst = bswap{bits}(dst), zero-extended from {bits} bits", (("imm", bits),)))
+    ops.append(Op(CLS_JMP | JMP_JA, "ja", "ja", "ja", 64, "pc += 1 + off"))
+    ops.append(Op(CLS_JMP32 | JMP_JA, "gotol", "gotol", "ja", 32, "pc += 1 + imm (long jump)"))
+    conds = [
+        (JMP_JEQ, "jeq", "=="), (JMP_JGT, "jgt", "> unsigned"), (JMP_JGE, "jge", ">= unsigned"),
+        (JMP_JSET, "jset", "& != 0"), (JMP_JNE, "jne", "!="), (JMP_JSGT, "jsgt", "> signed"),
+        (JMP_JSGE, "jsge", ">= signed"), (JMP_JLT, "jlt", "< unsigned"),
+        (JMP_JLE, "jle", "<= unsigned"), (JMP_JSLT, "jslt", "< signed"),
+        (JMP_JSLE, "jsle", "<= signed"),
+    ]
+    for cls, suffix, width in ((CLS_JMP, "", 64), (CLS_JMP32, "32", 32)):
+        for code, name, doc in conds:
+            signed = name.startswith("js") and name != "jset"
+            ops.append(Op(cls | code | SRC_K, name + suffix, "jcond_k", name, width,
+                          f"if dst {doc} imm ({width}-bit): pc += 1 + off", signed=signed))
+            ops.append(Op(cls | code | SRC_X, name + suffix, "jcond_x", name, width,
+                          f"if dst {doc} src ({width}-bit): pc += 1 + off", signed=signed))
+    ops.append(Op(CLS_JMP | JMP_CALL, "call", "call", "call", 64,
+                  "call helper imm; r1..r5 arguments, r0 result", (("src", 0),)))
+    ops.append(Op(CLS_JMP | JMP_CALL, "call", "call_local", "call_local", 64,
+                  "call the local function at pc + 1 + imm with a fresh stack frame",
+                  (("src", 1),)))
+    ops.append(Op(CLS_JMP | JMP_CALL | SRC_X, "callx", "callx", "callx", 64,
+                  "call the helper whose id is in dst (uBPF extension)"))
+    ops.append(Op(CLS_JMP | JMP_EXIT, "exit", "exit", "exit", 64,
+                  "return r0 to the caller, or end the program with r0"))
+    ops.append(Op(OPCODE_LDDW, "lddw", "lddw", "lddw", 64,
+                  "dst = imm64 (two slots; the second slot's imm is the upper half)",
+                  (("src", 0),)))
+    for size, nbytes in SIZE_BYTES.items():
+        sfx = SIZE_SUFFIX[size]
+        ops.append(Op(CLS_LDX | MODE_MEM | size, "ldx" + sfx, "ldx", "ldx", nbytes,
+                      f"dst = *(u{nbytes * 8} *)(src + off)"))
+        ops.append(Op(CLS_ST | MODE_MEM | size, "st" + sfx, "st", "st", nbytes,
+                      f"*(u{nbytes * 8} *)(dst + off) = imm"))
+        ops.append(Op(CLS_STX | MODE_MEM | size, "stx" + sfx, "stx", "stx", nbytes,
+                      f"*(u{nbytes * 8} *)(dst + off) = src"))
+        if nbytes != 8:
+            ops.append(Op(CLS_LDX | MODE_MEMSX | size, "ldxs" + sfx, "ldx", "ldxs", nbytes,
+                          f"dst = *(s{nbytes * 8} *)(src + off), sign-extended to 64 bits",
+                          signed=True))
+    atomics = [
+        (ATOMIC_ADD, "add"), (ATOMIC_OR, "or"), (ATOMIC_AND, "and"), (ATOMIC_XOR, "xor"),
+    ]
+    for size, suffix, nbytes in ((SIZE_DW, "", 8), (SIZE_W, "32", 4)):
+        opcode = CLS_STX | MODE_ATOMIC | size
+        for imm, name in atomics:
+            ops.append(Op(opcode, f"lock {name}{suffix}", "atomic", f"atomic_{name}", nbytes,
+                          f"*(u{nbytes * 8} *)(dst + off) {name}= src, atomically",
+                          (("imm", imm),)))
+            ops.append(Op(opcode, f"lock fetch {name}{suffix}", "atomic", f"atomic_fetch_{name}",
+                          nbytes, f"src = fetch_{name}((u{nbytes * 8} *)(dst + off), src)",
+                          (("imm", imm | ATOMIC_FETCH),)))
+        ops.append(Op(opcode, f"lock xchg{suffix}", "atomic", "atomic_xchg", nbytes,
+                      f"src = xchg((u{nbytes * 8} *)(dst + off), src)",
+                      (("imm", ATOMIC_XCHG),)))
+        ops.append(Op(opcode, f"lock cmpxchg{suffix}", "atomic", "atomic_cmpxchg", nbytes,
+                      f"r0 = cmpxchg((u{nbytes * 8} *)(dst + off), r0, src)",
+                      (("imm", ATOMIC_CMPXCHG),)))
+    return ops
+
+
+#: The table. Each row is one (opcode, variant) pair of RFC 9669 plus uBPF's ``callx``.
+OPS: tuple[Op, ...] = tuple(_build_table())
+
+#: Rows by opcode byte (several rows share an opcode when ``match`` selects among them).
+BY_OPCODE: dict[int, tuple[Op, ...]] = {}
+#: Rows by mnemonic and form (a mnemonic with an immediate and a register form has two rows).
+BY_MNEMONIC: dict[str, tuple[Op, ...]] = {}
+for _op in OPS:
+    BY_OPCODE[_op.opcode] = BY_OPCODE.get(_op.opcode, ()) + (_op,)
+    BY_MNEMONIC[_op.mnemonic] = BY_MNEMONIC.get(_op.mnemonic, ()) + (_op,)
+del _op
+
+#: Alternative spellings accepted by the assembler.
+ALIASES = {
+    "ja32": "gotol",
+    **{f"swap{b}": f"bswap{b}" for b in (16, 32, 64)},
+    **{f"lock {n}64": f"lock {n}" for n in ("add", "or", "and", "xor", "xchg", "cmpxchg")},
+    **{f"lock fetch {n}64": f"lock fetch {n}" for n in ("add", "or", "and", "xor")},
+    "mov64": "mov",
+}
+
+
+class Insn(NamedTuple):
+    """A decoded instruction. For ``lddw`` ``imm`` is the full 64-bit value (unsigned)."""
+
+    op: Op
+    dst: int
+    src: int
+    off: int
+    imm: int
+
+    @property
+    def slots(self) -> int:
+        """Number of 64-bit slots this instruction occupies (2 for lddw)."""
+        return 2 if self.op.opcode == OPCODE_LDDW else 1
+
+
+def encode_slot(opcode: int, dst: int, src: int, off: int, imm: int) -> bytes:
+    """Encode one 64-bit instruction slot (little-endian, dst in the low nibble)."""
+    return bytes((opcode & 0xFF, (dst & 0xF) | ((src & 0xF) << 4))) + \
+        (off & 0xFFFF).to_bytes(2, "little") + (imm & 0xFFFFFFFF).to_bytes(4, "little")
+
+
+def decode_slot(data: bytes | memoryview, index: int) -> tuple[int, int, int, int, int]:
+    """Split slot ``index`` of ``data`` into (opcode, dst, src, off, imm) with signed off/imm."""
+    base = index * 8
+    opcode = data[base]
+    regs = data[base + 1]
+    off = int.from_bytes(data[base + 2:base + 4], "little", signed=True)
+    imm = int.from_bytes(data[base + 4:base + 8], "little", signed=True)
+    return opcode, regs & 0xF, regs >> 4, off, imm
+
+
+def encode(insn: Insn) -> bytes:
+    """Encode a decoded instruction back to its one or two slots."""
+    if insn.op.opcode == OPCODE_LDDW:
+        value = insn.imm & 0xFFFFFFFFFFFFFFFF
+        return (encode_slot(OPCODE_LDDW, insn.dst, insn.src, insn.off, value & 0xFFFFFFFF)
+                + encode_slot(0, 0, 0, 0, value >> 32))
+    return encode_slot(insn.op.opcode, insn.dst, insn.src, insn.off, insn.imm)

@@ -1,0 +1,49 @@
+"""The program's virtual address space: where the data slot, stack and program data live."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: Virtual address of byte 0 of the input memory / data slot (r1 at entry).
+DATA_BASE = 0x0000_0001_0000_0000
+#: Virtual address of the read-only program data (ELF .rodata and string literals).
+RODATA_BASE = 0x0000_0002_0000_0000
+#: Virtual address of the per-run writable program data (ELF .data and .bss).
+RWDATA_BASE = 0x0000_0003_0000_0000
+#: One past the highest stack byte; frame d (0 = entry function) has r10 = STACK_TOP - d*STACK_SIZE.
+STACK_TOP = 0x0000_0004_0000_0000
+#: Bytes of stack per call frame.
+STACK_SIZE = 512
+#: Deepest call nesting (frames including the entry function).
+MAX_CALL_DEPTH = 8
+#: Lowest stack address that can ever be valid.
+STACK_BASE = STACK_TOP - STACK_SIZE * MAX_CALL_DEPTH
+
+MASK64 = 0xFFFF_FFFF_FFFF_FFFF
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Program data mapped next to the code: ``name`` (e.g. ``.rodata``), virtual address, bytes."""
+
+    name: str
+    vaddr: int
+    data: bytes
+    writable: bool
+
+    @property
+    def end(self) -> int:
+        """One past the last virtual address of the segment."""
+        return self.vaddr + len(self.data)
+
+
+def describe_regions(data_len: int, depth: int, segments: tuple[Segment, ...] = ()) -> str:
+    """Human-readable list of the regions a run can address (for error messages)."""
+    parts = []
+    if data_len:
+        parts.append(f"data [{DATA_BASE:#x}, {DATA_BASE + data_len:#x}) rw")
+    lo = STACK_TOP - STACK_SIZE * (depth + 1)
+    parts.append(f"stack [{lo:#x}, {STACK_TOP:#x}) rw")
+    for seg in segments:
+        if seg.data:
+            parts.append(f"{seg.name} [{seg.vaddr:#x}, {seg.end:#x}) {'rw' if seg.writable else 'ro'}")
+    return ", ".join(parts)

@@ -1,0 +1,214 @@
+"""Load-time checks every engine runs before a program's first instruction executes."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import ProgramError
+from .disasm import format_insn
+from .helpers import HelperRegistry
+from .isa import Insn
+from .program import Program, jump_target
+
+_ALL = (1 << 11) - 1
+_R0 = 1 << 0
+_ARGS = 0b111110        # r1..r5
+_R10 = 1 << 10
+
+
+@dataclass(frozen=True)
+class Function:
+    """A bpf-to-bpf function: slots [start, end) of the program."""
+
+    start: int
+    end: int
+
+
+def writes(insn: Insn) -> int:
+    """Bit set of registers ``insn`` writes (r0..r10 as bits 0..10)."""
+    form, sem = insn.op.form, insn.op.sem
+    if form in ("alu_k", "alu_x", "unary", "end", "lddw", "ldx"):
+        return 1 << insn.dst
+    if form == "atomic":
+        if sem == "atomic_cmpxchg":
+            return _R0
+        if "fetch" in sem or sem == "atomic_xchg":
+            return 1 << insn.src
+        return 0
+    if form in ("call", "callx", "call_local"):
+        return _R0
+    return 0
+
+
+def reads(insn: Insn) -> int:
+    """Bit set of registers ``insn`` reads."""
+    form, sem = insn.op.form, insn.op.sem
+    d, s = 1 << insn.dst, 1 << insn.src
+    if form == "alu_k":
+        return 0 if sem == "mov" else d
+    if form == "alu_x":
+        return s if sem in ("mov", "movsx") else d | s
+    if form in ("unary", "end", "callx", "st"):
+        return d
+    if form == "jcond_k":
+        return d
+    if form == "jcond_x":
+        return d | s
+    if form == "ldx":
+        return s
+    if form == "stx":
+        return d | s
+    if form == "atomic":
+        return d | s | (_R0 if sem == "atomic_cmpxchg" else 0)
+    if form == "exit":
+        return _R0
+    return 0
+
+
+def functions(insns: "list[Insn | None]") -> list[Function]:
+    """Split the program into functions at local-call targets (slot 0 starts the entry function)."""
+    starts = {0}
+    for i, insn in enumerate(insns):
+        if insn is not None and insn.op.form == "call_local":
+            starts.add(jump_target(insn, i))
+    ordered = sorted(starts)
+    return [Function(s, e) for s, e in zip(ordered, ordered[1:] + [len(insns)])]
+
+
+def _err(reason: str, i: int, insns: "list[Insn | None]") -> ProgramError:
+    insn = insns[i]
+    return ProgramError(reason, i, format_insn(insn) if insn is not None else None)
+
+
+def certain_faults(insns: "list[Insn | None]", f: Function) -> set[int]:
+    """Slots of ``f`` whose memory access faults on every execution.
+
+    A block-local constant propagation: an address built only from immediates, or from r10 in
+    the entry function, that lies outside every region a program can ever map. Paths through
+    such an instruction never reach what follows it, so the r0 check ignores them (the run
+    reports the fault instead).
+    """
+    from .memory import DATA_BASE, STACK_SIZE, STACK_TOP
+    leaders = {f.start}
+    for i in range(f.start, f.end):
+        insn = insns[i]
+        if insn is not None:
+            t = jump_target(insn, i)
+            if t is not None:
+                leaders.add(t)
+    faults: set[int] = set()
+    consts: dict[int, int] = {}
+    for i in range(f.start, f.end):
+        insn = insns[i]
+        if insn is None:
+            continue
+        if i in leaders:
+            consts = {10: STACK_TOP} if f.start == 0 else {}
+        form, sem = insn.op.form, insn.op.sem
+        base = None
+        if form in ("ldx",):
+            base = insn.src
+        elif form in ("st", "stx", "atomic"):
+            base = insn.dst
+        if base is not None and base in consts:
+            addr = (consts[base] + insn.off) & 0xFFFFFFFFFFFFFFFF
+            size = insn.op.width
+            in_stack = f.start == 0 and STACK_TOP - STACK_SIZE <= addr <= STACK_TOP - size
+            if base == 10 and not in_stack:
+                faults.add(i)
+            elif base != 10 and (addr + size <= DATA_BASE or addr + size > STACK_TOP):
+                faults.add(i)
+        written = writes(insn)
+        if form == "lddw" or (form == "alu_k" and sem == "mov" and insn.op.width == 64):
+            consts[insn.dst] = insn.imm & 0xFFFFFFFFFFFFFFFF
+        elif form == "alu_k" and sem in ("add", "sub") and insn.op.width == 64 \
+                and insn.dst in consts:
+            delta = insn.imm if sem == "add" else -insn.imm
+            consts[insn.dst] = (consts[insn.dst] + delta) & 0xFFFFFFFFFFFFFFFF
+        else:
+            for r in range(10):
+                if written >> r & 1:
+                    consts.pop(r, None)
+    return faults
+
+
+def successors(insn: Insn, i: int) -> list[int]:
+    """Slots control may reach after ``insn`` at ``i`` within its function."""
+    form = insn.op.form
+    nxt = i + insn.slots
+    if form == "exit":
+        return []
+    if form in ("ja", "gotol"):
+        return [jump_target(insn, i)]
+    if form in ("jcond_k", "jcond_x"):
+        return [nxt, jump_target(insn, i)]
+    return [nxt]
+
+
+def check(program: Program, helpers: HelperRegistry) -> list[Function]:
+    """Run the load-time checks; returns the program's functions or raises ``ProgramError``.
+
+    Checks: each function ends in ``exit`` or an unconditional jump (no fall-through), jumps stay
+    inside their function, no write to r10, no ``ja -1`` self-loop, helper calls only to
+    registered helpers, and r0 written on every path before each ``exit``.
+    """
+    insns = program.insns
+    funcs = functions(insns)
+    for f in funcs:
+        last = f.end - 1
+        while insns[last] is None:
+            last -= 1
+        if insns[last].op.form not in ("exit", "ja", "gotol"):
+            what = "program" if f.start == 0 and len(funcs) == 1 else "function"
+            raise _err(f"{what} does not end with exit or an unconditional jump "
+                       "(execution would fall through)", last, insns)
+        for i in range(f.start, f.end):
+            insn = insns[i]
+            if insn is None:
+                continue
+            if writes(insn) & _R10 and insn.op.form not in ("call", "callx", "call_local"):
+                raise _err("r10 (the frame pointer) is read-only", i, insns)
+            form = insn.op.form
+            if form in ("ja", "gotol", "jcond_k", "jcond_x"):
+                t = jump_target(insn, i)
+                if t == i and form in ("ja", "gotol"):
+                    raise _err("infinite loop: the jump targets itself", i, insns)
+                if not f.start <= t < f.end:
+                    raise _err(f"jump out of bounds: target {t} is outside the function "
+                               f"[{f.start}, {f.end})", i, insns)
+            elif form == "call" and insn.imm not in helpers:
+                raise _err(f"call to unknown helper id {insn.imm}", i, insns)
+        _check_r0(insns, f)
+    return funcs
+
+
+def initialised(insns: "list[Insn | None]", f: Function, entry: int,
+                dead_ends: "set[int] | frozenset[int]" = frozenset()) -> dict[int, int]:
+    """Registers definitely written before each slot of ``f`` (bit sets), starting from ``entry``.
+
+    Slots in ``dead_ends`` (instructions that always fault) have no successors.
+    """
+    state: dict[int, int] = {f.start: entry}
+    work = [f.start]
+    while work:
+        i = work.pop()
+        insn = insns[i]
+        out = state[i] | writes(insn)
+        for t in ([] if i in dead_ends else successors(insn, i)):
+            if t >= f.end or insns[t] is None:
+                continue
+            old = state.get(t)
+            new = out if old is None else old & out
+            if new != old:
+                state[t] = new
+                work.append(t)
+    return state
+
+
+def _check_r0(insns: "list[Insn | None]", f: Function) -> None:
+    entry = _R10 | (0b110 if f.start == 0 else _ARGS)
+    state = initialised(insns, f, entry, certain_faults(insns, f))
+    for i, regs in sorted(state.items()):
+        insn = insns[i]
+        if insn.op.form == "exit" and not regs & _R0:
+            raise _err("r0 may be read uninitialised: exit is reachable on a path that never "
+                       "writes r0", i, insns)

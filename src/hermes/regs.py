@@ -1,0 +1,190 @@
+"""The Hermes device's published interface as constants: BARs, registers, commands, statuses.
+
+This is the contract the device model implements and the driver programs against (the equivalent
+of a hardware header file); both import it, neither imports the other.
+"""
+from __future__ import annotations
+
+# --- PCI identity ------------------------------------------------------------------------------
+PCI_VENDOR_ID = 0x1DE5       #: Eideticom
+PCI_DEVICE_ID = 0x3000       #: Hermes eBPF accelerator
+PCI_REVISION = 1
+PCI_CLASS_OTHER = 0xFF0000   #: class code "other" (base class 0xff)
+MSIX_VECTORS = 32
+MSIX_TABLE_OFFSET = 0x8000   #: in BAR2
+MSIX_PBA_OFFSET = 0x8FE0     #: in BAR2
+
+# --- BARs --------------------------------------------------------------------------------------
+BAR_REGS = 0                 #: BAR0: Hermes registers
+BAR_DMA = 2                  #: BAR2: XDMA block + MSI-X table
+BAR_MEM = 4                  #: BAR4: program slots then data slots
+BAR0_SIZE = 32 << 20
+BAR2_SIZE = 64 << 10
+
+# --- BAR0 registers ----------------------------------------------------------------------------
+EHVER = 0x00       #: u32 RO interface version
+EHBLD = 0x04       #: 48 bytes RO build string, NUL padded
+EHBLD_LEN = 48
+EHENG = 0x34       #: u8 RO number of engines
+EHPSLOT = 0x35     #: u8 RO number of program slots
+EHDSLOT = 0x36     #: u8 RO number of data slots
+EHPSOFF = 0x38     #: u32 RO BAR4 offset of program slot 0
+EHPSSZE = 0x3C     #: u32 RO program slot size
+EHDSOFF = 0x40     #: u32 RO BAR4 offset of data slot 0
+EHDSSZE = 0x44     #: u32 RO data slot size
+# Interface version 2 (64-bit offsets, for BAR4s past 4 GiB).
+EHPSOFF_V2 = 0x38  #: u64
+EHPSSZE_V2 = 0x40  #: u32
+EHDSOFF_V2 = 0x44  #: u64
+EHDSSZE_V2 = 0x4C  #: u32
+INTERFACE_VERSIONS = (1, 2)
+
+EHCMDREQ_BASE = 0x1000   #: engine n's 32-byte request at EHCMDREQ_BASE + EHCMD_STRIDE * n
+EHCMDRES_BASE = 0x1020   #: engine n's 16-byte response at EHCMDRES_BASE + EHCMD_STRIDE * n
+EHCMD_STRIDE = 48
+EHCMDREQ_LEN = 32
+EHCMDRES_LEN = 16
+EHCMDCTRL_BASE = 0x2000  #: engine n's 8-byte control at EHCMDCTRL_BASE + 8 * n
+EHCMDCTRL_STRIDE = 8
+EHCMDEXEC = 0            #: byte of EHCMDCTRL: host writes 1 to start, device clears when done
+EHCMDDONE = 1            #: byte of EHCMDCTRL: cleared at start, set at the end (RO)
+
+
+def cmdreq(n: int) -> int:
+    """BAR0 offset of engine ``n``'s command request."""
+    return EHCMDREQ_BASE + EHCMD_STRIDE * n
+
+
+def cmdres(n: int) -> int:
+    """BAR0 offset of engine ``n``'s command response."""
+    return EHCMDRES_BASE + EHCMD_STRIDE * n
+
+
+def cmdctrl(n: int) -> int:
+    """BAR0 offset of engine ``n``'s command control register."""
+    return EHCMDCTRL_BASE + EHCMDCTRL_STRIDE * n
+
+
+# --- Commands ----------------------------------------------------------------------------------
+CMD_REQUEST_SLOT = 0x00  #: req[8] slot type -> res[8..15] slot id
+CMD_RELEASE_SLOT = 0x01  #: req[8] slot type, req[9] slot id
+CMD_RUN_PROGRAM = 0x80   #: req[8] prog slot, req[9] data slot, req[12..15] program length
+SLOT_PROGRAM = 0
+SLOT_DATA = 1
+
+STATUS_SUCCESS = 0x00
+STATUS_NO_SPACE = 0x01
+STATUS_INVALID_PROG_SLOT = 0x02
+STATUS_INVALID_DATA_SLOT = 0x03
+STATUS_INVALID_ADDRESS = 0x04
+STATUS_EBPF_ERROR = 0x05
+STATUS_INVALID_OPCODE = 0x06
+STATUS_NAMES = {
+    STATUS_SUCCESS: "success",
+    STATUS_NO_SPACE: "not enough space",
+    STATUS_INVALID_PROG_SLOT: "invalid program slot",
+    STATUS_INVALID_DATA_SLOT: "invalid data slot",
+    STATUS_INVALID_ADDRESS: "invalid address",
+    STATUS_EBPF_ERROR: "eBPF error",
+    STATUS_INVALID_OPCODE: "invalid opcode",
+}
+
+# --- BAR2: XDMA block --------------------------------------------------------------------------
+XDMA_TARGET_H2C = 0x0
+XDMA_TARGET_C2H = 0x1
+XDMA_TARGET_IRQ = 0x2
+XDMA_TARGET_CONFIG = 0x3
+XDMA_TARGET_H2C_SGDMA = 0x4
+XDMA_TARGET_C2H_SGDMA = 0x5
+XDMA_TARGET_SGDMA_COMMON = 0x6
+XDMA_TARGET_MSIX = 0x8
+XDMA_H2C_CHANNELS = 4
+XDMA_C2H_CHANNELS = 4
+XDMA_ID_MAGIC = 0x1FC     #: identifier bits 31..20
+XDMA_VERSION = 0x05
+
+
+def xdma_offset(target: int, channel: int, reg: int) -> int:
+    """BAR2 offset of register ``reg`` of ``channel`` in register group ``target``."""
+    return (target << 12) | (channel << 8) | reg
+
+
+# channel registers (target H2C / C2H)
+XDMA_CH_IDENTIFIER = 0x00
+XDMA_CH_CONTROL = 0x04
+XDMA_CH_CONTROL_W1S = 0x08
+XDMA_CH_CONTROL_W1C = 0x0C
+XDMA_CH_STATUS = 0x40        #: bit 0 busy; bits 23..1 error/event bits, RW1C
+XDMA_CH_STATUS_RC = 0x44     #: status, clear on read
+XDMA_CH_COMPLETED = 0x48     #: completed descriptor count
+XDMA_CH_ALIGNMENTS = 0x4C
+XDMA_CH_IRQ_MASK = 0x90
+XDMA_CH_IRQ_MASK_W1S = 0x94
+XDMA_CH_IRQ_MASK_W1C = 0x98
+XDMA_CTRL_RUN = 1 << 0
+XDMA_STAT_BUSY = 1 << 0
+XDMA_STAT_DESC_STOPPED = 1 << 1
+XDMA_STAT_DESC_COMPLETED = 1 << 2
+XDMA_STAT_MAGIC_STOPPED = 1 << 4
+XDMA_STAT_INVALID_LEN = 1 << 5     #: project decision: length past BAR4 / host memory end
+XDMA_STAT_READ_ERROR = 1 << 9      #: source address not readable
+XDMA_STAT_WRITE_ERROR = 1 << 14    #: destination address not writable
+XDMA_STAT_DESC_ERROR = 1 << 19     #: chain too long / looping / unreadable descriptor
+# SGDMA registers (target H2C_SGDMA / C2H_SGDMA)
+XDMA_SG_DESC_LO = 0x80
+XDMA_SG_DESC_HI = 0x84
+XDMA_SG_DESC_ADJ = 0x88
+# IRQ block registers (target IRQ, channel 0)
+XDMA_IRQ_USER_MASK = 0x04
+XDMA_IRQ_USER_MASK_W1S = 0x08
+XDMA_IRQ_USER_MASK_W1C = 0x0C
+XDMA_IRQ_CHANNEL_MASK = 0x10
+XDMA_IRQ_CHANNEL_MASK_W1S = 0x14
+XDMA_IRQ_CHANNEL_MASK_W1C = 0x18
+XDMA_IRQ_USER_REQUEST = 0x40
+XDMA_IRQ_CHANNEL_REQUEST = 0x44
+XDMA_IRQ_USER_PENDING = 0x48
+XDMA_IRQ_CHANNEL_PENDING = 0x4C
+XDMA_IRQ_USER_VECTOR = 0x80     #: 0x80..0x8C, four vector numbers a register
+XDMA_IRQ_CHANNEL_VECTOR = 0xA0  #: 0xA0..0xA4
+
+# descriptors (32 bytes in host memory)
+DESC_MAGIC = 0xAD4B
+DESC_SIZE = 32
+DESC_STOP = 1 << 0
+DESC_COMPLETED = 1 << 1
+DESC_EOP = 1 << 4
+MAX_DESC_CHAIN = 4096
+
+
+def desc_control(adjacent: int = 0, *, stop: bool = False, eop: bool = False,
+                 completed: bool = False) -> int:
+    """The control word of a descriptor (magic, adjacent count, flags)."""
+    return ((DESC_MAGIC << 16) | ((adjacent & 0x3F) << 8) | (DESC_EOP if eop else 0)
+            | (DESC_COMPLETED if completed else 0) | (DESC_STOP if stop else 0))
+
+
+def h2c_vector(channel: int) -> int:
+    """MSI-X vector of H2C channel ``channel``."""
+    return channel
+
+
+def c2h_vector(channel: int) -> int:
+    """MSI-X vector of C2H channel ``channel``."""
+    return XDMA_H2C_CHANNELS + channel
+
+
+def engine_vector(engine: int) -> int:
+    """MSI-X vector of engine ``engine`` (after the DMA channels)."""
+    return XDMA_H2C_CHANNELS + XDMA_C2H_CHANNELS + engine
+
+
+# --- eBPF error codes carried by status 0x05 (response bytes 8..15) ---------------------------
+# Low 8 bits: the kind; the rest: detail (e.g. the faulting pc << 8 for run-time faults).
+EBPF_ERR_LOAD = 0x01           #: program failed to load (bad length, opcode, jump...); detail = index
+EBPF_ERR_OUT_OF_BOUNDS = 0x02  #: memory access outside the program's regions; detail = pc
+EBPF_ERR_BUDGET = 0x03         #: instruction budget exhausted; detail = pc
+EBPF_ERR_CALL_DEPTH = 0x04     #: call depth limit exceeded; detail = pc
+EBPF_ERR_HELPER = 0x05         #: helper failed or unknown; detail = pc
+EBPF_ERR_UNSUPPORTED = 0x06    #: instruction the engine cannot execute; detail = pc
+EBPF_ERR_INTERNAL = 0x7F       #: anything else

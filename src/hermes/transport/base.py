@@ -1,0 +1,89 @@
+"""The narrow interface every transport offers the driver: BAR access, DMA memory, interrupts.
+
+The in-process transport (the device model in this process), the vfio-user client (the model in a
+server process) and the VFIO transport (a real device) all implement exactly this, so the driver
+never knows which one it talks to.
+"""
+from __future__ import annotations
+
+import abc
+
+
+class DmaBuffer(abc.ABC):
+    """Host memory the device may read and write by DMA.
+
+    ``bus_addr`` is the address the device sees (what goes into descriptors); ``view`` is a
+    writable memoryview of the same bytes for the host side.
+    """
+
+    bus_addr: int
+    size: int
+
+    @property
+    @abc.abstractmethod
+    def view(self) -> memoryview:
+        """Writable host view of the buffer."""
+
+    @abc.abstractmethod
+    def free(self) -> None:
+        """Unregister the buffer from the device's view and release it."""
+
+
+class Transport(abc.ABC):
+    """BAR reads/writes, DMA buffer registration and interrupt waits for one device."""
+
+    #: Number of interrupt vectors the device exposes (MSI-X table size).
+    num_vectors: int = 32
+
+    @abc.abstractmethod
+    def read(self, bar: int, offset: int, size: int) -> int:
+        """Read ``size`` (1, 2, 4 or 8) bytes of BAR ``bar`` at ``offset`` as a little-endian int."""
+
+    @abc.abstractmethod
+    def write(self, bar: int, offset: int, size: int, value: int) -> None:
+        """Write ``value`` as ``size`` little-endian bytes to BAR ``bar`` at ``offset``."""
+
+    def read_block(self, bar: int, offset: int, length: int) -> bytes:
+        """Read ``length`` bytes of a BAR with 4-byte accesses (length a multiple of 4)."""
+        return b"".join(self.read(bar, offset + i, 4).to_bytes(4, "little")
+                        for i in range(0, length, 4))
+
+    def write_block(self, bar: int, offset: int, data: bytes) -> None:
+        """Write ``data`` (length a multiple of 4) to a BAR with 4-byte accesses."""
+        for i in range(0, len(data), 4):
+            self.write(bar, offset + i, 4, int.from_bytes(data[i:i + 4], "little"))
+
+    def map_bar(self, bar: int) -> memoryview | None:
+        """A direct mapping of a BAR when the transport can offer one (BAR4 on some), else None."""
+        return None
+
+    @abc.abstractmethod
+    def dma_alloc(self, size: int) -> DmaBuffer:
+        """Allocate host memory of ``size`` bytes and make it visible to the device's DMA."""
+
+    @abc.abstractmethod
+    def irq_wait(self, vector: int, timeout: float | None) -> bool:
+        """Wait until interrupt ``vector`` has fired since the last wait; consume it.
+
+        Returns False on timeout. Interrupts are counted, never lost: one that fired before the
+        wait started satisfies it at once (eventfd semantics).
+        """
+
+    def irq_clear(self, vector: int) -> None:
+        """Forget interrupts of ``vector`` that fired and were not waited for yet."""
+        while self.irq_wait(vector, 0):
+            pass
+
+    def reset(self) -> None:
+        """Reset the device (frees every slot, stops DMA). Optional for a transport."""
+        raise NotImplementedError("this transport cannot reset the device")
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the transport (and everything allocated through it)."""
+
+    def __enter__(self) -> "Transport":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

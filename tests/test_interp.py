@@ -1,0 +1,210 @@
+"""Reference interpreter: sandbox, errors, budget, calls, helpers, program data, threads."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from hermes import BudgetExceeded, ExecutionError, Program, ProgramError
+from hermes.engine import CONFORMANCE_HELPERS, load, run
+from hermes.engine.helpers import Helper, HelperRegistry
+from hermes.engine.interp import bswap, sdiv, smod
+from hermes.engine.memory import DATA_BASE, RODATA_BASE, RWDATA_BASE, STACK_TOP, Segment
+
+
+def asm(text: str) -> Program:
+    return Program.from_asm(text)
+
+
+def test_r1_r2_describe_the_input_region():
+    r = run(asm("mov r0, r2\nexit"), bytearray(37))
+    assert r.return_value == 37
+    assert run(asm("mov r0, r1\nexit"), b"x").return_value == DATA_BASE
+    assert run(asm("mov r0, r1\nadd r0, r2\nexit")).return_value == 0
+
+
+def test_writable_memory_is_changed_in_place_and_bytes_are_copied():
+    buf = bytearray(8)
+    r = run(asm("stdw [r1], -1\nmov r0, 0\nexit"), buf)
+    assert buf == b"\xff" * 8 and r.memory is buf
+    src = bytes(8)
+    r = run(asm("stdw [r1], -1\nmov r0, 0\nexit"), src)
+    assert src == bytes(8) and bytes(r.memory) == b"\xff" * 8
+
+
+def test_memoryview_of_a_larger_buffer_only_exposes_the_view():
+    big = bytearray(16)
+    view = memoryview(big)[4:8]
+    with pytest.raises(ExecutionError):
+        run(asm("stw [r1+4], 1\nmov r0, 0\nexit"), view)
+    run(asm("stw [r1], 0x01020304\nmov r0, 0\nexit"), view)
+    assert big[4:8] == bytes([4, 3, 2, 1]) and big[:4] == bytes(4) and big[8:] == bytes(8)
+
+
+@pytest.mark.parametrize("text, address, size", [
+    ("ldxw r0, [r1+6]\nexit", DATA_BASE + 6, 4),
+    ("stb [r1+8], 1\nmov r0, 0\nexit", DATA_BASE + 8, 1),
+    ("ldxdw r0, [r10]\nexit", STACK_TOP, 8),
+    ("ldxdw r0, [r10-520]\nexit", STACK_TOP - 520, 8),
+    ("mov r2, 0\nldxb r0, [r2]\nexit", 0, 1),
+])
+def test_out_of_bounds_accesses_report_pc_address_size(text, address, size):
+    with pytest.raises(ExecutionError) as info:
+        run(asm(text), bytearray(8))
+    e = info.value
+    assert e.kind == "out_of_bounds" and e.address == address and e.size == size
+    assert e.pc == text.count("\n", 0, text.index("[")) and "data [" in e.regions
+
+
+def test_failed_store_leaves_memory_untouched():
+    buf = bytearray(b"abcdefgh")
+    with pytest.raises(ExecutionError):
+        run(asm("stb [r1], 0x41\nstdw [r1+4], 0\nmov r0, 0\nexit"), buf)
+    assert buf == b"Abcdefgh"  # the first store happened, the faulting one did not
+
+
+def test_budget_stops_a_loop_with_a_clear_error():
+    p = asm("mov r0, 0\nl: add r0, 1\nja l")
+    with pytest.raises(BudgetExceeded, match="budget of 1000"):
+        run(p, budget=1000)
+
+
+def test_self_jump_is_rejected_at_load():
+    with pytest.raises(ProgramError, match="infinite loop"):
+        run(asm("mov r0, 0\nja -1\nexit"))
+
+
+def test_instruction_count_counts_lddw_once():
+    r = run(asm("lddw r0, 5\nmov r1, 2\nexit"))
+    assert r.instructions == 3
+
+
+def test_local_calls_get_fresh_frames_and_keep_callee_saved_registers():
+    p = asm("""
+        mov r6, 7
+        stdw [r10-8], 11
+        mov r1, 5
+        call local f
+        ldxdw r2, [r10-8]
+        add r0, r2
+        add r0, r6
+        exit
+    f:  stdw [r10-8], 100
+        mov r6, 1000
+        mov r0, r1
+        mov r3, r10
+        exit
+    """)
+    assert run(p).return_value == 5 + 11 + 7
+
+
+def test_call_depth_is_limited():
+    p = asm("mov r0, 0\ncall local f\nexit\nf: call local f\nexit")
+    with pytest.raises(ExecutionError, match="call depth") as info:
+        run(p)
+    assert info.value.kind == "call_depth"
+
+
+def test_r10_is_read_only_at_load():
+    with pytest.raises(ProgramError, match="r10"):
+        run(asm("mov r10, 1\nmov r0, 0\nexit"))
+
+
+def test_uninitialised_r0_at_exit_is_rejected():
+    with pytest.raises(ProgramError, match="r0") as info:
+        run(asm("jeq r1, 0, +1\nmov r0, 1\nexit"))
+    assert info.value.index == 2
+
+
+def test_fall_through_off_the_end_is_rejected():
+    with pytest.raises(ProgramError, match="fall through"):
+        run(asm("mov r0, 0"))
+
+
+def test_unknown_helper_is_rejected_at_load_and_callx_at_run_time():
+    with pytest.raises(ProgramError, match="unknown helper id 99"):
+        run(asm("call 99\nexit"), helpers=CONFORMANCE_HELPERS)
+    with pytest.raises(ExecutionError, match="unknown helper id 99"):
+        run(asm("mov r3, 99\ncallx r3\nexit"), helpers=CONFORMANCE_HELPERS)
+
+
+def test_helpers_get_bounds_checked_memory():
+    buf = bytearray(b"\x01\x02\x03")
+    r = run(asm("mov r2, 3\ncall 1\nexit"), buf, helpers=CONFORMANCE_HELPERS)
+    assert r.return_value == 0 and buf == bytes([1 ^ 42, 2 ^ 42, 3 ^ 42])
+    with pytest.raises(ExecutionError, match="out-of-bounds") as info:
+        run(asm("mov r2, 4\ncall 1\nexit"), buf, helpers=CONFORMANCE_HELPERS)
+    assert info.value.pc == 1
+
+
+def test_a_failing_helper_is_an_execution_error():
+    def boom(ctx, *args):
+        raise ValueError("nope")
+    reg = HelperRegistry([Helper(7, "boom", boom)])
+    with pytest.raises(ExecutionError, match="helper boom failed: nope"):
+        run(asm("call 7\nexit"), helpers=reg)
+
+
+def test_program_data_segments():
+    ro = Segment(".rodata", RODATA_BASE, b"\x2a\0\0\0", False)
+    rw = Segment(".data", RWDATA_BASE, b"\x05\0\0\0", True)
+    code = Program.from_asm(f"""
+        lddw r1, {RODATA_BASE}
+        ldxw r0, [r1]
+        lddw r2, {RWDATA_BASE}
+        ldxw r3, [r2]
+        add r0, r3
+        add r3, 1
+        stxw [r2], r3
+        exit
+    """).to_bytes()
+    p = Program(code, segments=(ro, rw))
+    exe = load(p)
+    assert exe.run().return_value == 47
+    assert exe.run().return_value == 47  # .data starts fresh on every run
+    bad = Program(Program.from_asm(f"lddw r1, {RODATA_BASE}\nstw [r1], 1\nmov r0, 0\nexit")
+                  .to_bytes(), segments=(ro,))
+    with pytest.raises(ExecutionError, match="read-only .rodata"):
+        run(bad)
+
+
+def test_one_executable_runs_in_many_threads():
+    exe = load(asm("""
+        mov r0, 0
+        mov r3, 0
+    l:  ldxb r4, [r1]
+        add r0, r4
+        add r3, 1
+        jlt r3, 2000, l
+        exit
+    """))
+    results = {}
+
+    def worker(k: int) -> None:
+        results[k] = exe.run(bytearray([k])).return_value
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == {k: k * 2000 for k in range(8)}
+
+
+@pytest.mark.parametrize("a, b, bits, q, r", [
+    (7, 2, 64, 3, 1),
+    ((-7) & (2**64 - 1), 2, 64, (-3) & (2**64 - 1), (-1) & (2**64 - 1)),
+    (7, (-2) & (2**64 - 1), 64, (-3) & (2**64 - 1), 1),
+    (1 << 63, (2**64 - 1), 64, 1 << 63, 0),
+    (1 << 31, 0xFFFFFFFF, 32, 1 << 31, 0),
+    (5, 0, 32, 0, 5),
+])
+def test_signed_division_follows_rfc9669(a, b, bits, q, r):
+    assert sdiv(a, b, bits) == q
+    assert smod(a, b, bits) == r
+
+
+def test_bswap():
+    assert bswap(0x1122334455667788, 16) == 0x8877
+    assert bswap(0x1122334455667788, 32) == 0x88776655
+    assert bswap(0x1122334455667788, 64) == 0x8877665544332211
