@@ -9,6 +9,10 @@ from hypothesis import HealthCheck, settings
 
 from hermes.benchmarks import find_shared
 
+#: Device fixtures: every driver/library test runs over each registered transport
+#: (in-process model, vfio-user server process, VFIO over the fake kernel interface).
+pytest_plugins = ["tests.devices", "tests.vfio_devices"]
+
 settings.register_profile("ci", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("fuzz", deadline=None, suppress_health_check=list(HealthCheck))
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

@@ -1,13 +1,22 @@
 """Hermes: offload eBPF programs to eBPF-capable devices (emulated Hermes PCIe device, CPU, ...)."""
 from __future__ import annotations
 
-from .errors import (AssemblerError, BudgetExceeded, ElfError, ExecutionError, HermesError,
-                     ProgramError, VerifierError)
+from .errors import (AssemblerError, BudgetExceeded, DeviceError, DeviceProtocolError,
+                     DeviceTimeout, ElfError, ExecutionError, ExecutionFailed, HermesError,
+                     ProgramError, ProgramRejected, ProgramTooLarge, SlotsExhausted, VerifierError)
 from .engine import Program, RunResult
+from .lib import Device, Result, Session, open_device, register_backend
+
+#: Open a device by spec (``"emu"``, ``"cpu"``, ...): see ``hermes.lib.open_device``.
+open = open_device  # noqa: A001
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AssemblerError", "BudgetExceeded", "ElfError", "ExecutionError", "HermesError",
     "Program", "ProgramError", "RunResult", "VerifierError", "__version__",
+    # library (device access)
+    "Device", "DeviceError", "DeviceProtocolError", "DeviceTimeout", "ExecutionFailed",
+    "ProgramRejected", "ProgramTooLarge", "Result", "Session", "SlotsExhausted", "open",
+    "register_backend",
 ]

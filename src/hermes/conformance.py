@@ -129,8 +129,6 @@ def run_case(case: Case, engine: str | None = None) -> Outcome:
     vm = _Vm(engine)
     try:
         program = case.program()
-    except ImportError as exc:
-        return Outcome(case, True, "", skipped=f"ELF corpus support missing: {exc}")
     except ProgramError as exc:
         return _expect_error(case, f"load error: {exc}")
     try:

@@ -46,6 +46,11 @@ class VerifierError(ProgramError):
 class ElfError(ProgramError):
     """An ELF object could not be loaded as a program."""
 
+    def _format(self) -> str:
+        if self.index is None:
+            return f"ELF object: {self.reason}"
+        return super()._format()
+
 
 class ExecutionError(HermesError):
     """A program failed while running (bad memory access, budget exhausted, helper failure...).
@@ -80,3 +85,59 @@ class ExecutionError(HermesError):
 
 class BudgetExceeded(ExecutionError):
     """The run executed more instructions than its budget allows."""
+
+
+# --- device and library errors (added by the driver/library issue) ------------------------------
+class DeviceError(HermesError):
+    """A device (or its driver) failed a request.
+
+    ``errno`` is the driver's errno when the failure came from the driver interface, ``status``
+    the device's command status byte when a command response caused it.
+    """
+
+    def __init__(self, message: str, errno: int | None = None, status: int | None = None):
+        self.errno = errno
+        self.status = status
+        super().__init__(message)
+
+
+class SlotsExhausted(DeviceError):
+    """No free program or data slot: every one is owned by an open session or file."""
+
+
+class DeviceTimeout(DeviceError):
+    """The device did not complete a command or DMA transfer within the timeout."""
+
+
+class DeviceProtocolError(DeviceError):
+    """The device broke the command protocol (a response with another command id, a stale
+    completion flag, an interrupt without completion)."""
+
+
+class ProgramTooLarge(ProgramError):
+    """The program's bytes do not fit in one program slot of the device."""
+
+    def __init__(self, size: int, limit: int):
+        self.size = size
+        self.limit = limit
+        super().__init__(f"program is {size} bytes, larger than a program slot ({limit} bytes)")
+
+
+class ProgramRejected(ProgramError):
+    """The device refused to load the program (its status 0x05 load error); ``code`` is the
+    device's error code and ``index`` the instruction it names."""
+
+    def __init__(self, reason: str, index: int | None = None, code: int | None = None):
+        self.code = code
+        super().__init__(reason, index)
+
+
+class ExecutionFailed(ExecutionError):
+    """A run failed on a device or backend; ``code`` is the platform error code (for a Hermes
+    device the status 0x05 response value: kind in bits 7..0, pc above)."""
+
+    def __init__(self, kind: str, message: str, pc: int | None = None, *, code: int | None = None,
+                 address: int | None = None, size: int | None = None,
+                 regions: str | None = None, instructions: int | None = None):
+        self.code = code
+        super().__init__(kind, message, pc, address, size, regions, instructions)

@@ -1,0 +1,122 @@
+"""JIT figures: per-kernel run time (JIT vs gcc -O2 native vs uBPF's published figures) and compile time.
+
+Usage: python benchmarks/jit_figures.py [--repeat N] [--no-gcc]
+Runs the six kernels of shared/bench/asm on their reference inputs, checks r0 and the
+output slot, and prints min/median milliseconds per run. gcc -O2 is timed in the same process via
+ctypes on the same slot bytes, so the ratio is measured on the same machine and run.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from hermes.benchmarks import find_shared
+from hermes.engine import load
+from hermes.engine.helpers import DEVICE_HELPERS
+from hermes.engine.program import Program
+
+BENCH = Path(os.environ.get("HERMES_BENCH") or find_shared("bench") or "../shared/bench")
+#: uBPF x86-64 JIT figures from the bench README (ms, minimum of several runs).
+UBPF_JIT = {"sum_bytes": 0.244, "fnv1a": 1.01, "histogram": 0.497, "lcg_loop": 1.01,
+            "insertion_sort": 0.119, "filter_records": 0.232}
+NAMES = list(UBPF_JIT)
+
+
+def _inputs() -> dict[str, tuple[bytes, int, bytes]]:
+    sys.path.insert(0, str(BENCH))
+    import reference  # the bench folder's own reference data
+    out = {}
+    for name, make in reference.PROGRAMS.items():
+        mem, r0, after = make()
+        out[name] = (bytes(mem), r0, bytes(after) if after is not None else bytes(mem))
+    return out
+
+
+def _gcc_lib(tmp: Path):
+    """Build the six C kernels with gcc -O2 as one shared library; None when gcc is missing."""
+    src = tmp / "all.c"
+    src.write_text("".join(f'#include "{BENCH / (n + ".c")}"\n' for n in NAMES))
+    lib = tmp / "libbench.so"
+    try:
+        subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-I", str(BENCH), "-o", str(lib),
+                        str(src)], check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return ctypes.CDLL(str(lib))
+
+
+def _time(fn, repeat: int) -> tuple[float, float]:
+    samples = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t0) * 1e3)
+    return min(samples), statistics.median(samples)
+
+
+def compile_time(n_insns: int = 1000) -> float:
+    """Milliseconds to verify and compile a fresh straight-line-and-loops program of n_insns."""
+    lines = ["mov %r0, 0", "mov %r3, 0"]
+    k = 0
+    while len(lines) - 2 * k < n_insns - 9:  # labels are not instructions
+        k += 1
+        lines += [f"L{k}:", f"add %r0, {k}", f"xor %r3, %r0", f"ldxb %r4, [%r1+{k % 64}]",
+                  f"add %r0, %r4", f"stxb [%r10-{1 + k % 500}], %r4", f"mul %r3, 7",
+                  f"jgt %r3, {k * 13}, L{k}x", f"add %r3, 1", f"L{k}x:"]
+    while len(lines) - 2 * k < n_insns - 1:
+        lines.append("add %r0, 1")
+    lines += ["exit"]
+    prog = Program.from_asm("\n".join(lines), name=f"compile-{time.time_ns()}")
+    t0 = time.perf_counter()
+    c0 = time.process_time()
+    load(prog, helpers=DEVICE_HELPERS, engine="jit")
+    return (time.perf_counter() - t0) * 1e3, (time.process_time() - c0) * 1e3, len(prog)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--repeat", type=int, default=21)
+    ap.add_argument("--no-gcc", action="store_true")
+    args = ap.parse_args()
+    inputs = _inputs()
+    with tempfile.TemporaryDirectory() as tmp:
+        lib = None if args.no_gcc else _gcc_lib(Path(tmp))
+        print(f"{'program':16s} {'jit min':>8s} {'jit med':>8s} {'gcc min':>8s} {'uBPF':>7s} "
+              f"{'jit/gcc':>7s} {'jit/uBPF':>8s} {'compile':>8s}")
+        for name in NAMES:
+            prog = Program.from_file(BENCH / "asm" / f"{name}.asm")
+            mem, r0, after = inputs[name]
+            t0 = time.perf_counter()
+            exe = load(prog, helpers=DEVICE_HELPERS, engine="jit")
+            ctime = (time.perf_counter() - t0) * 1e3
+            buf = bytearray(mem)
+            res = exe.run(buf)
+            ok = res.return_value == r0 and bytes(buf) == after
+            work = [bytearray(mem) for _ in range(args.repeat)]
+            it = iter(work)
+            jmin, jmed = _time(lambda: exe.run(next(it)), args.repeat)
+            gmin = float("nan")
+            if lib is not None:
+                fn = getattr(lib, name)
+                fn.restype = ctypes.c_uint64
+                fn.argtypes = [ctypes.c_void_p, ctypes.c_uint64]
+                gbufs = [ctypes.create_string_buffer(mem, len(mem)) for _ in range(args.repeat)]
+                git = iter(gbufs)
+                gmin, _ = _time(lambda: fn(next(git), len(mem)), args.repeat)
+            print(f"{name:16s} {jmin:8.3f} {jmed:8.3f} {gmin:8.3f} {UBPF_JIT[name]:7.3f} "
+                  f"{jmin / gmin:7.2f} {jmin / UBPF_JIT[name]:8.2f} {ctime:7.1f}ms"
+                  f"{'' if ok else '  WRONG RESULT'}")
+    for size in (100, 400, 1000):
+        ms, cpu, n = compile_time(size)
+        print(f"compile time for a {n}-instruction program: {ms:.1f} ms ({cpu:.1f} ms CPU)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""``hermes serve``: run a Hermes device model as a vfio-user server on a UNIX socket."""
+from __future__ import annotations
+
+import argparse
+
+
+def _size(text: str) -> int:
+    """Parse a byte count with an optional K/M/G suffix (binary units)."""
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    t = text.strip().lower().removesuffix("ib").removesuffix("b")
+    mult = units.get(t[-1:], 1)
+    if t[-1:] in units:
+        t = t[:-1]
+    try:
+        value = int(t, 0) * mult
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r}") from None
+    if value <= 0 or value % 8:
+        raise argparse.ArgumentTypeError(f"slot size must be a positive multiple of 8: {text!r}")
+    return value
+
+
+def _count(lo: int, hi: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text, 0)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"must be in {lo}..{hi}: {value}")
+        return value
+    return parse
+
+
+def register(sub: "argparse._SubParsersAction") -> None:
+    """Add ``hermes serve`` to the hermes parser."""
+    p = sub.add_parser("serve", help="serve a Hermes device model over vfio-user",
+                       description="Serve one emulated Hermes device over the vfio-user protocol "
+                                   "on a UNIX socket, one client at a time, in the foreground. "
+                                   "Stops on SIGINT/SIGTERM and removes the socket.")
+    p.add_argument("--socket", "--socket-path", dest="socket", required=True, metavar="PATH",
+                   help="UNIX socket path to listen on")
+    p.add_argument("--engines", type=_count(1, 255), default=4, help="eBPF engines (default 4)")
+    p.add_argument("--slots", type=_count(1, 255), default=16,
+                   help="program slots and data slots, each (default 16)")
+    p.add_argument("--program-slots", type=_count(1, 255), default=None, metavar="N",
+                   help="program slots (default: --slots)")
+    p.add_argument("--data-slots", type=_count(1, 255), default=None, metavar="N",
+                   help="data slots (default: --slots)")
+    p.add_argument("--slot-size", type=_size, default=1 << 20, metavar="BYTES",
+                   help="size of one program or data slot (default 1M; K/M/G suffixes)")
+    p.add_argument("--program-slot-size", type=_size, default=None, metavar="BYTES",
+                   help="size of one program slot (default: --slot-size)")
+    p.add_argument("--data-slot-size", type=_size, default=None, metavar="BYTES",
+                   help="size of one data slot (default: --slot-size)")
+    p.add_argument("--engine", default=None, help="execution engine for programs (interp, jit)")
+    p.add_argument("--budget", type=_count(1, (1 << 64) - 1), default=None,
+                   help="instruction budget of one run")
+    p.add_argument("--interface-version", type=_count(1, 2), default=1,
+                   help="register layout version presented in BAR0 (default 1)")
+    p.add_argument("--verbose", "-v", action="store_true", help="trace every message")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from ..vfio.server import serve
+    kwargs = dict(engines=args.engines,
+                  program_slots=args.program_slots or args.slots,
+                  data_slots=args.data_slots or args.slots,
+                  program_slot_size=args.program_slot_size or args.slot_size,
+                  data_slot_size=args.data_slot_size or args.slot_size,
+                  interface_version=args.interface_version)
+    if args.engine:
+        kwargs["engine"] = args.engine
+    if args.budget is not None:
+        kwargs["budget"] = args.budget
+    serve(args.socket, verbose=args.verbose, **kwargs)
+    return 0

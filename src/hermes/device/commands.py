@@ -1,0 +1,115 @@
+"""Device-side command helpers: response encoding, eBPF error codes, the compiled-program cache."""
+from __future__ import annotations
+
+import hashlib
+import struct
+import threading
+from collections import OrderedDict
+from typing import Callable
+
+from .. import regs as R
+from ..errors import BudgetExceeded, ExecutionError, ProgramError
+
+MASK64 = 0xFFFF_FFFF_FFFF_FFFF
+ELF_MAGIC = b"\x7fELF"
+
+_RESPONSE = struct.Struct("<HB5xQ")
+#: Programs up to this many bytes are cached under their own bytes, longer ones under SHA-256.
+SHORT_KEY = 512
+
+#: ExecutionError.kind -> error kind carried in the low 8 bits of a status 0x05 code.
+KIND_CODES = {
+    "out_of_bounds": R.EBPF_ERR_OUT_OF_BOUNDS,
+    "budget": R.EBPF_ERR_BUDGET,
+    "call_depth": R.EBPF_ERR_CALL_DEPTH,
+    "helper": R.EBPF_ERR_HELPER,
+    "unsupported": R.EBPF_ERR_UNSUPPORTED,
+}
+#: Error kind -> short name (for diagnostics).
+CODE_NAMES = {
+    R.EBPF_ERR_LOAD: "load",
+    R.EBPF_ERR_OUT_OF_BOUNDS: "out_of_bounds",
+    R.EBPF_ERR_BUDGET: "budget",
+    R.EBPF_ERR_CALL_DEPTH: "call_depth",
+    R.EBPF_ERR_HELPER: "helper",
+    R.EBPF_ERR_UNSUPPORTED: "unsupported",
+    R.EBPF_ERR_INTERNAL: "internal",
+}
+
+
+def response(command_id: int, status: int, value: int = 0) -> bytes:
+    """The 16-byte command response: id, status, reserved bytes, then the 64-bit value."""
+    return _RESPONSE.pack(command_id & 0xFFFF, status, value & MASK64)
+
+
+def make_error_code(kind: int, detail: int | None) -> int:
+    """Status 0x05 error code: ``kind`` in bits 7..0, ``detail`` (pc or index; None = 0) above."""
+    return (kind | ((detail or 0) << 8)) & MASK64
+
+
+def split_error_code(code: int) -> tuple[int, int]:
+    """(kind, detail) of a status 0x05 error code."""
+    return code & 0xFF, code >> 8
+
+
+def error_code(exc: BaseException) -> int:
+    """The status 0x05 error code describing ``exc`` (a load or run failure)."""
+    if isinstance(exc, ProgramError):
+        return make_error_code(R.EBPF_ERR_LOAD, exc.index)
+    if isinstance(exc, BudgetExceeded):
+        return make_error_code(R.EBPF_ERR_BUDGET, exc.pc)
+    if isinstance(exc, ExecutionError):
+        return make_error_code(KIND_CODES.get(exc.kind, R.EBPF_ERR_INTERNAL), exc.pc)
+    return make_error_code(R.EBPF_ERR_INTERNAL, 0)
+
+
+class ProgramCache:
+    """LRU of loaded programs keyed by (content of the slot bytes, engine name).
+
+    Values are an executable or the int error code the bytes failed to load with, so neither a
+    good nor a bad program is decoded twice. Thread-safe; two engines missing on the same program
+    at once may both load it (harmless, the second result wins).
+    """
+
+    def __init__(self, size: int, loader: Callable[[bytes], object]):
+        self.size = size
+        self._loader = loader
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[tuple[int, bytes, str], object] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, code: bytes, engine: str) -> object:
+        """The executable (or int error code) for program bytes ``code`` on ``engine``."""
+        # Short programs are their own key (hashing 16 bytes beats SHA-256 on the hot path);
+        # longer ones are keyed by digest so the cache does not hold megabytes of keys. The
+        # length in the key keeps the two kinds apart.
+        n = len(code)
+        key = (n, code if n <= SHORT_KEY else hashlib.sha256(code).digest(), engine)
+        entries = self._entries
+        entry = entries.get(key)   # single dict operations are atomic: no lock on a hit
+        if entry is not None:
+            try:
+                entries.move_to_end(key)
+            except KeyError:       # evicted by another thread meanwhile; still valid to use
+                pass
+            self.hits += 1         # approximate under concurrency; diagnostics only
+            return entry
+        with self._lock:
+            self.misses += 1
+        entry = self._loader(code)
+        if self.size:
+            with self._lock:
+                self._entries[key] = entry
+                self._entries.move_to_end(key)
+                while len(self._entries) > self.size:
+                    self._entries.popitem(last=False)
+        return entry
+
+    def clear(self) -> None:
+        """Forget every cached program."""
+        with self._lock:
+            self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)

@@ -1,0 +1,562 @@
+"""The Hermes PCIe device model: BAR0 registers, command engines, slots, BAR4, and BAR2 via xdma."""
+from __future__ import annotations
+
+import threading
+import weakref
+from typing import Callable
+
+from .. import engine as _engine
+from .. import regs as R
+from ..errors import ExecutionError, ProgramError
+from .commands import ELF_MAGIC, MASK64, ProgramCache, error_code, make_error_code, response
+from .xdma import NUM_VECTORS, XdmaBlock
+
+#: Most engines a device may have: every engine needs its own MSI-X vector (8 + n < 32) and its
+#: own bit in the XDMA IRQ block's user interrupt mask.
+MAX_ENGINES = NUM_VECTORS - R.XDMA_H2C_CHANNELS - R.XDMA_C2H_CHANNELS
+#: End of the BAR0 header (capability registers) for each interface version.
+HEADER_END = {1: R.EHDSSZE + 4, 2: R.EHDSSZE_V2 + 4}
+#: Alignment of the data slot area in BAR4.
+BAR4_ALIGN = 4096
+#: Programs kept compiled per device.
+DEFAULT_CACHE_SIZE = 64
+
+#: Zeros a slot is cleared with, one chunk at a time (memset speed, bounded memory).
+_ZERO_CHUNK = memoryview(bytes(1 << 20))
+_MASKS = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFF_FFFF, 8: MASK64}
+_CTRL_RUNNING = b"\x01\x00"   # EHCMDEXEC = 1, EHCMDDONE = 0
+_CTRL_DONE = b"\x00\x01"      # EHCMDEXEC = 0, EHCMDDONE = 1
+
+#: Counters kept per engine (lock-free on the command path) and summed into ``stats``.
+ENGINE_STAT_KEYS = ("commands", "runs", "run_errors", "interrupts", "interrupts_masked")
+STAT_KEYS = (
+    "ro_writes", "unmapped_writes", "bad_size_accesses", "commands", "runs", "run_errors",
+    "busy_exec_writes", "dma_runs", "dma_descriptors", "dma_bytes", "dma_errors",
+    "busy_dma_starts", "interrupts", "interrupts_masked", "interrupts_unhandled",
+    "irq_handler_errors", "internal_errors", "resets",
+)
+
+
+class _Engine:
+    """Per-engine command state and the locks of the EHCMDEXEC handshake."""
+
+    def __init__(self, n: int):
+        self.index = n
+        self.req = R.cmdreq(n)
+        self.res = R.cmdres(n)
+        self.ctrl = R.cmdctrl(n)
+        self.vector = R.engine_vector(n)
+        #: Held from the EXEC write that starts a command until the command completes.
+        self.running = threading.Lock()
+        #: Held by the completion path across "release running, raise the vector", so reset()
+        #: can wait until no interrupt of a pre-reset command is still on its way. Re-entrant
+        #: because an interrupt handler may start the next (inline) command on this engine.
+        self.done = threading.RLock()
+        #: Released by the EXEC write to hand a Run Program to the worker thread.
+        self.go = threading.Lock()
+        self.go.acquire()
+        self.request = b""
+        self.thread: threading.Thread | None = None
+        #: Tells the worker to exit when it next wakes (close(), or the device was collected).
+        self.stop = False
+        # Counters of the command path, only changed by the holder of ``running`` (or ``done``),
+        # so they need no lock; ``HermesDevice.stats`` sums them.
+        self.counts = dict.fromkeys(ENGINE_STAT_KEYS, 0)
+
+
+class HermesDevice:
+    """Register-accurate behavioural model of one Hermes eBPF accelerator.
+
+    Transports call ``bar_read``/``bar_write``/``bar_size``, use ``bar4`` (a writable memoryview
+    of BAR4), attach host memory with ``set_host_memory`` and receive interrupts through
+    ``set_irq_handler``. Call ``close()`` (or use ``with``) to stop the engine threads.
+    """
+
+    def __init__(self, engines: int = 4, program_slots: int = 16, data_slots: int = 16,
+                 program_slot_size: int = 1 << 20, data_slot_size: int = 1 << 20,
+                 build: str = "hermes-emu 0.1", engine: str | None = None,
+                 budget: int | None = None, interface_version: int = 1,
+                 bar4: object | None = None, *, cache_size: int = DEFAULT_CACHE_SIZE):
+        _check_int("engines", engines, 1, MAX_ENGINES)
+        _check_int("program_slots", program_slots, 1, 255)
+        _check_int("data_slots", data_slots, 1, 255)
+        for name, size in (("program_slot_size", program_slot_size),
+                           ("data_slot_size", data_slot_size)):
+            _check_int(name, size, 8, 0xFFFF_FFF8)
+            if size % 8:
+                raise ValueError(f"{name} must be a multiple of 8, got {size}")
+        if interface_version not in R.INTERFACE_VERSIONS:
+            raise ValueError(f"interface_version must be one of {R.INTERFACE_VERSIONS}, "
+                             f"got {interface_version!r}")
+        build_bytes = build.encode("utf-8") if isinstance(build, str) else None
+        if build_bytes is None or len(build_bytes) > R.EHBLD_LEN:
+            raise ValueError(f"build must be a string of at most {R.EHBLD_LEN} UTF-8 bytes")
+        if engine is not None and engine not in _engine.engine_names():
+            raise ValueError(f"unknown engine {engine!r}; choose one of "
+                             f"{', '.join(_engine.engine_names())}")
+        if budget is not None:
+            _check_int("budget", budget, 1, MASK64)
+        _check_int("cache_size", cache_size, 0, 1 << 20)
+
+        self._engine_mod = _engine
+        self.engines = engines
+        self.program_slots = program_slots
+        self.data_slots = data_slots
+        self.program_slot_size = program_slot_size
+        self.data_slot_size = data_slot_size
+        self.program_slot_offset = 0
+        self.data_slot_offset = _align(program_slots * program_slot_size, BAR4_ALIGN)
+        self.build = build
+        self.interface_version = interface_version
+        self.engine_name = engine or _engine.DEFAULT_ENGINE
+        self.budget = budget if budget is not None else _engine.DEFAULT_BUDGET
+        self.num_vectors = NUM_VECTORS
+        bar4_size = self.data_slot_offset + data_slots * data_slot_size
+        if interface_version == 1 and self.data_slot_offset > 0xFFFF_FFFF:
+            raise ValueError("the data slot offset does not fit interface version 1's 32-bit "
+                             "EHDSOFF; use interface_version=2")
+
+        # BAR4: program slots then data slots, in a caller's buffer (shared memory) or our own.
+        self._own_bar4 = bar4 is None
+        if bar4 is None:
+            self._bar4_store: object = bytearray(bar4_size)
+            view = memoryview(self._bar4_store)
+        else:
+            self._bar4_store = bar4
+            view = memoryview(bar4)  # type: ignore[arg-type]
+            if view.readonly:
+                raise ValueError("bar4 buffer must be writable")
+            if view.format != "B" or view.ndim != 1:
+                view = view.cast("B")
+            if view.nbytes < bar4_size:
+                raise ValueError(f"bar4 buffer has {view.nbytes} bytes, the layout needs "
+                                 f"{bar4_size}")
+            view = view[:bar4_size]
+        self._bar4 = view
+        self._bar4_size = bar4_size
+
+        # BAR0 as bytes: header, command requests/responses and control registers live here so
+        # a register read is one slice; writes are routed by region in bar_write.
+        self._ctrl_end = R.cmdctrl(engines)
+        self._req_end = R.EHCMDREQ_BASE + R.EHCMD_STRIDE * engines
+        self._bar0 = bytearray(self._ctrl_end)
+        self._bar0_len = len(self._bar0)
+        self._header_end = HEADER_END[interface_version]
+        self._write_header(build_bytes)
+
+        self._stats = dict.fromkeys(STAT_KEYS, 0)
+        self._stats_lock = threading.Lock()
+        self._slots_lock = threading.Lock()
+        self._allocated = ([False] * program_slots, [False] * data_slots)
+        self._cache = ProgramCache(cache_size, self._load)
+        self._host: object | None = None
+        self._irq_handler: Callable[[int], None] | None = None
+        #: Last failure per engine (load or run), for diagnostics; not visible through registers.
+        self.last_errors: dict[int, BaseException] = {}
+        self._closed = False
+        self._xdma = XdmaBlock(self._bar4, self._raise_irq, self._count, self._user_request)
+        self._engines = [_Engine(n) for n in range(engines)]
+        # Workers hold the device only weakly while idle, so a device dropped without close()
+        # is still collected and its threads end (the finalizer wakes them).
+        me = weakref.ref(self)
+        for eng in self._engines:
+            eng.thread = threading.Thread(target=_engine_thread, args=(me, eng),
+                                          name=f"hermes-engine-{eng.index}", daemon=True)
+            eng.thread.start()
+        weakref.finalize(self, _stop_engines, list(self._engines))
+
+    def _write_header(self, build: bytes) -> None:
+        b = self._bar0
+
+        def put(off: int, size: int, value: int) -> None:
+            b[off:off + size] = value.to_bytes(size, "little")
+
+        put(R.EHVER, 4, self.interface_version)
+        b[R.EHBLD:R.EHBLD + R.EHBLD_LEN] = build.ljust(R.EHBLD_LEN, b"\0")
+        put(R.EHENG, 1, self.engines)
+        put(R.EHPSLOT, 1, self.program_slots)
+        put(R.EHDSLOT, 1, self.data_slots)
+        if self.interface_version == 1:
+            put(R.EHPSOFF, 4, self.program_slot_offset)
+            put(R.EHPSSZE, 4, self.program_slot_size)
+            put(R.EHDSOFF, 4, self.data_slot_offset)
+            put(R.EHDSSZE, 4, self.data_slot_size)
+        else:
+            put(R.EHPSOFF_V2, 8, self.program_slot_offset)
+            put(R.EHPSSZE_V2, 4, self.program_slot_size)
+            put(R.EHDSOFF_V2, 8, self.data_slot_offset)
+            put(R.EHDSSZE_V2, 4, self.data_slot_size)
+
+    # --- public surface used by transports -----------------------------------------------------
+    @property
+    def bar4(self) -> memoryview:
+        """Writable view of BAR4 (program slots, then data slots)."""
+        return self._bar4
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Snapshot of the device's counters (ignored writes, commands, DMA, interrupts...)."""
+        with self._stats_lock:
+            out = dict(self._stats)
+        for eng in self._engines:
+            for key, n in eng.counts.items():
+                out[key] += n
+        out["cache_hits"] = self._cache.hits
+        out["cache_misses"] = self._cache.misses
+        return out
+
+    def bar_size(self, bar: int) -> int:
+        """Size in bytes of BAR ``bar`` (0, 2 or 4)."""
+        if bar == R.BAR_REGS:
+            return R.BAR0_SIZE
+        if bar == R.BAR_DMA:
+            return R.BAR2_SIZE
+        if bar == R.BAR_MEM:
+            return self._bar4_size
+        raise ValueError(f"the Hermes device has no BAR {bar}")
+
+    def set_host_memory(self, host: object | None) -> None:
+        """Attach the host memory DMA reads descriptors and data from (``HostMemory``-like)."""
+        self._host = host
+        self._xdma.host = host
+
+    def set_irq_handler(self, fn: Callable[[int], None] | None) -> None:
+        """Call ``fn(vector)`` (from device threads) whenever an interrupt fires."""
+        self._irq_handler = fn
+
+    def bar_read(self, bar: int, offset: int, size: int) -> int:
+        """Read ``size`` bytes of BAR ``bar`` at ``offset`` as a little-endian integer."""
+        if bar == 0:
+            if size in _MASKS and not offset & (size - 1):
+                end = offset + size
+                if end <= self._bar0_len and offset >= 0:
+                    return int.from_bytes(self._bar0[offset:end], "little")
+                self._check_range(0, offset, size)
+                return 0
+            self._check_range(0, offset, size)
+            self._count("bad_size_accesses")
+            return 0
+        if bar == 2:
+            self._check_range(2, offset, size)
+            if size != 4 or offset & 3:
+                self._count("bad_size_accesses")
+                return 0
+            return self._xdma.read(offset)
+        if bar == 4:
+            self._check_range(4, offset, size)
+            if size not in _MASKS:
+                self._count("bad_size_accesses")
+                return 0
+            return int.from_bytes(self._bar4[offset:offset + size], "little")
+        raise ValueError(f"the Hermes device has no BAR {bar}")
+
+    def bar_write(self, bar: int, offset: int, size: int, value: int) -> None:
+        """Write ``value`` as ``size`` little-endian bytes to BAR ``bar`` at ``offset``."""
+        if bar == 0:
+            mask = _MASKS.get(size)
+            if mask is None or offset & (size - 1):
+                self._check_range(0, offset, size)
+                self._count("bad_size_accesses")
+                return
+            if R.EHCMDREQ_BASE <= offset < self._req_end:
+                if (offset - R.EHCMDREQ_BASE) % R.EHCMD_STRIDE < R.EHCMDREQ_LEN:
+                    self._bar0[offset:offset + size] = (value & mask).to_bytes(size, "little")
+                else:
+                    self._count("ro_writes")   # EHCMDRES is read-only (Decision 3)
+                return
+            if R.EHCMDCTRL_BASE <= offset < self._ctrl_end:
+                if offset & 7 == R.EHCMDEXEC:
+                    # Only byte 0 (EXEC) is writable; DONE and reserved bytes of a wider write
+                    # are dropped silently.
+                    if value & 1:
+                        self._exec(self._engines[(offset - R.EHCMDCTRL_BASE) >> 3])
+                else:
+                    self._count("ro_writes")
+                return
+            self._check_range(0, offset, size)
+            self._count("ro_writes" if offset < self._header_end else "unmapped_writes")
+            return
+        if bar == 2:
+            self._check_range(2, offset, size)
+            if size != 4 or offset & 3:
+                self._count("bad_size_accesses")
+                return
+            ignored = self._xdma.write(offset, value)
+            if ignored:
+                self._count(ignored)
+            return
+        if bar == 4:
+            self._check_range(4, offset, size)
+            mask = _MASKS.get(size)
+            if mask is None:
+                self._count("bad_size_accesses")
+                return
+            self._bar4[offset:offset + size] = (value & mask).to_bytes(size, "little")
+            return
+        raise ValueError(f"the Hermes device has no BAR {bar}")
+
+    def reset(self) -> None:
+        """Device reset: waits for running commands and DMA, frees every slot, clears registers.
+
+        BAR4 contents are kept. Interrupt masks return to 0, so a driver re-enables them after a
+        reset. No interrupt of a command that finished before the reset arrives after it returns.
+        Must not be called from the interrupt handler.
+        """
+        if self._closed:
+            raise RuntimeError("device is closed")
+        for eng in self._engines:
+            eng.running.acquire()
+            eng.done.acquire()
+        try:
+            self._xdma.reset()
+            with self._slots_lock:
+                for kind in self._allocated:
+                    kind[:] = [False] * len(kind)
+            self._bar0[R.EHCMDREQ_BASE:] = bytes(self._bar0_len - R.EHCMDREQ_BASE)
+            self.last_errors.clear()
+        finally:
+            for eng in self._engines:
+                eng.done.release()
+                eng.running.release()
+        self._count("resets")
+
+    def close(self) -> None:
+        """Stop the engine threads (after their current commands). Idempotent.
+
+        Registers stay readable; a caller-provided BAR4 buffer is let go (BAR4 accesses fail).
+        """
+        if self._closed:
+            return
+        self._closed = True
+        for eng in self._engines:
+            eng.running.acquire()   # wait for the command in flight; keeps new ones out for good
+        _stop_engines(self._engines)
+        for eng in self._engines:
+            if eng.thread is not None:
+                eng.thread.join()
+        if not self._own_bar4:
+            # A caller's buffer (e.g. an mmap shared with another process) must be closable once
+            # the device is: drop our views of it. BAR4 is unreachable from then on.
+            try:
+                self._bar4.release()
+            except BufferError:
+                pass
+
+    def __enter__(self) -> "HermesDevice":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def slots_in_use(self) -> tuple[list[int], list[int]]:
+        """Allocated (program slot ids, data slot ids), for diagnostics and tests."""
+        with self._slots_lock:
+            return ([i for i, a in enumerate(self._allocated[0]) if a],
+                    [i for i, a in enumerate(self._allocated[1]) if a])
+
+    def program_slot(self, slot: int) -> memoryview:
+        """Writable view of program slot ``slot`` in BAR4."""
+        off = self.program_slot_offset + slot * self.program_slot_size
+        return self._bar4[off:off + self.program_slot_size]
+
+    def data_slot(self, slot: int) -> memoryview:
+        """Writable view of data slot ``slot`` in BAR4."""
+        off = self.data_slot_offset + slot * self.data_slot_size
+        return self._bar4[off:off + self.data_slot_size]
+
+    # --- internals ------------------------------------------------------------------------------
+    def _check_range(self, bar: int, offset: int, size: int) -> None:
+        if offset < 0 or size < 1 or offset + size > self.bar_size(bar):
+            raise ValueError(f"access of {size} bytes at {offset:#x} is outside BAR{bar} "
+                             f"({self.bar_size(bar):#x} bytes)")
+
+    def _count(self, key: str, n: int = 1) -> None:
+        with self._stats_lock:
+            self._stats[key] += n
+
+    @staticmethod
+    def _zero(view: memoryview) -> None:
+        for off in range(0, len(view), len(_ZERO_CHUNK)):
+            n = min(len(_ZERO_CHUNK), len(view) - off)
+            view[off:off + n] = _ZERO_CHUNK[:n]
+
+    def _user_request(self) -> int:
+        # User interrupt request n is engine n's EHCMDDONE (level: set at completion, cleared
+        # when the next command starts).
+        b = self._bar0
+        bits = 0
+        for eng in self._engines:
+            if b[eng.ctrl + R.EHCMDDONE]:
+                bits |= 1 << eng.index
+        return bits
+
+    def _raise_irq(self, vector: int) -> None:
+        handler = self._irq_handler
+        if handler is None:
+            self._count("interrupts_unhandled")
+            return
+        try:
+            handler(vector)
+        except Exception:  # the handler belongs to the host side; never let it kill our thread
+            self._count("irq_handler_errors")
+
+    def _exec(self, eng: _Engine) -> None:
+        """Handshake start (Decision 2): EXEC=1 and DONE=0 before the write returns."""
+        if not eng.running.acquire(False):
+            self._count("busy_exec_writes")
+            return
+        b = self._bar0
+        ctrl = eng.ctrl
+        b[ctrl:ctrl + 2] = _CTRL_RUNNING
+        req = bytes(b[eng.req:eng.req + R.EHCMDREQ_LEN])   # later REQ writes do not affect it
+        eng.counts["commands"] += 1
+        if req[0] == R.CMD_RUN_PROGRAM:
+            eng.request = req
+            eng.go.release()
+            return
+        # Slot commands take microseconds: finish them inside the write (no thread hand-off).
+        try:
+            res = self._slot_command(req)
+        except Exception as exc:  # defensive: a model bug must still complete the handshake
+            self._count("internal_errors")
+            self.last_errors[eng.index] = exc
+            res = response(_cid(req), R.STATUS_EBPF_ERROR,
+                           make_error_code(R.EBPF_ERR_INTERNAL, 0))
+        self._complete(eng, res)
+
+    def _complete(self, eng: _Engine, res: bytes) -> None:
+        """Handshake end: response, then DONE=1 with EXEC=0 (one store), then the vector."""
+        b = self._bar0
+        with eng.done:
+            b[eng.res:eng.res + R.EHCMDRES_LEN] = res
+            b[eng.ctrl:eng.ctrl + 2] = _CTRL_DONE
+            # Free the engine before interrupting, so a driver woken by the vector can start the
+            # next command at once.
+            eng.running.release()
+            if (self._xdma.user_mask >> eng.index) & 1:
+                eng.counts["interrupts"] += 1
+                self._raise_irq(eng.vector)
+            else:
+                eng.counts["interrupts_masked"] += 1
+
+    def _serve(self, eng: _Engine) -> None:
+        """Run the Run Program command handed over by the EXEC write, then complete it."""
+        req = eng.request
+        try:
+            res = self._run_program(eng, req)
+        except Exception as exc:  # never let an exception kill the engine thread
+            self._count("internal_errors")
+            self.last_errors[eng.index] = exc
+            res = response(_cid(req), R.STATUS_EBPF_ERROR, make_error_code(R.EBPF_ERR_INTERNAL, 0))
+        try:
+            self._complete(eng, res)
+        except Exception:
+            self._count("internal_errors")
+
+    def _slot_command(self, req: bytes) -> bytes:
+        opcode, cid, kind = req[0], _cid(req), req[8]
+        if opcode not in (R.CMD_REQUEST_SLOT, R.CMD_RELEASE_SLOT) or kind not in (
+                R.SLOT_PROGRAM, R.SLOT_DATA):
+            return response(cid, R.STATUS_INVALID_OPCODE)
+        table = self._allocated[kind]
+        if opcode == R.CMD_REQUEST_SLOT:
+            with self._slots_lock:
+                slot = next((i for i, used in enumerate(table) if not used), None)
+                if slot is None:
+                    return response(cid, R.STATUS_NO_SPACE)
+                table[slot] = True
+            # A new owner never sees the previous owner's bytes (D7): zero the slot now.
+            self._zero(self.program_slot(slot) if kind == R.SLOT_PROGRAM else self.data_slot(slot))
+            return response(cid, R.STATUS_SUCCESS, slot)
+        slot = req[9]
+        with self._slots_lock:
+            if slot < len(table) and table[slot]:
+                table[slot] = False
+                return response(cid, R.STATUS_SUCCESS)
+        return response(cid, R.STATUS_INVALID_PROG_SLOT if kind == R.SLOT_PROGRAM
+                        else R.STATUS_INVALID_DATA_SLOT)
+
+    def _run_program(self, eng: _Engine, req: bytes) -> bytes:
+        cid, pslot, dslot = _cid(req), req[8], req[9]
+        length = int.from_bytes(req[12:16], "little")
+        # Reading one flag is atomic; the lock only orders allocation changes.
+        prog_ok = pslot < self.program_slots and self._allocated[0][pslot]
+        data_ok = dslot < self.data_slots and self._allocated[1][dslot]
+        if not prog_ok:
+            return response(cid, R.STATUS_INVALID_PROG_SLOT)
+        if not data_ok:
+            return response(cid, R.STATUS_INVALID_DATA_SLOT)
+        counts = eng.counts
+        counts["runs"] += 1
+        if length == 0 or length % 8 or length > self.program_slot_size:
+            counts["run_errors"] += 1
+            return response(cid, R.STATUS_EBPF_ERROR, make_error_code(R.EBPF_ERR_LOAD, 0))
+        poff = self.program_slot_offset + pslot * self.program_slot_size
+        code = bytes(self._bar4[poff:poff + length])
+        exe = self._cache.get(code, self.engine_name)
+        if isinstance(exe, int):
+            counts["run_errors"] += 1
+            return response(cid, R.STATUS_EBPF_ERROR, exe)
+        doff = self.data_slot_offset + dslot * self.data_slot_size
+        memory = self._bar4[doff:doff + self.data_slot_size]   # in place: the program edits BAR4
+        try:
+            result = exe.run(memory, self.budget)  # type: ignore[attr-defined]
+        except (ExecutionError, ProgramError) as exc:
+            counts["run_errors"] += 1
+            self.last_errors[eng.index] = exc
+            return response(cid, R.STATUS_EBPF_ERROR, error_code(exc))
+        return response(cid, R.STATUS_SUCCESS, result.return_value)
+
+    def _load(self, code: bytes) -> object:
+        """Bytes of a program slot -> executable, or the status 0x05 error code on failure."""
+        eng = self._engine_mod
+        try:
+            if code[:4] == ELF_MAGIC:
+                program = eng.Program.from_elf(code)
+            else:
+                program = eng.Program.from_bytes(code)
+            return eng.load(program, helpers=eng.DEVICE_HELPERS, engine=self.engine_name,
+                            budget=self.budget)
+        except ProgramError as exc:
+            return error_code(exc)
+        except Exception:
+            # e.g. a parser crash on a malformed ELF object: still the program's fault, so a
+            # load error, but counted so model bugs do not hide.
+            self._count("internal_errors")
+            return make_error_code(R.EBPF_ERR_LOAD, 0)
+
+
+def _engine_thread(device_ref: "weakref.ref[HermesDevice]", eng: _Engine) -> None:
+    """Body of engine ``eng``'s worker thread: wait for a command, serve it, repeat."""
+    while True:
+        eng.go.acquire()
+        if eng.stop:
+            return
+        device = device_ref()
+        if device is None:
+            return
+        device._serve(eng)
+        del device
+
+
+def _stop_engines(engines: list[_Engine]) -> None:
+    """Make idle workers exit (each is blocked on its ``go`` lock, which is held)."""
+    for eng in engines:
+        eng.stop = True
+        try:
+            eng.go.release()
+        except RuntimeError:   # already released: the worker is about to wake anyway
+            pass
+
+
+def _cid(req: bytes) -> int:
+    return req[2] | (req[3] << 8)
+
+
+def _align(value: int, to: int) -> int:
+    return (value + to - 1) // to * to
+
+
+def _check_int(name: str, value: object, lo: int, hi: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise ValueError(f"{name} must be an integer in {lo}..{hi}, got {value!r}")

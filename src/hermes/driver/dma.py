@@ -1,0 +1,198 @@
+"""XDMA channels: descriptor chains in host memory, bounce buffers, a pool handing channels out."""
+from __future__ import annotations
+
+import errno
+import struct
+import threading
+import time
+
+from .. import regs
+from ..transport.base import DmaBuffer, Transport
+from .protocol import error
+
+_DESC = struct.Struct("<IIQQQ")
+assert _DESC.size == regs.DESC_SIZE
+# The end-of-chain block read relies on this layout.
+assert (regs.XDMA_CH_STATUS_RC, regs.XDMA_CH_COMPLETED) == (regs.XDMA_CH_STATUS + 4,
+                                                             regs.XDMA_CH_STATUS + 8)
+_MAGIC_CONTROL = regs.DESC_MAGIC << 16
+_LAST_CONTROL = _MAGIC_CONTROL | regs.DESC_STOP | regs.DESC_EOP | regs.DESC_COMPLETED
+#: Status bits that mean the chain ended normally (everything else but busy is an error).
+_DONE_BITS = regs.XDMA_STAT_DESC_STOPPED | regs.XDMA_STAT_DESC_COMPLETED
+_STATUS_BIT_NAMES = {
+    regs.XDMA_STAT_MAGIC_STOPPED: "bad descriptor magic",
+    regs.XDMA_STAT_INVALID_LEN: "length past the end of BAR4 or host memory",
+    regs.XDMA_STAT_READ_ERROR: "source not readable",
+    regs.XDMA_STAT_WRITE_ERROR: "destination not writable",
+    regs.XDMA_STAT_DESC_ERROR: "bad descriptor chain",
+}
+H2C, C2H = "H2C", "C2H"
+
+
+def describe_status(status: int) -> str:
+    """Names of the error bits in a channel status word."""
+    names = [name for bit, name in _STATUS_BIT_NAMES.items() if status & bit]
+    rest = status & ~(sum(_STATUS_BIT_NAMES) | _DONE_BITS | regs.XDMA_STAT_BUSY)
+    if rest:
+        names.append(f"other status bits {rest:#x}")
+    return ", ".join(names) or "no error bits"
+
+
+class Channel:
+    """One XDMA channel (H2C or C2H): its registers, vector, descriptor ring and bounce buffer."""
+
+    def __init__(self, transport: Transport, direction: str, index: int, vector: int | None,
+                 bounce_size: int, chunk: int):
+        self.t = transport
+        self.direction = direction
+        self.index = index
+        self.vector = vector
+        self.chunk = chunk
+        self.bounce_size = bounce_size
+        #: Descriptors a chain may have: enough for a full bounce buffer, at most MAX_DESC_CHAIN.
+        self.max_descs = min(regs.MAX_DESC_CHAIN, -(-bounce_size // chunk))
+        target = regs.XDMA_TARGET_H2C if direction == H2C else regs.XDMA_TARGET_C2H
+        sg = regs.XDMA_TARGET_H2C_SGDMA if direction == H2C else regs.XDMA_TARGET_C2H_SGDMA
+        self.r_control = regs.xdma_offset(target, index, regs.XDMA_CH_CONTROL)
+        self.r_control_w1c = regs.xdma_offset(target, index, regs.XDMA_CH_CONTROL_W1C)
+        self.r_status = regs.xdma_offset(target, index, regs.XDMA_CH_STATUS)
+        self.r_status_rc = regs.xdma_offset(target, index, regs.XDMA_CH_STATUS_RC)
+        self.r_completed = regs.xdma_offset(target, index, regs.XDMA_CH_COMPLETED)
+        self.r_irq_mask = regs.xdma_offset(target, index, regs.XDMA_CH_IRQ_MASK)
+        self.r_desc_lo = regs.xdma_offset(sg, index, regs.XDMA_SG_DESC_LO)
+        self.r_desc_hi = regs.xdma_offset(sg, index, regs.XDMA_SG_DESC_HI)
+        self.r_desc_adj = regs.xdma_offset(sg, index, regs.XDMA_SG_DESC_ADJ)
+        self._descs: DmaBuffer | None = None
+        self._bounce: DmaBuffer | None = None
+        self._loaded_desc_addr: int | None = None
+        self.dead = False
+        #: The transport reads a block in one access (see Driver._block_reads).
+        self.block_reads = type(transport).read_block is not Transport.read_block
+
+    @property
+    def name(self) -> str:
+        """``H2C0``, ``C2H3``...: for messages."""
+        return f"{self.direction}{self.index}"
+
+    def bounce(self) -> DmaBuffer:
+        """The channel's bounce buffer (allocated on first use; kept for the driver's lifetime)."""
+        if self._bounce is None:
+            self._bounce = self.t.dma_alloc(self.bounce_size)
+        return self._bounce
+
+    def _ring(self) -> DmaBuffer:
+        if self._descs is None:
+            self._descs = self.t.dma_alloc(self.max_descs * regs.DESC_SIZE)
+        return self._descs
+
+    def transfer(self, host_addr: int, bar4_off: int, length: int, timeout: float) -> None:
+        """Move ``length`` bytes between host bus address ``host_addr`` and BAR4 ``bar4_off``.
+
+        Builds one chain of descriptors of at most ``chunk`` bytes each (splitting into several
+        chains when it would be longer than the ring), starts the channel and waits for its
+        interrupt. Raises EIO on an error status and ETIMEDOUT when the channel never finishes.
+        """
+        step = self.chunk * self.max_descs
+        pos = 0
+        while pos < length:
+            n = min(step, length - pos)
+            self._chain(host_addr + pos, bar4_off + pos, n, timeout)
+            pos += n
+
+    def _chain(self, host_addr: int, bar4_off: int, length: int, timeout: float) -> None:
+        ring = self._ring()
+        view = ring.view
+        base = ring.bus_addr
+        chunk = self.chunk
+        count = -(-length // chunk)
+        h2c = self.direction == H2C
+        pack = _DESC.pack_into
+        for i in range(count):
+            off = i * chunk
+            n = min(chunk, length - off)
+            last = i == count - 1
+            host, dev = host_addr + off, bar4_off + off
+            src, dst = (host, dev) if h2c else (dev, host)
+            # Every descriptor points at the next one and says "0 adjacent": the device follows
+            # `next` pointers, which is correct whatever its adjacent-block prefetch does.
+            pack(view, i * regs.DESC_SIZE, _LAST_CONTROL if last else _MAGIC_CONTROL, n, src, dst,
+                 0 if last else base + (i + 1) * regs.DESC_SIZE)
+        t = self.t
+        if self._loaded_desc_addr != base:
+            t.write(regs.BAR_DMA, self.r_desc_lo, 4, base & 0xFFFFFFFF)
+            t.write(regs.BAR_DMA, self.r_desc_hi, 4, base >> 32)
+            t.write(regs.BAR_DMA, self.r_desc_adj, 4, 0)
+            self._loaded_desc_addr = base
+        # Status bits of the previous chain were cleared by its clear-on-read below.
+        vector = self.vector
+        if vector is not None:
+            t.irq_clear(vector)
+        t.write(regs.BAR_DMA, self.r_control, 4, regs.XDMA_CTRL_RUN)
+        if vector is not None:
+            fired = t.irq_wait(vector, timeout)
+        else:
+            fired = self._poll(timeout)
+        if self.block_reads:
+            # STATUS, STATUS_RC (clears the bits), COMPLETED are adjacent: one message for a
+            # transport with block reads, read in that order.
+            raw = t.read_block(regs.BAR_DMA, self.r_status, 12)
+            status = int.from_bytes(raw[4:8], "little")
+            done = int.from_bytes(raw[8:12], "little")
+        else:
+            status = t.read(regs.BAR_DMA, self.r_status_rc, 4)
+            done = None
+        t.write(regs.BAR_DMA, self.r_control_w1c, 4, regs.XDMA_CTRL_RUN)
+        if not fired:
+            if t.read(regs.BAR_DMA, self.r_status, 4) & regs.XDMA_STAT_BUSY:
+                self.dead = True  # still walking descriptors after we stopped it: never reuse
+            raise error(errno.ETIMEDOUT, f"DMA {self.name}: no completion interrupt within "
+                        f"{timeout:g} s for {length} bytes ({count} descriptors)")
+        if status & regs.XDMA_STAT_BUSY or status & ~(_DONE_BITS | regs.XDMA_STAT_BUSY):
+            raise error(errno.EIO, f"DMA {self.name} failed for {length} bytes at BAR4 "
+                        f"{bar4_off:#x}: status {status:#x} ({describe_status(status)})")
+        if done is None:
+            done = t.read(regs.BAR_DMA, self.r_completed, 4)
+        if done != count:
+            raise error(errno.EIO, f"DMA {self.name}: device completed {done} descriptors, "
+                        f"the chain had {count}")
+
+    def _poll(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while self.t.read(regs.BAR_DMA, self.r_status, 4) & regs.XDMA_STAT_BUSY:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.0001)
+        return True
+
+    def free(self) -> None:
+        """Release the channel's host memory."""
+        for buf in (self._descs, self._bounce):
+            if buf is not None:
+                buf.free()
+        self._descs = self._bounce = None
+
+
+class ChannelPool:
+    """Channels of one direction handed out to concurrent users (a user waits for a free one)."""
+
+    def __init__(self, channels: list[Channel]):
+        self.channels = channels
+        self._free = list(reversed(channels))
+        self._cond = threading.Condition(threading.Lock())
+
+    def acquire(self) -> Channel:
+        """A free channel; blocks until one is returned."""
+        with self._cond:
+            while not self._free:
+                if all(ch.dead for ch in self.channels):
+                    raise error(errno.EIO, "every DMA channel is stuck after a timeout")
+                self._cond.wait(0.5)
+            return self._free.pop()
+
+    def release(self, ch: Channel) -> None:
+        """Give ``ch`` back (a channel that got stuck is dropped instead)."""
+        if ch.dead:
+            return
+        with self._cond:
+            self._free.append(ch)
+            self._cond.notify()

@@ -1,0 +1,295 @@
+"""One open device file: owns at most one program slot and one data slot, like /dev/hermesX."""
+from __future__ import annotations
+
+import errno
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterable
+
+from .. import regs
+from .protocol import (HERMES_DOWNLOAD_PROG_IOCTL, RWF_APPEND, RWF_DSYNC, RWF_HIPRI, RWF_NOWAIT,
+                       RWF_SYNC, Response, error, flag_names, status_error)
+
+if TYPE_CHECKING:
+    from .core import Driver
+
+_UNSUPPORTED_WRITE_FLAGS = RWF_DSYNC | RWF_NOWAIT | RWF_APPEND | RWF_HIPRI
+_SEEK_SET, _SEEK_CUR, _SEEK_END = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class DownloadProg:
+    """The argument of ``HERMES_DOWNLOAD_PROG_IOCTL``: the program bytes (raw or ELF) and flags."""
+
+    prog: bytes
+    flags: int = 0
+
+
+class HermesFile:
+    """An open file on the device (the ``/dev/hermesX`` semantics of the reference driver).
+
+    Every failure is an ``OSError`` (a ``DriverError``) with the errno of the interface table.
+    Calls on one file are serialized; different files work concurrently.
+    """
+
+    def __init__(self, driver: "Driver"):
+        self._drv = driver
+        self._geo = driver.geometry
+        self._lock = threading.Lock()
+        self._prog_slot: int | None = None
+        self._prog_len = 0
+        self._data_slot: int | None = None
+        self._pos = 0
+        self._next_id = 1
+        self.closed = False
+        #: The response of the last command this file sent (for the library's error details).
+        self.last_response: Response | None = None
+
+    # --- helpers ----------------------------------------------------------------------------------
+    def _cmd_id(self) -> int:
+        i = self._next_id
+        self._next_id = (i + 1) & 0xFFFF
+        return i
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise error(errno.EBADF, "the file is closed")
+
+    def _need_program(self, what: str) -> None:
+        if self._prog_slot is None:
+            raise error(errno.EBADFD, f"{what} before a program was downloaded")
+
+    def _ensure_data_slot(self) -> int:
+        if self._data_slot is None:
+            self._data_slot = self._drv.request_slot(regs.SLOT_DATA, cmd_id=self._cmd_id())
+        return self._data_slot
+
+    def _clamp(self, offset: int, length: int) -> int:
+        """Bytes of a transfer of ``length`` at ``offset`` that fit in the data slot."""
+        return max(0, min(length, self._geo.data_slot_size - offset))
+
+    @property
+    def program_slot(self) -> int | None:
+        """The program slot this file owns, if any."""
+        return self._prog_slot
+
+    @property
+    def data_slot(self) -> int | None:
+        """The data slot this file owns, if any."""
+        return self._data_slot
+
+    # --- ioctl ------------------------------------------------------------------------------------
+    def ioctl(self, request: int, arg: object) -> int:
+        """``HERMES_DOWNLOAD_PROG_IOCTL`` with a ``DownloadProg``; any other request is EINVAL."""
+        with self._lock:
+            self._check_open()
+            if request != HERMES_DOWNLOAD_PROG_IOCTL:
+                raise error(errno.EINVAL, f"unknown ioctl request {request:#x} (the device knows "
+                            f"only HERMES_DOWNLOAD_PROG_IOCTL {HERMES_DOWNLOAD_PROG_IOCTL:#x})")
+            if not isinstance(arg, DownloadProg):
+                raise error(errno.EINVAL, f"HERMES_DOWNLOAD_PROG_IOCTL takes a DownloadProg, "
+                            f"not {type(arg).__name__}")
+            return self._download(arg.prog, arg.flags)
+
+    def download_program(self, prog: bytes, flags: int = 0) -> int:
+        """Copy ``prog`` (raw instructions or an ELF object) into this file's program slot."""
+        return self.ioctl(HERMES_DOWNLOAD_PROG_IOCTL, DownloadProg(prog, flags))
+
+    def _download(self, prog: bytes, flags: int) -> int:
+        if flags != 0:
+            raise error(errno.EINVAL, f"download flags must be 0, got {flags:#x}")
+        view = memoryview(prog).cast("B")
+        size = self._geo.program_slot_size
+        if len(view) > size:
+            raise error(errno.EINVAL, f"program is {len(view)} bytes, larger than a program slot "
+                        f"({size} bytes)")
+        if not len(view):
+            raise error(errno.EINVAL, "program is empty (0 bytes)")
+        if self._prog_slot is None:
+            self._prog_slot = self._drv.request_slot(regs.SLOT_PROGRAM, cmd_id=self._cmd_id())
+        self._prog_len = 0  # a failed copy leaves no runnable program behind
+        self._drv._h2c_copy(self._geo.program_slot(self._prog_slot), view)
+        self._prog_len = len(view)
+        return 0
+
+    # --- data -------------------------------------------------------------------------------------
+    def pwrite(self, data: "bytes | bytearray | memoryview", offset: int) -> int:
+        """Copy ``data`` into the data slot at ``offset`` (truncated at the slot's end)."""
+        with self._lock:
+            return self._pwrite(memoryview(data).cast("B"), offset)
+
+    def _pwrite(self, view: memoryview, offset: int) -> int:
+        self._check_open()
+        if offset < 0:
+            raise error(errno.EINVAL, f"negative write offset {offset}")
+        self._need_program("write")
+        slot = self._ensure_data_slot()
+        n = self._clamp(offset, len(view))
+        if n:
+            self._drv._h2c_copy(self._geo.data_slot(slot) + offset, view[:n])
+        return n
+
+    def pread(self, size: int, offset: int) -> bytes:
+        """Up to ``size`` bytes of the data slot at ``offset`` (truncated at the slot's end)."""
+        with self._lock:
+            n = self._pread_len(size, offset)
+            return self._drv._c2h_bytes(self._geo.data_slot(self._data_slot) + offset, n)
+
+    def _pread_len(self, size: int, offset: int) -> int:
+        self._check_open()
+        if offset < 0:
+            raise error(errno.EINVAL, f"negative read offset {offset}")
+        if size < 0:
+            raise error(errno.EINVAL, f"negative read size {size}")
+        self._need_program("read")
+        if self._data_slot is None:
+            raise error(errno.ENODATA, "read before any data was written")
+        return self._clamp(offset, size)
+
+    def write(self, data: "bytes | bytearray | memoryview") -> int:
+        """``pwrite`` at the file position, which advances by the bytes written."""
+        with self._lock:
+            n = self._pwrite(memoryview(data).cast("B"), self._pos)
+            self._pos += n
+            return n
+
+    def read(self, size: int) -> bytes:
+        """``pread`` at the file position, which advances by the bytes read."""
+        with self._lock:
+            n = self._pread_len(size, self._pos)
+            out = self._drv._c2h_bytes(self._geo.data_slot(self._data_slot) + self._pos, n)
+            self._pos += n
+            return out
+
+    def seek(self, offset: int, whence: int = _SEEK_SET) -> int:
+        """Move the file position (SEEK_SET / SEEK_CUR / SEEK_END = the data slot's end)."""
+        with self._lock:
+            self._check_open()
+            base = {_SEEK_SET: 0, _SEEK_CUR: self._pos,
+                    _SEEK_END: self._geo.data_slot_size}.get(whence)
+            if base is None or base + offset < 0:
+                raise error(errno.EINVAL, f"invalid seek (offset {offset}, whence {whence})")
+            self._pos = base + offset
+            return self._pos
+
+    def tell(self) -> int:
+        """The file position."""
+        return self._pos
+
+    @staticmethod
+    def _check_vec(flags: int, offset: int, unsupported: int, what: str) -> None:
+        if flags & unsupported or flags & ~(unsupported | RWF_SYNC):
+            raise error(errno.EOPNOTSUPP, f"{what} flags {flag_names(flags)} are not supported")
+        if offset == -1:
+            raise error(errno.EOPNOTSUPP, f"{what} at offset -1 (the file position) is not "
+                        "supported; pass an explicit offset")
+        if offset < 0:
+            raise error(errno.EINVAL, f"negative {what} offset {offset}")
+
+    def pwritev(self, buffers: Iterable["bytes | bytearray | memoryview"], offset: int,
+                flags: int = 0) -> int:
+        """Gather ``buffers`` into the data slot at ``offset``; with ``RWF_SYNC`` then run.
+
+        Returns the bytes written. With RWF_SYNC a failing run (non-zero r0 included) raises
+        ENOEXEC after the data was written.
+        """
+        self._check_vec(flags, offset, _UNSUPPORTED_WRITE_FLAGS, "pwritev")
+        data = b"".join(memoryview(b).cast("B") for b in buffers)
+        with self._lock:
+            self._check_open()
+            if flags & RWF_SYNC:
+                # Refuse before writing anything when a run could not happen anyway.
+                self._need_program("pwritev with RWF_SYNC")
+            n = self._pwrite(memoryview(data), offset)
+            if flags & RWF_SYNC:
+                self._run_checked()
+            return n
+
+    def preadv(self, buffers: Iterable["bytearray | memoryview"], offset: int,
+               flags: int = 0) -> int:
+        """Scatter the data slot at ``offset`` into writable ``buffers``; returns the bytes read."""
+        self._check_vec(flags, offset, _UNSUPPORTED_WRITE_FLAGS | RWF_SYNC, "preadv")
+        views = [memoryview(b).cast("B") for b in buffers]
+        for v in views:
+            if v.readonly:
+                raise error(errno.EFAULT, "preadv buffer is not writable")
+        data = self.pread(sum(len(v) for v in views), offset)
+        pos = 0
+        for v in views:
+            n = min(len(v), len(data) - pos)
+            if n <= 0:
+                break
+            v[:n] = data[pos:pos + n]
+            pos += n
+        return len(data)
+
+    # --- running ----------------------------------------------------------------------------------
+    def run(self) -> int:
+        """Run the program on the data slot; returns r0 (any value; see ``fsync`` for the 0 rule).
+
+        Failures: EBADFD without program or data, ENOEXEC when the device reports an eBPF error
+        (the response is in ``last_response``), ETIMEDOUT, EBADE, EIO.
+        """
+        with self._lock:
+            return self._run()
+
+    def _run(self) -> int:
+        self._check_open()
+        self._need_program("run")
+        if self._data_slot is None:
+            raise error(errno.EBADFD, "run before any data was written")
+        cmd_id = self._cmd_id()
+        response = self._drv.run_program(self._prog_slot, self._data_slot, self._prog_len,
+                                         cmd_id=cmd_id)
+        self.last_response = response
+        if response.status != regs.STATUS_SUCCESS:
+            raise status_error(f"Run Program (program slot {self._prog_slot}, data slot "
+                               f"{self._data_slot})", response)
+        return response.value
+
+    def _run_checked(self) -> None:
+        r0 = self._run()
+        if r0:
+            raise error(errno.ENOEXEC, f"program returned r0 = {r0:#x}; a run must return 0",
+                        self.last_response)
+
+    def fsync(self) -> None:
+        """Run the program on the data slot; a non-zero r0 fails with ENOEXEC."""
+        with self._lock:
+            self._run_checked()
+
+    # --- lifetime ---------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Release both slots (idempotent). A release that times out (engine wedged) is deferred
+        to the driver; any other release error is raised after both tries."""
+        with self._lock:
+            if self.closed:
+                return
+            self.closed = True
+            first: OSError | None = None
+            for kind, slot in ((regs.SLOT_PROGRAM, self._prog_slot),
+                               (regs.SLOT_DATA, self._data_slot)):
+                if slot is None:
+                    continue
+                try:
+                    self._drv.release_slot(kind, slot, cmd_id=self._cmd_id())
+                except OSError as exc:
+                    if exc.errno == errno.ETIMEDOUT:
+                        self._drv.defer_release(kind, slot)  # not lost: retried later
+                    else:
+                        first = first or exc
+            self._prog_slot = self._data_slot = None
+        self._drv._forget(self)
+        if first is not None:
+            raise first
+
+    def __enter__(self) -> "HermesFile":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = ("closed" if self.closed
+                 else f"prog slot {self._prog_slot}, data slot {self._data_slot}")
+        return f"<HermesFile {state}>"

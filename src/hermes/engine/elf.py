@@ -1,0 +1,780 @@
+"""ELF loader: links a clang-compiled BPF relocatable object into a Program (code + data segments)."""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from elftools.common.exceptions import ELFError as _PyElfError
+from elftools.construct.core import ConstructError
+from elftools.elf import enums as _enums
+from elftools.elf.structs import ELFStructs
+
+from ..errors import ElfError, ProgramError
+from . import isa
+from .helpers import CONFORMANCE_HELPERS, DEVICE_HELPERS, HelperRegistry, merged
+from .memory import RODATA_BASE, RWDATA_BASE, Segment
+from .program import MAX_PROGRAM_SLOTS, Program
+
+# --- ELF constants the loader checks (numbers from the ELF and BPF psABI specifications) ---------
+EM_NONE = 0
+EM_BPF = 247
+ET_REL = 1
+ELFCLASS64 = 2
+ELFDATA2LSB = 1
+EV_CURRENT = 1
+ELFOSABI_SYSV = 0
+EHDR_SIZE = 64
+SHDR_SIZE = 64
+SYM_SIZE = 24
+REL_SIZE = 16
+RELA_SIZE = 24
+
+SHF_WRITE = 0x1
+SHF_ALLOC = 0x2
+SHF_EXECINSTR = 0x4
+
+#: BPF relocation types (LLVM's numbering).
+R_BPF_NONE = 0
+R_BPF_64_64 = 1        #: lddw of an address (code)
+R_BPF_64_ABS64 = 2     #: 64-bit absolute address (data); older toolchains/uBPF: call (code)
+R_BPF_64_ABS32 = 3     #: 32-bit absolute address (data)
+R_BPF_64_NODYLD32 = 4  #: debug info only
+R_BPF_64_32 = 10       #: bpf-to-bpf or helper call (code)
+RELOC_NAMES = {R_BPF_NONE: "R_BPF_NONE", R_BPF_64_64: "R_BPF_64_64", R_BPF_64_ABS64: "R_BPF_64_ABS64",
+               R_BPF_64_ABS32: "R_BPF_64_ABS32", R_BPF_64_NODYLD32: "R_BPF_64_NODYLD32",
+               R_BPF_64_32: "R_BPF_64_32"}
+
+#: Section name prefixes mapped as program data; everything else non-executable is not loaded.
+RODATA_PREFIXES = (".rodata",)
+RWDATA_PREFIXES = (".data", ".bss")
+#: Sections that hold BPF map definitions (BTF-style ``.maps`` and legacy ``maps``).
+MAP_SECTION_PREFIXES = (".maps", "maps")
+
+#: Largest read-only or writable data region a program may have (guards against absurd .bss sizes).
+MAX_DATA_SIZE = 64 << 20
+
+_OPCODE_CALL = isa.CLS_JMP | isa.JMP_CALL | isa.SRC_K
+_PSEUDO_CALL = 1  #: src field of a bpf-to-bpf call
+
+_STRUCTS = ELFStructs(little_endian=True, elfclass=64)
+_STRUCTS.create_basic_structs()
+_STRUCTS.create_advanced_structs(e_type="ET_REL", e_machine="EM_BPF", e_ident_osabi="ELFOSABI_SYSV")
+
+_MACHINE_NAMES = {v: k for k, v in _enums.ENUM_E_MACHINE.items() if isinstance(v, int)}
+_SHT = {k: v for k, v in _enums.ENUM_SH_TYPE_BASE.items() if isinstance(v, int)}
+_SHT_NAMES = {v: k for k, v in _SHT.items()}
+_SHN = {k: v for k, v in _enums.ENUM_ST_SHNDX.items() if isinstance(v, int)}
+_STB = {k: v for k, v in _enums.ENUM_ST_INFO_BIND.items() if isinstance(v, int)}
+_STT = {k: v for k, v in _enums.ENUM_ST_INFO_TYPE.items() if isinstance(v, int)}
+_STB_NAMES = {v: k for k, v in _STB.items()}
+_STT_NAMES = {v: k for k, v in _STT.items()}
+
+SHT_NULL, SHT_PROGBITS, SHT_SYMTAB, SHT_STRTAB = 0, 1, 2, 3
+SHT_RELA, SHT_NOBITS, SHT_REL = 4, 8, 9
+STB_LOCAL = 0
+STT_FUNC, STT_SECTION = 2, 3
+SHN_UNDEF, SHN_ABS, SHN_COMMON = 0, 0xFFF1, 0xFFF2
+SHN_LORESERVE = 0xFF00
+
+_DEFAULT_HELPERS: HelperRegistry | None = None
+
+
+def default_helpers() -> HelperRegistry:
+    """Helpers calls to undefined functions resolve against by default (corpus + device sets)."""
+    global _DEFAULT_HELPERS
+    if _DEFAULT_HELPERS is None:
+        _DEFAULT_HELPERS = merged(CONFORMANCE_HELPERS, DEVICE_HELPERS)
+    return _DEFAULT_HELPERS
+
+
+def _num(value: "int | str", table: dict[str, int]) -> int:
+    """pyelftools decodes enum fields to names when it knows them; the loader wants numbers."""
+    return value if isinstance(value, int) else table[value]
+
+
+@dataclass
+class Section:
+    """One section header of the object, decoded and bounds-checked."""
+
+    index: int
+    name: str
+    type: int
+    flags: int
+    offset: int
+    size: int
+    link: int
+    info: int
+    addralign: int
+    entsize: int
+
+    @property
+    def type_name(self) -> str:
+        """``SHT_*`` name of the section type (or its number)."""
+        return _SHT_NAMES.get(self.type, str(self.type))
+
+    @property
+    def executable(self) -> bool:
+        """True for sections holding code."""
+        return self.type == SHT_PROGBITS and bool(self.flags & SHF_EXECINSTR)
+
+
+@dataclass
+class Symbol:
+    """One symbol table entry with its resolved name."""
+
+    index: int
+    name: str
+    value: int
+    size: int
+    bind: int
+    type: int
+    shndx: int
+
+    @property
+    def bind_name(self) -> str:
+        """``STB_*`` name of the binding."""
+        return _STB_NAMES.get(self.bind, str(self.bind))
+
+    @property
+    def type_name(self) -> str:
+        """``STT_*`` name of the symbol type."""
+        return _STT_NAMES.get(self.type, str(self.type))
+
+
+@dataclass
+class Relocation:
+    """One REL/RELA entry of a relocation section."""
+
+    offset: int
+    type: int
+    sym: int
+    addend: int | None  # None for REL (the addend is in the relocated field)
+
+
+class ElfObject:
+    """A parsed, bounds-checked ELF64 little-endian relocatable object (no linking yet).
+
+    Every malformed field raises ``ElfError`` with a message naming the field and the problem.
+    """
+
+    def __init__(self, data: bytes):
+        self.data = data
+        self._check_header()
+        self.sections = self._read_sections()
+        self._symtabs: dict[int, list[Symbol]] = {}
+
+    # --- header -------------------------------------------------------------------------------
+    def _check_header(self) -> None:
+        d = self.data
+        if d[:4] != b"\x7fELF":
+            what = d[:4].hex(" ") if d else "empty input"
+            raise ElfError(f"not an ELF object (first bytes {what}, expected 7f 45 4c 46)")
+        if len(d) < EHDR_SIZE:
+            raise ElfError(f"truncated ELF object: {len(d)} bytes, the ELF header alone needs "
+                           f"{EHDR_SIZE}")
+        if d[4] != ELFCLASS64:
+            cls = {1: "32-bit (ELFCLASS32)"}.get(d[4], f"class {d[4]}")
+            raise ElfError(f"wrong ELF class: {cls}; eBPF objects are 64-bit "
+                           "(compile with clang -target bpf)")
+        if d[5] != ELFDATA2LSB:
+            order = {2: "big-endian (ELFDATA2MSB)"}.get(d[5], f"data encoding {d[5]}")
+            raise ElfError(f"wrong byte order: {order}; Hermes runs little-endian eBPF "
+                           "(compile with -target bpf or bpfel, not bpfeb)")
+        if d[6] != EV_CURRENT:
+            raise ElfError(f"wrong ELF version {d[6]} in e_ident (expected {EV_CURRENT})")
+        if d[7] != ELFOSABI_SYSV:
+            raise ElfError(f"wrong OS ABI {d[7]} in e_ident (expected 0, System V, as clang "
+                           "emits for BPF)")
+        try:
+            self.ehdr = _STRUCTS.Elf_Ehdr.parse(d[:EHDR_SIZE])
+        except (ConstructError, _PyElfError, ValueError) as exc:  # pragma: no cover - 64 bytes always parse
+            raise ElfError(f"malformed ELF header: {exc}") from None
+        e_type, machine = struct.unpack_from("<HH", d, 16)
+        if e_type != ET_REL:
+            raise ElfError(f"wrong ELF type {e_type}: expected a relocatable object (ET_REL, "
+                           "1; compile with -c)")
+        if machine not in (EM_NONE, EM_BPF):
+            name = _MACHINE_NAMES.get(machine, "unknown")
+            raise ElfError(f"wrong machine {name} ({machine}): expected EM_BPF (247) or EM_NONE "
+                           "(0); compile with clang -target bpf")
+        shoff, shentsize, shnum, shstrndx = (self.ehdr.e_shoff, self.ehdr.e_shentsize,
+                                             self.ehdr.e_shnum, self.ehdr.e_shstrndx)
+        if shnum == 0 or shnum >= SHN_LORESERVE:
+            raise ElfError(f"unsupported section count e_shnum={shnum} (the object must have "
+                           "a section header table of at most 65279 entries)")
+        if shentsize != SHDR_SIZE:
+            raise ElfError(f"bad section header size e_shentsize={shentsize} "
+                           f"(ELF64 uses {SHDR_SIZE})")
+        end = shoff + shnum * shentsize
+        if shoff < EHDR_SIZE or end > len(d):
+            raise ElfError(f"bad section header offset or count: the table of {shnum} entries "
+                           f"at {shoff} ends at {end}, beyond the {len(d)}-byte file")
+        if shstrndx == 0 or shstrndx >= shnum:
+            raise ElfError(f"bad section name table index e_shstrndx={shstrndx} "
+                           f"(object has {shnum} sections)")
+
+    # --- sections -----------------------------------------------------------------------------
+    def _read_sections(self) -> list[Section]:
+        d = self.data
+        shoff, shnum = self.ehdr.e_shoff, self.ehdr.e_shnum
+        raw, name_offsets = [], []
+        for i in range(shnum):
+            h = _STRUCTS.Elf_Shdr.parse(d[shoff + i * SHDR_SIZE:shoff + (i + 1) * SHDR_SIZE])
+            raw.append(Section(i, "", _num(h.sh_type, _SHT), h.sh_flags, h.sh_offset, h.sh_size,
+                               h.sh_link, h.sh_info, h.sh_addralign, h.sh_entsize))
+            name_offsets.append(h.sh_name)
+        for s in raw:
+            if s.type not in (SHT_NULL, SHT_NOBITS) and s.offset + s.size > len(d):
+                raise ElfError(f"bad section offset or size: section {s.index} spans "
+                               f"[{s.offset}, {s.offset + s.size}) beyond the {len(d)}-byte file")
+        shstr = raw[self.ehdr.e_shstrndx]
+        if shstr.type != SHT_STRTAB:
+            raise ElfError(f"section name table (section {shstr.index}) is not a string table")
+        names = d[shstr.offset:shstr.offset + shstr.size]
+        for s, offset in zip(raw, name_offsets):
+            s.name = self._string(names, offset, f"name of section {s.index}",
+                                  "section name table")
+        return raw
+
+    @staticmethod
+    def _string(table: bytes, offset: int, what: str, table_name: str) -> str:
+        if offset >= len(table) or (offset and b"\0" not in table[offset:]):
+            raise ElfError(f"bad {what}: offset {offset} is outside the {table_name} "
+                           f"({len(table)} bytes)")
+        end = table.find(b"\0", offset)
+        return table[offset:end if end >= 0 else len(table)].decode("utf-8", "replace")
+
+    def section_data(self, s: Section) -> bytes:
+        """The bytes of section ``s`` (zeros for ``.bss``-like NOBITS sections)."""
+        if s.type == SHT_NOBITS:
+            if s.size > MAX_DATA_SIZE:
+                raise ElfError(f"section {s.name} is {s.size} bytes; program data is limited to "
+                               f"{MAX_DATA_SIZE} bytes")
+            return bytes(s.size)
+        return self.data[s.offset:s.offset + s.size]
+
+    def where(self, s: Section, offset: int) -> str:
+        """``section+0xoffset``, for messages."""
+        return f"{s.name}+{offset:#x}"
+
+    # --- symbols and relocations --------------------------------------------------------------
+    def symtab_index(self) -> int | None:
+        """Index of the (single) symbol table, or None when the object has none."""
+        for s in self.sections:
+            if s.type == SHT_SYMTAB:
+                return s.index
+        return None
+
+    def symbols(self, index: int) -> list[Symbol]:
+        """The symbols of symbol table section ``index`` (checked: names, section indexes)."""
+        if index in self._symtabs:
+            return self._symtabs[index]
+        st = self.sections[index]
+        if st.link == 0 or st.link >= len(self.sections) or self.sections[st.link].type != SHT_STRTAB:
+            raise ElfError(f"bad string table section index: symbol table {st.name} links to "
+                           f"section {st.link}, which is not a string table")
+        entsize = st.entsize or SYM_SIZE
+        if entsize != SYM_SIZE or st.size % SYM_SIZE:
+            raise ElfError(f"bad symbol table {st.name}: entry size {entsize} / size {st.size} "
+                           f"(ELF64 symbols are {SYM_SIZE} bytes)")
+        strings = self.section_data(self.sections[st.link])
+        body = self.section_data(st)
+        out = []
+        for i in range(st.size // SYM_SIZE):
+            e = _STRUCTS.Elf_Sym.parse(body[i * SYM_SIZE:(i + 1) * SYM_SIZE])
+            name = self._string(strings, e.st_name, f"symbol name (symbol {i} of {st.name})",
+                                f"string table {self.sections[st.link].name}")
+            shndx = _num(e.st_shndx, _SHN)
+            if 0 < shndx < SHN_LORESERVE and shndx >= len(self.sections):
+                raise ElfError(f"bad section index {shndx} of symbol {i} ({name!r})")
+            out.append(Symbol(i, name, e.st_value, e.st_size, _num(e.st_info.bind, _STB),
+                              _num(e.st_info.type, _STT), shndx))
+        self._symtabs[index] = out
+        return out
+
+    def symbol_name(self, sym: Symbol) -> str:
+        """A symbol's name; section symbols are named after their section."""
+        if sym.type == STT_SECTION and not sym.name and 0 < sym.shndx < len(self.sections):
+            return self.sections[sym.shndx].name
+        return sym.name
+
+    def relocations(self, rel: Section) -> tuple[list[Symbol], list[Relocation]]:
+        """The entries of relocation section ``rel`` and the symbol table they index."""
+        if rel.link == 0 or rel.link >= len(self.sections) or self.sections[rel.link].type != SHT_SYMTAB:
+            raise ElfError(f"bad symbol table section index: relocation section {rel.name} links "
+                           f"to section {rel.link}, which is not a symbol table")
+        syms = self.symbols(rel.link)
+        size = REL_SIZE if rel.type == SHT_REL else RELA_SIZE
+        if rel.size % size:
+            raise ElfError(f"bad relocation section {rel.name}: size {rel.size} is not a "
+                           f"multiple of {size}")
+        body = self.section_data(rel)
+        parser = _STRUCTS.Elf_Rel if rel.type == SHT_REL else _STRUCTS.Elf_Rela
+        out = []
+        for i in range(rel.size // size):
+            e = parser.parse(body[i * size:(i + 1) * size])
+            sym, typ = e.r_info >> 32, e.r_info & 0xFFFFFFFF
+            if sym >= len(syms):
+                raise ElfError(f"bad symbol index {sym} in relocation {i} of {rel.name} "
+                               f"(symbol table has {len(syms)} entries)")
+            out.append(Relocation(e.r_offset, typ, sym, e.r_addend if rel.type == SHT_RELA else None))
+        return syms, out
+
+
+@dataclass
+class LinkInfo:
+    """What the linker did, for ``describe_elf``: the layout and every applied relocation."""
+
+    entry: str
+    sections: list[tuple[str, int]] = field(default_factory=list)  # (code section, first slot)
+    data: dict[str, int] = field(default_factory=dict)              # data section -> address
+    notes: dict[int, list[str]] = field(default_factory=dict)       # slot -> relocation notes
+
+
+def _read_source(source: "str | Path | bytes | bytearray | memoryview") -> tuple[bytes, str | None]:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return bytes(source), None
+    path = Path(source)
+    try:
+        return path.read_bytes(), path.name
+    except OSError as exc:
+        raise ElfError(f"cannot read ELF object {str(path)!r}: {exc.strerror or exc}") from None
+
+
+def load_elf(source: "str | Path | bytes", section: str | None = None,
+             function: str | None = None, *, helpers: HelperRegistry | None = None,
+             max_size: int | None = None, max_slots: int = MAX_PROGRAM_SLOTS) -> Program:
+    """Link a BPF relocatable object (path or bytes) into a ``Program``.
+
+    The entry point is the function ``function``, else the only global function of ``section``,
+    else the only global function of the object (see specs/elf.md for the exact rule). Calls to
+    undefined functions resolve by name against ``helpers`` (default: conformance + device
+    helpers); ``.rodata*`` becomes a read-only segment at ``RODATA_BASE`` and ``.data*``/``.bss*``
+    a writable one at ``RWDATA_BASE``. ``max_size`` bounds code + data bytes (e.g. the device's
+    program slot). The returned program keeps the object bytes as ``program.elf_bytes``.
+    Raises ``ElfError`` for every malformed or unsupported input.
+    """
+    program, _ = _link_source(source, section, function, helpers, max_size, max_slots)
+    return program
+
+
+def _link_source(source: "str | Path | bytes", section: str | None, function: str | None,
+                 helpers: HelperRegistry | None, max_size: int | None,
+                 max_slots: int) -> tuple[Program, LinkInfo]:
+    data, _ = _read_source(source)
+    try:
+        obj = ElfObject(data)
+        return _Linker(obj, helpers if helpers is not None else default_helpers()).link(
+            section, function, max_size, max_slots)
+    except ElfError:
+        raise
+    except ProgramError as exc:  # the linked code failed validation
+        raise ElfError(f"linked code is invalid: {exc.reason}", exc.index, exc.insn_text) from None
+    except (ConstructError, _PyElfError, struct.error, ValueError, IndexError, KeyError,
+            UnicodeDecodeError, OverflowError) as exc:
+        raise ElfError(f"malformed ELF object ({type(exc).__name__}: {exc})") from None
+
+
+class _Linker:
+    """Lays out the entry function's code and everything it calls, then applies relocations."""
+
+    def __init__(self, obj: ElfObject, helpers: HelperRegistry):
+        self.obj = obj
+        self.helpers = helpers
+        self.secs = obj.sections
+        self.code_secs = [s for s in self.secs if s.executable and s.size > 0]
+        st = obj.symtab_index()
+        self.syms = obj.symbols(st) if st is not None else []
+        self.rels_for: dict[int, list[Section]] = {}
+        for s in self.secs:
+            if s.type in (SHT_REL, SHT_RELA):
+                self.rels_for.setdefault(s.info, []).append(s)
+
+    # --- entry selection ----------------------------------------------------------------------
+    def _funcs(self, sec: Section | None = None) -> list[Symbol]:
+        code = {s.index for s in self.code_secs}
+        return [y for y in self.syms if y.type == STT_FUNC and y.shndx in code
+                and (sec is None or y.shndx == sec.index)]
+
+    def _label(self, y: Symbol) -> str:
+        return f"{y.name} (in {self.secs[y.shndx].name})"
+
+    def pick_entry(self, section: str | None, function: str | None) -> tuple[Section, int, str]:
+        """(code section, slot in it, name) of the entry point."""
+        if not self.code_secs:
+            raise ElfError("no code: the object has no executable section (text section not found)")
+        if function is not None:
+            found = [y for y in self._funcs() if y.name == function
+                     and (section is None or self.secs[y.shndx].name == section)]
+            if not found:
+                names = ", ".join(self._label(y) for y in self._funcs()) or "none"
+                where = f" in section {section!r}" if section else ""
+                raise ElfError(f"function {function!r} not found{where}; functions: {names}")
+            if len(found) > 1:
+                raise ElfError(f"function name {function!r} is ambiguous: "
+                               f"{', '.join(self._label(y) for y in found)}; pass section= too")
+            return self._entry_of(found[0])
+        if section is not None:
+            matches = [s for s in self.code_secs if s.name == section]
+            if not matches:
+                other = [s for s in self.secs if s.name == section]
+                code = ", ".join(s.name for s in self.code_secs)
+                why = "is not executable" if other else "does not exist"
+                raise ElfError(f"section {section!r} {why}; executable sections: {code}")
+            return self._only_function(matches[0])
+        globals_ = [y for y in self._funcs() if y.bind != STB_LOCAL]
+        if len(globals_) == 1:
+            return self._entry_of(globals_[0])
+        if len(globals_) > 1:
+            raise ElfError("several functions could be the entry point: "
+                           f"{', '.join(self._label(y) for y in globals_)}; "
+                           "choose one with function= (or section=)")
+        return self._only_function(self.code_secs[0])
+
+    def _only_function(self, sec: Section) -> tuple[Section, int, str]:
+        funcs = self._funcs(sec)
+        globals_ = [y for y in funcs if y.bind != STB_LOCAL]
+        cands = globals_ or funcs
+        if len(cands) == 1:
+            return self._entry_of(cands[0])
+        if not cands:
+            return sec, 0, sec.name
+        raise ElfError(f"several functions in section {sec.name!r} could be the entry point: "
+                       f"{', '.join(y.name for y in cands)}; choose one with function=")
+
+    def _entry_of(self, y: Symbol) -> tuple[Section, int, str]:
+        sec = self.secs[y.shndx]
+        if y.value % 8 or y.value >= sec.size:
+            raise ElfError(f"function {y.name!r} has a bad address {y.value:#x} in {sec.name} "
+                           f"({sec.size} bytes)")
+        return sec, y.value // 8, y.name
+
+    # --- linking ------------------------------------------------------------------------------
+    def link(self, section: str | None, function: str | None, max_size: int | None,
+             max_slots: int) -> tuple[Program, LinkInfo]:
+        """Build the program; see ``load_elf``."""
+        entry_sec, entry_slot, entry_name = self.pick_entry(section, function)
+        info = LinkInfo(entry_name)
+        for s in self.code_secs:
+            if s.size % 8:
+                raise ElfError(f"code section {s.name} is {s.size} bytes, not a multiple of 8")
+        segs, self.addr_of_sec = self._layout_data(info)
+
+        # Relocations of each needed code section: patches by slot; discover called sections.
+        order = [entry_sec]
+        patches: dict[int, dict[int, tuple]] = {}
+        i = 0
+        while i < len(order):
+            sec = order[i]
+            patches[sec.index] = p = self._code_relocations(sec)
+            for kind, *rest in p.values():
+                if kind == "local" and rest[0] not in order:
+                    order.append(rest[0])
+            i += 1
+
+        if entry_slot not in self._insn_starts(entry_sec):
+            raise ElfError(f"entry {entry_name!r} starts inside an lddw at "
+                           f"{self.obj.where(entry_sec, entry_slot * 8)}")
+        # Pieces: the entry section from the entry function on, its head, then callees' sections.
+        pieces = [(entry_sec, entry_slot, entry_sec.size // 8)]
+        if entry_slot:
+            pieces.append((entry_sec, 0, entry_slot))
+        pieces += [(s, 0, s.size // 8) for s in order[1:]]
+        base: dict[tuple[int, int], int] = {}
+        pos = 0
+        for sec, lo, hi in pieces:
+            base[(sec.index, lo)] = pos
+            pos += hi - lo
+        starts = {sec.index: sorted(lo for (si, lo) in base if si == sec.index) for sec, _, _ in pieces}
+
+        def final(sec: Section, slot: int) -> int:
+            lo = max(x for x in starts[sec.index] if x <= slot)
+            return base[(sec.index, lo)] + slot - lo
+
+        code = bytearray()
+        for sec, lo, hi in pieces:
+            body = self.obj.section_data(sec)
+            info.sections.append((sec.name if lo == 0 else f"{sec.name}+{lo * 8:#x}", len(code) // 8))
+            for slot in self._insn_starts(sec):
+                if lo <= slot < hi:
+                    code += self._emit(sec, body, slot, patches[sec.index], final, info)
+        symbols = {final(self.secs[y.shndx], y.value // 8): y.name for y in self._funcs()
+                   if y.shndx in starts and y.value % 8 == 0 and y.value < self.secs[y.shndx].size}
+        symbols[0] = entry_name
+        total = len(code) + sum(len(s.data) for s in segs)
+        if max_size is not None and total > max_size:
+            raise ElfError(f"program too large: {len(code)} bytes of code + "
+                           f"{total - len(code)} bytes of data = {total} bytes, more than the "
+                           f"limit of {max_size} bytes")
+        program = Program(bytes(code), segments=tuple(segs), name=entry_name, symbols=symbols,
+                          max_slots=max_slots)
+        program.elf_bytes = self.obj.data
+        return program, info
+
+    def _insn_starts(self, sec: Section) -> list[int]:
+        body = self.obj.section_data(sec)
+        out, slot, n = [], 0, sec.size // 8
+        while slot < n:
+            out.append(slot)
+            slot += 2 if body[slot * 8] == isa.OPCODE_LDDW else 1
+        return out
+
+    def _emit(self, sec: Section, body: bytes, slot: int, patches: dict, final, info: LinkInfo) -> bytes:
+        opcode, dst, src, off, imm = isa.decode_slot(body, slot)
+        raw = body[slot * 8:slot * 8 + (16 if opcode == isa.OPCODE_LDDW else 8)]
+        here = final(sec, slot)
+        nslots = sec.size // 8
+
+        def remap(target: int, what: str) -> int:
+            if not 0 <= target < nslots:
+                raise ElfError(f"{what} at {self.obj.where(sec, slot * 8)} targets slot {target}, "
+                               f"outside its section ({nslots} instructions)")
+            return final(sec, target) - (here + 1)
+
+        patch = patches.get(slot)
+        if patch is not None:
+            kind = patch[0]
+            if kind == "lddw":
+                value = patch[1]
+                info.notes.setdefault(here, []).append(patch[2])
+                return (isa.encode_slot(opcode, dst, src, off, value & 0xFFFFFFFF)
+                        + isa.encode_slot(0, 0, 0, 0, (value >> 32) & 0xFFFFFFFF))
+            if kind == "helper":
+                info.notes.setdefault(here, []).append(patch[2])
+                return isa.encode_slot(opcode, dst, 0, off, patch[1])
+            target_sec, target_slot, note = patch[1], patch[2], patch[3]
+            if not 0 <= target_slot < target_sec.size // 8:
+                raise ElfError(f"call at {self.obj.where(sec, slot * 8)} targets slot "
+                               f"{target_slot} outside {target_sec.name}")
+            info.notes.setdefault(here, []).append(note)
+            return isa.encode_slot(opcode, dst, _PSEUDO_CALL,
+                                   off, final(target_sec, target_slot) - (here + 1))
+        cls, op = opcode & 0x07, opcode & 0xF0
+        if cls == isa.CLS_JMP and op == isa.JMP_CALL and not opcode & isa.SRC_X and src == _PSEUDO_CALL:
+            return isa.encode_slot(opcode, dst, src, off, remap(slot + 1 + imm, "call"))
+        if cls in (isa.CLS_JMP, isa.CLS_JMP32) and op not in (isa.JMP_CALL, isa.JMP_EXIT):
+            if cls == isa.CLS_JMP32 and op == isa.JMP_JA:  # gotol: 32-bit offset in imm
+                return isa.encode_slot(opcode, dst, src, off, remap(slot + 1 + imm, "jump"))
+            new = remap(slot + 1 + off, "jump")
+            if not -0x8000 <= new < 0x8000:
+                raise ElfError(f"jump at {self.obj.where(sec, slot * 8)} is too far after "
+                               "laying out the code")
+            return isa.encode_slot(opcode, dst, src, new, imm)
+        return raw
+
+    def _sym_label(self, y: Symbol) -> str:
+        return self.obj.symbol_name(y) or f"symbol {y.index}"
+
+    def _code_relocations(self, sec: Section) -> dict[int, tuple]:
+        """Relocations of code section ``sec`` as patches by slot."""
+        body = self.obj.section_data(sec)
+        out: dict[int, tuple] = {}
+        for rel in self.rels_for.get(sec.index, []):
+            syms, entries = self.obj.relocations(rel)
+            for r in entries:
+                if r.type == R_BPF_NONE:
+                    continue
+                where = self.obj.where(sec, r.offset)
+                if r.offset % 8 or r.offset + 8 > sec.size:
+                    raise ElfError(f"bad relocation offset {r.offset:#x} in {rel.name}: outside "
+                                   f"{sec.name} ({sec.size} bytes) or not at an instruction")
+                y = syms[r.sym]
+                name = self._sym_label(y)
+                slot = r.offset // 8
+                opcode, _, _, _, imm = isa.decode_slot(body, slot)
+                if r.type == R_BPF_64_64 and opcode == isa.OPCODE_LDDW:
+                    if r.offset + 16 > sec.size:
+                        raise ElfError(f"bad relocation offset {r.offset:#x}: lddw at {where} "
+                                       "is truncated")
+                    lo = int.from_bytes(body[r.offset + 4:r.offset + 8], "little")
+                    hi = int.from_bytes(body[r.offset + 12:r.offset + 16], "little")
+                    addend = r.addend if r.addend is not None else lo | (hi << 32)
+                    value = self._address(y, addend, f"lddw at {where}")
+                    out[slot] = ("lddw", value, f"{RELOC_NAMES[r.type]} {name} = {value:#x}")
+                elif r.type in (R_BPF_64_32, R_BPF_64_ABS64) and opcode == _OPCODE_CALL:
+                    out[slot] = self._call_target(y, name, imm, where, r.type)
+                else:
+                    rname = RELOC_NAMES.get(r.type, "unknown")
+                    raise ElfError(f"bad relocation type {r.type} ({rname}) at {where} against "
+                                   f"{name!r} (opcode {opcode:#04x}); code supports R_BPF_64_64 "
+                                   "on lddw and R_BPF_64_32 (or 2, older toolchains) on call")
+        return out
+
+    def _call_target(self, y: Symbol, name: str, imm: int, where: str, rtype: int) -> tuple:
+        if y.shndx == SHN_UNDEF:
+            helper = self.helpers.by_name(y.name)
+            if helper is None:
+                known = ", ".join(sorted(h.name for h in self.helpers.values())) or "none"
+                raise ElfError(f"call at {where} to function {y.name!r} not found: it is not "
+                               f"defined in the object and no helper has that name (helpers: {known})")
+            return ("helper", helper.id, f"{RELOC_NAMES[rtype]} {y.name} = helper {helper.id}")
+        if y.shndx >= SHN_LORESERVE or not self.secs[y.shndx].executable:
+            raise ElfError(f"call at {where} to {name!r}, which is not a function of an "
+                           "executable section")
+        target = self.secs[y.shndx]
+        if y.value % 8:
+            raise ElfError(f"call at {where} to {name!r} at a misaligned address {y.value:#x}")
+        slot = y.value // 8 + imm + 1
+        return ("local", target, slot, f"{RELOC_NAMES[rtype]} {name}")
+
+    def _address(self, y: Symbol, addend: int, what: str) -> int:
+        name = self._sym_label(y)
+        if y.shndx == SHN_UNDEF:
+            raise ElfError(f"{what} refers to undefined symbol {name!r}: extern variables and "
+                           "kernel symbols are not supported")
+        if y.shndx == SHN_ABS:
+            return (y.value + addend) & 0xFFFFFFFFFFFFFFFF
+        if y.shndx == SHN_COMMON:
+            raise ElfError(f"{what} refers to common symbol {name!r}; compile with -fno-common")
+        if y.shndx >= SHN_LORESERVE:
+            raise ElfError(f"{what} refers to symbol {name!r} in reserved section {y.shndx:#x}")
+        if y.shndx in self.addr_of_sec:
+            return (self.addr_of_sec[y.shndx] + y.value + addend) & 0xFFFFFFFFFFFFFFFF
+        sec = self.secs[y.shndx]
+        if sec.name.startswith(MAP_SECTION_PREFIXES):
+            raise ElfError(f"{what} refers to map {name!r} (section {sec.name}): BPF maps are not "
+                           "supported by Hermes; pass data through the data slot instead")
+        if sec.executable:
+            raise ElfError(f"{what} takes the address of function {name!r}: function pointers "
+                           "are not supported")
+        raise ElfError(f"{what} refers to {name!r} in section {sec.name!r}, which is not loaded "
+                       "(only .rodata*, .data* and .bss* sections are program data)")
+
+    def _layout_data(self, info: LinkInfo) -> tuple[list[Segment], dict[int, int]]:
+        ro, rw = [], []
+        for s in self.secs:
+            if s.executable or not s.flags & SHF_ALLOC or s.type not in (SHT_PROGBITS, SHT_NOBITS):
+                continue
+            if s.name.startswith(RODATA_PREFIXES) and not s.flags & SHF_WRITE:
+                ro.append(s)
+            elif s.name.startswith(RODATA_PREFIXES + RWDATA_PREFIXES):
+                rw.append(s)
+        addr: dict[int, int] = {}
+        placed: list[tuple[int, list[tuple[Section, int]]]] = []
+        for base, group in ((RODATA_BASE, ro), (RWDATA_BASE, rw)):
+            pos, items = 0, []
+            for s in group:
+                align = min(max(s.addralign, 1), 4096)
+                pos = (pos + align - 1) // align * align
+                addr[s.index] = base + pos
+                info.data[s.name] = base + pos
+                items.append((s, pos))
+                pos += s.size
+                if pos > MAX_DATA_SIZE:
+                    raise ElfError(f"program data too large: {s.name} ends at {pos} bytes, past "
+                                   f"the limit of {MAX_DATA_SIZE} bytes")
+            placed.append((pos, items))
+        self.addr_of_sec = addr  # data relocations may point into any data section
+        segs = []
+        for (size, items), base, name, writable in zip(placed, (RODATA_BASE, RWDATA_BASE),
+                                                      (".rodata", ".data"), (False, True)):
+            if not items:
+                continue
+            buf = bytearray(size)
+            for s, pos in items:
+                buf[pos:pos + s.size] = self._relocated_data(s)
+            segs.append(Segment(name, base, bytes(buf), writable))
+        return segs, addr
+
+    def _relocated_data(self, s: Section) -> bytes:
+        buf = bytearray(self.obj.section_data(s))
+        for rel in self.rels_for.get(s.index, []):
+            syms, entries = self.obj.relocations(rel)
+            for r in entries:
+                if r.type == R_BPF_NONE:
+                    continue
+                where = self.obj.where(s, r.offset)
+                width = {R_BPF_64_ABS64: 8, R_BPF_64_ABS32: 4}.get(r.type)
+                if width is None:
+                    raise ElfError(f"bad relocation type {r.type} "
+                                   f"({RELOC_NAMES.get(r.type, 'unknown')}) in data at {where}; "
+                                   "data supports R_BPF_64_ABS64 and R_BPF_64_ABS32")
+                if s.type == SHT_NOBITS or r.offset + width > s.size:
+                    raise ElfError(f"bad relocation offset {r.offset:#x} in {rel.name}: outside "
+                                   f"{s.name} ({s.size} bytes)")
+                addend = r.addend if r.addend is not None else \
+                    int.from_bytes(buf[r.offset:r.offset + width], "little")
+                value = self._address(syms[r.sym], addend, f"pointer at {where}")
+                if value >> (8 * width):
+                    raise ElfError(f"pointer at {where}: address {value:#x} does not fit the "
+                                   f"{8 * width}-bit relocation {RELOC_NAMES[r.type]}")
+                buf[r.offset:r.offset + width] = value.to_bytes(width, "little")
+        return bytes(buf)
+
+
+def describe_elf(source: "str | Path | bytes", *, helpers: HelperRegistry | None = None) -> str:
+    """A readable report of an object: sections, symbols, relocations and the linked code.
+
+    Every candidate entry function is linked and listed; link errors are reported inline.
+    """
+    data, label = _read_source(source)
+    try:
+        obj = ElfObject(data)
+    except ElfError:
+        raise
+    except (ConstructError, _PyElfError, struct.error, ValueError, IndexError, KeyError) as exc:
+        raise ElfError(f"malformed ELF object ({type(exc).__name__}: {exc})") from None
+    machine = struct.unpack_from("<H", data, 18)[0]
+    lines = [f"ELF object{f' {label}' if label else ''}: {len(data)} bytes, ELF64 little-endian "
+             f"relocatable, machine {_MACHINE_NAMES.get(machine, machine)}", "", "Sections:"]
+    lines.append(f"  {'#':>3} {'name':24} {'type':14} {'flags':5} {'offset':>8} {'size':>8}")
+    for s in obj.sections:
+        flags = "".join(c for c, bit in (("W", SHF_WRITE), ("A", SHF_ALLOC), ("X", SHF_EXECINSTR))
+                        if s.flags & bit)
+        lines.append(f"  {s.index:>3} {s.name[:24]:24} {s.type_name[:14]:14} {flags:5} "
+                     f"{s.offset:>8} {s.size:>8}")
+    st = obj.symtab_index()
+    syms = obj.symbols(st) if st is not None else []
+    lines += ["", "Symbols:"]
+    for y in syms[1:]:
+        where = {SHN_UNDEF: "UND", SHN_ABS: "ABS", SHN_COMMON: "COM"}.get(
+            y.shndx, obj.sections[y.shndx].name if y.shndx < len(obj.sections) else str(y.shndx))
+        lines.append(f"  {y.index:>3} {y.value:#10x} {y.size:>6} {y.type_name[4:]:8} "
+                     f"{y.bind_name[4:]:7} {where[:16]:16} {obj.symbol_name(y)}")
+    lines += ["", "Relocations:"]
+    for rel in obj.sections:
+        if rel.type not in (SHT_REL, SHT_RELA):
+            continue
+        target = obj.sections[rel.info].name if rel.info < len(obj.sections) else f"#{rel.info}"
+        try:
+            rsyms, entries = obj.relocations(rel)
+        except ElfError as exc:
+            lines.append(f"  {rel.name}: {exc}")
+            continue
+        for r in entries:
+            lines.append(f"  {target}+{r.offset:#x} {RELOC_NAMES.get(r.type, str(r.type)):18} "
+                         f"{obj.symbol_name(rsyms[r.sym])}")
+    linker = _Linker(obj, helpers if helpers is not None else default_helpers())
+    entries = [y.name for y in linker._funcs() if y.bind != STB_LOCAL] or [None]
+    for name in entries:
+        lines += ["", f"Program {name or '(default entry)'}:"]
+        try:
+            program, info = _Linker(obj, linker.helpers).link(None, name, None, MAX_PROGRAM_SLOTS)
+        except ProgramError as exc:
+            lines.append(f"  cannot link: {exc}")
+            continue
+        for seg in program.segments:
+            lines.append(f"  segment {seg.name} at {seg.vaddr:#x}, {len(seg.data)} bytes, "
+                         f"{'writable' if seg.writable else 'read-only'}")
+        for sname, addr in info.data.items():
+            lines.append(f"    {sname} at {addr:#x}")
+        lines.append("  code: " + ", ".join(f"{n} at slot {s}" for n, s in info.sections))
+        lines.append(_listing(program, info))
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _listing(program: Program, info: LinkInfo) -> str:
+    from .disasm import format_insn
+    out = []
+    for i, insn in enumerate(program.insns):
+        if insn is None:
+            continue
+        if i in program.symbols:
+            out.append(f"{program.symbols[i]}:")
+        note = "".join(f"  ; {n}" for n in info.notes.get(i, []))
+        out.append(f"  {i:6d}:  {isa.encode(insn).hex(' ')[:23]:23s}  {format_insn(insn)}{note}")
+    return "\n".join(out)
+
+
+__all__ = ["ElfObject", "describe_elf", "default_helpers", "load_elf"]

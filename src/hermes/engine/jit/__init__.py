@@ -1,0 +1,239 @@
+"""The LLVM JIT engine: verified eBPF compiled to native code, with the interpreter's semantics."""
+from __future__ import annotations
+
+import ctypes
+import threading
+
+from ...errors import BudgetExceeded, ExecutionError, VerifierError
+from ..helpers import HelperContext, HelperRegistry, StopRun
+from ..memory import (DATA_BASE, MASK64, MAX_CALL_DEPTH, STACK_BASE, STACK_SIZE, STACK_TOP,
+                      describe_regions)
+from ..program import Program
+from ..verifier import VerifierInfo, verify
+from . import codegen
+from .runtime import HELPER_CFUNC, STACK_BYTES, Compiled, Ctx, compile_many, compile_program
+
+__all__ = ["JitExecutable", "DEFAULT_OPT_LEVEL"]
+
+#: LLVM optimisation level (speed level of the new pass manager's default pipeline).
+DEFAULT_OPT_LEVEL = 3
+
+# Runs in flight, by the address of their context (how the shared helper callback finds them).
+_runs: dict[int, "_Run"] = {}
+_runs_lock = threading.Lock()
+
+
+class _Run:
+    """Per-run Python state: buffers the native code points into, and the helper context."""
+
+    def __init__(self, exe: "JitExecutable", data, dlen: int, stack, segbufs, ctx: Ctx):
+        self.exe = exe
+        self.data = data
+        self.dlen = dlen
+        self.stack = stack
+        self.segbufs = segbufs
+        self.ctx = ctx
+        self.depth = 0
+        self.pc = 0
+        self.error: BaseException | None = None
+        self.helper_ctx = HelperContext(self._read, self._write)
+
+    def _find(self, addr: int, size: int, write: bool):
+        """Same region lookup (and error wording) as the reference interpreter."""
+        addr &= MASK64
+        if DATA_BASE <= addr and addr + size <= DATA_BASE + self.dlen:
+            return self.data, addr - DATA_BASE
+        slo = STACK_TOP - STACK_SIZE * (self.depth + 1)
+        if slo <= addr and addr + size <= STACK_TOP:
+            return self.stack, addr - STACK_BASE
+        for seg, buf in self.segbufs:
+            if seg.vaddr <= addr and addr + size <= seg.end:
+                if write and not seg.writable:
+                    raise ExecutionError("out_of_bounds", f"store to read-only {seg.name}",
+                                         self.pc, addr, size, self.regions())
+                return buf, addr - seg.vaddr
+        what = "store" if write else "load"
+        raise ExecutionError("out_of_bounds", f"out-of-bounds memory {what}", self.pc, addr,
+                             size, self.regions())
+
+    def regions(self) -> str:
+        return describe_regions(self.dlen, self.depth, self.exe.program.segments)
+
+    def _read(self, addr: int, size: int) -> bytes:
+        buf, off = self._find(addr, size, False)
+        return bytes(memoryview(buf).cast("B")[off:off + size])
+
+    def _write(self, addr: int, blob: bytes) -> None:
+        buf, off = self._find(addr, len(blob), True)
+        memoryview(buf).cast("B")[off:off + len(blob)] = blob
+
+
+def _helper_dispatch(ctx_addr, hid, a, b, c, d, e, pcd, count):  # noqa: ANN001 - ctypes ABI
+    """The one native helper callback: finds the run, calls the helper, records failures."""
+    run = _runs.get(ctx_addr)
+    if run is None:  # pragma: no cover - a context is registered for its whole run
+        return 0
+    pc = pcd & 0xFFFF_FFFF
+    run.pc = pc
+    run.depth = pcd >> 32
+    ctx = run.ctx
+    try:
+        helper = run.exe.helpers.get(hid)
+        if helper is None:
+            raise ExecutionError("helper", f"call to unknown helper id {hid}", pc)
+        try:
+            return helper.fn(run.helper_ctx, a, b, c, d, e) & MASK64
+        except (ExecutionError, StopRun):
+            raise
+        except Exception as exc:  # a helper bug must not look like a crash of the engine
+            raise ExecutionError("helper", f"helper {helper.name} failed: {exc}", pc) from exc
+    except StopRun as stop:
+        ctx.stop_value = stop.value & MASK64
+        ctx.err_count = count
+        ctx.err_pc = pc
+        ctx.err_kind = codegen.ERR_STOP
+    except BaseException as exc:  # noqa: BLE001 - nothing may unwind through native frames
+        run.error = exc
+        ctx.err_count = count
+        ctx.err_pc = pc
+        ctx.err_kind = codegen.ERR_HELPER
+    return 0
+
+
+_HELPER_CALLBACK = HELPER_CFUNC(_helper_dispatch)
+_HELPER_ADDRESS = ctypes.cast(_HELPER_CALLBACK, ctypes.c_void_p).value
+
+
+class JitExecutable:
+    """A program compiled to native code: ``JitExecutable(program, helpers=, budget=).run(mem)``.
+
+    Loading verifies the program (``hermes.engine.verifier``) and compiles it through LLVM once per
+    process (cached by program digest). ``run`` is reentrant; the native code runs without the GIL.
+    """
+
+    name = "jit"
+
+    def __init__(self, program: Program, *, helpers: HelperRegistry, budget: int,
+                 opt_level: int = DEFAULT_OPT_LEVEL, _prepared: "tuple | None" = None):
+        self.program = program
+        self.helpers = helpers
+        self.budget = budget
+        if _prepared is None:
+            self.info: VerifierInfo = verify(program, helpers)
+            self.compiled: Compiled = compile_program(program, self.info, opt_level)
+        else:
+            self.info, self.compiled = _prepared
+        self._segments = tuple(s for s in program.segments if s.data)
+        # Read-only segments are shared by all runs; writable ones are copied per run.
+        self._ro = {i: ctypes.create_string_buffer(bytes(s.data), len(s.data))
+                    for i, s in enumerate(self._segments) if not s.writable}
+        starts = codegen.leaders(program, self.info)
+        n = len(program.insns)
+        # instructions still to count in a block after slot pc (StopRun counts the whole block)
+        self._rest: dict[int, int] = {}
+        for s, e in zip(starts, starts[1:] + [n]):
+            slots = [i for i in range(s, e) if program.insns[i] is not None]
+            for k, i in enumerate(slots):
+                self._rest[i] = len(slots) - k - 1
+
+    @classmethod
+    def load_many(cls, programs: "list[Program]", *, helpers: HelperRegistry, budget: int,
+                  opt_level: int = DEFAULT_OPT_LEVEL) -> "list[JitExecutable | VerifierError]":
+        """Verify and compile many programs in one LLVM module (amortises LLVM's fixed cost).
+
+        Programs the verifier rejects come back as their ``VerifierError`` instead.
+        """
+        out: list = [None] * len(programs)
+        todo = []
+        for k, program in enumerate(programs):
+            try:
+                todo.append((k, program, verify(program, helpers)))
+            except VerifierError as exc:
+                out[k] = exc
+        compiled = compile_many([(p, i) for _, p, i in todo], opt_level)
+        for (k, program, info), comp in zip(todo, compiled):
+            out[k] = cls(program, helpers=helpers, budget=budget, _prepared=(info, comp))
+        return out
+
+    def run(self, memory: "bytearray | memoryview | bytes | None" = None,
+            budget: int | None = None):
+        """Run once; see ``hermes.engine.run``."""
+        from .. import RunResult
+        budget = self.budget if budget is None else budget
+        if memory is None:
+            data: bytearray | memoryview = bytearray()
+            r1 = r2 = 0
+        else:
+            if isinstance(memory, bytes) or (isinstance(memory, memoryview) and memory.readonly):
+                data = bytearray(memory)
+            else:
+                data = memory
+                if isinstance(data, memoryview) and (data.format != "B" or data.ndim != 1):
+                    data = data.cast("B")
+            r1, r2 = DATA_BASE, len(data)
+        dlen = len(data)
+        if dlen:
+            host = (ctypes.c_char * dlen).from_buffer(data)
+            data_addr = ctypes.addressof(host)
+        else:
+            host = None
+            data_addr = 0
+        stack = (ctypes.c_char * STACK_BYTES)()
+        segbufs = []
+        seg_addrs = (ctypes.c_uint64 * max(1, len(self._segments)))()
+        for i, seg in enumerate(self._segments):
+            buf = self._ro.get(i)
+            if buf is None:
+                buf = ctypes.create_string_buffer(bytes(seg.data), len(seg.data))
+            segbufs.append((seg, buf))
+            seg_addrs[i] = ctypes.addressof(buf)
+        ctx = Ctx()
+        ctx.data = data_addr
+        ctx.dlen = dlen
+        ctx.stack = ctypes.addressof(stack)
+        ctx.budget = max(0, min(budget, (1 << 63) - 1))
+        ctx.r1, ctx.r2 = r1, r2
+        ctx.helper = _HELPER_ADDRESS
+        ctx.segs = ctypes.addressof(seg_addrs)
+        key = ctypes.addressof(ctx)
+        state = _Run(self, data, dlen, stack, segbufs, ctx)
+        with _runs_lock:
+            _runs[key] = state
+        try:
+            r0 = self.compiled.entry(ctypes.byref(ctx))
+        finally:
+            with _runs_lock:
+                del _runs[key]
+            del host  # release the buffer export so the caller may resize its bytearray
+            state.data = None
+        kind = ctx.err_kind
+        if kind == codegen.ERR_NONE:
+            return RunResult(r0 & MASK64, data, ctx.count)
+        if kind == codegen.ERR_STOP:
+            return RunResult(ctx.stop_value, data, ctx.err_count + self._rest[ctx.err_pc])
+        raise self._error(ctx, state, budget)
+
+    def _error(self, ctx: Ctx, state: _Run, budget: int) -> ExecutionError:
+        kind, pc, count = ctx.err_kind, ctx.err_pc, ctx.err_count
+        if kind == codegen.ERR_HELPER:
+            exc = state.error
+            if isinstance(exc, ExecutionError):
+                if exc.instructions is None:
+                    exc.instructions = count
+                return exc
+            return ExecutionError("helper", f"helper failed: {exc!r}", pc, instructions=count)
+        if kind == codegen.ERR_DEPTH:
+            return ExecutionError("call_depth", f"call depth limit of {MAX_CALL_DEPTH} frames "
+                                  "exceeded", pc, instructions=count)
+        if kind == codegen.ERR_BUDGET:
+            return BudgetExceeded("budget", f"instruction budget of {budget} exhausted", pc,
+                                  instructions=count)
+        addr, size, depth = ctx.err_addr, ctx.err_size, ctx.err_depth
+        regions = describe_regions(state.dlen, depth, self.program.segments)
+        if kind == codegen.ERR_READONLY:
+            name = next((s.name for s in self._segments if s.vaddr <= addr < s.end), "segment")
+            return ExecutionError("out_of_bounds", f"store to read-only {name}", pc, addr, size,
+                                  regions, instructions=count)
+        what = "store" if kind == codegen.ERR_STORE else "load"
+        return ExecutionError("out_of_bounds", f"out-of-bounds memory {what}", pc, addr, size,
+                              regions, instructions=count)

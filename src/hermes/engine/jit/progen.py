@@ -1,0 +1,334 @@
+"""Random valid eBPF programs and an interpreter-vs-JIT comparison (differential testing support).
+
+``random_case(rng)`` builds a program (assembly text) that passes the verifier by construction:
+every register is written before it is read (r1..r5 are re-set after each call), jumps go
+forward or close a counted loop, local calls form a shallow acyclic graph. It still exercises
+every ALU operation (div/mod by zero, shifts beyond the width, movsx, byte swaps), loads, stores
+and atomics on the stack and the data slot (in and out of bounds), helper calls (including a
+helper that stops the run and one that faults), callx, local calls and small budgets.
+
+``compare(case, jit_exe)`` runs the case on both engines and returns a description of the first
+difference (r0, memory, instruction count, error type/kind/pc/address/size/count), or None.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from ...errors import ExecutionError
+from .. import isa
+from ..helpers import CONFORMANCE_HELPERS
+from ..memory import RODATA_BASE, RWDATA_BASE, Segment
+from ..program import Program
+
+#: Program data of the cases that use segments (16 bytes each).
+SEGMENTS = (Segment(".rodata", RODATA_BASE, bytes(range(100, 116)), False),
+            Segment(".data", RWDATA_BASE, bytes(range(16)), True))
+
+_ALU = sorted({op.mnemonic: op for op in isa.OPS
+               if op.form in ("alu_k", "alu_x", "unary", "end")}.items())
+_ALU_OPS = [op for _, op in _ALU]
+_JCC = sorted({op.mnemonic for op in isa.OPS if op.form in ("jcond_k", "jcond_x")})
+_LOADS = [op.mnemonic for op in isa.OPS if op.form == "ldx"]
+_STORES = [op.mnemonic for op in isa.OPS if op.form in ("st", "stx")]
+_ATOMICS = [op.mnemonic for op in isa.OPS if op.form == "atomic"]
+_GENERAL = (0, 1, 2, 3, 4, 5, 7, 8)  # r6 keeps the data address, r9 counts loops
+_SPECIAL_IMMS = (0, 1, -1, 2, 7, 8, 16, 31, 32, 33, 63, 64, 255, 0x7FFFFFFF, -0x80000000,
+                 0x8000, -2, 0xFFFF)
+
+
+@dataclass
+class Case:
+    """A generated test: assembly text, input memory (None = no data slot) and budget."""
+
+    text: str
+    memory: bytes | None
+    budget: int | None
+    segments: bool = False
+
+    def program(self) -> Program:
+        """Assemble the case (with a read-only and a writable program data segment if asked)."""
+        program = Program.from_asm(self.text, name="progen")
+        if not self.segments:
+            return program
+        return Program(program.code, name="progen", segments=SEGMENTS)
+
+
+class _Gen:
+    def __init__(self, rng: random.Random, mem_len: int | None, segments: bool = False):
+        self.rng = rng
+        self.segments = segments
+        self.mem_len = mem_len if mem_len is not None else 0
+        self.lines: list[str] = []
+        self.labels = 0
+        self.funcs: list[list[str]] = []
+        self.func_depth = 0
+
+    def label(self) -> str:
+        self.labels += 1
+        return f"L{self.labels}"
+
+    def imm(self) -> int:
+        r = self.rng.random()
+        if r < 0.45:
+            return self.rng.choice(_SPECIAL_IMMS)
+        if r < 0.8:
+            return self.rng.randint(-100, 100)
+        return self.rng.randint(-2**31, 2**31 - 1)
+
+    def reg(self, in_func: bool) -> int:
+        return self.rng.choice((0, 1, 2, 3, 4, 5) if in_func else _GENERAL)
+
+    def src(self, in_func: bool) -> int:
+        if not in_func and self.rng.random() < 0.1:
+            return self.rng.choice((6, 10))
+        if in_func and self.rng.random() < 0.05:
+            return 10
+        return self.reg(in_func)
+
+    # -- items ------------------------------------------------------------------------------------
+    def alu(self, out: list[str], in_func: bool) -> None:
+        op = self.rng.choice(_ALU_OPS)
+        d = self.reg(in_func)
+        if op.form == "alu_k":
+            out.append(f"{op.mnemonic} r{d}, {self.imm()}")
+        elif op.form == "alu_x":
+            out.append(f"{op.mnemonic} r{d}, r{self.src(in_func)}")
+        else:
+            out.append(f"{op.mnemonic} r{d}")
+
+    def pointer(self, out: list[str], in_func: bool, size: int) -> str:
+        """An address operand ``[rX+off]``, usually valid, sometimes just outside a region."""
+        r = self.rng.random()
+        edge = self.rng.random() < 0.04
+        if self.mem_len < size and not edge:
+            r = 0.0  # no room in the data slot: use the stack
+        if r < 0.45 or (in_func and r < 0.9):
+            if edge:
+                off = self.rng.choice((-520, -513, -512 + self.rng.randint(0, 8), 0, 1,
+                                       -size + 1))
+            elif self.rng.random() < 0.7:
+                off = -size * self.rng.randint(1, 512 // size)
+            else:
+                off = -self.rng.randint(size, 512)
+            return f"[r10{off:+d}]"
+        if in_func:
+            # r1 / r2 may hold the data address or a pointer into the caller's frame
+            return f"[r{self.rng.choice((1, 2))}{self.rng.randint(-16, 16) // size * size:+d}]"
+        if self.segments and self.rng.random() < 0.3:
+            t = self.rng.choice((7, 8))
+            out.append(f"lddw r{t}, {self.rng.choice((RODATA_BASE, RWDATA_BASE)):#x}")
+            return f"[r{t}{self.rng.randint(-2, 18 - size):+d}]"
+        base = 6
+        if r < 0.8:
+            hi = max(0, self.mem_len - size)
+            off = self.rng.choice((-1, hi + 1, hi, 0, self.mem_len)) if edge \
+                else self.rng.randint(0, hi) if hi else 0
+            return f"[r{base}{off:+d}]"
+        # a derived pointer in r7 or r8
+        t = self.rng.choice((7, 8))
+        k = self.rng.randint(0, max(0, self.mem_len))
+        out.append(f"mov r{t}, r6")
+        out.append(f"add r{t}, {k}")
+        off = self.rng.randint(-k, max(-k, self.mem_len - k - size)) if not edge \
+            else self.rng.randint(-k - 2, self.mem_len - k + 2)
+        return f"[r{t}{off:+d}]"
+
+    def mem(self, out: list[str], in_func: bool) -> None:
+        r = self.rng.random()
+        if r < 0.4:
+            m = self.rng.choice(_LOADS)
+            size = _size(m)
+            addr = self.pointer(out, in_func, size)
+            out.append(f"{m} r{self.reg(in_func)}, {addr}")
+        elif r < 0.85:
+            m = self.rng.choice(_STORES)
+            size = _size(m)
+            addr = self.pointer(out, in_func, size)
+            if m.startswith("stx"):
+                out.append(f"{m} {addr}, r{self.src(in_func)}")
+            else:
+                out.append(f"{m} {addr}, {self.imm()}")
+        else:
+            m = self.rng.choice(_ATOMICS)
+            size = 4 if m.endswith("32") else 8
+            addr = self.pointer(out, in_func, size)
+            src = self.reg(in_func)
+            out.append(f"{m} {addr}, r{src}")
+
+    def helper(self, out: list[str]) -> None:
+        hid = self.rng.choice((0, 0, 1, 2, 3, 3, 4, 5, 5))
+        if hid == 1:
+            out.append("mov r1, r6")
+            out.append(f"add r1, {self.rng.randint(0, max(0, self.mem_len))}")
+            out.append(f"mov r2, {self.rng.randint(0, 6)}")
+        elif hid == 4:
+            out.append("mov r1, r6")
+            out.append("mov r2, r10")
+            out.append("add r2, -8")
+            out.append("stdw [r10-8], 0x6162")
+        elif hid == 5:
+            out.append(f"mov r1, {self.rng.choice((0, 1, 9))}")
+        if self.rng.random() < 0.2:
+            out.append(f"mov r7, {hid if self.rng.random() < 0.95 else 77}")
+            out.append("callx r7")
+        else:
+            out.append(f"call {hid}")
+        self.reset_args(out)
+
+    def reset_args(self, out: list[str]) -> None:
+        for r in range(1, 6):
+            out.append(f"mov r{r}, {self.imm()}" if self.rng.random() < 0.7 else f"mov r{r}, r6")
+
+    def local_call(self, out: list[str]) -> None:
+        if self.func_depth >= 3 or len(self.funcs) >= 4:
+            return
+        name = f"F{len(self.funcs) + 1}"
+        self.funcs.append([])  # reserve the slot (and the name) before building the body
+        body = [f"{name}:", f"mov r0, {self.imm()}"]
+        self.func_depth += 1
+        self.block(body, self.rng.randint(1, 8), in_func=True, allow_loop=False)
+        if self.rng.random() < 0.05:
+            # recursion: ends with the run-time call-depth error (or an earlier fault)
+            body.append(f"call local {name}")
+            body.extend(f"mov r{r}, {self.imm()}" for r in range(1, 6))
+        self.func_depth -= 1
+        body.append("exit")
+        self.funcs[int(name[1:]) - 1] = body
+        if self.rng.random() < 0.5:
+            out.append("mov r1, r6")
+        if self.rng.random() < 0.3:
+            out.append("mov r2, r10")
+            out.append(f"add r2, -{self.rng.choice((8, 16, 64, 512))}")
+        out.append(f"call local {name}")
+        self.reset_args(out)
+
+    def loop(self, out: list[str], in_func: bool) -> None:
+        """A counted loop (r9), often walking a pointer (an induction variable) over the slot."""
+        head = self.label()
+        trips = self.rng.choice((1, 2, 3, 5, 8, 13, 40))
+        walk = self.rng.random() < 0.6
+        if walk:
+            ptr = self.rng.choice((7, 8))
+            step = self.rng.choice((1, 2, 4, 8, -1, -4, 16, 3))
+            start = self.rng.randint(0, max(0, self.mem_len))
+            out.append(f"mov r{ptr}, r6")
+            out.append(f"add r{ptr}, {start}")
+        out.append(f"mov r9, {trips}")
+        out.append(f"{head}:")
+        if walk:
+            for _ in range(self.rng.randint(1, 2)):
+                m = self.rng.choice(_LOADS + _STORES)
+                size = _size(m)
+                off = self.rng.choice((0, 0, size, -size, self.rng.randint(-8, 8)))
+                if m.startswith("ld"):
+                    out.append(f"{m} r{self.rng.choice((0, 2, 3))}, [r{ptr}{off:+d}]")
+                elif m.startswith("stx"):
+                    out.append(f"{m} [r{ptr}{off:+d}], r{self.rng.choice((0, 2, 3))}")
+                else:
+                    out.append(f"{m} [r{ptr}{off:+d}], {self.imm()}")
+        self.block(out, self.rng.randint(0, 4), in_func, allow_loop=False)
+        if walk:
+            if self.rng.random() < 0.3:  # an increment that only some iterations make
+                skip = self.label()
+                out.append(f"jset r9, 1, {skip}")
+                out.append(f"add r{ptr}, {step}")
+                out.append(f"{skip}:")
+            else:
+                out.append(f"add r{ptr}, {step}")
+        out.append("sub r9, 1")
+        out.append(f"jne r9, 0, {head}")
+
+    def block(self, out: list[str], n: int, in_func: bool, allow_loop: bool) -> None:
+        pending: list[list] = []  # [items left, label]
+        for _ in range(n):
+            r = self.rng.random()
+            if r < 0.45:
+                self.alu(out, in_func)
+            elif r < 0.7:
+                self.mem(out, in_func)
+            elif r < 0.82:
+                lab = self.label()
+                op = self.rng.choice(_JCC)
+                d = self.reg(in_func)
+                if self.rng.random() < 0.5:
+                    out.append(f"{op} r{d}, {self.imm()}, {lab}")
+                else:
+                    out.append(f"{op} r{d}, r{self.src(in_func)}, {lab}")
+                pending.append([self.rng.randint(0, 4), lab])
+            elif r < 0.86:
+                out.append(f"lddw r{self.reg(in_func)}, {self.rng.getrandbits(64):#x}")
+            elif r < 0.91 and not in_func:
+                self.helper(out)
+            elif r < 0.95 and not in_func:
+                self.local_call(out)
+            elif r < 0.98 and allow_loop:
+                self.loop(out, in_func)
+            elif r < 0.99:
+                out.append("exit")
+            else:
+                out.append("ja +0")
+            for p in pending:
+                p[0] -= 1
+            for p in [p for p in pending if p[0] < 0]:
+                out.append(f"{p[1]}:")
+                pending.remove(p)
+        for p in pending:
+            out.append(f"{p[1]}:")
+
+    def program(self, n: int) -> str:
+        out = ["mov r6, r1"]
+        for r in _GENERAL:
+            if r in (1, 2) and self.rng.random() < 0.5:
+                continue  # keep the entry values of r1/r2 sometimes
+            out.append(f"mov r{r}, {self.imm()}" if self.rng.random() < 0.8
+                       else f"lddw r{r}, {self.rng.getrandbits(64):#x}")
+        self.block(out, n, in_func=False, allow_loop=True)
+        out.append("exit")
+        for body in self.funcs:
+            out.extend(body)
+        return "\n".join(out) + "\n"
+
+
+def _size(mnemonic: str) -> int:
+    for suffix, n in (("dw", 8), ("w", 4), ("h", 2), ("b", 1)):
+        if mnemonic.endswith(suffix):
+            return n
+    raise AssertionError(mnemonic)  # pragma: no cover
+
+
+def random_case(rng: random.Random, max_items: int = 24) -> Case:
+    """One random valid program with its input memory and budget."""
+    mem_len = None if rng.random() < 0.1 else rng.choice((0, 1, 4, 8, 16, 24, 32, 40, 64))
+    segments = rng.random() < 0.15
+    gen = _Gen(rng, mem_len, segments)
+    text = gen.program(rng.randint(1, max_items))
+    memory = None if mem_len is None else rng.randbytes(mem_len)
+    budget = rng.randint(1, 80) if rng.random() < 0.15 else None
+    return Case(text, memory, budget, segments)
+
+
+def outcome(exe, case: Case):
+    """Run ``case`` on a loaded executable; a comparable tuple (result or error, and memory)."""
+    mem = bytearray(case.memory) if case.memory is not None else None
+    try:
+        res = exe.run(mem, case.budget)
+    except ExecutionError as exc:
+        return ("error", type(exc).__name__, exc.kind, exc.pc, exc.address, exc.size,
+                exc.instructions, str(exc), bytes(mem) if mem is not None else None)
+    return ("ok", res.return_value, res.instructions,
+            bytes(res.memory) if mem is not None else None)
+
+
+def compare(case: Case, jit_exe, interp_exe=None) -> str | None:
+    """Run ``case`` on the interpreter and the JIT; a description of the difference, or None."""
+    from ..interp import Interpreter
+    if interp_exe is None:
+        interp_exe = Interpreter(jit_exe.program, helpers=CONFORMANCE_HELPERS,
+                                 budget=jit_exe.budget)
+    a = outcome(interp_exe, case)
+    b = outcome(jit_exe, case)
+    if a != b:
+        return f"interp {a!r}\n   jit {b!r}\nprogram (budget {case.budget}, memory " \
+               f"{case.memory.hex() if case.memory is not None else None}):\n{case.text}"
+    return None

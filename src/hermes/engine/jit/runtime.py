@@ -1,0 +1,194 @@
+"""LLVM compilation (MCJIT, process-wide cache) and the per-run context the native code uses."""
+from __future__ import annotations
+
+import ctypes
+import threading
+from dataclasses import dataclass
+
+from ..memory import MAX_CALL_DEPTH, STACK_SIZE
+from . import codegen
+
+U64 = ctypes.c_uint64
+
+
+class Ctx(ctypes.Structure):
+    """The run context passed to the native code (field order = ``codegen.CTX_*`` slots)."""
+
+    _fields_ = [(name, U64) for name in (
+        "data", "dlen", "stack", "budget", "r1", "r2", "helper", "segs",
+        "err_kind", "err_pc", "err_addr", "err_size", "err_count", "err_depth",
+        "count", "stop_value")]
+
+
+assert len(Ctx._fields_) == codegen.CTX_FIELDS
+
+#: Native helper callback: (ctx, id, r1..r5, pc | depth << 32, count) -> r0.
+HELPER_CFUNC = ctypes.CFUNCTYPE(U64, ctypes.c_void_p, U64, U64, U64, U64, U64, U64, U64, U64)
+#: Native entry point: (ctx) -> r0.
+ENTRY_CFUNC = ctypes.CFUNCTYPE(U64, ctypes.POINTER(Ctx))
+
+STACK_BYTES = STACK_SIZE * MAX_CALL_DEPTH
+
+_llvm_lock = threading.Lock()
+_llvm_state: "dict[str, object]" = {}
+
+
+def _llvm():
+    """Initialise LLVM once and return (binding module, target machine, engine)."""
+    with _llvm_lock:
+        if not _llvm_state:
+            import llvmlite.binding as llvm
+            llvm.initialize_native_target()
+            llvm.initialize_native_asmprinter()
+            llvm.initialize_native_asmparser()
+            # LLVM's loop passes may emit 128-bit divisions (exit-value formulas), which the back
+            # end lowers to libgcc calls (__udivti3...); MCJIT aborts on a missing symbol.
+            import ctypes.util
+            libgcc = ctypes.util.find_library("gcc_s") or "libgcc_s.so.1"
+            try:
+                llvm.load_library_permanently(libgcc)
+                has_libgcc = bool(llvm.address_of_symbol("__udivti3"))
+            except RuntimeError:
+                has_libgcc = False
+            target = llvm.Target.from_default_triple()
+            engines = {}
+            tms = {}
+            for level in (0, 3):
+                # Two back ends: full optimisation for ordinary programs, and LLVM's fast
+                # instruction selector and register allocator for very large ones.
+                tm = target.create_target_machine(cpu=llvm.get_host_cpu_name(),
+                                                  features=llvm.get_host_cpu_features().flatten(),
+                                                  opt=level, codemodel="jitdefault")
+                backing = llvm.parse_assembly("")
+                backing.triple = tm.triple
+                backing.data_layout = str(tm.target_data)
+                engines[level] = llvm.create_mcjit_compiler(backing, tm)
+                tms[level] = tm
+            _llvm_state.update(llvm=llvm, tm=tms[3], tms=tms, engines=engines, triple=tm.triple,
+                               has_libgcc=has_libgcc,
+                               layout=str(tm.target_data), modules=[])
+        return _llvm_state
+
+
+@dataclass
+class Compiled:
+    """A compiled program: the native entry point (kept alive with its LLVM module)."""
+
+    entry: "ctypes._CFuncPtr"
+    address: int
+    ir: str
+    compile_seconds: float
+
+
+_cache: dict[tuple, Compiled] = {}
+_cache_lock = threading.Lock()
+
+
+#: Programs with more slots than this get the light pipeline (compile time stays bounded).
+LARGE_PROGRAM = 160
+
+
+def _optimise(st, mod, opt_level: int, light: bool) -> None:
+    llvm = st["llvm"]
+    pto = llvm.create_pipeline_tuning_options(speed_level=max(1, opt_level))
+    pb = llvm.create_pass_builder(st["tms"][0 if light else 3], pto)
+    if light:
+        # registers to SSA, then the cheap cleanups that matter most for eBPF-shaped code
+        # (instcombine would double the optimisation time for little gain on large programs)
+        mpm = llvm.create_new_module_pass_manager()
+        mpm.add_sroa_pass()
+        mpm.add_simplify_cfg_pass()
+    else:
+        mpm = pb.getModulePassManager()
+    mpm.run(mod, pb)
+
+
+def _needs_libgcc(text: str) -> bool:
+    return any(f"{op} i128" in text for op in ("udiv", "urem", "sdiv", "srem"))
+
+
+def compile_many(items: "list[tuple[object, object]]", opt_level: int = 3) -> list[Compiled]:
+    """Compile several verified programs ((program, info) pairs) in one LLVM module.
+
+    One module amortises LLVM's fixed costs (used by the differential fuzzer); results are cached
+    per program like ``compile_program``'s.
+    """
+    import time
+    st = _llvm()
+    llvm = st["llvm"]
+    out: list[Compiled | None] = [None] * len(items)
+    todo = []
+    seen: dict[tuple, int] = {}
+    for k, (program, info) in enumerate(items):
+        key = (program.digest, opt_level)
+        hit = _cache.get(key)
+        if hit is not None:
+            out[k] = hit
+        elif key in seen:
+            continue
+        else:
+            seen[key] = k
+            todo.append((k, program, info))
+    if todo:
+        t0 = time.perf_counter()
+        names = {k: f"hermes_{program.digest[:24]}_o{opt_level}" for k, program, _ in todo}
+        light = sum(len(p) for _, p, _ in todo) > LARGE_PROGRAM and len(todo) == 1 and \
+            opt_level <= 3
+        ir = codegen.generate_module([(p, i, names[k]) for k, p, i in todo], st["triple"],
+                                     st["layout"])
+        with _llvm_lock:
+            mod = llvm.parse_assembly(ir)
+            # Invalid IR makes LLVM's back end abort the process: verify first, always.
+            mod.verify()
+            if opt_level > 0:
+                _optimise(st, mod, opt_level, light)
+                if not st["has_libgcc"] and _needs_libgcc(str(mod)):
+                    mod = llvm.parse_assembly(ir)  # unoptimised code needs no runtime library
+            engine = st["engines"][0 if (light or opt_level == 0) else 3]
+            engine.add_module(mod)
+            engine.finalize_object()
+            st["modules"].append(mod)
+            elapsed = time.perf_counter() - t0
+            for k, program, _ in todo:
+                addr = engine.get_function_address(names[k])
+                if not addr:  # pragma: no cover - MCJIT always resolves a defined function
+                    raise RuntimeError(f"LLVM did not produce {names[k]}")
+                compiled = Compiled(ENTRY_CFUNC(addr), addr, ir if len(todo) == 1 else "",
+                                    elapsed / len(todo))
+                _cache.setdefault((program.digest, opt_level), compiled)
+                out[k] = _cache[(program.digest, opt_level)]
+    for k, (program, _) in enumerate(items):
+        if out[k] is None:
+            out[k] = _cache[(program.digest, opt_level)]
+    return out  # type: ignore[return-value]
+
+
+def compile_program(program, info, opt_level: int = 3) -> Compiled:
+    """Compile ``program`` (verified, facts in ``info``) once per process and configuration."""
+    hit = _cache.get((program.digest, opt_level))
+    if hit is not None:
+        return hit
+    return compile_many([(program, info)], opt_level)[0]
+
+
+def optimised_ir(program, info, opt_level: int = 3) -> str:
+    """The optimised LLVM IR of ``program`` (for inspection and the docs; not cached)."""
+    st = _llvm()
+    llvm = st["llvm"]
+    ir = codegen.generate(program, info, st["triple"], st["layout"], "hermes_inspect")
+    with _llvm_lock:
+        mod = llvm.parse_assembly(ir)
+        pto = llvm.create_pipeline_tuning_options(speed_level=opt_level)
+        pb = llvm.create_pass_builder(st["tm"], pto)
+        pb.getModulePassManager().run(mod, pb)
+        return str(mod)
+
+
+def native_asm(program, info, opt_level: int = 3) -> str:
+    """x86 (host) assembly of ``program`` for inspection."""
+    st = _llvm()
+    llvm = st["llvm"]
+    text = optimised_ir(program, info, opt_level)
+    with _llvm_lock:
+        mod = llvm.parse_assembly(text)
+        return st["tm"].emit_assembly(mod)

@@ -1,0 +1,244 @@
+"""Load-time verifier: structural checks, call-graph depth, register data flow and stack proofs.
+
+``verify(program, helpers)`` runs the lead's structural checks (``validate.check``) and adds:
+
+* the static call graph: when it is acyclic with at most ``MAX_CALL_DEPTH`` frames on any chain
+  the depth limit is proven (``bounded``); recursion or deeper chains are rejected with
+  ``strict_calls=True`` and otherwise left to the engines' run-time depth check;
+* register data flow: no register is read before it is written (r0 at entry, r1..r5 after any
+  call; in a local function r1..r5 are its arguments and count as written);
+* stack proofs: a load/store whose base register is provably ``r10 + constant`` with the whole
+  access inside the current 512-byte frame is recorded in ``VerifierInfo.stack_safe`` so the JIT
+  accesses it without a bounds check.
+
+Every rejection is a ``VerifierError`` carrying the instruction index and its disassembled text.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..errors import ProgramError, VerifierError
+from . import validate
+from .disasm import format_insn
+from .helpers import HelperRegistry
+from .isa import Insn
+from .memory import MAX_CALL_DEPTH, STACK_SIZE
+from .program import Program, jump_target
+
+_R0 = 1
+_ARGS = 0b111110  # r1..r5
+_R10 = 1 << 10
+_ENTRY_MAIN = _R10 | 0b110  # r1 = data address, r2 = data size
+_ENTRY_LOCAL = _R10 | _ARGS
+_CALLS = ("call", "callx", "call_local")
+
+
+@dataclass
+class VerifierInfo:
+    """What the verifier learnt about a program, for the engines that compile it."""
+
+    #: The program's functions (slot ranges), entry function first.
+    functions: list[validate.Function]
+    #: Function index of every local call target, by call-site slot.
+    call_targets: dict[int, int] = field(default_factory=dict)
+    #: Deepest call chain from the entry function, in frames (1 = no local calls); meaningful
+    #: when ``bounded``.
+    max_depth: int = 1
+    #: True when the call graph is acyclic and no chain exceeds MAX_CALL_DEPTH frames, so no run
+    #: can exceed the depth limit; otherwise engines check the depth at run time.
+    bounded: bool = True
+    #: Slots reachable from the entry of their function.
+    reachable: set[int] = field(default_factory=set)
+    #: Memory accesses proven inside the current stack frame: slot -> byte offset from r10
+    #: (negative; the access covers [r10 + offset, r10 + offset + size)).
+    stack_safe: dict[int, int] = field(default_factory=dict)
+
+
+def _error(reason: str, index: int, insns: "list[Insn | None]") -> VerifierError:
+    insn = insns[index] if 0 <= index < len(insns) else None
+    return VerifierError(reason, index, format_insn(insn) if insn is not None else None)
+
+
+def _transfer(insn: Insn, state: int) -> int:
+    """Initialised-register set after ``insn``: calls clobber r1..r5 and define r0."""
+    if insn.op.form in _CALLS:
+        return (state | _R0) & ~_ARGS
+    return state | validate.writes(insn)
+
+
+def _flow(insns: "list[Insn | None]", f: validate.Function, entry: int) -> dict[int, int]:
+    """Registers definitely written before each reachable slot of ``f`` (forward must-analysis).
+
+    Like ``validate.initialised``, instructions that fault on every execution end their paths.
+    """
+    dead_ends = validate.certain_faults(insns, f)
+    state: dict[int, int] = {f.start: entry}
+    work = [f.start]
+    while work:
+        i = work.pop()
+        out = _transfer(insns[i], state[i])
+        for t in ([] if i in dead_ends else validate.successors(insns[i], i)):
+            if not f.start <= t < f.end or insns[t] is None:
+                continue  # validate.check already rejected jumps leaving the function
+            old = state.get(t)
+            new = out if old is None else old & out
+            if new != old:
+                state[t] = new
+                work.append(t)
+    return state
+
+
+def _check_reads(insns: "list[Insn | None]", state: dict[int, int], entry: bool) -> None:
+    for i in sorted(state):
+        used = validate.reads(insns[i])
+        if not entry and insns[i].op.form == "exit":
+            used = 0  # a local function may be C `void`: its r0 is not a result
+        missing = used & ~state[i]
+        if missing:
+            reg = (missing & -missing).bit_length() - 1
+            after = " (r1..r5 are clobbered by calls)" if 1 <= reg <= 5 else ""
+            raise _error(f"read of uninitialised register r{reg}{after}", i, insns)
+
+
+# -- stack pointer tracking: value per register is None (unknown) or an offset from r10 ----------
+
+def _fp_transfer(insn: Insn, regs: tuple) -> tuple:
+    form, sem = insn.op.form, insn.op.sem
+    out = list(regs)
+    if form in _CALLS:
+        for r in range(0, 6):
+            out[r] = None
+        return tuple(out)
+    written = validate.writes(insn)
+    if not written:
+        return regs
+    d = insn.dst
+    if form == "alu_x" and sem == "mov" and insn.op.width == 64:
+        out[d] = regs[insn.src]
+    elif form == "alu_k" and sem in ("add", "sub") and insn.op.width == 64 and regs[d] is not None:
+        delta = insn.imm if sem == "add" else -insn.imm
+        out[d] = regs[d] + delta
+    else:
+        for r in range(11):
+            if written >> r & 1:
+                out[r] = None
+    out[10] = 0
+    return tuple(out)
+
+
+def _fp_join(a: tuple, b: tuple) -> tuple:
+    return tuple(x if x == y else None for x, y in zip(a, b))
+
+
+def _stack_proofs(insns: "list[Insn | None]", f: validate.Function, out: dict[int, int]) -> None:
+    entry = (None,) * 10 + (0,)
+    state: dict[int, tuple] = {f.start: entry}
+    work = [f.start]
+    while work:
+        i = work.pop()
+        nxt = _fp_transfer(insns[i], state[i])
+        for t in validate.successors(insns[i], i):
+            if not f.start <= t < f.end or insns[t] is None:
+                continue
+            old = state.get(t)
+            new = nxt if old is None else _fp_join(old, nxt)
+            if new != old:
+                state[t] = new
+                work.append(t)
+    for i, regs in state.items():
+        insn = insns[i]
+        form = insn.op.form
+        if form == "ldx":
+            base = regs[insn.src]
+        elif form in ("st", "stx", "atomic"):
+            base = regs[insn.dst]
+        else:
+            continue
+        if base is None:
+            continue
+        lo = base + insn.off
+        if -STACK_SIZE <= lo and lo + insn.op.width <= 0:
+            out[i] = lo
+
+
+def _call_graph(insns: "list[Insn | None]", funcs: list[validate.Function],
+                reach: dict[int, dict[int, int]]) -> tuple[dict[int, int], int]:
+    """Call-site -> callee index and the deepest chain; raises ``VerifierError`` on recursion or
+    on a chain deeper than MAX_CALL_DEPTH (``verify`` decides whether that rejects the program)."""
+    index_of = {f.start: k for k, f in enumerate(funcs)}
+    targets: dict[int, int] = {}
+    edges: dict[int, list[tuple[int, int]]] = {k: [] for k in range(len(funcs))}
+    for k, f in enumerate(funcs):
+        for i in sorted(reach.get(k, {})):
+            insn = insns[i]
+            if insn.op.form == "call_local":
+                callee = index_of[jump_target(insn, i)]
+                targets[i] = callee
+                edges[k].append((i, callee))
+    depth: dict[int, int] = {}
+    on_stack: set[int] = set()
+
+    def visit(k: int, level: int) -> int:
+        """Height of the call tree under function k, entered as frame number ``level``."""
+        if k in depth:
+            return depth[k]
+        on_stack.add(k)
+        best = 1
+        for site, callee in edges[k]:
+            if callee in on_stack:
+                raise _error(f"recursive call: function at {funcs[callee].start} is already on "
+                             "the call chain (recursion is not allowed)", site, insns)
+            if level + 1 > MAX_CALL_DEPTH:
+                raise _error(f"call chain too deep: more than {MAX_CALL_DEPTH} frames", site,
+                             insns)
+            sub = visit(callee, level + 1)
+            if level + sub > MAX_CALL_DEPTH:
+                raise _error(f"call chain too deep: more than {MAX_CALL_DEPTH} frames", site,
+                             insns)
+            best = max(best, sub + 1)
+        on_stack.discard(k)
+        depth[k] = best
+        return best
+
+    # visit() recurses along one call chain only, which is cut off after MAX_CALL_DEPTH frames
+    return targets, visit(0, 1)
+
+
+def verify(program: Program, helpers: HelperRegistry, *,
+           strict_calls: bool = False) -> VerifierInfo:
+    """Check ``program`` against ``helpers``; returns facts for the JIT or raises ``VerifierError``.
+
+    With ``strict_calls`` recursion and call chains deeper than MAX_CALL_DEPTH frames are
+    rejected; otherwise they are accepted with ``info.bounded = False`` and limited at run time.
+    """
+    insns = program.insns
+    try:
+        funcs = validate.check(program, helpers)
+    except VerifierError:
+        raise
+    except ProgramError as exc:
+        raise VerifierError(exc.reason, exc.index, exc.insn_text) from None
+    info = VerifierInfo(functions=funcs)
+    states: dict[int, dict[int, int]] = {}
+    for k, f in enumerate(funcs):
+        state = _flow(insns, f, _ENTRY_MAIN if f.start == 0 else _ENTRY_LOCAL)
+        _check_reads(insns, state, f.start == 0)
+        states[k] = state
+        info.reachable.update(state)
+        _stack_proofs(insns, f, info.stack_safe)
+    # Only call sites reachable from their function's entry build the call graph; an unreachable
+    # call cannot deepen a run.
+    try:
+        info.call_targets, info.max_depth = _call_graph(insns, funcs, states)
+    except VerifierError:
+        if strict_calls:
+            raise
+        # recursion or a too-deep chain: allowed, the run stops with a call_depth error when it
+        # really goes too deep (the reference interpreter's behaviour)
+        info.bounded = False
+        info.max_depth = MAX_CALL_DEPTH + 1
+        index_of = {f.start: k for k, f in enumerate(funcs)}
+        info.call_targets = {i: index_of[jump_target(insns[i], i)]
+                             for state in states.values() for i in state
+                             if insns[i].op.form == "call_local"}
+    return info

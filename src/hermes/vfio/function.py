@@ -1,0 +1,537 @@
+"""A HermesDevice presented as a VFIO PCI function: regions, config space, MSI-X eventfds, DMA space.
+
+This is the device side shared by the vfio-user server and the fake VFIO kernel used in tests:
+both translate their wire format (socket messages, ioctls) into calls on a ``VfioFunction``.
+"""
+from __future__ import annotations
+
+import bisect
+import ctypes
+import errno
+import mmap
+import os
+import struct
+import threading
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .. import regs
+from ..device import DmaFault, HermesDevice
+from ..device.model import BAR4_ALIGN
+from . import pci, uapi
+
+
+def vfio_error(err: int, what: str) -> OSError:
+    """An OSError carrying ``err`` (the errno the peer or ioctl caller will see)."""
+    return OSError(err, f"{what}: {os.strerror(err)}")
+
+
+# --- host memory as the device sees it -------------------------------------------------------
+
+class DmaBackend:
+    """How the bytes of one DMA mapping are reached."""
+
+    def read(self, offset: int, n: int) -> bytes:
+        """``n`` bytes at ``offset`` into the mapping."""
+        raise NotImplementedError
+
+    def write(self, offset: int, data: bytes | memoryview) -> None:
+        """Store ``data`` at ``offset`` into the mapping."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release the backing (after the mapping is removed)."""
+
+
+class MmapBackend(DmaBackend):
+    """Memory shared with the client through an fd (memfd) mapped into this process."""
+
+    def __init__(self, mm: mmap.mmap):
+        self.mm = mm
+
+    def read(self, offset: int, n: int) -> bytes:
+        """Copy out of the shared mapping."""
+        return self.mm[offset:offset + n]
+
+    def write(self, offset: int, data: bytes | memoryview) -> None:
+        """Copy into the shared mapping."""
+        self.mm[offset:offset + len(data)] = data
+
+    def close(self) -> None:
+        """Unmap (deferred to the GC while views exist)."""
+        try:
+            self.mm.close()
+        except BufferError:   # someone still holds a view; the GC unmaps it later
+            pass
+
+
+class PointerBackend(DmaBackend):
+    """Memory at a virtual address of this process (the fake kernel's 'IOMMU' for VFIO tests)."""
+
+    def __init__(self, vaddr: int):
+        self.vaddr = vaddr
+
+    def read(self, offset: int, n: int) -> bytes:
+        """Copy from the process address ``vaddr + offset``."""
+        return ctypes.string_at(self.vaddr + offset, n)
+
+    def write(self, offset: int, data: bytes | memoryview) -> None:
+        """Copy to the process address ``vaddr + offset``."""
+        data = bytes(data)
+        ctypes.memmove(self.vaddr + offset, data, len(data))
+
+
+class CallbackBackend(DmaBackend):
+    """Memory only the peer can reach: every access is a DMA_READ/DMA_WRITE message."""
+
+    def __init__(self, base: int, read: Callable[[int, int], bytes],
+                 write: Callable[[int, bytes], None]):
+        self.base = base
+        self._read = read
+        self._write = write
+
+    def read(self, offset: int, n: int) -> bytes:
+        """DMA_READ messages to the peer."""
+        return self._read(self.base + offset, n)
+
+    def write(self, offset: int, data: bytes | memoryview) -> None:
+        """DMA_WRITE messages to the peer."""
+        self._write(self.base + offset, bytes(data))
+
+
+@dataclass
+class _Mapping:
+    addr: int
+    size: int
+    flags: int
+    backend: DmaBackend
+    busy: int = 0           # accesses in progress outside the lock (callback backends)
+    removed: bool = False
+
+
+class DmaSpace:
+    """Bus address -> backend map the device DMAs through (the device's host-memory object).
+
+    An access must fall inside one mapping (as on the in-process model). Memory-backed copies
+    happen under the lock, so an unmap never races a copy; callback-backed accesses run outside
+    it (they wait for the peer) and an unmap does not wait for them.
+    """
+
+    def __init__(self, max_maps: int = 65535):
+        self._lock = threading.Lock()
+        self._starts: list[int] = []
+        self._maps: dict[int, _Mapping] = {}
+        self.max_maps = max_maps
+
+    def map(self, addr: int, size: int, flags: int, backend: DmaBackend) -> None:
+        """Add a mapping; OSError EINVAL (bad range), EEXIST (overlap), ENOSPC (too many)."""
+        if size <= 0 or addr < 0 or addr + size > 1 << 64:
+            raise vfio_error(errno.EINVAL, f"DMA range {addr:#x}+{size:#x}")
+        with self._lock:
+            if len(self._starts) >= self.max_maps:
+                raise vfio_error(errno.ENOSPC, "too many DMA mappings")
+            i = bisect.bisect_right(self._starts, addr)
+            if i and self._starts[i - 1] + self._maps[self._starts[i - 1]].size > addr:
+                raise vfio_error(errno.EEXIST, f"DMA range at {addr:#x} overlaps a mapping")
+            if i < len(self._starts) and self._starts[i] < addr + size:
+                raise vfio_error(errno.EEXIST, f"DMA range at {addr:#x} overlaps a mapping")
+            self._starts.insert(i, addr)
+            self._maps[addr] = _Mapping(addr, size, flags, backend)
+
+    def unmap(self, addr: int, size: int) -> None:
+        """Remove the mapping that is exactly ``[addr, addr+size)``; OSError EINVAL otherwise."""
+        with self._lock:
+            m = self._maps.get(addr)
+            if m is None or m.size != size:
+                raise vfio_error(errno.EINVAL, f"no DMA mapping is exactly {addr:#x}+{size:#x}")
+            self._remove(m)
+
+    def unmap_all(self) -> None:
+        """Remove every mapping."""
+        with self._lock:
+            for m in list(self._maps.values()):
+                self._remove(m)
+
+    def _remove(self, m: _Mapping) -> None:
+        del self._maps[m.addr]
+        self._starts.remove(m.addr)
+        m.removed = True
+        m.backend.close()
+
+    def mappings(self) -> list[tuple[int, int]]:
+        """(address, size) of every mapping, in address order."""
+        with self._lock:
+            return [(a, self._maps[a].size) for a in self._starts]
+
+    def _find(self, addr: int, n: int) -> _Mapping:
+        i = bisect.bisect_right(self._starts, addr) - 1
+        if i >= 0:
+            m = self._maps[self._starts[i]]
+            if addr < m.addr + m.size:
+                if n >= 0 and addr + n <= m.addr + m.size:
+                    return m
+                raise DmaFault(addr, n, partial=True)
+        raise DmaFault(addr, n)
+
+    def read(self, bus_addr: int, n: int) -> bytes:
+        """Copy of ``n`` bytes at ``bus_addr``; raises DmaFault."""
+        with self._lock:
+            m = self._find(bus_addr, n)
+            if not m.flags & uapi.VFIO_DMA_MAP_FLAG_READ:
+                raise DmaFault(bus_addr, n)
+            if not isinstance(m.backend, CallbackBackend):
+                return m.backend.read(bus_addr - m.addr, n)
+            m.busy += 1
+        try:
+            return m.backend.read(bus_addr - m.addr, n)
+        finally:
+            with self._lock:
+                m.busy -= 1
+
+    def write(self, bus_addr: int, data: bytes | bytearray | memoryview) -> None:
+        """Store ``data`` at ``bus_addr``; raises DmaFault."""
+        n = len(data) if not isinstance(data, memoryview) else data.nbytes
+        with self._lock:
+            m = self._find(bus_addr, n)
+            if not m.flags & uapi.VFIO_DMA_MAP_FLAG_WRITE:
+                raise DmaFault(bus_addr, n)
+            if not isinstance(m.backend, CallbackBackend):
+                m.backend.write(bus_addr - m.addr, data)
+                return
+            m.busy += 1
+        try:
+            m.backend.write(bus_addr - m.addr, data)
+        finally:
+            with self._lock:
+                m.busy -= 1
+
+
+# --- interrupts --------------------------------------------------------------------------------
+
+def is_eventfd(fd: int) -> bool:
+    """True when ``fd`` is an open eventfd."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:[eventfd]"
+    except OSError:
+        return False
+
+
+_ONE = struct.pack("=Q", 1)
+
+
+class MsixEventfds:
+    """Per-vector eventfds for MSI-X; ``fire(vector)`` adds 1 to the vector's counter."""
+
+    def __init__(self, count: int = regs.MSIX_VECTORS):
+        self.count = count
+        self._lock = threading.Lock()
+        self._fds: list[int | None] = [None] * count
+        self.fired = [0] * count
+        self.dropped = 0     # interrupts raised while no eventfd was assigned
+
+    def fire(self, vector: int) -> None:
+        """Signal ``vector`` (called from device threads)."""
+        with self._lock:
+            fd = self._fds[vector] if 0 <= vector < self.count else None
+            if fd is None:
+                self.dropped += 1
+                return
+            self.fired[vector] += 1
+            try:
+                os.write(fd, _ONE)
+            except OSError:
+                self.dropped += 1
+
+    def assign(self, start: int, fds: list[int]) -> None:
+        """Take ownership of ``fds`` for vectors ``start..``; -1 unassigns (the fd is closed)."""
+        with self._lock:
+            for i, fd in enumerate(fds):
+                old = self._fds[start + i]
+                self._fds[start + i] = None if fd < 0 else fd
+                if old is not None:
+                    os.close(old)
+
+    def clear(self, start: int = 0, count: int | None = None) -> None:
+        """Unassign (and close) the eventfds of ``count`` vectors from ``start`` (all by default)."""
+        n = self.count - start if count is None else count
+        self.assign(start, [-1] * n)
+
+    def assigned(self) -> list[int]:
+        """Vectors that have an eventfd."""
+        with self._lock:
+            return [v for v, fd in enumerate(self._fds) if fd is not None]
+
+
+# --- the function --------------------------------------------------------------------------------
+
+@dataclass
+class RegionInfo:
+    """What DEVICE_GET_REGION_INFO reports for one region."""
+
+    index: int
+    size: int = 0
+    flags: int = 0
+    offset: int = 0                 #: mmap offset into ``fd`` (vfio-user) / device fd (VFIO)
+    fd: int | None = None           #: file to mmap when FLAG_MMAP
+    sparse: list[tuple[int, int]] = field(default_factory=list)
+
+    def encode(self, argsz: int) -> tuple[bytes, int]:
+        """The vfio_region_info reply (caps included when they fit ``argsz``) and the size needed."""
+        caps = uapi.encode_sparse_mmap_cap(self.sparse) if self.sparse else b""
+        base = ctypes.sizeof(uapi.vfio_region_info)
+        needed = base + len(caps)
+        flags = self.flags | (uapi.VFIO_REGION_INFO_FLAG_CAPS if caps else 0)
+        fits = argsz >= needed and caps
+        info = uapi.vfio_region_info(needed, flags, self.index, base if fits else 0, self.size,
+                                     self.offset)
+        return bytes(info) + (caps if fits else b""), needed
+
+
+def bar4_size_for(program_slots: int, data_slots: int, program_slot_size: int,
+                  data_slot_size: int) -> int:
+    """BAR4 bytes of a device with this geometry (program slots from 0, then data slots at the
+    next BAR4_ALIGN boundary), so the backing memfd can exist before the device does."""
+    data_off = -(-(program_slots * program_slot_size) // BAR4_ALIGN) * BAR4_ALIGN
+    return data_off + data_slots * data_slot_size
+
+
+class VfioFunction:
+    """One HermesDevice behind VFIO regions 0..8, IRQ indices 0..4 and a DMA space.
+
+    ``bar4_fd``/``bar4_fd_offset`` name the file that backs BAR4 (shared memory the client can
+    mmap); the device is constructed with ``bar4=`` a mapping of it.
+    """
+
+    def __init__(self, device: HermesDevice, *, bar4_fd: int | None = None,
+                 bar4_fd_offset: int = 0, bar4_map: mmap.mmap | None = None,
+                 region_offsets: dict[int, int] | None = None):
+        self.device = device
+        self.bar4_fd = bar4_fd
+        self._bar4_map = bar4_map
+        self.bars = {b.index: b for b in pci.hermes_bars(device.bar_size(regs.BAR_MEM))}
+        self.config = pci.ConfigSpace(list(self.bars.values()))
+        self.msix = MsixEventfds(regs.MSIX_VECTORS)
+        self.dma = DmaSpace()
+        device.set_host_memory(self.dma)
+        device.set_irq_handler(self.msix.fire)
+        offs = region_offsets or {}
+        self.regions: list[RegionInfo] = []
+        for index in range(uapi.VFIO_PCI_NUM_REGIONS):
+            info = RegionInfo(index, offset=offs.get(index, 0))
+            rw = uapi.VFIO_REGION_INFO_FLAG_READ | uapi.VFIO_REGION_INFO_FLAG_WRITE
+            if index in self.bars:
+                info.size = self.bars[index].size
+                info.flags = rw
+            elif index == uapi.VFIO_PCI_CONFIG_REGION_INDEX:
+                info.size = pci.CONFIG_SIZE
+                info.flags = rw
+            self.regions.append(info)
+        bar4 = self.regions[regs.BAR_MEM]
+        if bar4_fd is not None:
+            # BAR4 is plain memory: the client maps it and accesses never trap. BAR0/BAR2 stay
+            # trapped because their registers have side effects (doorbells, clear-on-read).
+            bar4.flags |= uapi.VFIO_REGION_INFO_FLAG_MMAP
+            bar4.fd = bar4_fd
+            bar4.offset = bar4_fd_offset
+            bar4.sparse = [(0, bar4.size)]
+        self._bar4 = device.bar4
+
+    @classmethod
+    def create(cls, *, memfd_name: str = "hermes-bar4", **device_kwargs) -> "VfioFunction":
+        """A new HermesDevice whose BAR4 lives in a fresh memfd (shareable with a client)."""
+        size = bar4_size_for(device_kwargs.get("program_slots", 16),
+                             device_kwargs.get("data_slots", 16),
+                             device_kwargs.get("program_slot_size", 1 << 20),
+                             device_kwargs.get("data_slot_size", 1 << 20))
+        mapped = pci.pow2_at_least(size)
+        fd = os.memfd_create(memfd_name, os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(fd, mapped)
+            mm = mmap.mmap(fd, mapped)
+            device = HermesDevice(bar4=memoryview(mm)[:size], **device_kwargs)
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(device, bar4_fd=fd, bar4_map=mm)
+
+    # --- info ----------------------------------------------------------------------------------
+    def device_info(self) -> tuple[int, int, int]:
+        """(flags, num_regions, num_irqs)."""
+        return (uapi.VFIO_DEVICE_FLAGS_RESET | uapi.VFIO_DEVICE_FLAGS_PCI,
+                uapi.VFIO_PCI_NUM_REGIONS, uapi.VFIO_PCI_NUM_IRQS)
+
+    def region_info(self, index: int) -> RegionInfo:
+        """The region's info; OSError EINVAL for an index past the last region."""
+        if not 0 <= index < len(self.regions):
+            raise vfio_error(errno.EINVAL, f"region index {index}")
+        return self.regions[index]
+
+    def irq_info(self, index: int) -> tuple[int, int]:
+        """(flags, count) of IRQ index ``index``: only MSI-X has vectors."""
+        if not 0 <= index < uapi.VFIO_PCI_NUM_IRQS:
+            raise vfio_error(errno.EINVAL, f"IRQ index {index}")
+        if index == uapi.VFIO_PCI_MSIX_IRQ_INDEX:
+            return uapi.VFIO_IRQ_INFO_EVENTFD | uapi.VFIO_IRQ_INFO_NORESIZE, self.msix.count
+        return uapi.VFIO_IRQ_INFO_EVENTFD, 0
+
+    # --- region access -------------------------------------------------------------------------
+    def _check(self, index: int, offset: int, count: int) -> RegionInfo:
+        info = self.region_info(index)
+        if info.size == 0:
+            raise vfio_error(errno.EINVAL, f"region {index} is not implemented")
+        if count < 0 or offset < 0 or offset + count > info.size:
+            raise vfio_error(errno.EINVAL, f"access of {count} bytes at {offset:#x} is outside "
+                                           f"region {index} ({info.size:#x} bytes)")
+        return info
+
+    @staticmethod
+    def _pieces(bar: int, offset: int, count: int):
+        """Split an access into register accesses: an aligned 1/2/4/8-byte access stays one
+        access (8 on BAR0 only); anything longer becomes aligned 4-byte (or smaller) accesses."""
+        if count in (1, 2, 4) or (count == 8 and bar != regs.BAR_DMA):
+            if offset % count == 0:
+                yield offset, count
+                return
+        widest = 4
+        pos, end = offset, offset + count
+        while pos < end:
+            size = widest
+            while size > 1 and (pos % size or pos + size > end):
+                size >>= 1
+            yield pos, size
+            pos += size
+
+    def region_read(self, index: int, offset: int, count: int) -> bytes:
+        """``count`` bytes of region ``index`` at ``offset``.
+
+        An aligned 1/2/4/8-byte read of BAR0/BAR2 is exactly one device access (clear-on-read
+        registers depend on it); longer reads are split into aligned register accesses.
+        """
+        self._check(index, offset, count)
+        if index == uapi.VFIO_PCI_CONFIG_REGION_INDEX:
+            return self.config.read(offset, count)
+        if index == regs.BAR_MEM:
+            end = min(offset + count, len(self._bar4))
+            data = bytes(self._bar4[offset:end]) if offset < end else b""
+            return data + bytes(count - len(data))
+        return b"".join(self.device.bar_read(index, pos, size).to_bytes(size, "little")
+                        for pos, size in self._pieces(index, offset, count))
+
+    def region_write(self, index: int, offset: int, data: bytes) -> None:
+        """Write ``data`` to region ``index`` at ``offset`` (split like ``region_read``)."""
+        self._check(index, offset, len(data))
+        if index == uapi.VFIO_PCI_CONFIG_REGION_INDEX:
+            self.config.write(offset, data)
+            return
+        if index == regs.BAR_MEM:
+            end = min(offset + len(data), len(self._bar4))
+            if offset < end:
+                self._bar4[offset:end] = data[:end - offset]
+            return
+        for pos, size in self._pieces(index, offset, len(data)):
+            rel = pos - offset
+            self.device.bar_write(index, pos, size, int.from_bytes(data[rel:rel + size], "little"))
+
+    # --- interrupts ----------------------------------------------------------------------------
+    def set_irqs(self, flags: int, index: int, start: int, count: int, data: bytes = b"",
+                 fds: list[int] | None = None) -> None:
+        """VFIO_DEVICE_SET_IRQS semantics; takes ownership of ``fds`` (closed on error).
+
+        MSI-X supports ACTION_TRIGGER with DATA_NONE (count 0: disable; else fire), DATA_BOOL
+        (fire where true) and DATA_EVENTFD (assign; no fds: unassign). Other indices have no
+        vectors, so only the disable form is accepted. Eventfds are checked to be eventfds.
+        """
+        fds = list(fds or [])
+        try:
+            self._set_irqs(flags, index, start, count, data, fds)
+        except BaseException:
+            for fd in fds:
+                if fd >= 0:
+                    try:
+                        os.close(fd)
+                    except OSError:
+                        pass
+            raise
+
+    def _set_irqs(self, flags: int, index: int, start: int, count: int, data: bytes,
+                  fds: list[int]) -> None:
+        dtype = flags & uapi.VFIO_IRQ_SET_DATA_TYPE_MASK
+        action = flags & uapi.VFIO_IRQ_SET_ACTION_TYPE_MASK
+        if flags & ~(uapi.VFIO_IRQ_SET_DATA_TYPE_MASK | uapi.VFIO_IRQ_SET_ACTION_TYPE_MASK):
+            raise vfio_error(errno.EINVAL, f"unknown SET_IRQS flags {flags:#x}")
+        if bin(dtype).count("1") != 1 or bin(action).count("1") != 1:
+            raise vfio_error(errno.EINVAL, f"SET_IRQS flags {flags:#x} need one data type and one action")
+        _, nvec = self.irq_info(index)
+        if start + count > nvec or start < 0 or count < 0:
+            if not (count == 0 and dtype == uapi.VFIO_IRQ_SET_DATA_NONE):
+                raise vfio_error(errno.EINVAL, f"vectors {start}..{start + count} of IRQ index "
+                                               f"{index} (it has {nvec})")
+        if action != uapi.VFIO_IRQ_SET_ACTION_TRIGGER:
+            raise vfio_error(errno.EINVAL, "MSI-X vectors cannot be masked through SET_IRQS")
+        if dtype != uapi.VFIO_IRQ_SET_DATA_EVENTFD and fds:
+            raise vfio_error(errno.EINVAL, "fds sent with a SET_IRQS that takes none")
+        if index != uapi.VFIO_PCI_MSIX_IRQ_INDEX:
+            return   # count == 0 disable of an index with no vectors: nothing to do
+        if dtype == uapi.VFIO_IRQ_SET_DATA_NONE:
+            if count == 0:
+                self.msix.clear()
+                self._set_msix_enable(False)
+            else:
+                for v in range(start, start + count):
+                    self.msix.fire(v)
+        elif dtype == uapi.VFIO_IRQ_SET_DATA_BOOL:
+            if len(data) < count:
+                raise vfio_error(errno.EINVAL, f"SET_IRQS DATA_BOOL needs {count} bytes")
+            for i in range(count):
+                if data[i]:
+                    self.msix.fire(start + i)
+        else:
+            if fds and len(fds) != count:
+                raise vfio_error(errno.EINVAL, f"SET_IRQS carries {len(fds)} fds for {count} vectors")
+            for fd in fds:
+                if fd >= 0 and not is_eventfd(fd):
+                    raise vfio_error(errno.EINVAL, f"fd {fd} is not an eventfd")
+            if fds:
+                self.msix.assign(start, fds)
+                fds.clear()   # owned by the table now
+                self._set_msix_enable(True)
+            else:
+                self.msix.clear(start, count)
+
+    def _set_msix_enable(self, on: bool) -> None:
+        ctrl = self.config.msix_control
+        ctrl = (ctrl | pci.PCI_MSIX_FLAGS_ENABLE) if on else (ctrl & ~pci.PCI_MSIX_FLAGS_ENABLE)
+        self.config.write(pci.MSIX_CAP_OFFSET + 2, struct.pack("<H", ctrl))
+
+    # --- lifecycle -----------------------------------------------------------------------------
+    def reset(self) -> None:
+        """DEVICE_RESET: the device forgets slots, commands and DMA; config space is kept."""
+        self.device.reset()
+
+    def detach_client(self) -> None:
+        """Forget the user's memory and eventfds (quick; the device is left as it is)."""
+        self.msix.clear()
+        self.dma.unmap_all()
+
+    def disconnect(self) -> None:
+        """The user went away: unmap all DMA, drop eventfds, reset device and config space.
+
+        The device reset waits for commands in flight (a runaway program until its budget)."""
+        self.detach_client()
+        self.device.reset()
+        self.config.reset()
+
+    def close(self) -> None:
+        """Close the device and the files backing it."""
+        self.msix.clear()
+        self.device.close()
+        self.dma.unmap_all()
+        self._bar4 = memoryview(b"")
+        if self._bar4_map is not None:
+            try:
+                self._bar4_map.close()
+            except BufferError:
+                pass
+        if self.bar4_fd is not None:
+            os.close(self.bar4_fd)
+            self.bar4_fd = None

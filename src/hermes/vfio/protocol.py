@@ -1,0 +1,478 @@
+"""vfio-user wire format: the 16-byte header, command numbers, payload layouts, framed socket I/O.
+
+Both ends (``hermes.vfio.server`` and ``hermes.transport.vfio_user``) use this module; it imports
+nothing of the device model. Host byte order (little-endian on supported hosts).
+"""
+from __future__ import annotations
+
+import array
+import ctypes
+import errno
+import json
+import os
+import socket
+import struct
+import time
+from dataclasses import dataclass, field
+
+from . import uapi
+
+# --- header ------------------------------------------------------------------------------------
+HEADER = struct.Struct("<HHIII")   #: msg_id, cmd, msg_size, flags, error_no
+HEADER_SIZE = HEADER.size
+
+FLAG_TYPE_MASK = 0xF
+TYPE_COMMAND = 0
+TYPE_REPLY = 1
+FLAG_NO_REPLY = 0x10
+FLAG_ERROR = 0x20
+
+# --- commands ----------------------------------------------------------------------------------
+VERSION = 1
+DMA_MAP = 2
+DMA_UNMAP = 3
+DEVICE_GET_INFO = 4
+DEVICE_GET_REGION_INFO = 5
+DEVICE_GET_REGION_IO_FDS = 6
+DEVICE_GET_IRQ_INFO = 7
+DEVICE_SET_IRQS = 8
+REGION_READ = 9
+REGION_WRITE = 10
+DMA_READ = 11
+DMA_WRITE = 12
+DEVICE_RESET = 13
+REGION_WRITE_MULTI = 15
+DEVICE_FEATURE = 16
+
+COMMAND_NAMES = {
+    VERSION: "VERSION", DMA_MAP: "DMA_MAP", DMA_UNMAP: "DMA_UNMAP",
+    DEVICE_GET_INFO: "DEVICE_GET_INFO", DEVICE_GET_REGION_INFO: "DEVICE_GET_REGION_INFO",
+    DEVICE_GET_REGION_IO_FDS: "DEVICE_GET_REGION_IO_FDS", DEVICE_GET_IRQ_INFO: "DEVICE_GET_IRQ_INFO",
+    DEVICE_SET_IRQS: "DEVICE_SET_IRQS", REGION_READ: "REGION_READ", REGION_WRITE: "REGION_WRITE",
+    DMA_READ: "DMA_READ", DMA_WRITE: "DMA_WRITE", DEVICE_RESET: "DEVICE_RESET",
+    REGION_WRITE_MULTI: "REGION_WRITE_MULTI", DEVICE_FEATURE: "DEVICE_FEATURE",
+}
+
+# --- version negotiation -----------------------------------------------------------------------
+VERSION_MAJOR = 0
+VERSION_MINOR = 2
+VERSION_HEAD = struct.Struct("<HH")
+DEFAULT_MAX_MSG_FDS = 1
+DEFAULT_MAX_DATA_XFER_SIZE = 1 << 20
+DEFAULT_MAX_DMA_MAPS = 65535
+DEFAULT_PGSIZE = 4096
+#: Largest message (header included) either side accepts: a maximal data transfer plus room for
+#: its fixed part and region-info capabilities.
+MAX_MESSAGE_SIZE = DEFAULT_MAX_DATA_XFER_SIZE + 4096
+#: Most fds one message may carry on this implementation's receive side.
+MAX_FDS_ACCEPTED = 64
+
+# --- DMA_MAP flags (vfio-user) -----------------------------------------------------------------
+DMA_FLAG_READ = 1
+DMA_FLAG_WRITE = 2
+
+
+class DmaMap(uapi._Struct):
+    """DMA_MAP request payload (32 bytes): ``offset`` into the attached fd, bus ``addr``, ``size``."""
+
+    _fields_ = [("argsz", ctypes.c_uint32), ("flags", ctypes.c_uint32),
+                ("offset", ctypes.c_uint64), ("addr", ctypes.c_uint64), ("size", ctypes.c_uint64)]
+
+
+#: DMA_UNMAP payload: same layout as the kernel's.
+DmaUnmap = uapi.vfio_iommu_type1_dma_unmap
+
+#: REGION_READ/WRITE fixed part: offset u64, region u32, count u32.
+REGION_ACCESS = struct.Struct("<QII")
+#: DMA_READ request / reply fixed part and DMA_WRITE request fixed part: address u64, count u64.
+DMA_ACCESS = struct.Struct("<QQ")
+#: DMA_WRITE reply (spec table): address u64, count u32.
+DMA_WRITE_REPLY = struct.Struct("<QI")
+#: DEVICE_GET_INFO payload in vfio-user (no cap_offset).
+DEVICE_INFO_SIZE = 16
+
+
+class ProtocolError(Exception):
+    """The peer broke the framing or the negotiation (the connection cannot continue)."""
+
+
+class RemoteError(OSError):
+    """The peer answered a command with an error reply (``errno`` set from the reply)."""
+
+
+@dataclass
+class Message:
+    """One framed message: header fields, payload bytes and the fds that travelled with it."""
+
+    msg_id: int
+    cmd: int
+    flags: int = TYPE_COMMAND
+    error_no: int = 0
+    payload: bytes = b""
+    fds: list[int] = field(default_factory=list)
+
+    @property
+    def is_reply(self) -> bool:
+        """True for a reply, False for a command."""
+        return (self.flags & FLAG_TYPE_MASK) == TYPE_REPLY
+
+    @property
+    def is_error(self) -> bool:
+        """True for an error reply."""
+        return bool(self.flags & FLAG_ERROR)
+
+    @property
+    def name(self) -> str:
+        """The command's name (or its number)."""
+        return COMMAND_NAMES.get(self.cmd, f"cmd#{self.cmd}")
+
+    def encode(self) -> bytes:
+        """Header plus payload."""
+        return encode_header(self.msg_id, self.cmd, HEADER_SIZE + len(self.payload), self.flags,
+                             self.error_no) + self.payload
+
+    def close_fds(self) -> None:
+        """Close every fd this message brought (they are ours once received)."""
+        for fd in self.fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.fds = []
+
+
+def encode_header(msg_id: int, cmd: int, msg_size: int, flags: int = TYPE_COMMAND,
+                  error_no: int = 0) -> bytes:
+    """Pack a 16-byte header."""
+    return HEADER.pack(msg_id & 0xFFFF, cmd, msg_size, flags, error_no)
+
+
+def decode_header(buf: bytes | bytearray | memoryview) -> tuple[int, int, int, int, int]:
+    """Unpack a 16-byte header: ``(msg_id, cmd, msg_size, flags, error_no)``."""
+    if len(buf) < HEADER_SIZE:
+        raise ProtocolError(f"short header: {len(buf)} bytes")
+    return HEADER.unpack_from(buf)
+
+
+def encode_version(major: int, minor: int, caps: dict | None) -> bytes:
+    """VERSION payload: major, minor and (if given) the NUL-terminated capabilities JSON."""
+    tail = b"" if caps is None else json.dumps({"capabilities": caps}).encode() + b"\0"
+    return VERSION_HEAD.pack(major, minor) + tail
+
+
+def decode_version(payload: bytes) -> tuple[int, int, dict]:
+    """Parse a VERSION payload into ``(major, minor, capabilities dict)`` (ValueError if malformed)."""
+    if len(payload) < VERSION_HEAD.size:
+        raise ValueError("VERSION payload shorter than 4 bytes")
+    major, minor = VERSION_HEAD.unpack_from(payload)
+    text = payload[VERSION_HEAD.size:]
+    if not text:
+        return major, minor, {}
+    if not text.endswith(b"\0"):
+        raise ValueError("capabilities JSON is not NUL-terminated")
+    try:
+        doc = json.loads(text[:-1].decode())
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ValueError(f"capabilities are not valid JSON: {exc}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("capabilities", {}), dict):
+        raise ValueError("capabilities JSON must be an object with a 'capabilities' object")
+    return major, minor, doc.get("capabilities", {})
+
+
+def encode_region_access(offset: int, region: int, count: int, data: bytes = b"") -> bytes:
+    """REGION_READ/WRITE payload."""
+    return REGION_ACCESS.pack(offset, region, count) + data
+
+
+def encode_dma_access(address: int, count: int, data: bytes = b"") -> bytes:
+    """DMA_READ/WRITE payload."""
+    return DMA_ACCESS.pack(address, count) + data
+
+
+# --- framed socket I/O -------------------------------------------------------------------------
+
+def send_message(sock: socket.socket, msg: Message) -> None:
+    """Send one message; its fds ride as SCM_RIGHTS with the first byte."""
+    data = msg.encode()
+    if msg.fds:
+        anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", msg.fds).tobytes())]
+        sent = sock.sendmsg([data], anc)
+        if sent < len(data):
+            sock.sendall(memoryview(data)[sent:])
+    else:
+        sock.sendall(data)
+
+
+#: Seconds a peer may stall in the middle of a message (sockets with SO_RCVTIMEO set).
+STALL_TIMEOUT = 10.0
+
+
+def _recv_exact_into(sock: socket.socket, view: memoryview) -> None:
+    got = 0
+    deadline = None
+    while got < len(view):
+        try:
+            n = sock.recv_into(view[got:])
+        except BlockingIOError:   # SO_RCVTIMEO expired mid-message: allow a bounded stall
+            deadline = deadline or time.monotonic() + STALL_TIMEOUT
+            if time.monotonic() > deadline:
+                raise ProtocolError("peer stalled in the middle of a message") from None
+            continue
+        if n == 0:
+            raise ConnectionResetError(errno.ECONNRESET, "peer closed the connection mid-message")
+        got += n
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        if fd >= 0:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def recv_header(sock: socket.socket, max_fds: int = MAX_FDS_ACCEPTED) -> tuple[tuple, list[int]] | None:
+    """Receive a header and the fds sent with it; None on a clean EOF before any byte.
+
+    On a socket with SO_RCVTIMEO, BlockingIOError propagates only when no byte has arrived (the
+    caller is idle); a stall after the first byte is retried up to STALL_TIMEOUT. When more fds
+    arrived than ``max_fds`` the list holds a -1 (the caller must reject the message).
+    """
+    buf = bytearray(HEADER_SIZE)
+    fds: list[int] = []
+    got = 0
+    deadline = None
+    ancsize = socket.CMSG_SPACE(max_fds * 4)
+    while got < HEADER_SIZE:
+        try:
+            n, anc, mflags, _ = sock.recvmsg_into([memoryview(buf)[got:]], ancsize)
+        except BlockingIOError:
+            if got == 0:
+                raise
+            deadline = deadline or time.monotonic() + STALL_TIMEOUT
+            if time.monotonic() > deadline:
+                _close_all(fds)
+                raise ProtocolError("peer stalled in the middle of a header") from None
+            continue
+        for level, kind, data in anc:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                arr = array.array("i")
+                arr.frombytes(data[:len(data) - len(data) % 4])
+                fds.extend(arr)
+        if mflags & socket.MSG_CTRUNC:
+            # Too many fds: close what arrived and let the caller reject the message.
+            _close_all(fds)
+            fds = [-1]
+        if n == 0:
+            _close_all(fds)
+            if got == 0:
+                return None
+            raise ConnectionResetError(errno.ECONNRESET, "peer closed the connection mid-header")
+        got += n
+    return decode_header(buf), fds
+
+
+def recv_message(sock: socket.socket, max_size: int = MAX_MESSAGE_SIZE) -> Message | None:
+    """Receive one whole message; None on EOF at a message boundary.
+
+    Raises ProtocolError when the header's size is impossible (the stream cannot be resynced)
+    and MessageTooBig (after discarding the payload, so the stream stays in sync) when the
+    message is larger than ``max_size``.
+    """
+    got = recv_header(sock)
+    if got is None:
+        return None
+    (msg_id, cmd, size, flags, error_no), fds = got
+    return recv_body(sock, msg_id, cmd, size, flags, error_no, fds, max_size)
+
+
+def recv_body(sock: socket.socket, msg_id: int, cmd: int, size: int, flags: int, error_no: int,
+              fds: list[int], max_size: int = MAX_MESSAGE_SIZE) -> Message:
+    """The rest of a message whose header was received (see ``recv_message``)."""
+    if size < HEADER_SIZE:
+        _close_all(fds)
+        raise ProtocolError(f"message size {size} is smaller than the header")
+    body_len = size - HEADER_SIZE
+    if size > max_size:
+        _close_all(fds)
+        _discard(sock, body_len)
+        raise MessageTooBig(Message(msg_id, cmd, flags, error_no), size)
+    body = bytearray(body_len)
+    if body_len:
+        try:
+            _recv_exact_into(sock, memoryview(body))
+        except BaseException:
+            _close_all(fds)
+            raise
+    return Message(msg_id, cmd, flags, error_no, bytes(body), fds)
+
+
+def _discard(sock: socket.socket, n: int) -> None:
+    chunk = bytearray(min(n, 1 << 16) or 1)
+    while n:
+        view = memoryview(chunk)[:min(n, len(chunk))]
+        _recv_exact_into(sock, view)
+        n -= len(view)
+
+
+class MessageTooBig(Exception):
+    """A message larger than the receiver accepts; its payload was skipped."""
+
+    def __init__(self, header: Message, size: int):
+        self.header = header
+        self.size = size
+        super().__init__(f"{header.name} message of {size} bytes exceeds the limit")
+
+
+def reply_to(msg: Message, payload: bytes = b"", fds: list[int] | None = None) -> Message:
+    """A success reply to ``msg``."""
+    return Message(msg.msg_id, msg.cmd, TYPE_REPLY, 0, payload, list(fds or []))
+
+
+def error_reply(msg: Message, err: int) -> Message:
+    """An error reply (header only) to ``msg`` carrying ``err``."""
+    return Message(msg.msg_id, msg.cmd, TYPE_REPLY | FLAG_ERROR, err)
+
+
+def describe(msg: Message) -> str:
+    """A one-line trace of a message (for --verbose)."""
+    kind = "reply" if msg.is_reply else "cmd"
+    extra = ""
+    if msg.cmd in (REGION_READ, REGION_WRITE) and len(msg.payload) >= REGION_ACCESS.size:
+        off, region, count = REGION_ACCESS.unpack_from(msg.payload)
+        extra = f" region={region} offset={off:#x} count={count}"
+    elif msg.cmd in (DMA_READ, DMA_WRITE) and len(msg.payload) >= DMA_ACCESS.size:
+        addr, count = DMA_ACCESS.unpack_from(msg.payload)
+        extra = f" addr={addr:#x} count={count}"
+    err = f" error={errno.errorcode.get(msg.error_no, msg.error_no)}" if msg.is_error else ""
+    fds = f" fds={len(msg.fds)}" if msg.fds else ""
+    return f"{kind} {msg.name} id={msg.msg_id} size={HEADER_SIZE + len(msg.payload)}{extra}{fds}{err}"
+
+
+class Receiver:
+    """Buffered message reader: one recvmsg can bring many messages (posted writes arrive in
+    bursts), so a burst costs one system call instead of two per message.
+
+    fds: the kernel attaches SCM_RIGHTS to the first byte of the sendmsg that carried them and
+    stops a read right after the segment holding them, so the fds of a read belong to the last
+    message that starts inside that read (one message per fd-carrying sendmsg, as the protocol
+    uses them).
+    """
+
+    CHUNK = 256 << 10
+
+    def __init__(self, sock: socket.socket, *, max_size: int = MAX_MESSAGE_SIZE,
+                 max_fds: int = MAX_FDS_ACCEPTED):
+        self.sock = sock
+        self.max_size = max_size
+        self._ancsize = socket.CMSG_SPACE(max_fds * 4)
+        self._buf = bytearray()
+        self._pos = 0                 # parse position in _buf
+        self._base = 0                # stream offset of _buf[0]
+        self._fd_reads: list[tuple[int, int, list[int]]] = []   # (start, end, fds) of reads
+        self._chunk = memoryview(bytearray(self.CHUNK))   # reused: no allocation per read
+
+    def _fill(self) -> None:
+        """One read (blocking, or SO_RCVTIMEO-bounded); EOF -> ConnectionResetError/None logic
+        is left to the caller through ``self.eof``."""
+        chunk = self._chunk
+        n, anc, mflags, _ = self.sock.recvmsg_into([chunk], self._ancsize)
+        fds: list[int] = []
+        for level, kind, data in anc:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                arr = array.array("i")
+                arr.frombytes(data[:len(data) - len(data) % 4])
+                fds.extend(arr)
+        if mflags & socket.MSG_CTRUNC:
+            _close_all(fds)
+            fds = [-1]
+        if n == 0:
+            _close_all(fds)
+            raise EOFError
+        if self._pos and (self._pos == len(self._buf) or self._pos > (1 << 20)):
+            del self._buf[:self._pos]      # drop consumed bytes (usually all of them)
+            self._base += self._pos
+            self._pos = 0
+        start = self._base + len(self._buf)
+        self._buf += chunk[:n]
+        if fds:
+            self._fd_reads.append((start, start + n, fds))
+
+    def buffered(self) -> int:
+        """Bytes received and not yet consumed."""
+        return len(self._buf) - self._pos
+
+    def _take_fds(self, msg_start: int, msg_end: int) -> list[int]:
+        out: list[int] = []
+        keep = []
+        for start, end, fds in self._fd_reads:
+            if start <= msg_start < end and msg_end >= end:
+                out.extend(fds)
+            elif end <= msg_start:
+                _close_all(fds)   # a read whose fds matched no message: drop them
+            else:
+                keep.append((start, end, fds))
+        self._fd_reads = keep
+        return out
+
+    def recv(self) -> Message | None:
+        """The next message; None on EOF at a message boundary.
+
+        BlockingIOError propagates only when nothing of the next message has arrived (an idle
+        peer on a socket with SO_RCVTIMEO); a stall inside a message is retried up to
+        STALL_TIMEOUT and then raises ProtocolError. Oversized messages raise MessageTooBig after
+        their bytes were skipped.
+        """
+        deadline = None
+        while True:
+            avail = len(self._buf) - self._pos
+            if avail >= HEADER_SIZE:
+                msg_id, cmd, size, flags, error_no = HEADER.unpack_from(self._buf, self._pos)
+                if size < HEADER_SIZE:
+                    raise ProtocolError(f"message size {size} is smaller than the header")
+                if size > self.max_size:
+                    return self._skip(msg_id, cmd, size, flags, error_no)
+                if avail >= size:
+                    start = self._base + self._pos
+                    payload = bytes(self._buf[self._pos + HEADER_SIZE:self._pos + size])
+                    self._pos += size
+                    fds = self._take_fds(start, start + size) if self._fd_reads else []
+                    return Message(msg_id, cmd, flags, error_no, payload, fds)
+            try:
+                self._fill()
+            except BlockingIOError:
+                if avail == 0:
+                    raise
+                deadline = deadline or time.monotonic() + STALL_TIMEOUT
+                if time.monotonic() > deadline:
+                    raise ProtocolError("peer stalled in the middle of a message") from None
+            except EOFError:
+                if avail == 0:
+                    return None
+                raise ConnectionResetError(errno.ECONNRESET, "peer closed the connection mid-message") from None
+
+    def _skip(self, msg_id: int, cmd: int, size: int, flags: int, error_no: int) -> Message:
+        start = self._base + self._pos
+        remaining = size
+        while True:
+            avail = len(self._buf) - self._pos
+            take = min(avail, remaining)
+            self._pos += take
+            remaining -= take
+            if not remaining:
+                break
+            try:
+                self._fill()
+            except EOFError:
+                raise ConnectionResetError(errno.ECONNRESET, "peer closed the connection mid-message") from None
+            except BlockingIOError:
+                continue
+        _close_all(self._take_fds(start, start + size))
+        raise MessageTooBig(Message(msg_id, cmd, flags, error_no), size)
+
+    def close(self) -> None:
+        """Close fds received and never handed out."""
+        for _, _, fds in self._fd_reads:
+            _close_all(fds)
+        self._fd_reads = []

@@ -1,0 +1,680 @@
+"""vfio-user server: one HermesDevice served over a UNIX stream socket to one client at a time.
+
+BAR0 and BAR2 are trapped (every access is a REGION_READ/WRITE message); BAR4 lives in a memfd the
+client mmaps; DMA goes through memfds the client registers with DMA_MAP (a memory copy here) or,
+for mappings without an fd, through DMA_READ/DMA_WRITE messages to the client; interrupts are
+eventfd writes. Malformed input gets an error reply and never stops the server.
+"""
+from __future__ import annotations
+
+import errno
+import itertools
+import mmap
+import os
+import select
+import signal
+import socket
+import stat
+import struct
+import sys
+import threading
+import time
+from typing import Callable, TextIO
+
+from .. import regs
+from ..device import DmaFault
+from . import protocol as P
+from . import uapi
+from .function import CallbackBackend, MmapBackend, VfioFunction, vfio_error
+
+#: Receive timeout of a session socket: how often an idle session checks for a stop request.
+IDLE_TICK = 0.2
+#: Seconds a device thread waits for the client to answer a DMA_READ/DMA_WRITE.
+DMA_REPLY_TIMEOUT = 10.0
+#: Seconds the server waits at shutdown for the device's running programs.
+CLOSE_TIMEOUT = 2.0
+#: Most fds the server accepts per message (advertised as max_msg_fds).
+SERVER_MAX_MSG_FDS = 64
+
+
+_FAST = (P.REGION_READ, P.REGION_WRITE)
+_FAST_REGIONS = {regs.BAR_REGS: regs.BAR0_SIZE, regs.BAR_DMA: regs.BAR2_SIZE}
+_ACCESS = P.REGION_ACCESS
+_HEADER = P.HEADER
+
+
+class _ClientGone(Exception):
+    """The connection closed or broke; the session ends."""
+
+
+class Session:
+    """One client connection: message dispatch, server-to-client DMA requests, cleanup."""
+
+    def __init__(self, server: "Server", sock: socket.socket, number: int):
+        self.server = server
+        self.fn = server.function
+        self.sock = sock
+        self.number = number
+        self.negotiated = False
+        self.client_max_xfer = P.DEFAULT_MAX_DATA_XFER_SIZE
+        self.client_max_fds = P.DEFAULT_MAX_MSG_FDS
+        self._send_lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._waiters: dict[int, list] = {}        # msg_id -> [event, reply or None]
+        self._waiters_lock = threading.Lock()
+        self._backlog: list[P.Message] = []        # commands received while pumping
+        self._rx = P.Receiver(sock)
+        self._thread: threading.Thread | None = None   # the thread running ``run``
+        self.closed = False
+        self.stats = {"commands": 0, "errors": 0, "dma_messages": 0}
+
+    # --- sending -------------------------------------------------------------------------------
+    def send(self, msg: P.Message) -> None:
+        """Send ``msg`` (thread-safe); a dead socket ends the session later, not here."""
+        if self.server.verbose:
+            self.server.log(f"client {self.number}: -> {P.describe(msg)}")
+        with self._send_lock:
+            try:
+                P.send_message(self.sock, msg)
+            except OSError:
+                self.closed = True
+
+    # --- server-to-client DMA (mappings without an fd) -----------------------------------------
+    def _remote(self, cmd: int, payload: bytes) -> P.Message:
+        if self.closed:
+            raise ConnectionError("client gone")
+        msg_id = next(self._ids) & 0xFFFF
+        slot = [threading.Event(), None]
+        with self._waiters_lock:
+            self._waiters[msg_id] = slot
+        try:
+            self.stats["dma_messages"] += 1
+            self.send(P.Message(msg_id, cmd, P.TYPE_COMMAND, 0, payload))
+            if threading.current_thread() is self._thread:
+                # The model runs DMA inside the register write, i.e. on this session thread,
+                # which is also the only reader of the socket: receive here until the reply
+                # comes, keeping commands that arrive meanwhile for later (in order).
+                deadline = time.monotonic() + DMA_REPLY_TIMEOUT
+                while not slot[0].is_set():
+                    if self.closed or self.server.stop_requested() or time.monotonic() > deadline:
+                        raise ConnectionError("no DMA reply from the client")
+                    try:
+                        msg = self._recv_within(0.05)
+                    except _ClientGone:
+                        self.closed = True
+                        raise ConnectionError("client gone") from None
+                    if msg is None:
+                        continue
+                    if msg.is_reply:
+                        self._deliver_reply(msg)
+                    else:
+                        self._backlog.append(msg)
+            elif not slot[0].wait(DMA_REPLY_TIMEOUT):
+                raise ConnectionError("no DMA reply from the client")
+            if slot[1] is None:
+                raise ConnectionError("client gone")
+            return slot[1]
+        finally:
+            with self._waiters_lock:
+                self._waiters.pop(msg_id, None)
+
+    def dma_read(self, addr: int, n: int) -> bytes:
+        """Read client memory with DMA_READ messages (each at most the client's transfer size)."""
+        out = bytearray()
+        try:
+            while len(out) < n:
+                count = min(n - len(out), self.client_max_xfer)
+                a = addr + len(out)
+                reply = self._remote(P.DMA_READ, P.encode_dma_access(a, count))
+                if reply.is_error or len(reply.payload) != P.DMA_ACCESS.size + count:
+                    raise DmaFault(a, count)
+                out += reply.payload[P.DMA_ACCESS.size:]
+        except ConnectionError:
+            raise DmaFault(addr, n) from None
+        return bytes(out)
+
+    def dma_write(self, addr: int, data: bytes) -> None:
+        """Write client memory with DMA_WRITE messages."""
+        pos = 0
+        try:
+            while pos < len(data):
+                chunk = data[pos:pos + self.client_max_xfer]
+                reply = self._remote(P.DMA_WRITE, P.encode_dma_access(addr + pos, len(chunk), chunk))
+                if reply.is_error:
+                    raise DmaFault(addr + pos, len(chunk))
+                pos += len(chunk)
+        except ConnectionError:
+            raise DmaFault(addr, len(data)) from None
+
+    def _deliver_reply(self, msg: P.Message) -> None:
+        with self._waiters_lock:
+            slot = self._waiters.get(msg.msg_id)
+        if slot is None or msg.cmd not in (P.DMA_READ, P.DMA_WRITE):
+            self.server.log(f"client {self.number}: unexpected reply {P.describe(msg)}; ignored")
+            msg.close_fds()
+            return
+        slot[1] = msg
+        slot[0].set()
+
+    def _fail_waiters(self) -> None:
+        with self._waiters_lock:
+            slots = list(self._waiters.values())
+        for slot in slots:
+            slot[0].set()
+
+    # --- receiving -----------------------------------------------------------------------------
+    def _recv(self) -> P.Message | None:
+        """The next message; None when the client stayed idle for IDLE_TICK or sent junk that
+        was answered already. Raises _ClientGone when the connection is over."""
+        try:
+            msg = self._rx.recv()
+        except BlockingIOError:
+            return None   # idle tick (SO_RCVTIMEO): lets the loop notice a stop request
+        except P.MessageTooBig as exc:
+            self.server.log(f"client {self.number}: error: {exc}")
+            self.stats["errors"] += 1
+            if not exc.header.is_reply:
+                self.send(P.error_reply(exc.header, errno.E2BIG))
+            return None
+        except P.ProtocolError as exc:
+            self.server.log(f"client {self.number}: error: {exc}; closing the connection")
+            raise _ClientGone() from None
+        except OSError as exc:
+            raise _ClientGone(str(exc)) from None
+        if msg is None:
+            raise _ClientGone()
+        if self.server.verbose:
+            self.server.log(f"client {self.number}: <- {P.describe(msg)}")
+        return msg
+
+    def _recv_within(self, timeout: float) -> P.Message | None:
+        if not self._rx.buffered():
+            r, _, _ = select.select([self.sock], [], [], timeout)
+            if not r:
+                return None
+        return self._recv()
+
+    def run(self) -> None:
+        """Serve until the client disconnects or the server is asked to stop."""
+        self._thread = threading.current_thread()
+        tick = struct.pack("ll", 0, int(IDLE_TICK * 1e6))
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tick)
+        # A client that stops reading must not hang the server in a send.
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
+                             struct.pack("ll", int(P.STALL_TIMEOUT), 0))
+        try:
+            while not self.server.stop_requested() and not self.closed:
+                if self._backlog:
+                    msg = self._backlog.pop(0)
+                else:
+                    msg = self._recv()
+                    if msg is None:
+                        continue
+                if msg.is_reply:
+                    self._deliver_reply(msg)
+                elif not (msg.cmd in _FAST and self.negotiated and not self.server.verbose
+                          and self._fast_register(msg)):
+                    self.handle(msg)
+        except _ClientGone:
+            pass
+        finally:
+            self.closed = True
+            self._fail_waiters()
+            self._cleanup()
+
+    def _fast_register(self, msg: P.Message) -> bool:
+        """Handle a plain 1/2/4/8-byte BAR0/BAR2 access straight on the device (the hot path of
+        every driver command); False leaves anything unusual to ``handle``."""
+        p = msg.payload
+        if len(p) < 16 or msg.fds or msg.flags & ~P.FLAG_NO_REPLY:
+            return False
+        offset, region, count = _ACCESS.unpack_from(p)
+        limit = _FAST_REGIONS.get(region)
+        if (limit is None or count not in (1, 2, 4, 8) or offset % count or offset + count > limit
+                or (region == 2 and count != 4)):
+            return False
+        dev = self.fn.device
+        if msg.cmd == P.REGION_READ:
+            if len(p) != 16:
+                return False
+            data = dev.bar_read(region, offset, count).to_bytes(count, "little")
+            reply = _HEADER.pack(msg.msg_id, P.REGION_READ, 32 + count, P.TYPE_REPLY, 0) + p + data
+        else:
+            if len(p) != 16 + count:
+                return False
+            dev.bar_write(region, offset, count, int.from_bytes(p[16:], "little"))
+            reply = _HEADER.pack(msg.msg_id, P.REGION_WRITE, 32, P.TYPE_REPLY, 0) + p[:16]
+        self.stats["commands"] += 1
+        if not msg.flags & P.FLAG_NO_REPLY:
+            with self._send_lock:
+                try:
+                    self.sock.sendall(reply)
+                except OSError:
+                    self.closed = True
+        return True
+
+    def _cleanup(self) -> None:
+        # The client's memory and eventfds go at once; the device reset may have to wait for a
+        # running program, so with a device factory it happens in the background (the next
+        # client gets a new device meanwhile), otherwise here.
+        try:
+            self.fn.detach_client()
+            if self.server.factory is None:
+                self.fn.disconnect()
+        except Exception as exc:  # the server must outlive any device failure
+            self.server.log(f"client {self.number}: error while resetting the device: {exc!r}")
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        for msg in self._backlog:
+            msg.close_fds()
+        self._rx.close()
+
+    def _pumping(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` (which may wait for device threads) while still receiving DMA replies."""
+        done = threading.Event()
+        err: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                fn()
+            except BaseException as exc:  # re-raised in the session thread
+                err.append(exc)
+            finally:
+                done.set()
+
+        t = threading.Thread(target=work, name="hermes-vfio-user-reset", daemon=True)
+        t.start()
+        while not done.wait(0.0005):
+            try:
+                msg = self._recv_within(0.01)
+            except _ClientGone:
+                self.closed = True
+                self._fail_waiters()
+                done.wait()
+                raise
+            if msg is None:
+                continue
+            if msg.is_reply:
+                self._deliver_reply(msg)
+            else:
+                self._backlog.append(msg)
+        if err:
+            raise err[0]
+
+    # --- dispatch ------------------------------------------------------------------------------
+    def handle(self, msg: P.Message) -> None:
+        """Execute one command and reply; errors become error replies."""
+        self.stats["commands"] += 1
+        handler = self.HANDLERS.get(msg.cmd)
+        try:
+            if handler is None:
+                raise vfio_error(errno.ENOSYS, f"unknown command {msg.cmd}")
+            if not self.negotiated and msg.cmd != P.VERSION:
+                raise vfio_error(errno.EINVAL, f"{msg.name} before VERSION")
+            payload, fds = handler(self, msg)
+        except OSError as exc:
+            msg.close_fds()
+            self.stats["errors"] += 1
+            err = exc.errno or errno.EINVAL
+            self.server.log(f"client {self.number}: error: {msg.name}: {exc.strerror or exc} "
+                            f"({errno.errorcode.get(err, err)})")
+            if not msg.flags & P.FLAG_NO_REPLY:
+                self.send(P.error_reply(msg, err))
+            if msg.cmd == P.VERSION and not self.negotiated:
+                raise _ClientGone() from None
+            return
+        except _ClientGone:
+            raise
+        except Exception as exc:  # a bug must not take the server down: report it as EIO
+            msg.close_fds()
+            self.stats["errors"] += 1
+            self.server.log(f"client {self.number}: internal error in {msg.name}: {exc!r}")
+            if not msg.flags & P.FLAG_NO_REPLY:
+                self.send(P.error_reply(msg, errno.EIO))
+            return
+        if not msg.flags & P.FLAG_NO_REPLY:
+            self.send(P.reply_to(msg, payload, fds))
+
+    @staticmethod
+    def _no_fds(msg: P.Message) -> None:
+        if msg.fds:
+            raise vfio_error(errno.EINVAL, f"{msg.name} carries {len(msg.fds)} unexpected fds")
+
+    def _version(self, msg: P.Message):
+        self._no_fds(msg)
+        if self.negotiated:
+            raise vfio_error(errno.EINVAL, "VERSION sent twice")
+        try:
+            major, minor, caps = P.decode_version(msg.payload)
+        except ValueError as exc:
+            raise vfio_error(errno.EINVAL, str(exc)) from None
+        if major != P.VERSION_MAJOR:
+            raise vfio_error(errno.ENOTSUP, f"protocol major version {major} (we speak 0)")
+        fds = caps.get("max_msg_fds", P.DEFAULT_MAX_MSG_FDS)
+        xfer = caps.get("max_data_xfer_size", P.DEFAULT_MAX_DATA_XFER_SIZE)
+        if (not isinstance(fds, int) or not 0 <= fds <= 1024 or not isinstance(xfer, int)
+                or xfer < 8):
+            raise vfio_error(errno.EINVAL, "bad max_msg_fds or max_data_xfer_size")
+        self.client_max_fds = fds
+        self.client_max_xfer = min(xfer, P.DEFAULT_MAX_DATA_XFER_SIZE)
+        ours = {"max_msg_fds": SERVER_MAX_MSG_FDS,
+                "max_data_xfer_size": P.DEFAULT_MAX_DATA_XFER_SIZE,
+                "max_dma_maps": self.fn.dma.max_maps, "pgsizes": P.DEFAULT_PGSIZE}
+        # The reply's capabilities must be a subset of the proposed ones.
+        reply_caps = {k: v for k, v in ours.items() if k in caps}
+        self.negotiated = True
+        return P.encode_version(major, min(minor, P.VERSION_MINOR), reply_caps), []
+
+    def _dma_map(self, msg: P.Message):
+        if len(msg.payload) < 32:
+            raise vfio_error(errno.EINVAL, "DMA_MAP payload shorter than 32 bytes")
+        req = P.DmaMap.decode(msg.payload)
+        if len(msg.fds) > 1:
+            raise vfio_error(errno.EINVAL, "DMA_MAP with more than one fd")
+        if req.flags & ~(P.DMA_FLAG_READ | P.DMA_FLAG_WRITE | 0xC):
+            raise vfio_error(errno.EINVAL, f"DMA_MAP flags {req.flags:#x}")
+        if req.size == 0 or req.addr + req.size > 1 << 64:
+            raise vfio_error(errno.EINVAL, f"DMA_MAP range {req.addr:#x}+{req.size:#x}")
+        flags = req.flags & (P.DMA_FLAG_READ | P.DMA_FLAG_WRITE)
+        if msg.fds:
+            fd = msg.fds[0]
+            prot = (mmap.PROT_READ if flags & P.DMA_FLAG_READ else 0) | \
+                   (mmap.PROT_WRITE if flags & P.DMA_FLAG_WRITE else 0)
+            try:
+                if req.offset % mmap.ALLOCATIONGRANULARITY:
+                    raise vfio_error(errno.EINVAL, f"DMA_MAP offset {req.offset:#x} not page aligned")
+                mm = mmap.mmap(fd, req.size, mmap.MAP_SHARED, prot or mmap.PROT_READ,
+                               offset=req.offset)
+            except ValueError as exc:   # e.g. the fd is shorter than offset + size
+                raise vfio_error(errno.EINVAL, f"DMA_MAP fd: {exc}") from None
+            finally:
+                msg.close_fds()
+            backend = MmapBackend(mm)
+        else:
+            backend = CallbackBackend(req.addr, self.dma_read, self.dma_write)
+        try:
+            self.fn.dma.map(req.addr, req.size, flags, backend)
+        except OSError:
+            backend.close()
+            raise
+        return b"", []
+
+    def _dma_unmap(self, msg: P.Message):
+        self._no_fds(msg)
+        if len(msg.payload) < 24:
+            raise vfio_error(errno.EINVAL, "DMA_UNMAP payload shorter than 24 bytes")
+        req = P.DmaUnmap.decode(msg.payload)
+        if req.flags & uapi.VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP:
+            raise vfio_error(errno.ENOTSUP, "dirty page tracking is not supported")
+        if req.flags & ~uapi.VFIO_DMA_UNMAP_FLAG_ALL:
+            raise vfio_error(errno.EINVAL, f"DMA_UNMAP flags {req.flags:#x}")
+        if req.flags & uapi.VFIO_DMA_UNMAP_FLAG_ALL:
+            if req.iova or req.size:
+                raise vfio_error(errno.EINVAL, "DMA_UNMAP ALL with an address or size")
+            self.fn.dma.unmap_all()
+        else:
+            self.fn.dma.unmap(req.iova, req.size)
+        req.argsz = 24
+        return bytes(req), []
+
+    def _device_info(self, msg: P.Message):
+        self._no_fds(msg)
+        if len(msg.payload) < P.DEVICE_INFO_SIZE:
+            raise vfio_error(errno.EINVAL, "DEVICE_GET_INFO payload shorter than 16 bytes")
+        flags, nreg, nirq = self.fn.device_info()
+        return bytes(uapi.vfio_device_info(P.DEVICE_INFO_SIZE, flags, nreg, nirq, 0))[:16], []
+
+    def _region_info(self, msg: P.Message):
+        self._no_fds(msg)
+        if len(msg.payload) < 32:
+            raise vfio_error(errno.EINVAL, "DEVICE_GET_REGION_INFO payload shorter than 32 bytes")
+        req = uapi.vfio_region_info.decode(msg.payload)
+        info = self.fn.region_info(req.index)
+        payload, _needed = info.encode(req.argsz)
+        fds = [info.fd] if info.fd is not None else []
+        return payload, fds
+
+    def _irq_info(self, msg: P.Message):
+        self._no_fds(msg)
+        if len(msg.payload) < 16:
+            raise vfio_error(errno.EINVAL, "DEVICE_GET_IRQ_INFO payload shorter than 16 bytes")
+        req = uapi.vfio_irq_info.decode(msg.payload)
+        flags, count = self.fn.irq_info(req.index)
+        return bytes(uapi.vfio_irq_info(16, flags, req.index, count)), []
+
+    def _set_irqs(self, msg: P.Message):
+        if len(msg.payload) < 20:
+            raise vfio_error(errno.EINVAL, "DEVICE_SET_IRQS payload shorter than 20 bytes")
+        req = uapi.vfio_irq_set.decode(msg.payload)
+        if -1 in msg.fds:
+            raise vfio_error(errno.EINVAL, "too many fds in one message")
+        fds, msg.fds = msg.fds, []
+        self.fn.set_irqs(req.flags, req.index, req.start, req.count, msg.payload[20:], fds)
+        return b"", []
+
+    def _region_access(self, msg: P.Message, write: bool):
+        self._no_fds(msg)
+        if len(msg.payload) < P.REGION_ACCESS.size:
+            raise vfio_error(errno.EINVAL, f"{msg.name} payload shorter than 16 bytes")
+        offset, region, count = P.REGION_ACCESS.unpack_from(msg.payload)
+        if count > P.DEFAULT_MAX_DATA_XFER_SIZE:
+            raise vfio_error(errno.EINVAL, f"{msg.name} count {count} exceeds max_data_xfer_size")
+        head = msg.payload[:P.REGION_ACCESS.size]
+        if write:
+            data = msg.payload[P.REGION_ACCESS.size:]
+            if len(data) != count:
+                raise vfio_error(errno.EINVAL, f"REGION_WRITE count {count} but {len(data)} data bytes")
+            self.fn.region_write(region, offset, data)
+            return head, []
+        if len(msg.payload) != P.REGION_ACCESS.size:
+            raise vfio_error(errno.EINVAL, "REGION_READ with trailing data")
+        return head + self.fn.region_read(region, offset, count), []
+
+    def _region_read(self, msg: P.Message):
+        return self._region_access(msg, False)
+
+    def _region_write(self, msg: P.Message):
+        return self._region_access(msg, True)
+
+    def _reset(self, msg: P.Message):
+        self._no_fds(msg)
+        self._pumping(self.fn.reset)
+        return b"", []
+
+    def _unsupported(self, msg: P.Message):
+        msg.close_fds()
+        raise vfio_error(errno.ENOTSUP, f"{msg.name} is not supported")
+
+    def _server_only(self, msg: P.Message):
+        raise vfio_error(errno.EINVAL, f"{msg.name} goes from server to client")
+
+    HANDLERS: dict[int, Callable] = {
+        P.VERSION: _version, P.DMA_MAP: _dma_map, P.DMA_UNMAP: _dma_unmap,
+        P.DEVICE_GET_INFO: _device_info, P.DEVICE_GET_REGION_INFO: _region_info,
+        P.DEVICE_GET_IRQ_INFO: _irq_info, P.DEVICE_SET_IRQS: _set_irqs,
+        P.REGION_READ: _region_read, P.REGION_WRITE: _region_write, P.DEVICE_RESET: _reset,
+        P.DEVICE_GET_REGION_IO_FDS: _unsupported, P.REGION_WRITE_MULTI: _unsupported,
+        P.DEVICE_FEATURE: _unsupported, P.DMA_READ: _server_only, P.DMA_WRITE: _server_only,
+    }
+
+
+class Server:
+    """Listens on ``path`` and serves a device to one client at a time (others queue).
+
+    ``function`` is the device served to the first client. With ``factory`` (a callable making a
+    new VfioFunction), each later client gets a freshly powered-on device: nothing a previous
+    client left (slots, BAR4 contents, a BAR4 mapping it kept) reaches the next one.
+    """
+
+    def __init__(self, path: str, function: VfioFunction, *, verbose: bool = False,
+                 log_file: TextIO | None = None,
+                 factory: Callable[[], VfioFunction] | None = None):
+        self.path = path
+        self.function = function
+        self.factory = factory
+        self._retiring: list[threading.Thread] = []
+        self.verbose = verbose
+        self._log_file = log_file or sys.stderr
+        self._stop = False
+        self.wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.listener: socket.socket | None = None
+        self.sessions = 0
+
+    def log(self, text: str) -> None:
+        """One line on the log (stderr by default)."""
+        try:
+            print(f"hermes serve: {text}", file=self._log_file, flush=True)
+        except (OSError, ValueError):
+            pass
+
+    def stop_requested(self) -> bool:
+        """True once ``stop()`` was called (e.g. from a signal handler)."""
+        return self._stop
+
+    def stop(self) -> None:
+        """Ask the server to finish; safe from signal handlers and other threads."""
+        self._stop = True
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass
+
+    def bind(self) -> None:
+        """Create the listening socket (a stale socket file from a dead server is replaced)."""
+        if os.path.exists(self.path):
+            st = os.stat(self.path)
+            if not stat.S_ISSOCK(st.st_mode):
+                raise FileExistsError(errno.EEXIST, "exists and is not a socket", self.path)
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(self.path)
+            except OSError:
+                os.unlink(self.path)   # nobody listens: stale
+            else:
+                probe.close()
+                raise OSError(errno.EADDRINUSE, "another server is listening there", self.path)
+            finally:
+                probe.close()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(self.path)
+            sock.listen(16)
+        except OSError as exc:
+            sock.close()
+            raise OSError(exc.errno, exc.strerror, self.path) from None
+        self.listener = sock
+
+    def serve_forever(self) -> None:
+        """Accept and serve clients in turn until ``stop()``; removes the socket file at the end."""
+        if self.listener is None:
+            self.bind()
+        assert self.listener is not None
+        try:
+            while not self._stop:
+                r, _, _ = select.select([self.listener, self.wake_r], [], [])
+                if self._stop:
+                    break
+                if self.listener not in r:
+                    continue
+                try:
+                    conn, _ = self.listener.accept()
+                except OSError as exc:
+                    self.log(f"accept failed: {exc}")
+                    continue
+                self.sessions += 1
+                number = self.sessions
+                t0 = time.monotonic()
+                self.log(f"client {number} connected")
+                session = Session(self, conn, number)
+                try:
+                    session.run()
+                except Exception as exc:  # keep serving whatever one session did
+                    self.log(f"client {number}: internal error: {exc!r}")
+                self.log(f"client {number} disconnected after {time.monotonic() - t0:.3f} s "
+                         f"({session.stats['commands']} commands, {session.stats['errors']} errors)")
+                if self.factory is not None and not self._stop:
+                    self._power_cycle()
+        finally:
+            self.close()
+
+    def _power_cycle(self) -> None:
+        """Replace the device by a new one; the old one is reset and closed in the background
+        (a runaway program the last client left running must not delay the next client)."""
+        assert self.factory is not None
+        old = self.function
+        try:
+            fresh = self.factory()
+        except Exception as exc:  # keep serving the old device, reset, rather than dying
+            self.log(f"error: cannot create a fresh device ({exc!r}); resetting the old one")
+            try:
+                old.disconnect()
+            except Exception as exc2:
+                self.log(f"error while resetting the device: {exc2!r}")
+            return
+        self.function = fresh
+
+        def retire() -> None:
+            try:
+                old.disconnect()
+                old.close()
+            except Exception as exc:
+                self.log(f"error while retiring the previous device: {exc!r}")
+
+        t = threading.Thread(target=retire, name="hermes-serve-retire", daemon=True)
+        self._retiring.append(t)
+        t.start()
+
+    def wait_retired(self, timeout: float | None = None) -> None:
+        """Wait until previous clients' devices are reset and closed (for tests)."""
+        for t in list(self._retiring):
+            t.join(timeout)
+        self._retiring = [t for t in self._retiring if t.is_alive()]
+
+    def close(self) -> None:
+        """Stop listening and remove the socket file (the device is closed too)."""
+        if self.listener is not None:
+            try:
+                self.listener.close()
+            finally:
+                self.listener = None
+                try:
+                    os.unlink(self.path)
+                except FileNotFoundError:
+                    pass
+        for fd in (self.wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        # Closing the device waits for running programs; a runaway one must not hold up the
+        # shutdown, so wait a bounded time (engine threads are daemons and die with the process).
+        closer = threading.Thread(target=self.function.close, name="hermes-serve-close", daemon=True)
+        closer.start()
+        closer.join(CLOSE_TIMEOUT)
+        if closer.is_alive():
+            self.log(f"a program is still running after {CLOSE_TIMEOUT:g} s; exiting anyway")
+
+
+def serve(path: str, *, verbose: bool = False, log_file: TextIO | None = None,
+          install_signals: bool = True, ready: Callable[[], None] | None = None,
+          **device_kwargs) -> None:
+    """Build a device with ``device_kwargs`` and serve it at ``path`` until SIGINT/SIGTERM."""
+    function = VfioFunction.create(**device_kwargs)
+    server = Server(path, function, verbose=verbose, log_file=log_file,
+                    factory=lambda: VfioFunction.create(**device_kwargs))
+    try:
+        server.bind()
+    except BaseException:
+        server.close()
+        raise
+    if install_signals:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: server.stop())
+    dev = function.device
+    server.log(f"serving Hermes device ({dev.bar_size(4) >> 20} MiB BAR4) on {path}")
+    if ready is not None:
+        ready()
+    server.serve_forever()
+    server.log("stopped")

@@ -1,0 +1,116 @@
+"""Shared device fixtures (a pytest plugin): driver and library tests run over every device spec.
+
+Each spec in ``DRIVER_FACTORIES`` builds a ``hermes.driver.Driver`` for a fresh device with the
+given ``HermesDevice`` options (``engines``, ``program_slot_size``, ``budget``...) plus driver
+options (``timeout``, ``dma_chunk``...). ``"emu"`` is the in-process model; other transports
+(vfio-user) add themselves with ``register_driver_factory`` so every test using ``make_driver`` /
+``hermes_device`` / ``lib_device`` runs over them too.
+"""
+from __future__ import annotations
+
+import mmap
+from typing import Callable
+
+import pytest
+
+import hermes.driver
+from hermes.lib import DriverDevice
+
+#: Options of ``hermes.driver.attach`` (the rest configure the device).
+DRIVER_OPTIONS = ("timeout", "dma_timeout", "dma_chunk", "bounce_size")
+
+#: A factory: (**options) -> (driver, cleanups run after the driver is closed).
+DriverFactory = Callable[..., "tuple[hermes.driver.Driver, list[Callable[[], None]]]"]
+
+
+def split_options(options: dict) -> tuple[dict, dict]:
+    """(device options, driver options) of a ``make_driver`` call."""
+    driver = {k: options[k] for k in DRIVER_OPTIONS if k in options}
+    device = {k: v for k, v in options.items() if k not in DRIVER_OPTIONS}
+    return device, driver
+
+
+#: BAR4s larger than this get a lazily zeroed anonymous mapping instead of the model's bytearray
+#: (the raw DMA tests need device memory at 0x10000000, i.e. a BAR4 past 256 MiB).
+_LAZY_BAR4 = 64 << 20
+
+
+def _emu(**options: object):
+    from hermes.device import HermesDevice
+    device_options, driver_options = split_options(options)
+    get = device_options.get
+    size = (get("program_slots", 16) * get("program_slot_size", 1 << 20) + 4096
+            + get("data_slots", 16) * get("data_slot_size", 1 << 20))
+    if size > _LAZY_BAR4 and "bar4" not in device_options:
+        device_options["bar4"] = mmap.mmap(-1, size)  # the model uses the prefix it needs
+    device = HermesDevice(**device_options)
+    try:
+        driver = hermes.driver.attach(device, **driver_options)
+    except BaseException:
+        device.close()
+        raise
+    return driver, [device.close]
+
+
+#: Device spec -> driver factory. The order is the parametrization order.
+DRIVER_FACTORIES: dict[str, DriverFactory] = {"emu": _emu}
+
+
+def register_driver_factory(spec: str, factory: DriverFactory) -> None:
+    """Run every device test over ``spec`` too (call at import time of a plugin module)."""
+    DRIVER_FACTORIES[spec] = factory
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # Parametrize at collection time so specs registered by later plugins are included.
+    if "device_spec" in metafunc.fixturenames:
+        metafunc.parametrize("device_spec", list(DRIVER_FACTORIES), scope="function")
+
+
+@pytest.fixture
+def make_driver(device_spec: str):
+    """``make_driver(**options)`` -> a driver for a new device; all closed at teardown."""
+    made: list = []
+
+    def make(**options: object) -> hermes.driver.Driver:
+        driver, cleanups = DRIVER_FACTORIES[device_spec](**options)
+        made.append((driver, cleanups))
+        return driver
+
+    yield make
+    for driver, cleanups in reversed(made):
+        driver.close()
+        for fn in cleanups:
+            fn()
+
+
+@pytest.fixture
+def hermes_device(make_driver) -> hermes.driver.Driver:
+    """A driver attached to a default device (4 engines, 16 + 16 slots of 1 MiB)."""
+    return make_driver()
+
+
+@pytest.fixture
+def hermes_file(hermes_device: hermes.driver.Driver):
+    """An open file on ``hermes_device`` (closed at teardown)."""
+    f = hermes_device.open()
+    yield f
+    f.close()
+
+
+@pytest.fixture
+def make_lib_device(make_driver):
+    """``make_lib_device(**options)`` -> a ``hermes.lib`` Device over ``make_driver``."""
+
+    def make(**options: object) -> DriverDevice:
+        device = DriverDevice(make_driver(**options))
+        device.spec = "test"
+        return device
+
+    return make
+
+
+@pytest.fixture
+def lib_device(make_lib_device) -> DriverDevice:
+    """A library Device over a default device of the current spec."""
+    return make_lib_device()

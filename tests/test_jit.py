@@ -1,0 +1,401 @@
+"""LLVM JIT: conformance corpus, semantics and errors identical to the interpreter, threads, bench."""
+from __future__ import annotations
+
+import os
+import random
+import threading
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hermes.conformance import load_corpus, run_case
+from hermes.engine import CONFORMANCE_HELPERS, load
+from hermes.engine.helpers import Helper, HelperRegistry, StopRun
+from hermes.engine.interp import Interpreter
+from hermes.engine.jit import JitExecutable
+from hermes.engine.jit.progen import Case, compare, outcome, random_case
+from hermes.engine.jit.runtime import compile_program
+from hermes.engine.memory import DATA_BASE, RODATA_BASE, RWDATA_BASE, STACK_TOP, Segment
+from hermes.engine.program import Program
+from hermes.errors import BudgetExceeded, ExecutionError, VerifierError
+
+BUDGET = 10**9
+
+
+def asm(text: str, segments=()) -> Program:
+    return Program(Program.from_asm(text).code, segments=tuple(segments))
+
+
+def both(program: Program, memory=None, budget=None, helpers=CONFORMANCE_HELPERS):
+    """Outcome tuples of the interpreter and the JIT on the same input (they must be equal)."""
+    case = Case("", memory, budget)
+    jit = JitExecutable(program, helpers=helpers, budget=BUDGET)
+    ref = Interpreter(program, helpers=helpers, budget=BUDGET)
+    return outcome(ref, case), outcome(jit, case)
+
+
+def same(text: str, memory=None, budget=None, segments=()):
+    a, b = both(asm(text, segments), memory, budget)
+    assert a == b
+    return b
+
+
+def test_corpus_under_the_jit(conformance_dir):
+    failures = []
+    cases = load_corpus([conformance_dir])
+    for case in cases:
+        result = run_case(case, engine="jit")
+        if not result.passed:
+            failures.append(f"{case.name}: {result.detail}")
+    assert not failures, "\n".join(failures)
+    assert len(cases) > 250
+
+
+def test_engine_registry_picks_up_the_jit():
+    exe = load(asm("mov r0, 7\nexit"), engine="jit")
+    assert isinstance(exe, JitExecutable)
+    assert exe.run().return_value == 7
+
+
+@pytest.mark.parametrize("text", [
+    "mov r0, 7\nmov r1, 0\ndiv r0, r1\nexit",
+    "mov r0, 7\nmov r1, 0\nmod r0, r1\nexit",
+    "lddw r0, 0x1234567887654321\nmov32 r1, 0\nmod32 r0, r1\nexit",
+    "lddw r0, 0x8000000000000000\nmov r1, -1\nsdiv r0, r1\nexit",
+    "lddw r0, 0x8000000000000000\nmov r1, -1\nsmod r0, r1\nexit",
+    "mov32 r0, 0x80000000\nmov r1, -1\nsdiv32 r0, r1\nexit",
+    "mov32 r0, 0x80000000\nsmod32 r0, -1\nexit",
+    "mov r0, -7\nsdiv r0, 2\nexit",
+    "mov r0, -7\nsmod r0, 2\nexit",
+    "mov r0, 7\nsmod r0, -2\nexit",
+    "mov r0, 1\nmov r1, 65\nlsh r0, r1\nexit",
+    "mov r0, 1\nmov r1, 33\nlsh32 r0, r1\nexit",
+    "mov r0, -1\nmov r1, 127\nrsh r0, r1\nexit",
+    "mov r0, -8\nmov r1, 66\narsh r0, r1\nexit",
+    "mov32 r0, -8\nmov r1, 35\narsh32 r0, r1\nexit",
+    "lddw r0, 0x0102030405060708\nbe16 r0\nexit",
+    "lddw r0, 0x0102030405060708\nbe32 r0\nexit",
+    "lddw r0, 0x0102030405060708\nbe64 r0\nexit",
+    "lddw r0, 0x0102030405060708\nle16 r0\nexit",
+    "lddw r0, 0x0102030405060708\nbswap32 r0\nexit",
+    "mov r1, 0x80\nmovsx864 r0, r1\nexit",
+    "mov r1, 0x8000\nmovsx1632 r0, r1\nexit",
+    "lddw r1, 0x80000000\nmovsx3264 r0, r1\nexit",
+    "mov r0, -1\nneg32 r0\nexit",
+    "mov32 r0, -1\nadd32 r0, 2\nexit",
+    "mov r0, -1\njsgt r0, 0, +1\nmov r0, 9\nexit",
+    "mov r0, -1\njgt32 r0, 5, +1\nmov r0, 9\nexit",
+    "lddw r0, 0x100000000\njeq32 r0, 0, +1\nmov r0, 9\nexit",
+    "mov r0, 6\njset r0, 4, +1\nmov r0, 9\nexit",
+    "mov r0, 3\nmov r1, -1\ndiv32 r0, r1\nexit",
+])
+def test_alu_and_jump_semantics_match_the_interpreter(text):
+    same(text)
+
+
+def test_memory_and_atomics_match():
+    mem = bytes(range(32))
+    same("ldxdw r0, [r1+8]\nldxsh r2, [r1+30]\nadd r0, r2\nstxw [r1+4], r0\nexit", mem)
+    same("mov r2, 5\nstxdw [r10-8], r2\nmov r3, 7\nlock fetch add [r10-8], r3\n"
+         "lock xchg32 [r1+4], r3\nmov r0, 5\nmov r4, 99\nlock cmpxchg [r10-8], r4\n"
+         "ldxdw r0, [r10-8]\nadd r0, r3\nexit", mem)
+    same("mov r0, 1\nmov r2, 3\nlock or [r1+0], r2\nlock fetch xor32 [r1+4], r2\n"
+         "lock and [r1+8], r2\nadd r0, r2\nexit", mem)
+
+
+@pytest.mark.parametrize("text, kind, pc, address, size", [
+    ("mov r0, 0\nldxw r0, [r1+30]\nexit", "out_of_bounds", 1, DATA_BASE + 30, 4),
+    ("mov r0, 0\nstb [r10+0], 1\nexit", "out_of_bounds", 1, STACK_TOP, 1),
+    ("mov r0, 0\nmov r2, r10\nstdw [r2-520], 1\nexit", "out_of_bounds", 2, STACK_TOP - 520, 8),
+    ("mov r0, 0\nmov r6, 0\nsub r6, 1\nstb [r6], 0\nexit", "out_of_bounds", 3, 2**64 - 1, 1),
+    ("mov r0, 0\nmov r2, 1\nlock add [r1+31], r2\nexit", "out_of_bounds", 2, DATA_BASE + 31, 8),
+])
+def test_faults_carry_kind_pc_address_size_and_count(text, kind, pc, address, size):
+    mem = bytes(32)
+    a, b = both(asm(text), mem)
+    assert a == b
+    _, typ, k, p, addr, sz, count, _, _ = b
+    assert (typ, k, p, addr, sz) == ("ExecutionError", kind, pc, address, size)
+    assert count == pc + 1
+
+
+def test_no_memory_means_no_data_region():
+    out = same("mov r0, r1\nadd r0, r2\nldxb r3, [r1]\nexit")
+    assert out[2] == "out_of_bounds"
+
+
+def test_segments_read_only_and_writable():
+    segs = [Segment(".rodata", RODATA_BASE, b"hello\0", False),
+            Segment(".data", RWDATA_BASE, bytes(8), True)]
+    out = same(f"lddw r1, {RODATA_BASE:#x}\nldxw r0, [r1+1]\nlddw r2, {RWDATA_BASE:#x}\n"
+               "stxdw [r2], r0\nldxdw r0, [r2]\nexit", segments=segs)
+    assert out[1] == int.from_bytes(b"ello", "little")
+    out = same(f"mov r0, 0\nlddw r1, {RODATA_BASE:#x}\nstb [r1], 1\nexit", segments=segs)
+    assert out[2] == "out_of_bounds" and "read-only" in out[7]
+    out = same(f"mov r0, 0\nlddw r1, {RODATA_BASE:#x}\nmov r2, 1\nlock add32 [r1], r2\nexit",
+               segments=segs)
+    assert "read-only" in out[7]
+    out = same(f"mov r0, 0\nlddw r1, {RWDATA_BASE:#x}\nldxdw r0, [r1+1]\nexit", segments=segs)
+    assert out[2] == "out_of_bounds"
+    # writable program data is fresh for every run
+    p = asm(f"lddw r1, {RWDATA_BASE:#x}\nldxdw r0, [r1]\nadd r0, 1\nstxdw [r1], r0\nexit",
+            segs)
+    exe = JitExecutable(p, helpers=CONFORMANCE_HELPERS, budget=BUDGET)
+    assert exe.run().return_value == exe.run().return_value == 1
+
+
+def test_budget_behaves_exactly_like_the_interpreter():
+    text = "mov r0, 0\nmov r1, 10\nloop:\nadd r0, r1\nsub r1, 1\njne r1, 0, loop\nexit"
+    total = same(text)[2]
+    assert total == 2 + 30 + 1
+    assert same(text, budget=total)[0] == "ok"
+    for budget in range(0, total):
+        out = same(text, budget=budget)
+        assert out[1] == "BudgetExceeded"
+    with pytest.raises(BudgetExceeded):
+        load(asm(text), engine="jit", budget=5).run()
+
+
+def test_helpers_stop_run_and_failures():
+    out = same("mov r1, 0\ncall 5\nmov r0, 2\nexit")
+    assert out[:2] == ("ok", 0) and out[2] == 4  # the whole block counts, like the interpreter
+    out = same("mov r1, 3\ncall 5\nexit")
+    assert out[:3] == ("ok", 3, 3)
+    out = same("mov r1, 0\nmov r2, 4\ncall 1\nexit", bytes(2))
+    assert out[2] == "out_of_bounds" and out[3] == 2
+    out = same("mov r2, 77\ncallx r2\nexit")
+    assert out[2] == "helper" and "unknown helper" in out[7]
+    out = same("mov r1, 9\nmov r7, 3\ncallx r7\nexit")
+    assert out[1] == 3
+
+
+def test_helper_context_reads_the_callers_frame_and_python_errors_are_wrapped():
+    seen = []
+
+    def peek(ctx, a, b, c, d, e):
+        seen.append(ctx.read(a, 8))
+        if b:
+            raise ValueError("boom")
+        return 1
+
+    def stop(ctx, a, b, c, d, e):
+        raise StopRun(a)
+
+    helpers = HelperRegistry([Helper(9, "peek", peek), Helper(10, "stop", stop)])
+    p = asm("mov r1, 0x55\nstxdw [r10-8], r1\nmov r1, r10\nadd r1, -8\nmov r2, 0\ncall 9\n"
+            "mov r1, r10\nadd r1, -8\nmov r2, 1\ncall 9\nexit")
+    exe = JitExecutable(p, helpers=helpers, budget=BUDGET)
+    with pytest.raises(ExecutionError) as info:
+        exe.run()
+    assert info.value.kind == "helper" and info.value.pc == 9 and "boom" in str(info.value)
+    assert seen == [(0x55).to_bytes(8, "little")] * 2
+    p = asm("lddw r1, 0x1122334455667788\ncall 10\nexit")
+    assert JitExecutable(p, helpers=helpers, budget=BUDGET).run().return_value == \
+        0x1122334455667788
+
+
+def test_local_calls_frames_and_pointers_into_the_callers_frame():
+    text = ("mov r6, 3\nstdw [r10-8], 40\nmov r1, r10\nadd r1, -8\ncall local f\n"
+            "ldxdw r2, [r10-8]\nadd r0, r2\nadd r0, r6\nexit\n"
+            "f:\nstdw [r10-8], 1\nldxdw r0, [r1]\nadd r0, 2\nstxdw [r1], r0\n"
+            "mov r6, 100\nmov r1, r10\ncall local g\nexit\n"
+            "g:\nmov r0, r1\nexit")
+    out = same(text)
+    # g returns f's r10 (depth 1 frame); main adds the updated slot (42) and its own r6 (3)
+    assert out[:2] == ("ok", (STACK_TOP - 512) + 42 + 3)
+
+
+def test_memory_input_forms():
+    p = asm("stw [r1], 0x01020304\nmov r0, r2\nexit")
+    exe = JitExecutable(p, helpers=CONFORMANCE_HELPERS, budget=BUDGET)
+    buf = bytearray(8)
+    r = exe.run(buf)
+    assert r.memory is buf and buf[:4] == b"\x04\x03\x02\x01" and r.return_value == 8
+    src = bytes(8)
+    r = exe.run(src)
+    assert src == bytes(8) and bytes(r.memory[:4]) == b"\x04\x03\x02\x01"
+    big = bytearray(16)
+    r = exe.run(memoryview(big)[4:12])
+    assert big[4:8] == b"\x04\x03\x02\x01" and r.return_value == 8
+    buf.extend(b"xx")  # the buffer export ended with the run
+
+
+def test_threads_share_one_executable():
+    p = asm("mov r0, 0\nldxdw r3, [r1]\nloop:\nadd r0, r3\nsub r3, 1\njne r3, 0, loop\n"
+            "stxdw [r1+8], r0\nexit")
+    exe = JitExecutable(p, helpers=CONFORMANCE_HELPERS, budget=BUDGET)
+    errors = []
+
+    def work(n):
+        for _ in range(50):
+            mem = bytearray(n.to_bytes(8, "little") + bytes(8))
+            r = exe.run(mem)
+            if r.return_value != n * (n + 1) // 2 or int.from_bytes(mem[8:], "little") != \
+                    r.return_value:
+                errors.append(n)
+
+    threads = [threading.Thread(target=work, args=(k * 1000 + 1,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+
+
+def test_compiled_code_is_cached_per_program():
+    p1 = asm("mov r0, 41\nadd r0, 1\nexit")
+    p2 = asm("mov r0, 41\nadd r0, 1\nexit")
+    a = JitExecutable(p1, helpers=CONFORMANCE_HELPERS, budget=BUDGET)
+    b = JitExecutable(p2, helpers=CONFORMANCE_HELPERS, budget=BUDGET)
+    assert a.compiled is b.compiled
+    assert compile_program(p1, a.info) is a.compiled
+
+
+def test_verifier_runs_before_compilation():
+    with pytest.raises(VerifierError):
+        JitExecutable(asm("mov r0, r5\nexit"), helpers=CONFORMANCE_HELPERS, budget=BUDGET)
+
+
+def test_large_program_compiles():
+    lines = ["mov r0, 0"]
+    for k in range(1500):
+        lines += [f"add r0, {k}", f"stxb [r10-{1 + k % 500}], r0", f"ldxb r3, [r10-{1 + k % 500}]",
+                  "xor r0, r3"]
+    lines.append("exit")
+    same("\n".join(lines))
+
+
+def test_bench_kernels(bench_dir):
+    import sys
+    sys.path.insert(0, str(bench_dir))
+    import reference
+    for name in ("sum_bytes", "histogram", "filter_records"):
+        mem, r0, after = reference.PROGRAMS[name]()
+        p = Program.from_file(bench_dir / "asm" / f"{name}.asm")
+        buf = bytearray(mem)
+        r = load(p, engine="jit").run(buf)
+        assert r.return_value == r0, name
+        assert bytes(buf) == bytes(after if after is not None else mem), name
+
+
+# -- differential testing ---------------------------------------------------------------------
+#: Programs per hypothesis example (compiled together in one LLVM module).
+BATCH = 50
+#: Shards run as separate test items, so pytest-xdist spreads them over the CI's cores.
+SHARDS = 4
+#: Examples per shard: 4 shards x 50 examples x 50 programs = 10^4 programs by default.
+EXAMPLES = int(os.environ.get("HERMES_JIT_DIFF_EXAMPLES", "50"))
+
+
+@pytest.mark.parametrize("shard", range(SHARDS))
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(seed=st.integers(0, 2**64 - 1))
+def test_differential_random_programs(shard, seed):
+    """Random valid programs: r0, memory, counts and errors agree with the interpreter."""
+    rng = random.Random(seed * SHARDS + shard)
+    cases = [random_case(rng) for _ in range(BATCH)]
+    exes = JitExecutable.load_many([c.program() for c in cases], helpers=CONFORMANCE_HELPERS,
+                                   budget=BUDGET)
+    for case, exe in zip(cases, exes):
+        assert not isinstance(exe, VerifierError), f"{exe}\n{case.text}"
+        diff = compare(case, exe)
+        assert diff is None, diff
+
+
+@pytest.mark.parametrize("step, size, start, trips", [
+    (1, 1, 0, 100), (4, 4, 0, 9), (8, 8, 8, 3), (-1, 1, 39, 60), (-4, 4, 36, 20),
+    (3, 2, 1, 20), (16, 8, 0, 2), (1, 8, 30, 5),
+])
+def test_fast_loops_fault_at_the_exact_iteration(step, size, start, trips):
+    """The check-free loop copy hands over to the checked copy before any access can fault."""
+    sfx = {1: "b", 2: "h", 4: "w", 8: "dw"}[size]
+    text = (f"mov r0, 0\nmov r5, r1\nadd r5, {start}\nmov r9, {trips}\nloop:\n"
+            f"ldx{sfx} r3, [r5+0]\nadd r0, r3\nstx{sfx} [r5+0], r0\nadd r5, {step}\n"
+            "sub r9, 1\njne r9, 0, loop\nexit")
+    for budget in (None, 7, 50, 200):
+        same(text, bytes(range(40)), budget)
+
+
+def test_fast_loop_is_generated_for_the_bench_shape():
+    from hermes.engine.jit.runtime import optimised_ir
+    from hermes.engine.verifier import verify
+    p = asm("mov r0, 0\nmov r5, r1\nmov r6, r1\nadd r6, r2\njge r5, r6, +4\n"
+            "ldxb r7, [r5]\nadd r0, r7\nadd r5, 1\njlt r5, r6, -4\nexit")
+    ir = optimised_ir(p, verify(p, CONFORMANCE_HELPERS))
+    assert "vector" in ir  # the check-free copy of the loop is simple enough to vectorise
+    same("mov r0, 0\nmov r5, r1\nmov r6, r1\nadd r6, r2\njge r5, r6, +4\n"
+         "ldxb r7, [r5]\nadd r0, r7\nadd r5, 1\njlt r5, r6, -4\nexit", bytes(range(200)))
+
+
+@pytest.mark.parametrize("step, size, end", [(1, 1, 40), (1, 1, 41), (2, 2, 44), (8, 8, 40),
+                                             (3, 4, 39), (1, 4, 38), (5, 1, 0)])
+def test_counted_loops_match_at_every_budget(step, size, end):
+    """Single-block loops ``jlt iv, bound`` skip their compare inside certain iterations."""
+    sfx = {1: "b", 2: "h", 4: "w", 8: "dw"}[size]
+    text = (f"mov r0, 0\nmov r5, r1\nmov r6, r1\nadd r6, {end}\nloop:\nldx{sfx} r3, [r5+0]\n"
+            f"mov r4, r3\nand r4, 15\nlsh r4, 1\nadd r4, r1\nldxb r4, [r4]\nadd r0, r4\n"
+            f"add r0, r3\nadd r5, {step}\njlt r5, r6, loop\nexit")
+    total = same(text, bytes(range(40)))
+    for budget in (1, 5, 9, 17, 40, 100):
+        same(text, bytes(range(40)), budget)
+    same(text.replace("jlt r5, r6", "jne r5, r6"), bytes(range(40)))
+    assert total[0] in ("ok", "error")
+
+
+def test_multi_block_counted_loop_with_early_exit_and_budgets():
+    """A filter-shaped loop: conditional work, a conditional exit, a counted latch."""
+    text = ("mov r0, 0\nmov r6, r1\nmov r7, r1\nmov r3, r1\nadd r3, 48\nloop:\n"
+            "ldxb r8, [r6+0]\njlt r8, 8, next\njeq r8, 30, out\nstxb [r7+0], r8\nadd r7, 1\n"
+            "add r0, 1\nnext:\nadd r6, 2\njlt r6, r3, loop\nout:\nexit")
+    mem = bytes((k * 7) % 41 for k in range(40))
+    total = same(text, mem)
+    for budget in range(1, 120, 7):
+        same(text, mem, budget)
+    same(text.replace("jeq r8, 30", "jeq r8, 99"), mem)
+    assert total[0] in ("ok", "error")
+
+
+def test_failing_cmpxchg_on_read_only_data_only_reads():
+    segs = [Segment(".rodata", RODATA_BASE, bytes(range(1, 17)), False)]
+    out = same(f"mov r0, 0\nlddw r7, {RODATA_BASE:#x}\nmov r4, 9\nlock cmpxchg32 [r7+4], r4\n"
+               "exit", segments=segs)
+    assert out[:2] == ("ok", 0x08070605)
+    out = same(f"mov r0, 0x08070605\nlddw r7, {RODATA_BASE:#x}\nmov r4, 9\n"
+               "lock cmpxchg32 [r7+4], r4\nexit", segments=segs)
+    assert "read-only" in out[7]
+
+
+@pytest.mark.parametrize("test, start, bound", [
+    ("jle r6, r9, out", 36, 0), ("jle r6, r9, out", 36, 20), ("jlt r6, r9, out", 38, 3),
+    ("jeq r6, r9, out", 36, 8), ("jle r6, r9, out", 36, -8), ("jgt r9, r6, out", 36, 4),
+])
+def test_header_exit_tests_on_ivs(test, start, bound):
+    """Exit tests in the loop header (insertion-sort shape) are skipped only while certain."""
+    text = (f"mov r0, 0\nmov r6, r1\nadd r6, {start}\nmov r9, r1\nadd r9, {bound}\n"
+            f"inner:\n{test}\nldxw r8, [r6-4]\njgt r8, 0x80000000, out\nstxw [r6+0], r8\n"
+            "add r0, r8\nsub r6, 4\nja inner\nout:\nexit")
+    mem = bytes((k * 37) % 256 for k in range(40))
+    same(text, mem)
+    for budget in (3, 10, 25, 60):
+        same(text, mem, budget)
+
+
+def test_recursion_and_deep_chains_stop_at_the_depth_limit():
+    out = same("mov r0, 0\ncall local f\nexit\nf:\ncall local f\nexit")
+    assert out[2] == "call_depth" and out[3] == 3
+    chain = ["mov r0, 0", "call local f1", "exit"]
+    for k in range(1, 12):
+        chain += [f"f{k}:", f"stb [r10-1], {k}", f"call local f{k + 1}", "exit"]
+    chain += ["f12:", "mov r0, 5", "exit"]
+    out = same("\n".join(chain))
+    assert out[2] == "call_depth"
+    # bounded recursion (a counter in a callee-saved register) runs to completion
+    out = same("mov r1, 5\nmov r0, 0\ncall local f\nexit\n"
+               "f:\nmov r0, r1\nsub r1, 1\njeq r1, 0, +1\ncall local f\nexit")
+    assert out[:2] == ("ok", 1)
+
+
+def test_void_callee_keeps_the_callers_r0():
+    out = same("mov r0, 7\ncall local f\nexit\nf:\nstb [r10-1], 0\nexit")
+    assert out[:2] == ("ok", 7)

@@ -1,0 +1,338 @@
+"""The hermes library API (open, Device, Session, map, run_async, errors) over device and CPU."""
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import struct
+import threading
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import hermes
+from hermes import regs
+from hermes.engine import Program
+from hermes.lib import CpuDevice, Result
+
+MiB = 1 << 20
+RET7 = Program.from_asm("mov r0, 7\nexit")
+#: Sum of the first data byte count given in data[0..8] over the bytes after it; r0 = the sum.
+SUM = Program.from_asm("""
+    ldxdw r3, [r1]
+    mov r0, 0
+    mov r4, r1
+    add r4, 8
+loop:
+    jeq r3, 0, done
+    ldxb r5, [r4]
+    add r0, r5
+    add r4, 1
+    sub r3, 1
+    ja loop
+done:
+    stxdw [r1], r0
+    exit
+""")
+#: Reverses the bytes of data[8 .. 8 + n) in place, n = data[0..8]; returns n.
+REVERSE = Program.from_asm("""
+    ldxdw r0, [r1]
+    mov r3, r1
+    add r3, 8
+    mov r4, r3
+    add r4, r0
+    sub r4, 1
+loop:
+    jge r3, r4, done
+    ldxb r5, [r3]
+    ldxb r6, [r4]
+    stxb [r3], r6
+    stxb [r4], r5
+    add r3, 1
+    sub r4, 1
+    ja loop
+done:
+    exit
+""")
+OOB = Program.from_asm("mov r3, r1\nadd r3, r2\nldxb r0, [r3]\nexit")  # reads 1 past the slot
+
+
+@pytest.fixture(params=["hermes", "cpu"])
+def device(request, make_lib_device):
+    """A library device: the Hermes device of the current spec, or the CPU backend."""
+    if request.param == "cpu":
+        dev = hermes.open("cpu")
+        yield dev
+        dev.close()
+    else:
+        yield make_lib_device()
+
+
+# --- open and info --------------------------------------------------------------------------------
+def test_open_emu_and_info():
+    with hermes.open("emu", engines=2) as dev:
+        info = dev.info()
+        assert info["spec"] == "emu"
+        assert info["engines"] == 2 and dev.engines == 2
+        assert info["data_slot_size"] == MiB and info["program_slots"] == 16
+        assert dev.run(RET7, b"abc") == Result(7, b"abc")
+
+
+def test_open_cpu_and_info():
+    with hermes.open("cpu", slot_size=4096) as dev:
+        info = dev.info()
+        assert info["backend"] == "cpu" and info["data_slot_size"] == 4096
+        # r2 = the data slot size, as on the device
+        r = dev.run(Program.from_asm("mov r0, r2\nexit"), b"")
+        assert r.return_value == 4096
+
+
+def test_emu_r2_is_the_slot_size():
+    with hermes.open("emu", data_slot_size=8192) as dev:
+        assert dev.run(Program.from_asm("mov r0, r2\nexit"), b"").return_value == 8192
+
+
+def test_unknown_spec():
+    with pytest.raises(hermes.DeviceError, match="unknown device spec"):
+        hermes.open("nonsense:x")
+
+
+def test_register_backend():
+    made = []
+
+    def factory(address: str, **options: object) -> CpuDevice:
+        made.append((address, options))
+        return CpuDevice(slot_size=64)
+
+    hermes.register_backend("test-backend", factory)
+    try:
+        with hermes.open("test-backend:somewhere", flag=1) as dev:
+            assert dev.spec == "test-backend:somewhere"
+            assert dev.run(RET7).return_value == 7
+        assert made == [("somewhere", {"flag": 1})]
+    finally:
+        del hermes.lib.BACKENDS["test-backend"]
+
+
+# --- run ------------------------------------------------------------------------------------------
+def test_run_forms_of_program(device, tmp_path):
+    assert device.run(RET7, b"x").return_value == 7
+    assert device.run(RET7.to_bytes(), b"x").return_value == 7
+    path = tmp_path / "ret7.bin"
+    path.write_bytes(RET7.to_bytes())
+    assert device.run(str(path), b"x").return_value == 7
+    assert device.run(path, b"x").return_value == 7
+
+
+def test_run_result_data(device):
+    data = struct.pack("<Q", 5) + b"hello"
+    r = device.run(REVERSE, data)
+    assert r.return_value == 5
+    assert r.data == struct.pack("<Q", 5) + b"olleh"
+    assert device.run(REVERSE, data, read=10).data == r.data[:10]
+    big = device.run(REVERSE, data, read=64).data
+    assert big[:13] == r.data and big[13:] == bytes(51)  # a new slot holds zeros past the input
+
+
+def test_new_slot_is_zeroed_on_both_backends(device):
+    device.run(RET7, b"Z" * 64)
+    assert device.run(RET7, b"", read=64).data == bytes(64)
+
+
+def test_nonzero_r0_is_a_result(device):
+    r = device.run(Program.from_asm("lddw r0, 0xffffffffffffffff\nexit"), b"")
+    assert r.return_value == 2**64 - 1
+
+
+def test_execution_failed(device):
+    with pytest.raises(hermes.ExecutionFailed) as info:
+        device.run(OOB, b"x")
+    exc = info.value
+    assert exc.kind == "out_of_bounds" and exc.pc == 2
+    assert exc.code == regs.EBPF_ERR_OUT_OF_BOUNDS | (2 << 8)
+    assert isinstance(exc, hermes.ExecutionError)
+
+
+def test_budget_failure_kind():
+    loop = Program.from_asm("loop:\nadd r0, 1\nja loop")
+    for dev in (hermes.open("emu", budget=500), hermes.open("cpu", budget=500)):
+        with dev, pytest.raises(hermes.ExecutionFailed) as info:
+            dev.run(loop, b"")
+        assert info.value.kind == "budget"
+
+
+def test_invalid_program_rejected():
+    with hermes.open("emu") as dev, pytest.raises(hermes.ProgramRejected) as info:
+        dev.run(b"\xff" * 8, b"x")
+    assert info.value.index == 0 and info.value.code == regs.EBPF_ERR_LOAD
+    with hermes.open("cpu") as dev, pytest.raises(hermes.ProgramError):
+        dev.run(b"\xff" * 8, b"x")
+
+
+def test_program_too_large(device):
+    with pytest.raises(hermes.ProgramTooLarge) as info:
+        device.run(b"\0" * (MiB + 8), b"")
+    assert info.value.limit == MiB
+    assert isinstance(info.value, hermes.ProgramError)
+
+
+def test_program_with_segments_needs_elf(lib_device):
+    from hermes.engine.memory import RODATA_BASE, Segment
+    prog = Program(RET7.to_bytes(), segments=(Segment(".rodata", RODATA_BASE, b"abc", False),))
+    with pytest.raises(hermes.ProgramError, match="ELF"):
+        lib_device.run(prog, b"")
+
+
+def test_elf_program_on_both_backends(device, tmp_path):
+    from hermes.engine import clang
+    if clang.find_clang() is None:
+        pytest.skip(f"clang is not installed; {clang.INSTALL_HINT}")
+    obj = clang.compile_c(os.path.join(os.path.dirname(__file__), "data", "increment.c"),
+                          tmp_path / "increment.o")
+    prog = Program.from_elf(obj)
+    r = device.run(prog, struct.pack("<3I", 10, 20, 30))
+    assert r == Result(0, struct.pack("<3I", 11, 21, 31))
+    assert device.run(obj.read_bytes(), struct.pack("<3I", 0, 1, 2)).data == struct.pack(
+        "<3I", 1, 2, 3)
+
+
+def test_timeout():
+    loop = Program.from_asm("loop:\nadd r0, 1\nja loop")
+    with hermes.open("emu", engines=1, engine="interp", budget=3_000_000, timeout=0.05) as dev:
+        with pytest.raises(hermes.DeviceTimeout) as info:
+            dev.run(loop, b"")
+        assert info.value.errno == errno.ETIMEDOUT
+
+
+# --- sessions -------------------------------------------------------------------------------------
+def test_session_cycle(device):
+    with device.session() as s:
+        s.load(SUM)
+        for n in (1, 5, 100):
+            payload = bytes(range(n))
+            s.write(struct.pack("<Q", n) + payload)
+            assert s.run() == sum(payload)
+            assert s.read(8) == struct.pack("<Q", sum(payload))
+        s.load(RET7)  # a session can swap its program
+        assert s.run() == 7
+        assert s.write(b"ab", offset=100) == 2
+        assert s.read(2, offset=100) == b"ab"
+
+
+def test_session_rules(device):
+    with device.session() as s:
+        with pytest.raises(hermes.DeviceError) as info:
+            s.write(b"x")
+        assert info.value.errno == errno.EBADFD
+        s.load(RET7)
+        with pytest.raises(hermes.DeviceError) as info:
+            s.read(1)
+        assert info.value.errno == errno.ENODATA
+        with pytest.raises(hermes.DeviceError) as info:
+            s.run()
+        assert info.value.errno == errno.EBADFD
+        assert s.write(b"x" * 10, offset=MiB - 4) == 4
+
+
+def test_sessions_own_slots(lib_device):
+    sessions = [lib_device.session() for _ in range(17)]
+    try:
+        for s in sessions[:16]:
+            s.load(RET7)
+        with pytest.raises(hermes.SlotsExhausted):
+            sessions[16].load(RET7)
+        sessions[0].close()
+        sessions[16].load(RET7)
+    finally:
+        for s in sessions:
+            s.close()
+
+
+# --- map and async --------------------------------------------------------------------------------
+def test_map_in_order(device):
+    items = [struct.pack("<Q", n) + bytes(range(n)) for n in range(40)]
+    results = list(device.map(SUM, items))
+    assert [r.return_value for r in results] == [sum(range(n)) for n in range(40)]
+    assert [r.data[:8] for r in results] == [struct.pack("<Q", sum(range(n))) for n in range(40)]
+
+
+def test_map_uses_every_engine(make_lib_device):
+    dev = make_lib_device(engines=3)
+    seen = set()
+    lock = threading.Lock()
+    orig = dev.session
+
+    def session():
+        with lock:
+            seen.add(threading.get_ident())
+        return orig()
+
+    dev.session = session
+    assert len(list(dev.map(RET7, [b"x"] * 30))) == 30
+    assert len(seen) == 3  # one session per worker, one worker per engine
+
+
+def test_map_error_propagates(device):
+    with pytest.raises(hermes.ExecutionFailed):
+        list(device.map(OOB, [b"a", b"b"]))
+    assert list(device.map(RET7, [])) == []
+
+
+def test_map_with_fewer_slots_than_workers(make_lib_device):
+    dev = make_lib_device(program_slots=2)
+    results = list(dev.map(SUM, [struct.pack("<Q", 1) + bytes([n]) for n in range(50)], workers=4))
+    assert [r.return_value for r in results] == list(range(50))
+    holders = [dev.session() for _ in range(2)]
+    for s in holders:
+        s.load(RET7)
+    with pytest.raises(hermes.SlotsExhausted):  # no worker can get a slot at all
+        list(dev.map(RET7, [b"x"] * 5))
+    for s in holders:
+        s.close()
+
+
+def test_map_stops_early(lib_device):
+    it = lib_device.map(RET7, (b"x" for _ in range(10_000)))
+    assert next(it).return_value == 7
+    it.close()  # workers stop, sessions are released
+    sessions = [lib_device.session() for _ in range(16)]
+    for s in sessions:
+        s.load(RET7)
+        s.close()
+
+
+def test_map_releases_sessions(lib_device):
+    for _ in range(3):
+        list(lib_device.map(RET7, [b"x"] * 10, workers=8))
+    sessions = [lib_device.session() for _ in range(16)]
+    for s in sessions:
+        s.load(RET7)
+        s.close()
+
+
+def test_run_async(device):
+    async def main():
+        return await asyncio.gather(*(device.run_async(SUM, struct.pack("<Q", 3) + bytes([i, 1, 1]))
+                                      for i in range(10)))
+
+    results = asyncio.run(main())
+    assert [r.return_value for r in results] == [i + 2 for i in range(10)]
+
+
+# --- the device and the CPU agree -----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def both():
+    emu, cpu = hermes.open("emu"), hermes.open("cpu")
+    yield emu, cpu
+    emu.close()
+    cpu.close()
+
+
+@settings(max_examples=25, deadline=None)
+@given(payload=st.binary(max_size=300), prog=st.sampled_from(["sum", "reverse"]))
+def test_device_and_cpu_agree(both, payload, prog):
+    program = {"sum": SUM, "reverse": REVERSE}[prog]
+    data = struct.pack("<Q", len(payload)) + payload
+    emu, cpu = both
+    assert emu.run(program, data) == cpu.run(program, data)
