@@ -155,7 +155,7 @@ def test_execution_failed(device):
 
 
 def test_budget_failure_kind():
-    loop = Program.from_asm("loop:\nadd r0, 1\nja loop")
+    loop = Program.from_asm("mov r0, 0\nloop:\nadd r0, 1\nja loop")
     for dev in (hermes.open("emu", budget=500), hermes.open("cpu", budget=500)):
         with dev, pytest.raises(hermes.ExecutionFailed) as info:
             dev.run(loop, b"")
@@ -198,7 +198,7 @@ def test_elf_program_on_both_backends(device, tmp_path):
 
 
 def test_timeout():
-    loop = Program.from_asm("loop:\nadd r0, 1\nja loop")
+    loop = Program.from_asm("mov r0, 0\nloop:\nadd r0, 1\nja loop")
     with hermes.open("emu", engines=1, engine="interp", budget=3_000_000, timeout=0.05) as dev:
         with pytest.raises(hermes.DeviceTimeout) as info:
             dev.run(loop, b"")

@@ -11,8 +11,8 @@ from .program import Program
 
 #: Instructions a run may execute unless the caller sets another budget.
 DEFAULT_BUDGET = 1_000_000_000
-#: Engine used when the caller names none.
-DEFAULT_ENGINE = "interp"
+#: Engine used when the caller names none (the interpreter stays the reference).
+DEFAULT_ENGINE = "jit"
 
 
 @dataclass

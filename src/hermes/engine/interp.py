@@ -16,7 +16,7 @@ from . import validate
 from .helpers import HelperContext, HelperRegistry, StopRun
 from .isa import Insn
 from .memory import (DATA_BASE, MASK64, MAX_CALL_DEPTH, STACK_BASE, STACK_SIZE, STACK_TOP,
-                     describe_regions)
+                     describe_regions, input_region)
 from .program import Program, jump_target
 
 W32 = 0xFFFF_FFFF
@@ -320,17 +320,7 @@ class Interpreter:
         """Run once; see ``hermes.engine.run``."""
         from . import RunResult
         budget = self.budget if budget is None else budget
-        if memory is None:
-            data: bytearray | memoryview = bytearray()
-            r1 = r2 = 0
-        else:
-            if isinstance(memory, bytes) or (isinstance(memory, memoryview) and memory.readonly):
-                data = bytearray(memory)
-            else:
-                data = memory
-                if isinstance(data, memoryview) and (data.format != "B" or data.ndim != 1):
-                    data = data.cast("B")
-            r1, r2 = DATA_BASE, len(data)
+        data, r1, r2 = input_region(memory)
         dlen = len(data)
         stack = bytearray(STACK_SIZE * MAX_CALL_DEPTH)
         slo = [STACK_TOP - STACK_SIZE]

@@ -47,3 +47,17 @@ def describe_regions(data_len: int, depth: int, segments: tuple[Segment, ...] = 
         if seg.data:
             parts.append(f"{seg.name} [{seg.vaddr:#x}, {seg.end:#x}) {'rw' if seg.writable else 'ro'}")
     return ", ".join(parts)
+
+
+def input_region(memory: "bytearray | memoryview | bytes | None") -> "tuple[bytearray | memoryview, int, int]":
+    """The run's input region and its r1, r2: writable buffers are used in place, read-only ones
+    are copied; ``None`` gives an empty region with r1 = r2 = 0 (the corpus's no-memory case)."""
+    if memory is None:
+        return bytearray(), 0, 0
+    if isinstance(memory, bytes) or (isinstance(memory, memoryview) and memory.readonly):
+        data: bytearray | memoryview = bytearray(memory)
+    else:
+        data = memory
+        if isinstance(data, memoryview) and (data.format != "B" or data.ndim != 1):
+            data = data.cast("B")
+    return data, DATA_BASE, len(data)

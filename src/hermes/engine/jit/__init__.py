@@ -7,7 +7,7 @@ import threading
 from ...errors import BudgetExceeded, ExecutionError, VerifierError
 from ..helpers import HelperContext, HelperRegistry, StopRun
 from ..memory import (DATA_BASE, MASK64, MAX_CALL_DEPTH, STACK_BASE, STACK_SIZE, STACK_TOP,
-                      describe_regions)
+                      describe_regions, input_region)
 from ..program import Program
 from ..verifier import VerifierInfo, verify
 from . import codegen
@@ -160,17 +160,7 @@ class JitExecutable:
         """Run once; see ``hermes.engine.run``."""
         from .. import RunResult
         budget = self.budget if budget is None else budget
-        if memory is None:
-            data: bytearray | memoryview = bytearray()
-            r1 = r2 = 0
-        else:
-            if isinstance(memory, bytes) or (isinstance(memory, memoryview) and memory.readonly):
-                data = bytearray(memory)
-            else:
-                data = memory
-                if isinstance(data, memoryview) and (data.format != "B" or data.ndim != 1):
-                    data = data.cast("B")
-            r1, r2 = DATA_BASE, len(data)
+        data, r1, r2 = input_region(memory)
         dlen = len(data)
         if dlen:
             host = (ctypes.c_char * dlen).from_buffer(data)

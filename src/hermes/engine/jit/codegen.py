@@ -2,15 +2,16 @@
 
 Layout decisions (see specs/jit.md):
 
-* every eBPF function becomes ``internal {i64, i64} @fK(ptr ctx, i64 depth, i64 count, i64 r0..r9)``
-  returning ``(r0, count)``; a count of -1 (never a real count) means "an error is recorded in the
-  context, unwind"; ``@hermes_main(ptr ctx)`` is the native entry;
+* every eBPF function becomes ``internal {i64, i64} @P_fK(ptr ctx, i64 depth, i64 count,
+  i64 r0..r9)`` returning ``(r0, count)``; a count of -1 (never a real count) means "an error is
+  recorded in the context, unwind"; ``@P(ptr ctx)`` is the native entry (P = a per-program name);
 * registers and the instruction counter are allocas, promoted to SSA by the optimiser;
 * basic blocks are the interpreter's blocks (same leaders), so adding the block length at block
   entry and comparing with the budget reproduces the interpreter's budget behaviour exactly;
 * memory: proven stack accesses go straight to the frame; any other access checks the data slot
-  with one unsigned compare against a per-size limit and otherwise calls ``@hermes_resolve``
-  (stack frames and program segments), which returns null (out of bounds) or 1 (read-only);
+  with one unsigned compare against a per-size limit and otherwise calls ``@P_slow`` (stack frames
+  and program segments), which records the fault and returns null;
+* innermost loops get a check-free copy run in proven chunks of iterations (``loops.py``);
 * nothing in the generated IR has undefined behaviour: divisors are guarded, shift amounts masked,
   all allocas initialised.
 """
