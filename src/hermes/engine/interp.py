@@ -149,7 +149,7 @@ class _BlockCompiler:
         addr = f"_a = ({base} + {off}) & M" if off else f"_a = {base}"
         if size == 1:
             fast = "DATA[_a - DB]"
-            sfast = f"STK[_a - SB]"
+            sfast = "STK[_a - SB]"
         else:
             fast = f"U{size}(DATA, _a - DB)[0]"
             sfast = f"U{size}(STK, _a - SB)[0]"
@@ -418,7 +418,6 @@ class Interpreter:
             if exc.instructions is None and exc.pc is not None:
                 exc.instructions = n - lengths[b] + self._positions[exc.pc]
             raise
-        from . import RunResult  # noqa: F811 - local import keeps module import order simple
         return RunResult(r0, data, n)
 
     def _last_pc(self, b: int) -> int:

@@ -7,6 +7,7 @@ never knows which one it talks to.
 from __future__ import annotations
 
 import abc
+import mmap
 
 
 class DmaBuffer(abc.ABC):
@@ -27,6 +28,40 @@ class DmaBuffer(abc.ABC):
     @abc.abstractmethod
     def free(self) -> None:
         """Unregister the buffer from the device's view and release it."""
+
+
+class MappedDmaBuffer(DmaBuffer):
+    """DMA memory backed by an mmap that the transport registered with the device at
+    ``bus_addr``; ``free`` asks the transport to unregister it (``transport._unmap(buf)``)
+    before the memory goes away, never the other way round."""
+
+    def __init__(self, transport: "Transport", bus_addr: int, size: int, mapped: int,
+                 mm: mmap.mmap):
+        self._t = transport
+        self.bus_addr = bus_addr
+        self.size = size
+        self.mapped = mapped
+        self._mm = mm
+        self._view: memoryview | None = memoryview(mm)[:size]
+
+    @property
+    def view(self) -> memoryview:
+        """Writable host view of the buffer."""
+        if self._view is None:
+            raise ValueError("DMA buffer was freed")
+        return self._view
+
+    def free(self) -> None:
+        """Unregister the buffer, then release its memory. Idempotent."""
+        if self._view is None:
+            return
+        self._t._unmap(self)  # type: ignore[attr-defined]
+        self._view.release()
+        self._view = None
+        try:
+            self._mm.close()
+        except BufferError:   # the caller still holds a slice; the GC unmaps it later
+            pass
 
 
 class Transport(abc.ABC):

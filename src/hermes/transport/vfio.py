@@ -21,7 +21,7 @@ from typing import Callable
 
 from .. import regs
 from ..vfio import mmio, pci, uapi
-from .base import DmaBuffer, Transport
+from .base import DmaBuffer, MappedDmaBuffer, Transport
 
 #: First IOVA handed out (above 4 GiB: clear of the x86 MSI window at 0xFEE00000).
 DMA_BASE = 0x1_0000_0000
@@ -40,36 +40,8 @@ def _ioctl_buf(ioctl: Callable, fd: int, request: int, buf: bytearray) -> int:
     return ioctl(fd, request, buf, True)
 
 
-class VfioDmaBuffer(DmaBuffer):
+class VfioDmaBuffer(MappedDmaBuffer):
     """Anonymous memory pinned and mapped at ``bus_addr`` (an IOVA) by IOMMU_MAP_DMA."""
-
-    def __init__(self, transport: "VfioTransport", bus_addr: int, size: int, mapped: int,
-                 mm: mmap.mmap):
-        self._t = transport
-        self.bus_addr = bus_addr
-        self.size = size
-        self.mapped = mapped
-        self._mm = mm
-        self._view: memoryview | None = memoryview(mm)[:size]
-
-    @property
-    def view(self) -> memoryview:
-        """Writable host view of the buffer."""
-        if self._view is None:
-            raise ValueError("DMA buffer was freed")
-        return self._view
-
-    def free(self) -> None:
-        """IOMMU_UNMAP_DMA, then release the memory (never the other way round). Idempotent."""
-        if self._view is None:
-            return
-        self._t._unmap(self)
-        self._view.release()
-        self._view = None
-        try:
-            self._mm.close()
-        except BufferError:
-            pass
 
 
 class _Region:

@@ -19,7 +19,7 @@ import time
 from .. import regs
 from ..vfio import mmio, pci, uapi
 from ..vfio import protocol as P
-from .base import DmaBuffer, Transport
+from .base import DmaBuffer, MappedDmaBuffer, Transport
 
 #: Where the first DMA buffer goes on the device's bus; buffers follow with a guard page between.
 DMA_BASE = 0x1_0000_0000
@@ -35,36 +35,8 @@ def _page_round(n: int) -> int:
     return max(PAGE, -(-n // PAGE) * PAGE)
 
 
-class VfioUserBuffer(DmaBuffer):
+class VfioUserBuffer(MappedDmaBuffer):
     """DMA memory shared with the server: a memfd mapped here and registered with DMA_MAP."""
-
-    def __init__(self, transport: "VfioUserTransport", bus_addr: int, size: int, mapped: int,
-                 mm: mmap.mmap):
-        self._t = transport
-        self.bus_addr = bus_addr
-        self.size = size
-        self.mapped = mapped
-        self._mm = mm
-        self._view: memoryview | None = memoryview(mm)[:size]
-
-    @property
-    def view(self) -> memoryview:
-        """Writable host view of the buffer."""
-        if self._view is None:
-            raise ValueError("DMA buffer was freed")
-        return self._view
-
-    def free(self) -> None:
-        """DMA_UNMAP it and release the memory (idempotent)."""
-        if self._view is None:
-            return
-        self._t._unmap(self)
-        self._view.release()
-        self._view = None
-        try:
-            self._mm.close()
-        except BufferError:   # the caller still holds a slice; the GC unmaps it later
-            pass
 
 
 class VfioUserTransport(Transport):
