@@ -399,3 +399,35 @@ def test_recursion_and_deep_chains_stop_at_the_depth_limit():
 def test_void_callee_keeps_the_callers_r0():
     out = same("mov r0, 7\ncall local f\nexit\nf:\nstb [r10-1], 0\nexit")
     assert out[:2] == ("ok", 7)
+
+
+@pytest.mark.parametrize("n, size", [(10, 64), (56, 64), (57, 64), (100, 64), (1000, 4096),
+                                     (5000, 4096)])
+def test_bound_on_the_left_loop_matches_interpreter(n, size):
+    """clang's `jgt rN, rI` latch (bound first) gets the fast loop; faults stay exact."""
+    from hermes.engine import run as _run
+    p = Program.from_asm("""
+        ldxdw r2, [r1]
+        mov r4, 0
+        mov r0, 0
+        mov r3, r1
+        add r3, 8
+    l:  mov r5, r3
+        add r5, r4
+        ldxb r5, [r5]
+        add r0, r5
+        add r4, 1
+        jgt r2, r4, l
+        exit
+    """)
+    mem = bytearray(size)
+    mem[:8] = n.to_bytes(8, "little")
+    mem[8:] = bytes((i * 7) & 255 for i in range(size - 8))
+    outcome = {}
+    for e in ("interp", "jit"):
+        try:
+            r = _run(p, bytearray(mem), engine=e)
+            outcome[e] = ("ok", r.return_value, r.instructions)
+        except ExecutionError as x:
+            outcome[e] = ("err", x.kind, x.pc, x.address, x.size, x.instructions)
+    assert outcome["interp"] == outcome["jit"]

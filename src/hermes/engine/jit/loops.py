@@ -244,6 +244,8 @@ def _plan(insns, h, body, succ, ends, stack_safe) -> "LoopPlan | None":
 
 _NEGATE = {"<": ">=", "<=": ">", ">": "<=", ">=": "<", "==": "!=", "!=": "=="}
 _OPS = {"jlt": "<", "jle": "<=", "jgt": ">", "jge": ">=", "jeq": "==", "jne": "!="}
+#: The same comparison with its operands swapped.
+_MIRROR = {"<": ">", "<=": ">=", ">": "<", ">=": "<=", "==": "==", "!=": "!="}
 
 
 def _exit_test(insns, h, b, e, body, ivs, defs, inc, partial) -> "tuple | None":
@@ -259,23 +261,26 @@ def _exit_test(insns, h, b, e, body, ivs, defs, inc, partial) -> "tuple | None":
     stay_taken = taken in body
     if stay_taken == (e in body):
         return None  # not an exit test (both targets inside, or both outside)
-    iv = insn.dst
+    iv, rel, bound = insn.dst, _OPS[op.sem], insn.src
+    if op.form == "jcond_x" and iv not in ivs and insn.src in ivs:
+        # clang writes `if (n > i)` as `jgt rN, rI`: read it as `i < n` (the IV on the left)
+        iv, rel, bound = insn.src, _MIRROR[rel], insn.dst
     if iv not in ivs or inc.get(iv, (0, 1))[0] != inc[iv][1] or inc[iv][0] == 0:
         return None
     lo, hi = partial.get(iv, (0, 1))
     if lo != hi:
         return None
     step = inc[iv][0]
-    cond = _OPS[op.sem] if stay_taken else _NEGATE[_OPS[op.sem]]
+    cond = rel if stay_taken else _NEGATE[rel]
     if cond in ("<", "<=") and step > 0 or cond in (">", ">=") and step < 0 or \
             cond == "!=" and step in (1, -1):
         pass
     else:
         return None
     if op.form == "jcond_x":
-        if insn.src in defs:
+        if bound in defs:
             return None
-        return (last, iv, lo, step, cond, insn.src, 0, stay_taken)
+        return (last, iv, lo, step, cond, bound, 0, stay_taken)
     return (last, iv, lo, step, cond, None, insn.imm & 0xFFFF_FFFF_FFFF_FFFF, stay_taken)
 
 _SMALL = 1 << 40
