@@ -30,6 +30,14 @@ class DmaBuffer(abc.ABC):
         """Unregister the buffer from the device's view and release it."""
 
 
+def close_mapping(mm: mmap.mmap) -> None:
+    """Unmap ``mm`` unless a caller still holds a slice of it (then the GC unmaps it later)."""
+    try:
+        mm.close()
+    except BufferError:
+        pass
+
+
 class MappedDmaBuffer(DmaBuffer):
     """DMA memory backed by an mmap that the transport registered with the device at
     ``bus_addr``; ``free`` asks the transport to unregister it (``transport._unmap(buf)``)
@@ -58,10 +66,7 @@ class MappedDmaBuffer(DmaBuffer):
         self._t._unmap(self)  # type: ignore[attr-defined]
         self._view.release()
         self._view = None
-        try:
-            self._mm.close()
-        except BufferError:   # the caller still holds a slice; the GC unmaps it later
-            pass
+        close_mapping(self._mm)
 
 
 class Transport(abc.ABC):

@@ -21,7 +21,7 @@ from typing import Callable
 
 from .. import regs
 from ..vfio import mmio, pci, uapi
-from .base import DmaBuffer, MappedDmaBuffer, Transport
+from .base import close_mapping, DmaBuffer, MappedDmaBuffer, Transport
 
 #: First IOVA handed out (above 4 GiB: clear of the x86 MSI window at 0xFEE00000).
 DMA_BASE = 0x1_0000_0000
@@ -353,10 +353,7 @@ class VfioTransport(Transport):
                 pass
         for region in self._regions.values():
             for _, _, mm in region.areas:
-                try:
-                    mm.close()
-                except BufferError:
-                    pass
+                close_mapping(mm)
         self._regions.clear()
         for fd in self._eventfds:
             os.close(fd)

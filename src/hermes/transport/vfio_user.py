@@ -19,7 +19,7 @@ import time
 from .. import regs
 from ..vfio import mmio, pci, uapi
 from ..vfio import protocol as P
-from .base import DmaBuffer, MappedDmaBuffer, Transport
+from .base import close_mapping, DmaBuffer, MappedDmaBuffer, Transport
 
 #: Where the first DMA buffer goes on the device's bus; buffers follow with a guard page between.
 DMA_BASE = 0x1_0000_0000
@@ -545,15 +545,9 @@ class VfioUserTransport(Transport):
             if buf._view is not None:
                 buf._view.release()
                 buf._view = None
-                try:
-                    buf._mm.close()
-                except BufferError:
-                    pass
+                close_mapping(buf._mm)
         for mm in self._maps.values():
-            try:
-                mm.close()
-            except BufferError:
-                pass
+            close_mapping(mm)
         self._maps.clear()
         for fd in self._eventfds:
             os.close(fd)
