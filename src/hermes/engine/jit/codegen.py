@@ -510,14 +510,23 @@ class _Func:
         kc = self.t()
         self.emit(f"{kc} = call i64 @llvm.umin.i64(i64 {k}, i64 {1 << 32})")
         k = kc
-        ranges: dict[int, list[int]] = {}
+        ranges: dict[tuple[tuple[int, int], ...], list[int]] = {}
         for acc in plan.accesses.values():
-            lo_hi = ranges.setdefault(acc.reg, [acc.lo, acc.hi])
+            lo_hi = ranges.setdefault(acc.terms, [acc.lo, acc.hi])
             lo_hi[0] = min(lo_hi[0], acc.lo)
             lo_hi[1] = max(lo_hi[1], acc.hi)
         ok = "true"
-        for reg, (lo, hi) in sorted(ranges.items()):
-            v = self.get(reg)
+        for terms, (lo, hi) in sorted(ranges.items()):
+            v = "0"
+            for r, coef in terms:
+                x = self.get(r)
+                if coef != 1:
+                    xs = self.t()
+                    self.emit(f"{xs} = mul i64 {x}, {coef}")
+                    x = xs
+                vs = self.t()
+                self.emit(f"{vs} = add i64 {v}, {x}")
+                v = vs
             o = self.t()
             self.emit(f"{o} = sub i64 {v}, {DATA_BASE}")
             small = self.t()
@@ -532,7 +541,8 @@ class _Func:
                 nok = self.t()
                 self.emit(f"{nok} = and i1 {ok}, {cond}")
                 ok = nok
-            imin, imax = plan.inc.get(reg, (0, 0))
+            imin = sum(c * plan.inc.get(r, (0, 0))[0] for r, c in terms)
+            imax = sum(c * plan.inc.get(r, (0, 0))[1] for r, c in terms)
             if imax > 0:
                 room = self.t()
                 self.emit(f"{room} = sub i64 %dlen, {ohi}")

@@ -29,12 +29,13 @@ MAX_LOOP_BLOCKS = 64
 
 @dataclass
 class Access:
-    """An IV-based data access: base register, offset range [lo, hi) over the iteration."""
+    """An IV-based data access: base registers, offset range [lo, hi) over the iteration."""
 
     pc: int
-    reg: int
-    lo: int        #: lowest byte offset from the register's value at the header (incl. partial)
-    hi: int        #: one past the highest byte offset (incl. partial and size)
+    #: the address is the sum of coefficient * register value at the header, (reg, coef) pairs ...
+    terms: tuple[tuple[int, int], ...]
+    lo: int        #: ... plus at least lo (partial IV increments included)
+    hi: int        #: one past the highest byte offset (incl. partial increments and size)
 
 
 @dataclass
@@ -83,24 +84,20 @@ def plan_loops(insns: "list[Insn | None]", starts: list[int], ends: dict[int, in
     for s in blocks:
         for t in succ[s]:
             pred[t].append(s)
-    # candidate back-edges: u -> h with h <= u (every cycle has one)
+    idom = _dominators(fstart, succ, pred)
+    # back-edges: u -> h where h dominates u (clang's rotated loops are entered in the middle, so
+    # the address order of blocks says nothing about which edge closes a loop)
     by_header: dict[int, list[int]] = {}
     for u in blocks:
         for h in succ[u]:
-            if h <= u:
+            if _dominates(idom, h, u):
                 by_header.setdefault(h, []).append(u)
     plans: dict[int, LoopPlan] = {}
     bodies: dict[int, set[int]] = {}
     for h, latches in by_header.items():
         body = {h}
-        work = [u for u in latches if u != h]
-        body.update(work)
-        while work:
-            b = work.pop()
-            for p in pred[b]:
-                if p not in body:
-                    body.add(p)
-                    work.append(p)
+        for u in latches:
+            body |= _natural_loop(h, u, pred)
         bodies[h] = body
     for h, body in bodies.items():
         # single entry (h dominates the body) and innermost (no other header inside)
@@ -114,6 +111,74 @@ def plan_loops(insns: "list[Insn | None]", starts: list[int], ends: dict[int, in
         if plan is not None:
             plans[h] = plan
     return plans
+
+
+def _dominators(entry: int, succ: dict[int, list[int]],
+                pred: dict[int, list[int]]) -> dict[int, int]:
+    """Immediate dominators of the blocks reachable from ``entry`` (Cooper, Harvey, Kennedy)."""
+    order: list[int] = []
+    seen = {entry}
+    stack = [(entry, iter(succ[entry]))]
+    while stack:
+        b, it = stack[-1]
+        nxt = next(it, None)
+        if nxt is None:
+            stack.pop()
+            order.append(b)
+        elif nxt not in seen:
+            seen.add(nxt)
+            stack.append((nxt, iter(succ[nxt])))
+    rank = {b: k for k, b in enumerate(order)}  # postorder number: the entry has the highest
+    idom = {entry: entry}
+    changed = True
+    while changed:
+        changed = False
+        for b in reversed(order):
+            if b == entry:
+                continue
+            new = None
+            for p in pred[b]:
+                if p not in idom:
+                    continue
+                if new is None:
+                    new = p
+                    continue
+                x, y = p, new
+                while x != y:
+                    while rank[x] < rank[y]:
+                        x = idom[x]
+                    while rank[y] < rank[x]:
+                        y = idom[y]
+                new = x
+            if new is not None and idom.get(b) != new:
+                idom[b] = new
+                changed = True
+    return idom
+
+
+def _dominates(idom: dict[int, int], h: int, u: int) -> bool:
+    """Whether block h dominates block u (False for blocks unreachable from the entry)."""
+    if u not in idom:
+        return False
+    while u != h:
+        up = idom[u]
+        if up == u:
+            return False
+        u = up
+    return True
+
+
+def _natural_loop(h: int, u: int, pred: dict[int, list[int]]) -> set[int]:
+    """Blocks of the loop closed by the back-edge u -> h (h dominates u)."""
+    body = {h, u}
+    work = [u] if u != h else []
+    while work:
+        b = work.pop()
+        for p in pred[b]:
+            if p not in body:
+                body.add(p)
+                work.append(p)
+    return body
 
 
 def _plan(insns, h, body, succ, ends, stack_safe) -> "LoopPlan | None":
@@ -155,13 +220,14 @@ def _plan(insns, h, body, succ, ends, stack_safe) -> "LoopPlan | None":
         n = sum(1 for i in range(b, ends[b]) if insns[i] is not None)
         nxt = [longest[t] for t in succ[b] if t in body and t != h]
         longest[b] = n + max(nxt, default=0)
-    # partial IV increments at block entries: reg -> (min, max); and abstract values of the other
-    # registers: ("s", lo, hi) a scalar in [lo, hi], ("p", r, lo, hi) an invariant register r plus
-    # an offset in [lo, hi], or None (unknown)
+    # partial IV increments at block entries: reg -> (min, max); and abstract values of the
+    # registers that are not IVs: (terms, lo, hi) is a sum of up to two registers' header values
+    # (invariants or IVs, each times a positive coefficient; no terms: a scalar) plus an offset in
+    # [lo, hi], or None (unknown)
     invariant = [r for r in range(11) if r not in defs]
-    start_av = {r: None for r in range(11)}
+    start_av: dict = {r: None for r in range(11)}
     for r in invariant:
-        start_av[r] = ("p", r, 0, 0)
+        start_av[r] = (((r, 1),), 0, 0)
     entry: dict[int, dict[int, tuple[int, int]]] = {h: {r: (0, 0) for r in ivs}}
     entry_av: dict[int, dict] = {h: start_av}
     inc: dict[int, tuple[int, int]] = {}
@@ -177,20 +243,16 @@ def _plan(insns, h, body, succ, ends, stack_safe) -> "LoopPlan | None":
             form = insn.op.form
             base = insn.src if form == "ldx" else insn.dst if form in ("st", "stx") else None
             if base is not None and i not in stack_safe:
-                acc = None
-                if base in ivs:
-                    lo, hi = cur[base]
-                    acc = Access(i, base, lo + insn.off, hi + insn.off + insn.op.width)
-                elif av.get(base) is not None and av[base][0] == "p":
-                    _, reg, lo, hi = av[base]
-                    acc = Access(i, reg, lo + insn.off, hi + insn.off + insn.op.width)
-                if acc is not None and abs(acc.lo) < LIMIT and abs(acc.hi) < LIMIT:
-                    accesses[i] = acc
+                v = _value(base, av, ivs, cur)
+                if v is not None and v[0]:
+                    acc = Access(i, v[0], v[1] + insn.off, v[2] + insn.off + insn.op.width)
+                    if abs(acc.lo) < LIMIT and abs(acc.hi) < LIMIT:
+                        accesses[i] = acc
             if insn.dst in ivs and form == "alu_k":
                 d = insn.imm if insn.op.sem == "add" else -insn.imm
                 lo, hi = cur[insn.dst]
                 cur[insn.dst] = (lo + d, hi + d)
-            _abstract(insn, av, ivs)
+            _abstract(insn, av, ivs, cur)
         term_partial[b] = dict(cur)
         for t in succ[b]:
             if t == h:
@@ -284,56 +346,88 @@ def _exit_test(insns, h, b, e, body, ivs, defs, inc, partial) -> "tuple | None":
     return (last, iv, lo, step, cond, None, insn.imm & 0xFFFF_FFFF_FFFF_FFFF, stay_taken)
 
 _SMALL = 1 << 40
+#: Largest register coefficient in an abstract value (a record stride, not a multiplier).
+_COEF = 1 << 16
+
+
+def _value(r: int, av: dict, ivs: set[int], cur: dict) -> "tuple | None":
+    """Abstract value of register ``r`` here: an IV is its header value plus its partial change."""
+    if r in ivs:
+        return (((r, 1),),) + cur[r]
+    return av.get(r)
 
 
 def _join(a, b):
-    if a is None or b is None or a[0] != b[0] or (a[0] == "p" and a[1] != b[1]):
+    if a is None or b is None or a[0] != b[0]:
         return None
-    return a[:-2] + (min(a[-2], b[-2]), max(a[-1], b[-1]))
+    return (a[0], min(a[1], b[1]), max(a[2], b[2]))
 
 
-def _abstract(insn: Insn, av: dict, ivs: set[int]) -> None:
-    """Update the abstract register values ``av`` for ``insn`` (sound over-approximation)."""
+def _sum(a, b):
+    """a + b for abstract values (None when the result has more than two base registers)."""
+    if a is None or b is None:
+        return None
+    coef = dict(a[0])
+    for r, c in b[0]:
+        coef[r] = coef.get(r, 0) + c
+    if len(coef) > 2 or any(c >= _COEF for c in coef.values()):
+        return None
+    return (tuple(sorted(coef.items())), a[1] + b[1], a[2] + b[2])
+
+
+def _scale(a, k: int):
+    """a * k for a positive constant k (None when coefficients or offsets grow too large)."""
+    if a is None or k <= 0:
+        return None
+    terms = tuple((r, c * k) for r, c in a[0])
+    if any(c >= _COEF for _, c in terms) or a[0] and max(abs(a[1]), abs(a[2])) * k >= _SMALL:
+        return None
+    return (terms, a[1] * k, a[2] * k)
+
+
+def _abstract(insn: Insn, av: dict, ivs: set[int], cur: dict) -> None:
+    """Update the abstract register values ``av`` for ``insn`` (sound over-approximation).
+
+    Values are exact 64-bit sums only while offsets stay far below 2**63: scalars are kept
+    non-negative and below 2**40, and access offsets are limited by ``LIMIT``.
+    """
     w = validate.writes(insn)
     if not w:
         return
     form, sem, d = insn.op.form, insn.op.sem, insn.dst
     val = None
     if form == "ldx" and sem == "ldx" and insn.op.width < 8:
-        val = ("s", 0, (1 << (8 * insn.op.width)) - 1)
+        val = ((), 0, (1 << (8 * insn.op.width)) - 1)
     elif insn.op.width == 64 and form in ("alu_k", "alu_x"):
-        cur = av.get(d)
+        cur_v = av.get(d)
+        scalar = cur_v is not None and not cur_v[0]
         if form == "alu_k":
             k = insn.imm
             if sem == "mov":
-                val = ("s", k, k) if k >= 0 else None
-            elif sem in ("add", "sub") and cur is not None:
+                val = ((), k, k) if k >= 0 else None
+            elif sem in ("add", "sub") and cur_v is not None:
                 k = k if sem == "add" else -k
-                if cur[0] == "p" or cur[1] + k >= 0:
-                    val = cur[:-2] + (cur[-2] + k, cur[-1] + k)
-            elif sem == "lsh" and cur is not None and cur[0] == "s" and 0 <= k < 64 and \
-                    cur[2] << k < _SMALL:
-                val = ("s", cur[1] << k, cur[2] << k)
+                if not scalar or cur_v[1] + k >= 0:
+                    val = (cur_v[0], cur_v[1] + k, cur_v[2] + k)
+            elif sem == "lsh" and 0 <= k < 32:
+                val = _scale(cur_v, 1 << k)
+            elif sem == "mul":
+                val = _scale(cur_v, k)
             elif sem == "rsh" and 0 <= k < 64:
-                if cur is not None and cur[0] == "s":
-                    val = ("s", cur[1] >> k, cur[2] >> k)
+                if scalar:
+                    val = ((), cur_v[1] >> k, cur_v[2] >> k)
                 elif k >= 24:
-                    val = ("s", 0, (1 << (64 - k)) - 1)
+                    val = ((), 0, (1 << (64 - k)) - 1)
             elif sem == "and" and k >= 0:
-                hi = cur[2] if cur is not None and cur[0] == "s" else k
-                val = ("s", 0, min(k, hi))
+                hi = cur_v[2] if scalar else k
+                val = ((), 0, min(k, hi))
         else:
-            src = None if insn.src in ivs else av.get(insn.src)
+            src = _value(insn.src, av, ivs, cur)
             if sem == "mov":
                 val = src
-            elif sem == "add" and cur is not None and src is not None:
-                if cur[0] == "s" and src[0] == "s":
-                    val = ("s", cur[1] + src[1], cur[2] + src[2])
-                elif cur[0] == "p" and src[0] == "s":
-                    val = ("p", cur[1], cur[2] + src[1], cur[3] + src[2])
-                elif cur[0] == "s" and src[0] == "p":
-                    val = ("p", src[1], src[2] + cur[1], src[3] + cur[2])
-    if val is not None and val[0] == "s" and val[2] >= _SMALL:
+            elif sem == "add":
+                val = _sum(cur_v, src)
+    if val is not None and not val[0] and val[2] >= _SMALL:
         val = None
     for r in range(11):
         if w >> r & 1:
