@@ -578,3 +578,27 @@ def test_shared_header_inner_loop_is_versioned_alone(monkeypatch):
             mem[16 + 4 * k:20 + 4 * k] = ((k * 2654435761) & 0xFFFFFFFF).to_bytes(4, "little")
         for budget in (None, 20, 300, 3000):
             same(text, bytes(mem), budget)
+
+
+def test_large_programs_are_upgraded_in_the_background():
+    """A large program runs at once on quickly compiled code, then on the full pipeline's code;
+    both give the interpreter's results."""
+    lines = ["mov r0, 0", "mov r6, 0"]
+    for k in range(200):
+        lines += [f"stxw [r1+{4 * (k % 16)}], r0", f"add r0, {k}"]
+    lines += ["loop:", "ldxb r3, [r1+64]", "add r0, r3", "add r6, 1", "jlt r6, 1000, loop", "exit"]
+    text = "\n".join(lines)
+    p = asm(text)
+    exe = JitExecutable(p, helpers=CONFORMANCE_HELPERS, budget=BUDGET)
+    light = exe.compiled.address
+    mem = bytes(range(80))
+    first = outcome(exe, Case("", mem, None))
+    assert exe.wait_final(timeout=120)
+    assert exe.compiled.optimise_seconds is not None and exe.compiled.address != light
+    ref = Interpreter(p, helpers=CONFORMANCE_HELPERS, budget=BUDGET)
+    assert first == outcome(exe, Case("", mem, None)) == outcome(ref, Case("", mem, None))
+    for budget in (3, 300, 1500):
+        assert outcome(exe, Case("", mem, budget)) == outcome(ref, Case("", mem, budget))
+    # small programs are final at once
+    small = JitExecutable(asm("mov r0, 1\nexit"), helpers=CONFORMANCE_HELPERS, budget=BUDGET)
+    assert small.compiled.final.is_set() and small.compiled.optimise_seconds is None

@@ -155,6 +155,11 @@ class JitExecutable:
             out[k] = cls(program, helpers=helpers, budget=budget, _prepared=(info, comp))
         return out
 
+    def wait_final(self, timeout: "float | None" = None) -> bool:
+        """Wait until the fully optimised code is in place (large programs are first compiled
+        quickly and recompiled in the background); True when it is."""
+        return self.compiled.wait_final(timeout)
+
     def run(self, memory: "bytearray | memoryview | bytes | None" = None,
             budget: int | None = None):
         """Run once; see ``hermes.engine.run``."""

@@ -204,40 +204,81 @@ class _Gen:
         self.reset_args(out)
 
     def loop(self, out: list[str], in_func: bool) -> None:
-        """A counted loop (r9), often walking a pointer (an induction variable) over the slot."""
+        """A counted loop (r9), often walking a pointer or an index (induction variables) over
+        the slot; sometimes in clang's rotated form (entered in the middle, latch first)."""
         head = self.label()
         trips = self.rng.choice((1, 2, 3, 5, 8, 13, 40))
         walk = self.rng.random() < 0.6
+        index = walk and self.rng.random() < 0.4  # address = r6 + (index << shift) per access
+        rotated = self.rng.random() < 0.3
         if walk:
             ptr = self.rng.choice((7, 8))
+            tmp = 15 - ptr  # the other of r7/r8: the address computed from the index
             step = self.rng.choice((1, 2, 4, 8, -1, -4, 16, 3))
-            start = self.rng.randint(0, max(0, self.mem_len))
-            out.append(f"mov r{ptr}, r6")
-            out.append(f"add r{ptr}, {start}")
+            if index:
+                shift = self.rng.choice((0, 0, 1, 2, 3, 4))
+                start = self.rng.randint(0, max(0, self.mem_len) >> shift)
+                out.append(f"mov r{ptr}, {start}")
+            else:
+                start = self.rng.randint(0, max(0, self.mem_len))
+                out.append(f"mov r{ptr}, r6")
+                out.append(f"add r{ptr}, {start}")
         out.append(f"mov r9, {trips}")
-        out.append(f"{head}:")
+        latch, done = self.label(), self.label()
+        body: list[str] = [f"{head}:"]
         if walk:
             for _ in range(self.rng.randint(1, 2)):
                 m = self.rng.choice(_LOADS + _STORES)
                 size = _size(m)
                 off = self.rng.choice((0, 0, size, -size, self.rng.randint(-8, 8)))
+                base = ptr
+                if index:
+                    base = tmp
+                    form = self.rng.random()
+                    if form < 0.4:
+                        body.append(f"mov r{tmp}, r{ptr}")
+                        if shift:
+                            body.append(f"lsh r{tmp}, {shift}" if form < 0.3
+                                        else f"mul r{tmp}, {1 << shift}")
+                        body.append(f"add r{tmp}, r6")
+                    else:
+                        body.append(f"mov r{tmp}, r6")
+                        if shift:
+                            body.append(f"mov r5, r{ptr}")
+                            body.append(f"lsh r5, {shift}")
+                            body.append(f"add r{tmp}, r5")
+                        else:
+                            body.append(f"add r{tmp}, r{ptr}")
                 if m.startswith("ld"):
-                    out.append(f"{m} r{self.rng.choice((0, 2, 3))}, [r{ptr}{off:+d}]")
+                    body.append(f"{m} r{self.rng.choice((0, 2, 3))}, [r{base}{off:+d}]")
                 elif m.startswith("stx"):
-                    out.append(f"{m} [r{ptr}{off:+d}], r{self.rng.choice((0, 2, 3))}")
+                    body.append(f"{m} [r{base}{off:+d}], r{self.rng.choice((0, 2, 3))}")
                 else:
-                    out.append(f"{m} [r{ptr}{off:+d}], {self.imm()}")
-        self.block(out, self.rng.randint(0, 4), in_func, allow_loop=False)
+                    body.append(f"{m} [r{base}{off:+d}], {self.imm()}")
+        self.block(body, self.rng.randint(0, 4), in_func, allow_loop=False)
+        step_code: list[str] = []
         if walk:
             if self.rng.random() < 0.3:  # an increment that only some iterations make
                 skip = self.label()
-                out.append(f"jset r9, 1, {skip}")
-                out.append(f"add r{ptr}, {step}")
-                out.append(f"{skip}:")
+                step_code.append(f"jset r9, 1, {skip}")
+                step_code.append(f"add r{ptr}, {step}")
+                step_code.append(f"{skip}:")
             else:
-                out.append(f"add r{ptr}, {step}")
-        out.append("sub r9, 1")
-        out.append(f"jne r9, 0, {head}")
+                step_code.append(f"add r{ptr}, {step}")
+        step_code.append("sub r9, 1")
+        if rotated:
+            out.append(f"ja {head}")
+            out.append(f"{latch}:")
+            out.extend(step_code)
+            out.append(f"jne r9, 0, {head}")
+            out.append(f"ja {done}")
+            out.extend(body)
+            out.append(f"ja {latch}")
+            out.append(f"{done}:")
+        else:
+            out.extend(body)
+            out.extend(step_code)
+            out.append(f"jne r9, 0, {head}")
 
     def block(self, out: list[str], n: int, in_func: bool, allow_loop: bool) -> None:
         pending: list[list] = []  # [items left, label]

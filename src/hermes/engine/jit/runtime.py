@@ -1,9 +1,12 @@
 """LLVM compilation (MCJIT, process-wide cache) and the per-run context the native code uses."""
 from __future__ import annotations
 
+import atexit
 import ctypes
+import os
+import queue
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..memory import MAX_CALL_DEPTH, STACK_SIZE
 from . import codegen
@@ -72,20 +75,35 @@ def _llvm():
 
 @dataclass
 class Compiled:
-    """A compiled program: the native entry point (kept alive with its LLVM module)."""
+    """A compiled program: the native entry point (kept alive with its LLVM module).
+
+    Large programs first get quickly compiled code; a background thread then compiles them with
+    the full pipeline and swaps ``entry`` (runs already in flight finish on the old code, which
+    stays loaded). ``final`` is set once the entry will not change any more.
+    """
 
     entry: "ctypes._CFuncPtr"
     address: int
     ir: str
     compile_seconds: float
+    #: set when ``entry`` is the final code (at once for programs compiled at full optimisation)
+    final: threading.Event = field(default_factory=threading.Event)
+    #: seconds the background compilation took (None: there was none, or it has not finished)
+    optimise_seconds: "float | None" = None
+
+    def wait_final(self, timeout: "float | None" = None) -> bool:
+        """Block until the final code is in place (or ``timeout``); True when it is."""
+        return self.final.wait(timeout)
 
 
 _cache: dict[tuple, Compiled] = {}
 _cache_lock = threading.Lock()
 
 
-#: Programs with more slots than this get the light pipeline (compile time stays bounded).
+#: Programs with more slots than this get the light pipeline first (compile time stays bounded).
 LARGE_PROGRAM = 160
+#: ... and, up to this many slots, the full pipeline in the background afterwards.
+UPGRADE_MAX = 2048
 
 
 def _optimise(st, mod, opt_level: int, light: bool) -> None:
@@ -149,18 +167,113 @@ def compile_many(items: "list[tuple[object, object]]", opt_level: int = 3) -> li
             engine.finalize_object()
             st["modules"].append(mod)
             elapsed = time.perf_counter() - t0
-            for k, program, _ in todo:
+            for k, program, info in todo:
                 addr = engine.get_function_address(names[k])
                 if not addr:  # pragma: no cover - MCJIT always resolves a defined function
                     raise RuntimeError(f"LLVM did not produce {names[k]}")
                 compiled = Compiled(ENTRY_CFUNC(addr), addr, ir if len(todo) == 1 else "",
                                     elapsed / len(todo))
+                if light and len(program) <= UPGRADE_MAX:
+                    _upgrades.submit(compiled, program, info, opt_level)
+                else:
+                    compiled.final.set()
                 _cache.setdefault((program.digest, opt_level), compiled)
                 out[k] = _cache[(program.digest, opt_level)]
     for k, (program, _) in enumerate(items):
         if out[k] is None:
             out[k] = _cache[(program.digest, opt_level)]
     return out  # type: ignore[return-value]
+
+
+class _Upgrader:
+    """One background thread that recompiles light-compiled programs with the full pipeline.
+
+    One thread (not one per program) keeps LLVM's work to a single core, and the lock it takes
+    per compilation lets foreground compilations interleave with a queue of upgrades.
+    """
+
+    def __init__(self) -> None:
+        self._queue: "queue.SimpleQueue[tuple | None]" = queue.SimpleQueue()
+        self._thread: "threading.Thread | None" = None
+        self._lock = threading.Lock()
+        self._stopping = False
+
+    def submit(self, compiled: Compiled, program, info, opt_level: int) -> None:
+        """Queue ``compiled`` for recompilation; starts the thread on first use."""
+        with self._lock:
+            if self._stopping:
+                compiled.final.set()
+                return
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._work, name="hermes-jit-upgrade",
+                                                daemon=True)
+                self._thread.start()
+        self._queue.put((compiled, program, info, opt_level))
+
+    def _work(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            compiled, program, info, opt_level = job
+            try:
+                if not self._stopping:
+                    _upgrade(compiled, program, info, opt_level)
+            finally:
+                compiled.final.set()
+
+    def stop(self) -> None:
+        """Finish the compilation in progress and drop the rest (at interpreter exit: LLVM
+        must not be mid-compilation while the process tears down)."""
+        with self._lock:
+            self._stopping = True
+            thread = self._thread
+        if thread is not None:
+            self._queue.put(None)
+            thread.join()
+
+    def reset_after_fork(self) -> None:
+        """A forked child has no upgrade thread: start afresh (queued work stays the parent's)."""
+        self.__init__()
+
+
+_upgrades = _Upgrader()
+atexit.register(_upgrades.stop)
+
+
+def _upgrade(compiled: Compiled, program, info, opt_level: int) -> None:
+    """Compile ``program`` with the full pipeline and point ``compiled`` at the new code."""
+    import time
+    st = _llvm()
+    llvm = st["llvm"]
+    t0 = time.perf_counter()
+    name = f"hermes_{program.digest[:24]}_o{opt_level}_full"
+    ir = codegen.generate_module([(program, info, name)], st["triple"], st["layout"])
+    with _llvm_lock:
+        mod = llvm.parse_assembly(ir)
+        mod.verify()
+        _optimise(st, mod, opt_level, False)
+        if not st["has_libgcc"] and _needs_libgcc(str(mod)):
+            return  # keep the light code rather than call a missing runtime library
+        engine = st["engines"][3]
+        engine.add_module(mod)
+        engine.finalize_object()
+        st["modules"].append(mod)
+        addr = engine.get_function_address(name)
+    if addr:
+        compiled.address = addr
+        compiled.entry = ENTRY_CFUNC(addr)
+        compiled.optimise_seconds = time.perf_counter() - t0
+
+
+def _after_fork_in_child() -> None:
+    global _llvm_lock
+    # the lock may have been held by the parent's upgrade thread, which the child does not have
+    _llvm_lock = threading.Lock()
+    _upgrades.reset_after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def compile_program(program, info, opt_level: int = 3) -> Compiled:
