@@ -602,3 +602,18 @@ def test_large_programs_are_upgraded_in_the_background():
     # small programs are final at once
     small = JitExecutable(asm("mov r0, 1\nexit"), helpers=CONFORMANCE_HELPERS, budget=BUDGET)
     assert small.compiled.final.is_set() and small.compiled.optimise_seconds is None
+
+
+def test_exit_during_a_background_upgrade_is_clean():
+    """The interpreter may exit while LLVM upgrades a program: the process still ends normally."""
+    import subprocess
+    import sys
+    code = ("from hermes.engine import load\n"
+            "from hermes.engine.program import Program\n"
+            "lines = ['mov r0, 0'] + [f'stxw [r10-{4 + 4 * (k % 100)}], r0\\nadd r0, {k}'"
+            " for k in range(600)] + ['exit']\n"
+            "exe = load(Program.from_asm('\\n'.join(lines)), engine='jit')\n"
+            "print(exe.run().return_value)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout) == sum(range(600))

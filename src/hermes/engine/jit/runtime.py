@@ -197,6 +197,7 @@ class _Upgrader:
         self._thread: "threading.Thread | None" = None
         self._lock = threading.Lock()
         self._stopping = False
+        self._current: "Compiled | None" = None
 
     def submit(self, compiled: Compiled, program, info, opt_level: int) -> None:
         """Queue ``compiled`` for recompilation; starts the thread on first use."""
@@ -216,10 +217,14 @@ class _Upgrader:
             if job is None:
                 return
             compiled, program, info, opt_level = job
+            self._current = compiled
             try:
                 if not self._stopping:
                     _upgrade(compiled, program, info, opt_level)
+            except Exception:  # noqa: BLE001 - the quickly compiled code stays; it is correct
+                pass
             finally:
+                self._current = None
                 compiled.final.set()
 
     def stop(self) -> None:
@@ -233,8 +238,17 @@ class _Upgrader:
             thread.join()
 
     def reset_after_fork(self) -> None:
-        """A forked child has no upgrade thread: start afresh (queued work stays the parent's)."""
+        """A forked child has no upgrade thread: its programs keep their first code."""
+        pending = [self._current]
+        while True:
+            try:
+                pending.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
         self.__init__()
+        for job in pending:
+            if job is not None:
+                (job if isinstance(job, Compiled) else job[0]).final.set()
 
 
 _upgrades = _Upgrader()
