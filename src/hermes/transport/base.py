@@ -19,11 +19,15 @@ class DmaBuffer(abc.ABC):
 
     bus_addr: int
     size: int
+    #: the host view; subclasses set it, and ``free`` sets it to None
+    _view: "memoryview | None"
 
     @property
-    @abc.abstractmethod
     def view(self) -> memoryview:
-        """Writable host view of the buffer."""
+        """Writable host view of the buffer (raises ValueError after ``free``)."""
+        if self._view is None:
+            raise ValueError("DMA buffer was freed")
+        return self._view
 
     @abc.abstractmethod
     def free(self) -> None:
@@ -50,14 +54,7 @@ class MappedDmaBuffer(DmaBuffer):
         self.size = size
         self.mapped = mapped
         self._mm = mm
-        self._view: memoryview | None = memoryview(mm)[:size]
-
-    @property
-    def view(self) -> memoryview:
-        """Writable host view of the buffer."""
-        if self._view is None:
-            raise ValueError("DMA buffer was freed")
-        return self._view
+        self._view = memoryview(mm)[:size]
 
     def free(self) -> None:
         """Unregister the buffer, then release its memory. Idempotent."""

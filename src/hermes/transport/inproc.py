@@ -62,15 +62,8 @@ class InProcDmaBuffer(DmaBuffer):
         self.bus_addr = bus_addr
         self.size = size
         self._buf = bytearray(size)
-        self._view: memoryview | None = memoryview(self._buf)
+        self._view = memoryview(self._buf)
         transport.host.register(bus_addr, self._buf)
-
-    @property
-    def view(self) -> memoryview:
-        """Writable host view of the buffer (raises ValueError after ``free``)."""
-        if self._view is None:
-            raise ValueError("DMA buffer was freed")
-        return self._view
 
     def free(self) -> None:
         """Unregister from the device's view of host memory. Idempotent."""
