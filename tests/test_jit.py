@@ -617,3 +617,43 @@ def test_exit_during_a_background_upgrade_is_clean():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert int(out.stdout) == sum(range(600))
+
+
+def test_evicted_code_is_freed_but_code_in_use_stays(monkeypatch):
+    """The compiled-program cache is bounded: code that drops out of it and is held by nobody
+    has its LLVM engine closed, while an executable that still holds evicted code runs on."""
+    import gc
+    import weakref
+
+    from hermes.engine.jit import runtime
+    monkeypatch.setattr(runtime, "CACHE_MAX", 4)
+    held = JitExecutable(asm("mov r0, 7\nexit"), helpers=CONFORMANCE_HELPERS, budget=BUDGET)
+    dropped = JitExecutable(asm("mov r0, 8\nexit"), helpers=CONFORMANCE_HELPERS, budget=BUDGET)
+    gone = weakref.ref(dropped.compiled.entry._owner)
+    engine = dropped.compiled.entry._owner.engine
+    del dropped
+    others = [JitExecutable(asm(f"mov r0, {100 + k}\nexit"), helpers=CONFORMANCE_HELPERS,
+                            budget=BUDGET) for k in range(6)]
+    assert len(runtime._cache) == 4
+    gc.collect()
+    assert gone() is None  # nothing referred to it any more
+    JitExecutable(asm("mov r0, 9\nexit"), helpers=CONFORMANCE_HELPERS, budget=BUDGET)
+    assert engine.closed and runtime._dead == []  # the next compilation closed it
+    assert held.run().return_value == 7 and [o.run().return_value for o in others][-1] == 105
+
+
+def test_an_upgrade_frees_the_quick_code_once_unused():
+    """After a background upgrade, the quickly compiled code is freed when no run holds it."""
+    import gc
+    import weakref
+    lines = ["mov r0, 0"] + [f"stxw [r10-{4 + 4 * (k % 100)}], r0\nadd r0, {k}"
+                             for k in range(200)] + ["exit"]
+    exe = JitExecutable(asm("\n".join(lines)), helpers=CONFORMANCE_HELPERS, budget=BUDGET)
+    quick = weakref.ref(exe.compiled.entry._owner)
+    engine = exe.compiled.entry._owner.engine
+    assert exe.wait_final(timeout=120) and exe.compiled.optimise_seconds is not None
+    gc.collect()
+    assert quick() is None
+    JitExecutable(asm("mov r0, 31337\nexit"), helpers=CONFORMANCE_HELPERS, budget=BUDGET)
+    assert engine.closed
+    assert exe.run().return_value == sum(range(200))

@@ -6,6 +6,7 @@ import ctypes
 import os
 import queue
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from ..memory import MAX_CALL_DEPTH, STACK_SIZE
@@ -54,22 +55,17 @@ def _llvm():
             except RuntimeError:
                 has_libgcc = False
             target = llvm.Target.from_default_triple()
-            engines = {}
-            tms = {}
-            for level in (0, 3):
-                # Two back ends: full optimisation for ordinary programs, and LLVM's fast
-                # instruction selector and register allocator for very large ones.
-                tm = target.create_target_machine(cpu=llvm.get_host_cpu_name(),
-                                                  features=llvm.get_host_cpu_features().flatten(),
-                                                  opt=level, codemodel="jitdefault")
-                backing = llvm.parse_assembly("")
-                backing.triple = tm.triple
-                backing.data_layout = str(tm.target_data)
-                engines[level] = llvm.create_mcjit_compiler(backing, tm)
-                tms[level] = tm
-            _llvm_state.update(llvm=llvm, tm=tms[3], tms=tms, engines=engines, triple=tm.triple,
-                               has_libgcc=has_libgcc,
-                               layout=str(tm.target_data), modules=[])
+            cpu, features = llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten()
+            # Two back ends: full optimisation for ordinary programs, and LLVM's fast instruction
+            # selector and register allocator for very large ones. These target machines serve
+            # the pass builders; every compiled module gets an engine (and machine) of its own.
+            tms = {level: target.create_target_machine(cpu=cpu, features=features, opt=level,
+                                                       codemodel="jitdefault")
+                   for level in (0, 3)}
+            tm = tms[3]
+            _llvm_state.update(llvm=llvm, tm=tm, tms=tms, target=target, cpu=cpu,
+                               features=features, triple=tm.triple, has_libgcc=has_libgcc,
+                               layout=str(tm.target_data))
         return _llvm_state
 
 
@@ -96,8 +92,69 @@ class Compiled:
         return self.final.wait(timeout)
 
 
-_cache: dict[tuple, Compiled] = {}
+#: Compiled programs kept for reuse, most recently used last. Older ones are dropped from the
+#: cache; their machine code is freed once nothing runs or holds them any more.
+CACHE_MAX = 256
+_cache: "OrderedDict[tuple, Compiled]" = OrderedDict()
 _cache_lock = threading.Lock()
+#: Engines whose last user is gone, closed by the next compilation (under the LLVM lock: a
+#: finaliser may run in any thread, at any point, including one in the middle of compiling).
+_dead: "list[object]" = []
+
+
+class _Code:
+    """One MCJIT engine holding one compiled module; the engine is closed with the last user.
+
+    Every entry point made from it refers to it (``_owner``), so a run in progress keeps the
+    code alive even when the program is recompiled or evicted meanwhile.
+    """
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+
+    def entry(self, address: int) -> "ctypes._CFuncPtr":
+        """A callable for the native function at ``address`` that keeps this code alive."""
+        fn = ENTRY_CFUNC(address)
+        fn._owner = self  # type: ignore[attr-defined]
+        return fn
+
+    def __del__(self) -> None:
+        _dead.append(self.engine)
+
+
+def _engine(st, level: int):
+    """A new MCJIT engine at back-end optimisation ``level`` (it owns its target machine)."""
+    llvm = st["llvm"]
+    tm = st["target"].create_target_machine(cpu=st["cpu"], features=st["features"], opt=level,
+                                            codemodel="jitdefault")
+    backing = llvm.parse_assembly("")
+    backing.triple = tm.triple
+    backing.data_layout = str(tm.target_data)
+    return llvm.create_mcjit_compiler(backing, tm)
+
+
+def _close_dead() -> None:
+    """Close the engines no one uses any more (caller holds ``_llvm_lock``)."""
+    while _dead:
+        _dead.pop().close()
+
+
+def _cached(key: tuple) -> "Compiled | None":
+    with _cache_lock:
+        hit = _cache.get(key)
+        if hit is not None:
+            _cache.move_to_end(key)
+        return hit
+
+
+def _remember(key: tuple, compiled: Compiled) -> Compiled:
+    """Cache ``compiled`` under ``key`` (an earlier entry wins); returns the cached one."""
+    with _cache_lock:
+        kept = _cache.setdefault(key, compiled)
+        _cache.move_to_end(key)
+        while len(_cache) > CACHE_MAX:
+            _cache.popitem(last=False)
+        return kept
 
 
 #: Programs with more slots than this get the light pipeline first (compile time stays bounded).
@@ -139,12 +196,10 @@ def compile_many(items: "list[tuple[object, object]]", opt_level: int = 3) -> li
     seen: dict[tuple, int] = {}
     for k, (program, info) in enumerate(items):
         key = (program.digest, opt_level)
-        hit = _cache.get(key)
+        hit = _cached(key)
         if hit is not None:
             out[k] = hit
-        elif key in seen:
-            continue
-        else:
+        elif key not in seen:
             seen[key] = k
             todo.append((k, program, info))
     if todo:
@@ -155,6 +210,7 @@ def compile_many(items: "list[tuple[object, object]]", opt_level: int = 3) -> li
         ir = codegen.generate_module([(p, i, names[k]) for k, p, i in todo], st["triple"],
                                      st["layout"])
         with _llvm_lock:
+            _close_dead()
             mod = llvm.parse_assembly(ir)
             # Invalid IR makes LLVM's back end abort the process: verify first, always.
             mod.verify()
@@ -162,26 +218,26 @@ def compile_many(items: "list[tuple[object, object]]", opt_level: int = 3) -> li
                 _optimise(st, mod, opt_level, light)
                 if not st["has_libgcc"] and _needs_libgcc(str(mod)):
                     mod = llvm.parse_assembly(ir)  # unoptimised code needs no runtime library
-            engine = st["engines"][0 if (light or opt_level == 0) else 3]
+            engine = _engine(st, 0 if (light or opt_level == 0) else 3)
             engine.add_module(mod)
             engine.finalize_object()
-            st["modules"].append(mod)
+            code = _Code(engine)
             elapsed = time.perf_counter() - t0
-            for k, program, info in todo:
-                addr = engine.get_function_address(names[k])
-                if not addr:  # pragma: no cover - MCJIT always resolves a defined function
-                    raise RuntimeError(f"LLVM did not produce {names[k]}")
-                compiled = Compiled(ENTRY_CFUNC(addr), addr, ir if len(todo) == 1 else "",
-                                    elapsed / len(todo))
-                if light and len(program) <= UPGRADE_MAX:
-                    _upgrades.submit(compiled, program, info, opt_level)
-                else:
-                    compiled.final.set()
-                _cache.setdefault((program.digest, opt_level), compiled)
-                out[k] = _cache[(program.digest, opt_level)]
+            addrs = {k: engine.get_function_address(names[k]) for k, _, _ in todo}
+        for k, program, info in todo:
+            addr = addrs[k]
+            if not addr:  # pragma: no cover - MCJIT always resolves a defined function
+                raise RuntimeError(f"LLVM did not produce {names[k]}")
+            compiled = Compiled(code.entry(addr), addr, ir if len(todo) == 1 else "",
+                                elapsed / len(todo))
+            if light and len(program) <= UPGRADE_MAX:
+                _upgrades.submit(compiled, program, info, opt_level)
+            else:
+                compiled.final.set()
+            out[k] = _remember((program.digest, opt_level), compiled)
     for k, (program, _) in enumerate(items):
-        if out[k] is None:
-            out[k] = _cache[(program.digest, opt_level)]
+        if out[k] is None:  # a repeat of a program compiled in this call
+            out[k] = out[seen[(program.digest, opt_level)]]
     return out  # type: ignore[return-value]
 
 
@@ -264,19 +320,21 @@ def _upgrade(compiled: Compiled, program, info, opt_level: int) -> None:
     name = f"hermes_{program.digest[:24]}_o{opt_level}_full"
     ir = codegen.generate_module([(program, info, name)], st["triple"], st["layout"])
     with _llvm_lock:
+        _close_dead()
         mod = llvm.parse_assembly(ir)
         mod.verify()
         _optimise(st, mod, opt_level, False)
         if not st["has_libgcc"] and _needs_libgcc(str(mod)):
             return  # keep the light code rather than call a missing runtime library
-        engine = st["engines"][3]
+        engine = _engine(st, 3)
         engine.add_module(mod)
         engine.finalize_object()
-        st["modules"].append(mod)
+        code = _Code(engine)
         addr = engine.get_function_address(name)
     if addr:
+        # one assignment swaps the entry: a run reads ``entry`` once and keeps its code alive
+        compiled.entry = code.entry(addr)
         compiled.address = addr
-        compiled.entry = ENTRY_CFUNC(addr)
         compiled.optimise_seconds = time.perf_counter() - t0
 
 
@@ -292,7 +350,7 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 def compile_program(program, info, opt_level: int = 3) -> Compiled:
     """Compile ``program`` (verified, facts in ``info``) once per process and configuration."""
-    hit = _cache.get((program.digest, opt_level))
+    hit = _cached((program.digest, opt_level))
     if hit is not None:
         return hit
     return compile_many([(program, info)], opt_level)[0]
