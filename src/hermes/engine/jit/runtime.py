@@ -164,6 +164,8 @@ UPGRADE_MAX = 2048
 
 
 def _optimise(st, mod, opt_level: int, light: bool) -> None:
+    # Fresh pass builder and pass manager every time: running one module pass manager twice
+    # aborts the process inside llvmlite, and each run registers callbacks in its builder.
     llvm = st["llvm"]
     pto = llvm.create_pipeline_tuning_options(speed_level=max(1, opt_level))
     pb = llvm.create_pass_builder(st["tms"][0 if light else 3], pto)
