@@ -71,11 +71,11 @@ def _llvm():
 
 @dataclass
 class Compiled:
-    """A compiled program: the native entry point (kept alive with its LLVM module).
+    """A compiled program: the native entry point (which keeps its LLVM engine alive).
 
     Large programs first get quickly compiled code; a background thread then compiles them with
     the full pipeline and swaps ``entry`` (runs already in flight finish on the old code, which
-    stays loaded). ``final`` is set once the entry will not change any more.
+    is freed after them). ``final`` is set once the entry will not change any more.
     """
 
     entry: "ctypes._CFuncPtr"
