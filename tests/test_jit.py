@@ -1,7 +1,6 @@
 """LLVM JIT: conformance corpus, semantics and errors identical to the interpreter, threads, bench."""
 from __future__ import annotations
 
-import os
 import random
 import threading
 
@@ -19,6 +18,7 @@ from hermes.engine.jit.runtime import compile_program
 from hermes.engine.memory import DATA_BASE, RODATA_BASE, RWDATA_BASE, STACK_TOP, Segment
 from hermes.engine.program import Program
 from hermes.errors import BudgetExceeded, ExecutionError, VerifierError
+from tests.volume import examples
 
 BUDGET = 10**9
 
@@ -284,8 +284,8 @@ def test_bench_kernels(bench_dir):
 BATCH = 50
 #: Shards run as separate test items, so pytest-xdist spreads them over the CI's cores.
 SHARDS = 4
-#: Examples per shard: 4 shards x 50 examples x 50 programs = 10^4 programs by default.
-EXAMPLES = int(os.environ.get("HERMES_JIT_DIFF_EXAMPLES", "50"))
+#: Examples per shard: 4 x 5 x 50 = 10^3 programs in `./dev test`, 4 x 50 x 50 = 10^4 in `./dev volume`.
+EXAMPLES = examples("HERMES_JIT_DIFF_EXAMPLES", 5, 50)
 
 
 @pytest.mark.parametrize("shard", range(SHARDS))

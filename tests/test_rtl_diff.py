@@ -1,8 +1,6 @@
 """Random programs agree on the RTL core (simulated) and the reference interpreter (hypothesis)."""
 from __future__ import annotations
 
-import os
-
 import pytest
 from hypothesis import given, note, settings
 from hypothesis import strategies as st
@@ -12,12 +10,13 @@ from hermes.engine import isa
 from hermes.engine.isa import encode_slot
 from hermes.engine.program import Program
 from hermes.errors import ExecutionError
+from tests.volume import examples
 
 pytest.importorskip("amaranth")
 from hermes.rtl.sim import RtlSession  # noqa: E402
 
 #: Examples per hypothesis test (simulation is slower than the JIT, so fewer than for it).
-EXAMPLES = int(os.environ.get("HERMES_RTL_EXAMPLES", "200"))
+EXAMPLES = examples("HERMES_RTL_EXAMPLES", 25, 200)
 MEM_LEN = 64
 BUDGET = 2_000
 
