@@ -141,3 +141,9 @@ class ExecutionFailed(ExecutionError):
                  regions: str | None = None, instructions: int | None = None):
         self.code = code
         super().__init__(kind, message, pc, address, size, regions, instructions)
+
+
+class UsageError(HermesError, ValueError):
+    """The library or a tool was called wrongly: an argument of the wrong type or out of its
+    range, an unknown engine, device spec or option. Also a ``ValueError``, so code written
+    against Python's convention for bad arguments keeps catching it."""

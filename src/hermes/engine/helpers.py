@@ -5,7 +5,11 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Iterator, Mapping
 
+from ..errors import ExecutionError, UsageError
 from .memory import MASK64
+
+#: Bytes ``HelperContext.fill`` writes per step: its only host memory besides the destination.
+_FILL_CHUNK = 64 << 10
 
 
 class StopRun(Exception):
@@ -19,12 +23,18 @@ class StopRun(Exception):
 class HelperContext:
     """What a helper may touch: the program's own memory, through bounds-checked accessors.
 
-    ``read``/``write`` raise ``ExecutionError`` exactly like a faulting load or store would.
+    Every accessor raises ``ExecutionError`` exactly like a faulting load or store would, before
+    any byte is copied. ``view`` is the engine's zero-copy accessor ``(addr, size, write) ->
+    memoryview`` of a checked range; with it ``check``/``fill``/``copy`` spend no host memory
+    proportional to a length the program chose (without it, at most the size of the region
+    the check found).
     """
 
-    def __init__(self, load: Callable[[int, int], bytes], store: Callable[[int, bytes], None]):
+    def __init__(self, load: Callable[[int, int], bytes], store: Callable[[int, bytes], None],
+                 view: "Callable[[int, int, bool], memoryview] | None" = None):
         self._load = load
         self._store = store
+        self._view = view
 
     def read(self, addr: int, size: int) -> bytes:
         """Read ``size`` bytes of program memory at virtual address ``addr``."""
@@ -33,6 +43,40 @@ class HelperContext:
     def write(self, addr: int, data: bytes) -> None:
         """Write ``data`` to program memory at virtual address ``addr``."""
         self._store(addr, bytes(data))
+
+    def check(self, addr: int, size: int, write: bool = False) -> None:
+        """Raise what a load (or store, when ``write``) of ``size`` bytes at ``addr`` would
+        raise; copies nothing when the engine has a view accessor."""
+        if self._view is not None:
+            self._view(addr, size, write)
+        elif write:
+            # Without a view: a copy whose size the load's check has bounded by its region.
+            self._store(addr, self._load(addr, size))
+        else:
+            self._load(addr, size)
+
+    def fill(self, addr: int, value: int, size: int) -> None:
+        """Set ``size`` bytes at ``addr`` to ``value & 0xFF``: checked first, then written in
+        chunks of at most ``_FILL_CHUNK`` bytes."""
+        self.check(addr, size, True)
+        if self._view is None:
+            self._store(addr, bytes([value & 0xFF]) * size)
+            return
+        dest = self._view(addr, size, True)
+        chunk = bytes([value & 0xFF]) * min(size, _FILL_CHUNK)
+        for pos in range(0, size, _FILL_CHUNK):
+            n = min(_FILL_CHUNK, size - pos)
+            dest[pos:pos + n] = chunk[:n]
+
+    def copy(self, dst: int, src: int, size: int) -> None:
+        """Copy ``size`` bytes from ``src`` to ``dst`` (overlap allowed, as memmove); both
+        ranges are checked before a byte moves."""
+        self.check(dst, size, True)
+        self.check(src, size, False)
+        if self._view is None:
+            self._store(dst, self._load(src, size))
+            return
+        self._view(dst, size, True)[:] = self._view(src, size, False)
 
     def read_cstring(self, addr: int, limit: int = 4096) -> bytes:
         """Read a NUL-terminated string (without the NUL), at most ``limit`` bytes."""
@@ -70,10 +114,12 @@ class HelperRegistry(Mapping[int, Helper]):
 
     def register(self, helper: Helper) -> None:
         """Add a helper; ids and names must be unique."""
+        if not isinstance(helper, Helper):
+            raise UsageError(f"expected a Helper, not {type(helper).__name__}")
         if helper.id in self._by_id:
-            raise ValueError(f"helper id {helper.id} is already registered")
+            raise UsageError(f"helper id {helper.id} is already registered")
         if helper.name in self._by_name:
-            raise ValueError(f"helper name {helper.name!r} is already registered")
+            raise UsageError(f"helper name {helper.name!r} is already registered")
         self._by_id[helper.id] = helper
         self._by_name[helper.name] = helper
 
@@ -100,7 +146,8 @@ def _gather_bytes(ctx: HelperContext, a: int, b: int, c: int, d: int, e: int) ->
 
 def _memfrob(ctx: HelperContext, a: int, b: int, c: int, d: int, e: int) -> int:
     if b:
-        ctx.write(a, bytes(x ^ 42 for x in ctx.read(a, b)))
+        with _naming("memfrob", "buffer"):
+            ctx.write(a, ctx.read(a, b).translate(_FROB))
     return 0
 
 
@@ -128,14 +175,40 @@ def _unwind(ctx: HelperContext, a: int, b: int, c: int, d: int, e: int) -> int:
 
 def _memset(ctx: HelperContext, a: int, b: int, c: int, d: int, e: int) -> int:
     if c:
-        ctx.write(a, bytes([b & 0xFF]) * c)
+        with _naming("hermes_memset", "destination"):
+            ctx.fill(a, b, c)
     return a
 
 
 def _memcpy(ctx: HelperContext, a: int, b: int, c: int, d: int, e: int) -> int:
     if c:
-        ctx.write(a, ctx.read(b, c))
+        with _naming("hermes_memcpy", "destination"):
+            ctx.check(a, c, True)
+        with _naming("hermes_memcpy", "source"):
+            ctx.check(b, c, False)
+        ctx.copy(a, b, c)
     return a
+
+
+_FROB = bytes(x ^ 42 for x in range(256))
+
+
+class _naming:
+    """Re-raises a helper's out-of-bounds access naming the helper and the operand, so the
+    message says which pointer and length of the call were wrong (address, size and the mapped
+    regions stay in the error)."""
+
+    def __init__(self, helper: str, operand: str):
+        self.what = f"{helper} {operand}"
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, typ: type | None, exc: BaseException | None, tb: object) -> bool:
+        if isinstance(exc, ExecutionError) and exc.kind == "out_of_bounds":
+            raise type(exc)(exc.kind, f"{self.what} out of bounds ({exc.message})", exc.pc,
+                            exc.address, exc.size, exc.regions, exc.instructions) from None
+        return False
 
 
 #: The helpers of the conformance corpus (ids 0..5), registered for its tests.

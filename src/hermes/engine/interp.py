@@ -362,8 +362,12 @@ class Interpreter:
             buf, off = find(addr, len(blob), True, cur_pc[0])
             buf[off:off + len(blob)] = blob
 
+        def ctx_view(addr: int, size: int, write: bool) -> memoryview:
+            buf, off = find(addr, size, write, cur_pc[0])
+            return memoryview(buf)[off:off + size]
+
         cur_pc = [0]
-        ctx = HelperContext(ctx_read, ctx_write)
+        ctx = HelperContext(ctx_read, ctx_write, ctx_view)
         helpers = self.helpers
 
         def hc(hid: int, a: int, b: int, c: int, d: int, e: int, pc: int) -> int:

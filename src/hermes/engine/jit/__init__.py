@@ -36,7 +36,7 @@ class _Run:
         self.depth = 0
         self.pc = 0
         self.error: BaseException | None = None
-        self.helper_ctx = HelperContext(self._read, self._write)
+        self.helper_ctx = HelperContext(self._read, self._write, self._view)
 
     def _find(self, addr: int, size: int, write: bool):
         """Same region lookup (and error wording) as the reference interpreter."""
@@ -66,6 +66,10 @@ class _Run:
     def _write(self, addr: int, blob: bytes) -> None:
         buf, off = self._find(addr, len(blob), True)
         memoryview(buf).cast("B")[off:off + len(blob)] = blob
+
+    def _view(self, addr: int, size: int, write: bool) -> memoryview:
+        buf, off = self._find(addr, size, write)
+        return memoryview(buf).cast("B")[off:off + size]
 
 
 def _helper_dispatch(ctx_addr, hid, a, b, c, d, e, pcd, count):  # noqa: ANN001 - ctypes ABI
