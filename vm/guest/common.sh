@@ -1,0 +1,74 @@
+# Shared by every guest job (sourced by /x/job.sh): environment, the device's address, helpers.
+export PATH=/opt/hermes-venv/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export PYTHONPATH=/x/src:/x
+export PYTHONDONTWRITEBYTECODE=1
+export HERMES_SHARED=/x/shared
+export HYPOTHESIS_PROFILE=ci
+OUT=/x/out
+FAILED=""
+
+# PCI address of the Hermes function (vendor 1de5, device 3000).
+BDF=""
+for d in /sys/bus/pci/devices/*; do
+    if [ "$(cat "$d/vendor")" = 0x1de5 ] && [ "$(cat "$d/device")" = 0x3000 ]; then
+        BDF=$(basename "$d")
+    fi
+done
+echo "guest: kernel $(uname -r), Hermes device at ${BDF:-none}, $(nproc) CPUs"
+
+# part NAME COMMAND...: run one part of the job, log its status, remember a failure.
+part() {
+    name=$1; shift
+    echo "=== $name"
+    t0=$(cut -d' ' -f1 /proc/uptime)
+    "$@"
+    rc=$?
+    t1=$(cut -d' ' -f1 /proc/uptime)
+    secs=$(echo "$t0 $t1" | awk '{printf "%.1f", $2 - $1}')
+    if [ $rc -eq 0 ]; then status=passed; else status="FAILED (exit $rc)"; FAILED="$FAILED $name"; fi
+    echo "=== $name: $status in ${secs} s"
+    echo "$name $rc $secs" >> $OUT/parts
+}
+
+# Bind the device to vfio-pci (behind the guest's vIOMMU; see specs/vm.md).
+bind_vfio() {
+    modprobe vfio-pci || return 1
+    drv=/sys/bus/pci/devices/$BDF/driver
+    if [ -e "$drv" ]; then echo "$BDF" > "$drv/unbind"; fi
+    echo vfio-pci > /sys/bus/pci/devices/$BDF/driver_override
+    echo "$BDF" > /sys/bus/pci/drivers_probe
+    [ "$(basename "$(readlink /sys/bus/pci/devices/$BDF/driver)")" = vfio-pci ] || return 1
+    echo "vfio: $BDF bound to vfio-pci, $(ls /dev/vfio | tr '\n' ' ')"
+}
+
+unbind() {
+    drv=/sys/bus/pci/devices/$BDF/driver
+    if [ -e "$drv" ]; then echo "$BDF" > "$drv/unbind"; fi
+    echo > /sys/bus/pci/devices/$BDF/driver_override
+}
+
+# Load the project's kernel driver (built on the host in the root against this kernel).
+load_module() {
+    if [ ! -d /x/kmod ]; then echo "no drivers/linux in the checkout"; return 2; fi
+    if [ -f /x/kmod/BUILD-FAILED ]; then echo "the module did not build (see kmod-build.log)"; return 1; fi
+    ko=$(ls /x/kmod/*.ko 2>/dev/null | head -1)
+    [ -n "$ko" ] || { echo "no .ko built"; return 1; }
+    unbind
+    insmod "$ko" || return 1
+    for i in $(seq 50); do [ -e /dev/hermes0 ] && break; sleep 0.1; done
+    [ -e /dev/hermes0 ] || { echo "no /dev/hermes0 after insmod"; dmesg | tail -20; return 1; }
+    echo "module $(basename "$ko") loaded: $(ls /dev/hermes*)"
+}
+
+unload_module() {
+    ko=$(ls /x/kmod/*.ko 2>/dev/null | head -1)
+    [ -n "$ko" ] && rmmod "$(basename "$ko" .ko)"
+}
+
+# pytest in the guest: the share is read-write but caches are pointless there.
+gpytest() { (cd /x && python -m pytest -p no:cacheprovider -q "$@"); }
+
+finish() {
+    echo "guest: parts failed:${FAILED:- none}"
+    [ -z "$FAILED" ]
+}
