@@ -143,6 +143,11 @@ class ExecutionFailed(ExecutionError):
         super().__init__(kind, message, pc, address, size, regions, instructions)
 
 
+class Cancelled(ExecutionError):
+    """The run was stopped because its ``Cancel`` flag was set (kind ``"cancelled"``); ``pc`` is
+    the start of the block where the engine noticed it."""
+
+
 class UsageError(HermesError, ValueError):
     """The library or a tool was called wrongly: an argument of the wrong type or out of its
     range, an unknown engine, device spec or option. Also a ``ValueError``, so code written

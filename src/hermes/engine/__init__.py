@@ -4,7 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..errors import ExecutionError, ProgramError
+from ..errors import Cancelled, ExecutionError, ProgramError
+from .cancel import Cancel
 from .helpers import CONFORMANCE_HELPERS, DEVICE_HELPERS, Helper, HelperRegistry
 from .memory import DATA_BASE
 from .program import Program
@@ -30,8 +31,9 @@ class Executable(Protocol):
     program: Program
 
     def run(self, memory: "bytearray | memoryview | bytes | None" = None,
-            budget: int | None = None) -> RunResult:
-        """Run once against ``memory`` (mutated in place when writable)."""
+            budget: int | None = None, *, cancel: Cancel | None = None) -> RunResult:
+        """Run once against ``memory`` (mutated in place when writable); raises ``Cancelled``
+        soon after ``cancel`` is set (before or during the run)."""
 
 
 def engine_names() -> list[str]:
@@ -67,17 +69,20 @@ def load(program: Program, *, helpers: HelperRegistry | None = None, engine: str
 
 def run(program: Program, memory: "bytearray | memoryview | bytes | None" = None, *,
         helpers: HelperRegistry | None = None, budget: int | None = None,
-        engine: str | None = None) -> RunResult:
+        engine: str | None = None, cancel: Cancel | None = None) -> RunResult:
     """Load ``program`` and run it once with ``memory`` as its input region (r1, r2).
 
     A writable ``memory`` (bytearray, writable memoryview) is changed in place; ``bytes`` are
-    copied first. ``RunResult.memory`` is the region after the run.
+    copied first. ``RunResult.memory`` is the region after the run. Setting ``cancel`` from
+    another thread stops the run with ``Cancelled``.
     """
-    return load(program, helpers=helpers, engine=engine, budget=budget).run(memory, budget)
+    return load(program, helpers=helpers, engine=engine, budget=budget).run(memory, budget,
+                                                                            cancel=cancel)
 
 
 __all__ = [
-    "CONFORMANCE_HELPERS", "DATA_BASE", "DEFAULT_BUDGET", "DEVICE_HELPERS", "ExecutionError",
+    "CONFORMANCE_HELPERS", "Cancel", "Cancelled", "DATA_BASE", "DEFAULT_BUDGET", "DEVICE_HELPERS",
+    "ExecutionError",
     "Executable", "Helper", "HelperRegistry", "Program", "ProgramError", "RunResult",
     "engine_names", "load", "run",
 ]

@@ -11,8 +11,9 @@ from __future__ import annotations
 import struct
 import threading
 
-from ..errors import BudgetExceeded, ExecutionError
+from ..errors import BudgetExceeded, Cancelled, ExecutionError
 from . import validate
+from .cancel import Cancel
 from .helpers import HelperContext, HelperRegistry, StopRun
 from .isa import Insn
 from .memory import (DATA_BASE, MASK64, MAX_CALL_DEPTH, STACK_BASE, STACK_SIZE, STACK_TOP,
@@ -25,6 +26,9 @@ _UNPACK = {n: struct.Struct(f).unpack_from for n, f in ((2, "<H"), (4, "<I"), (8
 _SUNPACK = {n: struct.Struct(f).unpack_from for n, f in ((1, "<b"), (2, "<h"), (4, "<i"))}
 _PACK = {n: struct.Struct(f).pack_into for n, f in ((2, "<H"), (4, "<I"), (8, "<Q"))}
 _SIZE_MASK = {1: 0xFF, 2: 0xFFFF, 4: W32, 8: MASK64}
+#: A run with a ``Cancel`` flag looks at it after at most this many instructions (plus one
+#: block): a few milliseconds of interpretation, and no cost at all for runs without a flag.
+CANCEL_POLL = 1 << 16
 
 
 def _signed(v: int, bits: int) -> int:
@@ -316,10 +320,13 @@ class Interpreter:
 
     # -- execution ------------------------------------------------------------------------------
     def run(self, memory: "bytearray | memoryview | bytes | None" = None,
-            budget: int | None = None):
+            budget: int | None = None, *, cancel: Cancel | None = None):
         """Run once; see ``hermes.engine.run``."""
         from . import RunResult
         budget = self.budget if budget is None else budget
+        # The dispatch loop compares the count with one limit: the budget, or for a cancellable
+        # run the next point at which the flag is polled.
+        limit = budget if cancel is None else min(budget, CANCEL_POLL)
         data, r1, r2 = input_region(memory)
         dlen = len(data)
         stack = bytearray(STACK_SIZE * MAX_CALL_DEPTH)
@@ -389,12 +396,20 @@ class Interpreter:
         b = 0
         n = 0
         try:
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("cancelled", "run cancelled", self._starts[b], instructions=0)
             while True:
                 n += lengths[b]
-                if n > budget:
-                    n -= lengths[b]
-                    raise BudgetExceeded("budget", f"instruction budget of {budget} exhausted",
-                                         self._starts[b], instructions=n)
+                if n > limit:
+                    if n > budget:
+                        n -= lengths[b]
+                        raise BudgetExceeded("budget", f"instruction budget of {budget} exhausted",
+                                             self._starts[b], instructions=n)
+                    if cancel is not None and cancel.is_set():
+                        n -= lengths[b]
+                        raise Cancelled("cancelled", "run cancelled", self._starts[b],
+                                        instructions=n)
+                    limit = min(budget, n + CANCEL_POLL)
                 nb = blocks[b]()
                 if nb >= 0:
                     b = nb

@@ -4,7 +4,8 @@ from __future__ import annotations
 import ctypes
 import threading
 
-from ...errors import BudgetExceeded, ExecutionError, VerifierError
+from ...errors import BudgetExceeded, Cancelled, ExecutionError, VerifierError
+from ..cancel import Cancel
 from ..helpers import HelperContext, HelperRegistry, StopRun
 from ..memory import (DATA_BASE, MASK64, MAX_CALL_DEPTH, STACK_BASE, STACK_SIZE, STACK_TOP,
                       describe_regions, input_region)
@@ -118,13 +119,14 @@ class JitExecutable:
     name = "jit"
 
     def __init__(self, program: Program, *, helpers: HelperRegistry, budget: int,
-                 opt_level: int = DEFAULT_OPT_LEVEL, _prepared: "tuple | None" = None):
+                 opt_level: int = DEFAULT_OPT_LEVEL, tier: str = "auto",
+                 _prepared: "tuple | None" = None):
         self.program = program
         self.helpers = helpers
         self.budget = budget
         if _prepared is None:
             self.info: VerifierInfo = verify(program, helpers)
-            self.compiled: Compiled = compile_program(program, self.info, opt_level)
+            self.compiled: Compiled = compile_program(program, self.info, opt_level, tier)
         else:
             self.info, self.compiled = _prepared
         self._segments = tuple(s for s in program.segments if s.data)
@@ -142,10 +144,13 @@ class JitExecutable:
 
     @classmethod
     def load_many(cls, programs: "list[Program]", *, helpers: HelperRegistry, budget: int,
-                  opt_level: int = DEFAULT_OPT_LEVEL) -> "list[JitExecutable | VerifierError]":
+                  opt_level: int = DEFAULT_OPT_LEVEL, tier: str = "auto"
+                  ) -> "list[JitExecutable | VerifierError]":
         """Verify and compile many programs in one LLVM module (amortises LLVM's fixed cost).
 
-        Programs the verifier rejects come back as their ``VerifierError`` instead.
+        Programs the verifier rejects come back as their ``VerifierError`` instead. ``tier``
+        picks the compilation tier (``runtime.TIERS``; "auto" compiles a module at full
+        optimisation).
         """
         out: list = [None] * len(programs)
         todo = []
@@ -154,7 +159,7 @@ class JitExecutable:
                 todo.append((k, program, verify(program, helpers)))
             except VerifierError as exc:
                 out[k] = exc
-        compiled = compile_many([(p, i) for _, p, i in todo], opt_level)
+        compiled = compile_many([(p, i) for _, p, i in todo], opt_level, tier)
         for (k, program, info), comp in zip(todo, compiled):
             out[k] = cls(program, helpers=helpers, budget=budget, _prepared=(info, comp))
         return out
@@ -165,7 +170,7 @@ class JitExecutable:
         return self.compiled.wait_final(timeout)
 
     def run(self, memory: "bytearray | memoryview | bytes | None" = None,
-            budget: int | None = None):
+            budget: int | None = None, *, cancel: Cancel | None = None):
         """Run once; see ``hermes.engine.run``."""
         from .. import RunResult
         budget = self.budget if budget is None else budget
@@ -196,6 +201,9 @@ class JitExecutable:
         ctx.segs = ctypes.addressof(seg_addrs)
         key = ctypes.addressof(ctx)
         state = _Run(self, data, dlen, stack, segbufs, ctx)
+        # The native code reads the budget at every block and loop chunk: a zero budget stops it
+        # at the next one, and the budget error it records is reported as the cancellation.
+        watch = 0 if cancel is None else cancel.watch(lambda: setattr(ctx, "budget", 0))
         with _runs_lock:
             _runs[key] = state
         try:
@@ -203,9 +211,13 @@ class JitExecutable:
         finally:
             with _runs_lock:
                 del _runs[key]
+            if cancel is not None:
+                cancel.unwatch(watch)
             del host  # release the buffer export so the caller may resize its bytearray
             state.data = None
         kind = ctx.err_kind
+        if kind == codegen.ERR_BUDGET and cancel is not None and cancel.is_set():
+            raise Cancelled("cancelled", "run cancelled", ctx.err_pc, instructions=ctx.err_count)
         if kind == codegen.ERR_NONE:
             return RunResult(r0 & MASK64, data, ctx.count)
         if kind == codegen.ERR_STOP:

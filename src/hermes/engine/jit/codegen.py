@@ -34,6 +34,9 @@ CTX_FIELDS = 16
 ERR_NONE, ERR_LOAD, ERR_STORE, ERR_READONLY, ERR_BUDGET, ERR_DEPTH, ERR_HELPER, ERR_STOP = range(8)
 
 STACK_BYTES = STACK_SIZE * MAX_CALL_DEPTH
+#: Most instructions one chunk of a fast loop runs before its dispatch reads the budget again
+#: (bounds how long a cancelled run keeps going: ~10 ms of native code).
+CANCEL_CHUNK = 1 << 24
 #: Programs up to this many slots get their entry function specialised for r1 = DATA_BASE.
 SPECIALISE_MAX = 256
 
@@ -112,7 +115,12 @@ class _Func:
         self.emit(f"{v} = zext i32 {v32} to i64")
         return v
 
-    # -- errors ---------------------------------------------------------------------------------
+    def budget(self) -> str:
+        """The run's budget, read afresh: cancelling a run sets it to zero (see runtime.py)."""
+        v = self.t()
+        self.emit(f"{v} = load volatile i64, ptr %budget_p")
+        return v
+
     # -- memory ---------------------------------------------------------------------------------
     def address(self, insn: Insn, pc: int, base_reg: int, write: bool, atomic: bool,
                 count: str) -> str:
@@ -413,9 +421,10 @@ class _Func:
         self.emit(f"%r10v = sub i64 {STACK_TOP}, %dm")
         self.emit("store i64 %r10v, ptr %r10")
         for k, name_ in ((CTX_DATA, "data_i"), (CTX_DLEN, "dlen"), (CTX_STACK, "stack_i"),
-                         (CTX_BUDGET, "budget"), (CTX_HELPER, "helper_i")):
+                         (CTX_HELPER, "helper_i")):
             self.emit(f"%{name_}_p = getelementptr i64, ptr %ctx, i64 {k}")
             self.emit(f"%{name_} = load i64, ptr %{name_}_p")
+        self.emit(f"%budget_p = getelementptr i64, ptr %ctx, i64 {CTX_BUDGET}")
         self.emit(f"%err_kind_p = getelementptr i64, ptr %ctx, i64 {CTX_ERR_KIND}")
         self.emit("%data = inttoptr i64 %data_i to ptr")
         self.emit("%stack = inttoptr i64 %stack_i to ptr")
@@ -503,8 +512,11 @@ class _Func:
         self.label(f"b{h}")
         c = self.t()
         self.emit(f"{c} = load i64, ptr %cnt")
+        left = self.t()
+        self.emit(f"{left} = call i64 @llvm.usub.sat.i64(i64 {self.budget()}, i64 {c})")
+        # a chunk runs at most CANCEL_CHUNK instructions, so a cancelled run stops soon after
         rem = self.t()
-        self.emit(f"{rem} = call i64 @llvm.usub.sat.i64(i64 %budget, i64 {c})")
+        self.emit(f"{rem} = call i64 @llvm.umin.i64(i64 {left}, i64 {CANCEL_CHUNK})")
         k = self.t()
         self.emit(f"{k} = udiv i64 {rem}, {max(1, plan.max_iter_len)}")
         kc = self.t()
@@ -670,7 +682,7 @@ class _Func:
             self.block_after = after
             if fast is None:
                 over = self.t()
-                self.emit(f"{over} = icmp ugt i64 {after}, %budget")
+                self.emit(f"{over} = icmp ugt i64 {after}, {self.budget()}")
                 body, bf = self.new_label("bb"), self.new_label("bf")
                 self.emit(f"br i1 {over}, label %{bf}, label %{body}, !prof !1")
                 self.label(bf)

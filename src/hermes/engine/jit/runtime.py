@@ -157,6 +157,9 @@ def _remember(key: tuple, compiled: Compiled) -> Compiled:
         return kept
 
 
+#: Compilation tiers: "quick" (SROA and SimplifyCFG, LLVM's fast back end), "full" (the O3
+#: pipeline and back end), "auto" (full for small programs, quick first for large ones).
+TIERS = ("auto", "quick", "full")
 #: Programs with more slots than this get the light pipeline first (compile time stays bounded).
 LARGE_PROGRAM = 160
 #: ... and, up to this many slots, the full pipeline in the background afterwards.
@@ -184,12 +187,15 @@ def _needs_libgcc(text: str) -> bool:
     return any(f"{op} i128" in text for op in ("udiv", "urem", "sdiv", "srem"))
 
 
-def compile_many(items: "list[tuple[object, object]]", opt_level: int = 3) -> list[Compiled]:
+def compile_many(items: "list[tuple[object, object]]", opt_level: int = 3,
+                 tier: str = "auto") -> list[Compiled]:
     """Compile several verified programs ((program, info) pairs) in one LLVM module.
 
     One module amortises LLVM's fixed costs (used by the differential fuzzer); results are cached
-    per program like ``compile_program``'s.
+    per program like ``compile_program``'s. ``tier`` is one of ``TIERS``.
     """
+    if tier not in TIERS:
+        raise ValueError(f"unknown JIT tier {tier!r}; choose one of {', '.join(TIERS)}")
     import time
     st = _llvm()
     llvm = st["llvm"]
@@ -197,7 +203,7 @@ def compile_many(items: "list[tuple[object, object]]", opt_level: int = 3) -> li
     todo = []
     seen: dict[tuple, int] = {}
     for k, (program, info) in enumerate(items):
-        key = (program.digest, opt_level)
+        key = (program.digest, opt_level, tier)
         hit = _cached(key)
         if hit is not None:
             out[k] = hit
@@ -207,8 +213,8 @@ def compile_many(items: "list[tuple[object, object]]", opt_level: int = 3) -> li
     if todo:
         t0 = time.perf_counter()
         names = {k: f"hermes_{program.digest[:24]}_o{opt_level}" for k, program, _ in todo}
-        light = sum(len(p) for _, p, _ in todo) > LARGE_PROGRAM and len(todo) == 1 and \
-            opt_level <= 3
+        light = tier == "quick" or (tier == "auto" and len(todo) == 1 and opt_level <= 3
+                                    and len(todo[0][1]) > LARGE_PROGRAM)
         ir = codegen.generate_module([(p, i, names[k]) for k, p, i in todo], st["triple"],
                                      st["layout"])
         with _llvm_lock:
@@ -232,14 +238,14 @@ def compile_many(items: "list[tuple[object, object]]", opt_level: int = 3) -> li
                 raise RuntimeError(f"LLVM did not produce {names[k]}")
             compiled = Compiled(code.entry(addr), addr, ir if len(todo) == 1 else "",
                                 elapsed / len(todo))
-            if light and len(program) <= UPGRADE_MAX:
+            if light and tier == "auto" and len(program) <= UPGRADE_MAX:
                 _upgrades.submit(compiled, program, info, opt_level)
             else:
                 compiled.final.set()
-            out[k] = _remember((program.digest, opt_level), compiled)
+            out[k] = _remember((program.digest, opt_level, tier), compiled)
     for k, (program, _) in enumerate(items):
         if out[k] is None:  # a repeat of a program compiled in this call
-            out[k] = out[seen[(program.digest, opt_level)]]
+            out[k] = out[seen[(program.digest, opt_level, tier)]]
     return out  # type: ignore[return-value]
 
 
@@ -350,12 +356,12 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def compile_program(program, info, opt_level: int = 3) -> Compiled:
+def compile_program(program, info, opt_level: int = 3, tier: str = "auto") -> Compiled:
     """Compile ``program`` (verified, facts in ``info``) once per process and configuration."""
-    hit = _cached((program.digest, opt_level))
+    hit = _cached((program.digest, opt_level, tier))
     if hit is not None:
         return hit
-    return compile_many([(program, info)], opt_level)[0]
+    return compile_many([(program, info)], opt_level, tier)[0]
 
 
 def optimised_ir(program, info, opt_level: int = 3) -> str:
