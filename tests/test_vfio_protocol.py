@@ -6,6 +6,8 @@ import errno
 import os
 import socket
 import struct
+import threading
+import time
 
 import pytest
 from hypothesis import given, strategies as st
@@ -164,7 +166,6 @@ def test_message_with_fds_round_trip(pair):
 def test_large_message_is_received_whole(pair):
     a, b = pair
     payload = bytes(range(256)) * 4096   # 1 MiB: many socket buffers' worth
-    import threading
     t = threading.Thread(target=P.send_message, args=(a, P.Message(1, P.DMA_WRITE, payload=payload)))
     t.start()
     got = P.recv_message(b)
@@ -172,14 +173,13 @@ def test_large_message_is_received_whole(pair):
     assert got.payload == payload
 
 
-def test_too_big_message_is_skipped_and_stream_stays_in_sync(pair):
+def test_too_big_message_is_refused_without_reading_it(pair):
     a, b = pair
     a.sendall(P.encode_header(1, P.REGION_WRITE, 16 + 5000) + bytes(5000))
-    P.send_message(a, P.Message(2, P.DEVICE_RESET))
     with pytest.raises(P.MessageTooBig) as info:
         P.recv_message(b, max_size=4096)
-    assert info.value.header.msg_id == 1
-    assert P.recv_message(b).msg_id == 2
+    assert info.value.header.msg_id == 1 and isinstance(info.value, P.ProtocolError)
+    assert len(b.recv(8192)) == 5000          # the body was left unread
 
 
 def test_impossible_size_and_eof(pair):
@@ -316,22 +316,57 @@ def test_receiver_splits_bursts_and_attributes_fds(plan):
         b.close()
 
 
-def test_receiver_skips_oversized_and_reports_stalls(pair):
+def test_receiver_refuses_oversized_and_reports_stalls(pair):
     a, b = pair
-    rx = P.Receiver(b, max_size=1024)
-    a.sendall(P.encode_header(1, P.REGION_WRITE, 16 + 5000) + bytes(5000))
+    rx = P.Receiver(b, max_size=1024, stall_timeout=0.3)
     P.send_message(a, P.Message(2, P.DEVICE_RESET))
-    with pytest.raises(P.MessageTooBig):
-        rx.recv()
     assert rx.recv().msg_id == 2
+    a.sendall(P.encode_header(1, P.REGION_WRITE, 0xFFFFFFF0))
+    with pytest.raises(P.MessageTooBig):
+        rx.recv()                      # at once, with no body sent
+    rx = P.Receiver(b, stall_timeout=0.3)
     b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 0, 20_000))
     with pytest.raises(BlockingIOError):
         rx.recv()                      # idle: nothing of a next message yet
     a.sendall(P.encode_header(3, P.VERSION, 40)[:6])
-    old = P.STALL_TIMEOUT
-    P.STALL_TIMEOUT = 0.1
-    try:
-        with pytest.raises(P.ProtocolError):
-            rx.recv()                  # a peer stuck inside a message
-    finally:
-        P.STALL_TIMEOUT = old
+    t0 = time.monotonic()
+    with pytest.raises(P.ProtocolError, match="stalled"):
+        rx.recv()                      # a peer stuck inside a message
+    assert 0.3 <= time.monotonic() - t0 < 2
+
+
+def test_receiver_stall_counts_from_the_first_byte(pair):
+    """A peer trickling bytes cannot keep a message open past the stall timeout."""
+    a, b = pair
+    b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 0, 20_000))
+    rx = P.Receiver(b, stall_timeout=0.5)
+    msg = P.encode_header(1, P.REGION_WRITE, 16 + 1000) + bytes(1000)
+
+    def trickle() -> None:
+        try:
+            for i in range(0, 60):
+                a.send(msg[i:i + 1])
+                time.sleep(0.05)
+        except OSError:
+            pass
+
+    th = threading.Thread(target=trickle)
+    th.start()
+    t0 = time.monotonic()
+    with pytest.raises(P.ProtocolError, match="stalled"):
+        rx.recv()
+    assert time.monotonic() - t0 < 1.5
+    th.join()
+
+
+def test_receiver_stop_ends_a_wait_inside_a_message(pair):
+    a, b = pair
+    b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 0, 20_000))
+    stop = threading.Event()
+    rx = P.Receiver(b, stall_timeout=60, stop=stop.is_set)
+    a.sendall(P.encode_header(1, P.REGION_WRITE, 64)[:10])
+    threading.Timer(0.2, stop.set).start()
+    t0 = time.monotonic()
+    with pytest.raises(P.ProtocolError, match="stopping"):
+        rx.recv()
+    assert time.monotonic() - t0 < 2

@@ -128,7 +128,9 @@ def test_commands_before_version_are_refused(server):
 
 def test_device_region_and_irq_info(server):
     c = Raw(server.path)
-    flags, nreg, nirq = struct.unpack("<III", c.call(P.DEVICE_GET_INFO, bytes(16)).payload[4:16])
+    info = c.call(P.DEVICE_GET_INFO, struct.pack("<IIII", 16, 0, 0, 0)).payload
+    assert struct.unpack_from("<I", info)[0] == 16 and len(info) == 16
+    flags, nreg, nirq = struct.unpack("<III", info[4:16])
     assert flags & uapi.VFIO_DEVICE_FLAGS_PCI and flags & uapi.VFIO_DEVICE_FLAGS_RESET
     assert (nreg, nirq) == (9, 5)
     sizes = {}
@@ -147,11 +149,11 @@ def test_device_region_and_irq_info(server):
             assert not info.flags & uapi.VFIO_REGION_INFO_FLAG_MMAP and not reply.fds
         reply.close_fds()
     assert sizes == {0: 32 << 20, 1: 0, 2: 64 << 10, 3: 0, 4: 32 << 20, 5: 0, 6: 0, 7: 256, 8: 0}
-    # a small argsz gets the fixed part and the size it needs
+    # a small argsz gets the fixed part and the size it needs: no CAPS flag, no fd
     reply = c.call(P.DEVICE_GET_REGION_INFO, bytes(uapi.vfio_region_info(32, 0, 4, 0, 0, 0)))
     info = uapi.vfio_region_info.decode(reply.payload)
     assert info.argsz > 32 and info.cap_offset == 0 and len(reply.payload) == 32
-    reply.close_fds()
+    assert not info.flags & uapi.VFIO_REGION_INFO_FLAG_CAPS and reply.fds == []
     irq = uapi.vfio_irq_info.decode(c.call(P.DEVICE_GET_IRQ_INFO,
                                            bytes(uapi.vfio_irq_info(16, 0, 2, 0))).payload)
     assert irq.count == 32 and irq.flags & uapi.VFIO_IRQ_INFO_EVENTFD
@@ -286,14 +288,16 @@ def test_too_many_fds_is_an_error_not_a_crash(server):
     alive(server)
 
 
-def test_oversized_message_is_skipped(server):
+def test_oversized_message_closes_the_connection(server):
     c = Raw(server.path)
     size = P.MAX_MESSAGE_SIZE + 100
-    c.sock.sendall(P.encode_header(77, P.REGION_WRITE, size) + bytes(size - 16))
+    c.sock.sendall(P.encode_header(77, P.REGION_WRITE, size) + bytes(64))
     reply = c.recv()
     assert reply.is_error and reply.msg_id == 77 and reply.error_no == errno.E2BIG
-    assert c.read(0, 0, 4) == b"\1\0\0\0"   # still in sync
+    assert P.recv_message(c.sock) is None    # nothing of it was read: the server hung up
     c.close()
+    alive(server)
+    assert "exceeds the limit" in server.log()
 
 
 @pytest.mark.parametrize("junk", [P.encode_header(1, P.VERSION, 3),          # size < header
@@ -434,23 +438,31 @@ def test_disconnect_mid_command_leaves_a_clean_device(server):
     assert server.log().count("disconnected") >= 1
 
 
-def test_clients_are_served_in_turn(server):
+def test_second_client_is_answered_busy(server):
     first = VfioUserTransport(server.path)
-    got: list = []
-
-    def second() -> None:
-        t = VfioUserTransport(server.path)
-        got.append(t.read(0, regs.EHVER, 4))
-        t.close()
-
-    th = threading.Thread(target=second)
-    th.start()
-    time.sleep(0.2)
-    assert got == []                   # waiting while the first client is served
-    assert first.read(0, regs.EHVER, 4) == 1
+    c = Raw(server.path, negotiate=False)
+    t0 = time.monotonic()
+    c.expect_error(P.VERSION, P.encode_version(0, 2, {}), err=errno.EBUSY)
+    waited = time.monotonic() - t0
+    assert P.recv_message(c.sock) is None          # and disconnected
+    assert 1.0 < waited < 5.0                       # after the grace period, well within 10 s
+    c.close()
+    assert first.read(0, regs.EHVER, 4) == 1        # the holder is not disturbed
     first.close()
-    th.join(10)
-    assert got == [1]
+    alive(server)                                   # the device is free again
+    assert "busy" in server.log()
+
+
+def test_a_client_arriving_as_the_last_one_leaves_is_served(server):
+    first = VfioUserTransport(server.path)
+    c = Raw(server.path, negotiate=False)
+    c.send(P.VERSION, P.encode_version(0, 2, {}))
+    time.sleep(0.3)
+    first.close()                                   # within the grace period
+    reply = c.recv()
+    assert reply.is_reply and not reply.is_error
+    assert c.read(0, regs.EHVER, 4) == b"\1\0\0\0"
+    c.close()
 
 
 def test_fresh_device_for_each_client(server):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import grp
 
 
 def _size(text: str) -> int:
@@ -32,12 +33,42 @@ def _count(lo: int, hi: int):
     return parse
 
 
+def _group(text: str) -> int:
+    """A group name or number -> gid."""
+    try:
+        return grp.getgrnam(text).gr_gid
+    except KeyError:
+        pass
+    try:
+        gid = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"no such group: {text!r}") from None
+    if gid < 0:
+        raise argparse.ArgumentTypeError(f"no such group: {text!r}")
+    return gid
+
+
+def _seconds(text: str) -> float:
+    """A positive number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError(f"must be in (0, 3600] seconds: {text!r}")
+    return value
+
+
 def register(sub: "argparse._SubParsersAction") -> None:
     """Add ``hermes serve`` to the hermes parser."""
     p = sub.add_parser("serve", help="serve a Hermes device model over vfio-user",
                        description="Serve one emulated Hermes device over the vfio-user protocol "
-                                   "on a UNIX socket, one client at a time, in the foreground. "
-                                   "Stops on SIGINT/SIGTERM and removes the socket.")
+                                   "on a UNIX socket, one client at a time (a client arriving "
+                                   "while another holds the device is answered EBUSY), in the "
+                                   "foreground. The socket is created owner-only (0600); only "
+                                   "the server's user and root may connect, unless "
+                                   "--socket-group is given. Stops on SIGINT/SIGTERM and "
+                                   "removes the socket.")
     p.add_argument("--socket", "--socket-path", dest="socket", required=True, metavar="PATH",
                    help="UNIX socket path to listen on")
     p.add_argument("--engines", type=_count(1, 255), default=4, help="eBPF engines (default 4)")
@@ -58,6 +89,13 @@ def register(sub: "argparse._SubParsersAction") -> None:
                    help="instruction budget of one run")
     p.add_argument("--interface-version", type=_count(1, 2), default=1,
                    help="register layout version presented in BAR0 (default 1)")
+    p.add_argument("--socket-group", type=_group, default=None, metavar="GROUP",
+                   help="let members of GROUP (name or gid) connect too: the socket gets mode "
+                        "0660 and that group")
+    p.add_argument("--stall-timeout", type=_seconds, default=None, metavar="SECONDS",
+                   help="how long a client may stall inside a message, or send nothing after "
+                        "connecting, or leave replies unread, before it is disconnected "
+                        "(default 10)")
     p.add_argument("--verbose", "-v", action="store_true", help="trace every message")
     p.set_defaults(func=_run)
 
@@ -74,5 +112,7 @@ def _run(args: argparse.Namespace) -> int:
         kwargs["engine"] = args.engine
     if args.budget is not None:
         kwargs["budget"] = args.budget
-    serve(args.socket, verbose=args.verbose, **kwargs)
+    if args.stall_timeout is not None:
+        kwargs["stall_timeout"] = args.stall_timeout
+    serve(args.socket, verbose=args.verbose, socket_group=args.socket_group, **kwargs)
     return 0

@@ -217,7 +217,7 @@ class FakeVfioKernel:
             return 0
         if request == uapi.VFIO_DEVICE_GET_REGION_INFO:
             req = uapi.vfio_region_info.decode(buf)
-            out, _ = fn.region_info(req.index).encode(req.argsz)
+            out, _ = fn.region_info(req.index).encode(req.argsz, kernel=True)
             buf[:len(out)] = out
             return 0
         if request == uapi.VFIO_DEVICE_GET_IRQ_INFO:

@@ -275,16 +275,31 @@ class RegionInfo:
     fd: int | None = None           #: file to mmap when FLAG_MMAP
     sparse: list[tuple[int, int]] = field(default_factory=list)
 
-    def encode(self, argsz: int) -> tuple[bytes, int]:
-        """The vfio_region_info reply (caps included when they fit ``argsz``) and the size needed."""
-        caps = uapi.encode_sparse_mmap_cap(self.sparse) if self.sparse else b""
+    def encode(self, argsz: int, *, kernel: bool = False) -> tuple[bytes, list[int]]:
+        """The vfio_region_info reply for a request with ``argsz`` and the fds that go with it.
+
+        ``argsz`` of the reply is always the size of the complete answer. When the request has
+        room for it, the reply carries the capability chain (flag CAPS, cap_offset 32) and, for
+        a mappable region, its fd. When it has not, the reply is the fixed 32 bytes without
+        CAPS (cap_offset 0) and without the fd: the fd belongs to the complete reply, which the
+        client asks for next with the argsz it learnt (as libvfio-user answers; QEMU rejects
+        CAPS with cap_offset 0, libvfio-user's client has no room for an fd there). OSError
+        EINVAL when ``argsz`` is below the fixed 32 bytes, as the kernel and libvfio-user do.
+        ``kernel=True`` gives the Linux ioctl's answer instead: a short reply sets CAPS with
+        cap_offset 0 (the fake kernel presents that).
+        """
         base = ctypes.sizeof(uapi.vfio_region_info)
+        if argsz < base:
+            raise vfio_error(errno.EINVAL, f"REGION_INFO argsz {argsz} is below the {base} bytes "
+                                           f"of the reply")
+        caps = uapi.encode_sparse_mmap_cap(self.sparse) if self.sparse else b""
         needed = base + len(caps)
-        flags = self.flags | (uapi.VFIO_REGION_INFO_FLAG_CAPS if caps else 0)
-        fits = argsz >= needed and caps
-        info = uapi.vfio_region_info(needed, flags, self.index, base if fits else 0, self.size,
-                                     self.offset)
-        return bytes(info) + (caps if fits else b""), needed
+        complete = argsz >= needed
+        flags = self.flags | (uapi.VFIO_REGION_INFO_FLAG_CAPS if caps and (complete or kernel) else 0)
+        info = uapi.vfio_region_info(needed, flags, self.index, base if caps and complete else 0,
+                                     self.size, self.offset)
+        fds = [self.fd] if complete and self.fd is not None else []
+        return bytes(info) + (caps if complete else b""), fds
 
 
 def bar4_size_for(program_slots: int, data_slots: int, program_slot_size: int,

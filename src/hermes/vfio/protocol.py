@@ -14,6 +14,7 @@ import socket
 import struct
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 from . import uapi
 
@@ -62,10 +63,16 @@ DEFAULT_MAX_DATA_XFER_SIZE = 1 << 20
 DEFAULT_MAX_DMA_MAPS = 65535
 DEFAULT_PGSIZE = 4096
 #: Largest message (header included) either side accepts: a maximal data transfer plus room for
-#: its fixed part and region-info capabilities.
+#: its fixed part and region-info capabilities. A header announcing more is not skipped: a peer
+#: that sends one is broken or hostile, and reading gigabytes to stay in sync would let it hold
+#: the receiver, so the connection is closed.
 MAX_MESSAGE_SIZE = DEFAULT_MAX_DATA_XFER_SIZE + 4096
 #: Most fds one message may carry on this implementation's receive side.
 MAX_FDS_ACCEPTED = 64
+#: Largest VERSION capabilities document accepted (bytes, NUL included); real peers send < 300.
+MAX_VERSION_JSON = 4096
+#: Deepest nesting of objects/arrays accepted in that document (the spec's deepest is 3).
+MAX_VERSION_JSON_DEPTH = 8
 
 # --- DMA_MAP flags (vfio-user) -----------------------------------------------------------------
 DMA_FLAG_READ = 1
@@ -160,23 +167,71 @@ def encode_version(major: int, minor: int, caps: dict | None) -> bytes:
     return VERSION_HEAD.pack(major, minor) + tail
 
 
+def _json_depth(text: str) -> int:
+    """Deepest bracket nesting of a JSON text (strings skipped), without parsing it."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
 def decode_version(payload: bytes) -> tuple[int, int, dict]:
-    """Parse a VERSION payload into ``(major, minor, capabilities dict)`` (ValueError if malformed)."""
+    """Parse a VERSION payload into ``(major, minor, capabilities dict)``.
+
+    Raises ValueError naming what is wrong for anything but a NUL-terminated UTF-8 JSON object
+    of at most MAX_VERSION_JSON bytes and MAX_VERSION_JSON_DEPTH levels whose "capabilities"
+    member (if present) is an object. The size and depth are checked before parsing, so a
+    hostile document cannot make the parser recurse or allocate without bound.
+    """
     if len(payload) < VERSION_HEAD.size:
         raise ValueError("VERSION payload shorter than 4 bytes")
     major, minor = VERSION_HEAD.unpack_from(payload)
     text = payload[VERSION_HEAD.size:]
     if not text:
         return major, minor, {}
+    if len(text) > MAX_VERSION_JSON:
+        raise ValueError(f"capabilities JSON of {len(text)} bytes exceeds {MAX_VERSION_JSON}")
     if not text.endswith(b"\0"):
         raise ValueError("capabilities JSON is not NUL-terminated")
     try:
-        doc = json.loads(text[:-1].decode())
-    except (UnicodeDecodeError, ValueError) as exc:
+        body = text[:-1].decode()
+    except UnicodeDecodeError:
+        raise ValueError("capabilities JSON is not UTF-8") from None
+    depth = _json_depth(body)
+    if depth > MAX_VERSION_JSON_DEPTH:
+        raise ValueError(f"capabilities JSON nests {depth} levels deep "
+                         f"(at most {MAX_VERSION_JSON_DEPTH})")
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError) as exc:
         raise ValueError(f"capabilities are not valid JSON: {exc}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("capabilities", {}), dict):
         raise ValueError("capabilities JSON must be an object with a 'capabilities' object")
     return major, minor, doc.get("capabilities", {})
+
+
+def json_uint(caps: dict, key: str, default: int, lo: int, hi: int) -> int:
+    """Capability ``key`` of a VERSION document as an integer in ``lo..hi`` (``default`` when
+    absent); ValueError naming the key otherwise (JSON true/false and floats are not numbers
+    here, as in QEMU's and libvfio-user's parsers)."""
+    value = caps.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ValueError(f"capability {key} must be an integer in {lo}..{hi}, got {value!r}")
+    return value
 
 
 def encode_region_access(offset: int, region: int, count: int, data: bytes = b"") -> bytes:
@@ -276,9 +331,8 @@ def recv_header(sock: socket.socket, max_fds: int = MAX_FDS_ACCEPTED) -> tuple[t
 def recv_message(sock: socket.socket, max_size: int = MAX_MESSAGE_SIZE) -> Message | None:
     """Receive one whole message; None on EOF at a message boundary.
 
-    Raises ProtocolError when the header's size is impossible (the stream cannot be resynced)
-    and MessageTooBig (after discarding the payload, so the stream stays in sync) when the
-    message is larger than ``max_size``.
+    Raises ProtocolError when the header's size is impossible: below the header size, or
+    MessageTooBig (a ProtocolError) above ``max_size``. Either way the connection cannot go on.
     """
     got = recv_header(sock)
     if got is None:
@@ -296,8 +350,7 @@ def recv_body(sock: socket.socket, msg_id: int, cmd: int, size: int, flags: int,
     body_len = size - HEADER_SIZE
     if size > max_size:
         _close_all(fds)
-        _discard(sock, body_len)
-        raise MessageTooBig(Message(msg_id, cmd, flags, error_no), size)
+        raise MessageTooBig(Message(msg_id, cmd, flags, error_no), size, max_size)
     body = bytearray(body_len)
     if body_len:
         try:
@@ -308,21 +361,13 @@ def recv_body(sock: socket.socket, msg_id: int, cmd: int, size: int, flags: int,
     return Message(msg_id, cmd, flags, error_no, bytes(body), fds)
 
 
-def _discard(sock: socket.socket, n: int) -> None:
-    chunk = bytearray(min(n, 1 << 16) or 1)
-    while n:
-        view = memoryview(chunk)[:min(n, len(chunk))]
-        _recv_exact_into(sock, view)
-        n -= len(view)
+class MessageTooBig(ProtocolError):
+    """A header announced a message larger than the receiver accepts (the connection must close)."""
 
-
-class MessageTooBig(Exception):
-    """A message larger than the receiver accepts; its payload was skipped."""
-
-    def __init__(self, header: Message, size: int):
+    def __init__(self, header: Message, size: int, limit: int = MAX_MESSAGE_SIZE):
         self.header = header
         self.size = size
-        super().__init__(f"{header.name} message of {size} bytes exceeds the limit")
+        super().__init__(f"{header.name} message of {size} bytes exceeds the limit of {limit}")
 
 
 def reply_to(msg: Message, payload: bytes = b"", fds: list[int] | None = None) -> Message:
@@ -363,9 +408,12 @@ class Receiver:
     CHUNK = 256 << 10
 
     def __init__(self, sock: socket.socket, *, max_size: int = MAX_MESSAGE_SIZE,
-                 max_fds: int = MAX_FDS_ACCEPTED):
+                 max_fds: int = MAX_FDS_ACCEPTED, stall_timeout: float = STALL_TIMEOUT,
+                 stop: Callable[[], bool] | None = None):
         self.sock = sock
         self.max_size = max_size
+        self.stall_timeout = stall_timeout
+        self.stop = stop
         self._ancsize = socket.CMSG_SPACE(max_fds * 4)
         self._buf = bytearray()
         self._pos = 0                 # parse position in _buf
@@ -420,9 +468,11 @@ class Receiver:
         """The next message; None on EOF at a message boundary.
 
         BlockingIOError propagates only when nothing of the next message has arrived (an idle
-        peer on a socket with SO_RCVTIMEO); a stall inside a message is retried up to
-        STALL_TIMEOUT and then raises ProtocolError. Oversized messages raise MessageTooBig after
-        their bytes were skipped.
+        peer on a socket with SO_RCVTIMEO). Once a message has begun it must be complete within
+        ``stall_timeout`` seconds (counted from its first byte, so a peer trickling bytes cannot
+        extend it), else ProtocolError; ``stop()`` returning true also ends a wait inside a
+        message with ProtocolError. A header announcing more than ``max_size`` bytes raises
+        MessageTooBig at once: nothing of such a message is read.
         """
         deadline = None
         while True:
@@ -432,44 +482,31 @@ class Receiver:
                 if size < HEADER_SIZE:
                     raise ProtocolError(f"message size {size} is smaller than the header")
                 if size > self.max_size:
-                    return self._skip(msg_id, cmd, size, flags, error_no)
+                    raise MessageTooBig(Message(msg_id, cmd, flags, error_no), size, self.max_size)
                 if avail >= size:
                     start = self._base + self._pos
                     payload = bytes(self._buf[self._pos + HEADER_SIZE:self._pos + size])
                     self._pos += size
                     fds = self._take_fds(start, start + size) if self._fd_reads else []
                     return Message(msg_id, cmd, flags, error_no, payload, fds)
+            if avail:
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + self.stall_timeout
+                elif now > deadline:
+                    raise ProtocolError(f"peer stalled for more than {self.stall_timeout:g} s "
+                                        f"inside a message ({avail} bytes of it received)")
+                if self.stop is not None and self.stop():
+                    raise ProtocolError("stopping with a message half received")
             try:
                 self._fill()
             except BlockingIOError:
                 if avail == 0:
                     raise
-                deadline = deadline or time.monotonic() + STALL_TIMEOUT
-                if time.monotonic() > deadline:
-                    raise ProtocolError("peer stalled in the middle of a message") from None
             except EOFError:
                 if avail == 0:
                     return None
                 raise ConnectionResetError(errno.ECONNRESET, "peer closed the connection mid-message") from None
-
-    def _skip(self, msg_id: int, cmd: int, size: int, flags: int, error_no: int) -> Message:
-        start = self._base + self._pos
-        remaining = size
-        while True:
-            avail = len(self._buf) - self._pos
-            take = min(avail, remaining)
-            self._pos += take
-            remaining -= take
-            if not remaining:
-                break
-            try:
-                self._fill()
-            except EOFError:
-                raise ConnectionResetError(errno.ECONNRESET, "peer closed the connection mid-message") from None
-            except BlockingIOError:
-                continue
-        _close_all(self._take_fds(start, start + size))
-        raise MessageTooBig(Message(msg_id, cmd, flags, error_no), size)
 
     def close(self) -> None:
         """Close fds received and never handed out."""

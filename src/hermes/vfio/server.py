@@ -3,10 +3,14 @@
 BAR0 and BAR2 are trapped (every access is a REGION_READ/WRITE message); BAR4 lives in a memfd the
 client mmaps; DMA goes through memfds the client registers with DMA_MAP (a memory copy here) or,
 for mappings without an fd, through DMA_READ/DMA_WRITE messages to the client; interrupts are
-eventfd writes. Malformed input gets an error reply and never stops the server.
+eventfd writes. Malformed input gets an error reply and never stops the server; every wait on a
+peer is bounded and ends when the server is asked to stop. A client arriving while another holds
+the device gets EBUSY. Only the server's user, root (or a chosen group) may connect.
 """
 from __future__ import annotations
 
+import array
+import ctypes
 import errno
 import itertools
 import mmap
@@ -23,6 +27,7 @@ from typing import Callable, TextIO
 
 from .. import regs
 from ..device import DmaFault
+from ..errors import DeviceError
 from . import protocol as P
 from . import uapi
 from .function import CallbackBackend, MmapBackend, VfioFunction, vfio_error
@@ -33,8 +38,22 @@ IDLE_TICK = 0.2
 DMA_REPLY_TIMEOUT = 10.0
 #: Seconds the server waits at shutdown for the device's running programs.
 CLOSE_TIMEOUT = 2.0
-#: Most fds the server accepts per message (advertised as max_msg_fds).
-SERVER_MAX_MSG_FDS = 64
+#: Most fds the server accepts per message (advertised as max_msg_fds): QEMU's client refuses a
+#: server that advertises more than 16 (its VFIO_USER_MAX_MAX_FDS), and 16 is plenty here (the
+#: clients send MSI-X eventfds in chunks of this size).
+SERVER_MAX_MSG_FDS = 16
+#: Seconds a connection that arrives while another client holds the device waits for it to go
+#: (a client that just closed is still being cleaned up) before it is answered EBUSY.
+BUSY_GRACE = 2.0
+#: Connections handled at once (one owns the device, the others are answered EBUSY or wait for
+#: their first message); more are closed at once so that a connection flood costs no threads.
+MAX_CONNECTIONS = 8
+#: Mode of the socket file: owner only, or owner and group with ``socket_group``.
+SOCKET_MODE = 0o600
+SOCKET_MODE_GROUP = 0o660
+#: getsockopt(SO_PEERGROUPS) (Linux >= 4.13): the connecting process's supplementary groups.
+SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)
+_UCRED = struct.Struct("3i")   # struct ucred: pid, uid, gid
 
 
 _FAST = (P.REGION_READ, P.REGION_WRITE)
@@ -52,7 +71,7 @@ class Session:
 
     def __init__(self, server: "Server", sock: socket.socket, number: int):
         self.server = server
-        self.fn = server.function
+        self.fn: VfioFunction | None = None        # the device, once this session holds it
         self.sock = sock
         self.number = number
         self.negotiated = False
@@ -63,8 +82,10 @@ class Session:
         self._waiters: dict[int, list] = {}        # msg_id -> [event, reply or None]
         self._waiters_lock = threading.Lock()
         self._backlog: list[P.Message] = []        # commands received while pumping
-        self._rx = P.Receiver(sock)
+        self._rx = P.Receiver(sock, max_fds=SERVER_MAX_MSG_FDS,
+                              stall_timeout=server.stall_timeout, stop=server.stop_requested)
         self._thread: threading.Thread | None = None   # the thread running ``run``
+        self.claimed = False                       # this session holds the server's device
         self.closed = False
         self.stats = {"commands": 0, "errors": 0, "dma_messages": 0}
 
@@ -73,11 +94,36 @@ class Session:
         """Send ``msg`` (thread-safe); a dead socket ends the session later, not here."""
         if self.server.verbose:
             self.server.log(f"client {self.number}: -> {P.describe(msg)}")
+        self._send_bytes(msg.encode(), msg.fds)
+
+    def _send_bytes(self, data: bytes, fds: list[int] | tuple = ()) -> None:
+        """Send ``data`` (fds with its first byte). A client that stops reading gets
+        ``stall_timeout`` seconds to make room, less if the server is asked to stop; then the
+        session is over (the socket's SO_SNDTIMEO of IDLE_TICK lets this loop look at both)."""
+        view = memoryview(data)
+        deadline = None
         with self._send_lock:
-            try:
-                P.send_message(self.sock, msg)
-            except OSError:
-                self.closed = True
+            while view and not self.closed:
+                try:
+                    if fds:
+                        anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
+                        n = self.sock.sendmsg([view], anc)
+                        fds = ()
+                    else:
+                        n = self.sock.send(view)
+                    view = view[n:]
+                    deadline = None
+                except (BlockingIOError, TimeoutError):
+                    now = time.monotonic()
+                    deadline = deadline or now + self.server.stall_timeout
+                    if now > deadline or self.server.stop_requested():
+                        why = "stopping" if self.server.stop_requested() else \
+                            f"the client read nothing for {self.server.stall_timeout:g} s"
+                        self.server.log(f"client {self.number}: error: cannot send a reply "
+                                        f"({why}); closing the connection")
+                        self.closed = True
+                except OSError:
+                    self.closed = True
 
     # --- server-to-client DMA (mappings without an fd) -----------------------------------------
     def _remote(self, cmd: int, payload: bytes) -> P.Message:
@@ -171,12 +217,14 @@ class Session:
         except BlockingIOError:
             return None   # idle tick (SO_RCVTIMEO): lets the loop notice a stop request
         except P.MessageTooBig as exc:
-            self.server.log(f"client {self.number}: error: {exc}")
+            # Nothing of it is read: the stream cannot be resynced, so the connection ends.
+            self.server.log(f"client {self.number}: error: {exc}; closing the connection")
             self.stats["errors"] += 1
             if not exc.header.is_reply:
                 self.send(P.error_reply(exc.header, errno.E2BIG))
-            return None
+            raise _ClientGone() from None
         except P.ProtocolError as exc:
+            self.stats["errors"] += 1
             self.server.log(f"client {self.number}: error: {exc}; closing the connection")
             raise _ClientGone() from None
         except OSError as exc:
@@ -195,14 +243,24 @@ class Session:
         return self._recv()
 
     def run(self) -> None:
-        """Serve until the client disconnects or the server is asked to stop."""
+        """Serve until the client disconnects or the server is asked to stop.
+
+        The device is claimed when the first message arrives (which must come within the stall
+        timeout); if another client holds it beyond BUSY_GRACE, that message is answered EBUSY
+        and the connection closed."""
         self._thread = threading.current_thread()
         tick = struct.pack("ll", 0, int(IDLE_TICK * 1e6))
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tick)
         # A client that stops reading must not hang the server in a send.
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
-                             struct.pack("ll", int(P.STALL_TIMEOUT), 0))
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tick)
         try:
+            first = self._first_message()
+            if first is None:
+                return
+            if not self.server.claim(self):
+                self._refuse_busy(first)
+                return
+            self._backlog.append(first)
             while not self.server.stop_requested() and not self.closed:
                 if self._backlog:
                     msg = self._backlog.pop(0)
@@ -221,6 +279,28 @@ class Session:
             self.closed = True
             self._fail_waiters()
             self._cleanup()
+
+    def _first_message(self) -> P.Message | None:
+        """The connection's first message, or None (logged) when none comes in time."""
+        deadline = time.monotonic() + self.server.stall_timeout
+        while not self.server.stop_requested():
+            msg = self._recv()
+            if msg is not None:
+                return msg
+            if time.monotonic() > deadline:
+                self.stats["errors"] += 1
+                self.server.log(f"client {self.number}: error: sent nothing for "
+                                f"{self.server.stall_timeout:g} s; closing the connection")
+                return None
+        return None
+
+    def _refuse_busy(self, msg: P.Message) -> None:
+        msg.close_fds()
+        self.stats["errors"] += 1
+        self.server.log(f"client {self.number}: error: busy: another client holds the device; "
+                        f"{msg.name} answered EBUSY and the connection closed")
+        if not msg.is_reply and not msg.flags & P.FLAG_NO_REPLY:
+            self.send(P.error_reply(msg, errno.EBUSY))
 
     def _fast_register(self, msg: P.Message) -> bool:
         """Handle a plain 1/2/4/8-byte BAR0/BAR2 access straight on the device (the hot path of
@@ -246,11 +326,7 @@ class Session:
             reply = _HEADER.pack(msg.msg_id, P.REGION_WRITE, 32, P.TYPE_REPLY, 0) + p[:16]
         self.stats["commands"] += 1
         if not msg.flags & P.FLAG_NO_REPLY:
-            with self._send_lock:
-                try:
-                    self.sock.sendall(reply)
-                except OSError:
-                    self.closed = True
+            self._send_bytes(reply)
         return True
 
     def _cleanup(self) -> None:
@@ -258,9 +334,10 @@ class Session:
         # running program, so with a device factory it happens in the background (the next
         # client gets a new device meanwhile), otherwise here.
         try:
-            self.fn.detach_client()
-            if self.server.factory is None:
-                self.fn.disconnect()
+            if self.fn is not None:
+                self.fn.detach_client()
+                if self.server.factory is None:
+                    self.fn.disconnect()
         except Exception as exc:  # the server must outlive any device failure
             self.server.log(f"client {self.number}: error while resetting the device: {exc!r}")
         try:
@@ -287,6 +364,8 @@ class Session:
         t = threading.Thread(target=work, name="hermes-vfio-user-reset", daemon=True)
         t.start()
         while not done.wait(0.0005):
+            if self.server.stop_requested():
+                raise _ClientGone()
             try:
                 msg = self._recv_within(0.01)
             except _ClientGone:
@@ -313,6 +392,8 @@ class Session:
                 raise vfio_error(errno.ENOSYS, f"unknown command {msg.cmd}")
             if not self.negotiated and msg.cmd != P.VERSION:
                 raise vfio_error(errno.EINVAL, f"{msg.name} before VERSION")
+            if -1 in msg.fds:   # the receiver saw more fds than it had room for
+                raise vfio_error(errno.EINVAL, f"more than {SERVER_MAX_MSG_FDS} fds in one message")
             payload, fds = handler(self, msg)
         except OSError as exc:
             msg.close_fds()
@@ -342,23 +423,36 @@ class Session:
         if msg.fds:
             raise vfio_error(errno.EINVAL, f"{msg.name} carries {len(msg.fds)} unexpected fds")
 
+    @staticmethod
+    def _fixed(msg: P.Message, size: int, reply_size: int | None = None) -> None:
+        """Check that the payload holds the ``size``-byte request structure and that its argsz
+        (its first u32) leaves room for the ``reply_size``-byte fixed reply (default: ``size``):
+        EINVAL otherwise, as the kernel and libvfio-user answer."""
+        if len(msg.payload) < size:
+            raise vfio_error(errno.EINVAL, f"{msg.name} payload of {len(msg.payload)} bytes is "
+                                           f"shorter than {size}")
+        argsz = int.from_bytes(msg.payload[:4], "little")
+        need = size if reply_size is None else reply_size
+        if argsz < need:
+            raise vfio_error(errno.EINVAL, f"{msg.name} argsz {argsz} is smaller than the "
+                                           f"{need} bytes it needs")
+
     def _version(self, msg: P.Message):
         self._no_fds(msg)
         if self.negotiated:
             raise vfio_error(errno.EINVAL, "VERSION sent twice")
         try:
             major, minor, caps = P.decode_version(msg.payload)
+            fds = P.json_uint(caps, "max_msg_fds", P.DEFAULT_MAX_MSG_FDS, 0, 1024)
+            xfer = P.json_uint(caps, "max_data_xfer_size", P.DEFAULT_MAX_DATA_XFER_SIZE, 8, 1 << 32)
         except ValueError as exc:
             raise vfio_error(errno.EINVAL, str(exc)) from None
         if major != P.VERSION_MAJOR:
             raise vfio_error(errno.ENOTSUP, f"protocol major version {major} (we speak 0)")
-        fds = caps.get("max_msg_fds", P.DEFAULT_MAX_MSG_FDS)
-        xfer = caps.get("max_data_xfer_size", P.DEFAULT_MAX_DATA_XFER_SIZE)
-        if (not isinstance(fds, int) or not 0 <= fds <= 1024 or not isinstance(xfer, int)
-                or xfer < 8):
-            raise vfio_error(errno.EINVAL, "bad max_msg_fds or max_data_xfer_size")
         self.client_max_fds = fds
         self.client_max_xfer = min(xfer, P.DEFAULT_MAX_DATA_XFER_SIZE)
+        # Every value is within what QEMU's client accepts (max_msg_fds <= 16, max_data_xfer_size
+        # <= 64 MiB, pgsizes a multiple of 4096, max_dma_maps <= 65535).
         ours = {"max_msg_fds": SERVER_MAX_MSG_FDS,
                 "max_data_xfer_size": P.DEFAULT_MAX_DATA_XFER_SIZE,
                 "max_dma_maps": self.fn.dma.max_maps, "pgsizes": P.DEFAULT_PGSIZE}
@@ -368,8 +462,7 @@ class Session:
         return P.encode_version(major, min(minor, P.VERSION_MINOR), reply_caps), []
 
     def _dma_map(self, msg: P.Message):
-        if len(msg.payload) < 32:
-            raise vfio_error(errno.EINVAL, "DMA_MAP payload shorter than 32 bytes")
+        self._fixed(msg, ctypes.sizeof(P.DmaMap))
         req = P.DmaMap.decode(msg.payload)
         if len(msg.fds) > 1:
             raise vfio_error(errno.EINVAL, "DMA_MAP with more than one fd")
@@ -403,8 +496,7 @@ class Session:
 
     def _dma_unmap(self, msg: P.Message):
         self._no_fds(msg)
-        if len(msg.payload) < 24:
-            raise vfio_error(errno.EINVAL, "DMA_UNMAP payload shorter than 24 bytes")
+        self._fixed(msg, ctypes.sizeof(P.DmaUnmap))
         req = P.DmaUnmap.decode(msg.payload)
         if req.flags & uapi.VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP:
             raise vfio_error(errno.ENOTSUP, "dirty page tracking is not supported")
@@ -416,40 +508,31 @@ class Session:
             self.fn.dma.unmap_all()
         else:
             self.fn.dma.unmap(req.iova, req.size)
-        req.argsz = 24
+        req.argsz = ctypes.sizeof(P.DmaUnmap)
         return bytes(req), []
 
     def _device_info(self, msg: P.Message):
         self._no_fds(msg)
-        if len(msg.payload) < P.DEVICE_INFO_SIZE:
-            raise vfio_error(errno.EINVAL, "DEVICE_GET_INFO payload shorter than 16 bytes")
+        self._fixed(msg, P.DEVICE_INFO_SIZE)
         flags, nreg, nirq = self.fn.device_info()
         return bytes(uapi.vfio_device_info(P.DEVICE_INFO_SIZE, flags, nreg, nirq, 0))[:16], []
 
     def _region_info(self, msg: P.Message):
         self._no_fds(msg)
-        if len(msg.payload) < 32:
-            raise vfio_error(errno.EINVAL, "DEVICE_GET_REGION_INFO payload shorter than 32 bytes")
+        self._fixed(msg, ctypes.sizeof(uapi.vfio_region_info))
         req = uapi.vfio_region_info.decode(msg.payload)
-        info = self.fn.region_info(req.index)
-        payload, _needed = info.encode(req.argsz)
-        fds = [info.fd] if info.fd is not None else []
-        return payload, fds
+        return self.fn.region_info(req.index).encode(req.argsz)
 
     def _irq_info(self, msg: P.Message):
         self._no_fds(msg)
-        if len(msg.payload) < 16:
-            raise vfio_error(errno.EINVAL, "DEVICE_GET_IRQ_INFO payload shorter than 16 bytes")
+        self._fixed(msg, ctypes.sizeof(uapi.vfio_irq_info))
         req = uapi.vfio_irq_info.decode(msg.payload)
         flags, count = self.fn.irq_info(req.index)
         return bytes(uapi.vfio_irq_info(16, flags, req.index, count)), []
 
     def _set_irqs(self, msg: P.Message):
-        if len(msg.payload) < 20:
-            raise vfio_error(errno.EINVAL, "DEVICE_SET_IRQS payload shorter than 20 bytes")
+        self._fixed(msg, ctypes.sizeof(uapi.vfio_irq_set))
         req = uapi.vfio_irq_set.decode(msg.payload)
-        if -1 in msg.fds:
-            raise vfio_error(errno.EINVAL, "too many fds in one message")
         fds, msg.fds = msg.fds, []
         self.fn.set_irqs(req.flags, req.index, req.start, req.count, msg.payload[20:], fds)
         return b"", []
@@ -501,16 +584,20 @@ class Session:
 
 
 class Server:
-    """Listens on ``path`` and serves a device to one client at a time (others queue).
+    """Listens on ``path`` and serves a device to one client at a time.
 
     ``function`` is the device served to the first client. With ``factory`` (a callable making a
     new VfioFunction), each later client gets a freshly powered-on device: nothing a previous
-    client left (slots, BAR4 contents, a BAR4 mapping it kept) reaches the next one.
+    client left (slots, BAR4 contents, a BAR4 mapping it kept) reaches the next one. A client
+    that connects while another holds the device waits up to BUSY_GRACE for it, then its first
+    message is answered EBUSY and it is disconnected. The socket file is created with mode 0600,
+    or 0660 owned by ``socket_group`` (a gid); peers are checked with SO_PEERCRED.
     """
 
     def __init__(self, path: str, function: VfioFunction, *, verbose: bool = False,
                  log_file: TextIO | None = None,
-                 factory: Callable[[], VfioFunction] | None = None):
+                 factory: Callable[[], VfioFunction] | None = None,
+                 socket_group: int | None = None, stall_timeout: float = P.STALL_TIMEOUT):
         self.path = path
         self.function = function
         self.factory = factory
@@ -521,6 +608,11 @@ class Server:
         self.wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.listener: socket.socket | None = None
         self.sessions = 0
+        self.socket_group = socket_group
+        self.stall_timeout = stall_timeout
+        self._cond = threading.Condition()
+        self._active: Session | None = None        # the session holding the device
+        self._threads: set[threading.Thread] = set()
 
     def log(self, text: str) -> None:
         """One line on the log (stderr by default)."""
@@ -542,7 +634,11 @@ class Server:
             pass
 
     def bind(self) -> None:
-        """Create the listening socket (a stale socket file from a dead server is replaced)."""
+        """Create the listening socket (a stale socket file from a dead server is replaced).
+
+        The file is created with mode 0600 whatever the umask (bind applies the umask, so it is
+        narrowed around the call: the file never exists with a wider mode); with
+        ``socket_group`` it is then given to that group and only then opened to it (0660)."""
         if os.path.exists(self.path):
             st = os.stat(self.path)
             if not stat.S_ISSOCK(st.st_mode):
@@ -559,44 +655,123 @@ class Server:
                 probe.close()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            sock.bind(self.path)
+            old_umask = os.umask(0o777 & ~SOCKET_MODE)
+            try:
+                sock.bind(self.path)
+            finally:
+                os.umask(old_umask)
+            if self.socket_group is not None:
+                os.chown(self.path, -1, self.socket_group)
+                os.chmod(self.path, SOCKET_MODE_GROUP)
             sock.listen(16)
         except OSError as exc:
             sock.close()
             raise OSError(exc.errno, exc.strerror, self.path) from None
         self.listener = sock
 
+    # --- who may connect -----------------------------------------------------------------------
+    def peer_refusal(self, conn: socket.socket) -> str | None:
+        """Why the process at the other end of ``conn`` may not connect, or None if it may: it
+        must run as the server's user or root, or (with ``socket_group``) be in that group."""
+        try:
+            pid, uid, gid = _UCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                         _UCRED.size))
+        except OSError as exc:
+            return f"its credentials are unknown ({exc})"
+        if uid in (0, os.geteuid()):
+            return None
+        who = f"pid {pid} uid {uid} gid {gid}"
+        if self.socket_group is None:
+            return f"{who} is neither the server's user (uid {os.geteuid()}) nor root"
+        if gid == self.socket_group or self.socket_group in _peer_groups(conn):
+            return None
+        return (f"{who} is neither the server's user (uid {os.geteuid()}), root nor in "
+                f"group {self.socket_group}")
+
+    # --- the device: one holder at a time ------------------------------------------------------
+    def claim(self, session: Session) -> bool:
+        """Give the device to ``session`` if nobody holds it within BUSY_GRACE seconds."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._active is None or self._stop, BUSY_GRACE)
+            if self._active is not None or self._stop:
+                return False
+            self._active = session
+            session.fn = self.function
+            session.claimed = True
+            return True
+
+    def release(self, session: Session) -> None:
+        """``session`` has ended: the next client gets a fresh device (when there is a factory)."""
+        try:
+            if self.factory is not None and not self._stop:
+                self._power_cycle()
+        finally:
+            with self._cond:
+                if self._active is session:
+                    self._active = None
+                self._cond.notify_all()
+
+    def _serve_connection(self, session: Session) -> None:
+        t0 = time.monotonic()
+        try:
+            session.run()
+        except Exception as exc:  # keep serving whatever one session did
+            self.log(f"client {session.number}: internal error: {exc!r}")
+        self.log(f"client {session.number} disconnected after {time.monotonic() - t0:.3f} s "
+                 f"({session.stats['commands']} commands, {session.stats['errors']} errors)")
+        if session.claimed:
+            self.release(session)
+        with self._cond:
+            self._threads.discard(threading.current_thread())
+
+    def _accept(self) -> None:
+        assert self.listener is not None
+        try:
+            conn, _ = self.listener.accept()
+        except OSError as exc:
+            self.log(f"accept failed: {exc}")
+            return
+        self.sessions += 1
+        number = self.sessions
+        why = self.peer_refusal(conn)
+        if why is not None:
+            self.log(f"client {number} refused: {why}")
+            conn.close()
+            return
+        with self._cond:
+            if len(self._threads) >= MAX_CONNECTIONS:
+                self.log(f"client {number} refused: {MAX_CONNECTIONS} connections are open already")
+                conn.close()
+                return
+            self.log(f"client {number} connected")
+            t = threading.Thread(target=self._serve_connection, args=(Session(self, conn, number),),
+                                 name=f"hermes-serve-client-{number}", daemon=True)
+            self._threads.add(t)
+        t.start()
+
     def serve_forever(self) -> None:
-        """Accept and serve clients in turn until ``stop()``; removes the socket file at the end."""
+        """Accept clients until ``stop()``, each on its own thread (one holds the device, the
+        others are refused); removes the socket file at the end."""
         if self.listener is None:
             self.bind()
         assert self.listener is not None
         try:
             while not self._stop:
-                r, _, _ = select.select([self.listener, self.wake_r], [], [])
+                # A signal may be delivered to any thread, and Python runs its handler on the
+                # main thread only when that thread next runs: the timeout bounds the wait.
+                r, _, _ = select.select([self.listener, self.wake_r], [], [], IDLE_TICK)
                 if self._stop:
                     break
-                if self.listener not in r:
-                    continue
-                try:
-                    conn, _ = self.listener.accept()
-                except OSError as exc:
-                    self.log(f"accept failed: {exc}")
-                    continue
-                self.sessions += 1
-                number = self.sessions
-                t0 = time.monotonic()
-                self.log(f"client {number} connected")
-                session = Session(self, conn, number)
-                try:
-                    session.run()
-                except Exception as exc:  # keep serving whatever one session did
-                    self.log(f"client {number}: internal error: {exc!r}")
-                self.log(f"client {number} disconnected after {time.monotonic() - t0:.3f} s "
-                         f"({session.stats['commands']} commands, {session.stats['errors']} errors)")
-                if self.factory is not None and not self._stop:
-                    self._power_cycle()
+                if self.listener in r:
+                    self._accept()
         finally:
+            # Every session notices the stop within an IDLE_TICK of receiving or sending.
+            deadline = time.monotonic() + CLOSE_TIMEOUT
+            with self._cond:
+                self._cond.notify_all()
+                threads = list(self._threads)
+            for t in threads:
+                t.join(max(0.0, deadline - time.monotonic()))
             self.close()
 
     def _power_cycle(self) -> None:
@@ -617,6 +792,9 @@ class Server:
 
         def retire() -> None:
             try:
+                # Stop what the departed client left running first: its runaway programs would
+                # otherwise keep a core busy until their budgets end, slowing the next client.
+                old.device.abort()
                 old.disconnect()
                 old.close()
             except Exception as exc:
@@ -657,13 +835,31 @@ class Server:
             self.log(f"a program is still running after {CLOSE_TIMEOUT:g} s; exiting anyway")
 
 
+def _peer_groups(conn: socket.socket) -> list[int]:
+    """Supplementary groups of the process at the other end of ``conn`` (SO_PEERGROUPS)."""
+    try:
+        raw = conn.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 4 * 1024)
+    except OSError:
+        return []
+    groups = array.array("I")
+    groups.frombytes(raw[:len(raw) - len(raw) % 4])
+    return list(groups)
+
+
 def serve(path: str, *, verbose: bool = False, log_file: TextIO | None = None,
           install_signals: bool = True, ready: Callable[[], None] | None = None,
+          socket_group: int | None = None, stall_timeout: float = P.STALL_TIMEOUT,
           **device_kwargs) -> None:
-    """Build a device with ``device_kwargs`` and serve it at ``path`` until SIGINT/SIGTERM."""
-    function = VfioFunction.create(**device_kwargs)
+    """Build a device with ``device_kwargs`` and serve it at ``path`` until SIGINT/SIGTERM.
+
+    A device option the model refuses raises DeviceError naming it (before anything listens)."""
+    try:
+        function = VfioFunction.create(**device_kwargs)
+    except (ValueError, TypeError) as exc:
+        raise DeviceError(f"bad device option: {exc}") from None
     server = Server(path, function, verbose=verbose, log_file=log_file,
-                    factory=lambda: VfioFunction.create(**device_kwargs))
+                    factory=lambda: VfioFunction.create(**device_kwargs),
+                    socket_group=socket_group, stall_timeout=stall_timeout)
     try:
         server.bind()
     except BaseException:
