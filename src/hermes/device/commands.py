@@ -4,10 +4,10 @@ from __future__ import annotations
 import hashlib
 import struct
 import threading
-from collections import OrderedDict
 from typing import Callable
 
 from .. import regs as R
+from ..engine.cache import DEFAULT_CACHE_BYTES, LoadedCache
 from ..errors import BudgetExceeded, ExecutionError, ProgramError
 
 MASK64 = 0xFFFF_FFFF_FFFF_FFFF
@@ -64,18 +64,21 @@ def error_code(exc: BaseException) -> int:
 
 
 class ProgramCache:
-    """LRU of loaded programs keyed by (content of the slot bytes, engine name).
+    """LRU of loaded programs keyed by (content of the slot bytes, engine name), bounded by
+    ``size`` entries and ``max_bytes`` estimated host bytes (``Program.host_bytes``).
 
     Values are an executable or the int error code the bytes failed to load with, so neither a
     good nor a bad program is decoded twice. Thread-safe; two engines missing on the same program
-    at once may both load it (harmless, the second result wins).
+    at once may both load it (harmless, the second result wins). The device clears it when it
+    closes.
     """
 
-    def __init__(self, size: int, loader: Callable[[bytes], object]):
+    def __init__(self, size: int, loader: Callable[[bytes], object], *,
+                 max_bytes: int = DEFAULT_CACHE_BYTES):
         self.size = size
         self._loader = loader
         self._lock = threading.Lock()
-        self._entries: OrderedDict[tuple[int, bytes, str], object] = OrderedDict()
+        self._lru = LoadedCache(size, max_bytes)
         self.hits = 0
         self.misses = 0
 
@@ -85,31 +88,28 @@ class ProgramCache:
         # longer ones are keyed by digest so the cache does not hold megabytes of keys. The
         # length in the key keeps the two kinds apart.
         n = len(code)
-        key = (n, code if n <= SHORT_KEY else hashlib.sha256(code).digest(), engine)
-        entries = self._entries
-        entry = entries.get(key)   # single dict operations are atomic: no lock on a hit
+        digest = code if n <= SHORT_KEY else hashlib.sha256(code).digest()
+        key = (n, digest, engine)
+        entry = self._lru.get(key)
         if entry is not None:
-            try:
-                entries.move_to_end(key)
-            except KeyError:       # evicted by another thread meanwhile; still valid to use
-                pass
             self.hits += 1         # approximate under concurrency; diagnostics only
             return entry
         with self._lock:
             self.misses += 1
         entry = self._loader(code)
-        if self.size:
-            with self._lock:
-                self._entries[key] = entry
-                self._entries.move_to_end(key)
-                while len(self._entries) > self.size:
-                    self._entries.popitem(last=False)
+        program = getattr(entry, "program", None)
+        cost = len(digest) + (program.host_bytes if program is not None else 0)
+        self._lru.put(key, entry, cost)
         return entry
 
     def clear(self) -> None:
         """Forget every cached program."""
-        with self._lock:
-            self._entries.clear()
+        self._lru.clear()
+
+    @property
+    def bytes(self) -> int:
+        """Estimated host bytes of the programs held."""
+        return self._lru.bytes
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._lru)

@@ -334,6 +334,7 @@ class HermesDevice:
         for eng in self._engines:
             if eng.thread is not None:
                 eng.thread.join()
+        self._cache.clear()   # loaded programs and their data segments go with the device
         if not self._own_bar4:
             # A caller's buffer (e.g. an mmap shared with another process) must be closable once
             # the device is: drop our views of it. BAR4 is unreachable from then on.
@@ -512,7 +513,7 @@ class HermesDevice:
         eng = self._engine_mod
         try:
             if code[:4] == ELF_MAGIC:
-                program = eng.Program.from_elf(code)
+                program = eng.Program.from_elf(code, max_size=self.program_slot_size)
             else:
                 program = eng.Program.from_bytes(code)
             return eng.load(program, helpers=eng.DEVICE_HELPERS, engine=self.engine_name,

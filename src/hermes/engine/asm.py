@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 
-from ..errors import AssemblerError
+from ..errors import AssemblerError, UsageError
 from . import isa
 from .isa import Op
 
@@ -105,8 +105,25 @@ class _Line:
             lineno, source, mnem, operands, slot
 
 
-def assemble(text: str) -> bytes:
-    """Assemble ``text`` into instruction bytes; raises ``AssemblerError`` naming the line."""
+def source_text(data: "bytes | bytearray | memoryview", name: str | None = None) -> str:
+    """Assembly source bytes as text (UTF-8); anything else is an ``AssemblerError`` naming the
+    line, offset and value of the first byte that is not UTF-8."""
+    data = bytes(data)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise AssemblerError(f"{name or 'the source'} is not UTF-8 text (byte "
+                             f"{data[exc.start]:#04x} at offset {exc.start})", line) from None
+
+
+def assemble(text: "str | bytes") -> bytes:
+    """Assemble ``text`` (or UTF-8 bytes) into instruction bytes; raises ``AssemblerError``
+    naming the line."""
+    if isinstance(text, (bytes, bytearray, memoryview)):
+        text = source_text(text)
+    elif not isinstance(text, str):
+        raise UsageError(f"assembly source must be str or bytes, not {type(text).__name__}")
     lines: list[_Line] = []
     labels: dict = {}
     slot = 0

@@ -1,6 +1,7 @@
 """ELF loader: links a clang-compiled BPF relocatable object into a Program (code + data segments)."""
 from __future__ import annotations
 
+import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,7 +11,7 @@ from elftools.construct.core import ConstructError
 from elftools.elf import enums as _enums
 from elftools.elf.structs import ELFStructs
 
-from ..errors import ElfError, ProgramError
+from ..errors import ElfError, ProgramError, UsageError
 from . import isa
 from .helpers import CONFORMANCE_HELPERS, DEVICE_HELPERS, HelperRegistry, merged
 from .memory import RODATA_BASE, RWDATA_BASE, Segment
@@ -51,8 +52,11 @@ RWDATA_PREFIXES = (".data", ".bss")
 #: Sections that hold BPF map definitions (BTF-style ``.maps`` and legacy ``maps``).
 MAP_SECTION_PREFIXES = (".maps", "maps")
 
-#: Largest read-only or writable data region a program may have (guards against absurd .bss sizes).
-MAX_DATA_SIZE = 64 << 20
+#: Code + data bytes a linked program may have when the caller sets no ``max_size``: what a
+#: loaded program (and each run's copy of its writable data) may cost in host memory.
+DEFAULT_MAX_SIZE = 64 << 20
+#: Largest data segment the address map has room for (the distance between two region bases).
+MAX_SEGMENT_SPAN = RWDATA_BASE - RODATA_BASE
 
 _OPCODE_CALL = isa.CLS_JMP | isa.JMP_CALL | isa.SRC_K
 _PSEUDO_CALL = 1  #: src field of a bpf-to-bpf call
@@ -248,9 +252,9 @@ class ElfObject:
     def section_data(self, s: Section) -> bytes:
         """The bytes of section ``s`` (zeros for ``.bss``-like NOBITS sections)."""
         if s.type == SHT_NOBITS:
-            if s.size > MAX_DATA_SIZE:
-                raise ElfError(f"section {s.name} is {s.size} bytes; program data is limited to "
-                               f"{MAX_DATA_SIZE} bytes")
+            if s.size > MAX_SEGMENT_SPAN:
+                raise ElfError(f"section {s.name} is {s.size} bytes, more than a data segment "
+                               f"can hold ({MAX_SEGMENT_SPAN} bytes)")
             return bytes(s.size)
         return self.data[s.offset:s.offset + s.size]
 
@@ -335,6 +339,8 @@ class LinkInfo:
 def _read_source(source: "str | Path | bytes | bytearray | memoryview") -> tuple[bytes, str | None]:
     if isinstance(source, (bytes, bytearray, memoryview)):
         return bytes(source), None
+    if not isinstance(source, (str, os.PathLike)):
+        raise UsageError(f"an ELF object is a path or bytes, not {type(source).__name__}")
     path = Path(source)
     try:
         return path.read_bytes(), path.name
@@ -351,10 +357,13 @@ def load_elf(source: "str | Path | bytes", section: str | None = None,
     else the only global function of the object (see specs/elf.md for the exact rule). Calls to
     undefined functions resolve by name against ``helpers`` (default: conformance + device
     helpers); ``.rodata*`` becomes a read-only segment at ``RODATA_BASE`` and ``.data*``/``.bss*``
-    a writable one at ``RWDATA_BASE``. ``max_size`` bounds code + data bytes (e.g. the device's
-    program slot). The returned program keeps the object bytes as ``program.elf_bytes``.
+    a writable one at ``RWDATA_BASE``. ``max_size`` bounds code + data bytes (the device passes
+    its program slot size; default ``DEFAULT_MAX_SIZE``), checked on the section headers before
+    any segment is allocated. The returned program keeps the object bytes as ``program.elf_bytes``.
     Raises ``ElfError`` for every malformed or unsupported input.
     """
+    if max_size is not None and (not isinstance(max_size, int) or max_size < 0):
+        raise UsageError(f"max_size must be a non-negative integer or None, got {max_size!r}")
     program, _ = _link_source(source, section, function, helpers, max_size, max_slots)
     return program
 
@@ -459,7 +468,8 @@ class _Linker:
         for s in self.code_secs:
             if s.size % 8:
                 raise ElfError(f"code section {s.name} is {s.size} bytes, not a multiple of 8")
-        segs, self.addr_of_sec = self._layout_data(info)
+        limit = DEFAULT_MAX_SIZE if max_size is None else max_size
+        plan = self._plan_data(info, limit)
 
         # Relocations of each needed code section: patches by slot; discover called sections.
         order = [entry_sec]
@@ -486,6 +496,16 @@ class _Linker:
         for sec, lo, hi in pieces:
             base[(sec.index, lo)] = pos
             pos += hi - lo
+        data_size = sum(size for size, _ in plan)
+        if pos * 8 + data_size > limit:
+            biggest = max((s for _, items in plan for s, _ in items), key=lambda s: s.size,
+                          default=None)
+            what = (f"; largest data section {biggest.name} ({biggest.type_name}, "
+                    f"{biggest.size} bytes)") if biggest else ""
+            raise ElfError(f"program too large: {pos * 8} bytes of code + {data_size} bytes of "
+                           f"data = {pos * 8 + data_size} bytes, more than the limit of {limit} "
+                           f"bytes{what}")
+        segs = self._build_data(plan)
         starts = {sec.index: sorted(lo for (si, lo) in base if si == sec.index) for sec, _, _ in pieces}
 
         def final(sec: Section, slot: int) -> int:
@@ -502,11 +522,6 @@ class _Linker:
         symbols = {final(self.secs[y.shndx], y.value // 8): y.name for y in self._funcs()
                    if y.shndx in starts and y.value % 8 == 0 and y.value < self.secs[y.shndx].size}
         symbols[0] = entry_name
-        total = len(code) + sum(len(s.data) for s in segs)
-        if max_size is not None and total > max_size:
-            raise ElfError(f"program too large: {len(code)} bytes of code + "
-                           f"{total - len(code)} bytes of data = {total} bytes, more than the "
-                           f"limit of {max_size} bytes")
         program = Program(bytes(code), segments=tuple(segs), name=entry_name, symbols=symbols,
                           max_slots=max_slots)
         program.elf_bytes = self.obj.data
@@ -641,7 +656,10 @@ class _Linker:
         raise ElfError(f"{what} refers to {name!r} in section {sec.name!r}, which is not loaded "
                        "(only .rodata*, .data* and .bss* sections are program data)")
 
-    def _layout_data(self, info: LinkInfo) -> tuple[list[Segment], dict[int, int]]:
+    def _plan_data(self, info: LinkInfo, limit: int) -> list[tuple[int, list[tuple[Section, int]]]]:
+        """Addresses of the data sections, per segment (size, [(section, offset)]), computed from
+        the headers alone; a section that takes the data past ``limit`` is refused here,
+        before any segment is allocated."""
         ro, rw = [], []
         for s in self.secs:
             if s.executable or not s.flags & SHF_ALLOC or s.type not in (SHT_PROGBITS, SHT_NOBITS):
@@ -651,7 +669,8 @@ class _Linker:
             elif s.name.startswith(RODATA_PREFIXES + RWDATA_PREFIXES):
                 rw.append(s)
         addr: dict[int, int] = {}
-        placed: list[tuple[int, list[tuple[Section, int]]]] = []
+        plan: list[tuple[int, list[tuple[Section, int]]]] = []
+        total = 0
         for base, group in ((RODATA_BASE, ro), (RWDATA_BASE, rw)):
             pos, items = 0, []
             for s in group:
@@ -661,21 +680,29 @@ class _Linker:
                 info.data[s.name] = base + pos
                 items.append((s, pos))
                 pos += s.size
-                if pos > MAX_DATA_SIZE:
-                    raise ElfError(f"program data too large: {s.name} ends at {pos} bytes, past "
-                                   f"the limit of {MAX_DATA_SIZE} bytes")
-            placed.append((pos, items))
+                if total + pos > limit or pos > MAX_SEGMENT_SPAN:
+                    bound = limit if total + pos > limit else MAX_SEGMENT_SPAN
+                    raise ElfError(f"program too large: section {s.name} "
+                                   f"({s.type_name}, {s.size} bytes) takes the program's data to "
+                                   f"{total + pos} bytes, more than the limit of {bound} bytes")
+            total += pos
+            plan.append((pos, items))
         self.addr_of_sec = addr  # data relocations may point into any data section
+        return plan
+
+    def _build_data(self, plan: list[tuple[int, list[tuple[Section, int]]]]) -> list[Segment]:
+        """The segments of a checked plan: sections copied in (relocated), gaps and .bss zero."""
         segs = []
-        for (size, items), base, name, writable in zip(placed, (RODATA_BASE, RWDATA_BASE),
+        for (size, items), base, name, writable in zip(plan, (RODATA_BASE, RWDATA_BASE),
                                                       (".rodata", ".data"), (False, True)):
             if not items:
                 continue
             buf = bytearray(size)
             for s, pos in items:
-                buf[pos:pos + s.size] = self._relocated_data(s)
+                if s.type != SHT_NOBITS or self.rels_for.get(s.index):
+                    buf[pos:pos + s.size] = self._relocated_data(s)
             segs.append(Segment(name, base, bytes(buf), writable))
-        return segs, addr
+        return segs
 
     def _relocated_data(self, s: Section) -> bytes:
         buf = bytearray(self.obj.section_data(s))

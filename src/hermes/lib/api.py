@@ -12,12 +12,70 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Union
 
+from .. import regs
 from ..engine import Program
-from ..errors import DeviceError
+from ..errors import DeviceError, HermesError, UsageError
 
 #: What the library accepts as a program: a Program, its bytes (raw or ELF), or a file path.
 ProgramLike = Union[Program, bytes, bytearray, memoryview, str, os.PathLike]
 Buffer = Union[bytes, bytearray, memoryview]
+
+#: Ranges of the options every Hermes-like backend takes (``emu`` and ``cpu``), the Hermes
+#: device's own: one MSI-X vector per engine besides the DMA channels' (``specs/device.md``),
+#: slot sizes in 32-bit registers and multiples of 8, a 64-bit instruction budget.
+OPTION_RANGES: dict[str, tuple[int, int]] = {
+    "engines": (1, regs.MSIX_VECTORS - regs.XDMA_H2C_CHANNELS - regs.XDMA_C2H_CHANNELS),
+    "program_slot_size": (8, 0xFFFF_FFF8),
+    "data_slot_size": (8, 0xFFFF_FFF8),
+    "budget": (1, 0xFFFF_FFFF_FFFF_FFFF),
+}
+
+
+def check_int(name: str, value: object, lo: int, hi: int) -> int:
+    """``value`` when it is an int in ``lo..hi``, else ``UsageError`` naming ``name``."""
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise UsageError(f"{name} must be an integer in {lo}..{hi}, got {value!r}")
+    return value
+
+
+def check_engine(name: object) -> str | None:
+    """``name`` when it is None or an engine ``hermes.engine`` has, else ``UsageError``."""
+    from ..engine import engine_names
+    if name is not None and name not in engine_names():
+        raise UsageError(f"unknown engine {name!r}; choose one of {', '.join(engine_names())}")
+    return name  # type: ignore[return-value]
+
+
+def check_options(options: dict) -> None:
+    """Check the options of ``OPTION_RANGES`` and ``engine`` (same rules and wording as the
+    Hermes device model, so every backend refuses a bad value the same way)."""
+    for name, value in options.items():
+        if name == "engine":
+            check_engine(value)
+        elif name in OPTION_RANGES and not (name == "budget" and value is None):
+            check_int(name, value, *OPTION_RANGES[name])
+            if name.endswith("slot_size") and value % 8:  # type: ignore[operator]
+                raise UsageError(f"{name} must be a multiple of 8, got {value}")
+
+
+def check_buffer(data: object, what: str = "data") -> memoryview:
+    """``data`` as a flat byte view, or ``UsageError`` for anything that is not bytes-like."""
+    if isinstance(data, (str, int, float)) or data is None:
+        raise UsageError(f"{what} must be bytes, bytearray or memoryview, not "
+                         f"{type(data).__name__}")
+    try:
+        view = memoryview(data)  # type: ignore[arg-type]
+    except TypeError:
+        raise UsageError(f"{what} must be bytes, bytearray or memoryview, not "
+                         f"{type(data).__name__}") from None
+    return view if view.format == "B" and view.ndim == 1 else view.cast("B")
+
+
+def check_size(name: str, value: object) -> int:
+    """``value`` when it is a non-negative int, else ``UsageError`` naming ``name``."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise UsageError(f"{name} must be a non-negative integer, got {value!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -110,11 +168,14 @@ class Device(abc.ABC):
         as ``data`` has). Past the input the slot holds zeros (a Hermes device zeroes a slot
         when it allocates it; the CPU backend allocates a zeroed one).
         """
+        view = check_buffer(data)
+        if read is not None:
+            check_size("read", read)
         with self.session() as s:
             s.load(program)
-            s.write(data)
+            s.write(view)
             r0 = s.run()
-            return Result(r0, s.read(len(data) if read is None else read))
+            return Result(r0, s.read(len(view) if read is None else read))
 
     def map(self, program: ProgramLike, buffers: Iterable[Buffer], *,
             read: int | None = None, workers: int | None = None) -> Iterator[Result]:
@@ -275,15 +336,23 @@ def open_device(spec: str = "emu", **options: object) -> Device:
     ``options`` go to the backend (for ``emu``: HermesDevice arguments such as ``engines`` or
     ``engine``, plus driver ``timeout``; for ``cpu``: ``engine``, ``slot_size``, ``budget``).
     """
-    prefix, _, address = str(spec).partition(":")
+    if not isinstance(spec, str):
+        raise UsageError(f"a device spec is a string such as 'emu', not {type(spec).__name__}")
+    prefix, _, address = spec.partition(":")
     factory = BACKENDS.get(prefix)
     if factory is None:
         raise DeviceError(f"unknown device spec {spec!r}; known prefixes: "
                           f"{', '.join(sorted(BACKENDS))}", errno.ENODEV)
+    check_options(options)
     if isinstance(factory, str):
         module, _, name = factory.partition(":")
         factory = getattr(importlib.import_module(module), name)
-    device = factory(address, **options)
+    try:
+        device = factory(address, **options)
+    except HermesError:
+        raise
+    except (TypeError, ValueError) as exc:  # an option the backend refused (name or value)
+        raise UsageError(f"cannot open device {spec!r}: {exc}") from None
     device.spec = str(spec)
     return device
 
@@ -304,16 +373,19 @@ def program_bytes(program: ProgramLike) -> bytes:
             raise ProgramError("the program has data segments (.rodata/.data) but no ELF object "
                                "to carry them to the device; load it with Program.from_elf")
         return program.to_bytes()
-    raise TypeError(f"expected a Program, bytes or a path, not {type(program).__name__}")
+    raise UsageError(f"expected a Program, bytes or a path, not {type(program).__name__}")
 
 
-def as_program(program: ProgramLike) -> Program:
-    """``program`` as a ``Program`` (bytes starting with the ELF magic are loaded as ELF)."""
+def as_program(program: ProgramLike, *, max_size: int | None = None) -> Program:
+    """``program`` as a ``Program`` (bytes starting with the ELF magic are loaded as ELF, with
+    code + data bounded by ``max_size`` as in ``Program.from_elf``)."""
     if isinstance(program, Program):
         return program
     if isinstance(program, (str, os.PathLike)):
-        return Program.from_file(program)
+        return Program.from_file(program, max_size=max_size)
+    if not isinstance(program, (bytes, bytearray, memoryview)):
+        raise UsageError(f"expected a Program, bytes or a path, not {type(program).__name__}")
     data = bytes(program)
     if data[:4] == b"\x7fELF":
-        return Program.from_elf(data)
+        return Program.from_elf(data, max_size=max_size)
     return Program.from_bytes(data)

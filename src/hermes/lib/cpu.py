@@ -3,16 +3,17 @@ from __future__ import annotations
 
 import errno
 import os
-import threading
 
 from .. import engine as _engine
-from ..errors import DeviceError, ExecutionError, ProgramTooLarge
-from .api import Buffer, Device, ProgramLike, Session, as_program, program_bytes
+from ..engine.cache import DEFAULT_CACHE_BYTES, LoadedCache
+from ..errors import DeviceError, ExecutionError, ProgramTooLarge, UsageError
+from .api import (Buffer, Device, ProgramLike, Session, as_program, check_buffer,
+                  check_options, check_size, program_bytes)
 from .errors import from_execution_error
 
 #: Default data slot (and program slot) size: the Hermes device's.
 DEFAULT_SLOT_SIZE = 1 << 20
-#: Prepared programs kept per CPU device.
+#: Prepared programs kept per CPU device (at most, and at most ``DEFAULT_CACHE_BYTES`` of them).
 _CACHE_SIZE = 64
 
 
@@ -44,11 +45,10 @@ class CpuSession(Session):
     def write(self, data: Buffer, offset: int = 0) -> int:
         """Copy ``data`` into the data slot at ``offset`` (slot allocated on the first write)."""
         self._check("write")
-        if offset < 0:
-            raise DeviceError(f"negative write offset {offset}", errno.EINVAL)
+        view = check_buffer(data)
+        check_size("offset", offset)
         if self._data is None:
             self._data = bytearray(self._device.slot_size)
-        view = memoryview(data).cast("B")
         n = max(0, min(len(view), len(self._data) - offset))
         self._data[offset:offset + n] = view[:n]
         return n
@@ -67,8 +67,8 @@ class CpuSession(Session):
     def read(self, size: int, offset: int = 0) -> bytes:
         """Up to ``size`` bytes of the data slot at ``offset``."""
         self._check("read")
-        if offset < 0 or size < 0:
-            raise DeviceError(f"invalid read (size {size}, offset {offset})", errno.EINVAL)
+        check_size("size", size)
+        check_size("offset", offset)
         if self._data is None:
             raise DeviceError("read before any data was written", errno.ENODATA)
         return bytes(self._data[offset:offset + size])
@@ -83,19 +83,22 @@ class CpuSession(Session):
 class CpuDevice(Device):
     """Runs programs in this process with ``hermes.engine`` (interpreter or JIT)."""
 
-    def __init__(self, *, engine: str | None = None, slot_size: int = DEFAULT_SLOT_SIZE,
+    def __init__(self, *, engine: str | None = None, data_slot_size: int = DEFAULT_SLOT_SIZE,
                  program_slot_size: int = DEFAULT_SLOT_SIZE, budget: int | None = None,
-                 engines: int | None = None):
-        if engine is not None and engine not in _engine.engine_names():
-            raise DeviceError(f"unknown engine {engine!r}; choose one of "
-                              f"{', '.join(_engine.engine_names())}", errno.EINVAL)
+                 engines: int | None = None, slot_size: int | None = None):
+        if slot_size is not None:  # the older name of data_slot_size
+            data_slot_size = slot_size
+        options = {"engine": engine, "data_slot_size": data_slot_size,
+                   "program_slot_size": program_slot_size, "budget": budget}
+        if engines is not None:
+            options["engines"] = engines
+        check_options(options)
         self.engine_name = engine or _engine.DEFAULT_ENGINE
-        self.slot_size = slot_size
+        self.slot_size = data_slot_size
         self.program_slot_size = program_slot_size
         self.budget = budget if budget is not None else _engine.DEFAULT_BUDGET
         self._engines = engines or os.cpu_count() or 1
-        self._cache: dict[str, object] = {}
-        self._lock = threading.Lock()
+        self._cache = LoadedCache(_CACHE_SIZE, DEFAULT_CACHE_BYTES)
 
     @property
     def engines(self) -> int:
@@ -116,17 +119,23 @@ class CpuDevice(Device):
             len(getattr(program, "elf_bytes", None) or program.to_bytes()))
         if size > self.program_slot_size:
             raise ProgramTooLarge(size, self.program_slot_size)
-        prog = as_program(program)  # type: ignore[arg-type]
+        # Code + data must fit the program slot too, as on a device (checked before an object's
+        # .bss is allocated; a Program built elsewhere is checked on what it holds).
+        prog = as_program(program, max_size=self.program_slot_size)  # type: ignore[arg-type]
+        image = len(prog.code) + sum(len(seg.data) for seg in prog.segments)
+        if image > self.program_slot_size:
+            raise ProgramTooLarge(image, self.program_slot_size)
         key = prog.digest
-        with self._lock:
-            exe = self._cache.get(key)
+        exe = self._cache.get(key)
         if exe is None:
             exe = _engine.load(prog, engine=self.engine_name, budget=self.budget)
-            with self._lock:
-                if len(self._cache) >= _CACHE_SIZE:
-                    self._cache.pop(next(iter(self._cache)))  # oldest first
-                self._cache[key] = exe
+            self._cache.put(key, exe, prog.host_bytes)
         return exe
+
+    def close(self) -> None:
+        """Drop the prepared programs (and the async pool)."""
+        super().close()
+        self._cache.clear()
 
     def session(self) -> CpuSession:
         """A new CPU session."""
@@ -137,4 +146,12 @@ def open_cpu(address: str = "", **options: object) -> CpuDevice:
     """``hermes.open("cpu", **options)``."""
     if address:
         raise DeviceError(f"the cpu device takes no address (got 'cpu:{address}')", errno.EINVAL)
+    unknown = sorted(set(options) - set(CPU_OPTIONS))
+    if unknown:
+        raise UsageError(f"unknown cpu options: {', '.join(unknown)} (the cpu backend takes "
+                         f"{', '.join(CPU_OPTIONS)})")
     return CpuDevice(**options)  # type: ignore[arg-type]
+
+
+#: Options ``hermes.open("cpu", ...)`` takes (``slot_size`` is the older name of data_slot_size).
+CPU_OPTIONS = ("engine", "data_slot_size", "program_slot_size", "budget", "engines", "slot_size")

@@ -1,8 +1,10 @@
 """Devices reached through the Hermes driver: the in-process emulator and any other Transport."""
 from __future__ import annotations
 
+import errno
+
 from ..driver import Driver, HermesFile, Transport, attach
-from .api import Buffer, Device, ProgramLike, Session, program_bytes
+from .api import Buffer, Device, ProgramLike, Session, check_buffer, check_size, program_bytes
 from .errors import from_os_error
 
 #: ``hermes.open("emu", ...)`` options that configure the driver; the rest go to HermesDevice.
@@ -30,8 +32,10 @@ class DriverSession(Session):
 
     def write(self, data: Buffer, offset: int = 0) -> int:
         """Copy ``data`` into the data slot at ``offset`` by DMA."""
+        view = check_buffer(data)
+        check_size("offset", offset)
         try:
-            return self.file.pwrite(data, offset)
+            return self.file.pwrite(view, offset)
         except OSError as exc:
             raise from_os_error(exc) from None
 
@@ -44,17 +48,20 @@ class DriverSession(Session):
 
     def read(self, size: int, offset: int = 0) -> bytes:
         """Read the data slot by DMA."""
+        check_size("size", size)
+        check_size("offset", offset)
         try:
             return self.file.pread(size, offset)
         except OSError as exc:
             raise from_os_error(exc) from None
 
     def close(self) -> None:
-        """Release the slots."""
+        """Release the slots (nothing to release when the device went away with them)."""
         try:
             self.file.close()
         except OSError as exc:
-            raise from_os_error(exc) from None
+            if exc.errno != errno.ENOTCONN:
+                raise from_os_error(exc) from None
 
 
 class DriverDevice(Device):
