@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import UsageError
+
 #: Virtual address of byte 0 of the input memory / data slot (r1 at entry).
 DATA_BASE = 0x0000_0001_0000_0000
 #: Virtual address of the read-only program data (ELF .rodata and string literals).
@@ -19,6 +21,9 @@ MAX_CALL_DEPTH = 8
 STACK_BASE = STACK_TOP - STACK_SIZE * MAX_CALL_DEPTH
 
 MASK64 = 0xFFFF_FFFF_FFFF_FFFF
+#: Largest input region: it must end below the program data (and so below the stack), which
+#: keeps every address at or above STACK_TOP unmapped (the load-time fault analysis relies on it).
+MAX_DATA = RODATA_BASE - DATA_BASE
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,10 @@ def input_region(memory: "bytearray | memoryview | bytes | None") -> "tuple[byte
     are copied; ``None`` gives an empty region with r1 = r2 = 0 (the corpus's no-memory case)."""
     if memory is None:
         return bytearray(), 0, 0
+    size = memory.nbytes if isinstance(memory, memoryview) else len(memory)
+    if size > MAX_DATA:
+        raise UsageError(f"input memory of {size} bytes is larger than the data region "
+                         f"({MAX_DATA} bytes)")
     if isinstance(memory, bytes) or (isinstance(memory, memoryview) and memory.readonly):
         data: bytearray | memoryview = bytearray(memory)
     else:

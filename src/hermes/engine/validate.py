@@ -64,13 +64,15 @@ def reads(insn: Insn) -> int:
     return 0
 
 
+def local_call_targets(insns: "list[Insn | None]") -> set[int]:
+    """Slots that some local call (``call local``) jumps to."""
+    return {jump_target(insn, i) for i, insn in enumerate(insns)
+            if insn is not None and insn.op.form == "call_local"}
+
+
 def functions(insns: "list[Insn | None]") -> list[Function]:
     """Split the program into functions at local-call targets (slot 0 starts the entry function)."""
-    starts = {0}
-    for i, insn in enumerate(insns):
-        if insn is not None and insn.op.form == "call_local":
-            starts.add(jump_target(insn, i))
-    ordered = sorted(starts)
+    ordered = sorted(local_call_targets(insns) | {0})
     return [Function(s, e) for s, e in zip(ordered, ordered[1:] + [len(insns)])]
 
 
@@ -79,15 +81,20 @@ def _err(reason: str, i: int, insns: "list[Insn | None]") -> ProgramError:
     return ProgramError(reason, i, format_insn(insn) if insn is not None else None)
 
 
-def certain_faults(insns: "list[Insn | None]", f: Function) -> set[int]:
-    """Slots of ``f`` whose memory access faults on every execution.
+def certain_faults(insns: "list[Insn | None]", f: Function, entered_by_call: bool) -> set[int]:
+    """Slots of ``f`` whose memory access faults on every execution, at every call depth.
 
-    A block-local constant propagation: an address built only from immediates, or from r10 in
-    the entry function, that lies outside every region a program can ever map. Paths through
-    such an instruction never reach what follows it, so the r0 check ignores them (the run
-    reports the fault instead).
+    ``entered_by_call`` says whether ``f`` can run as a callee (every function but an entry
+    function that no local call targets): then r10 may be any frame's top, not just the stack
+    top. A block-local constant propagation finds accesses whose address lies outside every
+    region a program can map on every run: a constant address below the data slot or reaching
+    the stack top or above, or ``r10 + off`` reaching the stack top even for the deepest frame
+    ``f`` can run in (nothing is mapped at or above ``STACK_TOP``; ``memory.input_region`` keeps
+    the data slot below the program data). Paths through such an instruction never reach what
+    follows it, so the r0 check ignores them (the run reports the fault instead).
     """
-    from .memory import DATA_BASE, STACK_SIZE, STACK_TOP
+    from .memory import DATA_BASE, MAX_CALL_DEPTH, STACK_SIZE, STACK_TOP
+    deepest = MAX_CALL_DEPTH - 1 if entered_by_call or f.start != 0 else 0
     leaders = {f.start}
     for i in range(f.start, f.end):
         insn = insns[i]
@@ -102,22 +109,25 @@ def certain_faults(insns: "list[Insn | None]", f: Function) -> set[int]:
         if insn is None:
             continue
         if i in leaders:
-            consts = {10: STACK_TOP} if f.start == 0 else {}
+            consts = {}
         form, sem = insn.op.form, insn.op.sem
         base = None
         if form in ("ldx",):
             base = insn.src
         elif form in ("st", "stx", "atomic"):
             base = insn.dst
-        if base is not None and base in consts:
+        size = insn.op.width
+        if base == 10:
+            # frame d has r10 = STACK_TOP - STACK_SIZE * d, and every frame up to STACK_TOP is
+            # live at depth d (callers' frames are addressable)
+            if insn.off + size > STACK_SIZE * deepest:
+                faults.add(i)
+        elif base is not None and base in consts:
             addr = (consts[base] + insn.off) & 0xFFFFFFFFFFFFFFFF
-            size = insn.op.width
-            in_stack = f.start == 0 and STACK_TOP - STACK_SIZE <= addr <= STACK_TOP - size
-            if base == 10 and not in_stack:
+            if addr + size <= DATA_BASE or addr + size > STACK_TOP:
                 faults.add(i)
-            elif base != 10 and (addr + size <= DATA_BASE or addr + size > STACK_TOP):
-                faults.add(i)
-        written = writes(insn)
+        # a local callee may leave anything in r0..r5 (only r6..r9 and r10 are restored)
+        written = _R0 | _ARGS if form == "call_local" else writes(insn)
         if form == "lddw" or (form == "alu_k" and sem == "mov" and insn.op.width == 64):
             consts[insn.dst] = insn.imm & 0xFFFFFFFFFFFFFFFF
         elif form == "alu_k" and sem in ("add", "sub") and insn.op.width == 64 \
@@ -179,7 +189,7 @@ def check(program: Program, helpers: HelperRegistry) -> list[Function]:
                 raise _err(f"call to unknown helper id {insn.imm}", i, insns)
     # Only the entry function's r0 is a result; a callee may be a C `void` function (clang
     # leaves r0 untouched there) and its caller already counts r0 as written after the call.
-    _check_r0(insns, funcs[0])
+    _check_r0(insns, funcs[0], 0 in local_call_targets(insns))
     return funcs
 
 
@@ -206,9 +216,9 @@ def initialised(insns: "list[Insn | None]", f: Function, entry: int,
     return state
 
 
-def _check_r0(insns: "list[Insn | None]", f: Function) -> None:
+def _check_r0(insns: "list[Insn | None]", f: Function, entered_by_call: bool) -> None:
     entry = _R10 | 0b110  # r1 and r2 describe the input region
-    state = initialised(insns, f, entry, certain_faults(insns, f))
+    state = initialised(insns, f, entry, certain_faults(insns, f, entered_by_call))
     for i, regs in sorted(state.items()):
         insn = insns[i]
         if insn.op.form == "exit" and not regs & _R0:

@@ -66,12 +66,14 @@ def _transfer(insn: Insn, state: int) -> int:
     return state | validate.writes(insn)
 
 
-def _flow(insns: "list[Insn | None]", f: validate.Function, entry: int) -> dict[int, int]:
+def _flow(insns: "list[Insn | None]", f: validate.Function, entry: int,
+          entered_by_call: bool) -> dict[int, int]:
     """Registers definitely written before each reachable slot of ``f`` (forward must-analysis).
 
-    Like ``validate.initialised``, instructions that fault on every execution end their paths.
+    Like ``validate.initialised``, instructions that fault on every execution (at every depth
+    ``f`` can run at) end their paths.
     """
-    dead_ends = validate.certain_faults(insns, f)
+    dead_ends = validate.certain_faults(insns, f, entered_by_call)
     state: dict[int, int] = {f.start: entry}
     work = [f.start]
     while work:
@@ -162,19 +164,16 @@ def _stack_proofs(insns: "list[Insn | None]", f: validate.Function, out: dict[in
 
 
 def _call_graph(insns: "list[Insn | None]", funcs: list[validate.Function],
-                reach: dict[int, dict[int, int]]) -> tuple[dict[int, int], int]:
-    """Call-site -> callee index and the deepest chain; raises ``VerifierError`` on recursion or
-    on a chain deeper than MAX_CALL_DEPTH (``verify`` decides whether that rejects the program)."""
-    index_of = {f.start: k for k, f in enumerate(funcs)}
-    targets: dict[int, int] = {}
+                reach: dict[int, dict[int, int]], index_of: dict[int, int]) -> int:
+    """The deepest chain of calls through reachable call sites, in frames; raises
+    ``VerifierError`` on recursion or on a chain deeper than MAX_CALL_DEPTH (``verify`` decides
+    whether that rejects the program)."""
     edges: dict[int, list[tuple[int, int]]] = {k: [] for k in range(len(funcs))}
     for k, f in enumerate(funcs):
         for i in sorted(reach.get(k, {})):
             insn = insns[i]
             if insn.op.form == "call_local":
-                callee = index_of[jump_target(insn, i)]
-                targets[i] = callee
-                edges[k].append((i, callee))
+                edges[k].append((i, index_of[jump_target(insn, i)]))
     depth: dict[int, int] = {}
     on_stack: set[int] = set()
 
@@ -201,7 +200,7 @@ def _call_graph(insns: "list[Insn | None]", funcs: list[validate.Function],
         return best
 
     # visit() recurses along one call chain only, which is cut off after MAX_CALL_DEPTH frames
-    return targets, visit(0, 1)
+    return visit(0, 1)
 
 
 def verify(program: Program, helpers: HelperRegistry, *,
@@ -220,16 +219,21 @@ def verify(program: Program, helpers: HelperRegistry, *,
         raise VerifierError(exc.reason, exc.index, exc.insn_text) from None
     info = VerifierInfo(functions=funcs)
     states: dict[int, dict[int, int]] = {}
+    entry_called = 0 in validate.local_call_targets(insns)
     for k, f in enumerate(funcs):
-        state = _flow(insns, f, _ENTRY_MAIN if f.start == 0 else _ENTRY_LOCAL)
+        state = _flow(insns, f, _ENTRY_MAIN if f.start == 0 else _ENTRY_LOCAL, entry_called)
         _check_reads(insns, state, f.start == 0)
         states[k] = state
         info.reachable.update(state)
         _stack_proofs(insns, f, info.stack_safe)
-    # Only call sites reachable from their function's entry build the call graph; an unreachable
-    # call cannot deepen a run.
+    # Every call site gets its callee, reachable or not: the engines compile each one (a site the
+    # analysis calls unreachable still gets a run-time depth check in the JIT). Only reachable
+    # sites build the call graph whose depth is proven: an unreachable call cannot deepen a run.
+    index_of = {f.start: k for k, f in enumerate(funcs)}
+    info.call_targets = {i: index_of[jump_target(insn, i)] for i, insn in enumerate(insns)
+                         if insn is not None and insn.op.form == "call_local"}
     try:
-        info.call_targets, info.max_depth = _call_graph(insns, funcs, states)
+        info.max_depth = _call_graph(insns, funcs, states, index_of)
     except VerifierError:
         if strict_calls:
             raise
@@ -237,8 +241,4 @@ def verify(program: Program, helpers: HelperRegistry, *,
         # really goes too deep (the reference interpreter's behaviour)
         info.bounded = False
         info.max_depth = MAX_CALL_DEPTH + 1
-        index_of = {f.start: k for k, f in enumerate(funcs)}
-        info.call_targets = {i: index_of[jump_target(insns[i], i)]
-                             for state in states.values() for i in state
-                             if insns[i].op.form == "call_local"}
     return info

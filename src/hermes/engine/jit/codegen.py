@@ -347,15 +347,15 @@ class _Func:
         self.put(0, r)
 
     def local_call(self, insn: Insn, pc: int, count: str) -> None:
-        callee = self.gen.info.call_targets.get(pc)
-        if callee is None:  # unreachable call site: never executed
-            self.emit("unreachable")
-            return
+        info = self.gen.info
+        callee = info.call_targets[pc]
         args = ", ".join(f"i64 {self.get(r)}" for r in range(0, 10))
         d1 = self.t()
         self.emit(f"{d1} = add i64 %depth, 1")
-        if not self.gen.info.bounded:
-            # recursion or a deep chain: the interpreter's run-time limit
+        if not info.bounded or pc not in info.reachable:
+            # recursion or a deep chain: the interpreter's run-time limit; a call site outside
+            # the proven call graph keeps the check too, so no analysis is trusted with the
+            # stack's bounds
             deep = self.t()
             self.emit(f"{deep} = icmp uge i64 {d1}, {MAX_CALL_DEPTH}")
             bad, ok = self.new_label("deep"), self.new_label("depthok")
@@ -715,7 +715,7 @@ class _Func:
                     self.helper_call(insn, i, count)
                 elif form == "call_local":
                     self.local_call(insn, i, count)
-                    self.emit(f"br label %b{e}" if e < self.end else "unreachable")
+                    self.emit(f"br label %b{self.inside(e, i)}")
                     break
                 elif form in ("ja", "gotol"):
                     edge(None, jump_target(insn, i), 0, copy)
@@ -723,10 +723,7 @@ class _Func:
                 elif form in ("jcond_k", "jcond_x"):
                     certain = fast is not None and i in fast.tests
                     c = "stay" if certain else self.cond(insn)
-                    if e >= self.end:  # cannot happen after validate.check; keep the IR valid
-                        self.emit("unreachable")
-                    else:
-                        edge(c, jump_target(insn, i), e, copy)
+                    edge(c, jump_target(insn, i), self.inside(e, i), copy)
                     break
                 elif form == "exit":
                     r0 = self.get(0)
@@ -741,11 +738,19 @@ class _Func:
                 else:  # pragma: no cover - the ISA table has no other forms
                     raise AssertionError(form)
             else:
-                if e < self.end:
-                    edge(None, e, 0, copy)
-                else:  # validate.check guarantees functions end in exit or ja; keep IR valid
-                    self.emit("unreachable")
+                edge(None, self.inside(e, e - 1), 0, copy)
         self.fast = None
+
+    def inside(self, slot: int, pc: int) -> int:
+        """``slot`` (where control goes after ``pc``), which must lie in this function.
+
+        ``validate.check`` rejects functions that fall through their end; the generator still
+        refuses to emit code for one rather than mark the path ``unreachable`` (undefined
+        behaviour if it ran).
+        """
+        if slot >= self.end:
+            raise VerifierError("execution would fall through the end of the function", pc)
+        return slot
 
 
 class ModuleGen:
