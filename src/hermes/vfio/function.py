@@ -112,9 +112,11 @@ class _Mapping:
 class DmaSpace:
     """Bus address -> backend map the device DMAs through (the device's host-memory object).
 
-    An access must fall inside one mapping (as on the in-process model). Memory-backed copies
-    happen under the lock, so an unmap never races a copy; callback-backed accesses run outside
-    it (they wait for the peer) and an unmap does not wait for them.
+    An access may span mappings that are adjacent in bus addresses, as behind an IOMMU that
+    maps a buffer page by page (QEMU's vIOMMU reports each IOTLB entry as its own DMA_MAP);
+    callback-backed accesses must fall inside one mapping. Memory-backed copies happen under the
+    lock, so an unmap never races a copy; callback-backed accesses run outside it (they wait for
+    the peer) and an unmap does not wait for them.
     """
 
     def __init__(self, max_maps: int = 65535):
@@ -138,13 +140,29 @@ class DmaSpace:
             self._starts.insert(i, addr)
             self._maps[addr] = _Mapping(addr, size, flags, backend)
 
-    def unmap(self, addr: int, size: int) -> None:
-        """Remove the mapping that is exactly ``[addr, addr+size)``; OSError EINVAL otherwise."""
+    def unmap(self, addr: int, size: int) -> int:
+        """Remove every mapping inside ``[addr, addr+size)`` (one or many, as the kernel's type-1
+        IOMMU does for a vIOMMU's range invalidations); returns the bytes unmapped. OSError
+        EINVAL when the range holds no mapping or cuts one, and then nothing is removed."""
+        end = addr + size
         with self._lock:
-            m = self._maps.get(addr)
-            if m is None or m.size != size:
-                raise vfio_error(errno.EINVAL, f"no DMA mapping is exactly {addr:#x}+{size:#x}")
-            self._remove(m)
+            i = bisect.bisect_left(self._starts, addr)
+            if i and self._starts[i - 1] + self._maps[self._starts[i - 1]].size > addr:
+                raise vfio_error(errno.EINVAL, f"DMA_UNMAP {addr:#x}+{size:#x} cuts the mapping "
+                                 f"at {self._starts[i - 1]:#x}")
+            inside = []
+            while i < len(self._starts) and self._starts[i] < end:
+                m = self._maps[self._starts[i]]
+                if m.addr + m.size > end:
+                    raise vfio_error(errno.EINVAL, f"DMA_UNMAP {addr:#x}+{size:#x} cuts the "
+                                     f"mapping at {m.addr:#x}+{m.size:#x}")
+                inside.append(m)
+                i += 1
+            if not inside:
+                raise vfio_error(errno.EINVAL, f"no DMA mapping in {addr:#x}+{size:#x}")
+            for m in inside:
+                self._remove(m)
+            return sum(m.size for m in inside)
 
     def unmap_all(self) -> None:
         """Remove every mapping."""
@@ -173,10 +191,33 @@ class DmaSpace:
                 raise DmaFault(addr, n, partial=True)
         raise DmaFault(addr, n)
 
+    def _pieces(self, addr: int, n: int, flag: int) -> list[tuple[_Mapping, int, int]]:
+        """(mapping, offset in it, length) covering ``[addr, addr+n)`` with adjacent
+        memory-backed mappings that all allow ``flag``; DmaFault at the first gap."""
+        pieces = []
+        pos, end = addr, addr + n
+        while pos < end:
+            try:
+                m = self._find(pos, 0)
+            except DmaFault:
+                raise DmaFault(addr, n, partial=pos > addr) from None
+            if not m.flags & flag or isinstance(m.backend, CallbackBackend):
+                raise DmaFault(addr, n, partial=pos > addr)
+            length = min(end, m.addr + m.size) - pos
+            pieces.append((m, pos - m.addr, length))
+            pos += length
+        return pieces
+
     def read(self, bus_addr: int, n: int) -> bytes:
         """Copy of ``n`` bytes at ``bus_addr``; raises DmaFault."""
         with self._lock:
-            m = self._find(bus_addr, n)
+            try:
+                m = self._find(bus_addr, n)
+            except DmaFault as fault:
+                if not fault.partial or n < 0:
+                    raise
+                return b"".join(p.backend.read(off, length) for p, off, length
+                                in self._pieces(bus_addr, n, uapi.VFIO_DMA_MAP_FLAG_READ))
             if not m.flags & uapi.VFIO_DMA_MAP_FLAG_READ:
                 raise DmaFault(bus_addr, n)
             if not isinstance(m.backend, CallbackBackend):
@@ -192,7 +233,17 @@ class DmaSpace:
         """Store ``data`` at ``bus_addr``; raises DmaFault."""
         n = len(data) if not isinstance(data, memoryview) else data.nbytes
         with self._lock:
-            m = self._find(bus_addr, n)
+            try:
+                m = self._find(bus_addr, n)
+            except DmaFault as fault:
+                if not fault.partial:
+                    raise
+                view = memoryview(data).cast("B")
+                pos = 0
+                for p, off, length in self._pieces(bus_addr, n, uapi.VFIO_DMA_MAP_FLAG_WRITE):
+                    p.backend.write(off, view[pos:pos + length])
+                    pos += length
+                return
             if not m.flags & uapi.VFIO_DMA_MAP_FLAG_WRITE:
                 raise DmaFault(bus_addr, n)
             if not isinstance(m.backend, CallbackBackend):

@@ -507,7 +507,7 @@ class Session:
                 raise vfio_error(errno.EINVAL, "DMA_UNMAP ALL with an address or size")
             self.fn.dma.unmap_all()
         else:
-            self.fn.dma.unmap(req.iova, req.size)
+            req.size = self.fn.dma.unmap(req.iova, req.size)
         req.argsz = ctypes.sizeof(P.DmaUnmap)
         return bytes(req), []
 
