@@ -283,7 +283,7 @@ def stage(run: Path, job: str) -> None:
 
 
 def compile_examples(out: Path) -> None:
-    """examples/*.c with clang -target bpf on the host (the guest has no clang)."""
+    """examples/*.c and drivers/linux/tests/*.bpf.c, compiled by clang on the host."""
     sys.path.insert(0, str(CHECKOUT / "src"))
     from hermes.engine import clang
     if clang.find_clang() is None:
@@ -291,6 +291,9 @@ def compile_examples(out: Path) -> None:
         return
     out.mkdir()
     for src in sorted((CHECKOUT / "examples").glob("*.c")):
+        clang.compile_c(src, out / f"{src.stem}.o")
+    # The kernel driver's own test programs (drivers/linux/tests/NAME.bpf.c -> NAME.bpf.o).
+    for src in sorted((CHECKOUT / "drivers" / "linux" / "tests").glob("*.bpf.c")):
         clang.compile_c(src, out / f"{src.stem}.o")
 
 
@@ -357,7 +360,7 @@ def qemu_command(root: Root, sock: str, extra: list[str]) -> list[str]:
             # A vIOMMU, so vfio-pci in the guest gets a type-1 container (Debian's kernel has no
             # VFIO no-IOMMU mode); caching mode makes the guest report every mapping to QEMU,
             # which passes it to the server as DMA_MAP.
-            "-device", "intel-iommu,caching-mode=on,intremap=off",
+            "-device", "intel-iommu,caching-mode=on,intremap=on",
             "-device", device,
             "-display", "none", "-vga", "none", "-nic", "none", "-no-reboot",
             "-monitor", "none", "-serial", f"file:{ROOT_RUN}/console.log", *extra]
