@@ -73,3 +73,70 @@ def test_runtime_fault_is_one_line(tmp_path: Path):
 def test_missing_file_is_one_line():
     out = hermes("exec", "/nonexistent/prog.bin")
     assert out.returncode == 1 and "No such file" in out.stderr and "Traceback" not in out.stderr
+
+
+#: Bad invocations of every subcommand: (arguments, text the one error line must contain).
+#: Files: ok.s (valid), bad.s (not UTF-8), empty.s, empty.bin, adir/ (a directory), emptydir/,
+#: big.bin (larger than a data slot); "missing" names nothing.
+BAD_INVOCATIONS = [
+    (["asm", "bad.s"], "not UTF-8 text (byte 0xff at offset 0)"),
+    (["asm", "empty.s"], "empty.s"),
+    (["asm", "adir"], "adir"),
+    (["asm", "missing.s"], "missing.s"),
+    (["asm", "ok.s", "-o", "adir"], "adir"),
+    (["disasm", "empty.bin"], "empty.bin"),
+    (["disasm", "bad.s"], "bad.s"),
+    (["exec", "bad.s"], "bad.s is not UTF-8 text"),
+    (["exec", "ok.s", "--engine", "bogus"], "unknown engine 'bogus'"),
+    (["exec", "ok.s", "--budget", "-5"], "--budget: -5 is out of range"),
+    (["exec", "ok.s", "--budget", str(1 << 64)], f"--budget: {1 << 64} is out of range"),
+    (["exec", "ok.s", "--budget", "lots"], "--budget: not an integer: 'lots'"),
+    (["exec", "ok.s", "--mem", "zz"], "--mem is not valid hex"),
+    (["exec", "ok.s", "--mem-file", "adir"], "adir"),
+    (["exec", "huge.s"], "does not fit in 32 bits"),
+    (["exec", "big.bin"], "more than the limit of 65536"),
+    (["run", "bad.s"], "bad.s is not UTF-8 text"),
+    (["run", "ok.s", "--engine", "bogus"], "unknown engine 'bogus'"),
+    (["run", "ok.s", "--device", "cpu", "--budget", "0"], "--budget: 0 is out of range"),
+    (["run", "ok.s", "--read", "-1"], "--read: -1 is out of range"),
+    (["run", "ok.s", "--input", "big.bin"], "--input big.bin is 1200000 bytes"),
+    (["run", "ok.s", "--input", "missing"], "missing"),
+    (["run", "ok.s", "--device", "nowhere"], "unknown device spec 'nowhere'"),
+    (["run", "ok.s", "--device", "emu:x"], "emu:x"),
+    (["run", "ok.s", "--device", "vfio-user:/missing.sock"], "/missing.sock"),
+    (["info", "--device", "cpu:x"], "cpu:x"),
+    (["bench", "--engine", "bogus"], "unknown engine 'bogus'"),
+    (["bench", "--repeat", "0"], "--repeat: 0 is out of range"),
+    (["conformance", "emptydir"], "no conformance cases (.data files) in emptydir"),
+    (["conformance", "emptydir", "--engine", "bogus"], "unknown engine 'bogus'"),
+    (["conformance-plugin", "--engine", "bogus"], "unknown engine 'bogus'"),
+    (["rtl", "verilog", "--engines", "0", "-o", "x.v"], "--engines 0"),
+    (["rtl", "sim", "ok.s", "--max-cycles", "0"], "--max-cycles: 0 is out of range"),
+    (["rtl", "sim", "bad.s"], "bad.s is not UTF-8 text"),
+    (["nosuchcommand"], "invalid choice: 'nosuchcommand'"),
+]
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("cli")
+    (d / "ok.s").write_text("mov r0, 1\nexit\n")
+    (d / "bad.s").write_bytes(b"\xff\xfe mov r0, 1\n")
+    (d / "empty.s").write_text("")
+    (d / "empty.bin").write_bytes(b"")
+    (d / "huge.s").write_text("mov r0, 99999999999999999999999\nexit\n")
+    (d / "big.bin").write_bytes(bytes(1_200_000))
+    (d / "adir").mkdir()
+    (d / "emptydir").mkdir()
+    return d
+
+
+@pytest.mark.parametrize("args, wanted", BAD_INVOCATIONS, ids=[" ".join(a) for a, _ in BAD_INVOCATIONS])
+def test_bad_invocation_is_one_line(bad_files, args, wanted):
+    out = subprocess.run([sys.executable, "-m", "hermes", *args], capture_output=True, text=True,
+                         cwd=bad_files, timeout=120, stdin=subprocess.DEVNULL)
+    assert out.returncode != 0, out
+    assert "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.count("\n") == 1 and out.stderr.endswith("\n"), out.stderr
+    assert wanted in out.stderr, out.stderr
+    assert "internal error" not in out.stderr, out.stderr

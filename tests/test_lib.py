@@ -336,3 +336,102 @@ def test_device_and_cpu_agree(both, payload, prog):
     data = struct.pack("<Q", len(payload)) + payload
     emu, cpu = both
     assert emu.run(program, data) == cpu.run(program, data)
+
+
+# --- misuse: every wrong argument is a UsageError (a HermesError and a ValueError) -----------
+BAD_OPTIONS = [
+    ({"engine": "bogus"}, "unknown engine 'bogus'; choose one of"),
+    ({"budget": 0}, "budget must be an integer in 1..18446744073709551615, got 0"),
+    ({"budget": -1}, "budget must be an integer in 1..18446744073709551615, got -1"),
+    ({"budget": 1 << 64}, f"budget must be an integer in 1..18446744073709551615, got {1 << 64}"),
+    ({"budget": "many"}, "budget must be an integer in 1..18446744073709551615, got 'many'"),
+    ({"engines": 0}, "engines must be an integer in 1..24, got 0"),
+    ({"engines": 25}, "engines must be an integer in 1..24, got 25"),
+    ({"data_slot_size": 12}, "data_slot_size must be a multiple of 8, got 12"),
+    ({"data_slot_size": -8}, "data_slot_size must be an integer in 8..4294967288, got -8"),
+    ({"program_slot_size": 1 << 32}, "program_slot_size must be an integer in 8..4294967288"),
+    ({"program_slot_size": 8.0}, "program_slot_size must be an integer in 8..4294967288, got 8.0"),
+]
+
+
+@pytest.mark.parametrize("spec", ["emu", "cpu"])
+@pytest.mark.parametrize("options, message", BAD_OPTIONS, ids=[str(o) for o, _ in BAD_OPTIONS])
+def test_bad_options_same_on_emu_and_cpu(spec, options, message):
+    with pytest.raises(hermes.UsageError) as info:
+        hermes.open(spec, **options)
+    assert message in str(info.value)
+    assert isinstance(info.value, hermes.HermesError) and isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize("options", [o for o, _ in BAD_OPTIONS])
+def test_device_model_refuses_what_the_library_refuses(options):
+    from hermes.device import HermesDevice
+    with pytest.raises(ValueError):
+        HermesDevice(**options)
+
+
+@pytest.mark.parametrize("spec", ["emu", "cpu"])
+def test_limits_of_the_option_ranges_are_accepted(spec):
+    with hermes.open(spec, engines=24, budget=(1 << 64) - 1, data_slot_size=8,
+                     program_slot_size=64) as dev:
+        assert dev.run(RET7).return_value == 7
+
+
+@pytest.mark.parametrize("spec", ["emu", "cpu"])
+def test_unknown_option(spec):
+    with pytest.raises(hermes.UsageError, match="frobnicate"):
+        hermes.open(spec, frobnicate=1)
+
+
+def test_bad_specs():
+    for spec in (None, 5, b"emu"):
+        with pytest.raises(hermes.UsageError, match="device spec is a string"):
+            hermes.open(spec)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bad", ["text", 5, None, 1.5, [1, 2]])
+def test_bad_data(device, bad):
+    with pytest.raises(hermes.UsageError, match="data must be bytes"):
+        device.run(RET7, bad)
+    with device.session() as s:
+        s.load(RET7)
+        with pytest.raises(hermes.UsageError, match="data must be bytes"):
+            s.write(bad)
+
+
+@pytest.mark.parametrize("bad", [5, None, 1.5, object()])
+def test_bad_programs(device, bad):
+    with pytest.raises(hermes.UsageError, match="expected a Program, bytes or a path"):
+        device.run(bad, b"")
+
+
+def test_bad_sizes_and_offsets(device):
+    with device.session() as s:
+        s.load(RET7)
+        s.write(b"x")
+        for call, name in ((lambda: s.write(b"x", offset=-1), "offset"),
+                           (lambda: s.read(-1), "size"), (lambda: s.read(1, offset=-5), "offset"),
+                           (lambda: s.read("8"), "size")):
+            with pytest.raises(hermes.UsageError, match=f"{name} must be a non-negative integer"):
+                call()
+    with pytest.raises(hermes.UsageError, match="read must be a non-negative integer"):
+        device.run(RET7, b"", read=-1)
+
+
+def test_engine_layer_misuse():
+    from hermes import engine
+    from hermes.engine.elf import load_elf
+    from hermes.engine.helpers import DEVICE_HELPERS, HelperRegistry
+    cases = [
+        (lambda: engine.load(RET7, engine="bogus"), "unknown engine 'bogus'"),
+        (lambda: Program(5), "program code must be bytes"),  # type: ignore[arg-type]
+        (lambda: Program.from_asm(5), "assembly source must be str or bytes"),  # type: ignore
+        (lambda: load_elf(42), "an ELF object is a path or bytes"),  # type: ignore[arg-type]
+        (lambda: load_elf(b"\x7fELF", max_size=-1), "max_size must be a non-negative"),
+        (lambda: Program.from_file(7), "a program file is a path"),  # type: ignore[arg-type]
+        (lambda: HelperRegistry(list(DEVICE_HELPERS.values()) * 2), "already registered"),
+    ]
+    for call, message in cases:
+        with pytest.raises(hermes.UsageError, match=message):
+            call()
+    assert Program.from_asm(b"mov r0, 1\nexit").code == Program.from_asm("mov r0, 1\nexit").code

@@ -50,7 +50,7 @@ def test_run_errors_are_one_line(tmp_path, capsys):
     assert main(["run", str(src)]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "out of bounds" in err and "pc 2" in err
-    assert main(["run", str(src), "--device", "emu", "--engine", "nope"]) == 1
+    assert main(["run", str(src), "--device", "emu", "--engine", "nope"]) == 2  # usage error
     assert "unknown engine" in capsys.readouterr().err
     assert main(["info", "--device", "nowhere"]) == 1
     assert "unknown device spec" in capsys.readouterr().err

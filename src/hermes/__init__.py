@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from .errors import (AssemblerError, BudgetExceeded, DeviceError, DeviceProtocolError,
                      DeviceTimeout, ElfError, ExecutionError, ExecutionFailed, HermesError,
-                     ProgramError, ProgramRejected, ProgramTooLarge, SlotsExhausted, VerifierError)
+                     ProgramError, ProgramRejected, ProgramTooLarge, SlotsExhausted, UsageError,
+                     VerifierError)
 from .engine import Program, RunResult
 from .lib import Device, Result, Session, open_device, register_backend
 
@@ -17,6 +18,6 @@ __all__ = [
     "Program", "ProgramError", "RunResult", "VerifierError", "__version__",
     # library (device access)
     "Device", "DeviceError", "DeviceProtocolError", "DeviceTimeout", "ExecutionFailed",
-    "ProgramRejected", "ProgramTooLarge", "Result", "Session", "SlotsExhausted", "open",
-    "register_backend",
+    "ProgramRejected", "ProgramTooLarge", "Result", "Session", "SlotsExhausted", "UsageError",
+    "open", "register_backend",
 ]

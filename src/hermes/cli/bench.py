@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from . import engine_arg, int_arg
+
 
 def _bench(args: argparse.Namespace) -> int:
     if args.device:
@@ -15,11 +17,11 @@ def _bench(args: argparse.Namespace) -> int:
 def register(sub: "argparse._SubParsersAction") -> None:
     """Add ``hermes bench``."""
     p = sub.add_parser("bench", help="measure engines (default) or a device (--device)")
-    p.add_argument("--engine", help="engine to measure (interp, jit)")
+    p.add_argument("--engine", type=engine_arg, help="engine to measure (interp, jit)")
     p.add_argument("--device", help="device spec to measure instead (emu, vfio-user:PATH...)")
     p.add_argument("--bench-dir", help="the shared bench folder (default: ../shared/bench)")
     p.add_argument("--kind", action="append", choices=["asm", "c"],
                    help="program sources to run (repeatable; default asm)")
     p.add_argument("--program", action="append", help="only this bench program (repeatable)")
-    p.add_argument("--repeat", type=int, default=3, help="runs per program (default 3)")
+    p.add_argument("--repeat", type=int_arg(1), default=3, help="runs per program (default 3)")
     p.set_defaults(func=_bench)

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from ..errors import HermesError
+from . import budget_arg, engine_arg, int_arg, load_program, write_output
 
 
 def _size(n: int) -> str:
@@ -21,10 +22,7 @@ def _open(args: argparse.Namespace, **options: object):
         options["engine"] = args.engine
     if getattr(args, "budget", None) is not None:
         options["budget"] = args.budget
-    try:
-        return open_device(args.device, **options)
-    except (TypeError, ValueError) as exc:  # bad option values for this backend: one line
-        raise HermesError(f"cannot open device {args.device!r}: {exc}") from None
+    return open_device(args.device, **options)
 
 
 def format_info(info: dict) -> str:
@@ -54,14 +52,17 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..engine import Program
-    program = Program.from_file(args.program)
+    program = load_program(args.program)
     data = Path(args.input).read_bytes() if args.input else b""
     with _open(args) as dev:
+        slot = dev.info().get("data_slot_size")
+        if slot is not None and len(data) > slot:
+            raise HermesError(f"--input {args.input} is {len(data)} bytes, larger than the "
+                              f"device's data slot ({slot} bytes)")
         result = dev.run(program, data, read=args.read)
     print(f"r0 = {result.return_value:#x} ({result.return_value})")
     if args.output:
-        Path(args.output).write_bytes(result.data)
+        write_output(args.output, result.data)
         print(f"{args.output}: {len(result.data)} bytes of the data slot", file=sys.stderr)
     return 0
 
@@ -81,9 +82,11 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--output", metavar="FILE",
                    help="where to write the data slot after the run (as many bytes as the input, "
                    "or --read)")
-    p.add_argument("--read", type=int, metavar="N", help="bytes of the data slot to write back")
+    p.add_argument("--read", type=int_arg(0), metavar="N",
+                   help="bytes of the data slot to write back")
     p.add_argument("--device", default="emu", metavar="SPEC",
                    help="device spec: emu (default), cpu, vfio-user:PATH, ...")
-    p.add_argument("--engine", metavar="NAME", help="engine executing the program (interp, jit)")
-    p.add_argument("--budget", type=int, metavar="N", help="instruction budget per run")
+    p.add_argument("--engine", type=engine_arg, metavar="NAME",
+                   help="engine executing the program (interp, jit)")
+    p.add_argument("--budget", type=budget_arg, metavar="N", help="instruction budget per run")
     p.set_defaults(func=_run)

@@ -7,29 +7,38 @@ from pathlib import Path
 
 from ..engine import CONFORMANCE_HELPERS, DEVICE_HELPERS
 from ..engine import load as _load
-from ..engine.asm import assemble
+from ..engine.asm import assemble, source_text
 from ..engine.disasm import listing
 from ..engine.helpers import merged
 from ..engine.program import Program, decode
 from ..errors import HermesError
+from . import budget_arg, engine_arg, load_program, write_output
 
 
 def _asm(args: argparse.Namespace) -> int:
-    code = assemble(Path(args.file).read_text())
-    Program.from_bytes(code)  # validate what was assembled, e.g. jump targets
-    out = Path(args.output) if args.output else Path(args.file).with_suffix(".bin")
-    out.write_bytes(code)
+    src = Path(args.file)
+    try:
+        code = assemble(source_text(src.read_bytes()))
+        Program.from_bytes(code)  # validate what was assembled, e.g. jump targets
+    except HermesError as exc:
+        raise HermesError(f"{src}: {exc}") from None
+    out = Path(args.output) if args.output else src.with_suffix(".bin")
+    write_output(str(out), code)
     print(f"{out}: {len(code) // 8} instructions")
     return 0
 
 
 def _disasm(args: argparse.Namespace) -> int:
     data = Path(args.file).read_bytes()
-    if data[:4] == b"\x7fELF":
-        from ..engine.elf import describe_elf
-        sys.stdout.write(describe_elf(data))
-        return 0
-    sys.stdout.write(listing(decode(data)) if args.verbose else Program.from_bytes(data).disasm())
+    try:
+        if data[:4] == b"\x7fELF":
+            from ..engine.elf import describe_elf
+            text = describe_elf(data)
+        else:
+            text = listing(decode(data)) if args.verbose else Program.from_bytes(data).disasm()
+    except HermesError as exc:
+        raise HermesError(f"{args.file}: {exc}") from None
+    sys.stdout.write(text)
     return 0
 
 
@@ -45,7 +54,7 @@ def _memory(args: argparse.Namespace) -> bytearray | None:
 
 
 def _exec(args: argparse.Namespace) -> int:
-    program = Program.from_file(args.file)
+    program = load_program(args.file)
     exe = _load(program, helpers=merged(CONFORMANCE_HELPERS, DEVICE_HELPERS), engine=args.engine,
                 budget=args.budget)
     result = exe.run(_memory(args))
@@ -58,6 +67,8 @@ def _exec(args: argparse.Namespace) -> int:
 def _conformance(args: argparse.Namespace) -> int:
     from ..conformance import run_corpus
     outcomes = run_corpus(args.dirs, engine=args.engine)
+    if not outcomes:
+        raise HermesError(f"no conformance cases (.data files) in {', '.join(args.dirs)}")
     passed = failed = skipped = 0
     for o in outcomes:
         if o.skipped:
@@ -99,19 +110,19 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("file", help="program: .o (ELF), .s/.asm (assembly) or raw bytes")
     p.add_argument("--mem", help="input memory as hex")
     p.add_argument("--mem-file", help="input memory from a file")
-    p.add_argument("--engine", help="interp or jit")
-    p.add_argument("--budget", type=int, help="instruction budget")
+    p.add_argument("--engine", type=engine_arg, help="interp or jit")
+    p.add_argument("--budget", type=budget_arg, help="instruction budget")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=_exec)
 
     p = sub.add_parser("conformance", help="run conformance corpora (.data files)")
     p.add_argument("dirs", nargs="+", metavar="DIR")
-    p.add_argument("--engine", help="interp or jit")
+    p.add_argument("--engine", type=engine_arg, help="interp or jit")
     p.add_argument("-q", "--quiet", action="store_true", help="print only failures and totals")
     p.set_defaults(func=_conformance)
 
     p = sub.add_parser("conformance-plugin",
                        help="bpf_conformance plugin: program hex on stdin, memory hex as argument")
     p.add_argument("memory", nargs="?", default="")
-    p.add_argument("--engine", help="interp or jit")
+    p.add_argument("--engine", type=engine_arg, help="interp or jit")
     p.set_defaults(func=_plugin)

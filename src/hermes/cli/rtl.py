@@ -5,7 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..errors import HermesError
+from ..errors import HermesError, UsageError
+from . import int_arg, load_program, write_output
 
 
 def _need_amaranth() -> None:
@@ -17,8 +18,12 @@ def _need_amaranth() -> None:
 
 def _top(args: argparse.Namespace):
     from ..rtl.top import HermesTop
-    return HermesTop(n_engines=args.engines, imem_depth=args.imem_depth,
-                     dmem_bytes=args.dmem_bytes, forward_loads=args.forward_loads)
+    try:
+        return HermesTop(n_engines=args.engines, imem_depth=args.imem_depth,
+                         dmem_bytes=args.dmem_bytes, forward_loads=args.forward_loads)
+    except ValueError as exc:  # the RTL's own geometry rules
+        raise UsageError(f"bad geometry --engines {args.engines} --imem-depth "
+                         f"{args.imem_depth} --dmem-bytes {args.dmem_bytes}: {exc}") from None
 
 
 def _verilog(args: argparse.Namespace) -> int:
@@ -36,9 +41,8 @@ def _verilog(args: argparse.Namespace) -> int:
 
 def _sim(args: argparse.Namespace) -> int:
     _need_amaranth()
-    from ..engine.program import Program
     from ..rtl.sim import simulate
-    program = Program.from_file(args.program)
+    program = load_program(args.program)
     memory = Path(args.input).read_bytes() if args.input else None
     try:
         result = simulate(program, memory, vcd=args.vcd, max_cycles=args.max_cycles,
@@ -57,7 +61,7 @@ def _sim(args: argparse.Namespace) -> int:
     if args.vcd:
         print(f"waveform: {args.vcd}")
     if args.output and result.memory is not None:
-        Path(args.output).write_bytes(result.memory)
+        write_output(args.output, bytes(result.memory))
     return 0 if result.error is None and not result.timeout else 1
 
 
@@ -126,7 +130,7 @@ def register(sub: "argparse._SubParsersAction") -> None:
     s.add_argument("program", help="program file: assembly (.s/.asm), raw bytes or ELF")
     s.add_argument("--input", help="input memory file (the data slot); none: r1 = r2 = 0")
     s.add_argument("--vcd", help="write a VCD waveform (GTKWave) here")
-    s.add_argument("--max-cycles", type=int, default=10_000_000)
+    s.add_argument("--max-cycles", type=int_arg(1), default=10_000_000)
     s.add_argument("-o", "--output", help="write the data memory after the run here")
     _variant(s)
     s.set_defaults(func=_sim)

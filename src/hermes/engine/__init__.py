@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..errors import Cancelled, ExecutionError, ProgramError
+from ..errors import Cancelled, ExecutionError, ProgramError, UsageError
 from .cancel import Cancel
 from .helpers import CONFORMANCE_HELPERS, DEVICE_HELPERS, Helper, HelperRegistry
 from .memory import DATA_BASE
@@ -62,7 +62,7 @@ def load(program: Program, *, helpers: HelperRegistry | None = None, engine: str
     name = engine or DEFAULT_ENGINE
     engines = _engines()
     if name not in engines:
-        raise ValueError(f"unknown engine {name!r}; choose one of {', '.join(engines)}")
+        raise UsageError(f"unknown engine {name!r}; choose one of {', '.join(engines)}")
     return engines[name](program, helpers=helpers if helpers is not None else DEVICE_HELPERS,
                          budget=budget if budget is not None else DEFAULT_BUDGET)
 
