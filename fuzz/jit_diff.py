@@ -1,10 +1,15 @@
 #!/usr/bin/env python3
-"""Differential fuzzer: random valid eBPF programs on the interpreter and the LLVM JIT must agree.
+"""Differential fuzzer: random valid eBPF programs on the interpreter and both JIT tiers must agree.
 
-Usage: python fuzz/jit_diff.py --count N [--seed S] [--batch B] [--jobs J] [--max-items K]
-Compares r0, memory, instruction count and errors (type, kind, pc, address, size, count, message)
-of every program; prints each difference with the program and exits 1 when any was found.
-Programs are compiled B at a time in one LLVM module to amortise LLVM's fixed cost.
+Usage: python fuzz/jit_diff.py --count N [--kind flat|deep|mixed] [--seed S] [--batch B]
+                               [--jobs J] [--max-items K]
+Every program runs on the interpreter, the JIT's quick tier and its full tier; r0, memory,
+instruction count and errors (type, kind, pc, address, size, count, message) are compared, each
+difference is printed with the program and the exit status is 1 when any was found. Kinds:
+`flat` (ALU, memory, helpers, shallow calls, counted loops), `deep` (recursion to and past the
+depth limit, mutual calls, callers' frames through r10, code no run reaches, budgets running out
+at depth), `mixed` (alternating). Programs are compiled B at a time in one LLVM module per tier
+to amortise LLVM's fixed cost.
 """
 from __future__ import annotations
 
@@ -15,29 +20,40 @@ import sys
 import time
 
 from hermes.engine.helpers import CONFORMANCE_HELPERS
+from hermes.engine.interp import Interpreter
 from hermes.engine.jit import JitExecutable
-from hermes.engine.jit.progen import compare, random_case
+from hermes.engine.jit.progen import KINDS, compare_all
 from hermes.errors import VerifierError
 
+#: JIT tiers every program is compiled for (besides the interpreter, the reference).
+TIERS = ("quick", "full")
+BUDGET = 10**9
 
-def run_range(args: tuple[int, int, int, int]) -> tuple[int, int, list[str]]:
+
+def run_range(args: tuple[int, int, int, int, str]) -> tuple[int, int, list[str]]:
     """Run ``count`` programs from ``seed``; returns (programs run, rejected, differences)."""
-    seed, count, batch, max_items = args
+    seed, count, batch, max_items, kind = args
     rng = random.Random(seed)
+    makers = [KINDS[k] for k in KINDS] if kind == "mixed" else [KINDS[kind]]
     done = rejected = 0
     diffs: list[str] = []
     while done < count:
         n = min(batch, count - done)
-        cases = [random_case(rng, max_items) for _ in range(n)]
-        exes = JitExecutable.load_many([c.program() for c in cases], helpers=CONFORMANCE_HELPERS,
-                                       budget=10**9)
-        for case, exe in zip(cases, exes):
-            if isinstance(exe, VerifierError):
+        cases = [makers[(done + k) % len(makers)](rng, max_items) for k in range(n)]
+        programs = [c.program() for c in cases]
+        tiers = {tier: JitExecutable.load_many(programs, helpers=CONFORMANCE_HELPERS,
+                                               budget=BUDGET, tier=tier) for tier in TIERS}
+        for k, (case, program) in enumerate(zip(cases, programs)):
+            exes = {"interp": Interpreter(program, helpers=CONFORMANCE_HELPERS, budget=BUDGET)}
+            for tier, compiled in tiers.items():
+                exes[f"jit-{tier}"] = compiled[k]
+            bad = next((e for e in exes.values() if isinstance(e, VerifierError)), None)
+            if bad is not None:
                 rejected += 1
-                diffs.append(f"generator produced a program the verifier rejects: {exe}\n"
+                diffs.append(f"generator produced a program the verifier rejects: {bad}\n"
                              f"{case.text}")
                 continue
-            d = compare(case, exe)
+            d = compare_all(case, exes)
             if d:
                 diffs.append(d)
         done += n
@@ -51,12 +67,16 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=200)
     ap.add_argument("--jobs", type=int, default=1, help="worker processes (0: in this process)")
     ap.add_argument("--max-items", type=int, default=24)
+    ap.add_argument("--kind", choices=[*KINDS, "mixed"], default="mixed",
+                    help="program generator (default: both kinds, alternating)")
     ap.add_argument("--chunk", type=int, default=5000, help="programs per progress report")
     args = ap.parse_args()
     seed = args.seed if args.seed is not None else random.randrange(2**32)
-    print(f"jit_diff: {args.count} programs, seed {seed}, {args.jobs} job(s)", flush=True)
+    print(f"jit_diff: {args.count} programs of kind {args.kind}, seed {seed}, {args.jobs} job(s), "
+          f"engines interp + JIT {' + '.join(TIERS)}", flush=True)
     chunks = [(seed * 1_000_003 + k, min(args.chunk, args.count - k * args.chunk), args.batch,
-               args.max_items) for k in range((args.count + args.chunk - 1) // args.chunk)]
+               args.max_items, args.kind)
+              for k in range((args.count + args.chunk - 1) // args.chunk)]
     t0 = time.time()
     total = 0
     ndiff = 0
@@ -71,7 +91,7 @@ def main() -> int:
                     print(f"--- difference {ndiff}\n{d}", flush=True)
             rate = total / max(1e-9, time.time() - t0)
             print(f"ran {total} programs, {ndiff} differences ({rate:.0f}/s)", flush=True)
-    print(f"jit_diff: ran {total} programs with seed {seed}: {ndiff} differences "
+    print(f"jit_diff: ran {total} programs ({args.kind}) with seed {seed}: {ndiff} differences "
           f"in {time.time() - t0:.0f} s")
     return 1 if ndiff else 0
 

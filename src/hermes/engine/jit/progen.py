@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from ...errors import ExecutionError
 from .. import isa
 from ..helpers import CONFORMANCE_HELPERS
-from ..memory import RODATA_BASE, RWDATA_BASE, Segment
+from ..memory import MAX_CALL_DEPTH, RODATA_BASE, RWDATA_BASE, STACK_SIZE, STACK_TOP, Segment
 from ..program import Program
 
 #: Program data of the cases that use segments (16 bytes each).
@@ -331,6 +331,140 @@ class _Gen:
         return "\n".join(out) + "\n"
 
 
+class _DeepGen(_Gen):
+    """Programs built around calls at depth (see ``deep_case``)."""
+
+    #: r2 at entry is the data length (at most 64 here) or 0; a re-entry passes REENTER + level
+    REENTER = 1000
+
+    def __init__(self, rng: random.Random, mem_len: int | None, segments: bool = False):
+        super().__init__(rng, mem_len, segments)
+        self.extra: list[list[str]] = []
+        self.names: set[str] = set()
+
+    def frame_offset(self, size: int, up: int) -> int:
+        """An r10 offset into the frame ``up`` levels above the current one (0: its own)."""
+        slot = self.rng.randint(1, STACK_SIZE // size)
+        return STACK_SIZE * up - slot * size + (0 if self.rng.random() < 0.9 else
+                                                self.rng.choice((1, -1, size)))
+
+    def caller_frame_access(self, out: list[str], up_max: int, value_reg: int) -> None:
+        """A load or store ``up`` frames above this one: valid only when the run is that deep."""
+        size = self.rng.choice((1, 2, 4, 8))
+        # mostly frames a run certainly has; sometimes one it has only when deep enough
+        up = self.rng.randint(0, min(1, up_max)) if self.rng.random() < 0.8 else \
+            self.rng.randint(0, up_max)
+        off = self.frame_offset(size, up)
+        suffix = {1: "b", 2: "h", 4: "w", 8: "dw"}[size]
+        if self.rng.random() < 0.5:
+            out.append(f"stx{suffix} [r10{off:+d}], r{value_reg}")
+        else:
+            out.append(f"ldx{suffix} r3, [r10{off:+d}]")
+            out.append("add r0, r3")
+
+    def function(self, name: str, body: list[str]) -> str:
+        if name not in self.names:
+            self.names.add(name)
+            self.extra.append([f"{name}:", *body])
+        return name
+
+    def recursive(self) -> str:
+        """R: recursion on r1 (levels left), stores its own frame, reads its callers' frames."""
+        body = ["mov r0, r1", "stxdw [r10-8], r1"]
+        for _ in range(self.rng.randint(0, 2)):
+            self.caller_frame_access(body, 2, 1)
+        body += ["jeq r1, 0, Rend", "sub r1, 1", "call local R", "ldxdw r3, [r10-8]",
+                 "add r0, r3"]
+        if self.rng.random() < 0.5:
+            body += ["mov r1, r10", "add r1, -8", "mov r2, 0", "call local G"]
+        body += ["Rend:", "exit"]
+        self.leaf()
+        return self.function("R", body)
+
+    def mutual(self) -> str:
+        """A and B call each other on r1; B writes into A's frame (its caller's)."""
+        self.function("A", ["mov r0, r1", "stxw [r10-4], r1", "jeq r1, 0, Aend", "sub r1, 1",
+                            "call local B", "Aend:", "exit"])
+        off = self.frame_offset(4, 1)
+        self.function("B", ["mov r0, r1", "add r0, 3", f"stxw [r10{off:+d}], r0",
+                            "jeq r1, 0, Bend", "sub r1, 1", "call local A", "Bend:", "exit"])
+        return "A"
+
+    def leaf(self) -> str:
+        """G: reads and writes through the pointer in r1 (often into a caller's frame)."""
+        body = ["mov r0, r2", "jeq r1, 0, Gend", "ldxdw r3, [r1+0]", "add r3, 1",
+                "stxdw [r1+0], r3", "add r0, r3", "Gend:", "exit"]
+        return self.function("G", body)
+
+    def levels(self) -> int:
+        """Recursion levels for R or A/B: mostly within the depth limit, sometimes past it."""
+        if self.rng.random() < 0.8:
+            return self.rng.randint(0, MAX_CALL_DEPTH - 2)
+        return self.rng.randint(MAX_CALL_DEPTH - 1, MAX_CALL_DEPTH + 1)
+
+    def deep_item(self, out: list[str]) -> None:
+        """One construct of the deep kind, at depth 0 in the entry function."""
+        r = self.rng.random()
+        if r < 0.45:
+            out.append(f"mov r1, {self.levels()}")
+            out.append(f"call local {self.recursive() if r < 0.3 else self.mutual()}")
+        elif r < 0.65:
+            # the entry function entered again by calls, down to `levels` frames
+            out.append(f"mov r2, {self.REENTER + 1}")
+            out.append("call local start")
+        elif r < 0.8:
+            # code no run reaches: jumped over, with a call the call graph leaves out
+            skip = self.label()
+            out.append(f"ja {skip}")
+            out.append("mov r1, 0")
+            out.append(f"call local {self.recursive()}")
+            self.block(out, self.rng.randint(0, 3), in_func=False, allow_loop=False)
+            out.append(f"{skip}:")
+        elif r < 0.95:
+            # a pointer into this frame, handed down (the callee writes the caller's frame)
+            out.append("stdw [r10-16], 5")
+            out.append("mov r1, r10")
+            out.append("add r1, -16")
+            out.append("mov r2, 1")
+            out.append(f"call local {self.leaf()}")
+            out.append("ldxdw r3, [r10-16]")
+            out.append("add r0, r3")
+        else:
+            # a fault on every run at depth 0, then code that only looks dead
+            out.append(f"lddw r3, {self.rng.choice((0, 8, STACK_TOP, STACK_TOP - 4)):#x}")
+            out.append(f"stb [r3+0], {self.rng.randint(0, 255)}")
+            out.append(f"call local {self.leaf()}")
+        self.reset_args(out)
+
+    def reentry(self) -> list[str]:
+        """The entry function's path when entered by a call at depth r2 - REENTER."""
+        levels = self.rng.randint(1, MAX_CALL_DEPTH)
+        out = ["re:", "mov r0, r2", "mov r3, r2"]
+        for _ in range(self.rng.randint(1, 3)):
+            self.caller_frame_access(out, min(levels, 3), 3)
+        out.append(f"jge r2, {self.REENTER + levels}, redone")
+        out.append("add r2, 1")
+        out.append("call local start")
+        if self.rng.random() < 0.5:
+            out += ["mov r1, r10", "add r1, -8", "stdw [r10-8], 1", "mov r2, 2",
+                    f"call local {self.leaf()}"]
+        out += ["redone:", "exit"]
+        return out
+
+    def program(self, n: int) -> str:
+        out = ["start:", f"jge r2, {self.REENTER}, re", "mov r6, r1", "mov r0, 0"]
+        for r in (3, 4, 5, 7, 8, 9):
+            out.append(f"mov r{r}, {self.imm()}")
+        for _ in range(self.rng.randint(1, 4)):
+            self.block(out, self.rng.randint(0, max(1, n // 4)), in_func=False, allow_loop=True)
+            self.deep_item(out)
+        out.append("exit")
+        out += self.reentry()
+        for body in self.funcs + self.extra:
+            out.extend(body)
+        return "\n".join(out) + "\n"
+
+
 def _size(mnemonic: str) -> int:
     for suffix, n in (("dw", 8), ("w", 4), ("h", 2), ("b", 1)):
         if mnemonic.endswith(suffix):
@@ -347,6 +481,24 @@ def random_case(rng: random.Random, max_items: int = 24) -> Case:
     memory = None if mem_len is None else rng.randbytes(mem_len)
     budget = rng.randint(1, 80) if rng.random() < 0.15 else None
     return Case(text, memory, budget, segments)
+
+
+def deep_case(rng: random.Random, max_items: int = 16) -> Case:
+    """One random valid program of the deep kind: recursion to and past the call-depth limit
+    (also of the entry function), mutual calls, loads and stores into callers' frames through
+    r10 offsets that are valid only at depth, pointers to stack variables passed down, code no
+    run reaches (with calls the call graph leaves out), faults on every run followed by more
+    code, and budgets that run out at any depth."""
+    mem_len = None if rng.random() < 0.1 else rng.choice((0, 8, 16, 32, 64))
+    gen = _DeepGen(rng, mem_len, segments=rng.random() < 0.1)
+    text = gen.program(rng.randint(1, max_items))
+    memory = None if mem_len is None else rng.randbytes(mem_len)
+    budget = rng.randint(1, 400) if rng.random() < 0.3 else None
+    return Case(text, memory, budget, gen.segments)
+
+
+#: Generators by the name ``fuzz/jit_diff.py --kind`` uses.
+KINDS = {"flat": random_case, "deep": deep_case}
 
 
 def outcome(exe, case: Case):
@@ -367,9 +519,17 @@ def compare(case: Case, jit_exe, interp_exe=None) -> str | None:
     if interp_exe is None:
         interp_exe = Interpreter(jit_exe.program, helpers=CONFORMANCE_HELPERS,
                                  budget=jit_exe.budget)
-    a = outcome(interp_exe, case)
-    b = outcome(jit_exe, case)
-    if a != b:
-        return f"interp {a!r}\n   jit {b!r}\nprogram (budget {case.budget}, memory " \
-               f"{case.memory.hex() if case.memory is not None else None}):\n{case.text}"
-    return None
+    return compare_all(case, {"interp": interp_exe, "jit": jit_exe})
+
+
+def compare_all(case: Case, exes: "dict[str, object]") -> str | None:
+    """Run ``case`` on every executable (the first is the reference); the differences, or None."""
+    results = {name: outcome(exe, case) for name, exe in exes.items()}
+    ref_name, ref = next(iter(results.items()))
+    bad = {name: r for name, r in results.items() if r != ref}
+    if not bad:
+        return None
+    width = max(len(n) for n in results)
+    lines = [f"{ref_name:>{width}} {ref!r}"] + [f"{n:>{width}} {r!r}" for n, r in bad.items()]
+    return "\n".join(lines) + f"\nprogram (budget {case.budget}, memory " \
+        f"{case.memory.hex() if case.memory is not None else None}):\n{case.text}"
