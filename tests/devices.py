@@ -9,6 +9,7 @@ options (``timeout``, ``dma_chunk``...). ``"emu"`` is the in-process model; othe
 from __future__ import annotations
 
 import mmap
+import os
 from typing import Callable
 
 import pytest
@@ -61,10 +62,21 @@ def register_driver_factory(spec: str, factory: DriverFactory) -> None:
     DRIVER_FACTORIES[spec] = factory
 
 
+def selected_specs() -> list[str]:
+    """The specs device tests run over: all registered, or those named in $HERMES_TEST_BACKENDS
+    (comma-separated; how the VM guest runs the suites over its real devices only)."""
+    wanted = [s for s in os.environ.get("HERMES_TEST_BACKENDS", "").split(",") if s]
+    unknown = [s for s in wanted if s not in DRIVER_FACTORIES]
+    if unknown:
+        raise pytest.UsageError(f"HERMES_TEST_BACKENDS names unregistered specs {unknown}; "
+                                f"registered: {', '.join(DRIVER_FACTORIES)}")
+    return wanted or list(DRIVER_FACTORIES)
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     # Parametrize at collection time so specs registered by later plugins are included.
     if "device_spec" in metafunc.fixturenames:
-        metafunc.parametrize("device_spec", list(DRIVER_FACTORIES), scope="function")
+        metafunc.parametrize("device_spec", selected_specs(), scope="function")
 
 
 @pytest.fixture
