@@ -608,6 +608,8 @@ class NvmeController:
         if cns == C.CSI_CONTROLLER:
             check(csi in (N.Csi.NVM, N.Csi.SLM, N.Csi.CP), N.INVALID_IOCS, f"CSI {csi}")
             return bytes(N.IDENTIFY_SIZE)
+        check(cns in (C.NAMESPACE, C.NS_DESCRIPTORS, C.CSI_NAMESPACE, C.INDEPENDENT_NAMESPACE),
+              N.INVALID_FIELD, f"CNS {cns:#04x} is not supported")
         ns = self.namespaces.get(cmd.nsid)
         check(ns is not None, N.INVALID_NAMESPACE, f"namespace {cmd.nsid}")
         if cns == C.NS_DESCRIPTORS:
@@ -625,9 +627,7 @@ class NvmeController:
             lim = self.limits
             return N.ID_NS_SLM.pack(msz=ns.size, mcl=lim.max_copy_bytes,  # type: ignore
                                     msrc=lim.max_copy_sources)
-        if cns == C.NAMESPACE:
-            raise CommandError(N.INVALID_IOCS, f"namespace {cmd.nsid} is not an NVM namespace")
-        raise CommandError(N.INVALID_FIELD, f"CNS {cns:#04x} is not supported")
+        raise CommandError(N.INVALID_IOCS, f"namespace {cmd.nsid} is not an NVM namespace")
 
     def _identify_controller(self) -> bytes:
         return N.ID_CTRL.pack(
