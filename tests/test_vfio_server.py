@@ -9,6 +9,7 @@ import socket
 import struct
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -569,3 +570,94 @@ def test_sigterm_with_a_runaway_program_running(tmp_path):
         assert s.stop() == 0
         assert time.monotonic() - t0 < 8
     assert not os.path.exists(s.path)
+
+
+# --- who may connect ---------------------------------------------------------------------------
+
+#: A VERSION exchange in plain Python (the peer runs as another user, who may not be able to
+#: read this checkout or its venv).
+_PEER = """
+import socket, struct, sys
+s = socket.socket(socket.AF_UNIX); s.settimeout(10); s.connect(sys.argv[1])
+doc = b'{"capabilities": {}}\\0'
+try:
+    s.sendall(struct.pack("<HHIIIHH", 1, 1, 20 + len(doc), 0, 0, 0, 2) + doc)
+    hdr = s.recv(16)
+except (BrokenPipeError, ConnectionResetError):
+    hdr = b""
+print("refused" if not hdr else "error" if struct.unpack("<HHIII", hdr)[3] & 0x20 else "served")
+"""
+
+
+def _as_other_user(path: str, uid: int = 65534, gid: int = 65534) -> str:
+    """Connect from a process running as ``uid``/``gid``; what the server did."""
+    def drop() -> None:
+        os.setgroups([])
+        os.setgid(gid)
+        os.setuid(uid)
+    import shutil
+    import subprocess
+    import sys
+    python = shutil.which("python3", path="/usr/bin:/bin") or sys.executable
+    out = subprocess.run([python, "-c", _PEER, path], capture_output=True, text=True,
+                         preexec_fn=drop, timeout=30, cwd="/")
+    return out.stdout.strip() or out.stderr
+
+
+def test_socket_is_owner_only_whatever_the_umask(tmp_path):
+    path = str(tmp_path / "perm.sock")
+    old = os.umask(0)
+    try:
+        server = ServerProcess(path)
+    finally:
+        os.umask(old)
+    try:
+        assert os.stat(path).st_mode & 0o777 == 0o600
+    finally:
+        assert server.stop() == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
+def test_peer_check_refuses_other_users_and_admits_the_group():
+    import tempfile
+    tmp_path = Path(tempfile.mkdtemp(prefix="hermes-peer-", dir="/tmp"))
+    os.chmod(tmp_path, 0o755)           # other users must reach the socket file
+    path = str(tmp_path / "peer.sock")
+    server = ServerProcess(path)
+    try:
+        os.chmod(path, 0o666)            # even if the mode is widened, the peer check holds
+        assert _as_other_user(path) == "refused"
+        assert "refused: pid" in server.log() and "uid 65534" in server.log()
+        alive_path = Raw(path)           # root / the server's user still gets in
+        alive_path.close()
+    finally:
+        assert server.stop() == 0
+    group_path = str(tmp_path / "group.sock")
+    server = ServerProcess(group_path, "--socket-group", "4242")
+    try:
+        st = os.stat(group_path)
+        assert st.st_mode & 0o777 == 0o660 and st.st_gid == 4242
+        assert _as_other_user(group_path, gid=4242) == "served"
+        assert _as_other_user(group_path, gid=4343) != "served"   # 0660: the kernel says no
+    finally:
+        assert server.stop() == 0
+        import shutil
+        shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+@pytest.mark.parametrize("args,names", [
+    (["--engine", "bogus"], "unknown engine 'bogus'"),
+    (["--engines", "200"], "engines must be"),
+    (["--slot-size", "16G"], "slot_size must be"),
+    (["--slots", "0"], "--slots"),
+    (["--socket-group", "no-such-group-here"], "no such group"),
+    (["--stall-timeout", "-1"], "--stall-timeout"),
+])
+def test_serve_cli_errors_are_one_line(tmp_path, args, names):
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-m", "hermes.cli", "serve", "--socket",
+                          str(tmp_path / "x.sock"), *args], capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert names in out.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "x.sock").exists()
