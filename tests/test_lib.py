@@ -435,3 +435,10 @@ def test_engine_layer_misuse():
         with pytest.raises(hermes.UsageError, match=message):
             call()
     assert Program.from_asm(b"mov r0, 1\nexit").code == Program.from_asm("mov r0, 1\nexit").code
+
+
+def test_non_contiguous_data(device):
+    strided = memoryview(bytearray(16))[::2]
+    with pytest.raises(hermes.UsageError, match="data must be a contiguous buffer"):
+        device.run(RET7, strided)
+    assert device.run(RET7, memoryview(bytearray(16)).cast("I")).data == bytes(16)

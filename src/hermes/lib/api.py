@@ -68,7 +68,14 @@ def check_buffer(data: object, what: str = "data") -> memoryview:
     except TypeError:
         raise UsageError(f"{what} must be bytes, bytearray or memoryview, not "
                          f"{type(data).__name__}") from None
-    return view if view.format == "B" and view.ndim == 1 else view.cast("B")
+    if not view.contiguous:
+        raise UsageError(f"{what} must be a contiguous buffer")
+    if view.format == "B" and view.ndim == 1:
+        return view
+    try:
+        return view.cast("B")
+    except TypeError:
+        raise UsageError(f"{what} must be a contiguous buffer") from None
 
 
 def check_size(name: str, value: object) -> int:
