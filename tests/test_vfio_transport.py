@@ -3,7 +3,11 @@ vfio-user transport's own behaviour (posted writes, range checks, interrupts, lo
 from __future__ import annotations
 
 import errno
+import signal
+import socket
 import struct
+import threading
+import time
 
 import pytest
 
@@ -12,10 +16,11 @@ from hermes import regs
 from hermes.engine import Program
 from hermes.transport.vfio import VfioError, VfioTransport
 from hermes.transport.vfio_user import VfioUserTransport
+from hermes.vfio import protocol as P
 from hermes.vfio import uapi
 from hermes.vfio.fake_kernel import FakeVfioKernel
 
-from tests.vfio_devices import ThreadServer
+from tests.vfio_devices import ServerProcess, ThreadServer
 
 INC_U64 = Program.from_asm("ldxdw r2, [r1]\nadd r2, 1\nstxdw [r1], r2\nmov r0, 0\nexit").to_bytes()
 
@@ -252,3 +257,103 @@ def test_irq_wait_notices_a_dead_server(server):
         t.irq_wait(8, 10)
     assert info.value.errno == errno.ENOTCONN
     t.close()
+
+
+# --- bounded waits -----------------------------------------------------------------------------
+
+def elapsed(fn) -> float:
+    t0 = time.monotonic()
+    fn()
+    return time.monotonic() - t0
+
+
+def test_silent_server_fails_version_within_the_connect_timeout(tmp_path):
+    path = str(tmp_path / "silent.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(4)      # the kernel completes connections; nobody ever answers
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(OSError) as info:
+            VfioUserTransport(path, connect_timeout=0.3)
+        assert time.monotonic() - t0 < 0.3 + 0.5
+        assert info.value.errno == errno.ETIMEDOUT
+        assert path in str(info.value) and "VERSION" in str(info.value)
+        with pytest.raises(hermes.DeviceTimeout, match="VERSION"):
+            hermes.open(f"vfio-user:{path}", timeout=0.3)   # ``timeout`` caps the connect timeout
+    finally:
+        listener.close()
+
+
+def test_busy_reply_to_version_is_device_busy(tmp_path):
+    """A server that serves someone else answers VERSION with EBUSY and hangs up."""
+    path = str(tmp_path / "busy.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(4)
+
+    def refuse() -> None:
+        for _ in range(2):
+            conn, _ = listener.accept()
+            with conn:
+                msg = P.recv_message(conn)
+                P.send_message(conn, P.error_reply(msg, errno.EBUSY))
+
+    thread = threading.Thread(target=refuse, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(OSError) as info:
+            VfioUserTransport(path, connect_timeout=5)
+        assert info.value.errno == errno.EBUSY and path in str(info.value)
+        with pytest.raises(hermes.DeviceBusy, match="busy"):
+            hermes.open(f"vfio-user:{path}")
+    finally:
+        thread.join(5)
+        listener.close()
+
+
+def test_healthy_server_lets_an_interrupt_wait_time_out(server):
+    """The liveness probes of a long wait are answered: the wait just returns False."""
+    with VfioUserTransport(server.path, timeout=0.5) as t:
+        assert elapsed(lambda: t.irq_wait(9, 0.6)) >= 0.6
+        assert t.read(0, regs.EHVER, 4) in regs.INTERFACE_VERSIONS
+        assert t.irq_wait(9, 0) is False
+
+
+def test_stopped_server_fails_a_long_interrupt_wait_within_the_reply_timeout(tmp_path):
+    s = ServerProcess(str(tmp_path / "stop.sock"))
+    try:
+        t = VfioUserTransport(s.path, timeout=0.5)
+        s.proc.send_signal(signal.SIGSTOP)
+        t0 = time.monotonic()
+        with pytest.raises(OSError) as info:
+            t.irq_wait(9, 30)
+        assert time.monotonic() - t0 < 0.5 + 1.0
+        assert info.value.errno == errno.ETIMEDOUT and s.path in str(info.value)
+        for call in (lambda: t.read(0, regs.EHVER, 4), lambda: t.write(0, 0, 4, 0),
+                     lambda: t.irq_wait(9, 1), t.flush, lambda: t.dma_alloc(4096), t.reset):
+            t0 = time.monotonic()
+            with pytest.raises(OSError) as later:
+                call()
+            assert time.monotonic() - t0 < 0.1
+            assert later.value.errno == errno.ETIMEDOUT
+        assert elapsed(t.close) < 0.1
+    finally:
+        s.proc.send_signal(signal.SIGCONT)
+        s.stop()
+
+
+def test_bad_timeouts_are_refused(server):
+    for bad in (0, -1, "1", None, float("nan")):
+        with pytest.raises(ValueError, match="timeout"):
+            VfioUserTransport(server.path, timeout=bad)
+        with pytest.raises(hermes.HermesError, match="timeout"):
+            hermes.open(f"vfio-user:{server.path}", reply_timeout=bad)
+    with pytest.raises(hermes.HermesError, match="connect_timeout"):
+        hermes.open(f"vfio-user:{server.path}", connect_timeout=0)
+
+
+def test_missing_socket_is_named(tmp_path):
+    path = str(tmp_path / "none.sock")
+    with pytest.raises(hermes.DeviceError, match=path):
+        hermes.open(f"vfio-user:{path}")

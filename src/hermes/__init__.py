@@ -1,7 +1,7 @@
 """Hermes: offload eBPF programs to eBPF-capable devices (emulated Hermes PCIe device, CPU, ...)."""
 from __future__ import annotations
 
-from .errors import (AssemblerError, BudgetExceeded, DeviceError, DeviceProtocolError,
+from .errors import (AssemblerError, BudgetExceeded, DeviceBusy, DeviceError, DeviceProtocolError,
                      DeviceTimeout, ElfError, ExecutionError, ExecutionFailed, HermesError,
                      ProgramError, ProgramRejected, ProgramTooLarge, SlotsExhausted, UsageError,
                      VerifierError)
@@ -17,7 +17,7 @@ __all__ = [
     "AssemblerError", "BudgetExceeded", "ElfError", "ExecutionError", "HermesError",
     "Program", "ProgramError", "RunResult", "VerifierError", "__version__",
     # library (device access)
-    "Device", "DeviceError", "DeviceProtocolError", "DeviceTimeout", "ExecutionFailed",
+    "Device", "DeviceBusy", "DeviceError", "DeviceProtocolError", "DeviceTimeout", "ExecutionFailed",
     "ProgramRejected", "ProgramTooLarge", "Result", "Session", "SlotsExhausted", "UsageError",
     "open", "register_backend",
 ]

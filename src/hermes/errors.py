@@ -152,3 +152,8 @@ class UsageError(HermesError, ValueError):
     """The library or a tool was called wrongly: an argument of the wrong type or out of its
     range, an unknown engine, device spec or option. Also a ``ValueError``, so code written
     against Python's convention for bad arguments keeps catching it."""
+
+
+class DeviceBusy(DeviceError):
+    """The device serves another client and cannot take this one now (``EBUSY``), e.g. a
+    vfio-user server that serves one client at a time."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 import errno as _errno
 
 from .. import regs
-from ..errors import (DeviceError, DeviceProtocolError, DeviceTimeout, ExecutionError,
+from ..errors import (DeviceBusy, DeviceError, DeviceProtocolError, DeviceTimeout, ExecutionError,
                       ExecutionFailed, HermesError, ProgramRejected, SlotsExhausted)
 
 #: Engine ExecutionError.kind -> the device's error kind (so CPU errors carry a device-style code).
@@ -34,7 +34,7 @@ def from_os_error(exc: OSError) -> HermesError:
         return ExecutionFailed(kind, f"{text} (device error code {response.value:#x})", detail,
                                code=response.value)
     cls = {_errno.ENOSPC: SlotsExhausted, _errno.ETIMEDOUT: DeviceTimeout,
-           _errno.EBADE: DeviceProtocolError}.get(err or 0, DeviceError)
+           _errno.EBADE: DeviceProtocolError, _errno.EBUSY: DeviceBusy}.get(err or 0, DeviceError)
     if cls is DeviceError and err == _errno.EIO and "EHCMDDONE" in message:
         cls = DeviceProtocolError
     name = _errno.errorcode.get(err or 0)

@@ -4,7 +4,7 @@
 """
 from __future__ import annotations
 
-from ..errors import DeviceError
+from ..errors import DeviceError, UsageError
 from .driver_device import DRIVER_OPTIONS, DriverDevice
 from .errors import from_os_error
 
@@ -17,18 +17,36 @@ def _split(options: dict) -> tuple[dict, dict]:
 def open_vfio_user(address: str = "", **options: object) -> DriverDevice:
     """``hermes.open("vfio-user:/path/to.sock")``: the device a ``hermes serve`` process serves.
 
-    Options: driver options (``timeout``...), plus ``dma_fds`` (False: DMA through messages).
+    Options: driver options (``timeout``...), plus ``dma_fds`` (False: DMA through messages),
+    ``reply_timeout`` (seconds the server may take to answer one message) and
+    ``connect_timeout`` (seconds for connecting and the set-up). ``timeout`` caps both, so that
+    no call waits longer than it on a server that stopped answering.
     """
-    from ..transport.vfio_user import VfioUserTransport
+    from ..transport import vfio_user
     if not address:
         raise DeviceError("vfio-user needs a socket path: 'vfio-user:/path/to.sock'")
     driver_options, rest = _split(dict(options))
     transport_options = {k: rest.pop(k) for k in ("dma_fds", "connect_timeout") if k in rest}
+    if "reply_timeout" in rest:
+        transport_options["timeout"] = rest.pop("reply_timeout")
     if rest:
         raise DeviceError(f"unknown vfio-user options: {', '.join(sorted(rest))} (the device's "
                           f"geometry is the server's; see `hermes serve --help`)")
     try:
-        transport = VfioUserTransport(address, **transport_options)  # type: ignore[arg-type]
+        for name, value in (("timeout", driver_options.get("timeout")),
+                            ("reply_timeout", transport_options.get("timeout")),
+                            ("connect_timeout", transport_options.get("connect_timeout"))):
+            if value is not None:
+                vfio_user.check_seconds(name, value)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    cap = driver_options.get("timeout")
+    if cap is not None:
+        transport_options.setdefault("timeout", min(vfio_user.DEFAULT_TIMEOUT, cap))
+        transport_options.setdefault("connect_timeout",
+                                     min(vfio_user.DEFAULT_CONNECT_TIMEOUT, cap))
+    try:
+        transport = vfio_user.VfioUserTransport(address, **transport_options)  # type: ignore[arg-type]
     except OSError as exc:
         raise from_os_error(exc) from None
     return DriverDevice.from_transport(transport, **driver_options)

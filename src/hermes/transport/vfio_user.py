@@ -2,9 +2,14 @@
 
 Pure standard library: messages with SCM_RIGHTS (sendmsg/recvmsg), BAR4 and DMA memory shared
 through memfds (mmap), MSI-X vectors as eventfds. Imports nothing of the device model.
+
+Every wait on the server has a deadline: a server that does not answer a message within the
+reply timeout (or the set-up within the connect timeout) is declared unresponsive, the
+connection is dropped and every later call fails at once with the same ``ETIMEDOUT`` error.
 """
 from __future__ import annotations
 
+import array
 import bisect
 import errno
 import itertools
@@ -26,13 +31,29 @@ DMA_BASE = 0x1_0000_0000
 PAGE = mmap.PAGESIZE
 _ACCESS = P.REGION_ACCESS
 _HEADER = P.HEADER
-_WAITALL = socket.MSG_WAITALL
 #: Posted writes queued before they are sent anyway.
 POSTED_BATCH = 16
+#: Seconds the server may take to answer one message. A healthy server answers in microseconds
+#: (its session thread never runs programs), so this only has to absorb scheduling delays.
+DEFAULT_TIMEOUT = 10.0
+#: Seconds for connecting and the whole set-up (VERSION, region and IRQ info, SET_IRQS).
+DEFAULT_CONNECT_TIMEOUT = 10.0
+#: During an interrupt wait the server is asked this often (a 2-byte config-space read) whether it
+#: still answers, so a stopped server fails the wait within the reply timeout plus this.
+PROBE_INTERVAL = 0.1
+_HANGUP = select.POLLRDHUP | select.POLLHUP | select.POLLERR | select.POLLNVAL
+_DONTWAIT = socket.MSG_DONTWAIT
 
 
 def _page_round(n: int) -> int:
     return max(PAGE, -(-n // PAGE) * PAGE)
+
+
+def check_seconds(name: str, value: object) -> float:
+    """``value`` as a positive number of seconds (ValueError naming ``name`` otherwise)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e9:
+        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+    return float(value)
 
 
 class VfioUserBuffer(MappedDmaBuffer):
@@ -42,19 +63,32 @@ class VfioUserBuffer(MappedDmaBuffer):
 class VfioUserTransport(Transport):
     """Transport to a ``hermes serve`` (or any vfio-user server of a Hermes function).
 
+    ``timeout`` bounds every exchange (the server's answer to one message); ``connect_timeout``
+    bounds connecting plus the whole set-up. A server that misses either is declared unresponsive
+    (``ETIMEDOUT``); one that closes the connection has gone away (``ENOTCONN``); one that serves
+    another client answers VERSION with ``EBUSY``. After any of these the transport is unusable:
+    every call fails at once with the same error, and ``close`` is quick.
+
     ``dma_fds=False`` registers DMA memory without fds, so the server must reach it with
     DMA_READ/DMA_WRITE messages (the protocol's fallback; slow, for tests and odd servers).
     """
 
-    def __init__(self, path: str, *, timeout: float = 30.0, dma_fds: bool = True,
-                 connect_timeout: float = 10.0):
+    def __init__(self, path: str, *, timeout: float = DEFAULT_TIMEOUT, dma_fds: bool = True,
+                 connect_timeout: float = DEFAULT_CONNECT_TIMEOUT):
         self.path = path
-        self.timeout = timeout
+        self.timeout = check_seconds("timeout", timeout)
+        self.connect_timeout = check_seconds("connect_timeout", connect_timeout)
         self.dma_fds = dma_fds
         self._lock = threading.Lock()          # one request/reply exchange at a time
         self._posted: list[bytes] = []         # posted writes not sent yet
         self._ids = itertools.count(1)
         self._closed = False
+        #: (errno, message) once the connection failed; every later call raises it.
+        self._broken: tuple[int, str] | None = None
+        #: (msg_id, time sent) of the liveness probe the server has not answered yet.
+        self._probe: tuple[int, float] | None = None
+        #: End of the set-up (connect timeout); None once set up.
+        self._open_deadline: float | None = time.monotonic() + self.connect_timeout
         self._buffers: dict[int, VfioUserBuffer] = {}
         self._buf_starts: list[int] = []
         self._buf_lock = threading.Lock()
@@ -62,40 +96,76 @@ class VfioUserTransport(Transport):
         self._maps: dict[int, mmap.mmap] = {}
         self._eventfds: list[int] = []
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        # Used with the exchange lock held: readiness waits with a deadline.
+        self._readable = select.poll()
+        self._readable.register(self.sock, select.POLLIN)
+        self._writable = select.poll()
+        self._writable.register(self.sock, select.POLLOUT)
         try:
-            self.sock.settimeout(connect_timeout)
-            self.sock.connect(path)
-            self.sock.settimeout(None)
+            self._connect()
             self._setup()
+        except (ValueError, struct.error) as exc:   # a reply too short or malformed to decode
+            self.close()
+            raise OSError(errno.EPROTO, f"vfio-user server at {path} sent a malformed reply "
+                          f"during set-up: {exc}") from None
         except BaseException:
             self.close()
             raise
+        finally:
+            self._open_deadline = None
 
     # --- set-up --------------------------------------------------------------------------------
+    def _connect(self) -> None:
+        self.sock.settimeout(max(0.001, self._open_deadline - time.monotonic()))
+        try:
+            self.sock.connect(self.path)
+        except TimeoutError:
+            raise OSError(errno.ETIMEDOUT, f"vfio-user server at {self.path} did not accept the "
+                          f"connection within the {self.connect_timeout:g} s connect timeout") from None
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot connect to a vfio-user server at {self.path}: "
+                          f"{exc.strerror or exc}") from None
+        finally:
+            self.sock.settimeout(None)   # blocking fd; every call below says MSG_DONTWAIT
+
     def _setup(self) -> None:
         caps = {"max_msg_fds": P.MAX_FDS_ACCEPTED,
                 "max_data_xfer_size": P.DEFAULT_MAX_DATA_XFER_SIZE,
                 "pgsizes": P.DEFAULT_PGSIZE, "max_dma_maps": P.DEFAULT_MAX_DMA_MAPS}
-        reply = self._call(P.VERSION, P.encode_version(P.VERSION_MAJOR, P.VERSION_MINOR, caps))
-        major, minor, scaps = P.decode_version(reply.payload)
-        if major != P.VERSION_MAJOR or minor > P.VERSION_MINOR:
-            raise P.ProtocolError(f"server answered version {major}.{minor} to 0.{P.VERSION_MINOR}")
+        try:
+            reply = self._call(P.VERSION, P.encode_version(P.VERSION_MAJOR, P.VERSION_MINOR, caps))
+        except P.RemoteError as exc:
+            if exc.errno == errno.EBUSY:
+                raise OSError(errno.EBUSY, f"vfio-user server at {self.path} is busy with another "
+                              "client") from None
+            raise
+        try:
+            major, minor, scaps = P.decode_version(reply.payload)
+            if major != P.VERSION_MAJOR or minor > P.VERSION_MINOR:
+                raise ValueError(f"it answered version {major}.{minor} to 0.{P.VERSION_MINOR}")
+            self.max_fds = max(1, int(scaps.get("max_msg_fds", P.DEFAULT_MAX_MSG_FDS)))
+            self.max_xfer = int(scaps.get("max_data_xfer_size", P.DEFAULT_MAX_DATA_XFER_SIZE))
+            if not 0 < self.max_xfer <= P.DEFAULT_MAX_DATA_XFER_SIZE:
+                raise ValueError(f"max_data_xfer_size {self.max_xfer} is out of range")
+        except (ValueError, TypeError) as exc:
+            raise OSError(errno.EPROTO, f"vfio-user server at {self.path} sent a bad VERSION "
+                          f"reply: {exc}") from None
         self.version = (major, minor)
         self.server_caps = scaps
-        self.max_fds = max(1, int(scaps.get("max_msg_fds", P.DEFAULT_MAX_MSG_FDS)))
-        self.max_xfer = int(scaps.get("max_data_xfer_size", P.DEFAULT_MAX_DATA_XFER_SIZE))
 
         info = self._call(P.DEVICE_GET_INFO, bytes(uapi.vfio_device_info(16, 0, 0, 0, 0))[:16])
         flags, self.num_regions, self.num_irqs = struct.unpack_from("<III", info.payload, 4)
         self.device_flags = flags
         if not flags & uapi.VFIO_DEVICE_FLAGS_PCI or self.num_regions <= uapi.VFIO_PCI_CONFIG_REGION_INDEX:
-            raise P.ProtocolError("server's device is not a PCI function")
+            raise OSError(errno.ENODEV, f"vfio-user server at {self.path} serves a device that is "
+                          "not a PCI function")
         self.regions: dict[int, uapi.vfio_region_info] = {}
         for index in range(self.num_regions):
             self.regions[index] = self._region_info(index)
         vendor, device = struct.unpack("<HH", self._region_read(uapi.VFIO_PCI_CONFIG_REGION_INDEX, 0, 4))
         if (vendor, device) != (regs.PCI_VENDOR_ID, regs.PCI_DEVICE_ID):
-            raise P.ProtocolError(f"server's device is {vendor:04x}:{device:04x}, not a Hermes device")
+            raise OSError(errno.ENODEV, f"vfio-user server at {self.path} serves a "
+                          f"{vendor:04x}:{device:04x} device, not a Hermes device")
 
         irq = uapi.vfio_irq_info.decode(self._call(
             P.DEVICE_GET_IRQ_INFO,
@@ -103,15 +173,13 @@ class VfioUserTransport(Transport):
         self.num_vectors = irq.count
         self._eventfds = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC | os.EFD_SEMAPHORE)
                           for _ in range(self.num_vectors)]
-        self._pollers = []
-        for fd in self._eventfds:
-            poller = select.poll()
-            poller.register(fd, select.POLLIN)
-            if not self.dma_fds:   # the server may need us to answer DMA_READ/WRITE meanwhile
-                poller.register(self.sock, select.POLLIN | select.POLLRDHUP)
-            else:                  # only a hang-up: a dead server must not leave us waiting
-                poller.register(self.sock, select.POLLRDHUP)
-            self._pollers.append(poller)
+        # Per vector: a poller for plain waits and one that also wakes on the server's messages
+        # (always needed when the server may send DMA_READ/WRITE; else only while a probe is out).
+        # Without that, an idle waiter would wake on every reply another thread is receiving.
+        quiet = select.POLLIN | select.POLLRDHUP if not self.dma_fds else select.POLLRDHUP
+        self._pollers = [self._poller(fd, quiet) for fd in self._eventfds]
+        self._probe_pollers = [self._poller(fd, select.POLLIN | select.POLLRDHUP)
+                               for fd in self._eventfds]
         flags = uapi.VFIO_IRQ_SET_DATA_EVENTFD | uapi.VFIO_IRQ_SET_ACTION_TRIGGER
         for start in range(0, self.num_vectors, self.max_fds):
             fds = self._eventfds[start:start + self.max_fds]
@@ -121,6 +189,12 @@ class VfioUserTransport(Transport):
         cmd = struct.unpack("<H", self._region_read(uapi.VFIO_PCI_CONFIG_REGION_INDEX, pci.PCI_COMMAND, 2))[0]
         cmd |= pci.PCI_COMMAND_MEMORY | pci.PCI_COMMAND_MASTER
         self._region_write(uapi.VFIO_PCI_CONFIG_REGION_INDEX, pci.PCI_COMMAND, struct.pack("<H", cmd))
+
+    def _poller(self, eventfd: int, sock_events: int) -> "select.poll":
+        poller = select.poll()
+        poller.register(eventfd, select.POLLIN)
+        poller.register(self.sock, sock_events)
+        return poller
 
     def _region_info(self, index: int) -> uapi.vfio_region_info:
         argsz = 32 + 256
@@ -154,54 +228,175 @@ class VfioUserTransport(Transport):
                 os.close(fd)
         return info
 
+    # --- failure and deadlines ---------------------------------------------------------------------
+    def _limit(self) -> str:
+        """The timeout that bounds the current exchange, for messages."""
+        if self._open_deadline is not None:
+            return f"the {self.connect_timeout:g} s connect timeout"
+        return f"the {self.timeout:g} s reply timeout"
+
+    def _deadline(self) -> float:
+        """When the exchange starting now must be done: during the set-up, the end of the connect
+        timeout; afterwards the reply timeout from now, but no later than the reply timeout
+        after an unanswered probe."""
+        if self._open_deadline is not None:
+            return self._open_deadline
+        deadline = time.monotonic() + self.timeout
+        probe = self._probe
+        if probe is not None:
+            deadline = min(deadline, probe[1] + self.timeout)
+        return deadline
+
+    def _unusable(self) -> OSError:
+        if self._broken is not None:
+            return OSError(*self._broken)
+        return OSError(errno.ENOTCONN, f"vfio-user transport to {self.path} is closed")
+
+    def _fail(self, err: int, text: str) -> OSError:
+        """Mark the connection unusable (the first cause is kept) and return its error. The socket
+        is shut down at once, so the server sees this client leave and waiters here wake up."""
+        if self._broken is None:
+            self._broken = (err, text)
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        return OSError(*self._broken)
+
+    def _lost(self, exc: BaseException, op: str) -> OSError:
+        """The error for an exchange ``op`` that failed with ``exc`` (the connection is dropped)."""
+        if self._broken is not None or self._closed:
+            return self._unusable()
+        if isinstance(exc, TimeoutError):
+            return self._fail(errno.ETIMEDOUT, f"vfio-user server at {self.path} did not answer "
+                              f"{op} within {exc}; the connection is dropped")
+        if isinstance(exc, (P.ProtocolError, P.MessageTooBig)):
+            return self._fail(errno.EPROTO, f"vfio-user server at {self.path} broke the protocol "
+                              f"during {op}: {exc}")
+        return self._fail(errno.ENOTCONN, f"vfio-user server at {self.path} went away during "
+                          f"{op} ({exc.strerror if isinstance(exc, OSError) and exc.strerror else exc})")
+
+    def _begin(self, op: str) -> float:
+        """Take the exchange lock for ``op`` (a holder stuck on a dead server gives it up by its
+        own deadline); returns this exchange's deadline, with the lock held."""
+        deadline = self._deadline()
+        if not self._lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            raise self._lost(TimeoutError(self._limit()), op)
+        if self._broken is not None or self._closed:
+            self._lock.release()
+            raise self._unusable()
+        return deadline
+
+    # --- framed I/O with deadlines (exchange lock held) --------------------------------------------
+    def _wait(self, poller: "select.poll", deadline: float) -> None:
+        left = deadline - time.monotonic()
+        if left <= 0 or not poller.poll(left * 1000):
+            raise TimeoutError(self._limit())
+
+    def _send(self, data: bytes, deadline: float, fds: "list[int] | tuple" = ()) -> None:
+        """Send all of ``data`` (``fds`` ride with its first byte) by ``deadline``."""
+        view = memoryview(data)
+        anc = ([(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
+               if fds else None)
+        sent = 0
+        while sent < len(view):
+            try:
+                if anc is not None:
+                    sent = self.sock.sendmsg([view], anc, _DONTWAIT)
+                    anc = None
+                else:
+                    sent += self.sock.send(view[sent:], _DONTWAIT)
+            except BlockingIOError:
+                self._wait(self._writable, deadline)
+
+    def _recv_exact(self, n: int, deadline: float, ready: bool = False) -> bytearray:
+        """Exactly ``n`` bytes by ``deadline`` (``ready``: data is expected to be there already)."""
+        buf = bytearray(n)
+        view = memoryview(buf)
+        got = 0
+        while got < n:
+            if not ready:
+                self._wait(self._readable, deadline)
+            ready = False
+            try:
+                k = self.sock.recv_into(view[got:], n - got, _DONTWAIT)
+            except BlockingIOError:
+                continue
+            if not k:
+                raise ConnectionResetError(errno.ECONNRESET, "the connection was closed")
+            got += k
+        return buf
+
+    def _recv_message(self, deadline: float, with_fds: bool) -> P.Message:
+        """One whole message by ``deadline``. Only replies that carry fds need recvmsg."""
+        fds: list[int] = []
+        if with_fds:
+            while True:
+                self._wait(self._readable, deadline)
+                try:
+                    head, fds, _, _ = socket.recv_fds(self.sock, P.HEADER_SIZE, P.MAX_FDS_ACCEPTED)
+                    break
+                except BlockingIOError:
+                    continue
+            if not head:
+                raise ConnectionResetError(errno.ECONNRESET, "the connection was closed")
+        else:
+            head = b""
+        try:
+            if len(head) < P.HEADER_SIZE:
+                head += self._recv_exact(P.HEADER_SIZE - len(head), deadline)
+            msg_id, cmd, size, flags, err = _HEADER.unpack(head)
+            return self._recv_body(msg_id, cmd, size, flags, err, fds, deadline)
+        except BaseException:
+            P.Message(0, 0, fds=fds).close_fds()
+            raise
+
+    def _recv_body(self, msg_id: int, cmd: int, size: int, flags: int, err: int,
+                   fds: list[int], deadline: float) -> P.Message:
+        if not P.HEADER_SIZE <= size <= P.MAX_MESSAGE_SIZE:
+            raise P.ProtocolError(f"a message of {size} bytes")
+        body = self._recv_exact(size - P.HEADER_SIZE, deadline, True) if size > P.HEADER_SIZE else b""
+        return P.Message(msg_id, cmd, flags, err, bytes(body), fds)
+
+    def _other(self, msg: P.Message, deadline: float) -> None:
+        """A message that is not the awaited reply: serve a server command; drop a reply (the
+        probe's, which proves the server alive, or one to an exchange that gave up)."""
+        if not msg.is_reply:
+            self._serve(msg, deadline)
+            return
+        msg.close_fds()
+        probe = self._probe
+        if probe is not None and msg.msg_id == probe[0] and msg.cmd == P.REGION_READ:
+            self._probe = None
+
     # --- messaging -----------------------------------------------------------------------------
     def _call(self, cmd: int, payload: bytes = b"", fds: list[int] | tuple = ()) -> P.Message:
         """Send a command and wait for its reply (fds included), serving server commands meanwhile."""
-        with self._lock:
-            if self._closed:
-                raise OSError(errno.ENOTCONN, "vfio-user transport is closed")
+        op = P.COMMAND_NAMES.get(cmd, f"command {cmd}")
+        deadline = self._begin(op)
+        try:
             msg_id = next(self._ids) & 0xFFFF
-            try:
-                self._flush_locked()
-                P.send_message(self.sock, P.Message(msg_id, cmd, P.TYPE_COMMAND, 0, payload, list(fds)))
-                reply = self._await(msg_id, cmd, True)
-            except (OSError, P.ProtocolError, P.MessageTooBig) as exc:
-                raise self._lost(exc) from None
+            data = P.Message(msg_id, cmd, P.TYPE_COMMAND, 0, payload).encode()
+            if fds:   # fds go with the first byte of their own message
+                self._flush_locked(deadline)
+            elif self._posted:
+                self._posted.append(data)
+                data = b"".join(self._posted)
+                self._posted.clear()
+            self._send(data, deadline, fds)
+            while True:
+                reply = self._recv_message(deadline, True)
+                if reply.is_reply and reply.msg_id == msg_id and reply.cmd == cmd:
+                    break
+                self._other(reply, deadline)
+        except (OSError, P.ProtocolError, P.MessageTooBig) as exc:
+            raise self._lost(exc, op) from None
+        finally:
+            self._lock.release()
         if reply.is_error:
             reply.close_fds()
             raise self._remote_error(cmd, reply.error_no)
         return reply
-
-    def _await(self, msg_id: int, cmd: int, with_fds: bool) -> P.Message:
-        """Receive until the reply to ``msg_id`` (lock held). Only replies that carry fds need
-        recvmsg; the register fast path reads plain bytes."""
-        sock = self.sock
-        while True:
-            if with_fds:
-                got = P.recv_header(sock)
-                if got is None:
-                    raise ConnectionResetError(errno.ECONNRESET, "vfio-user server closed the connection")
-                (rid, rcmd, size, flags, err), fds = got
-            else:
-                hdr = sock.recv(P.HEADER_SIZE, socket.MSG_WAITALL)
-                if len(hdr) < P.HEADER_SIZE:
-                    raise ConnectionResetError(errno.ECONNRESET, "vfio-user server closed the connection")
-                rid, rcmd, size, flags, err = _HEADER.unpack(hdr)
-                fds = []
-            msg = P.recv_body(sock, rid, rcmd, size, flags, err, fds)
-            if (flags & P.FLAG_TYPE_MASK) != P.TYPE_REPLY:
-                self._serve(msg)
-            elif rid == msg_id and rcmd == cmd:
-                return msg
-            else:
-                msg.close_fds()   # a stale reply (e.g. after a timed-out exchange)
-
-    def _lost(self, exc: BaseException) -> OSError:
-        if isinstance(exc, OSError) and exc.errno not in (errno.ECONNRESET, errno.EPIPE,
-                                                          errno.ENOTCONN, None):
-            return exc
-        self._closed = True
-        return OSError(errno.ENOTCONN, f"vfio-user connection to {self.path} lost: {exc}")
 
     @staticmethod
     def _remote_error(cmd: int, err: int) -> OSError:
@@ -210,44 +405,35 @@ class VfioUserTransport(Transport):
                                   f"{os.strerror(err)}")
 
     def _region_read_fast(self, region: int, offset: int, count: int) -> bytes:
-        """One REGION_READ exchange without fds (the register hot path)."""
-        with self._lock:
-            if self._closed:
-                raise OSError(errno.ENOTCONN, "vfio-user transport is closed")
+        """One REGION_READ exchange (the register hot path: the expected reply is not parsed)."""
+        deadline = self._begin("REGION_READ")
+        try:
             msg_id = next(self._ids) & 0xFFFF
-            try:
-                msg = _HEADER.pack(msg_id, P.REGION_READ, 32, 0, 0) + _ACCESS.pack(offset, region, count)
-                if self._posted:   # posted writes go first, in the same system call
-                    self._posted.append(msg)
-                    msg = b"".join(self._posted)
-                    self._posted.clear()
-                sock = self.sock
-                sock.sendall(msg)
-                hdr = sock.recv(16, _WAITALL)
-                if len(hdr) == 16:
-                    rid, rcmd, size, flags, err = _HEADER.unpack(hdr)
-                    if flags == P.TYPE_REPLY and rid == msg_id and size == 32 + count:
-                        body = sock.recv(16 + count, _WAITALL)   # the expected reply: no parsing
-                        if len(body) == 16 + count:
-                            return body[16:]
-                        raise ConnectionResetError(errno.ECONNRESET, "short REGION_READ reply")
-                    # Anything else (an error, a server command first): the general path.
-                    first = P.recv_body(sock, rid, rcmd, size, flags, err, [])
-                    if (flags & P.FLAG_TYPE_MASK) == P.TYPE_REPLY and rid == msg_id and rcmd == P.REGION_READ:
-                        reply = first
-                    else:
-                        if (flags & P.FLAG_TYPE_MASK) != P.TYPE_REPLY:
-                            self._serve(first)
-                        reply = self._await(msg_id, P.REGION_READ, False)
-                else:
-                    raise ConnectionResetError(errno.ECONNRESET, "vfio-user server closed the connection")
-            except (OSError, P.ProtocolError, P.MessageTooBig) as exc:
-                raise self._lost(exc) from None
+            msg = _HEADER.pack(msg_id, P.REGION_READ, 32, 0, 0) + _ACCESS.pack(offset, region, count)
+            if self._posted:   # posted writes go first, in the same system call
+                self._posted.append(msg)
+                msg = b"".join(self._posted)
+                self._posted.clear()
+            self._send(msg, deadline)
+            while True:
+                rid, rcmd, size, flags, err = _HEADER.unpack(self._recv_exact(16, deadline))
+                if rid == msg_id and rcmd == P.REGION_READ and flags & P.FLAG_TYPE_MASK == P.TYPE_REPLY:
+                    if flags == P.TYPE_REPLY and size == 32 + count:
+                        return bytes(self._recv_exact(16 + count, deadline, True)[16:])
+                    reply = self._recv_body(rid, rcmd, size, flags, err, [], deadline)
+                    break
+                # Anything else (a server command, the probe's reply) first.
+                self._other(self._recv_body(rid, rcmd, size, flags, err, [], deadline), deadline)
+        except (OSError, P.ProtocolError, P.MessageTooBig) as exc:
+            raise self._lost(exc, "REGION_READ") from None
+        finally:
+            self._lock.release()
         if reply.is_error:
             raise self._remote_error(P.REGION_READ, reply.error_no)
         data = reply.payload[_ACCESS.size:]
         if len(data) != count:
-            raise P.ProtocolError(f"REGION_READ returned {len(data)} bytes, asked {count}")
+            raise self._fail(errno.EPROTO, f"vfio-user server at {self.path} returned {len(data)} "
+                             f"bytes to a REGION_READ of {count}")
         return data
 
     def _region_write_posted(self, region: int, offset: int, data: bytes) -> None:
@@ -258,32 +444,36 @@ class VfioUserTransport(Transport):
         order, so every later read or interrupt wait sees them done. The access was
         range-checked here since no error can come back.
         """
-        with self._lock:
-            if self._closed:
-                raise OSError(errno.ENOTCONN, "vfio-user transport is closed")
+        deadline = self._begin("REGION_WRITE")
+        try:
             msg_id = next(self._ids) & 0xFFFF
             self._posted.append(_HEADER.pack(msg_id, P.REGION_WRITE, 32 + len(data), P.FLAG_NO_REPLY, 0)
                                 + _ACCESS.pack(offset, region, len(data)) + data)
             if len(self._posted) >= POSTED_BATCH or len(data) > 4096:
-                self._flush_locked()
+                self._flush_locked(deadline)
+        except OSError as exc:
+            raise self._lost(exc, "REGION_WRITE") from None
+        finally:
+            self._lock.release()
 
-    def _flush_locked(self) -> None:
+    def _flush_locked(self, deadline: float) -> None:
         """Send queued posted writes (lock held)."""
         if self._posted:
             data = b"".join(self._posted)
             self._posted.clear()
-            try:
-                self.sock.sendall(data)
-            except OSError as exc:
-                raise self._lost(exc) from None
+            self._send(data, deadline)
 
     def flush(self) -> None:
         """Send queued posted writes now."""
-        with self._lock:
-            if not self._closed:
-                self._flush_locked()
+        deadline = self._begin("REGION_WRITE")
+        try:
+            self._flush_locked(deadline)
+        except OSError as exc:
+            raise self._lost(exc, "REGION_WRITE") from None
+        finally:
+            self._lock.release()
 
-    def _serve(self, msg: P.Message) -> None:
+    def _serve(self, msg: P.Message, deadline: float) -> None:
         """Answer a server-to-client command (DMA_READ/DMA_WRITE on memory mapped without fd)."""
         msg.close_fds()
         try:
@@ -303,7 +493,7 @@ class VfioUserTransport(Transport):
         except OSError as exc:
             reply = P.error_reply(msg, exc.errno or errno.EINVAL)
         if not msg.flags & P.FLAG_NO_REPLY:
-            P.send_message(self.sock, reply)
+            self._send(reply.encode(), deadline)
 
     def _dma_view(self, addr: int, count: int) -> memoryview:
         with self._buf_lock:
@@ -316,24 +506,35 @@ class VfioUserTransport(Transport):
         raise OSError(errno.EFAULT, f"no DMA buffer at {addr:#x}+{count}")
 
     def _pump(self) -> None:
-        """Serve whatever server commands are waiting (non-blocking); used by irq_wait."""
+        """Receive whatever the server sent (used by irq_wait): serve its commands, note the
+        probe's reply. Failures mark the connection broken for the waiter to report."""
         if not self._lock.acquire(timeout=0.05):
-            return   # another thread is mid-exchange and serves them
+            return   # another thread is mid-exchange and receives them
         try:
-            while not self._closed:
-                r, _, _ = select.select([self.sock], [], [], 0)
-                if not r:
-                    return
-                msg = P.recv_message(self.sock)
-                if msg is None:
-                    self._closed = True
-                    return
-                if msg.is_reply:
-                    msg.close_fds()
-                else:
-                    self._serve(msg)
-        except (OSError, P.ProtocolError, P.MessageTooBig):
-            self._closed = True
+            if self._broken is not None or self._closed:
+                return
+            deadline = self._deadline()
+            while self._readable.poll(0):
+                self._other(self._recv_message(deadline, False), deadline)
+        except (OSError, P.ProtocolError, P.MessageTooBig) as exc:
+            self._lost(exc, "an interrupt wait")
+        finally:
+            self._lock.release()
+
+    def _send_probe(self) -> None:
+        """Ask the server whether it still answers: a config-space read whose reply any receiver
+        notes. Skipped while another thread is mid-exchange (that exchange has its own deadline)."""
+        if not self._lock.acquire(blocking=False):
+            return
+        try:
+            if self._broken is not None or self._closed or self._probe is not None:
+                return
+            msg_id = next(self._ids) & 0xFFFF
+            self._probe = (msg_id, time.monotonic())
+            self._send(_HEADER.pack(msg_id, P.REGION_READ, 32, 0, 0)
+                       + _ACCESS.pack(0, uapi.VFIO_PCI_CONFIG_REGION_INDEX, 2), self._deadline())
+        except OSError as exc:
+            self._lost(exc, "a liveness probe")
         finally:
             self._lock.release()
 
@@ -460,7 +661,7 @@ class VfioUserTransport(Transport):
 
     def _unmap(self, buf: VfioUserBuffer) -> None:
         try:
-            if not self._closed:
+            if not self._closed and self._broken is None:
                 self._call(P.DMA_UNMAP, bytes(uapi.vfio_iommu_type1_dma_unmap(24, 0, buf.bus_addr,
                                                                              buf.mapped)))
         finally:
@@ -469,7 +670,15 @@ class VfioUserTransport(Transport):
 
     def irq_wait(self, vector: int, timeout: float | None) -> bool:
         """Wait for and consume one interrupt of ``vector`` (semaphore eventfd, as the in-process
-        transport counts them); serves server DMA requests while waiting."""
+        transport counts them); serves server DMA requests while waiting.
+
+        While it waits, the server is probed every PROBE_INTERVAL: a probe unanswered for the
+        reply timeout fails the wait with ETIMEDOUT (also past ``timeout``, so that a stopped
+        server is reported as such rather than as a slow command); a closed connection fails it
+        with ENOTCONN.
+        """
+        if self._closed:
+            raise self._unusable()
         if not 0 <= vector < len(self._eventfds):
             raise ValueError(f"vector {vector} out of range 0..{len(self._eventfds) - 1}")
         fd = self._eventfds[vector]
@@ -480,14 +689,24 @@ class VfioUserTransport(Transport):
             return True
         except BlockingIOError:
             pass
+        if self._broken is not None or self._closed:
+            raise self._unusable()
         if timeout is not None and timeout <= 0:
             return False
-        deadline = None if timeout is None else time.monotonic() + timeout
-        poller = self._pollers[vector]
+        now = time.monotonic()
+        deadline = None if timeout is None else now + timeout
+        next_probe = now + PROBE_INTERVAL
         while True:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            events = poller.poll(None if left is None else left * 1000)
-            for efd, ev in events:
+            if self._probe is None and now >= next_probe and (deadline is None or now < deadline):
+                self._send_probe()
+            probe = self._probe
+            if probe is not None:
+                wake, poller = probe[1] + self.timeout, self._probe_pollers[vector]
+            else:
+                wake, poller = next_probe, self._pollers[vector]
+            if deadline is not None:
+                wake = min(wake, deadline)
+            for efd, ev in poller.poll(max(0.0, wake - time.monotonic()) * 1000):
                 if efd == fd:
                     try:
                         os.eventfd_read(fd)
@@ -496,11 +715,18 @@ class VfioUserTransport(Transport):
                         pass
                 elif ev & select.POLLIN:
                     self._pump()
-                elif ev & (select.POLLRDHUP | select.POLLHUP | select.POLLERR | select.POLLNVAL):
-                    self._closed = True
-            if self._closed:
-                raise OSError(errno.ENOTCONN, "vfio-user connection lost while waiting for an interrupt")
-            if deadline is not None and time.monotonic() >= deadline:
+                elif ev & _HANGUP:
+                    self._lost(ConnectionResetError(errno.ECONNRESET, "the connection was closed"),
+                               "an interrupt wait")
+            if self._broken is not None or self._closed:
+                raise self._unusable()
+            now = time.monotonic()
+            if probe is not None and self._probe is None:
+                next_probe = now + PROBE_INTERVAL
+            elif probe is not None and now >= probe[1] + self.timeout:
+                raise self._lost(TimeoutError(self._limit()), "a liveness probe during an "
+                                 "interrupt wait")
+            if deadline is not None and now >= deadline and self._probe is None:
                 return False
 
     def irq_clear(self, vector: int) -> None:
@@ -525,11 +751,15 @@ class VfioUserTransport(Transport):
         self._region_write(uapi.VFIO_PCI_CONFIG_REGION_INDEX, offset, value.to_bytes(size, "little"))
 
     def close(self) -> None:
-        """Disconnect (the server unmaps our memory and resets the device) and free everything."""
-        with self._lock:
-            if not self._closed:
+        """Disconnect (the server unmaps our memory and resets the device) and free everything.
+
+        Quick and safe in every state: queued posted writes are sent only to a connection that
+        has not failed, and only within the reply timeout."""
+        locked = self._lock.acquire(timeout=self.timeout)
+        try:
+            if not self._closed and self._broken is None and self._posted:
                 try:
-                    self._flush_locked()
+                    self._flush_locked(self._deadline())
                 except OSError:
                     pass
             self._closed = True
@@ -537,6 +767,9 @@ class VfioUserTransport(Transport):
                 self.sock.close()
             except OSError:
                 pass
+        finally:
+            if locked:
+                self._lock.release()
         with self._buf_lock:
             bufs = list(self._buffers.values())
             self._buffers.clear()
