@@ -140,3 +140,20 @@ def test_bad_invocation_is_one_line(bad_files, args, wanted):
     assert out.stderr.count("\n") == 1 and out.stderr.endswith("\n"), out.stderr
     assert wanted in out.stderr, out.stderr
     assert "internal error" not in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize("exc, status, wanted", [
+    (RuntimeError("boom"), 70, "hermes: internal error (RuntimeError): boom; please report it"),
+    (KeyError(), 70, "hermes: internal error (KeyError): no message; please report it"),
+    (MemoryError(), 70, "hermes: error: out of memory"),
+    (FileNotFoundError(2, "No such file or directory", "x.bin"), 1,
+     "hermes: error: No such file or directory (ENOENT): x.bin"),
+])
+def test_guard_turns_every_exception_into_one_line(capsys, exc, status, wanted):
+    from hermes.cli import guarded
+
+    def command() -> int:
+        raise exc
+    assert guarded(command) == status
+    err = capsys.readouterr().err
+    assert err == wanted + "\n"

@@ -110,10 +110,15 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    return guarded(lambda: args.func(args))
+
+
+def guarded(command: Callable[[], "int | None"]) -> int:
+    """Run ``command``; its status, or 1 line on stderr and a non-zero status for any failure."""
     try:
-        return int(args.func(args) or 0)
+        return int(command() or 0)
     except HermesError as exc:
-        return _fail(f"error: {exc or type(exc).__name__}")
+        return _fail(f"error: {str(exc) or type(exc).__name__}")
     except BrokenPipeError:
         os._exit(0)
     except OSError as exc:
@@ -125,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     except MemoryError:
         return _fail("error: out of memory", INTERNAL_ERROR_STATUS)
     except Exception as exc:  # noqa: BLE001 - the last guard: one line, never a traceback
-        return _fail(f"internal error ({type(exc).__name__}): {exc or 'no message'}; please "
+        return _fail(f"internal error ({type(exc).__name__}): {str(exc) or 'no message'}; please "
                      "report it", INTERNAL_ERROR_STATUS)
 
 
