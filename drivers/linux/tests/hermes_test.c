@@ -67,6 +67,8 @@ static const uint64_t prog_inc64[] = {
 };
 static const uint8_t prog_invalid[8] = { 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff };
 
+static double now_us(void);
+
 static long sysfs_long(const char *attr)
 {
 	char path[256], buf[64];
@@ -613,6 +615,65 @@ static int t_concurrent_processes(void)
 	return 0;
 }
 
+static int write_param(const char *name, const char *value)
+{
+	char path[128];
+	FILE *f;
+	int ok;
+
+	snprintf(path, sizeof(path), "/sys/module/hermes/parameters/%s", name);
+	f = fopen(path, "w");
+	if (!f)
+		return -1;
+	ok = fputs(value, f) >= 0;
+	return fclose(f) == 0 && ok ? 0 : -1;
+}
+
+/*
+ * A runaway program: the run fails with ETIMEDOUT after cmd_timeout_ms, not when its budget
+ * ends; where the device can abort, the engine is free at once and the file keeps working.
+ */
+static int t_run_timeout(void)
+{
+	static const uint64_t loop[] = {
+		INSN(0xb7, 0, 0, 0), INSN(0x07, 0, 0, 1), INSN(0x05, 0, -2, 0),	/* for (;;) r0++ */
+	};
+	int fd = dev_open(), can_abort = sysfs_long("abort");
+	char old[32];
+	double t0, took;
+	FILE *f;
+	int i;
+
+	f = fopen("/sys/module/hermes/parameters/cmd_timeout_ms", "r");
+	if (!f || !fgets(old, sizeof(old), f))
+		return fail("cannot read cmd_timeout_ms: %s", strerror(errno));
+	fclose(f);
+
+	EXPECT_EQ(download(fd, loop, sizeof(loop), 0), 0);
+	EXPECT_EQ(pwrite(fd, "x", 1, 0), 1);
+	if (write_param("cmd_timeout_ms", "300"))
+		return fail("cannot set cmd_timeout_ms: %s", strerror(errno));
+	t0 = now_us();
+	errno = 0;
+	i = fsync(fd);
+	took = (now_us() - t0) / 1e3;
+	write_param("cmd_timeout_ms", old);
+	if (i != -1 || errno != ETIMEDOUT)
+		return fail("runaway fsync = %d errno %d (%s), expected ETIMEDOUT", i, errno,
+			    strerror(errno));
+	if (took > 5000)
+		return fail("runaway fsync took %.0f ms with a 300 ms timeout", took);
+	if (can_abort) {
+		/* Every engine is usable again, the one that ran the loop included. */
+		for (i = 0; i < 2 * engines; i++) {
+			EXPECT_EQ(download(fd, prog_inc64, sizeof(prog_inc64), 0), 0);
+			EXPECT_EQ(fsync(fd), 0);
+		}
+	}
+	close(fd);
+	return 0;
+}
+
 struct test {
 	const char *name;
 	int (*fn)(void);
@@ -657,6 +718,7 @@ static const struct test tests[] = {
 	{ "IncrementElf", t_increment_elf },
 	{ "SeveralOpens", t_several_opens },
 	{ "ConcurrentProcesses", t_concurrent_processes },
+	{ "RunTimeout", t_run_timeout },
 };
 
 static double now_us(void)
