@@ -103,7 +103,11 @@ class Transport(abc.ABC):
         """Wait until interrupt ``vector`` has fired since the last wait; consume it.
 
         Returns False on timeout. Interrupts are counted, never lost: one that fired before the
-        wait started satisfies it at once (eventfd semantics).
+        wait started satisfies it at once (eventfd semantics). A transport that can lose its
+        device (a server in another process) raises OSError instead when the device stops
+        answering (ETIMEDOUT) or goes away (ENOTCONN) once it notices (vfio-user: within its
+        reply timeout plus a 0.1 s probe interval), so a wait for a dead device need not last the
+        whole ``timeout``.
         """
 
     def irq_clear(self, vector: int) -> None:
