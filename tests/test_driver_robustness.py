@@ -136,7 +136,7 @@ def test_invalid_slot_ids(hermes_device):
     assert r.status == regs.STATUS_INVALID_PROG_SLOT
     with hermes_device.open() as f:
         f.download_program(INC_U64)
-        r = hermes_device.run_program(f.program_slot, 15, len(INC_U64))
+        r = hermes_device.run_program(f.program_slot, 16, len(INC_U64))
         assert r.status == regs.STATUS_INVALID_DATA_SLOT
         r = hermes_device.run_program(f.program_slot, 255, len(INC_U64))
         assert r.status == regs.STATUS_INVALID_DATA_SLOT

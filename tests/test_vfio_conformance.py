@@ -163,8 +163,7 @@ def test_run_program_and_reset(transport):
     assert res[2] == R.STATUS_SUCCESS and int.from_bytes(res[8:16], "little") == 42
     t.reset()
     enable_irqs(t)
-    res = command(t, 0, bytes([R.CMD_RUN_PROGRAM, 0, 4, 0, 0, 0, 0, 0, slot, data, 0, 0])
-                  + struct.pack("<I", len(prog)))
+    res = command(t, 0, bytes([R.CMD_RELEASE_SLOT, 0, 4, 0, 0, 0, 0, 0, R.SLOT_PROGRAM, slot]))
     assert res[2] == R.STATUS_INVALID_PROG_SLOT      # the reset freed the slots
 
 

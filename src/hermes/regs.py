@@ -28,6 +28,8 @@ EHBLD_LEN = 48
 EHENG = 0x34       #: u8 RO number of engines
 EHPSLOT = 0x35     #: u8 RO number of program slots
 EHDSLOT = 0x36     #: u8 RO number of data slots
+EHCAP = 0x37       #: u8 RO capability bits (reserved, reading 0, on devices without any)
+EHCAP_ABORT = 1 << 0   #: EHCMDABORT stops a running command (status STATUS_ABORTED)
 EHPSOFF = 0x38     #: u32 RO BAR4 offset of program slot 0
 EHPSSZE = 0x3C     #: u32 RO program slot size
 EHDSOFF = 0x40     #: u32 RO BAR4 offset of data slot 0
@@ -48,6 +50,11 @@ EHCMDCTRL_BASE = 0x2000  #: engine n's 8-byte control at EHCMDCTRL_BASE + 8 * n
 EHCMDCTRL_STRIDE = 8
 EHCMDEXEC = 0            #: byte of EHCMDCTRL: host writes 1 to start, device clears when done
 EHCMDDONE = 1            #: byte of EHCMDCTRL: cleared at start, set at the end (RO)
+#: Byte of EHCMDCTRL (devices with EHCAP_ABORT): host writes 1 to stop the running command, which
+#: then completes with STATUS_ABORTED; reads 1 from that write until the completion. Abort is a
+#: control bit rather than an opcode because a command needs an idle engine, and the engines that
+#: need stopping are exactly the busy ones (every engine may be).
+EHCMDABORT = 2
 
 
 def cmdreq(n: int) -> int:
@@ -79,6 +86,7 @@ STATUS_INVALID_DATA_SLOT = 0x03
 STATUS_INVALID_ADDRESS = 0x04
 STATUS_EBPF_ERROR = 0x05
 STATUS_INVALID_OPCODE = 0x06
+STATUS_ABORTED = 0x07    #: the command was stopped by EHCMDABORT (or a device reset / close)
 STATUS_NAMES = {
     STATUS_SUCCESS: "success",
     STATUS_NO_SPACE: "not enough space",
@@ -87,6 +95,7 @@ STATUS_NAMES = {
     STATUS_INVALID_ADDRESS: "invalid address",
     STATUS_EBPF_ERROR: "eBPF error",
     STATUS_INVALID_OPCODE: "invalid opcode",
+    STATUS_ABORTED: "aborted",
 }
 
 # --- BAR2: XDMA block --------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from typing import Callable
 
 from .. import engine as _engine
 from .. import regs as R
-from ..errors import ExecutionError, ProgramError
+from ..errors import Cancelled, ExecutionError, ProgramError
 from .commands import ELF_MAGIC, MASK64, ProgramCache, error_code, make_error_code, response
 from .xdma import NUM_VECTORS, XdmaBlock
 
@@ -24,16 +24,24 @@ DEFAULT_CACHE_SIZE = 64
 #: Zeros a slot is cleared with, one chunk at a time (memset speed, bounded memory).
 _ZERO_CHUNK = memoryview(bytes(1 << 20))
 _MASKS = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFF_FFFF, 8: MASK64}
-_CTRL_RUNNING = b"\x01\x00"   # EHCMDEXEC = 1, EHCMDDONE = 0
-_CTRL_DONE = b"\x00\x01"      # EHCMDEXEC = 0, EHCMDDONE = 1
+_CTRL_RUNNING = b"\x01\x00\x00"   # EHCMDEXEC = 1, EHCMDDONE = 0, EHCMDABORT = 0
+_CTRL_DONE = b"\x00\x01\x00"      # EHCMDEXEC = 0, EHCMDDONE = 1, EHCMDABORT = 0
+#: Slot owners (section 4.3 of specs/device.md): not handed out, handed out by Request Slot, or
+#: claimed by a Run Program of a driver that allocates slots on the host side.
+FREE, DEVICE_OWNED, HOST_OWNED = 0, 1, 2
+#: ``irq_compat`` values: engine completions interrupt while the driver has never written the
+#: user interrupt mask since reset ("legacy"), or only as the mask allows ("xdma").
+IRQ_COMPAT_MODES = ("legacy", "xdma")
 
 #: Counters kept per engine (lock-free on the command path) and summed into ``stats``.
-ENGINE_STAT_KEYS = ("commands", "runs", "run_errors", "interrupts", "interrupts_masked")
+ENGINE_STAT_KEYS = ("commands", "runs", "run_errors", "interrupts", "interrupts_masked",
+                    "legacy_interrupts", "aborted")
 STAT_KEYS = (
     "ro_writes", "unmapped_writes", "bad_size_accesses", "commands", "runs", "run_errors",
     "busy_exec_writes", "dma_runs", "dma_descriptors", "dma_bytes", "dma_errors",
     "busy_dma_starts", "interrupts", "interrupts_masked", "interrupts_unhandled",
-    "irq_handler_errors", "internal_errors", "resets",
+    "irq_handler_errors", "internal_errors", "resets", "legacy_interrupts", "abort_requests",
+    "idle_aborts", "aborted", "host_slot_claims",
 )
 
 
@@ -56,6 +64,8 @@ class _Engine:
         self.go = threading.Lock()
         self.go.acquire()
         self.request = b""
+        #: The running Run Program's cancellation flag (a fresh one per command; set by abort).
+        self.cancel: object | None = None
         self.thread: threading.Thread | None = None
         #: Tells the worker to exit when it next wakes (close(), or the device was collected).
         self.stop = False
@@ -76,7 +86,8 @@ class HermesDevice:
                  program_slot_size: int = 1 << 20, data_slot_size: int = 1 << 20,
                  build: str = "hermes-emu 0.1", engine: str | None = None,
                  budget: int | None = None, interface_version: int = 1,
-                 bar4: object | None = None, *, cache_size: int = DEFAULT_CACHE_SIZE):
+                 bar4: object | None = None, *, cache_size: int = DEFAULT_CACHE_SIZE,
+                 irq_compat: str = "legacy", can_abort: bool = True):
         _check_int("engines", engines, 1, MAX_ENGINES)
         _check_int("program_slots", program_slots, 1, 255)
         _check_int("data_slots", data_slots, 1, 255)
@@ -97,6 +108,9 @@ class HermesDevice:
         if budget is not None:
             _check_int("budget", budget, 1, MASK64)
         _check_int("cache_size", cache_size, 0, 1 << 20)
+        if irq_compat not in IRQ_COMPAT_MODES:
+            raise ValueError(f"irq_compat must be one of {', '.join(IRQ_COMPAT_MODES)}, "
+                             f"got {irq_compat!r}")
 
         self._engine_mod = _engine
         self.engines = engines
@@ -111,6 +125,10 @@ class HermesDevice:
         self.engine_name = engine or _engine.DEFAULT_ENGINE
         self.budget = budget if budget is not None else _engine.DEFAULT_BUDGET
         self.num_vectors = NUM_VECTORS
+        self.irq_compat = irq_compat
+        #: False models a device without EHCAP_ABORT (EHCMDABORT is then a read-only byte).
+        self.can_abort = bool(can_abort)
+        self._legacy_irq = irq_compat == "legacy"
         bar4_size = self.data_slot_offset + data_slots * data_slot_size
         if interface_version == 1 and self.data_slot_offset > 0xFFFF_FFFF:
             raise ValueError("the data slot offset does not fit interface version 1's 32-bit "
@@ -147,7 +165,10 @@ class HermesDevice:
         self._stats = dict.fromkeys(STAT_KEYS, 0)
         self._stats_lock = threading.Lock()
         self._slots_lock = threading.Lock()
-        self._allocated = ([False] * program_slots, [False] * data_slots)
+        #: Owner of every slot (FREE, DEVICE_OWNED, HOST_OWNED), program slots then data slots.
+        self._owner = ([FREE] * program_slots, [FREE] * data_slots)
+        #: Running commands using each slot: a busy slot is never handed out (deferred free).
+        self._busy = ([0] * program_slots, [0] * data_slots)
         self._cache = ProgramCache(cache_size, self._load)
         self._host: object | None = None
         self._irq_handler: Callable[[int], None] | None = None
@@ -176,6 +197,7 @@ class HermesDevice:
         put(R.EHENG, 1, self.engines)
         put(R.EHPSLOT, 1, self.program_slots)
         put(R.EHDSLOT, 1, self.data_slots)
+        put(R.EHCAP, 1, R.EHCAP_ABORT if self.can_abort else 0)
         if self.interface_version == 1:
             put(R.EHPSOFF, 4, self.program_slot_offset)
             put(R.EHPSSZE, 4, self.program_slot_size)
@@ -265,13 +287,18 @@ class HermesDevice:
                     self._count("ro_writes")   # EHCMDRES is read-only (Decision 3)
                 return
             if R.EHCMDCTRL_BASE <= offset < self._ctrl_end:
-                if offset & 7 == R.EHCMDEXEC:
-                    # Only byte 0 (EXEC) is writable; DONE and reserved bytes of a wider write
-                    # are dropped silently.
-                    if value & 1:
-                        self._exec(self._engines[(offset - R.EHCMDCTRL_BASE) >> 3])
-                else:
+                # Only bytes 0 (EXEC) and 2 (ABORT) are writable; DONE and reserved bytes of a
+                # wider write are dropped silently. An abort in the same write as a start stops
+                # the command that was running before it, never the one the write starts.
+                eng = self._engines[(offset - R.EHCMDCTRL_BASE) >> 3]
+                first = offset & 7
+                if self.can_abort and first <= R.EHCMDABORT < first + size:
+                    if (value >> (8 * (R.EHCMDABORT - first))) & 1:
+                        self._abort(eng)
+                elif first != R.EHCMDEXEC:
                     self._count("ro_writes")
+                if first == R.EHCMDEXEC and value & 1:
+                    self._exec(eng)
                 return
             self._check_range(0, offset, size)
             self._count("ro_writes" if offset < self._header_end else "unmapped_writes")
@@ -295,8 +322,15 @@ class HermesDevice:
             return
         raise ValueError(f"the Hermes device has no BAR {bar}")
 
-    def reset(self) -> None:
-        """Device reset: waits for running commands and DMA, frees every slot, clears registers.
+    def abort(self) -> None:
+        """Stop the running command of every engine, as an EHCMDABORT write to each would (also
+        on a device built with ``can_abort=False``: this is the device's own reset path)."""
+        for eng in self._engines:
+            self._abort(eng)
+
+    def reset(self, *, abort: bool = True) -> None:
+        """Device reset: stops running commands (``abort=False``: waits for them to finish) and
+        DMA, frees every slot, clears registers.
 
         BAR4 contents are kept. Interrupt masks return to 0, so a driver re-enables them after a
         reset. No interrupt of a command that finished before the reset arrives after it returns.
@@ -304,14 +338,16 @@ class HermesDevice:
         """
         if self._closed:
             raise RuntimeError("device is closed")
+        if abort:
+            self.abort()
         for eng in self._engines:
             eng.running.acquire()
             eng.done.acquire()
         try:
             self._xdma.reset()
             with self._slots_lock:
-                for kind in self._allocated:
-                    kind[:] = [False] * len(kind)
+                for owners in self._owner:
+                    owners[:] = [FREE] * len(owners)
             self._bar0[R.EHCMDREQ_BASE:] = bytes(self._bar0_len - R.EHCMDREQ_BASE)
             self.last_errors.clear()
         finally:
@@ -320,14 +356,17 @@ class HermesDevice:
                 eng.running.release()
         self._count("resets")
 
-    def close(self) -> None:
-        """Stop the engine threads (after their current commands). Idempotent.
+    def close(self, *, abort: bool = False) -> None:
+        """Stop the engine threads after their current commands, which ``abort=True`` stops
+        first (a departing user's runaway programs). Idempotent.
 
         Registers stay readable; a caller-provided BAR4 buffer is let go (BAR4 accesses fail).
         """
         if self._closed:
             return
         self._closed = True
+        if abort:
+            self.abort()
         for eng in self._engines:
             eng.running.acquire()   # wait for the command in flight; keeps new ones out for good
         _stop_engines(self._engines)
@@ -350,10 +389,22 @@ class HermesDevice:
         self.close()
 
     def slots_in_use(self) -> tuple[list[int], list[int]]:
-        """Allocated (program slot ids, data slot ids), for diagnostics and tests."""
+        """Owned (program slot ids, data slot ids): handed out by Request Slot or claimed by a
+        host-allocated run. For diagnostics and tests."""
         with self._slots_lock:
-            return ([i for i, a in enumerate(self._allocated[0]) if a],
-                    [i for i, a in enumerate(self._allocated[1]) if a])
+            return tuple([i for i, o in enumerate(owners) if o != FREE]  # type: ignore[return-value]
+                         for owners in self._owner)
+
+    def slot_owners(self) -> tuple[list[int], list[int]]:
+        """Owner of every (program slot, data slot): FREE, DEVICE_OWNED or HOST_OWNED."""
+        with self._slots_lock:
+            return list(self._owner[0]), list(self._owner[1])
+
+    def busy_slots(self) -> tuple[list[int], list[int]]:
+        """(program slot ids, data slot ids) that a running command uses right now."""
+        with self._slots_lock:
+            return tuple([i for i, n in enumerate(busy) if n]  # type: ignore[return-value]
+                         for busy in self._busy)
 
     def program_slot(self, slot: int) -> memoryview:
         """Writable view of program slot ``slot`` in BAR4."""
@@ -408,16 +459,22 @@ class HermesDevice:
             return
         b = self._bar0
         ctrl = eng.ctrl
-        b[ctrl:ctrl + 2] = _CTRL_RUNNING
         req = bytes(b[eng.req:eng.req + R.EHCMDREQ_LEN])   # later REQ writes do not affect it
+        is_run = req[0] == R.CMD_RUN_PROGRAM
+        # The flag exists before EXEC reads 1, so an abort that sees the command running always
+        # has this command's flag to set.
+        eng.cancel = self._engine_mod.Cancel() if is_run else None
+        b[ctrl:ctrl + 3] = _CTRL_RUNNING
         eng.counts["commands"] += 1
-        if req[0] == R.CMD_RUN_PROGRAM:
-            eng.request = req
-            eng.go.release()
-            return
         # Slot commands take microseconds: finish them inside the write (no thread hand-off).
+        # A Run Program marks its slots busy here, before the write returns, so that no Release
+        # or Request Slot issued after it can miss that the slots are in use.
         try:
-            res = self._slot_command(req)
+            res = self._claim_run_slots(req) if is_run else self._slot_command(req)
+            if res is None:
+                eng.request = req
+                eng.go.release()
+                return
         except Exception as exc:  # defensive: a model bug must still complete the handshake
             self._count("internal_errors")
             self.last_errors[eng.index] = exc
@@ -425,17 +482,37 @@ class HermesDevice:
                            make_error_code(R.EBPF_ERR_INTERNAL, 0))
         self._complete(eng, res)
 
+    def _abort(self, eng: _Engine) -> None:
+        """EHCMDABORT: set the running command's cancellation flag (an idle engine: counted)."""
+        with eng.done:   # completion holds it while clearing EXEC: no abort lands after that
+            cancel = eng.cancel if self._bar0[eng.ctrl + R.EHCMDEXEC] else None
+            if cancel is not None:
+                self._bar0[eng.ctrl + R.EHCMDABORT] = 1
+        if cancel is None:
+            self._count("idle_aborts")
+            return
+        self._count("abort_requests")
+        cancel.set()  # type: ignore[attr-defined]
+
     def _complete(self, eng: _Engine, res: bytes) -> None:
         """Handshake end: response, then DONE=1 with EXEC=0 (one store), then the vector."""
         b = self._bar0
         with eng.done:
             b[eng.res:eng.res + R.EHCMDRES_LEN] = res
-            b[eng.ctrl:eng.ctrl + 2] = _CTRL_DONE
+            b[eng.ctrl:eng.ctrl + 3] = _CTRL_DONE
+            eng.cancel = None
             # Free the engine before interrupting, so a driver woken by the vector can start the
             # next command at once.
             eng.running.release()
-            if (self._xdma.user_mask >> eng.index) & 1:
+            xdma = self._xdma
+            if (xdma.user_mask >> eng.index) & 1:
                 eng.counts["interrupts"] += 1
+                self._raise_irq(eng.vector)
+            elif self._legacy_irq and not xdma.user_mask_written:
+                # A driver that never programs the user mask (the published one with execution)
+                # still gets its completions, as the older QEMU model delivered them.
+                eng.counts["interrupts"] += 1
+                eng.counts["legacy_interrupts"] += 1
                 self._raise_irq(eng.vector)
             else:
                 eng.counts["interrupts_masked"] += 1
@@ -459,34 +536,62 @@ class HermesDevice:
         if opcode not in (R.CMD_REQUEST_SLOT, R.CMD_RELEASE_SLOT) or kind not in (
                 R.SLOT_PROGRAM, R.SLOT_DATA):
             return response(cid, R.STATUS_INVALID_OPCODE)
-        table = self._allocated[kind]
+        owners, busy = self._owner[kind], self._busy[kind]
         if opcode == R.CMD_REQUEST_SLOT:
             with self._slots_lock:
-                slot = next((i for i, used in enumerate(table) if not used), None)
+                # Neither a slot a host-allocating driver claimed nor one a running command
+                # still uses (released early, e.g. after a driver timeout) is handed out.
+                slot = next((i for i, o in enumerate(owners) if o == FREE and not busy[i]), None)
                 if slot is None:
                     return response(cid, R.STATUS_NO_SPACE)
-                table[slot] = True
+                owners[slot] = DEVICE_OWNED
             # A new owner never sees the previous owner's bytes (D7): zero the slot now.
             self._zero(self.program_slot(slot) if kind == R.SLOT_PROGRAM else self.data_slot(slot))
             return response(cid, R.STATUS_SUCCESS, slot)
         slot = req[9]
         with self._slots_lock:
-            if slot < len(table) and table[slot]:
-                table[slot] = False
+            if slot < len(owners) and owners[slot] != FREE:
+                # A busy slot becomes free now but is handed out only once idle (deferred free).
+                owners[slot] = FREE
                 return response(cid, R.STATUS_SUCCESS)
         return response(cid, R.STATUS_INVALID_PROG_SLOT if kind == R.SLOT_PROGRAM
                         else R.STATUS_INVALID_DATA_SLOT)
 
-    def _run_program(self, eng: _Engine, req: bytes) -> bytes:
+    def _claim_run_slots(self, req: bytes) -> bytes | None:
+        """Check a Run Program's slot ids and count its slots busy; the error response, or None
+        when the run may go to the engine's worker."""
         cid, pslot, dslot = _cid(req), req[8], req[9]
-        length = int.from_bytes(req[12:16], "little")
-        # Reading one flag is atomic; the lock only orders allocation changes.
-        prog_ok = pslot < self.program_slots and self._allocated[0][pslot]
-        data_ok = dslot < self.data_slots and self._allocated[1][dslot]
-        if not prog_ok:
+        if pslot >= self.program_slots:
             return response(cid, R.STATUS_INVALID_PROG_SLOT)
-        if not data_ok:
+        if dslot >= self.data_slots:
             return response(cid, R.STATUS_INVALID_DATA_SLOT)
+        claims = 0
+        with self._slots_lock:
+            for kind, slot in ((0, pslot), (1, dslot)):
+                if self._owner[kind][slot] == FREE:
+                    # A slot the device did not hand out: a driver that allocates on the host
+                    # side chose it. It stays out of Request Slot until released or reset.
+                    self._owner[kind][slot] = HOST_OWNED
+                    claims += 1
+                self._busy[kind][slot] += 1
+        if claims:
+            self._count("host_slot_claims", claims)
+        return None
+
+    def _run_program(self, eng: _Engine, req: bytes) -> bytes:
+        """Run Program on slots ``_claim_run_slots`` counted busy; they are idle again after."""
+        pslot, dslot = req[8], req[9]
+        try:
+            return self._run_on_slots(eng, req, _cid(req), pslot, dslot)
+        finally:
+            with self._slots_lock:
+                self._busy[0][pslot] -= 1
+                self._busy[1][dslot] -= 1
+
+    def _run_on_slots(self, eng: _Engine, req: bytes, cid: int, pslot: int, dslot: int) -> bytes:
+        """Load (cached), run, encode the result."""
+        length = int.from_bytes(req[12:16], "little")
+        cancel = eng.cancel
         counts = eng.counts
         counts["runs"] += 1
         if length == 0 or length % 8 or length > self.program_slot_size:
@@ -501,7 +606,11 @@ class HermesDevice:
         doff = self.data_slot_offset + dslot * self.data_slot_size
         memory = self._bar4[doff:doff + self.data_slot_size]   # in place: the program edits BAR4
         try:
-            result = exe.run(memory, self.budget)  # type: ignore[attr-defined]
+            # An abort during loading is seen here: the run stops before its first block.
+            result = exe.run(memory, self.budget, cancel=cancel)  # type: ignore[attr-defined]
+        except Cancelled as exc:
+            counts["aborted"] += 1
+            return response(cid, R.STATUS_ABORTED, exc.pc or 0)
         except (ExecutionError, ProgramError) as exc:
             counts["run_errors"] += 1
             self.last_errors[eng.index] = exc

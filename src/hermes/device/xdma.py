@@ -75,6 +75,9 @@ class XdmaBlock:
         self.c2h = [Channel(True, i) for i in range(R.XDMA_C2H_CHANNELS)]
         self.channels = self.h2c + self.c2h
         self.user_mask = 0
+        #: Whether any user mask register was written since reset (the device's legacy
+        #: interrupt rule keys on it; see HermesDevice ``irq_compat``).
+        self.user_mask_written = False
         self.chan_mask = 0
         self.user_vectors = [0] * 4
         self.chan_vectors = [0] * 2
@@ -119,6 +122,8 @@ class XdmaBlock:
         irq = R.xdma_offset(R.XDMA_TARGET_IRQ, 0, 0)
         rd[irq + R.XDMA_CH_IDENTIFIER] = lambda v=identifier(R.XDMA_TARGET_IRQ): v
         self._set_clear(irq + R.XDMA_IRQ_USER_MASK, self, "user_mask", _M32)
+        for off in range(irq + R.XDMA_IRQ_USER_MASK, irq + R.XDMA_IRQ_USER_MASK_W1C + 1, 4):
+            self.writers[off] = self._noting_user_mask(self.writers[off])
         self._set_clear(irq + R.XDMA_IRQ_CHANNEL_MASK, self, "chan_mask",
                         (1 << len(self.channels)) - 1)
         rd[irq + R.XDMA_IRQ_USER_REQUEST] = self._user_request
@@ -145,6 +150,12 @@ class XdmaBlock:
         self.writers[offset] = lambda v: setattr(obj, attr, v & bits)
         self.writers[offset + 4] = lambda v: setattr(obj, attr, (get() | v) & bits)
         self.writers[offset + 8] = lambda v: setattr(obj, attr, get() & ~v)
+
+    def _noting_user_mask(self, write: Callable[[int], None]) -> Callable[[int], None]:
+        def noted(value: int) -> None:
+            self.user_mask_written = True
+            write(value)
+        return noted
 
     def _reset_vectors(self) -> None:
         # Power-on vector numbers: the fixed routing the device uses (user n -> 8 + n, channel c
@@ -320,6 +331,7 @@ class XdmaBlock:
             with ch.lock:
                 ch.reset()
         self.user_mask = 0
+        self.user_mask_written = False
         self.chan_mask = 0
         self._reset_vectors()
         self.msix_table[:] = bytes(MSIX_TABLE_BYTES)

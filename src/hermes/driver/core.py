@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from .. import regs
 from ..transport.base import DmaBuffer, Transport
 from .dma import C2H, H2C, Channel, ChannelPool
-from .protocol import Response, error, status_error
+from .protocol import DriverError, Response, error, status_error
 
 #: Seconds a command (a run included) may take before the driver gives up with ETIMEDOUT.
 DEFAULT_TIMEOUT = 60.0
@@ -21,6 +21,8 @@ DEFAULT_DMA_TIMEOUT = 10.0
 DEFAULT_DMA_CHUNK = 256 << 10
 #: Bytes of bounce buffer per channel (bigger transfers go in several chains).
 DEFAULT_BOUNCE_SIZE = 1 << 20
+#: Seconds to wait, after a command timed out and was aborted, for its engine to read idle.
+DEFAULT_ABORT_TIMEOUT = 2.0
 #: User interrupts whose vector numbers the XDMA IRQ block has registers for (four of four).
 _MAX_USER_VECTOR_REGS = 16
 #: Channel interrupt-enable bits: everything a chain can end with.
@@ -45,6 +47,7 @@ class Geometry:
     bar4_size: int
     h2c_channels: int
     c2h_channels: int
+    capabilities: int = 0
 
     def program_slot(self, slot: int) -> int:
         """BAR4 offset of program slot ``slot``."""
@@ -72,6 +75,10 @@ class _EnginePool:
         for up to ``timeout`` seconds, then fails with ETIMEDOUT."""
         deadline = None
         with self._cond:
+            if self._stale:
+                # Also when other engines are free: a reclaimed engine ends the quarantine of the
+                # slots its timed-out command held.
+                self._reclaim()
             while True:
                 if self._free:
                     return self._free.pop()
@@ -96,6 +103,7 @@ class _EnginePool:
             if not self._drv._engine_busy(n):
                 self._stale.discard(n)
                 self._drv._clear_engine_irq(n)
+                self._drv._end_quarantine(n)
                 self._free.append(n)
 
     def release(self, n: int, healthy: bool = True) -> None:
@@ -122,12 +130,16 @@ class Driver:
 
     def __init__(self, transport: Transport, *, timeout: float = DEFAULT_TIMEOUT,
                  dma_timeout: float = DEFAULT_DMA_TIMEOUT, dma_chunk: int = DEFAULT_DMA_CHUNK,
-                 bounce_size: int = DEFAULT_BOUNCE_SIZE, owns_transport: bool = True):
+                 bounce_size: int = DEFAULT_BOUNCE_SIZE, owns_transport: bool = True,
+                 abort_timeout: float = DEFAULT_ABORT_TIMEOUT):
         if dma_chunk <= 0 or dma_chunk % 8 or bounce_size < dma_chunk:
             raise ValueError("dma_chunk must be a positive multiple of 8, at most bounce_size")
+        if not abort_timeout >= 0:
+            raise ValueError(f"abort_timeout must be >= 0 seconds, got {abort_timeout!r}")
         self.transport = transport
         self.timeout = timeout
         self.dma_timeout = dma_timeout
+        self.abort_timeout = abort_timeout
         self._owns_transport = owns_transport
         # A transport with its own read_block (one message for a vfio-user client) gets the
         # 16-byte response in one access; others in two 8-byte reads rather than four 4-byte.
@@ -136,6 +148,9 @@ class Driver:
         self._files: set = set()
         #: Slots whose owner closed while no engine answered: released on a later occasion.
         self._orphans: list[tuple[int, int]] = []
+        #: Engine -> slots of a timed-out command on it that could not be stopped: kept allocated
+        #: until that engine reads idle, then released like the orphans above.
+        self._quarantine: dict[int, list[tuple[int, int]]] = {}
         self._next_id = 1
         self.closed = False
         self.geometry = self._probe()
@@ -169,6 +184,7 @@ class Driver:
         engines = t.read(_BAR0, regs.EHENG, 1)
         pslots = t.read(_BAR0, regs.EHPSLOT, 1)
         dslots = t.read(_BAR0, regs.EHDSLOT, 1)
+        caps = t.read(_BAR0, regs.EHCAP, 1)
         if version == 1:
             psoff = t.read(_BAR0, regs.EHPSOFF, 4)
             pssz = t.read(_BAR0, regs.EHPSSZE, 4)
@@ -197,7 +213,7 @@ class Driver:
         if problems:
             raise error(errno.ENODEV, "refusing the Hermes device: " + "; ".join(problems))
         return Geometry(version, build.decode("ascii", "replace"), engines, pslots, dslots, psoff,
-                        pssz, dsoff, dssz, max(pend, dend), h2c, c2h)
+                        pssz, dsoff, dssz, max(pend, dend), h2c, c2h, caps)
 
     def _count_channels(self, target: int) -> int:
         """Channels whose identifier register carries the XDMA magic and the right target."""
@@ -339,6 +355,10 @@ class Driver:
         try:
             response = self._execute(engine, opcode | cmd_id << 16, word1, rest, timeout)
             healthy = True
+        except OSError as exc:
+            # An engine seen idle after its command timed out is as good as any other.
+            healthy = getattr(exc, "command_stopped", None) is True
+            raise
         finally:
             self._engines.release(engine, healthy)
         if response.cmd_id != cmd_id:
@@ -375,8 +395,11 @@ class Driver:
         else:
             fired = self._poll_done(engine, timeout)
         if not fired:
-            raise error(errno.ETIMEDOUT, f"engine {engine}: command {word0 >> 16:#06x} (opcode "
-                        f"{word0 & 0xFF:#04x}) did not complete within {timeout:g} s")
+            what = (f"engine {engine}: command {word0 >> 16:#06x} (opcode {word0 & 0xFF:#04x}) "
+                    f"did not complete within {timeout:g} s")
+            stopped, how = self._stop_command(engine)
+            raise DriverError(errno.ETIMEDOUT, f"{what}; {how}", engine=engine,
+                              command_stopped=stopped)
         state = t.read(_BAR0, ctrl, 2)
         if state != 0x0100:
             raise error(errno.EIO, f"engine {engine}: interrupt without completion (EHCMDEXEC "
@@ -404,6 +427,32 @@ class Driver:
             time.sleep(delay)
             delay = min(delay * 2, 0.002)
 
+    def _stop_command(self, engine: int) -> tuple[bool, str]:
+        """After a timeout: abort the engine's command if the device can (EHCAP_ABORT) and wait up
+        to ``abort_timeout`` for the engine to read idle. Returns (idle, what happened)."""
+        can_abort = bool(self.geometry.capabilities & regs.EHCAP_ABORT)
+        try:
+            if can_abort:
+                self.transport.write(_BAR0, regs.cmdctrl(engine) + regs.EHCMDABORT, 1, 1)
+            deadline = time.monotonic() + (self.abort_timeout if can_abort else 0)
+            delay = 0.0002
+            while self._engine_busy(engine):
+                now = time.monotonic()
+                if now >= deadline:
+                    break
+                time.sleep(min(delay, deadline - now))
+                delay = min(delay * 2, 0.01)
+            else:
+                self._clear_engine_irq(engine)   # the aborted command's completion interrupt
+                return True, ("the command was aborted" if can_abort else
+                              "the command has finished since")
+        except OSError as exc:
+            return False, f"the engine could not be checked ({exc})"
+        if can_abort:
+            return False, (f"the engine was still busy {self.abort_timeout:g} s after an abort "
+                           "request")
+        return False, "the device cannot abort commands and the engine is still busy"
+
     def _engine_busy(self, engine: int) -> bool:
         return bool(self.transport.read(_BAR0, regs.cmdctrl(engine) + regs.EHCMDEXEC, 1))
 
@@ -413,6 +462,22 @@ class Driver:
             self.transport.irq_clear(vector)
 
     # --- slots ----------------------------------------------------------------------------------
+    def quarantine(self, engine: int, slots: list[tuple[int, int]]) -> None:
+        """Keep ``slots`` ((kind, slot) pairs) of a command that timed out on ``engine`` and could
+        not be stopped: never released or reused while that engine may still be running it; they
+        are released once the engine reads idle (checked whenever a caller waits for an engine)."""
+        with self._lock:
+            self._quarantine.setdefault(engine, []).extend(slots)
+
+    def quarantined(self) -> list[tuple[int, int]]:
+        """(kind, slot) pairs held back by ``quarantine``."""
+        with self._lock:
+            return [s for slots in self._quarantine.values() for s in slots]
+
+    def _end_quarantine(self, engine: int) -> None:
+        with self._lock:
+            self._orphans.extend(self._quarantine.pop(engine, ()))
+
     def defer_release(self, kind: int, slot: int) -> None:
         """Remember to release a slot whose Release Slot timed out (retried before the next
         Request Slot and at close), so a wedged engine never leaks slots for good."""

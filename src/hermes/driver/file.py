@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Iterable
 
 from .. import regs
 from .protocol import (HERMES_DOWNLOAD_PROG_IOCTL, RWF_APPEND, RWF_DSYNC, RWF_HIPRI, RWF_NOWAIT,
-                       RWF_SYNC, Response, error, flag_names, status_error)
+                       RWF_SYNC, DriverError, Response, error, flag_names, status_error)
 
 if TYPE_CHECKING:
     from .core import Driver
@@ -42,6 +42,8 @@ class HermesFile:
         self._pos = 0
         self._next_id = 1
         self.closed = False
+        #: Why the file's slots were taken away (a run that timed out and could not be stopped).
+        self._lost: str | None = None
         #: The response of the last command this file sent (for the library's error details).
         self.last_response: Response | None = None
 
@@ -54,6 +56,8 @@ class HermesFile:
     def _check_open(self) -> None:
         if self.closed:
             raise error(errno.EBADF, "the file is closed")
+        if self._lost is not None:
+            raise error(errno.EIO, self._lost)
 
     def _need_program(self, what: str) -> None:
         if self._prog_slot is None:
@@ -239,13 +243,30 @@ class HermesFile:
         if self._data_slot is None:
             raise error(errno.EBADFD, "run before any data was written")
         cmd_id = self._cmd_id()
-        response = self._drv.run_program(self._prog_slot, self._data_slot, self._prog_len,
-                                         cmd_id=cmd_id)
+        try:
+            response = self._drv.run_program(self._prog_slot, self._data_slot, self._prog_len,
+                                             cmd_id=cmd_id)
+        except DriverError as exc:
+            if exc.command_stopped is False:
+                raise self._quarantine(exc) from None
+            raise
         self.last_response = response
         if response.status != regs.STATUS_SUCCESS:
             raise status_error(f"Run Program (program slot {self._prog_slot}, data slot "
                                f"{self._data_slot})", response)
         return response.value
+
+    def _quarantine(self, exc: DriverError) -> DriverError:
+        """The run may still be using this file's slots: hand them to the driver's quarantine
+        (released only once the engine reads idle) and fail every later call but close."""
+        slots = [(regs.SLOT_PROGRAM, self._prog_slot), (regs.SLOT_DATA, self._data_slot)]
+        self._drv.quarantine(exc.engine, slots)  # type: ignore[arg-type]
+        self._prog_slot = self._data_slot = None
+        held = (f"program slot {slots[0][1]} and data slot {slots[1][1]} are quarantined until "
+                f"engine {exc.engine} is idle")
+        self._lost = f"{held}: a run on them timed out and could not be stopped"
+        return DriverError(errno.ETIMEDOUT, f"{exc.strerror}; {held}", engine=exc.engine,
+                           command_stopped=False)
 
     def _run_checked(self) -> None:
         r0 = self._run()

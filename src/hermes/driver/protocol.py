@@ -106,15 +106,24 @@ STATUS_ERRNO = {
     regs.STATUS_INVALID_DATA_SLOT: errno.EBADFD,
     regs.STATUS_EBPF_ERROR: errno.ENOEXEC,
     regs.STATUS_INVALID_OPCODE: errno.EINVAL,
+    regs.STATUS_ABORTED: errno.ECANCELED,
 }
 
 
 class DriverError(OSError):
-    """An ``OSError`` from the driver; ``response`` is the device's answer when there was one."""
+    """An ``OSError`` from the driver; ``response`` is the device's answer when there was one.
 
-    def __init__(self, err: int, message: str, response: Response | None = None):
+    For a command that timed out, ``engine`` is the engine it ran on and ``command_stopped`` says
+    whether the driver saw that engine idle afterwards (aborted, or finished late): True means the
+    command's slots are safe to reuse, False that it may still be running.
+    """
+
+    def __init__(self, err: int, message: str, response: Response | None = None, *,
+                 engine: int | None = None, command_stopped: bool | None = None):
         super().__init__(err, message)
         self.response = response
+        self.engine = engine
+        self.command_stopped = command_stopped
 
     @property
     def status(self) -> int | None:
