@@ -71,7 +71,11 @@ static void hermes_release_one(struct hermes_file *hf, u8 type, int slot)
 		return;
 	}
 	ret = hermes_release_slot(hf->hd, type, slot, hermes_next_id(hf));
-	if (ret == -ETIMEDOUT)
+	/*
+	 * No engine in time, or none at all for a process being killed (its files close with
+	 * SIGKILL pending, which ends the wait for a busy engine at once): release it later.
+	 */
+	if (ret == -ETIMEDOUT || ret == -ERESTARTSYS)
 		hermes_defer_release(hf->hd, type, slot, -1);
 	else if (ret)
 		dev_warn_ratelimited(&hf->hd->dev, "Release Slot (type %u, slot %d): %d\n",

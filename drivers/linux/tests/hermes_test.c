@@ -7,6 +7,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -64,6 +65,10 @@ static const uint64_t prog_r0_one[] = { INSN(0xb7, 0, 0, 1), INSN(0x95, 0, 0, 0)
 static const uint64_t prog_inc64[] = {
 	INSN(0x79, 0x13, 0, 0), INSN(0x07, 0x03, 0, 1), INSN(0x7b, 0x31, 0, 0),
 	INSN(0xb7, 0, 0, 0), INSN(0x95, 0, 0, 0),
+};
+/* for (;;) r0++: runs until the device's budget ends */
+static const uint64_t prog_loop[] = {
+	INSN(0xb7, 0, 0, 0), INSN(0x07, 0, 0, 1), INSN(0x05, 0, -2, 0),
 };
 static const uint8_t prog_invalid[8] = { 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff };
 
@@ -615,14 +620,29 @@ static int t_concurrent_processes(void)
 	return 0;
 }
 
-static int write_param(const char *name, const char *value)
+static FILE *open_param(const char *name, const char *mode)
 {
 	char path[128];
-	FILE *f;
-	int ok;
 
 	snprintf(path, sizeof(path), "/sys/module/hermes/parameters/%s", name);
-	f = fopen(path, "w");
+	return fopen(path, mode);
+}
+
+static int read_param(const char *name, char *buf, int size)
+{
+	FILE *f = open_param(name, "r");
+	int ok = f && fgets(buf, size, f);
+
+	if (f)
+		fclose(f);
+	return ok ? 0 : -1;
+}
+
+static int write_param(const char *name, const char *value)
+{
+	FILE *f = open_param(name, "w");
+	int ok;
+
 	if (!f)
 		return -1;
 	ok = fputs(value, f) >= 0;
@@ -635,21 +655,15 @@ static int write_param(const char *name, const char *value)
  */
 static int t_run_timeout(void)
 {
-	static const uint64_t loop[] = {
-		INSN(0xb7, 0, 0, 0), INSN(0x07, 0, 0, 1), INSN(0x05, 0, -2, 0),	/* for (;;) r0++ */
-	};
 	int fd = dev_open(), can_abort = sysfs_long("abort");
 	char old[32];
 	double t0, took;
-	FILE *f;
 	int i;
 
-	f = fopen("/sys/module/hermes/parameters/cmd_timeout_ms", "r");
-	if (!f || !fgets(old, sizeof(old), f))
+	if (read_param("cmd_timeout_ms", old, sizeof(old)))
 		return fail("cannot read cmd_timeout_ms: %s", strerror(errno));
-	fclose(f);
 
-	EXPECT_EQ(download(fd, loop, sizeof(loop), 0), 0);
+	EXPECT_EQ(download(fd, prog_loop, sizeof(prog_loop), 0), 0);
 	EXPECT_EQ(pwrite(fd, "x", 1, 0), 1);
 	if (write_param("cmd_timeout_ms", "300"))
 		return fail("cannot set cmd_timeout_ms: %s", strerror(errno));
@@ -671,6 +685,73 @@ static int t_run_timeout(void)
 		}
 	}
 	close(fd);
+	return 0;
+}
+
+/* In a child: a file with a program and one byte of data; one byte on ready_fd says so. */
+static int child_file(const void *prog, uint32_t len, int ready_fd)
+{
+	int fd = dev_open();
+	char c = 1;
+
+	if (download(fd, prog, len, 0) || pwrite(fd, "x", 1, 0) != 1 || write(ready_fd, &c, 1) != 1)
+		_exit(1);
+	return fd;
+}
+
+/*
+ * A process killed while every engine is busy: its files are closed with SIGKILL pending, and
+ * their slots must still come back (released later, not lost).
+ */
+static int t_killed_owner_releases_slots(void)
+{
+	int ready[2], i, status, *fds;
+	pid_t owner, loopers[64];
+	char old[32], c;
+
+	if (engines > 64)
+		return 1;
+	if (read_param("cmd_timeout_ms", old, sizeof(old)))
+		return fail("cannot read cmd_timeout_ms: %s", strerror(errno));
+	if (pipe(ready))
+		return fail("pipe: %s", strerror(errno));
+	owner = fork();
+	if (owner == 0) {
+		child_file(prog_ok, sizeof(prog_ok), ready[1]);
+		pause();
+		_exit(0);
+	}
+	EXPECT_EQ(read(ready[0], &c, 1), 1);
+	if (write_param("cmd_timeout_ms", "2000"))
+		return fail("cannot set cmd_timeout_ms: %s", strerror(errno));
+	/* One runaway program per engine keeps them all busy for the timeout. */
+	for (i = 0; i < engines; i++) {
+		loopers[i] = fork();
+		if (loopers[i] == 0) {
+			int fd = child_file(prog_loop, sizeof(prog_loop), ready[1]);
+
+			_exit(fsync(fd) == -1 && errno == ETIMEDOUT ? 0 : 2);
+		}
+	}
+	for (i = 0; i < engines; i++)
+		EXPECT_EQ(read(ready[0], &c, 1), 1);
+	usleep(300 * 1000);	/* the runs have started */
+	kill(owner, SIGKILL);
+	waitpid(owner, &status, 0);
+	for (i = 0; i < engines; i++)
+		waitpid(loopers[i], &status, 0);
+	write_param("cmd_timeout_ms", old);
+	close(ready[0]);
+	close(ready[1]);
+	/* Every program slot can be had again. */
+	fds = calloc(prog_slots, sizeof(int));
+	for (i = 0; i < prog_slots; i++) {
+		fds[i] = dev_open();
+		EXPECT_EQ(download(fds[i], prog_ok, sizeof(prog_ok), 0), 0);
+	}
+	for (i = 0; i < prog_slots; i++)
+		close(fds[i]);
+	free(fds);
 	return 0;
 }
 
@@ -719,6 +800,7 @@ static const struct test tests[] = {
 	{ "SeveralOpens", t_several_opens },
 	{ "ConcurrentProcesses", t_concurrent_processes },
 	{ "RunTimeout", t_run_timeout },
+	{ "KilledOwnerReleasesSlots", t_killed_owner_releases_slots },
 };
 
 static double now_us(void)
