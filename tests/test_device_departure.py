@@ -1,0 +1,96 @@
+"""A vfio-user client that dies mid-run leaves nothing running: its engines are stopped."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+import hermes
+from hermes.engine import Program
+from tests.vfio_devices import ServerProcess
+
+#: Runs until stopped: a budget of 2^62 instructions takes centuries.
+ENDLESS_BUDGET = 1 << 62
+RUNAWAYS = 2
+#: A killed client's runaway programs used to slow the next client's tiny run to 0.5-1 s (and
+#: indefinitely with this budget); an idle device answers in milliseconds.
+TINY_RUN_BOUND = 0.5
+#: CPU seconds an idle server may spend in one second of wall time (its idle ticks).
+IDLE_CPU_BOUND = 0.1
+
+_CLIENT = textwrap.dedent("""
+    import sys, threading
+    import hermes.driver
+    from hermes.engine import Program
+    from hermes.transport.vfio_user import VfioUserTransport
+    loop = Program.from_asm("mov r0, 0\\nloop:\\nadd r0, 1\\nja loop").to_bytes()
+    drv = hermes.driver.attach(VfioUserTransport(sys.argv[1]), timeout=600)
+    files = [drv.open() for _ in range(int(sys.argv[2]))]
+    for f in files:
+        f.download_program(loop)
+        f.pwrite(b"x", 0)
+    for f in files:
+        threading.Thread(target=f.fsync, daemon=True).start()
+    print("running", flush=True)
+    threading.Event().wait()
+""")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` (from /proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.fixture
+def server(tmp_path):
+    s = ServerProcess(str(tmp_path / "hermes.sock"), "--budget", str(ENDLESS_BUDGET))
+    yield s
+    s.stop()
+
+
+def test_killed_clients_runaway_programs_are_stopped(server):
+    client = subprocess.Popen([sys.executable, "-c", _CLIENT, server.path, str(RUNAWAYS)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert client.stdout.readline().strip() == "running"
+        before = cpu_seconds(server.proc.pid)
+        time.sleep(1.0)
+        busy = cpu_seconds(server.proc.pid) - before
+        assert busy > IDLE_CPU_BOUND, f"the runaways are not running ({busy:.2f} s of CPU)"
+    finally:
+        client.send_signal(signal.SIGKILL)
+        client.wait()
+    tiny = Program.from_asm("mov r0, 7\nexit")
+    deadline = time.monotonic() + 30
+    while True:   # the server may still be cleaning up the dead client's connection
+        try:
+            dev = hermes.open(f"vfio-user:{server.path}")
+            break
+        except hermes.HermesError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+    try:
+        dev.run(tiny, b"warm")
+        times = []
+        for _ in range(5):
+            t0 = time.monotonic()
+            assert dev.run(tiny, b"x").return_value == 7
+            times.append(time.monotonic() - t0)
+        assert min(times) < TINY_RUN_BOUND, times
+    finally:
+        dev.close()
+    # Nothing keeps running on the departed client's device: the idle server uses no CPU.
+    time.sleep(0.5)
+    before = cpu_seconds(server.proc.pid)
+    time.sleep(1.0)
+    used = cpu_seconds(server.proc.pid) - before
+    assert used < IDLE_CPU_BOUND, f"idle server used {used:.2f} s of CPU in 1 s"
+    assert "error:" not in server.log(), server.log()
