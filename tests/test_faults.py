@@ -306,8 +306,6 @@ def test_client_killed_mid_run_leaves_nothing_behind(servers):
         assert_own_data(dev, 0x61)
 
 
-@pytest.mark.xfail(strict=True, reason="the server's retire path does not stop a departed "
-                   "client's running program yet: it keeps an engine thread busy")
 def test_next_client_after_a_killed_runaway_is_fast(servers):
     # The interpreter engine: a runaway holds the server's GIL half the time, so a program left
     # running shows in the next client's run time as well as in the idle server's CPU use.
