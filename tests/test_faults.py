@@ -55,7 +55,14 @@ def servers(tmp_path):
 
 
 def open_dev(path: str, **options: object) -> hermes.Device:
+    """A client with the short timeouts under test."""
     return hermes.open(f"vfio-user:{path}", **{"timeout": T, "dma_timeout": T, **options})
+
+
+def open_patient(path: str) -> hermes.Device:
+    """A client whose checks are not about time (the default timeouts: a loaded machine or a
+    server still retiring the previous client's device must not fail it)."""
+    return hermes.open(f"vfio-user:{path}")
 
 
 def report(what: str, seconds: float) -> None:
@@ -127,7 +134,7 @@ def test_server_stopped_mid_run_times_out_naming_the_socket(servers):
     assert_dead_quickly(dev, hermes.DeviceTimeout)
     # The client dropped the connection: once resumed, the server serves the next client.
     s.proc.send_signal(signal.SIGCONT)
-    with open_dev(s.path) as dev2:
+    with open_patient(s.path) as dev2:
         assert dev2.run(RETURN7, b"x").return_value == 7
 
 
@@ -181,7 +188,7 @@ def test_server_restarted_on_the_same_path(servers):
     s.proc.send_signal(signal.SIGKILL)
     s.proc.wait(5)
     s2 = servers("again.sock")                # replaces the stale socket file
-    with open_dev(s2.path) as new:
+    with open_patient(s2.path) as new:
         assert new.run(INC_U64, (41).to_bytes(8, "little")).data == (42).to_bytes(8, "little")
         err, _ = fails_within(lambda: old.run(RETURN7, b"x"), hermes.DeviceError, QUICK)
         assert "went away" in str(err)
@@ -286,7 +293,7 @@ def test_client_killed_mid_dma_leaves_nothing_behind(servers):
     for n, byte in enumerate((0xA1, 0xA2)):
         kill_client_while(s.path, "dma", byte)
         t0 = time.monotonic()
-        with open_dev(s.path) as dev:
+        with open_patient(s.path) as dev:
             if n == 0:
                 report("next client connected after a client SIGKILLed mid-DMA",
                        time.monotonic() - t0)
@@ -298,11 +305,11 @@ def test_client_killed_mid_run_leaves_nothing_behind(servers):
     s = servers("crun.sock", "--budget", RUNAWAY_BUDGET)
     kill_client_while(s.path, "run", 0xB1)
     t0 = time.monotonic()
-    with open_dev(s.path) as dev:
+    with open_patient(s.path) as dev:
         report("next client connected after a client SIGKILLed mid-run", time.monotonic() - t0)
         assert_own_data(dev, 0x60)
     kill_client_while(s.path, "run", 0xB2)
-    with open_dev(s.path) as dev:
+    with open_patient(s.path) as dev:
         assert_own_data(dev, 0x61)
 
 
@@ -310,14 +317,14 @@ def test_next_client_after_a_killed_runaway_is_fast(servers):
     # The interpreter engine: a runaway holds the server's GIL half the time, so a program left
     # running shows in the next client's run time as well as in the idle server's CPU use.
     s = servers("fast.sock", "--budget", RUNAWAY_BUDGET, "--engine", "interp")
-    with open_dev(s.path) as dev:
+    with open_patient(s.path) as dev:
         baseline = small_run_seconds(dev)
     kill_client_while(s.path, "run", 0xC1)
     time.sleep(0.2)
     c0 = cpu_seconds(s.proc.pid)
     time.sleep(1.0)
     idle_cpu = cpu_seconds(s.proc.pid) - c0
-    with open_dev(s.path) as dev:
+    with open_patient(s.path) as dev:
         took = small_run_seconds(dev)
     report(f"2-instruction run after a killed runaway (before: {baseline * 1000:.1f} ms)", took)
     report("CPU time the idle server used in the second after a killed runaway", idle_cpu)

@@ -312,6 +312,45 @@ def test_busy_reply_to_version_is_device_busy(tmp_path):
         listener.close()
 
 
+def answer_version_with(tmp_path, reply: bytes) -> tuple[str, threading.Thread, socket.socket]:
+    """A listener whose one connection gets ``reply`` to its first message and is kept open."""
+    path = str(tmp_path / "odd.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+
+    def answer() -> None:
+        conn, _ = listener.accept()
+        msg = P.recv_message(conn)
+        conn.sendall(reply.replace(b"ID", msg.msg_id.to_bytes(2, "little")))
+        conn.recv(1)   # until the client hangs up
+        conn.close()
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    return path, thread, listener
+
+
+@pytest.mark.parametrize("reply", [
+    b"ID" + struct.pack("<HIII", P.VERSION, 0xFFFFFFF0, P.TYPE_REPLY, 0),   # absurd size
+    b"ID" + struct.pack("<HIII", P.VERSION, 8, P.TYPE_REPLY, 0),            # smaller than a header
+    b"ID" + struct.pack("<HIII", P.VERSION, 40, P.TYPE_REPLY, 0) + struct.pack("<HH", 0, 2)
+    + b'{"capabilities": 5}\0',                                             # bad capabilities
+    b"ID" + struct.pack("<HIII", P.VERSION, 20, P.TYPE_REPLY, 0) + struct.pack("<HH", 1, 0),
+], ids=["huge", "tiny", "json", "major"])
+def test_malformed_version_reply_is_a_protocol_error(tmp_path, reply):
+    path, thread, listener = answer_version_with(tmp_path, reply)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(OSError) as info:
+            VfioUserTransport(path, connect_timeout=2)
+        assert time.monotonic() - t0 < 1
+        assert info.value.errno == errno.EPROTO and path in str(info.value)
+    finally:
+        thread.join(5)
+        listener.close()
+
+
 def test_healthy_server_lets_an_interrupt_wait_time_out(server):
     """The liveness probes of a long wait are answered: the wait just returns False."""
     with VfioUserTransport(server.path, timeout=0.5) as t:
