@@ -326,7 +326,7 @@ class HermesDevice:
         """Stop the running command of every engine, as an EHCMDABORT write to each would (also
         on a device built with ``can_abort=False``: this is the device's own reset path)."""
         for eng in self._engines:
-            self._abort(eng)
+            self._abort(eng, count_idle=False)
 
     def reset(self, *, abort: bool = True) -> None:
         """Device reset: stops running commands (``abort=False``: waits for them to finish) and
@@ -339,9 +339,9 @@ class HermesDevice:
         if self._closed:
             raise RuntimeError("device is closed")
         if abort:
-            self.abort()
+            self.abort()   # every engine at once; _take_engine stops what starts meanwhile
         for eng in self._engines:
-            eng.running.acquire()
+            self._take_engine(eng, abort)
             eng.done.acquire()
         try:
             self._xdma.reset()
@@ -368,7 +368,7 @@ class HermesDevice:
         if abort:
             self.abort()
         for eng in self._engines:
-            eng.running.acquire()   # wait for the command in flight; keeps new ones out for good
+            self._take_engine(eng, abort)   # keeps new commands out for good
         _stop_engines(self._engines)
         for eng in self._engines:
             if eng.thread is not None:
@@ -417,6 +417,17 @@ class HermesDevice:
         return self._bar4[off:off + self.data_slot_size]
 
     # --- internals ------------------------------------------------------------------------------
+    def _take_engine(self, eng: _Engine, abort: bool) -> None:
+        """Hold ``eng``'s running lock: wait for its command, which ``abort`` stops (again and
+        again, so a command started by another thread meanwhile is stopped as well)."""
+        if not abort:
+            eng.running.acquire()
+            return
+        while not eng.running.acquire(blocking=False):
+            self._abort(eng, count_idle=False)
+            if eng.running.acquire(timeout=0.05):
+                return
+
     def _check_range(self, bar: int, offset: int, size: int) -> None:
         if offset < 0 or size < 1 or offset + size > self.bar_size(bar):
             raise ValueError(f"access of {size} bytes at {offset:#x} is outside BAR{bar} "
@@ -482,14 +493,16 @@ class HermesDevice:
                            make_error_code(R.EBPF_ERR_INTERNAL, 0))
         self._complete(eng, res)
 
-    def _abort(self, eng: _Engine) -> None:
-        """EHCMDABORT: set the running command's cancellation flag (an idle engine: counted)."""
+    def _abort(self, eng: _Engine, count_idle: bool = True) -> None:
+        """EHCMDABORT: set the running command's cancellation flag (an idle engine: counted as a
+        driver's stray abort, unless the device itself is sweeping its engines)."""
         with eng.done:   # completion holds it while clearing EXEC: no abort lands after that
             cancel = eng.cancel if self._bar0[eng.ctrl + R.EHCMDEXEC] else None
             if cancel is not None:
                 self._bar0[eng.ctrl + R.EHCMDABORT] = 1
         if cancel is None:
-            self._count("idle_aborts")
+            if count_idle:
+                self._count("idle_aborts")
             return
         self._count("abort_requests")
         cancel.set()  # type: ignore[attr-defined]
