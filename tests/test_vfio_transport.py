@@ -396,3 +396,28 @@ def test_missing_socket_is_named(tmp_path):
     path = str(tmp_path / "none.sock")
     with pytest.raises(hermes.DeviceError, match=path):
         hermes.open(f"vfio-user:{path}")
+
+
+def test_full_connection_queue_fails_at_once(tmp_path):
+    path = str(tmp_path / "full.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(0)        # never accepted: the queue fills up
+    pending = []
+    try:
+        while True:
+            c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            c.setblocking(False)
+            pending.append(c)
+            try:
+                c.connect(path)
+            except BlockingIOError:
+                break
+        t0 = time.monotonic()
+        with pytest.raises(hermes.DeviceError, match="queue of pending connections is full"):
+            hermes.open(f"vfio-user:{path}", timeout=5)
+        assert time.monotonic() - t0 < 1
+    finally:
+        for c in pending:
+            c.close()
+        listener.close()

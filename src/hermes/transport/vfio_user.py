@@ -126,6 +126,10 @@ class VfioUserTransport(Transport):
         except TimeoutError:
             raise OSError(errno.ETIMEDOUT, f"vfio-user server at {self.path} did not accept the "
                           f"connection within the {self.connect_timeout:g} s connect timeout") from None
+        except BlockingIOError:   # AF_UNIX: the listen queue is full, nothing to wait for
+            raise OSError(errno.EAGAIN, f"cannot connect to the vfio-user server at {self.path}: "
+                          "its queue of pending connections is full (the server is stopped "
+                          "or not accepting)") from None
         except OSError as exc:
             raise OSError(exc.errno, f"cannot connect to a vfio-user server at {self.path}: "
                           f"{exc.strerror or exc}") from None
