@@ -73,6 +73,15 @@ class KernelLog:
             self.fd = -1
 
 
+def _no_position_offset(offset: int) -> None:
+    """Offset -1 of pwritev2/preadv2 is Linux's "at the file position": the VFS turns it into
+    writev/readv before any driver sees it, so a driver cannot refuse it as the interface table
+    asks; the case belongs to the Python driver."""
+    if offset == -1:
+        pytest.skip("pwritev2/preadv2 at offset -1 reach a kernel driver as writev/readv at the "
+                    "file position (the VFS decides; no driver can answer EOPNOTSUPP)")
+
+
 class DevFile:
     """One open of the kernel driver's device file, with ``HermesFile``'s methods."""
 
@@ -136,12 +145,14 @@ class DevFile:
     def pwritev(self, buffers: Iterable["bytes | bytearray | memoryview"], offset: int,
                 flags: int = 0) -> int:
         """pwritev2(2) (RWF_SYNC runs the program after the write)."""
+        _no_position_offset(offset)
         return self._call(os.pwritev, self.fd, list(buffers), offset, flags)
 
     def preadv(self, buffers: Iterable["bytearray | memoryview"], offset: int,
                flags: int = 0) -> int:
         """preadv2(2). Python refuses read-only buffers before the call; the kernel would fault on
         them, so that is EFAULT here."""
+        _no_position_offset(offset)
         views = [memoryview(b) for b in buffers]
         if any(v.readonly for v in views):
             raise DevFileError(errno.EFAULT, "preadv buffer is not writable")
@@ -168,6 +179,18 @@ class DevFile:
             os.close(self.fd)
             self._log.close()
 
+    def __enter__(self) -> "DevFile":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __getattr__(self, name: str) -> object:
+        # Slot numbers and other HermesFile internals are not visible through the file.
+        if name.startswith("__"):
+            raise AttributeError(name)
+        pytest.skip(f"HermesFile.{name} is the Python driver's, not the device file's")
+
 
 class DevDevice:
     """What the device fixtures return for ``devfile``: opens of one device file."""
@@ -175,20 +198,25 @@ class DevDevice:
     def __init__(self, path: str):
         self.path = path
         self._files: list[DevFile] = []
+        self.closed = False
 
     def open(self) -> DevFile:
         """A new open of the device file."""
+        if self.closed:
+            pytest.skip("closing the Python driver object has no device-file form (the kernel "
+                        "driver's unbind with files open is its own guest test)")
         f = DevFile(self.path)
         self._files.append(f)
         return f
 
     def __getattr__(self, name: str) -> object:
         # Raw DMA, geometry and the other driver-object calls have no file-interface form.
-        if name.startswith("_"):
+        if name.startswith("__"):
             raise AttributeError(name)
         pytest.skip(f"driver.{name} is the Python driver's API, not the device file's")
 
     def close(self) -> None:
-        """Close every file still open."""
+        """Close every file still open (the fixtures' teardown)."""
+        self.closed = True
         for f in self._files:
             f.close()

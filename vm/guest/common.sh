@@ -65,8 +65,47 @@ unload_module() {
     [ -n "$ko" ] && rmmod "$(basename "$ko" .ko)"
 }
 
-# pytest in the guest: the share is read-write but caches are pointless there.
-gpytest() { (cd /x && python -m pytest -p no:cacheprovider -q "$@"); }
+# --- the parts of the jobs ----------------------------------------------------------------------
+TEST_INFO="HERMES_VM_DEVICE_INFO=/x/host-info.json"
+
+# Library and driver suites over the `vfio` transport (device bound to vfio-pci).
+run_lib() {
+    bind_vfio || return 1
+    env $TEST_INFO HERMES_TEST_BACKENDS=vfio-guest HERMES_VM_BDF=$BDF \
+        sh -c 'cd /x && python -m pytest -p no:cacheprovider -q -p tests.vm.backends -rs \
+               tests/test_lib.py tests/test_driver.py tests/test_driver_robustness.py'
+}
+
+# The driver-interface cases over /dev/hermes0 through the project's kernel driver.
+run_driver() {
+    load_module || return 1
+    env $TEST_INFO HERMES_TEST_BACKENDS=devfile HERMES_VM_DEVFILE=/dev/hermes0 \
+        sh -c 'cd /x && python -m pytest -p no:cacheprovider -q -p tests.vm.backends -rs \
+               tests/test_driver.py tests/test_driver_robustness.py'
+    rc=$?
+    unload_module || rc=1
+    return $rc
+}
+
+# The C examples (clang -target bpf on the host) through `hermes run --device vfio:` and the file.
+examples_vfio() { bind_vfio && python -m tests.vm.examples vfio "$BDF" /x/bpf; }
+examples_devfile() {
+    load_module || return 1
+    python -m tests.vm.examples devfile /dev/hermes0 /x/bpf
+    rc=$?
+    unload_module || rc=1
+    return $rc
+}
+
+# Figures: 1 MiB write+read, fsync round trip (medians), through the file and over VFIO.
+bench_devfile() {
+    load_module || return 1
+    python -m tests.vm.bench devfile /dev/hermes0 ${BENCH_ROUNDS:-200} | tee -a $OUT/bench.txt
+    rc=$?
+    unload_module || rc=1
+    return $rc
+}
+bench_vfio() { bind_vfio && python -m tests.vm.bench vfio "$BDF" ${BENCH_ROUNDS:-200} | tee -a $OUT/bench.txt; }
 
 finish() {
     echo "guest: parts failed:${FAILED:- none}"
