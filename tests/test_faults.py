@@ -138,9 +138,10 @@ def test_server_stopped_mid_run_times_out_naming_the_socket(servers):
         assert dev2.run(RETURN7, b"x").return_value == 7
 
 
-def test_server_stopped_mid_dma_times_out(servers):
+@pytest.mark.parametrize("dma_fds", [True, False], ids=["memfd-dma", "message-dma"])
+def test_server_stopped_mid_dma_times_out(servers, dma_fds):
     s = servers("dma.sock")
-    dev = open_dev(s.path)
+    dev = open_dev(s.path, dma_fds=dma_fds)
     pattern = bytes(range(256)) * 1024        # 256 KiB: the whole data slot
 
     def stream() -> None:
@@ -151,7 +152,8 @@ def test_server_stopped_mid_dma_times_out(servers):
                 assert sess.read(len(pattern)) == pattern
 
     err, took = signal_during(s, stream, signal.SIGSTOP)
-    report(f"server SIGSTOPped mid-DMA -> DeviceTimeout (timeouts {T:g} s)", took)
+    report(f"server SIGSTOPped mid-DMA ({'memfds' if dma_fds else 'DMA messages'}) -> "
+           f"DeviceTimeout (timeouts {T:g} s)", took)
     assert isinstance(err, hermes.DeviceTimeout), repr(err)
     assert s.path in str(err)
     assert took < T + SLACK
