@@ -1,4 +1,4 @@
-"""A vfio-user client that dies mid-run leaves nothing running: its engines are stopped."""
+"""`hermes serve` as a process: a client that dies mid-run leaves nothing running; serve options."""
 from __future__ import annotations
 
 import os
@@ -11,7 +11,9 @@ import time
 import pytest
 
 import hermes
+from hermes import regs
 from hermes.engine import Program
+from hermes.transport.vfio_user import VfioUserTransport
 from tests.vfio_devices import ServerProcess
 
 #: Runs until stopped: a budget of 2^62 instructions takes centuries.
@@ -94,3 +96,21 @@ def test_killed_clients_runaway_programs_are_stopped(server):
     used = cpu_seconds(server.proc.pid) - before
     assert used < IDLE_CPU_BOUND, f"idle server used {used:.2f} s of CPU in 1 s"
     assert "error:" not in server.log(), server.log()
+
+
+@pytest.mark.parametrize("mode,interrupts", [(None, True), ("legacy", True), ("xdma", False)])
+def test_serve_irq_compat_option(tmp_path, mode, interrupts):
+    args = ["--irq-compat", mode] if mode else []
+    s = ServerProcess(str(tmp_path / "irq.sock"), *args)
+    try:
+        t = VfioUserTransport(s.path)
+        try:
+            # A driver that never writes the user interrupt mask issues a Request Slot.
+            t.write(regs.BAR_REGS, regs.cmdreq(0) + 8, 1, regs.SLOT_DATA)
+            t.write(regs.BAR_REGS, regs.cmdctrl(0), 1, 1)
+            assert t.irq_wait(regs.engine_vector(0), 2.0 if interrupts else 0.3) == interrupts
+            assert t.read(regs.BAR_REGS, regs.cmdctrl(0), 2) == 0x0100
+        finally:
+            t.close()
+    finally:
+        s.stop()

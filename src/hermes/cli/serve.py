@@ -96,6 +96,10 @@ def register(sub: "argparse._SubParsersAction") -> None:
                    help="how long a client may stall inside a message, or send nothing after "
                         "connecting, or leave replies unread, before it is disconnected "
                         "(default 10)")
+    p.add_argument("--irq-compat", default=None, metavar="MODE",
+                   help="engine-completion interrupts: 'legacy' (default) also interrupts a "
+                        "driver that never wrote the user interrupt mask since reset (the "
+                        "published Linux driver); 'xdma' gates them by the mask from power-on")
     p.add_argument("--verbose", "-v", action="store_true", help="trace every message")
     p.set_defaults(func=_run)
 
@@ -114,5 +118,7 @@ def _run(args: argparse.Namespace) -> int:
         kwargs["budget"] = args.budget
     if args.stall_timeout is not None:
         kwargs["stall_timeout"] = args.stall_timeout
+    if args.irq_compat is not None:
+        kwargs["irq_compat"] = args.irq_compat
     serve(args.socket, verbose=args.verbose, socket_group=args.socket_group, **kwargs)
     return 0
