@@ -355,9 +355,9 @@ class Driver:
         try:
             response = self._execute(engine, opcode | cmd_id << 16, word1, rest, timeout)
             healthy = True
-        except OSError as exc:
+        except DriverError as exc:
             # An engine seen idle after its command timed out is as good as any other.
-            healthy = getattr(exc, "command_stopped", None) is True
+            healthy = exc.command_stopped is True
             raise
         finally:
             self._engines.release(engine, healthy)
@@ -444,8 +444,8 @@ class Driver:
                 delay = min(delay * 2, 0.01)
             else:
                 self._clear_engine_irq(engine)   # the aborted command's completion interrupt
-                return True, ("the command was aborted" if can_abort else
-                              "the command has finished since")
+                return True, ("the command was aborted; the engine is idle" if can_abort else
+                              "the command has finished since; the engine is idle")
         except OSError as exc:
             return False, f"the engine could not be checked ({exc})"
         if can_abort:
