@@ -144,6 +144,33 @@ def test_invalid_slot_ids(hermes_device):
     expect_errno(errno.EBADFD, hermes_device.release_slot, regs.SLOT_DATA, 200)
 
 
+def test_run_on_host_allocated_slots(hermes_device):
+    """The published Linux driver's style: it picks slot ids itself, DMAs into them and sends
+    only Run Program (never Request Slot)."""
+    g = hermes_device.geometry
+    hermes_device.dma_write(g.program_slot(7), INC_U64)
+    hermes_device.dma_write(g.data_slot(9), (41).to_bytes(8, "little"))
+    r = hermes_device.run_program(7, 9, len(INC_U64))
+    assert (r.status, r.value) == (regs.STATUS_SUCCESS, 0)
+    assert hermes_device.dma_read(g.data_slot(9), 8) == (42).to_bytes(8, "little")
+    # The project's files, allocating through the device, are never given those slots.
+    files = [hermes_device.open() for _ in range(15)]
+    try:
+        for f in files:
+            f.download_program(INC_U64)
+            f.pwrite(bytes(8), 0)
+        assert 7 not in {f.program_slot for f in files} and 9 not in {f.data_slot for f in files}
+        extra = hermes_device.open()
+        expect_errno(errno.ENOSPC, extra.download_program, INC_U64)
+        extra.close()
+    finally:
+        for f in files:
+            f.close()
+    hermes_device.release_slot(regs.SLOT_PROGRAM, 7)   # a host-owned slot may be given back
+    hermes_device.release_slot(regs.SLOT_DATA, 9)
+    expect_errno(errno.EBADFD, hermes_device.release_slot, regs.SLOT_DATA, 9)
+
+
 def test_release_of_free_slot(hermes_device):
     slot = hermes_device.request_slot(regs.SLOT_DATA)
     hermes_device.release_slot(regs.SLOT_DATA, slot)
