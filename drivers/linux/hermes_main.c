@@ -26,6 +26,10 @@ unsigned int hermes_dma_timeout_ms = 10000;
 module_param_named(dma_timeout_ms, hermes_dma_timeout_ms, uint, 0644);
 MODULE_PARM_DESC(dma_timeout_ms, "bound of one DMA chain and of the wait for a free channel, ms");
 
+static bool hermes_use_msix = true;
+module_param_named(msix, hermes_use_msix, bool, 0444);
+MODULE_PARM_DESC(msix, "use MSI-X vectors (N: every wait polls the registers)");
+
 bool hermes_explain = true;
 module_param_named(explain, hermes_explain, bool, 0644);
 MODULE_PARM_DESC(explain, "log why a call failed (debug level, rate-limited)");
@@ -240,7 +244,8 @@ static int hermes_irq_setup(struct hermes_dev *hd)
 	int ret;
 
 	user = min(user, HERMES_MSIX_VECTORS - h2c - c2h);
-	ret = pci_alloc_irq_vectors(hd->pdev, 1, h2c + c2h + user, PCI_IRQ_MSIX);
+	ret = hermes_use_msix ? pci_alloc_irq_vectors(hd->pdev, 1, h2c + c2h + user, PCI_IRQ_MSIX)
+			      : -EPERM;
 	if (ret < 0) {
 		dev_warn(&hd->pdev->dev, "no MSI-X vectors (%d): every wait polls\n", ret);
 		hd->nvec = 0;
