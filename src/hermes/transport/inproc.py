@@ -166,7 +166,11 @@ class InProcessTransport(Transport):
             self.irq_clear(v)
 
     def close(self) -> None:
-        """Free every DMA buffer, detach from the device (closing it if owned). Idempotent."""
+        """Free every DMA buffer, detach from the device (closing it if owned). Idempotent.
+
+        An owned device is closed with abort: its only user is leaving, so programs still running
+        for it (a runaway after a driver timeout) are stopped rather than waited for.
+        """
         with self._lock:
             if self._closed:
                 return
@@ -177,4 +181,4 @@ class InProcessTransport(Transport):
         self.device.set_irq_handler(None)
         self.device.set_host_memory(None)
         if self.owns_device:
-            self.device.close()
+            self.device.close(abort=True)

@@ -586,9 +586,10 @@ class VfioFunction:
         self.config.reset()
 
     def close(self) -> None:
-        """Close the device and the files backing it."""
+        """Close the device (stopping programs still running: nobody is left to wait for them)
+        and the files backing it."""
         self.msix.clear()
-        self.device.close()
+        self.device.close(abort=True)
         self.dma.unmap_all()
         self._bar4 = memoryview(b"")
         if self._bar4_map is not None:
