@@ -259,24 +259,32 @@ def new_run_dir() -> Path:
     return run
 
 
+def job_script(job: str) -> Path:
+    """vm/guest/jobs/JOB.sh; VmError naming the jobs there are when it does not exist."""
+    script = HERE / "guest" / "jobs" / f"{job}.sh"
+    if not script.is_file():
+        jobs = sorted(p.stem for p in (HERE / "guest" / "jobs").glob("*.sh"))
+        raise VmError(f"no job {job!r}; jobs: {', '.join(jobs)}")
+    return script
+
+
 def stage(run: Path, job: str) -> None:
     """Put the checkout's code, the job scripts and the host-built C examples on the share."""
     xfer = run / "xfer"
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", "*.o", "*.ko",
-                                    "*.mod*", ".*.cmd", "Module.symvers", "modules.order")
+    caches = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache")
     for name in ("src", "tests", "examples", "vm"):
-        shutil.copytree(CHECKOUT / name, xfer / name, ignore=ignore)
+        shutil.copytree(CHECKOUT / name, xfer / name, ignore=caches)
     if any((CHECKOUT / "drivers" / "linux" / name).exists() for name in ("Kbuild", "Makefile")):
-        shutil.copytree(CHECKOUT / "drivers" / "linux", xfer / "kmod", ignore=ignore)
+        # The module is rebuilt against the guest kernel: leave any host build products behind.
+        products = shutil.ignore_patterns("*.o", "*.ko", "*.mod", "*.mod.c", ".*.cmd",
+                                          "Module.symvers", "modules.order")
+        shutil.copytree(CHECKOUT / "drivers" / "linux", xfer / "kmod", ignore=products)
     shared = CHECKOUT.parent / "shared"
     if shared.is_dir():   # beside the checkout, as the test suite expects it
         for name in ("conformance", "bench"):
             if (shared / name).is_dir():
                 shutil.copytree(shared / name, xfer / "shared" / name)
-    script = HERE / "guest" / "jobs" / f"{job}.sh"
-    if not script.exists():
-        jobs = sorted(p.stem for p in (HERE / "guest" / "jobs").glob("*.sh"))
-        raise VmError(f"no job {job!r}; jobs: {', '.join(jobs)}")
+    job_script(job)
     (xfer / "job.sh").write_text(f"JOB={job}\n. /x/vm/guest/common.sh\n. /x/vm/guest/jobs/{job}.sh\n")
     compile_examples(xfer / "bpf")
 
@@ -388,6 +396,7 @@ def stop(proc: subprocess.Popen | None, timeout: float = 10) -> None:
 def run_job(job: str, *, timeout: float | None = None, serve_args: list[str] | None = None,
             qemu_extra: list[str] | None = None) -> int:
     """Boot the guest for one job, print its results; returns the job's exit status."""
+    job_script(job)
     root = build()
     with locked("guest"):
         run = new_run_dir()
