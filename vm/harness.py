@@ -512,6 +512,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cmd in (None, "test", "bench", "run", "build"):
             check_host()
+            # A CI timeout's SIGTERM unwinds like an error: QEMU and the server are stopped and
+            # the mounts taken down on the way out.
+            signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
         if args.cmd == "build":
             root = build(force=args.force)
             info = root.info()
