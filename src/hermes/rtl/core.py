@@ -61,6 +61,10 @@ class EbpfCore(wiring.Component):
       the end with ``r0``, ``error`` (1 when the run failed) and ``error_code`` (kind in bits 7..0,
       the faulting pc in bits 8 and up; see ``hermes.regs.EBPF_ERR_*``), ``instructions`` and
       ``cycles`` of the run.
+    * ``abort`` (level) stops a run at the next instruction boundary: the instruction at ``pc``
+      is not executed, ``done`` pulses with ``aborted`` set (``error`` clear) and ``pc`` names
+      that instruction. A multi-cycle instruction (load, atomic, lddw, div/mod) finishes first,
+      so a run stops at most 34 cycles after ``abort`` rises.
     * ``host_*`` ports write the instruction memory and read/write the data memory (64-bit words,
       byte enables, one cycle read latency); they act only while the core is idle.
     * ``code``/``data`` optionally give the memories initial contents.
@@ -98,6 +102,9 @@ class EbpfCore(wiring.Component):
             "error_code": Out(64),
             "instructions": Out(64),
             "cycles": Out(64),
+            "abort": In(1),
+            "aborted": Out(1),
+            "pc": Out(self.pc_bits),
             "host_imem_addr": In(self.pc_bits),
             "host_imem_wdata": In(64),
             "host_imem_we": In(1),
@@ -432,9 +439,11 @@ class EbpfCore(wiring.Component):
         err = Signal()
         err_code = Signal(64)
         done = Signal()
+        aborted = Signal()
         m.d.comb += [
             self.r0.eq(r0_out), self.error.eq(err), self.error_code.eq(err_code),
-            self.done.eq(done), self.instructions.eq(instret), self.cycles.eq(cycles),
+            self.done.eq(done), self.aborted.eq(aborted), self.pc.eq(pc),
+            self.instructions.eq(instret), self.cycles.eq(cycles),
         ]
         m.d.sync += [done.eq(0), pl_valid.eq(0)]
         for i in range(10):
@@ -478,7 +487,7 @@ class EbpfCore(wiring.Component):
                 with m.If(self.start):
                     m.d.sync += [
                         pc.eq(0), depth.eq(0), instret.eq(0), cycles.eq(0), err.eq(0),
-                        err_code.eq(0), s_valid[0].eq(0), s_valid[1].eq(0),
+                        err_code.eq(0), aborted.eq(0), s_valid[0].eq(0), s_valid[1].eq(0),
                     ]
                     for i, r in enumerate(regs):
                         if i == 1:
@@ -502,7 +511,11 @@ class EbpfCore(wiring.Component):
                 retire = Signal()
                 jump_to = Signal(signed(pcw + 34))
                 m.d.comb += jump_to.eq(pc1)
-                with m.If(instret >= self.budget):
+                with m.If(self.abort):
+                    # every EXEC cycle is an instruction boundary: stop before the one at pc
+                    m.d.sync += [aborted.eq(1), done.eq(1)]
+                    m.next = "IDLE"
+                with m.Elif(instret >= self.budget):
                     trap(EBPF_ERR_BUDGET)
                 with m.Elif(~insn_ok):
                     trap(EBPF_ERR_LOAD)
