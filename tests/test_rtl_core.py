@@ -255,3 +255,59 @@ def test_forwarded_loads_take_one_cycle():
         got = s.run(asm(text), mem)
         want = engine.run(asm(text), bytearray(mem), engine="interp")
         assert (got.return_value, got.cycles) == (want.return_value, cycles), text
+
+
+@pytest.mark.parametrize("forward_loads", [False, True])
+def test_abort_stops_at_the_next_instruction_boundary(forward_loads):
+    """``abort`` raised at every cycle of a loop of 64-bit divides (34 cycles each) and loads:
+    the core finishes the instruction it is in, stops before the next one with ``aborted`` and
+    that instruction's pc, and runs normally again on the next start."""
+    from amaranth.sim import Simulator
+
+    from hermes.rtl.core import EbpfCore
+
+    prog = asm("mov %r3, -1\nmov %r4, 3\nl:\ndiv %r3, %r4\nldxdw %r5, [%r1+0]\nja l").code
+    core = EbpfCore(imem_depth=16, dmem_bytes=64, code=prog, forward_loads=forward_loads)
+    seen = []
+
+    async def bench(ctx):
+        ctx.set(core.prog_len, len(prog) // 8)
+        ctx.set(core.data_len, 64)
+        ctx.set(core.data_present, 1)
+        ctx.set(core.budget, 1 << 40)
+        for delay in range(0, 42):
+            ctx.set(core.start, 1)
+            await ctx.tick()
+            ctx.set(core.start, 0)
+            for _ in range(delay):
+                await ctx.tick()
+            ctx.set(core.abort, 1)
+            for waited in range(1, 100):
+                await ctx.tick()
+                if ctx.get(core.done):
+                    break
+            ctx.set(core.abort, 0)
+            seen.append((waited, ctx.get(core.aborted), ctx.get(core.error), ctx.get(core.pc),
+                         ctx.get(core.instructions)))
+        ctx.set(core.prog_len, 2)   # "mov r3, -1; mov r4, 3" then a fall-through off the end
+        ctx.set(core.start, 1)
+        await ctx.tick()
+        ctx.set(core.start, 0)
+        while not ctx.get(core.done):
+            await ctx.tick()
+        seen.append((ctx.get(core.aborted), ctx.get(core.error), ctx.get(core.error_code)))
+
+    sim = Simulator(core)
+    sim.add_clock(4e-9)
+    sim.add_testbench(bench)
+    sim.run()
+    stopped_at = set()
+    for waited, aborted, error, pc, instructions in seen[:-1]:
+        assert aborted == 1 and error == 0
+        assert waited <= 34                           # the divide's cycles at the most
+        assert pc in (0, 1, 2, 3, 4)
+        # instructions retired before pc: 2 at entry, then 3 a loop turn
+        assert instructions in ((pc,) if pc < 2 else (pc + 3 * k for k in range(3)))
+        stopped_at.add(pc)
+    assert {2, 3, 4} <= stopped_at
+    assert seen[-1] == (0, 1, EBPF_ERR_LOAD | 1 << 8)  # a later run is not marked aborted

@@ -145,30 +145,37 @@ class Step:
 
 
 def cmd(engine: int, opcode: int, args: bytes = b"") -> Step:
+    """A command that is started and waited for."""
     return Step("cmd", engine, opcode, args)
 
 
 def request(kind: int, engine: int = 0) -> Step:
+    """Request Slot of ``kind``."""
     return cmd(engine, regs.CMD_REQUEST_SLOT, bytes([kind]))
 
 
 def release(kind: int, slot: int, engine: int = 0) -> Step:
+    """Release Slot ``slot`` of ``kind``."""
     return cmd(engine, regs.CMD_RELEASE_SLOT, bytes([kind, slot]))
 
 
 def run_args(pslot: int, dslot: int, length: int) -> bytes:
+    """Run Program request bytes 8..15."""
     return bytes([pslot, dslot, 0, 0]) + struct.pack("<I", length)
 
 
 def run(pslot: int, dslot: int, length: int, engine: int = 0) -> Step:
+    """Run Program, waited for."""
     return cmd(engine, regs.CMD_RUN_PROGRAM, run_args(pslot, dslot, length))
 
 
 def start_run(pslot: int, dslot: int, length: int, engine: int = 0) -> Step:
+    """Run Program, started only (a later "wait" step takes its response)."""
     return Step("start", engine, regs.CMD_RUN_PROGRAM, run_args(pslot, dslot, length))
 
 
 def load(kind: int, slot: int, data: bytes) -> Step:
+    """BAR4 write of ``data`` at the start of slot ``slot`` of ``kind`` (DMA stands in)."""
     return Step("load", kind=kind, slot=slot, data=data)
 
 
