@@ -1,4 +1,4 @@
-"""Load-time analyses that prune code are sound at every call depth; the JIT never emits undefined code."""
+"""Analyses that prune code are sound at every call depth; the JIT never emits undefined code."""
 from __future__ import annotations
 
 import mmap

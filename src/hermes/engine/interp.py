@@ -26,6 +26,11 @@ _UNPACK = {n: struct.Struct(f).unpack_from for n, f in ((2, "<H"), (4, "<I"), (8
 _SUNPACK = {n: struct.Struct(f).unpack_from for n, f in ((1, "<b"), (2, "<h"), (4, "<i"))}
 _PACK = {n: struct.Struct(f).pack_into for n, f in ((2, "<H"), (4, "<I"), (8, "<Q"))}
 _SIZE_MASK = {1: 0xFF, 2: 0xFFFF, 4: W32, 8: MASK64}
+#: Block functions are defined in groups of this many: Python's compiler spends time
+#: proportional to the names of the enclosing scope on every nested function, so one scope with
+#: all blocks of a 65,536-slot program would take minutes to compile (quadratic), groups keep it
+#: linear. The blocks still share the registers as closure cells of one ``make``.
+_GROUP = 256
 #: A run with a ``Cancel`` flag looks at it after at most this many instructions (plus one
 #: block): a few milliseconds of interpretation, and no cost at all for runs without a flag.
 CANCEL_POLL = 1 << 16
@@ -226,11 +231,14 @@ class Interpreter:
 
     name = "interp"
 
-    def __init__(self, program: Program, *, helpers: HelperRegistry, budget: int):
+    def __init__(self, program: Program, *, helpers: HelperRegistry, budget: int,
+                 functions: "list[validate.Function] | None" = None):
+        """``functions``: the result of ``validate.check(program, helpers)`` when the caller has
+        already run it (the JIT's verifier does), so it is not run twice."""
         self.program = program
         self.helpers = helpers
         self.budget = budget
-        self.functions = validate.check(program, helpers)
+        self.functions = validate.check(program, helpers) if functions is None else functions
         self._factory = self._compile()
         self._local = threading.local()
 
@@ -285,11 +293,20 @@ class Interpreter:
             lengths.append(count)
             callret.append(ret)
             regs = [f"r{r}" for r in range(11) if wmask >> r & 1]
-            src.append(f"    def b{b}():")
+            if b % _GROUP == 0:
+                if b:
+                    names = ", ".join(f"b{k}" for k in range(b - _GROUP, b))
+                    src.append(f"        return [{names}]")
+                src.append(f"    def group{b // _GROUP}():")
+            src.append(f"        def b{b}():")
             if regs:
-                src.append(f"        nonlocal {', '.join(regs)}")
+                src.append(f"            nonlocal {', '.join(regs)}")
             for line in body + tail:
-                src.append(f"        {line}")
+                src.append(f"            {line}")
+        nblocks = len(starts)
+        last = (nblocks - 1) // _GROUP * _GROUP
+        src.append(f"        return [{', '.join(f'b{k}' for k in range(last, nblocks))}]")
+        groups = " + ".join(f"group{g}()" for g in range((nblocks + _GROUP - 1) // _GROUP))
         text = "\n".join([
             "def make(DATA, DB, DLEN, STK, SLO, LD, ST, HC, r1, r2):",
             "    r0 = r3 = r4 = r5 = r6 = r7 = r8 = r9 = 0",
@@ -303,7 +320,7 @@ class Interpreter:
             "    def setregs(a, b, c, d, e):",
             "        nonlocal r6, r7, r8, r9, r10",
             "        r6, r7, r8, r9, r10 = a, b, c, d, e",
-            f"    return [{', '.join(f'b{b}' for b in range(len(starts)))}], regs, setregs",
+            f"    return {groups}, regs, setregs",
         ])
         namespace = {"M": MASK64, "W": W32, "SB": STACK_BASE, "SDIV": sdiv, "SMOD": smod,
                      "BSWAP": bswap, **{f"U{k}": v for k, v in _UNPACK.items()},

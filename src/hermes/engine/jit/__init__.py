@@ -7,12 +7,14 @@ import threading
 from ...errors import BudgetExceeded, Cancelled, ExecutionError, VerifierError
 from ..cancel import Cancel
 from ..helpers import HelperContext, HelperRegistry, StopRun
+from ..interp import Interpreter
 from ..memory import (DATA_BASE, MASK64, MAX_CALL_DEPTH, STACK_BASE, STACK_SIZE, STACK_TOP,
                       describe_regions, input_region)
 from ..program import Program
 from ..verifier import VerifierInfo, verify
 from . import codegen
-from .runtime import HELPER_CFUNC, STACK_BYTES, Compiled, Ctx, compile_many, compile_program
+from .runtime import (HELPER_CFUNC, STACK_BYTES, Compiled, Ctx, auto_tier, compile_many,
+                      compile_program)
 
 __all__ = ["JitExecutable", "DEFAULT_OPT_LEVEL"]
 
@@ -114,6 +116,9 @@ class JitExecutable:
 
     Loading verifies the program (``hermes.engine.verifier``) and compiles it through LLVM once per
     process (cached by program digest). ``run`` is reentrant; the native code runs without the GIL.
+    ``tier`` is "quick", "full" or "auto" (``runtime.auto_tier``: by size, with the interpreter
+    for programs too large to compile in bounded time); ``self.tier`` is the one in use
+    ("upgrade": quick code now, the full tier's once the background compilation is done).
     """
 
     name = "jit"
@@ -124,16 +129,28 @@ class JitExecutable:
         self.program = program
         self.helpers = helpers
         self.budget = budget
+        self._interp: Interpreter | None = None
         if _prepared is None:
             self.info: VerifierInfo = verify(program, helpers)
+            starts = codegen.leaders(program, self.info)
+            self.tier = tier
+            if tier == "auto":
+                self.tier = auto_tier(len(program), len(starts))
+                if self.tier == "interp":
+                    # bounded load time: the interpreter builds in time linear in the program
+                    self._interp = Interpreter(program, helpers=helpers, budget=budget,
+                                               functions=self.info.functions)
+                    self.compiled = None  # type: ignore[assignment]
+                    return
             self.compiled: Compiled = compile_program(program, self.info, opt_level, tier)
         else:
             self.info, self.compiled = _prepared
+            self.tier = "quick" if tier == "quick" else "full"
+            starts = codegen.leaders(program, self.info)
         self._segments = tuple(s for s in program.segments if s.data)
         # Read-only segments are shared by all runs; writable ones are copied per run.
         self._ro = {i: ctypes.create_string_buffer(bytes(s.data), len(s.data))
                     for i, s in enumerate(self._segments) if not s.writable}
-        starts = codegen.leaders(program, self.info)
         n = len(program.insns)
         # instructions still to count in a block after slot pc (StopRun counts the whole block)
         self._rest: dict[int, int] = {}
@@ -167,12 +184,14 @@ class JitExecutable:
     def wait_final(self, timeout: "float | None" = None) -> bool:
         """Wait until the fully optimised code is in place (large programs are first compiled
         quickly and recompiled in the background); True when it is."""
-        return self.compiled.wait_final(timeout)
+        return self._interp is not None or self.compiled.wait_final(timeout)
 
     def run(self, memory: "bytearray | memoryview | bytes | None" = None,
             budget: int | None = None, *, cancel: Cancel | None = None):
         """Run once; see ``hermes.engine.run``."""
         from .. import RunResult
+        if self._interp is not None:
+            return self._interp.run(memory, budget, cancel=cancel)
         budget = self.budget if budget is None else budget
         data, r1, r2 = input_region(memory)
         dlen = len(data)

@@ -17,6 +17,8 @@ Layout decisions (see specs/jit.md):
 """
 from __future__ import annotations
 
+import bisect
+
 from ...errors import VerifierError
 from ..isa import Insn
 from ..memory import DATA_BASE, MASK64, MAX_CALL_DEPTH, STACK_BASE, STACK_SIZE, STACK_TOP, Segment
@@ -399,6 +401,7 @@ class _Func:
 
     # -- function -------------------------------------------------------------------------------
     def build(self, starts: list[int], ends: dict[int, int]) -> str:
+        """IR text of this function; ``starts`` are its block starts, ``ends`` every block's end."""
         insns = self.gen.program.insns
         name = f"{self.gen.prefix}f{self.index}"
         params = ", ".join(f"i64 %a{r}" for r in range(0, 10))
@@ -897,7 +900,9 @@ class ModuleGen:
         for k, f in enumerate(self.info.functions):
             if k != 0 and k not in called:
                 continue  # never called: no code
-            parts.append(_Func(self, k, f.start, f.end).build(starts, ends))
+            # only this function's blocks: the work per function stays linear in its size
+            mine = starts[bisect.bisect_left(starts, f.start):bisect.bisect_left(starts, f.end)]
+            parts.append(_Func(self, k, f.start, f.end).build(mine, ends))
         parts.append(self.main_fn(entry_name))
         return parts
 

@@ -77,7 +77,11 @@ def _succ(insns: "list[Insn | None]", s: int, e: int) -> list[int]:
 
 def plan_loops(insns: "list[Insn | None]", starts: list[int], ends: dict[int, int],
                fstart: int, fend: int, stack_safe: dict[int, int]) -> dict[int, LoopPlan]:
-    """Loops of the function [fstart, fend) worth versioning, by header block start."""
+    """Loops of the function [fstart, fend) worth versioning, by header block start.
+
+    Linear in the function's size (plus n log n for the dominators): loop bodies are only
+    collected up to ``MAX_LOOP_BLOCKS`` blocks, since bigger loops are never versioned.
+    """
     blocks = [s for s in starts if fstart <= s < fend]
     succ = {s: [t for t in _succ(insns, s, ends[s]) if fstart <= t < fend] for s in blocks}
     pred: dict[int, list[int]] = {s: [] for s in blocks}
@@ -85,28 +89,24 @@ def plan_loops(insns: "list[Insn | None]", starts: list[int], ends: dict[int, in
         for t in succ[s]:
             pred[t].append(s)
     idom = _dominators(fstart, succ, pred)
+    within = _DomTree(idom, fstart)
     # back-edges: u -> h where h dominates u (clang's rotated loops are entered in the middle, so
     # the address order of blocks says nothing about which edge closes a loop)
     by_header: dict[int, list[int]] = {}
     for u in blocks:
         for h in succ[u]:
-            if _dominates(idom, h, u):
+            if within.dominates(h, u):
                 by_header.setdefault(h, []).append(u)
     plans: dict[int, LoopPlan] = {}
-    bodies: dict[int, set[int]] = {}
     for h, latches in by_header.items():
-        body = {h}
-        for u in latches:
-            body |= _natural_loop(h, u, pred)
-        bodies[h] = body
-    for h, body in bodies.items():
+        body = _loop_body(h, latches, pred, MAX_LOOP_BLOCKS)
+        if body is None:
+            continue  # big loops stay checked (keeps the analysis cheap and shallow)
         # single entry (h dominates the body) and innermost (no other header inside)
         if any(p not in body for b in body if b != h for p in pred[b]):
             continue
-        if any(o != h and o in body for o in bodies):
+        if any(o != h and o in by_header for o in body):
             continue
-        if len(body) > MAX_LOOP_BLOCKS:
-            continue  # big loops stay checked (keeps the analysis cheap and shallow)
         plan = _plan(insns, h, body, succ, ends, stack_safe)
         if plan is not None:
             plans[h] = plan
@@ -115,70 +115,114 @@ def plan_loops(insns: "list[Insn | None]", starts: list[int], ends: dict[int, in
 
 def _dominators(entry: int, succ: dict[int, list[int]],
                 pred: dict[int, list[int]]) -> dict[int, int]:
-    """Immediate dominators of the blocks reachable from ``entry`` (Cooper, Harvey, Kennedy)."""
-    order: list[int] = []
-    seen = {entry}
-    stack = [(entry, iter(succ[entry]))]
+    """Immediate dominators of the blocks reachable from ``entry`` (the entry maps to itself).
+
+    Lengauer and Tarjan's algorithm with path compression, O(E log V): the iterative algorithm
+    is quadratic on long chains of blocks with many edges to one block (dense jumps).
+    """
+    order: list[int] = []   # blocks by DFS preorder number
+    num: dict[int, int] = {}
+    parent: list[int] = []
+    stack = [(entry, -1)]
     while stack:
-        b, it = stack[-1]
-        nxt = next(it, None)
-        if nxt is None:
-            stack.pop()
-            order.append(b)
-        elif nxt not in seen:
-            seen.add(nxt)
-            stack.append((nxt, iter(succ[nxt])))
-    rank = {b: k for k, b in enumerate(order)}  # postorder number: the entry has the highest
-    idom = {entry: entry}
-    changed = True
-    while changed:
-        changed = False
-        for b in reversed(order):
-            if b == entry:
+        b, p = stack.pop()
+        if b in num:
+            continue
+        num[b] = len(order)
+        order.append(b)
+        parent.append(p)
+        for t in reversed(succ[b]):
+            if t not in num:
+                stack.append((t, num[b]))
+    n = len(order)
+    semi = list(range(n))
+    label = list(range(n))
+    ancestor = [-1] * n
+    idom = [0] * n
+    bucket: list[list[int]] = [[] for _ in range(n)]
+
+    def evaluate(v: int) -> int:
+        if ancestor[v] == -1:
+            return v
+        path = []
+        while ancestor[ancestor[v]] != -1:
+            path.append(v)
+            v = ancestor[v]
+        for x in reversed(path):
+            a = ancestor[x]
+            if semi[label[a]] < semi[label[x]]:
+                label[x] = label[a]
+            ancestor[x] = ancestor[a]
+        return label[path[0]] if path else label[v]
+
+    for w in range(n - 1, 0, -1):
+        for p in pred[order[w]]:
+            if p in num:
+                u = evaluate(num[p])
+                if semi[u] < semi[w]:
+                    semi[w] = semi[u]
+        bucket[semi[w]].append(w)
+        pw = parent[w]
+        ancestor[w] = pw
+        for v in bucket[pw]:
+            u = evaluate(v)
+            idom[v] = u if semi[u] < semi[v] else pw
+        bucket[pw] = []
+    for w in range(1, n):
+        if idom[w] != semi[w]:
+            idom[w] = idom[idom[w]]
+    return {order[w]: order[idom[w]] for w in range(n)}
+
+
+class _DomTree:
+    """Constant-time dominance queries: DFS entry/exit numbers of the dominator tree."""
+
+    def __init__(self, idom: dict[int, int], entry: int) -> None:
+        children: dict[int, list[int]] = {b: [] for b in idom}
+        for b, d in idom.items():
+            if b != entry:
+                children[d].append(b)
+        self.tin: dict[int, int] = {}
+        self.tout: dict[int, int] = {}
+        clock = 0
+        stack = [(entry, False)]
+        while stack:
+            b, done = stack.pop()
+            if done:
+                self.tout[b] = clock
+                clock += 1
                 continue
-            new = None
-            for p in pred[b]:
-                if p not in idom:
-                    continue
-                if new is None:
-                    new = p
-                    continue
-                x, y = p, new
-                while x != y:
-                    while rank[x] < rank[y]:
-                        x = idom[x]
-                    while rank[y] < rank[x]:
-                        y = idom[y]
-                new = x
-            if new is not None and idom.get(b) != new:
-                idom[b] = new
-                changed = True
-    return idom
+            self.tin[b] = clock
+            clock += 1
+            stack.append((b, True))
+            stack.extend((c, False) for c in children[b])
 
-
-def _dominates(idom: dict[int, int], h: int, u: int) -> bool:
-    """Whether block h dominates block u (False for blocks unreachable from the entry)."""
-    if u not in idom:
-        return False
-    while u != h:
-        up = idom[u]
-        if up == u:
+    def dominates(self, h: int, u: int) -> bool:
+        """Whether block h dominates block u (False for blocks unreachable from the entry)."""
+        if u not in self.tin or h not in self.tin:
             return False
-        u = up
-    return True
+        return self.tin[h] <= self.tin[u] and self.tout[u] <= self.tout[h]
 
 
-def _natural_loop(h: int, u: int, pred: dict[int, list[int]]) -> set[int]:
-    """Blocks of the loop closed by the back-edge u -> h (h dominates u)."""
-    body = {h, u}
-    work = [u] if u != h else []
+def _loop_body(h: int, latches: list[int], pred: dict[int, list[int]],
+               limit: int) -> "set[int] | None":
+    """Blocks of the loop of header h (the union of the natural loops of its back-edges from
+    ``latches``), or None as soon as it has more than ``limit`` blocks."""
+    body = {h}
+    work = []
+    for u in latches:
+        if u not in body:
+            body.add(u)
+            work.append(u)
     while work:
+        if len(body) > limit:
+            return None
         b = work.pop()
         for p in pred[b]:
             if p not in body:
                 body.add(p)
                 work.append(p)
-    return body
+    return body if len(body) <= limit else None
 
 
 def _plan(insns, h, body, succ, ends, stack_safe) -> "LoopPlan | None":

@@ -86,6 +86,10 @@ class Compiled:
     final: threading.Event = field(default_factory=threading.Event)
     #: seconds the background compilation took (None: there was none, or it has not finished)
     optimise_seconds: "float | None" = None
+    #: of ``compile_seconds``: writing the IR (Python analyses and code generation) and LLVM's
+    #: share (parsing, optimising, machine code), per program of the module
+    codegen_seconds: float = 0.0
+    llvm_seconds: float = 0.0
 
     def wait_final(self, timeout: "float | None" = None) -> bool:
         """Block until the final code is in place (or ``timeout``); True when it is."""
@@ -157,16 +161,38 @@ def _remember(key: tuple, compiled: Compiled) -> Compiled:
         return kept
 
 
-#: Compilation tiers: "quick" (SROA and SimplifyCFG, LLVM's fast back end), "full" (the O3
-#: pipeline and back end), "auto" (full for small programs, quick first for large ones).
+#: Compilation tiers: "quick" (SROA, SimplifyCFG for programs with few blocks, LLVM's fast back
+#: end), "full" (the O3 pipeline and back end), "auto" (chosen by ``auto_tier``).
 TIERS = ("auto", "quick", "full")
 #: Programs with more slots than this get the light pipeline first (compile time stays bounded).
 LARGE_PROGRAM = 160
-#: ... and, up to this many slots, the full pipeline in the background afterwards.
+#: ... and, up to this many slots and UPGRADE_MAX_BLOCKS blocks, the full pipeline in the
+#: background afterwards (O3 is super-linear in the blocks of dense control flow, and it holds
+#: the LLVM lock that every other compilation waits for).
 UPGRADE_MAX = 2048
+UPGRADE_MAX_BLOCKS = 512
+#: The quick tier runs SimplifyCFG only on programs with at most this many blocks: after SROA it
+#: is super-linear in the blocks of dense control flow (a minute for 10,000 conditional jumps).
+QUICK_CFG_MAX_BLOCKS = 1024
+#: "auto" runs programs with more slots or blocks than these on the interpreter (which builds in
+#: time linear in the program): compile time is bounded before any is spent (specs/jit.md).
+JIT_MAX_SLOTS = 8192
+JIT_MAX_BLOCKS = 4096
 
 
-def _optimise(st, mod, opt_level: int, light: bool) -> None:
+def auto_tier(slots: int, blocks: int) -> str:
+    """The tier "auto" picks for a program of ``slots`` slots and ``blocks`` basic blocks:
+    "full" (small programs), "upgrade" (quick now, full in the background), "quick", "interp"."""
+    if slots > JIT_MAX_SLOTS or blocks > JIT_MAX_BLOCKS:
+        return "interp"
+    if slots <= LARGE_PROGRAM:
+        return "full"
+    if slots <= UPGRADE_MAX and blocks <= UPGRADE_MAX_BLOCKS:
+        return "upgrade"
+    return "quick"
+
+
+def _optimise(st, mod, opt_level: int, light: bool, blocks: int = 0) -> None:
     # Fresh pass builder and pass manager every time: running one module pass manager twice
     # aborts the process inside llvmlite, and each run registers callbacks in its builder.
     llvm = st["llvm"]
@@ -177,7 +203,8 @@ def _optimise(st, mod, opt_level: int, light: bool) -> None:
         # (instcombine would double the optimisation time for little gain on large programs)
         mpm = llvm.create_new_module_pass_manager()
         mpm.add_sroa_pass()
-        mpm.add_simplify_cfg_pass()
+        if blocks <= QUICK_CFG_MAX_BLOCKS:
+            mpm.add_simplify_cfg_pass()
     else:
         mpm = pb.getModulePassManager()
     mpm.run(mod, pb)
@@ -213,32 +240,36 @@ def compile_many(items: "list[tuple[object, object]]", opt_level: int = 3,
     if todo:
         t0 = time.perf_counter()
         names = {k: f"hermes_{program.digest[:24]}_o{opt_level}" for k, program, _ in todo}
-        light = tier == "quick" or (tier == "auto" and len(todo) == 1 and opt_level <= 3
-                                    and len(todo[0][1]) > LARGE_PROGRAM)
+        blocks = sum(len(codegen.leaders(p, i)) for _, p, i in todo)
+        choice = auto_tier(sum(len(p) for _, p, _ in todo), blocks) \
+            if tier == "auto" and len(todo) == 1 and opt_level <= 3 else "full"
+        light = tier == "quick" or (tier == "auto" and choice in ("upgrade", "quick", "interp"))
         ir = codegen.generate_module([(p, i, names[k]) for k, p, i in todo], st["triple"],
                                      st["layout"])
+        t1 = time.perf_counter()
         with _llvm_lock:
             _close_dead()
             mod = llvm.parse_assembly(ir)
             # Invalid IR makes LLVM's back end abort the process: verify first, always.
             mod.verify()
             if opt_level > 0:
-                _optimise(st, mod, opt_level, light)
+                _optimise(st, mod, opt_level, light, blocks)
                 if not st["has_libgcc"] and _needs_libgcc(str(mod)):
                     mod = llvm.parse_assembly(ir)  # unoptimised code needs no runtime library
             engine = _engine(st, 0 if (light or opt_level == 0) else 3)
             engine.add_module(mod)
             engine.finalize_object()
             code = _Code(engine)
-            elapsed = time.perf_counter() - t0
+            t2 = time.perf_counter()
             addrs = {k: engine.get_function_address(names[k]) for k, _, _ in todo}
         for k, program, info in todo:
             addr = addrs[k]
             if not addr:  # pragma: no cover - MCJIT always resolves a defined function
                 raise RuntimeError(f"LLVM did not produce {names[k]}")
             compiled = Compiled(code.entry(addr), addr, ir if len(todo) == 1 else "",
-                                elapsed / len(todo))
-            if light and tier == "auto" and len(program) <= UPGRADE_MAX:
+                                (t2 - t0) / len(todo), codegen_seconds=(t1 - t0) / len(todo),
+                                llvm_seconds=(t2 - t1) / len(todo))
+            if tier == "auto" and choice == "upgrade":
                 _upgrades.submit(compiled, program, info, opt_level)
             else:
                 compiled.final.set()

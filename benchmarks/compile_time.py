@@ -1,0 +1,141 @@
+"""Compile-time figures: analyses, code generation and LLVM time per program size and shape.
+
+Usage: python benchmarks/compile_time.py [--sizes 1000,10000,65536] [--shapes jumps,back,...]
+                                         [--llvm-max N]
+For each worst-case shape and size it prints, in seconds: the verifier (validate + data flow),
+the JIT's code generation (loop analysis and IR text), LLVM's time for the quick tier and for
+the full tier (programs up to --llvm-max slots; LLVM is super-linear on dense control flow,
+which is why larger programs never reach it), the interpreter's load, and what
+`hermes.engine.load(program, engine="jit")` followed by one run costs end to end, with the tier
+it chose. CPU seconds are given beside wall seconds: the machine may be shared.
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import time
+
+from hermes.engine import load
+from hermes.engine.helpers import DEVICE_HELPERS
+from hermes.engine.interp import Interpreter
+from hermes.engine.jit import codegen, runtime
+from hermes.engine.program import Program
+from hermes.engine.verifier import verify
+
+#: Jumps reach at most this far (the 16-bit offset of a conditional jump).
+REACH = 30000
+
+
+def jumps(n: int, rng: random.Random) -> str:
+    """Every slot a conditional jump (never taken) to a random slot within reach."""
+    body = n - 3
+    out = ["mov r0, 0", "mov r1, 7"]
+    for i in range(body):
+        out.append(f"L{i}:")
+        target = rng.randrange(max(0, i - REACH), min(body, i + REACH))
+        out.append(f"jeq r1, {12345 + i}, L{target}")
+    out.append("exit")
+    return "\n".join(out)
+
+
+def back(n: int, rng: random.Random) -> str:
+    """Every slot jumps back to one block that dominates it (many back-edges, nested loops)."""
+    out = ["mov r0, 0", "mov r1, 7", "L0:"]
+    for i in range(n - 3):
+        out.append(f"jeq r1, {12345 + i}, L{(i // REACH) * REACH}")
+        if (i + 1) % REACH == 0:
+            out.append(f"L{i + 1}:")
+    out.append("exit")
+    return "\n".join(out)
+
+
+def forward(n: int, rng: random.Random) -> str:
+    """Every slot jumps forward to one join block (a block with thousands of predecessors)."""
+    out = ["mov r0, 0", "mov r1, 7"]
+    for i in range(n - 3):
+        out.append(f"jeq r1, {12345 + i}, M{i // REACH}")
+        if (i + 1) % REACH == 0:
+            out.append(f"M{i // REACH}:")
+    out += [f"M{(n - 4) // REACH}:", "exit"]
+    return "\n".join(out)
+
+
+def straight(n: int, rng: random.Random) -> str:
+    """One long block of ALU, stack and data-slot accesses."""
+    out = ["mov r0, 0"]
+    while len(out) < n - 1:
+        k = len(out)
+        out += [f"add r0, {k}", f"stxdw [r10-{8 + 8 * (k % 60)}], r0", f"ldxb r3, [r1+{k % 8}]",
+                "xor r0, r3"]
+    return "\n".join(out[:n - 1] + ["exit"])
+
+
+def calls(n: int, rng: random.Random) -> str:
+    """Thousands of small functions, each called once from the entry function."""
+    nf = (n - 2) // 7
+    out = ["mov r0, 0"] + [f"call local F{k}" for k in range(nf)] + ["exit"]
+    for k in range(nf):
+        out += [f"F{k}:", "mov r0, r1", f"add r0, {k}", "stxdw [r10-8], r0", "ldxdw r0, [r10-8]",
+                "exit"]
+    return "\n".join(out)
+
+
+SHAPES = {"jumps": jumps, "back": back, "forward": forward, "straight": straight, "calls": calls}
+
+
+def _timed(fn):
+    t0, c0 = time.perf_counter(), time.process_time()
+    out = fn()
+    return out, time.perf_counter() - t0, time.process_time() - c0
+
+
+def measure(shape: str, n: int, llvm_max: int) -> dict:
+    """Figures for one program (see the module docstring)."""
+    program = Program.from_asm(SHAPES[shape](n, random.Random(n)),
+                               name=f"{shape}-{n}-{time.time_ns()}")
+    row: dict = {"shape": shape, "slots": len(program)}
+    info, row["verify"], _ = _timed(lambda: verify(program, DEVICE_HELPERS))
+    gen = codegen.ModuleGen(program, info, "bench_")
+    _, row["codegen"], _ = _timed(lambda: gen.functions("bench"))
+    for tier in ("quick", "full"):
+        if len(program) <= llvm_max:
+            compiled = runtime.compile_program(program, info, 3, tier)
+            row[f"llvm_{tier}"] = compiled.llvm_seconds
+        else:
+            row[f"llvm_{tier}"] = None
+    _, row["interp"], _ = _timed(lambda: Interpreter(program, helpers=DEVICE_HELPERS, budget=10**9))
+    fresh = Program(program.code, name=f"{shape}-{n}-{time.time_ns()}-fresh")
+
+    def load_and_run():
+        exe = load(fresh, engine="jit")
+        exe.run(bytearray(64))
+        return exe
+
+    exe, row["total"], row["total_cpu"] = _timed(load_and_run)
+    row["tier"] = exe.tier
+    return row
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--sizes", default="1000,10000,65536")
+    ap.add_argument("--shapes", default=",".join(SHAPES))
+    ap.add_argument("--llvm-max", type=int, default=10000,
+                    help="largest program LLVM is timed on directly (default 10000 slots)")
+    args = ap.parse_args()
+    print(f"{'shape':9s} {'slots':>6s} {'verify':>7s} {'codegen':>8s} {'llvm q':>7s} "
+          f"{'llvm f':>7s} {'interp':>7s} {'load+run':>9s} {'(cpu)':>7s}  tier")
+    for shape in args.shapes.split(","):
+        for n in (int(x) for x in args.sizes.split(",")):
+            r = measure(shape, n, args.llvm_max)
+            print(f"{r['shape']:9s} {r['slots']:6d} {_fmt(r['verify']):>7s} "
+                  f"{_fmt(r['codegen']):>8s} {_fmt(r['llvm_quick']):>7s} {_fmt(r['llvm_full']):>7s} {_fmt(r['interp']):>7s} "
+                  f"{_fmt(r['total']):>9s} {_fmt(r['total_cpu']):>7s}  {r['tier']}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
