@@ -240,7 +240,8 @@ def compile_many(items: "list[tuple[object, object]]", opt_level: int = 3,
     if todo:
         t0 = time.perf_counter()
         names = {k: f"hermes_{program.digest[:24]}_o{opt_level}" for k, program, _ in todo}
-        blocks = sum(len(codegen.leaders(p, i)) for _, p, i in todo)
+        # the passes that are super-linear are so in the blocks of one function's control flow
+        blocks = max(len(codegen.leaders(p, i)) for _, p, i in todo)
         choice = auto_tier(sum(len(p) for _, p, _ in todo), blocks) \
             if tier == "auto" and len(todo) == 1 and opt_level <= 3 else "full"
         light = tier == "quick" or (tier == "auto" and choice in ("upgrade", "quick", "interp"))
