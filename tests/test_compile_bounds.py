@@ -120,3 +120,10 @@ def test_dominators_match_the_definition_on_random_graphs():
             assert {h for h in nodes if tree.dominates(h, b)} == dom[b]
             if b != nodes[0]:
                 assert idom[b] in dom[b] - {b} and dom[b] - {b} <= dom[idom[b]]
+
+
+def test_an_unknown_tier_is_a_usage_error():
+    from hermes.errors import UsageError
+    with pytest.raises(UsageError, match="unknown JIT tier 'fast'"):
+        JitExecutable(Program.from_asm("mov r0, 1\nexit"), helpers=CONFORMANCE_HELPERS,
+                      budget=10, tier="fast")

@@ -9,6 +9,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from ...errors import UsageError
 from ..memory import MAX_CALL_DEPTH, STACK_SIZE
 from . import codegen
 
@@ -222,7 +223,7 @@ def compile_many(items: "list[tuple[object, object]]", opt_level: int = 3,
     per program like ``compile_program``'s. ``tier`` is one of ``TIERS``.
     """
     if tier not in TIERS:
-        raise ValueError(f"unknown JIT tier {tier!r}; choose one of {', '.join(TIERS)}")
+        raise UsageError(f"unknown JIT tier {tier!r}; choose one of {', '.join(TIERS)}")
     import time
     st = _llvm()
     llvm = st["llvm"]
