@@ -153,6 +153,7 @@ int hermes_status_errno(u8 status);
 const char *hermes_status_name(u8 status);
 int hermes_request_slot(struct hermes_dev *hd, u8 type, u16 cmd_id, int *slot);
 int hermes_release_slot(struct hermes_dev *hd, u8 type, int slot, u16 cmd_id);
+int hermes_reclaim_slots(struct hermes_dev *hd);
 void hermes_defer_release(struct hermes_dev *hd, u8 type, int slot, int engine);
 void hermes_retry_deferred(struct hermes_dev *hd);
 void hermes_free_deferred(struct hermes_dev *hd);

@@ -299,6 +299,31 @@ int hermes_release_slot(struct hermes_dev *hd, u8 type, int slot, u16 cmd_id)
 }
 
 /*
+ * Free every slot of the device at probe. While the driver is bound, every allocated slot is
+ * one of its files'; any allocated now was left by an earlier driver (one that was unloaded with
+ * slots deferred, crashed, or allocated on the host side) and would stay lost until a reset.
+ * Returns how many were allocated.
+ */
+int hermes_reclaim_slots(struct hermes_dev *hd)
+{
+	unsigned int type, slot, count, reclaimed = 0;
+	struct hermes_resp r;
+
+	for (type = HERMES_SLOT_PROGRAM; type <= HERMES_SLOT_DATA; type++) {
+		count = type == HERMES_SLOT_PROGRAM ? hd->prog_slots : hd->data_slots;
+		for (slot = 0; slot < count; slot++) {
+			int ret = hermes_command(hd, HERMES_CMD_RELEASE_SLOT, hermes_driver_cmd_id(hd),
+						 type | (u64)slot << 8, &r, NULL);
+
+			if (ret)
+				return ret;
+			reclaimed += r.status == HERMES_STATUS_SUCCESS;
+		}
+	}
+	return reclaimed;
+}
+
+/*
  * A slot that cannot be released now (its Release Slot timed out, or a timed-out run may still
  * use it) is kept on a list and released before the next Request Slot and at remove, so a
  * wedged engine does not leak slots for good.

@@ -72,8 +72,8 @@ static void hermes_release_one(struct hermes_file *hf, u8 type, int slot)
 	}
 	ret = hermes_release_slot(hf->hd, type, slot, hermes_next_id(hf));
 	/*
-	 * No engine in time, or none at all for a process being killed (its files close with
-	 * SIGKILL pending, which ends the wait for a busy engine at once): release it later.
+	 * No engine in time, or a signal ended the wait for one (a close runs the release in the
+	 * closing task, whose pending signals interrupt the wait): release it later.
 	 */
 	if (ret == -ETIMEDOUT || ret == -ERESTARTSYS)
 		hermes_defer_release(hf->hd, type, slot, -1);

@@ -388,6 +388,13 @@ static int hermes_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	ret = hermes_irq_setup(hd);
 	if (ret)
 		goto unmap;
+	ret = hermes_reclaim_slots(hd);
+	if (ret < 0) {
+		dev_err(&pdev->dev, "slot commands fail at probe: %d\n", ret);
+		goto irq;
+	}
+	if (ret)
+		dev_info(&pdev->dev, "freed %d slots an earlier driver left allocated\n", ret);
 	cdev_init(&hd->cdev, &hermes_fops);
 	hd->cdev.owner = THIS_MODULE;
 	ret = cdev_device_add(&hd->cdev, &hd->dev);

@@ -66,9 +66,16 @@ static const uint64_t prog_inc64[] = {
 	INSN(0x79, 0x13, 0, 0), INSN(0x07, 0x03, 0, 1), INSN(0x7b, 0x31, 0, 0),
 	INSN(0xb7, 0, 0, 0), INSN(0x95, 0, 0, 0),
 };
-/* for (;;) r0++: runs until the device's budget ends */
+/*
+ * Runs until the device's budget ends, slowly: a 64-bit division by a divisor that changes every
+ * iteration (no compiler can make it a multiplication); native code spends about half a second
+ * of a 10^9-instruction budget on it, the interpreter far longer.
+ * r0 = 1; for (;;) { r3 = r0 | 1; r4 = ~0 / r3; r0 += r4; }
+ */
 static const uint64_t prog_loop[] = {
-	INSN(0xb7, 0, 0, 0), INSN(0x07, 0, 0, 1), INSN(0x05, 0, -2, 0),
+	INSN(0xb7, 0x00, 0, 1), INSN(0xbf, 0x03, 0, 0), INSN(0x47, 0x03, 0, 1),
+	INSN(0xb7, 0x04, 0, -1), INSN(0x3f, 0x34, 0, 0), INSN(0x0f, 0x40, 0, 0),
+	INSN(0x05, 0x00, -6, 0),
 };
 static const uint8_t prog_invalid[8] = { 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff };
 
@@ -665,7 +672,7 @@ static int t_run_timeout(void)
 
 	EXPECT_EQ(download(fd, prog_loop, sizeof(prog_loop), 0), 0);
 	EXPECT_EQ(pwrite(fd, "x", 1, 0), 1);
-	if (write_param("cmd_timeout_ms", "300"))
+	if (write_param("cmd_timeout_ms", "100"))
 		return fail("cannot set cmd_timeout_ms: %s", strerror(errno));
 	t0 = now_us();
 	errno = 0;
@@ -676,7 +683,7 @@ static int t_run_timeout(void)
 		return fail("runaway fsync = %d errno %d (%s), expected ETIMEDOUT", i, errno,
 			    strerror(errno));
 	if (took > 5000)
-		return fail("runaway fsync took %.0f ms with a 300 ms timeout", took);
+		return fail("runaway fsync took %.0f ms with a 100 ms timeout", took);
 	if (can_abort) {
 		/* Every engine is usable again, the one that ran the loop included. */
 		for (i = 0; i < 2 * engines; i++) {
@@ -699,30 +706,41 @@ static int child_file(const void *prog, uint32_t len, int ready_fd)
 	return fd;
 }
 
-/*
- * A process killed while every engine is busy: its files are closed with SIGKILL pending, and
- * their slots must still come back (released later, not lost).
- */
-static int t_killed_owner_releases_slots(void)
+static void on_signal(int sig)
 {
-	int ready[2], i, status, *fds;
+	(void)sig;
+}
+
+/*
+ * A close interrupted by a signal while every engine is busy (the release waits for an engine
+ * and the signal ends that wait): the file's slots must still come back, released later.
+ */
+static int t_signalled_close_releases_slots(void)
+{
+	int ready[2], go[2], i, status, *fds;
 	pid_t owner, loopers[64];
-	char old[32], c;
+	char old[32], c = 1;
 
 	if (engines > 64)
 		return 1;
 	if (read_param("cmd_timeout_ms", old, sizeof(old)))
 		return fail("cannot read cmd_timeout_ms: %s", strerror(errno));
-	if (pipe(ready))
+	if (pipe(ready) || pipe(go))
 		return fail("pipe: %s", strerror(errno));
 	owner = fork();
 	if (owner == 0) {
-		child_file(prog_ok, sizeof(prog_ok), ready[1]);
-		pause();
+		struct sigaction sa = { .sa_handler = on_signal };
+		int fd;
+
+		sigaction(SIGUSR1, &sa, NULL);
+		fd = child_file(prog_ok, sizeof(prog_ok), ready[1]);
+		if (read(go[0], &c, 1) != 1)
+			_exit(1);
+		close(fd);
 		_exit(0);
 	}
 	EXPECT_EQ(read(ready[0], &c, 1), 1);
-	if (write_param("cmd_timeout_ms", "2000"))
+	if (write_param("cmd_timeout_ms", "3000"))
 		return fail("cannot set cmd_timeout_ms: %s", strerror(errno));
 	/* One runaway program per engine keeps them all busy for the timeout. */
 	for (i = 0; i < engines; i++) {
@@ -735,14 +753,18 @@ static int t_killed_owner_releases_slots(void)
 	}
 	for (i = 0; i < engines; i++)
 		EXPECT_EQ(read(ready[0], &c, 1), 1);
-	usleep(300 * 1000);	/* the runs have started */
-	kill(owner, SIGKILL);
+	usleep(50 * 1000);	/* the runs have started */
+	EXPECT_EQ(write(go[1], &c, 1), 1);
+	usleep(100 * 1000);	/* the owner's release waits for an engine */
+	kill(owner, SIGUSR1);
 	waitpid(owner, &status, 0);
 	for (i = 0; i < engines; i++)
 		waitpid(loopers[i], &status, 0);
 	write_param("cmd_timeout_ms", old);
 	close(ready[0]);
 	close(ready[1]);
+	close(go[0]);
+	close(go[1]);
 	/* Every program slot can be had again. */
 	fds = calloc(prog_slots, sizeof(int));
 	for (i = 0; i < prog_slots; i++) {
@@ -800,7 +822,7 @@ static const struct test tests[] = {
 	{ "SeveralOpens", t_several_opens },
 	{ "ConcurrentProcesses", t_concurrent_processes },
 	{ "RunTimeout", t_run_timeout },
-	{ "KilledOwnerReleasesSlots", t_killed_owner_releases_slots },
+	{ "SignalledCloseReleasesSlots", t_signalled_close_releases_slots },
 };
 
 static double now_us(void)
@@ -854,6 +876,42 @@ static int bench(int n)
 	return 0;
 }
 
+/*
+ * Run one test in a child process, so that a failing test's open files (and their slots) go away
+ * with it instead of starving the tests after it. Returns the test's result; failure[] gets its
+ * message.
+ */
+static int run_isolated(int (*fn)(void))
+{
+	int msg[2], status, r;
+	ssize_t n;
+	pid_t pid;
+
+	failure[0] = 0;
+	if (pipe(msg))
+		return fail("pipe: %s", strerror(errno));
+	pid = fork();
+	if (pid == 0) {
+		close(msg[0]);
+		r = fn();
+		if (r < 0 && write(msg[1], failure, strlen(failure)) < 0)
+			_exit(3);
+		_exit(r < 0 ? 1 : r > 0 ? 2 : 0);
+	}
+	close(msg[1]);
+	n = read(msg[0], failure, sizeof(failure) - 1);
+	failure[n > 0 ? n : 0] = 0;
+	close(msg[0]);
+	if (waitpid(pid, &status, 0) < 0)
+		return fail("waitpid: %s", strerror(errno));
+	if (!WIFEXITED(status))
+		return fail("test process died (status %#x)", status);
+	r = WEXITSTATUS(status);
+	if (r == 1 && !failure[0])
+		return fail("test failed without a message");
+	return r == 0 ? 0 : r == 2 ? 1 : -1;
+}
+
 int main(int argc, char **argv)
 {
 	const char *only = NULL;
@@ -889,9 +947,8 @@ int main(int argc, char **argv)
 
 		if (only && strcmp(only, tests[k].name))
 			continue;
-		failure[0] = 0;
 		t0 = now_us();
-		r = tests[k].fn();
+		r = run_isolated(tests[k].fn);
 		if (r > 0) {
 			printf("skip %s\n", tests[k].name);
 		} else if (r == 0) {
