@@ -625,3 +625,12 @@ def test_device_without_abort_capability_as_the_model():
         Step("abort"), Step("ctrl"), Step("ctrl"),
     ])
     assert res == [0, (1, 0, 0), (1, 0, 0)]    # ABORT is read-only: the run goes on
+
+
+def test_run_refused_for_its_length_still_claims_free_slots_as_the_model():
+    top = HermesTop(n_engines=2, imem_depth=16, dmem_bytes=64)
+    res = both(top, [run(1, 1, 12), run(0, 0, 0), request(regs.SLOT_DATA),
+                     request(regs.SLOT_PROGRAM)])
+    load_error = (regs.STATUS_EBPF_ERROR, regs.EBPF_ERR_LOAD)
+    assert [r[1:] for r in res] == [load_error, load_error, (regs.STATUS_NO_SPACE, 0),
+                                    (regs.STATUS_NO_SPACE, 0)]
