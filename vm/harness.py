@@ -182,7 +182,20 @@ def build(force: bool = False) -> Root:
         root.stamp.write_text(json.dumps(info, indent=1))
         log(f"root built in {seconds / 60:.1f} min: image {info['image_bytes'] >> 20} MiB, "
             f"kernel {info['kernel']}")
+        prune_roots(keep=root)
     return root
+
+
+def prune_roots(keep: Root) -> None:
+    """Remove the roots of older inputs (about 3 GB each) unless a guest still uses one (the
+    caller holds the guest lock, so a guest that is not running yet will build its own)."""
+    with open("/proc/self/mounts") as f:
+        mounted = [line.split()[1] for line in f]
+    for old in (CACHE / "roots").iterdir():
+        if old == keep.dir or any(m.startswith(f"{old}/") for m in mounted):
+            continue
+        log(f"removing the root of older inputs {old}")
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _du(path: Path) -> int:
@@ -397,8 +410,8 @@ def run_job(job: str, *, timeout: float | None = None, serve_args: list[str] | N
             qemu_extra: list[str] | None = None) -> int:
     """Boot the guest for one job, print its results; returns the job's exit status."""
     job_script(job)
-    root = build()
     with locked("guest"):
+        root = build()   # under the guest lock: no other guest is between build and boot
         run = new_run_dir()
         stage(run, job)
         log(f"run folder {run}")
@@ -516,7 +529,8 @@ def main(argv: list[str] | None = None) -> int:
             # the mounts taken down on the way out.
             signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
         if args.cmd == "build":
-            root = build(force=args.force)
+            with locked("guest"):
+                root = build(force=args.force)
             info = root.info()
             log(f"root {root.dir}: image {info['image_bytes'] >> 20} MiB, built in "
                 f"{info['seconds'] / 60:.1f} min, kernel {info['kernel']}")
