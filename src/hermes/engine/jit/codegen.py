@@ -118,9 +118,10 @@ class _Func:
         return v
 
     def budget(self) -> str:
-        """The run's budget, read afresh: cancelling a run sets it to zero (see runtime.py)."""
+        """The run's budget, read afresh: cancelling a run sets it to zero from another thread
+        (see runtime.py), so this is an atomic load that LLVM may not fold or hoist."""
         v = self.t()
-        self.emit(f"{v} = load volatile i64, ptr %budget_p")
+        self.emit(f"{v} = load atomic i64, ptr %budget_p monotonic, align 8")
         return v
 
     # -- memory ---------------------------------------------------------------------------------
