@@ -246,7 +246,10 @@ static int hermes_irq_setup(struct hermes_dev *hd)
 	user = min(user, HERMES_MSIX_VECTORS - h2c - c2h);
 	ret = hermes_use_msix ? pci_alloc_irq_vectors(hd->pdev, 1, h2c + c2h + user, PCI_IRQ_MSIX)
 			      : -EPERM;
-	if (ret < 0) {
+	if (!hermes_use_msix) {
+		dev_info(&hd->pdev->dev, "MSI-X off (msix=0): every wait polls\n");
+		hd->nvec = 0;
+	} else if (ret < 0) {
 		dev_warn(&hd->pdev->dev, "no MSI-X vectors (%d): every wait polls\n", ret);
 		hd->nvec = 0;
 	} else {

@@ -68,8 +68,8 @@ static const uint64_t prog_inc64[] = {
 };
 /*
  * Runs until the device's budget ends, slowly: a 64-bit division by a divisor that changes every
- * iteration (no compiler can make it a multiplication); native code spends about half a second
- * of a 10^9-instruction budget on it, the interpreter far longer.
+ * iteration (no compiler can make it a multiplication); native code spends 0.1 to 0.6 s of a
+ * 10^9-instruction budget on it here, the interpreter far longer.
  * r0 = 1; for (;;) { r3 = r0 | 1; r4 = ~0 / r3; r0 += r4; }
  */
 static const uint64_t prog_loop[] = {
@@ -672,7 +672,7 @@ static int t_run_timeout(void)
 
 	EXPECT_EQ(download(fd, prog_loop, sizeof(prog_loop), 0), 0);
 	EXPECT_EQ(pwrite(fd, "x", 1, 0), 1);
-	if (write_param("cmd_timeout_ms", "100"))
+	if (write_param("cmd_timeout_ms", "20"))
 		return fail("cannot set cmd_timeout_ms: %s", strerror(errno));
 	t0 = now_us();
 	errno = 0;
@@ -683,7 +683,7 @@ static int t_run_timeout(void)
 		return fail("runaway fsync = %d errno %d (%s), expected ETIMEDOUT", i, errno,
 			    strerror(errno));
 	if (took > 5000)
-		return fail("runaway fsync took %.0f ms with a 100 ms timeout", took);
+		return fail("runaway fsync took %.0f ms with a 20 ms timeout", took);
 	if (can_abort) {
 		/* Every engine is usable again, the one that ran the loop included. */
 		for (i = 0; i < 2 * engines; i++) {
@@ -718,7 +718,7 @@ static void on_signal(int sig)
 static int t_signalled_close_releases_slots(void)
 {
 	int ready[2], go[2], i, status, *fds;
-	pid_t owner, loopers[64];
+	pid_t owner, loopers[128];
 	char old[32], c = 1;
 
 	if (engines > 64)
@@ -742,8 +742,8 @@ static int t_signalled_close_releases_slots(void)
 	EXPECT_EQ(read(ready[0], &c, 1), 1);
 	if (write_param("cmd_timeout_ms", "3000"))
 		return fail("cannot set cmd_timeout_ms: %s", strerror(errno));
-	/* One runaway program per engine keeps them all busy for the timeout. */
-	for (i = 0; i < engines; i++) {
+	/* Two runaway programs per engine keep them all busy (the second ones queue for an engine). */
+	for (i = 0; i < 2 * engines; i++) {
 		loopers[i] = fork();
 		if (loopers[i] == 0) {
 			int fd = child_file(prog_loop, sizeof(prog_loop), ready[1]);
@@ -751,14 +751,14 @@ static int t_signalled_close_releases_slots(void)
 			_exit(fsync(fd) == -1 && errno == ETIMEDOUT ? 0 : 2);
 		}
 	}
-	for (i = 0; i < engines; i++)
+	for (i = 0; i < 2 * engines; i++)
 		EXPECT_EQ(read(ready[0], &c, 1), 1);
-	usleep(50 * 1000);	/* the runs have started */
+	usleep(20 * 1000);	/* the runs have started */
 	EXPECT_EQ(write(go[1], &c, 1), 1);
-	usleep(100 * 1000);	/* the owner's release waits for an engine */
+	usleep(20 * 1000);	/* the owner's release waits for an engine */
 	kill(owner, SIGUSR1);
 	waitpid(owner, &status, 0);
-	for (i = 0; i < engines; i++)
+	for (i = 0; i < 2 * engines; i++)
 		waitpid(loopers[i], &status, 0);
 	write_param("cmd_timeout_ms", old);
 	close(ready[0]);
