@@ -742,20 +742,26 @@ static int t_signalled_close_releases_slots(void)
 	EXPECT_EQ(read(ready[0], &c, 1), 1);
 	if (write_param("cmd_timeout_ms", "3000"))
 		return fail("cannot set cmd_timeout_ms: %s", strerror(errno));
-	/* Two runaway programs per engine keep them all busy (the second ones queue for an engine). */
+	/*
+	 * Two processes per engine run runaway programs back to back for 2 s: every engine stays
+	 * busy and the second ones queue for an engine, so the owner's release finds none free.
+	 */
 	for (i = 0; i < 2 * engines; i++) {
 		loopers[i] = fork();
 		if (loopers[i] == 0) {
 			int fd = child_file(prog_loop, sizeof(prog_loop), ready[1]);
+			double end = now_us() + 2e6;
 
-			_exit(fsync(fd) == -1 && errno == ETIMEDOUT ? 0 : 2);
+			while (now_us() < end)
+				fsync(fd);
+			_exit(0);
 		}
 	}
 	for (i = 0; i < 2 * engines; i++)
 		EXPECT_EQ(read(ready[0], &c, 1), 1);
-	usleep(20 * 1000);	/* the runs have started */
+	usleep(300 * 1000);	/* every engine runs by now */
 	EXPECT_EQ(write(go[1], &c, 1), 1);
-	usleep(20 * 1000);	/* the owner's release waits for an engine */
+	usleep(30 * 1000);	/* the owner's release waits for an engine */
 	kill(owner, SIGUSR1);
 	waitpid(owner, &status, 0);
 	for (i = 0; i < 2 * engines; i++)
