@@ -292,8 +292,12 @@ class NvmeController:
                 self._disable()
             self._power_on()
 
-    def close(self) -> None:
-        """Stop the worker threads. Idempotent."""
+    def close(self, *, abort: bool = True) -> None:
+        """Stop the worker threads. Idempotent.
+
+        Commands in progress are always cancelled (``abort`` exists for the close signature that
+        the transports share with ``HermesDevice``; a controller never waits out a runaway program).
+        """
         with self._lock:
             self._quiesce()
             self._stop = True
