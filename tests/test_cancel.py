@@ -8,7 +8,7 @@ import pytest
 
 from hermes.engine import Cancel, load
 from hermes.engine.clang import compile_c, find_clang
-from hermes.engine.helpers import CONFORMANCE_HELPERS
+from hermes.engine.helpers import CONFORMANCE_HELPERS, DEVICE_HELPERS
 from hermes.engine.interp import Interpreter
 from hermes.engine.jit import JitExecutable
 from hermes.engine.program import Program
@@ -78,6 +78,24 @@ def test_endless_loop_stops_within_a_second(engine, text):
     exc, stopped = cancel_after(exe, bytearray(64), 0.3)
     assert isinstance(exc, Cancelled) and isinstance(exc, ExecutionError)
     assert exc.kind == "cancelled" and exc.pc is not None and f"at pc {exc.pc}" in str(exc)
+    assert stopped < 1.0
+
+
+# an endless loop of long helper calls (hermes_memset over 1 MiB): few instructions, much time
+HELPER_LOOP = "mov r6, r1\nloop:\nmov r1, r6\nmov r2, 0\nmov r3, 1048576\ncall 4096\nja loop\nexit"
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_loop_of_long_helper_calls_stops_within_a_second(engine):
+    """Polling counts instructions; a cancelled run also stops at its next helper call."""
+    program = Program.from_asm(HELPER_LOOP)
+    if engine == "interp":
+        exe = Interpreter(program, helpers=DEVICE_HELPERS, budget=ENDLESS)
+    else:
+        exe = JitExecutable(program, helpers=DEVICE_HELPERS, budget=ENDLESS,
+                            tier=engine.removeprefix("jit-"))
+    exc, stopped = cancel_after(exe, bytearray(1 << 20), 0.3)
+    assert isinstance(exc, Cancelled) and exc.pc == 4
     assert stopped < 1.0
 
 

@@ -395,6 +395,10 @@ class Interpreter:
         helpers = self.helpers
 
         def hc(hid: int, a: int, b: int, c: int, d: int, e: int, pc: int) -> int:
+            # The poll every CANCEL_POLL instructions is not a time bound when each instruction
+            # may be a long helper call: a cancelled run stops at its next call.
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("cancelled", "run cancelled", pc)
             helper = helpers.get(hid)
             if helper is None:
                 raise ExecutionError("helper", f"call to unknown helper id {hid}", pc)

@@ -29,8 +29,10 @@ _runs_lock = threading.Lock()
 class _Run:
     """Per-run Python state: buffers the native code points into, and the helper context."""
 
-    def __init__(self, exe: "JitExecutable", data, dlen: int, stack, segbufs, ctx: Ctx):
+    def __init__(self, exe: "JitExecutable", data, dlen: int, stack, segbufs, ctx: Ctx,
+                 cancel: Cancel | None = None):
         self.exe = exe
+        self.cancel = cancel
         self.data = data
         self.dlen = dlen
         self.stack = stack
@@ -84,6 +86,14 @@ def _helper_dispatch(ctx_addr, hid, a, b, c, d, e, pcd, count):  # noqa: ANN001 
     run.pc = pc
     run.depth = pcd >> 32
     ctx = run.ctx
+    if run.cancel is not None and run.cancel.is_set():
+        # A fast-loop chunk is bounded in instructions, not in time: a loop of helper calls
+        # could run for minutes before its next budget read, so a cancelled run stops here, as
+        # at a budget stop (reported as the cancellation), before the helper spends anything.
+        ctx.err_count = count
+        ctx.err_pc = pc
+        ctx.err_kind = codegen.ERR_BUDGET
+        return 0
     try:
         helper = run.exe.helpers.get(hid)
         if helper is None:
@@ -219,7 +229,7 @@ class JitExecutable:
         ctx.helper = _HELPER_ADDRESS
         ctx.segs = ctypes.addressof(seg_addrs)
         key = ctypes.addressof(ctx)
-        state = _Run(self, data, dlen, stack, segbufs, ctx)
+        state = _Run(self, data, dlen, stack, segbufs, ctx, cancel)
         # The native code reads the budget at every block and loop chunk: a zero budget stops it
         # at the next one, and the budget error it records is reported as the cancellation.
         watch = 0 if cancel is None else cancel.watch(lambda: setattr(ctx, "budget", 0))
