@@ -30,6 +30,7 @@ EHPSLOT = 0x35     #: u8 RO number of program slots
 EHDSLOT = 0x36     #: u8 RO number of data slots
 EHCAP = 0x37       #: u8 RO capability bits (reserved, reading 0, on devices without any)
 EHCAP_ABORT = 1 << 0   #: EHCMDABORT stops a running command (status STATUS_ABORTED)
+EHCAP_RUNCTX = 1 << 1  #: Run Program takes a run context (EHCMDCTXn) and fills its results
 EHPSOFF = 0x38     #: u32 RO BAR4 offset of program slot 0
 EHPSSZE = 0x3C     #: u32 RO program slot size
 EHDSOFF = 0x40     #: u32 RO BAR4 offset of data slot 0
@@ -72,10 +73,56 @@ def cmdctrl(n: int) -> int:
     return EHCMDCTRL_BASE + EHCMDCTRL_STRIDE * n
 
 
+# --- Run context (EHCAP_RUNCTX devices; specs/run-contract.md, specs/device.md 4.6) ----------
+# Engine n's 128-byte run context. The host writes the IN fields before EXEC and sets
+# RUN_FLAG_CTX in the Run Program request; the device copies them at EXEC like the request and
+# writes the OUT fields before DONE (after every Run Program, with or without the flag).
+EHCMDCTX_BASE = 0x3000
+EHCMDCTX_STRIDE = 128
+EHCMDCTX_LEN = 128
+CTX_INPUT_LEN = 0x00     #: u32 IN  input length: the program's r2
+CTX_WINDOW = 0x04        #: u32 IN  bytes of the data slot the program may touch (>= input length)
+CTX_ARG0 = 0x08          #: u64 IN  r3
+CTX_ARG1 = 0x10          #: u64 IN  r4
+CTX_ARG2 = 0x18          #: u64 IN  r5
+CTX_ARGS = 3
+CTX_BUDGET = 0x20        #: u64 IN  instruction budget of this run (0: the device's own)
+CTX_ENTRY = 0x28         #: u32 IN  ELF symbol table index of the entry function (0: default)
+CTX_IN_RESERVED = 0x2C   #: u32 IN  reserved, must be 0
+CTX_INSNS = 0x30         #: u64 OUT instructions executed
+CTX_OUTPUT_LEN = 0x38    #: u32 OUT length declared by hermes_set_output, CTX_NO_OUTPUT if none
+CTX_TRACE_LEN = 0x3C     #: u32 OUT bytes of printed text in EHTRACEn
+CTX_RUN_NS = 0x40        #: u64 OUT nanoseconds the program ran
+CTX_FAULT_ADDR = 0x48    #: u64 OUT virtual address of the faulting access (out_of_bounds)
+CTX_FAULT_SIZE = 0x50    #: u32 OUT bytes of the faulting access
+CTX_FAULT_FLAGS = 0x54   #: u32 OUT bit 0: the faulting access was a store
+CTX_TRACE_DROPPED = 0x58  #: u32 OUT printed bytes dropped past TRACE_LIMIT
+CTX_OUT_FIELDS = (CTX_INSNS, CTX_TRACE_DROPPED + 4)  #: [start, end) of the OUT fields (read-only)
+CTX_NO_OUTPUT = 0xFFFF_FFFF
+FAULT_WRITE = 1 << 0
+#: Engine n's printed text (bpf_trace_printk) of its last run, TRACE_LIMIT bytes, read-only.
+EHTRACE_BASE = 0x10000
+EHTRACE_STRIDE = 0x1000
+TRACE_LIMIT = 4096
+#: Bit of Run Program request byte 10: take this run's parameters from EHCMDCTXn.
+RUN_FLAG_CTX = 1 << 0
+
+
+def cmdctx(n: int) -> int:
+    """BAR0 offset of engine ``n``'s run context."""
+    return EHCMDCTX_BASE + EHCMDCTX_STRIDE * n
+
+
+def trace_buffer(n: int) -> int:
+    """BAR0 offset of engine ``n``'s printed-text buffer."""
+    return EHTRACE_BASE + EHTRACE_STRIDE * n
+
+
 # --- Commands ----------------------------------------------------------------------------------
 CMD_REQUEST_SLOT = 0x00  #: req[8] slot type -> res[8..15] slot id
 CMD_RELEASE_SLOT = 0x01  #: req[8] slot type, req[9] slot id
-CMD_RUN_PROGRAM = 0x80   #: req[8] prog slot, req[9] data slot, req[12..15] program length
+CMD_RUN_PROGRAM = 0x80   #: req[8] prog slot, req[9] data slot, req[10] flags, req[12..15] length
+RUN_FLAGS_BYTE = 10      #: Run Program request byte holding RUN_FLAG_* (reserved, 0, before)
 SLOT_PROGRAM = 0
 SLOT_DATA = 1
 
@@ -87,6 +134,7 @@ STATUS_INVALID_ADDRESS = 0x04
 STATUS_EBPF_ERROR = 0x05
 STATUS_INVALID_OPCODE = 0x06
 STATUS_ABORTED = 0x07    #: the command was stopped by EHCMDABORT (or a device reset / close)
+STATUS_INVALID_CONTEXT = 0x08  #: RUN_FLAG_CTX with a bad run context (window, reserved bits)
 STATUS_NAMES = {
     STATUS_SUCCESS: "success",
     STATUS_NO_SPACE: "not enough space",
@@ -96,6 +144,7 @@ STATUS_NAMES = {
     STATUS_EBPF_ERROR: "eBPF error",
     STATUS_INVALID_OPCODE: "invalid opcode",
     STATUS_ABORTED: "aborted",
+    STATUS_INVALID_CONTEXT: "invalid run context",
 }
 
 # --- BAR2: XDMA block --------------------------------------------------------------------------
