@@ -57,13 +57,16 @@ class ExecutionError(HermesError):
 
     ``kind`` is a short machine-readable name (``"out_of_bounds"``, ``"budget"``,
     ``"call_depth"``, ``"helper"``, ``"unsupported"``); ``pc`` the instruction index;
-    ``address`` and ``size`` describe a faulting memory access when there is one.
+    ``address``, ``size`` and ``write`` (a store rather than a load) describe a faulting memory
+    access when there is one.
     """
 
     def __init__(self, kind: str, message: str, pc: int | None = None,
                  address: int | None = None, size: int | None = None,
-                 regions: str | None = None, instructions: int | None = None):
+                 regions: str | None = None, instructions: int | None = None,
+                 write: bool | None = None):
         self.kind = kind
+        self.write = write
         self.message = message
         self.pc = pc
         self.address = address
@@ -81,10 +84,6 @@ class ExecutionError(HermesError):
         if regions:
             text += f"; mapped regions: {regions}"
         super().__init__(text)
-
-
-class BudgetExceeded(ExecutionError):
-    """The run executed more instructions than its budget allows."""
 
 
 # --- device and library errors (added by the driver/library issue) ------------------------------
@@ -138,20 +137,56 @@ class ExecutionFailed(ExecutionError):
 
     def __init__(self, kind: str, message: str, pc: int | None = None, *, code: int | None = None,
                  address: int | None = None, size: int | None = None,
-                 regions: str | None = None, instructions: int | None = None):
+                 regions: str | None = None, instructions: int | None = None,
+                 write: bool | None = None):
         self.code = code
-        super().__init__(kind, message, pc, address, size, regions, instructions)
+        super().__init__(kind, message, pc, address, size, regions, instructions, write)
+
+    @classmethod
+    def of_kind(cls, kind: str, message: str, pc: int | None = None,
+                **fields: object) -> "ExecutionFailed":
+        """The most specific class for ``kind``: ``BudgetExceeded`` for ``"budget"``,
+        ``Cancelled`` for ``"cancelled"``, else ``ExecutionFailed`` (every backend raises
+        through this, so a name always means the same failure)."""
+        sub = {"budget": BudgetExceeded, "cancelled": Cancelled}.get(kind, cls)
+        return sub(kind, message, pc, **fields)  # type: ignore[arg-type]
 
 
-class Cancelled(ExecutionError):
-    """The run was stopped because its ``Cancel`` flag was set (kind ``"cancelled"``); ``pc`` is
-    the start of the block where the engine noticed it."""
+class BudgetExceeded(ExecutionFailed):
+    """The run executed more instructions than its budget allows (kind ``"budget"``)."""
+
+
+class Cancelled(ExecutionFailed):
+    """The run was stopped because it was cancelled: its ``Cancel`` flag was set, its
+    ``run_async`` task was cancelled, or a KeyboardInterrupt arrived (kind ``"cancelled"``);
+    ``pc`` is where the engine stopped, when known."""
 
 
 class UsageError(HermesError, ValueError):
     """The library or a tool was called wrongly: an argument of the wrong type or out of its
     range, an unknown engine, device spec or option. Also a ``ValueError``, so code written
     against Python's convention for bad arguments keeps catching it."""
+
+
+class DataTooLarge(UsageError):
+    """Data does not fit where it was to go: an input longer than the data slot or window, a
+    ``size`` past the slot, a read or write past the window or slot (``size``, ``limit``)."""
+
+    def __init__(self, message: str, size: int | None = None, limit: int | None = None):
+        self.size = size
+        self.limit = limit
+        super().__init__(message)
+
+
+class RunTimeout(DeviceTimeout, Cancelled):
+    """A run did not finish within its ``timeout`` and was stopped (``timeout`` in seconds)."""
+
+    def __init__(self, message: str, timeout: float, pc: int | None = None,
+                 errno: int | None = None):
+        Cancelled.__init__(self, "cancelled", message, pc)
+        self.errno = errno
+        self.status = None
+        self.timeout = timeout
 
 
 class DeviceBusy(DeviceError):
