@@ -12,6 +12,8 @@ from ..errors import HermesError
 INSTALL_HINT = "install it with `apt-get install clang` (or set HERMES_CLANG to a clang binary)"
 #: Flags every example and test object is compiled with (the README's `clang -target bpf -O2 -c`).
 DEFAULT_FLAGS = ("-target", "bpf", "-O2")
+#: Folder of the public C header ``hermes.h`` (package data beside the ``hermes`` package's modules).
+_INCLUDE_DIR = Path(__file__).resolve().parents[1] / "include"
 _CANDIDATES = ("clang", *(f"clang-{v}" for v in range(20, 13, -1)))
 
 
@@ -35,16 +37,23 @@ def require_clang() -> str:
     return path
 
 
+def include_dir() -> Path:
+    """The folder holding ``hermes.h``: what ``-I`` must name to compile a Hermes program."""
+    return _INCLUDE_DIR
+
+
 def compile_c(src: "str | Path", out: "str | Path", *, extra_flags: "tuple[str, ...] | list[str]" = ()
               ) -> Path:
-    """Compile C file ``src`` to the BPF object ``out`` (``clang -target bpf -O2 -c``); returns ``out``.
+    """Compile C file ``src`` to the BPF object ``out`` (``clang -target bpf -O2 -I<include_dir()>
+    -c``, so ``#include "hermes.h"`` works); returns ``out``.
 
     Raises ``HermesError`` when clang is missing or the compilation fails (with clang's messages).
     """
     clang = require_clang()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [clang, *DEFAULT_FLAGS, *extra_flags, "-c", str(src), "-o", str(out)]
+    cmd = [clang, *DEFAULT_FLAGS, f"-I{include_dir()}", *extra_flags, "-c", str(src),
+           "-o", str(out)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     except OSError as exc:
@@ -57,4 +66,5 @@ def compile_c(src: "str | Path", out: "str | Path", *, extra_flags: "tuple[str, 
     return out
 
 
-__all__ = ["DEFAULT_FLAGS", "INSTALL_HINT", "compile_c", "find_clang", "require_clang"]
+__all__ = ["DEFAULT_FLAGS", "INSTALL_HINT", "compile_c", "find_clang", "include_dir",
+           "require_clang"]
