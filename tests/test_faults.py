@@ -270,7 +270,7 @@ def assert_own_data(dev: hermes.Device, byte: int) -> None:
         s.write(mine)
         before = s.read(256 << 10)
         assert before[:len(mine)] == mine and not any(before[len(mine):])
-        assert s.run() == 0
+        assert s.run().return_value == 0
         after = s.read(len(mine))
         assert after[:8] == (int.from_bytes(mine[:8], "little") + 1).to_bytes(8, "little")
         assert after[8:] == mine[8:]

@@ -1,11 +1,11 @@
 """Hermes: offload eBPF programs to eBPF-capable devices (emulated Hermes PCIe device, CPU, ...)."""
 from __future__ import annotations
 
-from .errors import (AssemblerError, BudgetExceeded, DeviceBusy, DeviceError, DeviceProtocolError,
-                     DeviceTimeout, ElfError, ExecutionError, ExecutionFailed, HermesError,
-                     ProgramError, ProgramRejected, ProgramTooLarge, SlotsExhausted, UsageError,
-                     VerifierError)
-from .engine import Program, RunResult
+from .errors import (AssemblerError, BudgetExceeded, Cancelled, DataTooLarge, DeviceBusy,
+                     DeviceError, DeviceProtocolError, DeviceTimeout, ElfError, ExecutionError,
+                     ExecutionFailed, HermesError, ProgramError, ProgramRejected, ProgramTooLarge,
+                     RunTimeout, SlotsExhausted, UsageError, VerifierError)
+from .engine import Cancel, Program, RunResult
 from .lib import Device, Result, Session, open_device, register_backend
 
 #: Open a device by spec (``"emu"``, ``"cpu"``, ...): see ``hermes.lib.open_device``.
@@ -17,7 +17,8 @@ __all__ = [
     "AssemblerError", "BudgetExceeded", "ElfError", "ExecutionError", "HermesError",
     "Program", "ProgramError", "RunResult", "VerifierError", "__version__",
     # library (device access)
-    "Device", "DeviceBusy", "DeviceError", "DeviceProtocolError", "DeviceTimeout", "ExecutionFailed",
-    "ProgramRejected", "ProgramTooLarge", "Result", "Session", "SlotsExhausted", "UsageError",
+    "Cancel", "Cancelled", "DataTooLarge", "Device", "DeviceBusy", "DeviceError",
+    "DeviceProtocolError", "DeviceTimeout", "ExecutionFailed", "ProgramRejected",
+    "ProgramTooLarge", "Result", "RunTimeout", "Session", "SlotsExhausted", "UsageError",
     "open", "register_backend",
 ]

@@ -7,14 +7,16 @@ import functools
 import importlib
 import os
 import threading
+import weakref
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Union
 
 from .. import regs
-from ..engine import Program
-from ..errors import DeviceError, HermesError, UsageError
+from ..engine import Cancel, Program
+from ..engine.memory import run_args
+from ..errors import DataTooLarge, DeviceError, HermesError, UsageError
 
 #: What the library accepts as a program: a Program, its bytes (raw or ELF), or a file path.
 ProgramLike = Union[Program, bytes, bytearray, memoryview, str, os.PathLike]
@@ -59,7 +61,8 @@ def check_options(options: dict) -> None:
 
 
 def check_buffer(data: object, what: str = "data") -> memoryview:
-    """``data`` as a flat byte view, or ``UsageError`` for anything that is not bytes-like."""
+    """``data`` as a flat byte view (lengths in bytes whatever its item size; a non-contiguous
+    buffer is copied), or ``UsageError`` for anything that is not bytes-like."""
     if isinstance(data, (str, int, float)) or data is None:
         raise UsageError(f"{what} must be bytes, bytearray or memoryview, not "
                          f"{type(data).__name__}")
@@ -69,13 +72,11 @@ def check_buffer(data: object, what: str = "data") -> memoryview:
         raise UsageError(f"{what} must be bytes, bytearray or memoryview, not "
                          f"{type(data).__name__}") from None
     if not view.contiguous:
-        raise UsageError(f"{what} must be a contiguous buffer")
+        # A strided view (a numpy slice with a step, a column) is copied into its byte order.
+        return memoryview(view.tobytes())
     if view.format == "B" and view.ndim == 1:
         return view
-    try:
-        return view.cast("B")
-    except TypeError:
-        raise UsageError(f"{what} must be a contiguous buffer") from None
+    return view.cast("B")
 
 
 def check_size(name: str, value: object) -> int:
@@ -85,12 +86,95 @@ def check_size(name: str, value: object) -> int:
     return value
 
 
+def _elapsed_text(seconds: float) -> str:
+    """``seconds`` in the unit that keeps it short (``3.1us``, ``12.0ms``, ``1.50s``)."""
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.1f}us"
+    if seconds < 1:
+        return f"{seconds * 1e3:.1f}ms"
+    return f"{seconds:.2f}s"
+
+
 @dataclass(frozen=True)
 class Result:
-    """Outcome of one run: r0 (any value; errors are exceptions, never r0) and data slot bytes."""
+    """Outcome of one run (``specs/run-contract.md`` section 4).
+
+    ``return_value`` is r0 (any value; errors are exceptions, never r0), ``data`` the output
+    bytes (a memoryview of the caller's buffer after ``out=``/``readinto``), ``instructions`` the
+    instructions executed, ``elapsed`` the seconds the program ran on the engine, ``trace`` what
+    it printed with ``bpf_trace_printk`` (``trace_dropped`` bytes past the limit were dropped),
+    ``offset``/``index`` where a ``scan`` piece came from. The measurements (``instructions``,
+    ``elapsed``) take no part in equality.
+    """
 
     return_value: int
-    data: bytes
+    data: "bytes | memoryview"
+    instructions: int | None = field(default=None, compare=False)
+    elapsed: float | None = field(default=None, compare=False)
+    trace: str = ""
+    offset: int | None = None
+    index: int | None = None
+    trace_dropped: int = 0
+
+    def __repr__(self) -> str:
+        parts = [f"r0={self.return_value}", f"data={len(memoryview(self.data).cast('B'))} bytes"]
+        if self.instructions is not None:
+            parts.append(f"instructions={self.instructions}")
+        if self.elapsed is not None:
+            parts.append(f"elapsed={_elapsed_text(self.elapsed)}")
+        if self.trace:
+            parts.append(f"trace={len(self.trace)} chars")
+        if self.trace_dropped:
+            parts.append(f"trace_dropped={self.trace_dropped}")
+        if self.index is not None:
+            parts.append(f"index={self.index}")
+        if self.offset is not None:
+            parts.append(f"offset={self.offset}")
+        return f"Result({', '.join(parts)})"
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What a backend reports of one run before the library reads the output."""
+
+    return_value: int
+    instructions: int | None
+    output_length: int | None
+    elapsed: float | None
+    trace: str = ""
+    trace_dropped: int = 0
+
+
+def check_limits(budget: object, timeout: object) -> None:
+    """``UsageError`` unless ``budget`` is None or 1..2^64-1 and ``timeout`` None or > 0 s."""
+    if budget is not None:
+        check_int("budget", budget, *OPTION_RANGES["budget"])
+    if timeout is not None:
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
+                or not timeout > 0 or timeout != timeout:
+            raise UsageError(f"timeout must be a number of seconds > 0, got {timeout!r}")
+
+
+def check_cancel(cancel: object) -> "Cancel | None":
+    """``cancel`` when it is None or a ``hermes.Cancel``, else ``UsageError``."""
+    if cancel is not None and not isinstance(cancel, Cancel):
+        raise UsageError(f"cancel must be a hermes.Cancel, not {type(cancel).__name__}")
+    return cancel  # type: ignore[return-value]
+
+
+def writable_view(buffer: object, what: str = "out") -> memoryview:
+    """``buffer`` as a flat writable byte view (bytearray, writable memoryview, numpy array)."""
+    try:
+        view = memoryview(buffer)  # type: ignore[arg-type]
+    except TypeError:
+        raise UsageError(f"{what} must be a writable buffer (bytearray, memoryview, numpy "
+                         f"array), not {type(buffer).__name__}") from None
+    if view.readonly:
+        raise UsageError(f"{what} must be a writable buffer, not a read-only "
+                         f"{type(buffer).__name__}")
+    if not view.contiguous:
+        raise UsageError(f"{what} must be a contiguous buffer")
+    return view if view.format == "B" and view.ndim == 1 else view.cast("B")
 
 
 class Session(abc.ABC):
@@ -98,25 +182,165 @@ class Session(abc.ABC):
 
     ``load`` a program, ``write`` input into the data slot, ``run``, ``read`` output; repeat any
     step. Close (or use ``with``) to give the slots back. One session is used by one thread at a
-    time; open one session per thread.
+    time; open one session per thread. The run rules (length, window, zeroing, output, limits,
+    errors) are those of ``specs/run-contract.md``, identical on every backend: this class
+    applies them, a backend supplies the transfers and the run itself.
     """
 
+    def __init__(self) -> None:
+        #: End of the furthest write since the previous run (None: nothing written since).
+        self._written: int | None = None
+        #: (length, size) of the previous run, reused when nothing was written since.
+        self._last: tuple[int, int] | None = None
+        self._loaded = False
+
+    # --- what a backend provides ------------------------------------------------------------------
+    @property
     @abc.abstractmethod
+    def data_slot_size(self) -> int:
+        """Bytes of this session's data slot."""
+
+    @abc.abstractmethod
+    def _check_open(self) -> None:
+        """``DeviceError`` when the session or its device is closed."""
+
+    @abc.abstractmethod
+    def _load(self, program: object) -> None:
+        """Put ``program`` into the program slot (checked on the host before it is sent)."""
+
+    @abc.abstractmethod
+    def _write(self, view: memoryview, offset: int) -> None:
+        """Copy all of ``view`` into the data slot at ``offset`` (bounds already checked)."""
+
+    @abc.abstractmethod
+    def _readinto(self, view: memoryview, offset: int) -> None:
+        """Fill all of ``view`` from the data slot at ``offset`` (bounds already checked)."""
+
+    @abc.abstractmethod
+    def _execute(self, length: int, size: int, args: tuple[int, int, int], budget: int | None,
+                 timeout: float | None, cancel: "Cancel | None") -> RunInfo:
+        """Run once on the window ``[0, size)`` of the data slot, input ``[0, length)``."""
+
+    @abc.abstractmethod
+    def abort(self) -> None:
+        """Stop this session's run in progress, from any thread (nothing when none runs)."""
+
+    # --- the contract -----------------------------------------------------------------------------
     def load(self, program: ProgramLike) -> None:
-        """Put ``program`` into this session's program slot (replacing the previous one)."""
+        """Put ``program`` into this session's program slot (replacing the previous one).
 
-    @abc.abstractmethod
+        A program the load checks refuse raises ``ProgramError``/``VerifierError`` with the
+        reason and instruction, the same on every backend.
+        """
+        self._check_open()
+        self._load(program)
+        self._loaded = True
+
+    def _need_program(self, what: str) -> None:
+        self._check_open()
+        if not self._loaded:
+            raise DeviceError(f"{what} before a program was loaded", errno.EBADFD)
+
+    def _check_span(self, what: str, offset: int, n: int) -> None:
+        limit = self.data_slot_size
+        if offset + n > limit:
+            raise DataTooLarge(f"{what} of {n} bytes at offset {offset} goes past the end of "
+                               f"the data slot ({limit} bytes)", offset + n, limit)
+
     def write(self, data: Buffer, offset: int = 0) -> int:
-        """Copy ``data`` into the data slot at ``offset``; returns bytes written (truncated at the
-        slot's end). Needs a loaded program."""
+        """Copy ``data`` into the data slot at ``offset``; returns the bytes written (all of
+        them: a write past the slot is ``DataTooLarge``, nothing is truncated)."""
+        view = check_buffer(data)
+        check_size("offset", offset)
+        self._need_program("write")
+        self._check_span("write", offset, view.nbytes)
+        self._write(view, offset)
+        end = offset + view.nbytes
+        self._written = end if self._written is None else max(self._written, end)
+        return view.nbytes
 
-    @abc.abstractmethod
-    def run(self) -> int:
-        """Run the program on the data slot; returns r0. Failures raise ``ExecutionFailed``."""
-
-    @abc.abstractmethod
     def read(self, size: int, offset: int = 0) -> bytes:
-        """Up to ``size`` bytes of the data slot at ``offset`` (truncated at the slot's end)."""
+        """``size`` bytes of the data slot at ``offset`` (past the slot: ``DataTooLarge``)."""
+        check_size("size", size)
+        check_size("offset", offset)
+        buf = bytearray(size)
+        self.readinto(buf, offset)
+        return bytes(buf)
+
+    def readinto(self, buffer: object, offset: int = 0) -> int:
+        """Fill the writable ``buffer`` from the data slot at ``offset``; returns its length in
+        bytes (past the slot: ``DataTooLarge``)."""
+        view = writable_view(buffer, "buffer")
+        check_size("offset", offset)
+        self._need_program("read")
+        if self._written is None and self._last is None:
+            raise DeviceError("read before any data was written", errno.ENODATA)
+        self._check_span("read", offset, view.nbytes)
+        if view.nbytes:
+            self._readinto(view, offset)
+        return view.nbytes
+
+    def run(self, *, args: "tuple | list" = (), length: int | None = None,
+            size: int | None = None, read: int | None = None, budget: int | None = None,
+            timeout: float | None = None, cancel: "Cancel | None" = None) -> Result:
+        """Run the program on the data window; returns the ``Result`` with the output.
+
+        ``length`` (r2) defaults to the end of the furthest write since the previous run;
+        when nothing was written since, the previous run's length and window are used again.
+        ``size`` is the window (default ``length``; bytes ``length..size`` read as zero);
+        ``read`` the output size (default: what the program declared, else ``length``).
+        Failures raise ``ExecutionFailed`` (``BudgetExceeded``, ``Cancelled``, ``RunTimeout``).
+        """
+        return self._run(args, length, size, read, budget, timeout, cancel, None)
+
+    def _run(self, args: "tuple | list", length: int | None, size: int | None,
+             read: int | None, budget: int | None, timeout: float | None,
+             cancel: "Cancel | None", out: object) -> Result:
+        regs3 = run_args(args)
+        check_limits(budget, timeout)
+        check_cancel(cancel)
+        for name, value in (("length", length), ("size", size), ("read", read)):
+            if value is not None:
+                check_size(name, value)
+        out_view = writable_view(out) if out is not None else None
+        self._need_program("run")
+        limit = self.data_slot_size
+        if length is None:
+            if self._written is not None:
+                length = self._written
+            elif self._last is not None:
+                length, last_size = self._last
+                size = last_size if size is None else size
+            else:
+                raise DeviceError("run before any data was written", errno.EBADFD)
+        if length > limit:
+            raise DataTooLarge(f"input of {length} bytes is larger than the data slot "
+                               f"({limit} bytes)", length, limit)
+        size = length if size is None else size
+        if size < length:
+            raise UsageError(f"size {size} is smaller than the input length {length}")
+        if size > limit:
+            raise DataTooLarge(f"size {size} is larger than the data slot ({limit} bytes)",
+                               size, limit)
+        if read is not None and read > size:
+            raise DataTooLarge(f"read of {read} bytes is larger than the data window "
+                               f"({size} bytes)", read, size)
+        info = self._execute(length, size, regs3, budget, timeout, cancel)
+        self._written = None
+        self._last = (length, size)
+        n = read if read is not None else (
+            info.output_length if info.output_length is not None else length)
+        if out_view is None:
+            data: "bytes | memoryview" = self.read(n) if n else b""
+        else:
+            if n > out_view.nbytes:
+                raise DataTooLarge(f"the output of {n} bytes does not fit the out buffer "
+                                   f"({out_view.nbytes} bytes)", n, out_view.nbytes)
+            data = out_view[:n]
+            if n:
+                self._readinto(data, 0)
+        return Result(info.return_value, data, info.instructions, info.elapsed, info.trace,
+                      trace_dropped=info.trace_dropped)
 
     @abc.abstractmethod
     def close(self) -> None:
@@ -129,30 +353,75 @@ class Session(abc.ABC):
         self.close()
 
 
+def run_guarded(session: Session, call: Callable[[], RunInfo]) -> RunInfo:
+    """``call()``, aborting ``session``'s run when a KeyboardInterrupt cuts the wait short (the
+    engine is freed before the interrupt propagates)."""
+    try:
+        return call()
+    except KeyboardInterrupt:
+        session.abort()
+        raise
+
+
 class Device(abc.ABC):
     """An eBPF-capable device (emulated Hermes device, CPU, ...): run programs on data.
 
-    Thread-safe: ``run`` and ``session`` may be used from many threads at once.
+    Thread-safe: ``run`` and ``session`` may be used from many threads at once. After
+    ``close()`` every call raises ``DeviceError`` (errno ``ENODEV``) and runs in progress are
+    aborted.
     """
 
     #: The spec the device was opened with (``"emu"``, ``"cpu"``, ``"vfio-user:/path"``...).
     spec: str = ""
+    _closed: bool = False
 
     @property
     @abc.abstractmethod
     def engines(self) -> int:
         """How many runs the device executes at the same time."""
 
+    @property
+    @abc.abstractmethod
+    def data_slot_size(self) -> int:
+        """Bytes of one data slot: the largest input, window and output of a run."""
+
     @abc.abstractmethod
     def info(self) -> dict:
-        """Description of the device (geometry for a Hermes device)."""
+        """Description of the device (geometry for a Hermes device; always ``data_slot_size``)."""
 
     @abc.abstractmethod
+    def _session(self) -> Session:
+        """A new backend session."""
+
+    def check_open(self) -> None:
+        """``DeviceError`` (``ENODEV``) once the device is closed."""
+        if self._closed:
+            raise DeviceError("device is closed", errno.ENODEV)
+
     def session(self) -> Session:
         """A new session (owns no slot until it loads a program)."""
+        self.check_open()
+        s = self._session()
+        with _SESSIONS_LOCK:
+            self._live_sessions().add(s)
+        return s
+
+    def _live_sessions(self) -> "weakref.WeakSet[Session]":
+        live = self.__dict__.get("_sessions")
+        if live is None:
+            live = self.__dict__["_sessions"] = weakref.WeakSet()
+        return live
 
     def close(self) -> None:
-        """Release the device (subclasses extend this)."""
+        """Release the device: runs in progress are aborted (subclasses extend this)."""
+        self._closed = True
+        with _SESSIONS_LOCK:
+            live = list(self._live_sessions())
+        for s in live:
+            try:
+                s.abort()
+            except Exception:  # a session of a device that is going away: nothing to stop
+                pass
         pool = getattr(self, "_async_pool", None)
         if pool is not None:
             pool.shutdown(wait=True)
@@ -166,39 +435,56 @@ class Device(abc.ABC):
 
     def prepare(self, program: ProgramLike) -> object:
         """``program`` in the form ``Session.load`` takes fastest (convert once, load many)."""
+        self.check_open()
         return program
 
-    def run(self, program: ProgramLike, data: Buffer = b"", *, read: int | None = None) -> Result:
-        """Run ``program`` once on ``data`` (placed at offset 0 of a newly allocated data slot).
+    def run(self, program: ProgramLike, data: Buffer = b"", *, args: "tuple | list" = (),
+            size: int | None = None, read: int | None = None, out: object = None,
+            budget: int | None = None, timeout: float | None = None,
+            cancel: "Cancel | None" = None) -> Result:
+        """Run ``program`` once on ``data`` (``specs/run-contract.md``).
 
-        Returns r0 and the first ``read`` bytes of the data slot after the run (default: as many
-        as ``data`` has). Past the input the slot holds zeros (a Hermes device zeroes a slot
-        when it allocates it; the CPU backend allocates a zeroed one).
+        r2 = ``len(data)`` in bytes, r3..r5 = ``args``; the window is ``size`` bytes (default
+        the input's; past the input it reads as zero). The output is ``read`` bytes, else the
+        length the program declared with ``hermes_set_output``, else the input's length; with
+        ``out=`` it lands in that writable buffer and ``Result.data`` is a view of it.
         """
         view = check_buffer(data)
-        if read is not None:
-            check_size("read", read)
+        self.check_open()
         with self.session() as s:
             s.load(program)
             s.write(view)
-            r0 = s.run()
-            return Result(r0, s.read(len(view) if read is None else read))
+            return s._run(args, view.nbytes, size, read, budget, timeout, cancel, out)
 
-    def map(self, program: ProgramLike, buffers: Iterable[Buffer], *,
-            read: int | None = None, workers: int | None = None) -> Iterator[Result]:
+    def map(self, program: ProgramLike, buffers: Iterable[Buffer], *, args: "tuple | list" = (),
+            size: int | None = None, read: int | None = None, budget: int | None = None,
+            timeout: float | None = None, workers: int | None = None) -> Iterator[Result]:
         """Run ``program`` on every buffer, keeping all engines busy; results in input order.
 
-        ``workers`` threads (default: one per engine) each open one session, load the program
-        and run write-run-read cycles on it (a worker that cannot get slots drops out; the map
-        fails only when none can). Bytes of the data slot past an item's input hold what the
-        previous item of that worker left. Lazy like ``map``:
-        work starts when iteration does; a failed item raises when its result is reached.
+        Each item is a run of its own with the options of ``run`` (its window zeroed past its
+        input, so an item never sees another's bytes). ``workers`` threads (default: one per
+        engine) each open one session; a worker that cannot get slots drops out, and the map
+        fails only when none can. Lazy like ``map``: work starts when iteration does; a failed
+        item raises when its result is reached.
         """
+        run_args(args)
+        check_limits(budget, timeout)
+        if workers is not None:
+            check_int("workers", workers, 1, 1024)
         prepared = self.prepare(program)
-        nworkers = max(1, workers or self.engines)
-        return self._map(prepared, iter(buffers), read, nworkers)
+        nworkers = workers or self.engines
+        options = {"args": args, "size": size, "read": read, "budget": budget,
+                   "timeout": timeout}
+        return self._map(prepared, iter(buffers), options, nworkers)
 
-    def _map(self, prepared: object, items: Iterator[Buffer], read: int | None,
+    def scan(self, program: ProgramLike, source: object, **options: object) -> object:
+        """Run ``program`` over a source larger than a slot, piece by piece (section 8 of
+        ``specs/run-contract.md``; ``hermes.lib.pieces.scan``)."""
+        from . import pieces
+        return pieces.scan(self, program, source, **options)
+
+
+    def _map(self, prepared: object, items: Iterator[Buffer], options: dict,
              nworkers: int) -> Iterator[Result]:
         # Workers pull items themselves (no per-item future) and wake the consumer once a batch
         # of results waits: thread hand-offs, not the device, bound small-item rates.
@@ -245,9 +531,7 @@ class Device(abc.ABC):
                         st["next"] = i + 1
                     try:
                         session.write(buf)
-                        r0 = session.run()
-                        out: tuple[bool, object] = (True, Result(
-                            r0, session.read(len(buf) if read is None else read)))
+                        out: tuple[bool, object] = (True, session.run(**options))
                     except BaseException as exc:  # handed to the consumer, raised in order
                         out = (False, exc)
                     with cond:
@@ -298,8 +582,15 @@ class Device(abc.ABC):
                 t.join()
 
     async def run_async(self, program: ProgramLike, data: Buffer = b"", *,
-                        read: int | None = None) -> Result:
-        """``run`` without blocking the event loop (runs in the device's own thread pool)."""
+                        args: "tuple | list" = (), size: int | None = None,
+                        read: int | None = None, budget: int | None = None,
+                        timeout: float | None = None) -> Result:
+        """``run`` without blocking the event loop (in the device's own thread pool).
+
+        Cancelling the task aborts the run on the device; the task raises
+        ``asyncio.CancelledError`` once the engine is free again (at most ``ABORT_WAIT`` s).
+        """
+        self.check_open()
         pool = getattr(self, "_async_pool", None)
         if pool is None:
             with _POOL_LOCK:
@@ -308,14 +599,27 @@ class Device(abc.ABC):
                     pool = ThreadPoolExecutor(self.engines, thread_name_prefix="hermes-async")
                     self._async_pool = pool
         import asyncio  # only async users pay for importing it
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(pool, functools.partial(self.run, program, data,
-                                                                  read=read))
+        cancel = Cancel()
+        future = asyncio.wrap_future(pool.submit(functools.partial(
+            self.run, program, data, args=args, size=size, read=read, budget=budget,
+            timeout=timeout, cancel=cancel)))
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            cancel.set()
+            # The engine is free once the aborted run has returned: wait for it (bounded).
+            await asyncio.wait({future}, timeout=ABORT_WAIT)
+            if future.done() and not future.cancelled():
+                future.exception()  # the run's Cancelled: retrieved, superseded by ours
+            raise
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.spec!r}>"
 
 
+#: Seconds a cancelled ``run_async`` waits for its aborted run to return before it re-raises.
+ABORT_WAIT = 5.0
+_SESSIONS_LOCK = threading.Lock()
 _POOL_LOCK = threading.Lock()
 
 #: A backend factory: (the part of the spec after ``prefix:``, **options) -> Device.

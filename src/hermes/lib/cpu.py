@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 
 from .. import engine as _engine
 from ..engine.cache import DEFAULT_CACHE_BYTES, LoadedCache
-from ..errors import DeviceError, ExecutionError, ProgramTooLarge, UsageError
-from .api import (Buffer, Device, ProgramLike, Session, as_program, check_buffer,
-                  check_options, check_size, program_bytes)
-from .errors import from_execution_error
+from ..errors import Cancelled, DeviceError, ExecutionError, ProgramTooLarge, UsageError
+from .api import (Device, ProgramLike, RunInfo, Session, as_program, check_options, program_bytes,
+                  run_guarded)
+from .errors import from_execution_error, run_cancelled, run_timeout
 
 #: Default data slot (and program slot) size: the Hermes device's.
 DEFAULT_SLOT_SIZE = 1 << 20
@@ -18,66 +19,90 @@ _CACHE_SIZE = 64
 
 
 class CpuSession(Session):
-    """A session on the CPU: a private data slot of ``slot_size`` bytes (zeros, then your data).
-
-    Same rules as a driver file: write/read need a loaded program (EBADFD), read needs a prior
-    write (ENODATA), transfers are truncated at the slot's end.
-    """
+    """A session on the CPU: a private zeroed data slot of ``data_slot_size`` bytes; each run
+    sees the window ``[0, size)`` of it, with ``[length, size)`` zeroed first."""
 
     def __init__(self, device: "CpuDevice"):
+        super().__init__()
         self._device = device
         self._exe: object | None = None
-        self._data: bytearray | None = None
+        self._slot: bytearray | None = None
+        #: The Cancel of the run in progress (set by ``abort`` from any thread).
+        self._cancel: "_engine.Cancel | None" = None
         self.closed = False
 
-    def _check(self, what: str) -> None:
+    @property
+    def data_slot_size(self) -> int:
+        """Bytes of the data slot (the device's ``data_slot_size``)."""
+        return self._device.data_slot_size
+
+    def _check_open(self) -> None:
+        self._device.check_open()
         if self.closed:
             raise DeviceError("the session is closed", errno.EBADF)
-        if self._exe is None:
-            raise DeviceError(f"{what} before a program was loaded", errno.EBADFD)
 
-    def load(self, program: "ProgramLike | object") -> None:
-        """Check and prepare ``program`` for the engine (ProgramError when it cannot run)."""
-        if self.closed:
-            raise DeviceError("the session is closed", errno.EBADF)
-        self._exe = self._device.prepare(program)
+    def _load(self, program: object) -> None:
+        self._exe = self._device.prepare(program)  # type: ignore[arg-type]
 
-    def write(self, data: Buffer, offset: int = 0) -> int:
-        """Copy ``data`` into the data slot at ``offset`` (slot allocated on the first write)."""
-        self._check("write")
-        view = check_buffer(data)
-        check_size("offset", offset)
-        if self._data is None:
-            self._data = bytearray(self._device.slot_size)
-        n = max(0, min(len(view), len(self._data) - offset))
-        self._data[offset:offset + n] = view[:n]
-        return n
+    def _buffer(self) -> bytearray:
+        if self._slot is None:
+            self._slot = bytearray(self._device.data_slot_size)
+        return self._slot
 
-    def run(self) -> int:
-        """Run on the data slot (r1 = its address, r2 = its size); returns r0."""
-        self._check("run")
-        if self._data is None:
-            raise DeviceError("run before any data was written", errno.EBADFD)
+    def _write(self, view: memoryview, offset: int) -> None:
+        self._buffer()[offset:offset + view.nbytes] = view
+
+    def _readinto(self, view: memoryview, offset: int) -> None:
+        view[:] = memoryview(self._buffer())[offset:offset + view.nbytes]
+
+    def _execute(self, length: int, size: int, args: tuple[int, int, int], budget: int | None,
+                 timeout: float | None, cancel: "_engine.Cancel | None") -> RunInfo:
+        slot = self._buffer()
+        slot[length:size] = bytes(size - length)
+        mine = _engine.Cancel()
+        self._cancel = mine
+        watch = cancel.watch(mine.set) if cancel is not None else None
+        expired: list[bool] = []
+        timer = None
+        if timeout is not None:
+            timer = threading.Timer(timeout, lambda: (expired.append(True), mine.set()))
+            timer.daemon = True
+            timer.start()
+        window = memoryview(slot)[:size]
         try:
-            result = self._exe.run(self._data, self._device.budget)  # type: ignore[attr-defined]
+            result = run_guarded(self, lambda: self._exe.run(  # type: ignore[attr-defined]
+                window, budget if budget is not None else self._device.budget, cancel=mine,
+                length=length, args=args))
+        except Cancelled as exc:
+            self._device.check_open()  # stopped by the device's close
+            if expired and not (cancel is not None and cancel.is_set()):
+                raise run_timeout(timeout, exc.pc) from None  # type: ignore[arg-type]
+            raise run_cancelled(exc.pc, exc.instructions) from None
         except ExecutionError as exc:
             raise from_execution_error(exc) from None
-        return result.return_value
+        finally:
+            window.release()
+            self._cancel = None
+            if timer is not None:
+                timer.cancel()
+            if watch is not None:
+                cancel.unwatch(watch)  # type: ignore[union-attr]
+        return RunInfo(result.return_value, result.instructions, result.output_length,
+                       result.elapsed_ns / 1e9, result.trace.decode("utf-8", "replace"),
+                       result.trace_dropped)
 
-    def read(self, size: int, offset: int = 0) -> bytes:
-        """Up to ``size`` bytes of the data slot at ``offset``."""
-        self._check("read")
-        check_size("size", size)
-        check_size("offset", offset)
-        if self._data is None:
-            raise DeviceError("read before any data was written", errno.ENODATA)
-        return bytes(self._data[offset:offset + size])
+    def abort(self) -> None:
+        """Set the Cancel of the run in progress (engines stop within a bounded amount of work)."""
+        c = self._cancel
+        if c is not None:
+            c.set()
 
     def close(self) -> None:
         """Drop the data slot."""
+        self.abort()
         self.closed = True
         self._exe = None
-        self._data = None
+        self._slot = None
 
 
 class CpuDevice(Device):
@@ -85,16 +110,14 @@ class CpuDevice(Device):
 
     def __init__(self, *, engine: str | None = None, data_slot_size: int = DEFAULT_SLOT_SIZE,
                  program_slot_size: int = DEFAULT_SLOT_SIZE, budget: int | None = None,
-                 engines: int | None = None, slot_size: int | None = None):
-        if slot_size is not None:  # the older name of data_slot_size
-            data_slot_size = slot_size
+                 engines: int | None = None):
         options = {"engine": engine, "data_slot_size": data_slot_size,
                    "program_slot_size": program_slot_size, "budget": budget}
         if engines is not None:
             options["engines"] = engines
         check_options(options)
         self.engine_name = engine or _engine.DEFAULT_ENGINE
-        self.slot_size = data_slot_size
+        self._data_slot_size = data_slot_size
         self.program_slot_size = program_slot_size
         self.budget = budget if budget is not None else _engine.DEFAULT_BUDGET
         self._engines = engines or os.cpu_count() or 1
@@ -105,14 +128,21 @@ class CpuDevice(Device):
         """Worker threads ``map`` uses by default."""
         return self._engines
 
+    @property
+    def data_slot_size(self) -> int:
+        """Bytes of a session's data slot."""
+        return self._data_slot_size
+
     def info(self) -> dict:
         """Backend description (no BAR0 here; the slot geometry the programs see)."""
+        self.check_open()
         return {"spec": self.spec, "backend": "cpu", "engine": self.engine_name,
-                "engines": self._engines, "data_slot_size": self.slot_size,
+                "engines": self._engines, "data_slot_size": self._data_slot_size,
                 "program_slot_size": self.program_slot_size, "budget": self.budget}
 
     def prepare(self, program: "ProgramLike | object") -> object:
         """An executable for ``program`` (cached by program digest; executables are reentrant)."""
+        self.check_open()
         if hasattr(program, "run") and hasattr(program, "program"):
             return program  # already prepared
         size = len(program_bytes(program)) if not isinstance(program, _engine.Program) else (
@@ -133,12 +163,11 @@ class CpuDevice(Device):
         return exe
 
     def close(self) -> None:
-        """Drop the prepared programs (and the async pool)."""
+        """Stop the runs in progress, drop the prepared programs (and the async pool)."""
         super().close()
         self._cache.clear()
 
-    def session(self) -> CpuSession:
-        """A new CPU session."""
+    def _session(self) -> CpuSession:
         return CpuSession(self)
 
 
@@ -153,5 +182,5 @@ def open_cpu(address: str = "", **options: object) -> CpuDevice:
     return CpuDevice(**options)  # type: ignore[arg-type]
 
 
-#: Options ``hermes.open("cpu", ...)`` takes (``slot_size`` is the older name of data_slot_size).
-CPU_OPTIONS = ("engine", "data_slot_size", "program_slot_size", "budget", "engines", "slot_size")
+#: Options ``hermes.open("cpu", ...)`` takes (the same names as the emu backend's).
+CPU_OPTIONS = ("engine", "data_slot_size", "program_slot_size", "budget", "engines")

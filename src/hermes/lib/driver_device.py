@@ -2,58 +2,114 @@
 from __future__ import annotations
 
 import errno
+import hashlib
+from dataclasses import dataclass
 
+from .. import engine as _engine
 from ..driver import Driver, HermesFile, Transport, attach
-from .api import Buffer, Device, ProgramLike, Session, check_buffer, check_size, program_bytes
-from .errors import from_os_error
+from ..engine.cache import DEFAULT_CACHE_BYTES, LoadedCache
+from ..errors import DeviceError, ProgramTooLarge
+from .api import Device, ProgramLike, RunInfo, Session, as_program, program_bytes, run_guarded
+from .errors import from_os_error, run_failure, run_timeout
 
 #: ``hermes.open("emu", ...)`` options that configure the driver; the rest go to HermesDevice.
 DRIVER_OPTIONS = ("timeout", "dma_timeout", "dma_chunk", "bounce_size")
+#: Checked programs kept per device (by content), so a program is checked once, not per load.
+_CACHE_SIZE = 64
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A program checked on the host and ready to send: the bytes the device loads, the entry
+    function's ELF symbol index (0: the default rule) and its data segments (for fault texts)."""
+
+    code: bytes
+    entry: int
+    segments: tuple
 
 
 class DriverSession(Session):
     """A session backed by one driver file (one program slot, one data slot)."""
 
     def __init__(self, device: "DriverDevice", file: HermesFile):
+        super().__init__()
         self._device = device
         self.file = file
+        self._prepared: Prepared | None = None
 
-    def load(self, program: ProgramLike) -> None:
-        """Download the program (ELF objects as their bytes; the device loads ELF itself)."""
-        code = program_bytes(program)
-        limit = self._device.driver.geometry.program_slot_size
-        if len(code) > limit:
-            from ..errors import ProgramTooLarge
-            raise ProgramTooLarge(len(code), limit)
+    @property
+    def data_slot_size(self) -> int:
+        """Bytes of the data slot (the device's geometry)."""
+        return self._device.data_slot_size
+
+    def _check_open(self) -> None:
+        self._device.check_open()
+        if self.file.closed:
+            raise DeviceError("the session is closed", errno.EBADF)
+
+    def _load(self, program: object) -> None:
+        prepared = self._device.prepare(program)  # type: ignore[arg-type]
         try:
-            self.file.download_program(code)
+            self.file.download_program(prepared.code)
+        except OSError as exc:
+            raise from_os_error(exc) from None
+        self._prepared = prepared
+
+    def _write(self, view: memoryview, offset: int) -> None:
+        try:
+            self.file.pwrite(view, offset)
         except OSError as exc:
             raise from_os_error(exc) from None
 
-    def write(self, data: Buffer, offset: int = 0) -> int:
-        """Copy ``data`` into the data slot at ``offset`` by DMA."""
-        view = check_buffer(data)
-        check_size("offset", offset)
+    def _readinto(self, view: memoryview, offset: int) -> None:
         try:
-            return self.file.pwrite(view, offset)
+            self.file.preadv([view], offset)
         except OSError as exc:
             raise from_os_error(exc) from None
 
-    def run(self) -> int:
-        """Run Program on this session's slots; returns r0."""
+    def _execute(self, length: int, size: int, args: tuple[int, int, int], budget: int | None,
+                 timeout: float | None, cancel: "_engine.Cancel | None") -> RunInfo:
+        prepared = self._prepared
+        assert prepared is not None
+        if not hasattr(self.file, "run_ex"):
+            return self._legacy_run()
+        from ..driver import RunArgs
+        request = RunArgs(input_len=length, window=size, args=args, budget=budget or 0,
+                          entry=prepared.entry, timeout=timeout)
+        watch = cancel.watch(self.file.abort) if cancel is not None else None
         try:
-            return self.file.run()
+            outcome = run_guarded(self, lambda: self.file.run_ex(request))
+        except OSError as exc:
+            self._device.check_open()  # stopped by the device's close
+            if exc.errno == errno.ETIMEDOUT and timeout is not None:
+                raise run_timeout(timeout) from None
+            out = getattr(exc, "outcome", None)
+            response = getattr(exc, "response", None) or getattr(out, "response", None)
+            if exc.errno == errno.ENOEXEC and response is not None:
+                raise run_failure(response.value, outcome=out, window=size,
+                                  budget=budget,
+                                  segments=prepared.segments) from None
+            raise from_os_error(exc) from None
+        finally:
+            if watch is not None:
+                cancel.unwatch(watch)  # type: ignore[union-attr]
+        return RunInfo(outcome.r0, outcome.instructions, outcome.output_len,
+                       outcome.run_ns / 1e9, bytes(outcome.trace).decode("utf-8", "replace"),
+                       outcome.trace_dropped)
+
+    def _legacy_run(self) -> RunInfo:
+        # A driver without the run context: r2 is the slot size (specs/run-contract.md legacy).
+        try:
+            return RunInfo(self.file.run(), None, None, None)
         except OSError as exc:
             raise from_os_error(exc) from None
 
-    def read(self, size: int, offset: int = 0) -> bytes:
-        """Read the data slot by DMA."""
-        check_size("size", size)
-        check_size("offset", offset)
+    def abort(self) -> None:
+        """Abort this file's run in progress (EHCMDABORT on its engine)."""
         try:
-            return self.file.pread(size, offset)
-        except OSError as exc:
-            raise from_os_error(exc) from None
+            getattr(self.file, "abort", lambda: None)()
+        except OSError:  # nothing to stop on a file whose device went away
+            pass
 
     def close(self) -> None:
         """Release the slots (nothing to release when the device went away with them)."""
@@ -73,6 +129,7 @@ class DriverDevice(Device):
     def __init__(self, driver: Driver, *, on_close: "list | None" = None):
         self.driver = driver
         self._on_close = list(on_close or [])
+        self._checked = LoadedCache(_CACHE_SIZE, DEFAULT_CACHE_BYTES)
 
     @classmethod
     def from_transport(cls, transport: Transport, **driver_options: object) -> "DriverDevice":
@@ -88,23 +145,51 @@ class DriverDevice(Device):
         """Engines of the device (from EHENG)."""
         return self.driver.geometry.engines
 
+    @property
+    def data_slot_size(self) -> int:
+        """Bytes of one data slot (EHDSZ)."""
+        return self.driver.geometry.data_slot_size
+
     def info(self) -> dict:
         """Spec plus the geometry the driver probed."""
+        self.check_open()
         return {"spec": self.spec, "backend": "hermes-driver", **self.driver.info()}
 
-    def session(self) -> DriverSession:
-        """A new driver file wrapped as a session."""
+    def _session(self) -> DriverSession:
         try:
             return DriverSession(self, self.driver.open())
         except OSError as exc:
             raise from_os_error(exc) from None
 
-    def prepare(self, program: ProgramLike) -> bytes:
-        """The program's bytes (converted once for ``map``)."""
-        return program_bytes(program)
+    def prepare(self, program: "ProgramLike | Prepared") -> Prepared:
+        """``program`` checked on the host with the engines' load checks (``ProgramError`` /
+        ``VerifierError`` worded as on the CPU backend), cached by content."""
+        self.check_open()
+        if isinstance(program, Prepared):
+            return program
+        if isinstance(program, _engine.Program):
+            key = ("program", program.digest, getattr(program, "entry_symbol", 0))
+        else:
+            raw = program_bytes(program)
+            key = ("bytes", hashlib.sha256(raw).hexdigest())
+        prepared = self._checked.get(key)
+        if prepared is not None:
+            return prepared
+        code = program_bytes(program)
+        limit = self.driver.geometry.program_slot_size
+        if len(code) > limit:
+            raise ProgramTooLarge(len(code), limit)
+        prog = as_program(program, max_size=limit)  # type: ignore[arg-type]
+        _engine.check(prog, _engine.DEVICE_HELPERS)
+        prepared = Prepared(code, getattr(prog, "entry_symbol", 0) or 0, tuple(prog.segments))
+        self._checked.put(key, prepared, len(code))
+        return prepared
 
     def close(self) -> None:
-        """Close the driver (releasing every slot), then whatever the backend attached."""
+        """Abort the runs in progress, close the driver (releasing every slot), then whatever
+        the backend attached."""
+        if self._closed and not self._on_close:
+            return
         super().close()
         self.driver.close()
         for fn in self._on_close:
@@ -118,7 +203,6 @@ def open_emu(address: str = "", **options: object) -> DriverDevice:
     The library never touches the device itself: the in-process transport builds and owns it,
     exactly as the vfio-user transport reaches a device owned by a server process.
     """
-    from ..errors import DeviceError
     from ..transport.inproc import InProcessTransport
     if address:
         raise DeviceError(f"the emu device takes no address (got 'emu:{address}')")

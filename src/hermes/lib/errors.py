@@ -4,8 +4,10 @@ from __future__ import annotations
 import errno as _errno
 
 from .. import regs
-from ..errors import (DeviceBusy, DeviceError, DeviceProtocolError, DeviceTimeout, ExecutionError,
-                      ExecutionFailed, HermesError, ProgramRejected, SlotsExhausted)
+from ..engine.memory import MAX_CALL_DEPTH, Segment, out_of_bounds
+from ..errors import (Cancelled, DeviceBusy, DeviceError, DeviceProtocolError, DeviceTimeout,
+                      ExecutionError, ExecutionFailed, HermesError, ProgramRejected, RunTimeout,
+                      SlotsExhausted)
 
 #: Engine ExecutionError.kind -> the device's error kind (so CPU errors carry a device-style code).
 _KIND_CODES = {
@@ -17,36 +19,74 @@ _KIND_CODES = {
 }
 
 
+def run_timeout(timeout: float, pc: int | None = None) -> RunTimeout:
+    """The error of a run stopped by its ``timeout`` (the same text on every backend)."""
+    return RunTimeout(f"the run did not finish within its {timeout:g} s timeout and was "
+                      "stopped", timeout, pc, errno=_errno.ETIMEDOUT)
+
+
+def run_cancelled(pc: int | None = None, instructions: int | None = None) -> Cancelled:
+    """The error of a run stopped by its Cancel, a cancelled task or a KeyboardInterrupt."""
+    return Cancelled("cancelled", "the run was cancelled", pc, instructions=instructions)
+
+
+def _code(kind: str, pc: int | None) -> int:
+    return _KIND_CODES.get(kind, regs.EBPF_ERR_INTERNAL) | ((pc or 0) << 8)
+
+
+def from_execution_error(exc: ExecutionError) -> ExecutionFailed:
+    """An engine ``ExecutionError`` as the ``ExecutionFailed`` subclass of its kind
+    (``BudgetExceeded``, ``Cancelled``...) with a device-style error code."""
+    if isinstance(exc, ExecutionFailed) and exc.code is not None:
+        return exc
+    if exc.kind == "cancelled":
+        return run_cancelled(exc.pc, exc.instructions)
+    return ExecutionFailed.of_kind(exc.kind, exc.message, exc.pc, code=_code(exc.kind, exc.pc),
+                                   address=exc.address, size=exc.size, regions=exc.regions,
+                                   instructions=exc.instructions, write=exc.write)
+
+
+def run_failure(code: int, *, outcome: object = None, window: int = 0, budget: int | None = None,
+                segments: "tuple[Segment, ...]" = ()) -> HermesError:
+    """The library error of a device's status-0x05 run error ``code``, worded as the CPU
+    backend words it: out-of-bounds faults rebuilt from the run context's fault fields
+    (``outcome``), the mapped regions from the run's ``window`` and the program's ``segments``.
+    """
+    from ..driver import ERROR_KIND_TEXT, decode_error_code, describe_error_code
+    kind, pc = decode_error_code(code)
+    insns = getattr(outcome, "instructions", None)
+    if kind == "load":
+        return ProgramRejected(f"the device could not load the program: "
+                               f"{describe_error_code(code)}", pc, code=code)
+    if kind == "out_of_bounds" and getattr(outcome, "fault_size", None):
+        return out_of_bounds(pc, outcome.fault_address, outcome.fault_size,  # type: ignore
+                             bool(outcome.fault_write), window, segments,  # type: ignore
+                             instructions=insns, cls=ExecutionFailed, code=code)
+    if kind == "budget" and (budget or insns) is not None:
+        # The device's own budget is not in its geometry; a run stopped by it executed it all.
+        message = f"instruction budget of {budget or insns} exhausted"
+    elif kind == "call_depth":
+        message = f"call depth limit of {MAX_CALL_DEPTH} frames exceeded"
+    elif kind == "cancelled":
+        return run_cancelled(pc, insns)
+    else:
+        message = ERROR_KIND_TEXT.get(kind, f"eBPF error of kind {code & 0xFF:#x}")
+    return ExecutionFailed.of_kind(kind, message, pc, code=code, instructions=insns)
+
+
 def from_os_error(exc: OSError) -> HermesError:
     """The library exception for a driver ``OSError`` (keeps errno, status and error code)."""
-    from ..driver import ERROR_KIND_TEXT, decode_error_code, describe_error_code
     response = getattr(exc, "response", None)
     message = exc.strerror or str(exc)
     err = exc.errno
     status = response.status if response is not None else None
     if response is not None and response.status == regs.STATUS_EBPF_ERROR:
-        kind, detail = decode_error_code(response.value)
-        if kind == "load":
-            return ProgramRejected(f"the device could not load the program: "
-                                   f"{describe_error_code(response.value)}", detail,
-                                   code=response.value)
-        text = ERROR_KIND_TEXT.get(kind, f"eBPF error of kind {response.value & 0xFF:#x}")
-        return ExecutionFailed(kind, f"{text} (device error code {response.value:#x})", detail,
-                               code=response.value)
+        return run_failure(response.value, outcome=getattr(exc, "outcome", None))
+    if err == _errno.ECANCELED:
+        return run_cancelled()
     cls = {_errno.ENOSPC: SlotsExhausted, _errno.ETIMEDOUT: DeviceTimeout,
            _errno.EBADE: DeviceProtocolError, _errno.EBUSY: DeviceBusy}.get(err or 0, DeviceError)
     if cls is DeviceError and err == _errno.EIO and "EHCMDDONE" in message:
         cls = DeviceProtocolError
     name = _errno.errorcode.get(err or 0)
     return cls(f"{message} ({name})" if name else message, err, status)
-
-
-def from_execution_error(exc: ExecutionError) -> ExecutionFailed:
-    """An engine ``ExecutionError`` as ``ExecutionFailed`` with a device-style error code."""
-    if isinstance(exc, ExecutionFailed):
-        return exc
-    kind_code = _KIND_CODES.get(exc.kind, regs.EBPF_ERR_INTERNAL)
-    code = kind_code | ((exc.pc or 0) << 8)
-    failed = ExecutionFailed(exc.kind, exc.message, exc.pc, code=code, address=exc.address,
-                             size=exc.size, regions=exc.regions, instructions=exc.instructions)
-    return failed
