@@ -254,7 +254,7 @@ def test_compiled_code_is_cached_per_program():
 
 def test_verifier_runs_before_compilation():
     with pytest.raises(VerifierError):
-        JitExecutable(asm("mov r0, r5\nexit"), helpers=CONFORMANCE_HELPERS, budget=BUDGET)
+        JitExecutable(asm("mov r0, r6\nexit"), helpers=CONFORMANCE_HELPERS, budget=BUDGET)
 
 
 def test_large_program_compiles():

@@ -24,8 +24,8 @@ def reject(text: str) -> VerifierError:
 
 @pytest.mark.parametrize("text, index, reg", [
     ("add r0, 1\nexit", 0, 0),
-    ("mov r0, r3\nexit", 0, 3),
-    ("mov r0, 0\njeq r1, 0, +1\nmov r4, 1\nmov r0, r4\nexit", 3, 4),
+    ("mov r0, r6\nexit", 0, 6),                    # r3..r5 are the run's arguments, r6 is not
+    ("mov r0, 0\njeq r1, 0, +1\nmov r7, 1\nmov r0, r7\nexit", 3, 7),
     ("mov r0, 0\ncall 2\nmov r0, r1\nexit", 2, 1),           # r1..r5 clobbered by a helper call
     ("mov r0, 0\ncall local f\nadd r0, r5\nexit\nf:\nmov r0, 1\nexit", 2, 5),
     ("mov r0, 0\ncall local f\nexit\nf:\nmov r0, r6\nexit", 3, 6),  # callee-saved, not an argument

@@ -10,6 +10,33 @@ from .memory import MASK64
 
 #: Bytes ``HelperContext.fill`` writes per step: its only host memory besides the destination.
 _FILL_CHUNK = 64 << 10
+#: Helper ids of the run contract (specs/run-contract.md section 1).
+HELPER_SET_OUTPUT = 0x1002
+HELPER_TRACE_PRINTK = 6
+#: Bytes of printed text one run keeps; what a program prints beyond is dropped and counted.
+TRACE_LIMIT = 4096
+
+
+class RunState:
+    """What helpers record during one run, for its ``RunResult``: the output length declared
+    with ``hermes_set_output`` and the text printed with ``bpf_trace_printk``.
+
+    The engine makes a fresh one per run; ``window`` is the length of the run's data window.
+    """
+
+    def __init__(self, window: int = 0):
+        self.window = window
+        self.output_length: int | None = None
+        self.trace = bytearray()
+        self.trace_dropped = 0
+
+    def emit(self, text: bytes) -> int:
+        """Append printed ``text``, keeping at most ``TRACE_LIMIT`` bytes in all; returns the
+        bytes kept (the rest is counted in ``trace_dropped``)."""
+        keep = text[:max(0, TRACE_LIMIT - len(self.trace))]
+        self.trace += keep
+        self.trace_dropped += len(text) - len(keep)
+        return len(keep)
 
 
 class StopRun(Exception):
@@ -31,10 +58,19 @@ class HelperContext:
     """
 
     def __init__(self, load: Callable[[int, int], bytes], store: Callable[[int, bytes], None],
-                 view: "Callable[[int, int, bool], memoryview] | None" = None):
+                 view: "Callable[[int, int, bool], memoryview] | None" = None,
+                 run: RunState | None = None):
         self._load = load
         self._store = store
         self._view = view
+        #: The run's state (output length, printed text).
+        self.run = run if run is not None else RunState()
+        #: Slot of the call being served (the engine sets it before each call).
+        self.pc: int | None = None
+
+    def fault(self, message: str) -> ExecutionError:
+        """A helper failure (kind ``helper``) at the current call, for the helper to raise."""
+        return ExecutionError("helper", message, self.pc)
 
     def read(self, addr: int, size: int) -> bytes:
         """Read ``size`` bytes of program memory at virtual address ``addr``."""
@@ -190,6 +226,88 @@ def _memcpy(ctx: HelperContext, a: int, b: int, c: int, d: int, e: int) -> int:
     return a
 
 
+def _set_output(ctx: HelperContext, a: int, b: int, c: int, d: int, e: int) -> int:
+    if a > ctx.run.window:
+        raise ctx.fault(f"hermes_set_output: output length {a} is larger than the data window "
+                        f"({ctx.run.window} bytes)")
+    ctx.run.output_length = a
+    return 0
+
+
+#: Conversions of bpf_trace_printk's format, by the letters after ``%``: (bits, how printed).
+_CONVERSIONS = {
+    b"d": (32, "d"), b"i": (32, "d"), b"u": (32, "u"), b"x": (32, "x"), b"X": (32, "X"),
+    b"ld": (64, "d"), b"lu": (64, "u"), b"lx": (64, "x"),
+    b"lld": (64, "d"), b"llu": (64, "u"), b"llx": (64, "x"),
+    b"p": (64, "p"), b"s": (64, "s"), b"c": (8, "c"),
+}
+#: Values a format may print (r3, r4, r5), as in Linux.
+_TRACE_ARGS = 3
+
+
+def _conversion(fmt: bytes, pos: int) -> bytes | None:
+    """The conversion starting just after the ``%`` at ``pos - 1`` (longest match), or None."""
+    for n in (3, 2, 1):
+        if fmt[pos:pos + n] in _CONVERSIONS:
+            return fmt[pos:pos + n]
+    return None
+
+
+def _format_value(ctx: HelperContext, how: str, bits: int, value: int) -> bytes:
+    value &= (1 << bits) - 1
+    if how == "d":
+        return str(value - (1 << bits) if value >> (bits - 1) else value).encode()
+    if how == "u":
+        return str(value).encode()
+    if how == "x":
+        return f"{value:x}".encode()
+    if how == "X":
+        return f"{value:X}".encode()
+    if how == "p":
+        return f"0x{value:x}".encode()
+    if how == "c":
+        return bytes([value])
+    with _naming("bpf_trace_printk", "string argument"):
+        return ctx.read_cstring(value, TRACE_LIMIT)
+
+
+def _trace_printk(ctx: HelperContext, a: int, b: int, c: int, d: int, e: int) -> int:
+    if b == 0:
+        raise ctx.fault("bpf_trace_printk: empty format (fmt_size is 0)")
+    with _naming("bpf_trace_printk", "format"):
+        ctx.check(a, b)
+        # Text past TRACE_LIMIT could never be kept, so a longer format is read only that far.
+        fmt = ctx.read(a, min(b, TRACE_LIMIT)).split(b"\0", 1)[0]
+    values = [c, d, e]
+    used = 0
+    out = bytearray()
+    pos = 0
+    while True:
+        k = fmt.find(b"%", pos)
+        if k < 0:
+            out += fmt[pos:]
+            break
+        out += fmt[pos:k]
+        if fmt[k + 1:k + 2] == b"%":
+            out += b"%"
+            pos = k + 2
+            continue
+        conv = _conversion(fmt, k + 1)
+        if conv is None:
+            bad = fmt[k:k + 4].decode("latin-1")
+            raise ctx.fault(f"bpf_trace_printk: unknown conversion {bad!r} at byte {k} of the "
+                            "format (supported: %d %i %u %x %X %ld %lu %lx %lld %llu %llx %p "
+                            "%s %c %%)")
+        if used == _TRACE_ARGS:
+            raise ctx.fault(f"bpf_trace_printk: more than {_TRACE_ARGS} conversions in the "
+                            "format")
+        bits, how = _CONVERSIONS[conv]
+        out += _format_value(ctx, how, bits, values[used])
+        used += 1
+        pos = k + 1 + len(conv)
+    return ctx.run.emit(bytes(out))
+
+
 _FROB = bytes(x ^ 42 for x in range(256))
 
 
@@ -207,7 +325,8 @@ class _naming:
     def __exit__(self, typ: type | None, exc: BaseException | None, tb: object) -> bool:
         if isinstance(exc, ExecutionError) and exc.kind == "out_of_bounds":
             raise type(exc)(exc.kind, f"{self.what} out of bounds ({exc.message})", exc.pc,
-                            exc.address, exc.size, exc.regions, exc.instructions) from None
+                            address=exc.address, size=exc.size, regions=exc.regions,
+                            instructions=exc.instructions, write=exc.write) from None
         return False
 
 
@@ -221,10 +340,15 @@ CONFORMANCE_HELPERS = HelperRegistry([
     Helper(5, "unwind", _unwind, "return r1; when r1 is 0 the program stops with r0 = 0"),
 ])
 
-#: Helpers a Hermes device offers to every program (ids chosen above the corpus's range).
+#: Helpers a Hermes device offers to every program (its own ids above the corpus's range;
+#: bpf_trace_printk keeps Linux's id so that programs written for Linux print unchanged).
 DEVICE_HELPERS = HelperRegistry([
     Helper(0x1000, "hermes_memset", _memset, "memset(r1, r2, r3); returns r1"),
     Helper(0x1001, "hermes_memcpy", _memcpy, "memcpy(r1, r2, r3); returns r1"),
+    Helper(HELPER_SET_OUTPUT, "hermes_set_output", _set_output,
+           "declare the run's output length r1 (at most the data window); returns 0"),
+    Helper(HELPER_TRACE_PRINTK, "bpf_trace_printk", _trace_printk,
+           "print the format at r1 (r2 bytes) with values r3..r5; returns the bytes kept"),
 ])
 
 

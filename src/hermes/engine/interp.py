@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import struct
 import threading
+import time
 
 from ..errors import BudgetExceeded, Cancelled, ExecutionError
 from . import validate
 from .cancel import Cancel
-from .helpers import HelperContext, HelperRegistry, StopRun
+from .helpers import HelperContext, HelperRegistry, RunState, StopRun
 from .isa import Insn
 from .memory import (DATA_BASE, MASK64, MAX_CALL_DEPTH, STACK_BASE, STACK_SIZE, STACK_TOP,
-                     describe_regions, input_region)
+                     input_region, out_of_bounds, run_args)
 from .program import Program, jump_target
+from .verifier import verify
 
 W32 = 0xFFFF_FFFF
 SIGN64 = 1 << 63
@@ -233,12 +235,13 @@ class Interpreter:
 
     def __init__(self, program: Program, *, helpers: HelperRegistry, budget: int,
                  functions: "list[validate.Function] | None" = None):
-        """``functions``: the result of ``validate.check(program, helpers)`` when the caller has
-        already run it (the JIT's verifier does), so it is not run twice."""
+        """Runs the load contract (``hermes.engine.check``); ``functions`` is its result
+        (``VerifierInfo.functions``) when the caller has already run it (the JIT falling back
+        to the interpreter), so it is not run twice."""
         self.program = program
         self.helpers = helpers
         self.budget = budget
-        self.functions = validate.check(program, helpers) if functions is None else functions
+        self.functions = verify(program, helpers).functions if functions is None else functions
         self._factory = self._compile()
         self._local = threading.local()
 
@@ -308,8 +311,8 @@ class Interpreter:
         src.append(f"        return [{', '.join(f'b{k}' for k in range(last, nblocks))}]")
         groups = " + ".join(f"group{g}()" for g in range((nblocks + _GROUP - 1) // _GROUP))
         text = "\n".join([
-            "def make(DATA, DB, DLEN, STK, SLO, LD, ST, HC, r1, r2):",
-            "    r0 = r3 = r4 = r5 = r6 = r7 = r8 = r9 = 0",
+            "def make(DATA, DB, DLEN, STK, SLO, LD, ST, HC, r1, r2, r3, r4, r5):",
+            "    r0 = r6 = r7 = r8 = r9 = 0",
             f"    r10 = {STACK_TOP}",
             "    DL1, DL2, DL4, DL8 = DB + DLEN - 1, DB + DLEN - 2, DB + DLEN - 4, DB + DLEN - 8",
             f"    SL1, SL2, SL4, SL8 = {STACK_TOP - 1}, {STACK_TOP - 2}, {STACK_TOP - 4}, "
@@ -337,14 +340,16 @@ class Interpreter:
 
     # -- execution ------------------------------------------------------------------------------
     def run(self, memory: "bytearray | memoryview | bytes | None" = None,
-            budget: int | None = None, *, cancel: Cancel | None = None):
+            budget: int | None = None, *, cancel: Cancel | None = None,
+            length: int | None = None, args: "tuple[int, ...]" = ()):
         """Run once; see ``hermes.engine.run``."""
         from . import RunResult
         budget = self.budget if budget is None else budget
         # The dispatch loop compares the count with one limit: the budget, or for a cancellable
         # run the next point at which the flag is polled.
         limit = budget if cancel is None else min(budget, CANCEL_POLL)
-        data, r1, r2 = input_region(memory)
+        data, r1, r2 = input_region(memory, length)
+        r3, r4, r5 = run_args(args)
         dlen = len(data)
         stack = bytearray(STACK_SIZE * MAX_CALL_DEPTH)
         slo = [STACK_TOP - STACK_SIZE]
@@ -352,23 +357,15 @@ class Interpreter:
                      seg.writable, seg.name) for seg in self.program.segments if seg.data]
         depth = [0]
 
-        def regions() -> str:
-            return describe_regions(dlen, depth[0], self.program.segments)
-
         def find(addr: int, size: int, write: bool, pc: int):
             if DATA_BASE <= addr and addr + size <= DATA_BASE + dlen:
                 return data, addr - DATA_BASE
             if slo[0] <= addr and addr + size <= STACK_TOP:
                 return stack, addr - STACK_BASE
             for lo, hi, buf, writable, name in segments:
-                if lo <= addr and addr + size <= hi:
-                    if write and not writable:
-                        raise ExecutionError("out_of_bounds", f"store to read-only {name}",
-                                             pc, addr, size, regions())
+                if lo <= addr and addr + size <= hi and (writable or not write):
                     return buf, addr - lo
-            what = "store" if write else "load"
-            raise ExecutionError("out_of_bounds", f"out-of-bounds memory {what}", pc, addr,
-                                 size, regions())
+            raise out_of_bounds(pc, addr, size, write, dlen, self.program.segments, depth[0])
 
         def ld(addr: int, size: int, pc: int) -> int:
             buf, off = find(addr, size, False, pc)
@@ -391,7 +388,8 @@ class Interpreter:
             return memoryview(buf)[off:off + size]
 
         cur_pc = [0]
-        ctx = HelperContext(ctx_read, ctx_write, ctx_view)
+        state = RunState(dlen)
+        ctx = HelperContext(ctx_read, ctx_write, ctx_view, state)
         helpers = self.helpers
 
         def hc(hid: int, a: int, b: int, c: int, d: int, e: int, pc: int) -> int:
@@ -402,7 +400,7 @@ class Interpreter:
             helper = helpers.get(hid)
             if helper is None:
                 raise ExecutionError("helper", f"call to unknown helper id {hid}", pc)
-            cur_pc[0] = pc
+            cur_pc[0] = ctx.pc = pc
             try:
                 return helper.fn(ctx, a, b, c, d, e) & MASK64
             except (ExecutionError, StopRun):
@@ -411,11 +409,12 @@ class Interpreter:
                 raise ExecutionError("helper", f"helper {helper.name} failed: {exc}", pc) from exc
 
         blocks, getregs, setregs = self._factory(data, DATA_BASE, dlen, stack, slo, ld, st, hc,
-                                                 r1, r2)
+                                                 r1, r2, r3, r4, r5)
         lengths, callret = self._lengths, self._callret
         frames: list[tuple[int, int, int, int, int]] = []
         b = 0
         n = 0
+        started = time.perf_counter_ns()
         try:
             if cancel is not None and cancel.is_set():
                 raise Cancelled("cancelled", "run cancelled", self._starts[b], instructions=0)
@@ -458,7 +457,8 @@ class Interpreter:
             if exc.instructions is None and exc.pc is not None:
                 exc.instructions = n - lengths[b] + self._positions[exc.pc]
             raise
-        return RunResult(r0, data, n)
+        return RunResult(r0, data, n, state.output_length, bytes(state.trace),
+                         state.trace_dropped, time.perf_counter_ns() - started)
 
     def _last_pc(self, b: int) -> int:
         end = self._starts[b + 1] if b + 1 < len(self._starts) else len(self.program.insns)

@@ -217,7 +217,7 @@ def initialised(insns: "list[Insn | None]", f: Function, entry: int,
 
 
 def _check_r0(insns: "list[Insn | None]", f: Function, entered_by_call: bool) -> None:
-    entry = _R10 | 0b110  # r1 and r2 describe the input region
+    entry = _R10 | _ARGS  # r1..r5: data window, input length, the three arguments
     state = initialised(insns, f, entry, certain_faults(insns, f, entered_by_call))
     for i, regs in sorted(state.items()):
         insn = insns[i]

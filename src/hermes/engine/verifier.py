@@ -1,12 +1,14 @@
 """Load-time verifier: structural checks, call-graph depth, register data flow and stack proofs.
 
+``verify`` is the one load contract (``hermes.engine.check``): every engine runs it on load.
+
 ``verify(program, helpers)`` runs the lead's structural checks (``validate.check``) and adds:
 
 * the static call graph: when it is acyclic with at most ``MAX_CALL_DEPTH`` frames on any chain
   the depth limit is proven (``bounded``); recursion or deeper chains are rejected with
   ``strict_calls=True`` and otherwise left to the engines' run-time depth check;
-* register data flow: no register is read before it is written (r0 at entry, r1..r5 after any
-  call; in a local function r1..r5 are its arguments and count as written);
+* register data flow: no register is read before it is written (r0 and r6..r9 at entry, r1..r5
+  after any call; r1..r5 are the arguments of every function, the entry function's included);
 * stack proofs: a load/store whose base register is provably ``r10 + constant`` with the whole
   access inside the current 512-byte frame is recorded in ``VerifierInfo.stack_safe`` so the JIT
   accesses it without a bounds check.
@@ -28,8 +30,9 @@ from .program import Program, jump_target
 _R0 = 1
 _ARGS = 0b111110  # r1..r5
 _R10 = 1 << 10
-_ENTRY_MAIN = _R10 | 0b110  # r1 = data address, r2 = data size
-_ENTRY_LOCAL = _R10 | _ARGS
+# The entry function is called like entry(data, len, arg0, arg1, arg2): r1..r5 are its
+# arguments exactly as r1..r5 are a local function's.
+_ENTRY = _R10 | _ARGS
 _CALLS = ("call", "callx", "call_local")
 
 
@@ -221,7 +224,7 @@ def verify(program: Program, helpers: HelperRegistry, *,
     states: dict[int, dict[int, int]] = {}
     entry_called = 0 in validate.local_call_targets(insns)
     for k, f in enumerate(funcs):
-        state = _flow(insns, f, _ENTRY_MAIN if f.start == 0 else _ENTRY_LOCAL, entry_called)
+        state = _flow(insns, f, _ENTRY, entry_called)
         _check_reads(insns, state, f.start == 0)
         states[k] = state
         info.reachable.update(state)

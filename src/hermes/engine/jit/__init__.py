@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import ctypes
 import threading
+import time
 
 from ...errors import BudgetExceeded, Cancelled, ExecutionError, VerifierError
 from ..cancel import Cancel
-from ..helpers import HelperContext, HelperRegistry, StopRun
+from ..helpers import HelperContext, HelperRegistry, RunState, StopRun
 from ..interp import Interpreter
 from ..memory import (DATA_BASE, MASK64, MAX_CALL_DEPTH, STACK_BASE, STACK_SIZE, STACK_TOP,
-                      describe_regions, input_region)
+                      input_region, out_of_bounds, run_args)
 from ..program import Program
 from ..verifier import VerifierInfo, verify
 from . import codegen
@@ -41,7 +42,8 @@ class _Run:
         self.depth = 0
         self.pc = 0
         self.error: BaseException | None = None
-        self.helper_ctx = HelperContext(self._read, self._write, self._view)
+        self.state = RunState(dlen)
+        self.helper_ctx = HelperContext(self._read, self._write, self._view, self.state)
 
     def _find(self, addr: int, size: int, write: bool):
         """Same region lookup (and error wording) as the reference interpreter."""
@@ -52,17 +54,10 @@ class _Run:
         if slo <= addr and addr + size <= STACK_TOP:
             return self.stack, addr - STACK_BASE
         for seg, buf in self.segbufs:
-            if seg.vaddr <= addr and addr + size <= seg.end:
-                if write and not seg.writable:
-                    raise ExecutionError("out_of_bounds", f"store to read-only {seg.name}",
-                                         self.pc, addr, size, self.regions())
+            if seg.vaddr <= addr and addr + size <= seg.end and (seg.writable or not write):
                 return buf, addr - seg.vaddr
-        what = "store" if write else "load"
-        raise ExecutionError("out_of_bounds", f"out-of-bounds memory {what}", self.pc, addr,
-                             size, self.regions())
-
-    def regions(self) -> str:
-        return describe_regions(self.dlen, self.depth, self.exe.program.segments)
+        raise out_of_bounds(self.pc, addr, size, write, self.dlen, self.exe.program.segments,
+                            self.depth)
 
     def _read(self, addr: int, size: int) -> bytes:
         buf, off = self._find(addr, size, False)
@@ -83,7 +78,7 @@ def _helper_dispatch(ctx_addr, hid, a, b, c, d, e, pcd, count):  # noqa: ANN001 
     if run is None:  # pragma: no cover - a context is registered for its whole run
         return 0
     pc = pcd & 0xFFFF_FFFF
-    run.pc = pc
+    run.pc = run.helper_ctx.pc = pc
     run.depth = pcd >> 32
     ctx = run.ctx
     if run.cancel is not None and run.cancel.is_set():
@@ -182,7 +177,7 @@ class JitExecutable:
         out: list = [None] * len(programs)
         todo = []
         for k, program in enumerate(programs):
-            try:
+            try:  # the load contract, as for one program
                 todo.append((k, program, verify(program, helpers)))
             except VerifierError as exc:
                 out[k] = exc
@@ -197,13 +192,15 @@ class JitExecutable:
         return self._interp is not None or self.compiled.wait_final(timeout)
 
     def run(self, memory: "bytearray | memoryview | bytes | None" = None,
-            budget: int | None = None, *, cancel: Cancel | None = None):
+            budget: int | None = None, *, cancel: Cancel | None = None,
+            length: int | None = None, args: "tuple[int, ...]" = ()):
         """Run once; see ``hermes.engine.run``."""
         from .. import RunResult
         if self._interp is not None:
-            return self._interp.run(memory, budget, cancel=cancel)
+            return self._interp.run(memory, budget, cancel=cancel, length=length, args=args)
         budget = self.budget if budget is None else budget
-        data, r1, r2 = input_region(memory)
+        data, r1, r2 = input_region(memory, length)
+        r3, r4, r5 = run_args(args)
         dlen = len(data)
         if dlen:
             host = (ctypes.c_char * dlen).from_buffer(data)
@@ -225,7 +222,7 @@ class JitExecutable:
         ctx.dlen = dlen
         ctx.stack = ctypes.addressof(stack)
         ctx.budget = max(0, min(budget, (1 << 63) - 1))
-        ctx.r1, ctx.r2 = r1, r2
+        ctx.r1, ctx.r2, ctx.r3, ctx.r4, ctx.r5 = r1, r2, r3, r4, r5
         ctx.helper = _HELPER_ADDRESS
         ctx.segs = ctypes.addressof(seg_addrs)
         key = ctypes.addressof(ctx)
@@ -235,9 +232,11 @@ class JitExecutable:
         watch = 0 if cancel is None else cancel.watch(lambda: setattr(ctx, "budget", 0))
         with _runs_lock:
             _runs[key] = state
+        started = time.perf_counter_ns()
         try:
             r0 = self.compiled.entry(ctypes.byref(ctx))
         finally:
+            elapsed = time.perf_counter_ns() - started
             with _runs_lock:
                 del _runs[key]
             if cancel is not None:
@@ -247,10 +246,14 @@ class JitExecutable:
         kind = ctx.err_kind
         if kind == codegen.ERR_BUDGET and cancel is not None and cancel.is_set():
             raise Cancelled("cancelled", "run cancelled", ctx.err_pc, instructions=ctx.err_count)
-        if kind == codegen.ERR_NONE:
-            return RunResult(r0 & MASK64, data, ctx.count)
-        if kind == codegen.ERR_STOP:
-            return RunResult(ctx.stop_value, data, ctx.err_count + self._rest[ctx.err_pc])
+        if kind in (codegen.ERR_NONE, codegen.ERR_STOP):
+            if kind == codegen.ERR_NONE:
+                r0, count = r0 & MASK64, ctx.count
+            else:
+                r0, count = ctx.stop_value, ctx.err_count + self._rest[ctx.err_pc]
+            rs = state.state
+            return RunResult(r0, data, count, rs.output_length, bytes(rs.trace), rs.trace_dropped,
+                             elapsed)
         raise self._error(ctx, state, budget)
 
     def _error(self, ctx: Ctx, state: _Run, budget: int) -> ExecutionError:
@@ -268,12 +271,6 @@ class JitExecutable:
         if kind == codegen.ERR_BUDGET:
             return BudgetExceeded("budget", f"instruction budget of {budget} exhausted", pc,
                                   instructions=count)
-        addr, size, depth = ctx.err_addr, ctx.err_size, ctx.err_depth
-        regions = describe_regions(state.dlen, depth, self.program.segments)
-        if kind == codegen.ERR_READONLY:
-            name = next((s.name for s in self._segments if s.vaddr <= addr < s.end), "segment")
-            return ExecutionError("out_of_bounds", f"store to read-only {name}", pc, addr, size,
-                                  regions, instructions=count)
-        what = "store" if kind == codegen.ERR_STORE else "load"
-        return ExecutionError("out_of_bounds", f"out-of-bounds memory {what}", pc, addr, size,
-                              regions, instructions=count)
+        return out_of_bounds(pc, ctx.err_addr, ctx.err_size, kind != codegen.ERR_LOAD,
+                             state.dlen, self.program.segments, ctx.err_depth,
+                             instructions=count)

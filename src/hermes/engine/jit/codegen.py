@@ -30,7 +30,8 @@ from .loops import LoopPlan, plan_loops
 CTX_DATA, CTX_DLEN, CTX_STACK, CTX_BUDGET, CTX_R1, CTX_R2, CTX_HELPER, CTX_SEGS = range(8)
 CTX_ERR_KIND, CTX_ERR_PC, CTX_ERR_ADDR, CTX_ERR_SIZE, CTX_ERR_COUNT, CTX_ERR_DEPTH = range(8, 14)
 CTX_COUNT, CTX_STOP_VALUE = 14, 15
-CTX_FIELDS = 16
+CTX_R3, CTX_R4, CTX_R5 = 16, 17, 18
+CTX_FIELDS = 19
 
 # Error kinds written to CTX_ERR_KIND.
 ERR_NONE, ERR_LOAD, ERR_STORE, ERR_READONLY, ERR_BUDGET, ERR_DEPTH, ERR_HELPER, ERR_STOP = range(8)
@@ -863,13 +864,13 @@ class ModuleGen:
         """
         def call(r1: "str | int", r2: str) -> str:
             return (f"call {{i64, i64}} @{self.prefix}f0(ptr %ctx, i64 0, i64 0, i64 0, "
-                    f"i64 {r1}, i64 {r2}, i64 0, i64 0, i64 0, i64 0, i64 0, i64 0, i64 0)")
+                    f"i64 {r1}, i64 {r2}, i64 %r3, i64 %r4, i64 %r5, i64 0, i64 0, i64 0, "
+                    "i64 0)")
 
-        head = [f"define i64 @{name}(ptr %ctx) #0 {{", "entry:",
-                f"  %p1 = getelementptr i64, ptr %ctx, i64 {CTX_R1}",
-                "  %r1 = load i64, ptr %p1",
-                f"  %p2 = getelementptr i64, ptr %ctx, i64 {CTX_R2}",
-                "  %r2 = load i64, ptr %p2"]
+        head = [f"define i64 @{name}(ptr %ctx) #0 {{", "entry:"]
+        for reg, slot in ((1, CTX_R1), (2, CTX_R2), (3, CTX_R3), (4, CTX_R4), (5, CTX_R5)):
+            head += [f"  %p{reg} = getelementptr i64, ptr %ctx, i64 {slot}",
+                     f"  %r{reg} = load i64, ptr %p{reg}"]
         if self.specialise:
             body = ["  %hasmem = icmp eq i64 %r1, " + str(DATA_BASE),
                     "  br i1 %hasmem, label %withmem, label %nomem",

@@ -22,7 +22,7 @@ class Ctx(ctypes.Structure):
     _fields_ = [(name, U64) for name in (
         "data", "dlen", "stack", "budget", "r1", "r2", "helper", "segs",
         "err_kind", "err_pc", "err_addr", "err_size", "err_count", "err_depth",
-        "count", "stop_value")]
+        "count", "stop_value", "r3", "r4", "r5")]
 
 
 assert len(Ctx._fields_) == codegen.CTX_FIELDS
