@@ -1,5 +1,11 @@
-"""Fixtures for the NVMe CP/SLM suites: a connected host driver per transport (in process so far)."""
+"""Fixtures for the NVMe CP/SLM suites: a connected host driver per transport (in process, and
+over vfio-user to a ``hermes serve --device nvme-cp`` process)."""
 from __future__ import annotations
+
+import atexit
+import os
+import tempfile
+import threading
 
 import pytest
 
@@ -20,7 +26,68 @@ def _inproc(use_irq: bool) -> tuple[NvmeHost, InProcessTransport]:
     return NvmeHost(t, use_irq=use_irq, timeout=10.0), t
 
 
-TRANSPORTS = {"inproc": _inproc}
+_TMP = tempfile.mkdtemp(prefix="hermes-nvme-")
+_SERVERS: list = []
+_LOCK = threading.Lock()
+
+
+@atexit.register
+def _stop_servers() -> None:
+    with _LOCK:
+        servers = list(_SERVERS)
+        _SERVERS.clear()
+    for s in servers:
+        s.stop()
+
+
+def serve_args() -> list[str]:
+    """``hermes serve`` flags of a controller like the in-process rig's."""
+    args = ["--device", "nvme-cp", "--budget", str(ENDLESS_BUDGET)]
+    for size in MEMORY_SIZES:
+        args += ["--memory-size", str(size)]
+    return args
+
+
+def _server():
+    """A ``hermes serve --device nvme-cp`` process no test uses now (each client gets a fresh
+    controller: the server makes a new one per connection)."""
+    from tests.vfio_devices import ServerProcess
+    with _LOCK:
+        for s in _SERVERS:
+            if not s.in_use and s.proc.poll() is None:
+                s.in_use = 1
+                return s
+        s = ServerProcess(os.path.join(_TMP, f"nvme{len(_SERVERS)}.sock"), *serve_args())
+        s.in_use = 1
+        _SERVERS.append(s)
+        return s
+
+
+class _Release:
+    """Closes the transport, then gives the server back to the pool."""
+
+    def __init__(self, transport: object, server: object):
+        self.transport, self.server = transport, server
+
+    def close(self) -> None:
+        try:
+            self.transport.close()  # type: ignore[attr-defined]
+        finally:
+            self.server.in_use = 0  # type: ignore[attr-defined]
+
+
+def _vfio_user(use_irq: bool) -> tuple:
+    from hermes.transport.vfio_user import VfioUserTransport
+    server = _server()
+    try:
+        t = VfioUserTransport(server.path, pci_id=(N.PCI_VENDOR_ID, N.PCI_DEVICE_ID))
+    except BaseException:
+        server.in_use = 0
+        raise
+    return NvmeHost(t, use_irq=use_irq, timeout=10.0), _Release(t, server)
+
+
+TRANSPORTS = {"inproc": _inproc, "vfio-user": _vfio_user}
 
 
 @pytest.fixture(params=[(name, irq) for name in TRANSPORTS for irq in (True, False)],

@@ -218,6 +218,12 @@ def test_full_submission_queue_is_refused_by_the_driver(nvme):
     assert qp.wait(0, 5).ok
 
 
+def ring(t, doorbell: int, value: int) -> None:
+    """Write a doorbell and deliver it now (the test then watches host memory, not a register)."""
+    t.write(0, doorbell, 4, value)
+    t.flush()
+
+
 def test_full_completion_queue_holds_completions_until_the_host_frees_entries(nvme):
     t = nvme.t
     sq_mem, cq_mem = t.dma_alloc(8 * 64), t.dma_alloc(2 * 16)
@@ -228,19 +234,19 @@ def test_full_completion_queue_holds_completions_until_the_host_frees_entries(nv
     for i in range(3):
         sq_mem.view[i * 64:(i + 1) * 64] = N.Command(N.SlmOpcode.MEMORY_FILL, nsid=2, cid=i,
                                                      cdw12=8).pack()
-    t.write(0, N.sq_doorbell(6), 4, 3)
+    ring(t, N.sq_doorbell(6), 3)
     time.sleep(0.1)
     first = N.Completion.unpack(cq_mem.view[0:16])
     assert first.cid == 0 and first.phase == 1
     assert N.Completion.unpack(cq_mem.view[16:32]).phase == 0     # one slot stays free
-    t.write(0, N.cq_doorbell(6), 4, 1)
+    ring(t, N.cq_doorbell(6), 1)
     time.sleep(0.1)
     assert N.Completion.unpack(cq_mem.view[16:32]).cid == 1
-    t.write(0, N.cq_doorbell(6), 4, 0)
+    ring(t, N.cq_doorbell(6), 0)
     time.sleep(0.1)
     third = N.Completion.unpack(cq_mem.view[0:16])
     assert third.cid == 2 and third.phase == 0        # wrapped: the phase inverted
-    t.write(0, N.cq_doorbell(6), 4, 1)
+    ring(t, N.cq_doorbell(6), 1)
     assert admin(nvme, A.DELETE_IO_SQ, cdw10=6).ok and admin(nvme, A.DELETE_IO_CQ, cdw10=6).ok
 
 

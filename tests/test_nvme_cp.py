@@ -8,26 +8,26 @@ import time
 import pytest
 
 from hermes import nvme_regs as N
-from hermes.engine import Program
+from hermes import regs
+from hermes.engine import DATA_BASE, Program
 from hermes.engine.clang import compile_c, find_clang
 
 from tests.nvme_devices import expect, nvme  # noqa: F401
 
 R = N.MemoryRange
-RET_PARAMS = Program.from_asm("ldxdw r0, [r1+0]\nldxdw r2, [r1+8]\nadd r0, r2\nexit").code
-#: Adds 1 to every byte of range 1 in place; returns its length.
+#: Returns arg 0 + arg 1 + arg 2 (r3 = CPARAM2, r4/r5 from the run parameters).
+RET_PARAMS = Program.from_asm("mov r0, r3\nadd r0, r4\nadd r0, r5\nexit").code
+#: Adds 1 to every input byte (r1, r2) in place; returns the input length.
 INC_RANGE = Program.from_asm("""
-ldxdw r3, [r1+32]
-ldxdw r0, [r1+40]
+mov r0, r2
 mov r4, r1
-add r4, r3
-mov r5, r4
-add r5, r0
+mov r5, r1
+add r5, r2
 loop:
 jge r4, r5, done
-ldxb r2, [r4]
-add r2, 1
-stxb [r4], r2
+ldxb r3, [r4]
+add r3, 1
+stxb [r4], r3
 add r4, 1
 ja loop
 done:
@@ -35,6 +35,8 @@ exit
 """).code
 ENDLESS = Program.from_asm("mov r0, 0\nloop:\nadd r0, 1\nja loop").code
 OUT_OF_BOUNDS = Program.from_asm("ldxdw r0, [r1-8]\nexit").code
+#: Returns the byte at r1 + arg 0 (r3).
+READ_AT_R3 = Program.from_asm("add r1, r3\nldxb r0, [r1]\nexit").code
 
 
 def limits(host) -> dict:
@@ -58,30 +60,72 @@ def load_cmd(host, pind: int, *, psize: int, numb: int, loff: int = 0,
 # --- Load Program ---------------------------------------------------------------------------------
 def test_load_activate_execute_returns_64_bits(nvme):
     ready(nvme, 0, RET_PARAMS)
-    assert nvme.execute(0, cparam1=0x1_0000_0001, cparam2=(7 << 40)) == 0x1_0000_0001 + (7 << 40)
+    got = nvme.execute(0, cparam2=0x1_0000_0001, data=N.exec_params(7 << 40, 5))
+    assert got == 0x1_0000_0001 + (7 << 40) + 5
+    assert nvme.execute(0, cparam2=-1, data=N.exec_params(2)) == 1     # modulo 2^64
 
 
 def test_chunked_load_of_small_chunks(nvme):
     nvme.load_program(1, INC_RANGE, chunk=8)
     nvme.activate(1)
     nvme.mem_write(2, 0, bytes(range(16)))
-    assert nvme.execute(1, ranges=[R(2, 0, 16)]) == 16
+    assert nvme.execute(1, ranges=[R(2, 0, 16)], cparam1=16) == 16
     assert nvme.mem_read(2, 0, 16) == bytes(range(1, 17))
 
 
+def test_window_past_the_input_reads_zero_and_accesses_past_it_fault(nvme):
+    ready(nvme, 1, INC_RANGE)
+    nvme.mem_write(2, 0, bytes([9] * 32))
+    assert nvme.execute(1, ranges=[R(2, 0, 32)], cparam1=4) == 4
+    assert nvme.mem_read(2, 0, 32) == bytes([10] * 4) + bytes(28)
+    # a window shorter than the range: bytes past it are outside the program's reach
+    ready(nvme, 0, READ_AT_R3)
+    nvme.mem_write(2, 0, bytes(range(1, 33)))
+    assert nvme.execute(0, ranges=[R(2, 0, 32)], cparam1=16, cparam2=15,
+                        data=N.exec_params(window=16)) == 16
+    e = expect(N.PROGRAM_FAILED, nvme.execute, 0, ranges=[R(2, 0, 32)], cparam1=16,
+               cparam2=16, data=N.exec_params(window=16))
+    assert e.completion.dw0 & 0xFF == regs.EBPF_ERR_OUT_OF_BOUNDS
+    expect(N.INVALID_FIELD, nvme.execute, 0, ranges=[R(2, 0, 32)], cparam1=17,
+           data=N.exec_params(window=16))                        # input longer than the window
+    expect(N.INVALID_FIELD, nvme.execute, 0, ranges=[R(2, 0, 32)],
+           data=N.exec_params(window=40))                        # window past the ranges
+
+
+def test_several_ranges_are_one_window_back_to_back(nvme):
+    ready(nvme, 1, INC_RANGE)
+    nvme.mem_write(2, 64, bytes([1] * 8))
+    nvme.mem_write(3, 8, bytes([5] * 16))
+    assert nvme.execute(1, ranges=[R(2, 64, 8), R(3, 8, 16)], cparam1=24) == 24
+    assert nvme.mem_read(2, 64, 8) == bytes([2] * 8)
+    assert nvme.mem_read(3, 8, 16) == bytes([6] * 16)
+
+
+def test_execution_record_log_page(nvme):
+    ready(nvme, 3, INC_RANGE)
+    nvme.mem_write(2, 0, bytes(8))
+    nvme.execute(3, ranges=[R(2, 0, 8)], cparam1=8)
+    raw = nvme.get_log_page(N.LOG_EXECUTION_RECORD, N.EXEC_RECORD_SIZE,
+                            offset=3 * N.EXEC_RECORD_SIZE)
+    rec = N.EXEC_RECORD.unpack(raw[:N.EXEC_RECORD_HEADER])
+    assert rec["instructions"] == 4 + 8 * 6 + 2 and rec["sequence"] == 1
+    assert rec["output_length"] == N.NO_OUTPUT_LENGTH and rec["trace_length"] == 0
+    ready(nvme, 0, OUT_OF_BOUNDS)
+    expect(N.PROGRAM_FAILED, nvme.execute, 0)
+    rec = N.EXEC_RECORD.unpack(nvme.get_log_page(N.LOG_EXECUTION_RECORD, N.EXEC_RECORD_HEADER)
+                               [:N.EXEC_RECORD_HEADER])
+    assert (rec["fault_address"], rec["fault_size"], rec["fault_write"]) == (
+        DATA_BASE - 8, 8, 0)
+
+
 @pytest.mark.skipif(find_clang() is None, reason="needs clang -target bpf")
-def test_clang_compiled_program_sees_context_ranges_and_extra_data(nvme, tmp_path):
+def test_clang_compiled_program_sees_the_window_length_and_arguments(nvme, tmp_path):
     src = tmp_path / "cp.c"
     src.write_text("""
-struct range { unsigned long long off, len; };
-struct ctx { unsigned long long p1, p2; unsigned int numr, extra; unsigned long long rsvd;
-             struct range r[]; };
-unsigned long long run(struct ctx *c, unsigned long long size) {
-    unsigned long long total = c->p1 * 1000 + c->numr * 100 + c->extra;
-    for (unsigned int i = 0; i < c->numr; i++) {
-        unsigned char *p = (unsigned char *)c + c->r[i].off;
-        for (unsigned long long k = 0; k < c->r[i].len; k++) total += p[k];
-    }
+unsigned long long run(unsigned char *data, unsigned long long len, unsigned long long a0,
+                       unsigned long long a1, unsigned long long a2) {
+    unsigned long long total = a0 * 1000 + a1 * 100 + a2;
+    for (unsigned long long k = 0; k < len; k++) total += data[k];
     return total;
 }
 """)
@@ -90,8 +134,9 @@ unsigned long long run(struct ctx *c, unsigned long long size) {
     ready(nvme, 2, obj.read_bytes())
     nvme.mem_write(2, 8, bytes([1] * 8))
     nvme.mem_write(3, 0, bytes([2] * 16))
-    got = nvme.execute(2, ranges=[R(2, 8, 8), R(3, 0, 16)], cparam1=3, data=b"xyz")
-    assert got == 3000 + 200 + 3 + 8 + 32
+    got = nvme.execute(2, ranges=[R(2, 8, 8), R(3, 0, 16)], cparam1=24, cparam2=3,
+                       data=N.exec_params(2, 7))
+    assert got == 3000 + 200 + 7 + 8 + 32
 
 
 def test_load_program_errors(nvme):
@@ -193,17 +238,18 @@ def test_execute_with_a_range_set_and_inline_ranges(nvme):
     ready(nvme, 1, INC_RANGE)
     nvme.mem_write(3, 64, bytes(8))
     rsid = nvme.create_range_set([R(3, 64, 8)])
-    assert nvme.execute(1, rsid=rsid) == 8
-    assert nvme.execute(1, ranges=[R(3, 64, 8)]) == 8
+    assert nvme.execute(1, rsid=rsid, cparam1=8) == 8
+    assert nvme.execute(1, ranges=[R(3, 64, 8)], cparam1=8) == 8
     assert nvme.mem_read(3, 64, 8) == bytes([2] * 8)
 
 
-def test_device_defined_program_sums_range_one(nvme):
+def test_device_defined_program_sums_its_input(nvme):
     last = limits(nvme)["numpi"] - 1
     nvme.activate(last)
     words = [3, 1 << 40, 77]
     nvme.mem_write(2, 256, struct.pack("<3Q", *words) + bytes(8))
-    assert nvme.execute(last, ranges=[R(2, 256, 32)]) == sum(words)
+    assert nvme.execute(last, ranges=[R(2, 256, 32)], cparam1=28) == sum(words[:3])
+    assert nvme.execute(last, ranges=[R(2, 256, 32)], cparam1=20) == sum(words[:2])
     assert nvme.execute(last) == 0
 
 

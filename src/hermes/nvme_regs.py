@@ -19,6 +19,11 @@ PCI_DEVICE_ID = 0x3100                       #: Hermes NVMe CP/SLM controller
 PCI_REVISION = 1
 #: Class code 01h/08h/02h: mass storage, non-volatile memory controller, NVM Express I/O controller.
 PCI_CLASS_NVME = 0x010802
+#: MSI-X table and PBA, in BAR0 past the doorbells of every queue pair the controller offers
+#: (the layout many NVMe drives use; a hypervisor emulates the table, so the model never sees it).
+MSIX_BAR = 0
+MSIX_TABLE_OFFSET = 0x3000
+MSIX_PBA_OFFSET = 0x3800
 
 # --- BAR0 controller registers ------------------------------------------------------------------
 REG_CAP = 0x00      #: Controller Capabilities (64-bit)
@@ -507,27 +512,35 @@ def execute_dwords(pind: int, rsid: int, numr: int, dlen: int) -> tuple[int, int
     return (pind & 0xFFFF) | ((rsid & 0xFFFF) << 16), numr & 0xFFFF_FFFF, dlen & 0xFFFF_FFFF
 
 
-#: The run's memory (r1 = its address, r2 = its size) starts with this context: CPARAM1,
-#: CPARAM2, the number of ranges, the length of the extra data, reserved; then one
-#: (offset from r1, length) pair per range; then the extra data; then each range's bytes.
-EXEC_CONTEXT = struct.Struct("<QQIIQ")
-EXEC_RANGE_ENTRY = struct.Struct("<QQ")
+#: The program's view follows the run contract (specs/run-contract.md, specs/nvme-cp.md): the
+#: data window is the bytes of the ranges back to back (r1 = its start), r2 = CPARAM1 (the input
+#: length; the window past it reads as zero), r3 = CPARAM2, and r4, r5 and the run's limits come
+#: from these parameters at the start of the extra program data (each u64, missing ones 0):
+#: arg 1 (r4), arg 2 (r5), the window length (0 = every range), the budget (0 = the controller's).
+EXEC_PARAMS = struct.Struct("<QQQQ")
 
 
-def exec_layout(range_lengths: "list[int]", extra: int) -> tuple[int, list[int], int]:
-    """(offset of the extra data, offset of each range, total size) of a run's memory."""
-    pos = EXEC_CONTEXT.size + EXEC_RANGE_ENTRY.size * len(range_lengths)
-    extra_at = pos
-    pos = _align8(pos + extra)
-    offsets = []
-    for n in range_lengths:
-        offsets.append(pos)
-        pos = _align8(pos + n)
-    return extra_at, offsets, pos
+def exec_params(arg1: int = 0, arg2: int = 0, window: int = 0, budget: int = 0) -> bytes:
+    """The run parameters of an Execute Program's extra data."""
+    return EXEC_PARAMS.pack(arg1 & MASK64, arg2 & MASK64, window, budget)
 
 
-def _align8(n: int) -> int:
-    return (n + 7) & ~7
+def unpack_exec_params(extra: "bytes | memoryview") -> tuple[int, int, int, int]:
+    """(arg 1, arg 2, window length, budget) of an Execute Program's extra data."""
+    raw = bytes(extra[:EXEC_PARAMS.size]).ljust(EXEC_PARAMS.size, b"\0")
+    return EXEC_PARAMS.unpack(raw)  # type: ignore[return-value]
+
+
+#: Log page C0h (vendor specific): one Execution Record per program index, at byte offset
+#: ``pind * EXEC_RECORD_SIZE``, describing the last Execute Program of that index: instructions
+#: executed, nanoseconds on the engine, the output length the program declared (all ones: none),
+#: the fault of a failed run (address, size, store), the printed text's length and the bytes
+#: dropped past it; the text itself follows the 64-byte header.
+LOG_EXECUTION_RECORD = 0xC0
+EXEC_RECORD_HEADER = 64
+EXEC_RECORD_TRACE = 4096
+EXEC_RECORD_SIZE = EXEC_RECORD_HEADER + EXEC_RECORD_TRACE
+NO_OUTPUT_LENGTH = MASK64
 
 
 # --- SLM command fields -------------------------------------------------------------------------
@@ -621,6 +634,12 @@ ID_NS_CP = Layout(IDENTIFY_SIZE, {
 })
 #: SLM Identify Namespace (CNS 05h, CSI 03h): the size in bytes (this controller's layout).
 ID_NS_SLM = Layout(IDENTIFY_SIZE, {"msz": (0, "Q"), "mcl": (8, "Q"), "msrc": (16, "H")})
+#: The header of an Execution Record (log page C0h).
+EXEC_RECORD = Layout(EXEC_RECORD_HEADER, {
+    "instructions": (0, "Q"), "elapsed_ns": (8, "Q"), "output_length": (16, "Q"),
+    "fault_address": (24, "Q"), "fault_size": (32, "I"), "fault_write": (36, "B"),
+    "trace_length": (40, "I"), "trace_dropped": (44, "I"), "sequence": (48, "Q"),
+})
 
 #: Namespace Identification Descriptor types (CNS 03h).
 NIDT_UUID, NIDT_CSI = 0x03, 0x04

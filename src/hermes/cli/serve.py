@@ -17,7 +17,7 @@ def _size(text: str) -> int:
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a size: {text!r}") from None
     if value <= 0 or value % 8:
-        raise argparse.ArgumentTypeError(f"slot size must be a positive multiple of 8: {text!r}")
+        raise argparse.ArgumentTypeError(f"a size must be a positive multiple of 8: {text!r}")
     return value
 
 
@@ -71,14 +71,21 @@ def register(sub: "argparse._SubParsersAction") -> None:
                                    "removes the socket.")
     p.add_argument("--socket", "--socket-path", dest="socket", required=True, metavar="PATH",
                    help="UNIX socket path to listen on")
-    p.add_argument("--engines", type=_count(1, 255), default=4, help="eBPF engines (default 4)")
-    p.add_argument("--slots", type=_count(1, 255), default=16,
+    p.add_argument("--device", choices=("hermes", "nvme-cp"), default="hermes",
+                   help="the device model: the Hermes device (default) or the NVMe Computational "
+                        "Programs + Subsystem Local Memory controller (specs/nvme-cp.md)")
+    p.add_argument("--memory-size", type=_size, action="append", default=None, metavar="BYTES",
+                   help="nvme-cp: size of one memory namespace (repeat for more; default one "
+                        "of 16M)")
+    p.add_argument("--engines", type=_count(1, 255), default=None,
+                   help="eBPF engines (default 4)")
+    p.add_argument("--slots", type=_count(1, 255), default=None,
                    help="program slots and data slots, each (default 16)")
     p.add_argument("--program-slots", type=_count(1, 255), default=None, metavar="N",
                    help="program slots (default: --slots)")
     p.add_argument("--data-slots", type=_count(1, 255), default=None, metavar="N",
                    help="data slots (default: --slots)")
-    p.add_argument("--slot-size", type=_size, default=1 << 20, metavar="BYTES",
+    p.add_argument("--slot-size", type=_size, default=None, metavar="BYTES",
                    help="size of one program or data slot (default 1M; K/M/G suffixes)")
     p.add_argument("--program-slot-size", type=_size, default=None, metavar="BYTES",
                    help="size of one program slot (default: --slot-size)")
@@ -87,7 +94,7 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--engine", default=None, help="execution engine for programs (interp, jit)")
     p.add_argument("--budget", type=_count(1, (1 << 64) - 1), default=None,
                    help="instruction budget of one run")
-    p.add_argument("--interface-version", type=_count(1, 2), default=1,
+    p.add_argument("--interface-version", type=_count(1, 2), default=None,
                    help="register layout version presented in BAR0 (default 1)")
     p.add_argument("--socket-group", type=_group, default=None, metavar="GROUP",
                    help="let members of GROUP (name or gid) connect too: the socket gets mode "
@@ -104,14 +111,31 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.set_defaults(func=_run)
 
 
+#: Options that configure only the Hermes device.
+_HERMES_ONLY = ("engines", "slots", "program_slots", "data_slots", "slot_size",
+                "program_slot_size", "data_slot_size", "interface_version", "irq_compat")
+
+
 def _run(args: argparse.Namespace) -> int:
+    from ..errors import UsageError
     from ..vfio.server import serve
-    kwargs = dict(engines=args.engines,
-                  program_slots=args.program_slots or args.slots,
-                  data_slots=args.data_slots or args.slots,
-                  program_slot_size=args.program_slot_size or args.slot_size,
-                  data_slot_size=args.data_slot_size or args.slot_size,
-                  interface_version=args.interface_version)
+    if args.device == "nvme-cp":
+        given = [name for name in _HERMES_ONLY if getattr(args, name) is not None]
+        if given:
+            raise UsageError(f"--{given[0].replace('_', '-')} configures the Hermes device, "
+                             f"not --device nvme-cp")
+        kwargs: dict = {"device": "nvme-cp",
+                        "memory_sizes": tuple(args.memory_size or (16 << 20,))}
+    else:
+        if args.memory_size:
+            raise UsageError("--memory-size configures --device nvme-cp only")
+        slots, slot_size = args.slots or 16, args.slot_size or 1 << 20
+        kwargs = dict(engines=args.engines or 4,
+                      program_slots=args.program_slots or slots,
+                      data_slots=args.data_slots or slots,
+                      program_slot_size=args.program_slot_size or slot_size,
+                      data_slot_size=args.data_slot_size or slot_size,
+                      interface_version=args.interface_version or 1)
     if args.engine:
         kwargs["engine"] = args.engine
     if args.budget is not None:

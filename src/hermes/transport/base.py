@@ -110,6 +110,11 @@ class Transport(abc.ABC):
         whole ``timeout``.
         """
 
+    def flush(self) -> None:
+        """Deliver posted BAR writes now. A transport that queues writes (vfio-user sends them
+        with its next message) implements it; a host that polls memory for the device's answer,
+        rather than reading a register or waiting for an interrupt, calls it after a doorbell."""
+
     def irq_clear(self, vector: int) -> None:
         """Forget interrupts of ``vector`` that fired and were not waited for yet."""
         while self.irq_wait(vector, 0):

@@ -74,8 +74,11 @@ class VfioUserTransport(Transport):
     """
 
     def __init__(self, path: str, *, timeout: float = DEFAULT_TIMEOUT, dma_fds: bool = True,
-                 connect_timeout: float = DEFAULT_CONNECT_TIMEOUT):
+                 connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+                 pci_id: "tuple[int, int]" = (regs.PCI_VENDOR_ID, regs.PCI_DEVICE_ID)):
         self.path = path
+        #: (vendor, device) the served function must have (another device's driver passes its own).
+        self.pci_id = pci_id
         self.timeout = check_seconds("timeout", timeout)
         self.connect_timeout = check_seconds("connect_timeout", connect_timeout)
         self.dma_fds = dma_fds
@@ -171,9 +174,10 @@ class VfioUserTransport(Transport):
         for index in range(self.num_regions):
             self.regions[index] = self._region_info(index)
         vendor, device = struct.unpack("<HH", self._region_read(uapi.VFIO_PCI_CONFIG_REGION_INDEX, 0, 4))
-        if (vendor, device) != (regs.PCI_VENDOR_ID, regs.PCI_DEVICE_ID):
+        if (vendor, device) != self.pci_id:
             raise OSError(errno.ENODEV, f"vfio-user server at {self.path} serves a "
-                          f"{vendor:04x}:{device:04x} device, not a Hermes device")
+                          f"{vendor:04x}:{device:04x} device, not a Hermes device "
+                          f"({self.pci_id[0]:04x}:{self.pci_id[1]:04x})")
 
         irq = uapi.vfio_irq_info.decode(self._call(
             P.DEVICE_GET_IRQ_INFO,

@@ -18,6 +18,7 @@ from typing import Callable
 from .. import regs
 from ..device import DmaFault, HermesDevice
 from ..device.model import BAR4_ALIGN
+from ..device.nvme import PCI_IDENTITY, NvmeController
 from . import pci, uapi
 
 
@@ -360,21 +361,31 @@ def bar4_size_for(program_slots: int, data_slots: int, program_slot_size: int,
 
 
 class VfioFunction:
-    """One HermesDevice behind VFIO regions 0..8, IRQ indices 0..4 and a DMA space.
+    """One device model behind VFIO regions 0..8, IRQ indices 0..4 and a DMA space.
 
+    By default the device is a HermesDevice with the Hermes BARs and identity. ``bars`` and
+    ``identity`` (``pci.ConfigSpace`` arguments) present another model with the same interface
+    (``bar_read``/``bar_write``, ``set_host_memory``, ``set_irq_handler``, ``reset``, ``close``,
+    ``abort``), such as the NVMe controller (``create_nvme``).
     ``bar4_fd``/``bar4_fd_offset`` name the file that backs BAR4 (shared memory the client can
     mmap); the device is constructed with ``bar4=`` a mapping of it.
     """
 
     def __init__(self, device: HermesDevice, *, bar4_fd: int | None = None,
                  bar4_fd_offset: int = 0, bar4_map: mmap.mmap | None = None,
-                 region_offsets: dict[int, int] | None = None):
+                 region_offsets: dict[int, int] | None = None,
+                 bars: "list[pci.BarSpec] | None" = None, identity: dict | None = None):
         self.device = device
         self.bar4_fd = bar4_fd
         self._bar4_map = bar4_map
-        self.bars = {b.index: b for b in pci.hermes_bars(device.bar_size(regs.BAR_MEM))}
-        self.config = pci.ConfigSpace(list(self.bars.values()))
-        self.msix = MsixEventfds(regs.MSIX_VECTORS)
+        if bars is None:
+            bars = pci.hermes_bars(device.bar_size(regs.BAR_MEM))
+        self.bars = {b.index: b for b in bars}
+        identity = identity or {}
+        self.config = pci.ConfigSpace(list(self.bars.values()), **identity)
+        self.msix = MsixEventfds(identity.get("msix_vectors", regs.MSIX_VECTORS))
+        #: Trapped BARs a server may access with plain register accesses: index -> size.
+        self.register_bars = {i: b.size for i, b in self.bars.items() if i != regs.BAR_MEM}
         self.dma = DmaSpace()
         device.set_host_memory(self.dma)
         device.set_irq_handler(self.msix.fire)
@@ -417,6 +428,15 @@ class VfioFunction:
             os.close(fd)
             raise
         return cls(device, bar4_fd=fd, bar4_map=mm)
+
+    @classmethod
+    def create_nvme(cls, **controller_kwargs) -> "VfioFunction":
+        """A new NVMe CP/SLM controller (``NvmeController`` arguments) as a PCI function: BAR0
+        only (registers, doorbells, MSI-X table), class 010802h."""
+        device = NvmeController(**controller_kwargs)
+        return cls(device, bars=[pci.BarSpec(0, pci.pow2_at_least(device.bar_size(0)), False,
+                                             False)],
+                   identity=PCI_IDENTITY)
 
     # --- info ----------------------------------------------------------------------------------
     def device_info(self) -> tuple[int, int, int]:

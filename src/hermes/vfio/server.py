@@ -57,7 +57,6 @@ _UCRED = struct.Struct("3i")   # struct ucred: pid, uid, gid
 
 
 _FAST = (P.REGION_READ, P.REGION_WRITE)
-_FAST_REGIONS = {regs.BAR_REGS: regs.BAR0_SIZE, regs.BAR_DMA: regs.BAR2_SIZE}
 _ACCESS = P.REGION_ACCESS
 _HEADER = P.HEADER
 
@@ -309,9 +308,9 @@ class Session:
         if len(p) < 16 or msg.fds or msg.flags & ~P.FLAG_NO_REPLY:
             return False
         offset, region, count = _ACCESS.unpack_from(p)
-        limit = _FAST_REGIONS.get(region)
+        limit = self.fn.register_bars.get(region)
         if (limit is None or count not in (1, 2, 4, 8) or offset % count or offset + count > limit
-                or (region == 2 and count != 4)):
+                or (region == regs.BAR_DMA and count != 4)):
             return False
         dev = self.fn.device
         if msg.cmd == P.REGION_READ:
@@ -849,16 +848,22 @@ def _peer_groups(conn: socket.socket) -> list[int]:
 def serve(path: str, *, verbose: bool = False, log_file: TextIO | None = None,
           install_signals: bool = True, ready: Callable[[], None] | None = None,
           socket_group: int | None = None, stall_timeout: float = P.STALL_TIMEOUT,
-          **device_kwargs) -> None:
+          device: str = "hermes", **device_kwargs) -> None:
     """Build a device with ``device_kwargs`` and serve it at ``path`` until SIGINT/SIGTERM.
 
-    A device option the model refuses raises DeviceError naming it (before anything listens)."""
+    ``device`` is ``"hermes"`` (a HermesDevice) or ``"nvme-cp"`` (the NVMe CP/SLM controller,
+    ``NvmeController`` arguments). A device option the model refuses raises DeviceError naming
+    it (before anything listens)."""
+    makers = {"hermes": VfioFunction.create, "nvme-cp": VfioFunction.create_nvme}
+    if device not in makers:
+        raise DeviceError(f"unknown device type {device!r}; choose one of {', '.join(makers)}")
+    make = makers[device]
     try:
-        function = VfioFunction.create(**device_kwargs)
+        function = make(**device_kwargs)
     except (ValueError, TypeError) as exc:
         raise DeviceError(f"bad device option: {exc}") from None
     server = Server(path, function, verbose=verbose, log_file=log_file,
-                    factory=lambda: VfioFunction.create(**device_kwargs),
+                    factory=lambda: make(**device_kwargs),
                     socket_group=socket_group, stall_timeout=stall_timeout)
     try:
         server.bind()
@@ -869,7 +874,11 @@ def serve(path: str, *, verbose: bool = False, log_file: TextIO | None = None,
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: server.stop())
     dev = function.device
-    server.log(f"serving Hermes device ({dev.bar_size(4) >> 20} MiB BAR4) on {path}")
+    if device == "nvme-cp":
+        sizes = ", ".join(f"{ns.size >> 20} MiB" for ns in dev.memory.values())
+        server.log(f"serving NVMe CP/SLM controller (memory namespaces {sizes}) on {path}")
+    else:
+        server.log(f"serving Hermes device ({dev.bar_size(4) >> 20} MiB BAR4) on {path}")
     if ready is not None:
         ready()
     server.serve_forever()

@@ -82,6 +82,9 @@ class ProgramEntry:
     active: bool = False
     #: Execute Program commands using it right now.
     users: int = 0
+    #: The Execution Record (log page C0h) of its last Execute Program.
+    record: bytes = bytes(N.EXEC_RECORD_SIZE)
+    runs: int = 0
 
     def clear(self) -> None:
         """Back to an empty index."""
@@ -89,6 +92,7 @@ class ProgramEntry:
         self.buf = bytearray()
         self.executable = None
         self.active = False
+        self.record = bytes(N.EXEC_RECORD_SIZE)
 
 
 @dataclass
@@ -100,22 +104,19 @@ class RangeSet:
     users: int = 0
 
 
-#: A device-defined program at the last index: the sum of the 64-bit words of range 1 (0 when
-#: the run has no range), so hosts can test "not downloadable" against a real program.
+#: A device-defined program at the last index: the sum of the whole 64-bit little-endian words
+#: of its input (r1, r2), so hosts can test "not downloadable" against a real program.
 SUM64_ASM = """
-ldxw r3, [r1+16]
 mov r0, 0
-jeq r3, 0, done
-ldxdw r4, [r1+32]
-ldxdw r5, [r1+40]
-mov r2, r1
-add r2, r4
-add r5, r2
+add r2, r1
+mov r3, r1
 loop:
-jge r2, r5, done
-ldxdw r4, [r2]
-add r0, r4
-add r2, 8
+mov r4, r3
+add r4, 8
+jgt r4, r2, done
+ldxdw r5, [r3]
+add r0, r5
+mov r3, r4
 ja loop
 done:
 exit
@@ -328,27 +329,67 @@ class ComputeNamespace:
 
     def _run(self, entry: ProgramEntry, ranges: list[N.MemoryRange], extra: bytes,
              cmd: N.Command, cancel: _engine.Cancel) -> int:
-        extra_at, offsets, total = N.exec_layout([r.length for r in ranges], len(extra))
+        length = cmd.cdw10 | (cmd.cdw11 << 32)
+        arg0 = cmd.cdw12 | (cmd.cdw13 << 32)
+        arg1, arg2, window, budget = N.unpack_exec_params(extra)
+        total = sum(r.length for r in ranges)
+        window = window or total
+        check(window <= total, N.INVALID_FIELD,
+              f"window of {window} bytes is larger than the ranges ({total} bytes)")
+        check(length <= window, N.INVALID_FIELD,
+              f"input length {length} (CPARAM1) is larger than the window ({window} bytes)")
         mem = bytearray(total)
-        N.EXEC_CONTEXT.pack_into(mem, 0, cmd.cdw10 | (cmd.cdw11 << 32),
-                                 cmd.cdw12 | (cmd.cdw13 << 32), len(ranges), len(extra), 0)
-        for i, (r, off) in enumerate(zip(ranges, offsets)):
-            N.EXEC_RANGE_ENTRY.pack_into(mem, N.EXEC_CONTEXT.size + i * N.EXEC_RANGE_ENTRY.size,
-                                         off, r.length)
-            mem[off:off + r.length] = self.memory[r.nsid].span(r.start, r.length)
-        mem[extra_at:extra_at + len(extra)] = extra
+        pos = 0
+        for r in ranges:
+            mem[pos:pos + r.length] = self.memory[r.nsid].span(r.start, r.length)
+            pos += r.length
+        # The window past the input reads as zero (the run contract), as it will afterwards.
+        mem[length:window] = bytes(window - length)
+        view = memoryview(mem)[:window]
+        entry.runs += 1
         try:
-            result = entry.executable.run(mem, self.budget, cancel=cancel)  # type: ignore
-        except Cancelled:
+            result = entry.executable.run(  # type: ignore[attr-defined]
+                view, budget or self.budget, cancel=cancel, length=length,
+                args=(arg0, arg1, arg2))
+        except Cancelled as exc:
+            self._record(entry, exc.instructions or 0, 0, None, exc)
             raise CommandError(N.ABORT_REQUESTED, "aborted") from None
         except (ExecutionError, ProgramError) as exc:
+            self._record(entry, getattr(exc, "instructions", None) or 0, 0, None, exc)
             raise CommandError(N.PROGRAM_FAILED, str(exc), error_code(exc)) from None
+        else:
+            self._record(entry, result.instructions, result.elapsed_ns, result.output_length,
+                         None, result.trace, result.trace_dropped)
         finally:
+            view.release()
             # Ranges are the program's memory: what it stored stays, as on a device that runs
             # programs in place, also when the run fails part way.
-            for r, off in zip(ranges, offsets):
-                self.memory[r.nsid].span(r.start, r.length)[:] = memoryview(mem)[off:off + r.length]
+            pos = 0
+            for r in ranges:
+                self.memory[r.nsid].span(r.start, r.length)[:] = memoryview(mem)[pos:pos + r.length]
+                pos += r.length
         return result.return_value
+
+    @staticmethod
+    def _record(entry: ProgramEntry, instructions: int, elapsed_ns: int,
+                output_length: int | None, exc: BaseException | None, trace: bytes = b"",
+                dropped: int = 0) -> None:
+        """Keep the Execution Record of the run that just ended."""
+        fault = exc if isinstance(exc, ExecutionError) else None
+        trace = trace[:N.EXEC_RECORD_TRACE]
+        header = N.EXEC_RECORD.pack(
+            instructions=instructions, elapsed_ns=elapsed_ns,
+            output_length=N.NO_OUTPUT_LENGTH if output_length is None else output_length,
+            fault_address=(fault.address or 0) if fault else 0,
+            fault_size=(fault.size or 0) if fault else 0,
+            fault_write=int(bool(fault.write)) if fault else 0,
+            trace_length=len(trace), trace_dropped=dropped, sequence=entry.runs)
+        entry.record = header + trace.ljust(N.EXEC_RECORD_TRACE, b"\0")
+
+    def execution_records(self) -> bytes:
+        """Log page C0h: the Execution Record of every program index, in index order."""
+        with self.lock:
+            return b"".join(p.record for p in self.programs)
 
     def reset(self) -> None:
         """Controller reset: a download that was not finished is dropped (see specs/nvme-cp.md)."""

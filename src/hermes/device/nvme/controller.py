@@ -13,9 +13,11 @@ from ... import nvme_regs as N
 from .compute import CommandError, ComputeNamespace, Limits, MemoryCommands, MemoryNamespace, check
 from .prp import TransferError, gather, gather_into, prp_runs, scatter
 
-#: BAR0 size: registers, then the doorbells of up to 64 queue pairs at stride 4.
+#: BAR0 size: registers, the doorbells at stride 4 from 1000h, the MSI-X table and PBA.
 BAR0_SIZE = 0x4000
 NUM_VECTORS = 32
+#: I/O queue pairs at most: their doorbells must end before the MSI-X table in BAR0.
+MAX_IO_QUEUES = (N.MSIX_TABLE_OFFSET - N.REG_DBS) // 8 - 1
 #: MDTS: 2^8 minimum pages (1 MiB with 4 KiB pages) per command.
 MDTS = 8
 #: ACL and AERL (0's based): 4 Aborts and 4 Asynchronous Event Requests outstanding.
@@ -27,6 +29,11 @@ READY_TIMEOUT_UNITS = 10
 #: Longest a disable waits for a command in progress (aborted first) to finish, in seconds.
 QUIESCE_TIMEOUT = 10.0
 COMPUTE_NSID = 1
+#: Config space of a PCI function presenting the controller (``hermes.vfio.pci.ConfigSpace``
+#: arguments): the identity and MSI-X location of ``hermes.nvme_regs``.
+PCI_IDENTITY = dict(vendor=N.PCI_VENDOR_ID, device=N.PCI_DEVICE_ID, revision=N.PCI_REVISION,
+                    class_code=N.PCI_CLASS_NVME, msix_vectors=NUM_VECTORS, msix_bar=N.MSIX_BAR,
+                    msix_table=N.MSIX_TABLE_OFFSET, msix_pba=N.MSIX_PBA_OFFSET)
 _MASKS = {4: 0xFFFF_FFFF, 8: N.MASK64}
 _STAT_KEYS = ("commands", "errors", "interrupts", "doorbell_errors", "ignored_writes",
               "bad_size_accesses", "executions", "resets", "fatal", "internal_errors")
@@ -73,8 +80,8 @@ class NvmeController:
                  max_queue_entries: int = 1024, engine: str | None = None,
                  budget: int | None = None, limits: Limits | None = None,
                  serial: str = "HERMESCP0001"):
-        if not 1 <= io_queues <= (BAR0_SIZE - N.REG_DBS) // 8 - 1:
-            raise ValueError(f"io_queues must be in 1..{(BAR0_SIZE - N.REG_DBS) // 8 - 1}")
+        if not 1 <= io_queues <= MAX_IO_QUEUES:
+            raise ValueError(f"io_queues must be in 1..{MAX_IO_QUEUES}")
         if not 2 <= max_queue_entries <= 65536:
             raise ValueError("max_queue_entries must be in 2..65536")
         if not memory_sizes or any(s <= 0 or s % 8 for s in memory_sizes):
@@ -284,6 +291,14 @@ class NvmeController:
         deadline = time.monotonic() + QUIESCE_TIMEOUT
         while (self._admin.busy or self._io.busy) and time.monotonic() < deadline:
             self._idle.wait(0.05)
+
+    def abort(self) -> None:
+        """Cancel the commands being processed (a departing host's runaway programs); the
+        controller stays enabled and completes them as aborted."""
+        with self._lock:
+            for w in (self._admin, self._io):
+                if w.current is not None:
+                    w.current[2].set()
 
     def reset(self) -> None:
         """Controller Level Reset plus register defaults (a function level reset)."""
@@ -663,6 +678,8 @@ class NvmeController:
             page = N.FIRMWARE_SLOT_LOG.pack(afi=1, frs1=N.ascii_field("0.1", 8))
         elif lid == L.COMMAND_EFFECTS:
             page = self._effects(csi)
+        elif lid == N.LOG_EXECUTION_RECORD:
+            page = self.compute.execution_records()
         else:
             raise CommandError(N.INVALID_LOG_PAGE, f"log page {lid:#04x}")
         n = 4 * numd

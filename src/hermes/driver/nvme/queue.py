@@ -107,6 +107,8 @@ class QueuePair:
         start = time.monotonic()
         deadline = start + timeout
         pause = 0.0
+        if not self.use_irq:
+            self.t.flush()   # the doorbell must reach the controller before polling its answer
         while True:
             cqe = self.take(cid)
             if cqe is not None:

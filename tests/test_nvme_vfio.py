@@ -1,0 +1,65 @@
+"""The NVMe CP/SLM controller as a vfio-user PCI function: identity, BARs, MSI-X, the CLI."""
+from __future__ import annotations
+
+import errno
+import os
+import struct
+import subprocess
+import sys
+
+import pytest
+
+from hermes import nvme_regs as N
+from hermes.transport.vfio_user import VfioUserTransport
+from hermes.vfio import pci, uapi
+
+from tests.nvme_devices import _server
+
+
+@pytest.fixture
+def served():
+    """A ``hermes serve --device nvme-cp`` process (from the pool the conformance suite uses)."""
+    server = _server()
+    yield server
+    server.in_use = 0
+
+
+def test_function_identity_bars_and_msix(served):
+    t = VfioUserTransport(served.path, pci_id=(N.PCI_VENDOR_ID, N.PCI_DEVICE_ID))
+    try:
+        assert t.config_read(pci.PCI_VENDOR_ID, 2) == N.PCI_VENDOR_ID
+        assert t.config_read(pci.PCI_DEVICE_ID, 2) == N.PCI_DEVICE_ID
+        klass = t.config_read(pci.PCI_CLASS_PROG, 4) & 0xFFFFFF
+        assert klass == N.PCI_CLASS_NVME
+        assert t.regions[0].size == 0x4000
+        assert all(t.regions[i].size == 0 for i in range(1, 6))
+        cap = pci.find_capability(
+            lambda off, n: t.config_read(off, n).to_bytes(n, "little"), pci.PCI_CAP_ID_MSIX)
+        assert cap is not None
+        ctrl, table, pba = struct.unpack("<HII", t.config_read(cap + 2, 2).to_bytes(2, "little")
+                                         + t.config_read(cap + 4, 4).to_bytes(4, "little")
+                                         + t.config_read(cap + 8, 4).to_bytes(4, "little"))
+        assert (ctrl & pci.PCI_MSIX_FLAGS_QSIZE) + 1 == t.num_vectors == 32
+        assert table == N.MSIX_TABLE_OFFSET | N.MSIX_BAR and pba == N.MSIX_PBA_OFFSET | N.MSIX_BAR
+        assert t.read(0, N.REG_VS, 4) == N.NVME_VERSION
+    finally:
+        t.close()
+
+
+def test_hermes_client_refuses_the_nvme_function(served):
+    with pytest.raises(OSError) as info:
+        VfioUserTransport(served.path)
+    assert info.value.errno == errno.ENODEV and "1de5:3100" in str(info.value)
+
+
+@pytest.mark.parametrize("args, text", [
+    (["--slots", "4"], "--slots configures the Hermes device"),
+    (["--memory-size", "12"], "a size must be a positive multiple of 8"),
+])
+def test_serve_refuses_options_of_the_other_device(tmp_path, args, text):
+    cmd = [sys.executable, "-m", "hermes.cli", "serve", "--socket", str(tmp_path / "s.sock"),
+           "--device", "nvme-cp", *args]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert text in done.stderr and "Traceback" not in done.stderr
+    assert not os.path.exists(tmp_path / "s.sock")
