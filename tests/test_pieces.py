@@ -14,7 +14,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 import hermes
 from hermes.engine import Program
 from hermes.engine.clang import compile_c, find_clang
-from hermes.errors import (DataTooLarge, DeviceError, ExecutionFailed, ProgramTooLarge,
+from hermes.errors import (DataTooLarge, DeviceError, ExecutionFailed, ProgramError,
+                           ProgramTooLarge,
                            UsageError)
 from hermes.lib.pieces import Piece, pieces, scan, with_piece
 
@@ -306,7 +307,8 @@ class ReadOnlyText:
         self.read = f.read
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.binary(max_size=3000).map(lambda b: bytes(c if c % 7 else 10 for c in b)),
        piece_size=st.integers(1, 700), policy=st.sampled_from(["none", "record", "delimiter"]),
        record=st.integers(1, 40), kind=st.sampled_from(["bytes", "numpy", "bytesio",
@@ -513,3 +515,12 @@ def test_scan_passes_args_and_window_size(device):
     """)
     results = list(scan(device, prog, b"\x01" * 10_000, size=4096, args=(40,), read=0))
     assert [r.return_value for r in results] == [41, 41, 40]
+
+
+def test_a_rejected_program_fails_the_call_and_releases_the_source(device, tmp_path):
+    path = tmp_path / "data.bin"
+    path.write_bytes(bytes(10_000))
+    with pytest.raises(ProgramError) as e:
+        scan(device, Program.from_asm("mov r0, r6\nexit"), path, piece_size=4096)
+    assert not hasattr(e.value, "piece_index")
+    assert _mapped(path) == 0

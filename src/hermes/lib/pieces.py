@@ -411,7 +411,22 @@ def scan(device: Any, program: Any, source: object, *, piece_size: int | None = 
         ("args", args), ("size", size), ("read", read), ("budget", budget),
         ("timeout", timeout), ("workers", workers)) if value is not None and value != ()}
     split = pieces(source, piece_size, record=record, delimiter=delimiter)
-    results = _scan(device, program, split, options, progress)
+    pending: collections.deque[Piece] = collections.deque()
+
+    def feed() -> Iterator[memoryview]:
+        # map pulls items in order under its own lock; a piece is queued before it is handed
+        # over, so result k always belongs to pending[0].
+        for piece in split:
+            pending.append(piece)
+            yield piece.data
+
+    items = feed()
+    try:  # map checks the program and its options now (its runs start on the first result)
+        mapped = device.map(program, items, **options)
+    except BaseException:
+        split.close()
+        raise
+    results = _scan(mapped, items, split, pending, progress)
     if reduce is None:
         return results
     try:
@@ -426,24 +441,14 @@ def scan(device: Any, program: Any, source: object, *, piece_size: int | None = 
         results.close()
 
 
-def _scan(device: Any, program: Any, split: Pieces, options: dict,
-          progress: "Progress | None") -> Iterator[Any]:
-    pending: collections.deque[Piece] = collections.deque()
-
-    def feed() -> Iterator[memoryview]:
-        # map pulls items in order under its own lock; a piece is queued before it is handed
-        # over, so result k always belongs to pending[0].
-        for piece in split:
-            pending.append(piece)
-            yield piece.data
-
-    items = feed()
+def _scan(mapped: Iterator[Any], items: Iterator[memoryview], split: Pieces,
+          pending: "collections.deque[Piece]", progress: "Progress | None") -> Iterator[Any]:
+    """The results of ``mapped`` with their pieces' offsets, index and errors."""
     done = 0
-    results = device.map(program, items, **options)
     try:
         while True:
             try:
-                result = next(results)
+                result = next(mapped)
             except StopIteration:
                 return
             except Exception as exc:
@@ -456,9 +461,9 @@ def _scan(device: Any, program: Any, split: Pieces, options: dict,
                 progress(done, split.total)
             yield dataclasses.replace(result, offset=piece.offset, index=piece.index)
     finally:
-        close = getattr(results, "close", None)
+        close = getattr(mapped, "close", None)
         if close is not None:
-            close()
+            close()  # stops the map's workers before the pieces they hold are released
         items.close()
         pending.clear()
         split.close()
