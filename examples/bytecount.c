@@ -1,13 +1,11 @@
-/* bytecount: how many payload bytes equal param[0] (low 8 bits). r0 = the count. */
-#include "hermes_example.h"
+/* bytecount: how many input bytes equal arg0 (its low 8 bits). r0 = the count. */
+#include "hermes.h"
 
-u64 bytecount(u8 *slot, u64 slot_size)
+HERMES_ENTRY(bytecount)
 {
-    u64 n = hermes_payload_len(slot, slot_size, 0);
-    u8 value = (u8)((struct hermes_hdr *)slot)->param[0];
-    const u8 *p = slot + HERMES_HDR_SIZE;
+    u8 value = (u8)arg0;
     u64 count = 0;
-    for (u64 i = 0; i < n; i++)
-        count += p[i] == value;
+    for (u64 i = 0; i < len; i++)
+        count += data[i] == value;
     return count;
 }

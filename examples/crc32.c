@@ -1,6 +1,7 @@
-/* crc32: the CRC-32 (IEEE 802.3, as zlib.crc32) of the payload, with a 256-entry lookup table in
- * .rodata. r0 = the CRC. */
-#include "hermes_example.h"
+/* crc32: the CRC-32 (IEEE 802.3, as zlib.crc32) of the input, with a 256-entry lookup table in
+ * .rodata. r0 = the CRC. arg0 = the CRC of the bytes before this input (0 for none), so that
+ * pieces of one stream chain: run each piece with arg0 = the previous piece's r0. */
+#include "hermes.h"
 
 static const u32 crc_table[256] = {
     0x00000000, 0x77073096, 0xee0e612c, 0x990951ba, 0x076dc419, 0x706af48f,
@@ -48,12 +49,10 @@ static const u32 crc_table[256] = {
     0xb40bbe37, 0xc30c8ea1, 0x5a05df1b, 0x2d02ef8d
 };
 
-u64 crc32(u8 *slot, u64 slot_size)
+HERMES_ENTRY(crc32)
 {
-    u64 n = hermes_payload_len(slot, slot_size, 0);
-    const u8 *p = slot + HERMES_HDR_SIZE;
-    u32 crc = 0xffffffff;
-    for (u64 i = 0; i < n; i++)
-        crc = crc_table[(crc ^ p[i]) & 0xff] ^ (crc >> 8);
+    u32 crc = (u32)arg0 ^ 0xffffffff;
+    for (u64 i = 0; i < len; i++)
+        crc = crc_table[(crc ^ data[i]) & 0xff] ^ (crc >> 8);
     return crc ^ 0xffffffff;
 }

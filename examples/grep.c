@@ -1,30 +1,30 @@
-/* grep: how many '\n'-separated payload lines contain a fixed pattern.
- * param[0] = pattern length (1..48); the pattern bytes are param[1..6] (header bytes 16..63).
- * r0 = the number of matching lines (0 for an invalid pattern length). */
-#include "hermes_example.h"
+/* grep: how many '\n'-separated input lines contain a fixed pattern of 1..16 bytes.
+ * arg0 = the pattern length; arg1, arg2 = the pattern bytes, little-endian (byte 0 is the low
+ * byte of arg1, byte 8 the low byte of arg2). r0 = the number of matching lines (0 for a pattern
+ * length outside 1..16). */
+#include "hermes.h"
 
-#define MAX_PATTERN 48
+#define MAX_PATTERN 16
 
-u64 grep(u8 *slot, u64 slot_size)
+HERMES_ENTRY(grep)
 {
-    u64 n = hermes_payload_len(slot, slot_size, 0);
-    u64 m = ((struct hermes_hdr *)slot)->param[0];
-    const u8 *pat = slot + 16;
-    const u8 *p = slot + HERMES_HDR_SIZE;
+    u64 m = arg0;
+    u64 words[2] = {arg1, arg2};
+    const u8 *pat = (const u8 *)words;
     if (m == 0 || m > MAX_PATTERN)
         return 0;
     u64 lines = 0;
     int found = 0;
-    for (u64 i = 0; i < n; i++) {
-        if (p[i] == '\n') {
+    for (u64 i = 0; i < len; i++) {
+        if (data[i] == '\n') {
             lines += found;
             found = 0;
             continue;
         }
-        if (found || i + m > n || p[i] != pat[0])
+        if (found || i + m > len || data[i] != pat[0])
             continue;
         u64 j = 1;
-        while (j < m && p[i + j] == pat[j])
+        while (j < m && data[i + j] == pat[j])
             j++;
         found = j == m;
     }

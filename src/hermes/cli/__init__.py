@@ -6,15 +6,23 @@ import errno
 import importlib
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import Callable
 
 from ..errors import HermesError
 
 #: Modules of ``hermes.cli`` that add subcommands; each has ``register(subparsers)``.
-SUBCOMMAND_MODULES = ("engine", "device", "demo", "bench", "serve", "rtl")
+SUBCOMMAND_MODULES = ("engine", "device", "toolchain", "demo", "bench", "serve", "rtl")
 #: Exit status of a run that failed on an error of Hermes itself (not of the user's input).
 INTERNAL_ERROR_STATUS = 70
+#: Exit status after Ctrl-C (128 + SIGINT, what shells report for a command killed by it).
+INTERRUPTED_STATUS = 130
+#: Seconds a command interrupted by Ctrl-C has to stop its work before the process exits anyway
+#: (``hermes run`` must be gone within 1 s of Ctrl-C; specs/run-contract.md section 6).
+INTERRUPT_GRACE = 0.6
+#: Most arguments a run takes (r3..r5; specs/run-contract.md section 1).
+MAX_RUN_ARGS = 3
 
 
 class Parser(argparse.ArgumentParser):
@@ -56,17 +64,43 @@ def engine_arg(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def run_arg(text: str) -> int:
+    """An argparse ``type`` for a run argument: a 64-bit value, decimal or 0x hex; a negative one
+    is taken modulo 2^64 as the library does."""
+    return int_arg(-(1 << 63), (1 << 64) - 1)(text) % (1 << 64)
+
+
+def seconds_arg(text: str) -> float:
+    """An argparse ``type`` for a positive number of seconds (``--timeout 0.5``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
+
+
 def budget_arg(text: str) -> int:
     """An argparse ``type`` for an instruction budget (the range every backend accepts)."""
     from ..lib.api import OPTION_RANGES
     return int_arg(*OPTION_RANGES["budget"])(text)
 
 
-def load_program(path: str) -> "object":
-    """``Program.from_file(path)``, with the path in front of any error's message."""
+def load_program(path: str, function: str | None = None, section: str | None = None
+                 ) -> "object":
+    """``Program.from_file(path)``, or with ``function``/``section`` the entry of that name of the
+    ELF object ``path`` (``Program.from_elf``); the path is in front of any error's message."""
     from ..engine import Program
     try:
-        return Program.from_file(path)
+        if function is None and section is None:
+            return Program.from_file(path)
+        data = Path(path).read_bytes()
+        if data[:4] != b"\x7fELF":
+            option = "--function" if function is not None else "--section"
+            raise HermesError(f"{path}: {option} needs an ELF object (.o), and this file is not "
+                              "one")
+        return Program.from_elf(data, function=function, section=section)
     except HermesError as exc:
         if Path(path).name in str(exc):  # the message already says which file
             raise
@@ -126,12 +160,49 @@ def guarded(command: Callable[[], "int | None"]) -> int:
         where = f": {exc.filename}" if exc.filename else ""
         return _fail(f"error: {exc.strerror or exc}{f' ({name})' if name else ''}{where}")
     except KeyboardInterrupt:
-        return 130
+        return _fail("interrupted", INTERRUPTED_STATUS)
     except MemoryError:
         return _fail("error: out of memory", INTERNAL_ERROR_STATUS)
     except Exception as exc:  # noqa: BLE001 - the last guard: one line, never a traceback
         return _fail(f"internal error ({type(exc).__name__}): {str(exc) or 'no message'}; please "
                      "report it", INTERNAL_ERROR_STATUS)
+
+
+def interruptible(work: Callable[[], "int | None"], stop: Callable[[], None]) -> "int | None":
+    """Run ``work`` in a worker thread while this (the main) thread waits for Ctrl-C.
+
+    The main thread stays responsive whatever ``work`` is blocked in (native JIT code, a device
+    wait). On Ctrl-C, ``stop()`` is called (e.g. setting the run's ``Cancel``) and ``work`` gets
+    ``INTERRUPT_GRACE`` seconds to unwind (the device aborts the run and closes); then
+    ``KeyboardInterrupt`` is raised, or, when ``work`` is still stuck, the process exits at once
+    with ``INTERRUPTED_STATUS``. ``work``'s own exception is re-raised here.
+    """
+    outcome: dict[str, object] = {}
+
+    def target() -> None:
+        try:
+            outcome["status"] = work()
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=target, name="hermes-command", daemon=True)
+    worker.start()
+    try:
+        while worker.is_alive():
+            worker.join(0.1)
+    except KeyboardInterrupt:
+        stop()
+        worker.join(INTERRUPT_GRACE)
+        if worker.is_alive():
+            _fail(f"interrupted (the work did not stop within {INTERRUPT_GRACE} s; exiting "
+                  "without cleaning up)")
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(INTERRUPTED_STATUS)
+        raise
+    if "error" in outcome:
+        raise outcome["error"]  # type: ignore[misc]
+    return outcome.get("status")  # type: ignore[return-value]
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 #: Module name the examples' Python reference is registered under once loaded.
 REFERENCE_MODULE = "hermes_examples_reference"
-#: Payload sizes of a default demo run (``max`` = the largest payload the slot holds).
+#: Input sizes of a default demo run (``max`` = the largest input whose window fits the slot).
 DEFAULT_SIZES = ("0", "100", "4096", "65536", "max")
 
 
@@ -83,27 +83,33 @@ class Outcome:
     detail: str = ""
 
 
-def run_on(backend: str, device: "Device | None", program: "Program", data: bytes,
-           slot_size: int, read: int) -> tuple[int, bytes]:
-    """Run ``program`` on ``data`` (at offset 0 of a zeroed data slot) on ``device``.
+def run_on(device: "Device | None", program: "Program", case: object, *,
+           engine: str | None = None) -> tuple[int, bytes]:
+    """Run ``program`` on an example's ``case`` (input, arguments, window size) on ``device``.
 
-    ``device`` None means the engine directly (``hermes.engine.run``). Returns (r0, slot prefix).
+    ``device`` None means ``engine`` directly (``hermes.engine.run`` on a window of the case's
+    size, the input at its start and zeros after it). Returns (r0, the run's output bytes).
     """
+    data, args, size = case.data, tuple(case.args), case.size  # type: ignore[attr-defined]
     if device is None:
         from ..engine import run
-        slot = bytearray(slot_size)
-        slot[:len(data)] = data
-        result = run(program, slot)
-        return result.return_value, bytes(slot[:read])
-    result = device.run(program, data, read=read)
+        window = bytearray(len(data) if size is None else size)
+        window[:len(data)] = data
+        result = run(program, window, length=len(data), args=args, engine=engine)
+        n = len(data) if result.output_length is None else result.output_length
+        return result.return_value, bytes(window[:n])
+    result = device.run(program, data, args=args, size=size)
     return result.return_value, bytes(result.data)
 
 
-def _sizes(specs: "list[str]", max_payload: int) -> list[int]:
+def _sizes(specs: "list[str]", max_input: int) -> list[int]:
     out = []
     for s in specs:
-        n = max_payload if s == "max" else int(s, 0)
-        out.append(min(n, max_payload))
+        try:
+            n = max_input if s == "max" else int(s, 0)
+        except ValueError:
+            raise HermesError(f"--sizes: {s!r} is neither a number of bytes nor 'max'") from None
+        out.append(min(max(n, 0), max_input))
     return out
 
 
@@ -140,23 +146,23 @@ def demo(examples_dir: "str | Path | None" = None, backends: "list[str] | None" 
                 if ex.name not in objects:
                     continue
                 program = load_elf(objects[ex.name])
-                for size in _sizes(sizes or list(DEFAULT_SIZES), ex.max_payload):
-                    data = ex.make_input(rng, size)
-                    r0_exp, out_exp = ex.expected(data)
-                    read = max(len(data), len(out_exp) if out_exp is not None else 0)
+                for size in _sizes(sizes or list(DEFAULT_SIZES), ex.max_input):
+                    case = ex.make_case(rng, size)
+                    r0_exp, out_exp = ex.expected(case)
                     for bname, device in devices:
                         t0 = time.perf_counter()
                         try:
-                            r0, got = run_on(bname, device, program, data, ref.SLOT_SIZE, read)
+                            r0, got = run_on(device, program, case)
                         except HermesError as exc:
-                            o = Outcome(ex.name, bname, len(data), None, r0_exp,
+                            o = Outcome(ex.name, bname, len(case.data), None, r0_exp,
                                         time.perf_counter() - t0, False, f"error: {exc}")
                         else:
                             dt = time.perf_counter() - t0
-                            ok = r0 == r0_exp and (out_exp is None or got[:len(out_exp)] == out_exp)
+                            ok = r0 == r0_exp and got == out_exp
                             detail = "" if ok else (
                                 f"expected r0 {r0_exp:#x}" if r0 != r0_exp else "output differs")
-                            o = Outcome(ex.name, bname, len(data), r0, r0_exp, dt, ok, detail)
+                            o = Outcome(ex.name, bname, len(case.data), r0, r0_exp, dt, ok,
+                                        detail)
                         outcomes.append(o)
                         r0_text = "-" if o.r0 is None else f"{o.r0:#x}"
                         status = "OK" if o.ok else (
@@ -184,14 +190,14 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p = sub.add_parser("demo", help="compile the C examples, run them on the emulated device and "
                        "the CPU, and check them against their Python references",
                        description="Compiles examples/*.c with clang -target bpf, runs each on "
-                       "every backend on inputs of several sizes, compares r0 and the data slot "
+                       "every backend on inputs of several sizes, compares r0 and the output "
                        "with the Python reference; exits 1 on any mismatch.")
     p.add_argument("--examples", metavar="DIR", help="examples folder (default: the repository's "
                    "examples/ or ./examples)")
     p.add_argument("--backend", action="append", metavar="SPEC",
                    help="device spec to run on (repeatable; default: emu and cpu; 'engine' = "
                    "hermes.engine.run directly)")
-    p.add_argument("--sizes", metavar="N,N,...", help="payload sizes in bytes ('max' = the "
+    p.add_argument("--sizes", metavar="N,N,...", help="input sizes in bytes ('max' = the "
                    f"largest that fits; default {','.join(DEFAULT_SIZES)})")
     p.add_argument("--only", action="append", metavar="NAME", help="run only this example "
                    "(repeatable)")
