@@ -446,6 +446,8 @@ def test_scan_reports_progress_after_each_piece(device, newlines, big_text, tmp_
 def test_scan_reduce_without_initial_and_on_an_empty_source(device, newlines):
     first = scan(device, newlines, b"a\nb\n", read=0, reduce=lambda acc, r: acc)
     assert first.index == 0 and first.return_value == 2
+    assert device.scan(newlines, b"a\nb\n" * 3, piece_size=4, delimiter=b"\n", read=0,
+                       reduce=lambda acc, r: acc + r.return_value, initial=0) == 6
     assert scan(device, newlines, b"", reduce=lambda acc, r: acc + 1, initial=0) == 0
     assert list(scan(device, newlines, b"")) == []
     with pytest.raises(UsageError, match="empty source with reduce= needs initial="):
