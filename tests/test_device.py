@@ -118,7 +118,7 @@ def test_capability_registers(dev):
     assert dev.bar_read(0, R.EHENG, 1) == 4
     assert dev.bar_read(0, R.EHPSLOT, 1) == 16
     assert dev.bar_read(0, R.EHDSLOT, 1) == 16
-    assert dev.bar_read(0, R.EHCAP, 1) == R.EHCAP_ABORT
+    assert dev.bar_read(0, R.EHCAP, 1) == R.EHCAP_ABORT | R.EHCAP_RUNCTX
     assert dev.bar_read(0, R.EHPSOFF, 4) == 0
     assert dev.bar_read(0, R.EHPSSZE, 4) == 1 << 20
     assert dev.bar_read(0, R.EHDSOFF, 4) == 16 << 20
@@ -127,7 +127,7 @@ def test_capability_registers(dev):
     assert build == b"hermes-emu 0.1".ljust(48, b"\0")
     # the same bytes through every access width
     word = dev.bar_read(0, 0x34, 4)
-    assert word == 4 | 16 << 8 | 16 << 16 | R.EHCAP_ABORT << 24
+    assert word == 4 | 16 << 8 | 16 << 16 | (R.EHCAP_ABORT | R.EHCAP_RUNCTX) << 24
     assert dev.bar_read(0, 0x34, 2) == 4 | 16 << 8
     assert dev.bar_read(0, 0x38, 8) == (1 << 20) << 32
     assert dev.bar_size(0) == 32 << 20

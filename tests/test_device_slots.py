@@ -180,7 +180,7 @@ def test_abort_through_wide_control_writes(regs, dev):
 def test_device_without_abort_capability():
     with stopping(HermesDevice(budget=1 << 62, can_abort=False)) as dev:
         r = Regs(dev)
-        assert dev.bar_read(0, R.EHCAP, 1) == 0
+        assert dev.bar_read(0, R.EHCAP, 1) == R.EHCAP_RUNCTX
         p, d = r.load(ENDLESS)
         r.start(0, R.CMD_RUN_PROGRAM, r.run_payload(p, d, len(ENDLESS)))
         dev.bar_write(0, R.cmdctrl(0) + R.EHCMDABORT, 1, 1)

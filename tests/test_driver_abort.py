@@ -115,7 +115,7 @@ def test_probe_reads_the_capabilities(make_driver):
     assert make_driver().geometry.capabilities & regs.EHCAP_ABORT
     drv = hermes.driver.attach(dev := HermesDevice(can_abort=False))
     try:
-        assert drv.info()["capabilities"] == 0
+        assert drv.info()["capabilities"] == regs.EHCAP_RUNCTX
     finally:
         drv.close()
         dev.close()

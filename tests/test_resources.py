@@ -143,7 +143,7 @@ def test_program_cache_is_bounded_by_bytes(tmp_path):
     from hermes.device.commands import ProgramCache
     obj = _bss_object(tmp_path, 900 << 10)
     cost = Program.from_elf(obj).host_bytes
-    cache = ProgramCache(64, lambda code: engine.load(Program.from_elf(code), engine="interp"),
+    cache = ProgramCache(64, lambda code, entry: engine.load(Program.from_elf(code), engine="interp"),
                          max_bytes=4 * MiB)
     for i in range(12):
         cache.get(obj + bytes(8 * i), "interp")  # 12 distinct objects of one program

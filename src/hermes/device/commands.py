@@ -64,8 +64,10 @@ def error_code(exc: BaseException) -> int:
 
 
 class ProgramCache:
-    """LRU of loaded programs keyed by (content of the slot bytes, engine name), bounded by
-    ``size`` entries and ``max_bytes`` estimated host bytes (``Program.host_bytes``).
+    """LRU of loaded programs keyed by (content of the slot bytes, entry symbol, engine name),
+    bounded by ``size`` entries and ``max_bytes`` estimated host bytes (``Program.host_bytes``).
+
+    ``loader(code, entry)`` loads the bytes with ELF entry symbol ``entry`` (0: the default).
 
     Values are an executable or the int error code the bytes failed to load with, so neither a
     good nor a bad program is decoded twice. Thread-safe; two engines missing on the same program
@@ -73,7 +75,7 @@ class ProgramCache:
     closes.
     """
 
-    def __init__(self, size: int, loader: Callable[[bytes], object], *,
+    def __init__(self, size: int, loader: Callable[[bytes, int], object], *,
                  max_bytes: int = DEFAULT_CACHE_BYTES):
         self.size = size
         self._loader = loader
@@ -82,25 +84,26 @@ class ProgramCache:
         self.hits = 0
         self.misses = 0
 
-    def get(self, code: bytes, engine: str) -> object:
-        """The executable (or int error code) for program bytes ``code`` on ``engine``."""
+    def get(self, code: bytes, engine: str, entry: int = 0) -> object:
+        """The executable (or int error code) for program bytes ``code`` entered at ELF symbol
+        ``entry`` (0: the default entry) on ``engine``."""
         # Short programs are their own key (hashing 16 bytes beats SHA-256 on the hot path);
         # longer ones are keyed by digest so the cache does not hold megabytes of keys. The
         # length in the key keeps the two kinds apart.
         n = len(code)
         digest = code if n <= SHORT_KEY else hashlib.sha256(code).digest()
-        key = (n, digest, engine)
-        entry = self._lru.get(key)
-        if entry is not None:
+        key = (n, digest, entry, engine)
+        loaded = self._lru.get(key)
+        if loaded is not None:
             self.hits += 1         # approximate under concurrency; diagnostics only
-            return entry
+            return loaded
         with self._lock:
             self.misses += 1
-        entry = self._loader(code)
-        program = getattr(entry, "program", None)
+        loaded = self._loader(code, entry)
+        program = getattr(loaded, "program", None)
         cost = len(digest) + (program.host_bytes if program is not None else 0)
-        self._lru.put(key, entry, cost)
-        return entry
+        self._lru.put(key, loaded, cost)
+        return loaded
 
     def clear(self) -> None:
         """Forget every cached program."""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import weakref
 from typing import Callable
 
@@ -26,6 +27,8 @@ _ZERO_CHUNK = memoryview(bytes(1 << 20))
 _MASKS = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFF_FFFF, 8: MASK64}
 _CTRL_RUNNING = b"\x01\x00\x00"   # EHCMDEXEC = 1, EHCMDDONE = 0, EHCMDABORT = 0
 _CTRL_DONE = b"\x00\x01\x00"      # EHCMDEXEC = 0, EHCMDDONE = 1, EHCMDABORT = 0
+#: Run context fields the host writes (RW); the rest of each EHCMDCTXn block is read-only.
+_CTX_IN_END = R.CTX_OUT_FIELDS[0]
 #: Slot owners (section 4.3 of specs/device.md): not handed out, handed out by Request Slot, or
 #: claimed by a Run Program of a driver that allocates slots on the host side.
 FREE, DEVICE_OWNED, HOST_OWNED = 0, 1, 2
@@ -35,13 +38,13 @@ IRQ_COMPAT_MODES = ("legacy", "xdma")
 
 #: Counters kept per engine (lock-free on the command path) and summed into ``stats``.
 ENGINE_STAT_KEYS = ("commands", "runs", "run_errors", "interrupts", "interrupts_masked",
-                    "legacy_interrupts", "aborted")
+                    "legacy_interrupts", "aborted", "invalid_contexts")
 STAT_KEYS = (
     "ro_writes", "unmapped_writes", "bad_size_accesses", "commands", "runs", "run_errors",
     "busy_exec_writes", "dma_runs", "dma_descriptors", "dma_bytes", "dma_errors",
     "busy_dma_starts", "interrupts", "interrupts_masked", "interrupts_unhandled",
     "irq_handler_errors", "internal_errors", "resets", "legacy_interrupts", "abort_requests",
-    "idle_aborts", "aborted", "host_slot_claims",
+    "idle_aborts", "aborted", "host_slot_claims", "invalid_contexts",
 )
 
 
@@ -64,6 +67,13 @@ class _Engine:
         self.go = threading.Lock()
         self.go.acquire()
         self.request = b""
+        self.ctx = R.cmdctx(n)
+        self.trace = R.trace_buffer(n)
+        #: The run's parameters decoded from EHCMDCTXn at EXEC: (input length, window, args,
+        #: budget, entry symbol), or None for a legacy run.
+        self.run_ctx: tuple | None = None
+        #: Bytes of EHTRACEn the last run filled (cleared before the next run's text goes in).
+        self.trace_len = 0
         #: The running Run Program's cancellation flag (a fresh one per command; set by abort).
         self.cancel: object | None = None
         self.thread: threading.Thread | None = None
@@ -87,7 +97,7 @@ class HermesDevice:
                  build: str = "hermes-emu 0.1", engine: str | None = None,
                  budget: int | None = None, interface_version: int = 1,
                  bar4: object | None = None, *, cache_size: int = DEFAULT_CACHE_SIZE,
-                 irq_compat: str = "legacy", can_abort: bool = True):
+                 irq_compat: str = "legacy", can_abort: bool = True, run_context: bool = True):
         _check_int("engines", engines, 1, MAX_ENGINES)
         _check_int("program_slots", program_slots, 1, 255)
         _check_int("data_slots", data_slots, 1, 255)
@@ -128,6 +138,8 @@ class HermesDevice:
         self.irq_compat = irq_compat
         #: False models a device without EHCAP_ABORT (EHCMDABORT is then a read-only byte).
         self.can_abort = bool(can_abort)
+        #: False models a device without EHCAP_RUNCTX (no EHCMDCTX/EHTRACE, byte 10 reserved).
+        self.run_context = bool(run_context)
         self._legacy_irq = irq_compat == "legacy"
         bar4_size = self.data_slot_offset + data_slots * data_slot_size
         if interface_version == 1 and self.data_slot_offset > 0xFFFF_FFFF:
@@ -157,7 +169,11 @@ class HermesDevice:
         # a register read is one slice; writes are routed by region in bar_write.
         self._ctrl_end = R.cmdctrl(engines)
         self._req_end = R.EHCMDREQ_BASE + R.EHCMD_STRIDE * engines
-        self._bar0 = bytearray(self._ctrl_end)
+        # The run contexts and trace buffers exist only on a device with EHCAP_RUNCTX; the BAR0
+        # bytes between blocks stay 0 because no write reaches them.
+        self._ctx_end = R.cmdctx(engines) if self.run_context else R.EHCMDCTX_BASE
+        self._trace_end = R.trace_buffer(engines) if self.run_context else R.EHTRACE_BASE
+        self._bar0 = bytearray(self._trace_end if self.run_context else self._ctrl_end)
         self._bar0_len = len(self._bar0)
         self._header_end = HEADER_END[interface_version]
         self._write_header(build_bytes)
@@ -197,7 +213,8 @@ class HermesDevice:
         put(R.EHENG, 1, self.engines)
         put(R.EHPSLOT, 1, self.program_slots)
         put(R.EHDSLOT, 1, self.data_slots)
-        put(R.EHCAP, 1, R.EHCAP_ABORT if self.can_abort else 0)
+        put(R.EHCAP, 1, (R.EHCAP_ABORT if self.can_abort else 0)
+            | (R.EHCAP_RUNCTX if self.run_context else 0))
         if self.interface_version == 1:
             put(R.EHPSOFF, 4, self.program_slot_offset)
             put(R.EHPSSZE, 4, self.program_slot_size)
@@ -299,6 +316,17 @@ class HermesDevice:
                     self._count("ro_writes")
                 if first == R.EHCMDEXEC and value & 1:
                     self._exec(eng)
+                return
+            if R.EHCMDCTX_BASE <= offset < self._ctx_end:
+                # IN fields are RW; OUT fields and the reserved tail are the device's. An aligned
+                # access of at most 8 bytes never straddles the 16-aligned IN/OUT boundary.
+                if (offset - R.EHCMDCTX_BASE) % R.EHCMDCTX_STRIDE < _CTX_IN_END:
+                    self._bar0[offset:offset + size] = (value & mask).to_bytes(size, "little")
+                else:
+                    self._count("ro_writes")
+                return
+            if R.EHTRACE_BASE <= offset < self._trace_end:
+                self._count("ro_writes")   # printed text is written by the device only
                 return
             self._check_range(0, offset, size)
             self._count("ro_writes" if offset < self._header_end else "unmapped_writes")
@@ -481,7 +509,7 @@ class HermesDevice:
         # A Run Program marks its slots busy here, before the write returns, so that no Release
         # or Request Slot issued after it can miss that the slots are in use.
         try:
-            res = self._claim_run_slots(req) if is_run else self._slot_command(req)
+            res = self._claim_run_slots(eng, req) if is_run else self._slot_command(req)
             if res is None:
                 eng.request = req
                 eng.go.release()
@@ -491,6 +519,8 @@ class HermesDevice:
             self.last_errors[eng.index] = exc
             res = response(_cid(req), R.STATUS_EBPF_ERROR,
                            make_error_code(R.EBPF_ERR_INTERNAL, 0))
+        if is_run:
+            self._write_out(eng)   # refused before it ran: no result of an earlier run remains
         self._complete(eng, res)
 
     def _abort(self, eng: _Engine, count_idle: bool = True) -> None:
@@ -570,14 +600,21 @@ class HermesDevice:
         return response(cid, R.STATUS_INVALID_PROG_SLOT if kind == R.SLOT_PROGRAM
                         else R.STATUS_INVALID_DATA_SLOT)
 
-    def _claim_run_slots(self, req: bytes) -> bytes | None:
-        """Check a Run Program's slot ids and count its slots busy; the error response, or None
-        when the run may go to the engine's worker."""
+    def _claim_run_slots(self, eng: _Engine, req: bytes) -> bytes | None:
+        """Check a Run Program's slot ids and run context and count its slots busy; the error
+        response, or None when the run may go to the engine's worker."""
         cid, pslot, dslot = _cid(req), req[8], req[9]
         if pslot >= self.program_slots:
             return response(cid, R.STATUS_INVALID_PROG_SLOT)
         if dslot >= self.data_slots:
             return response(cid, R.STATUS_INVALID_DATA_SLOT)
+        eng.run_ctx = None
+        if self.run_context:
+            problem = self._take_context(eng, req, pslot)
+            if problem is not None:
+                eng.counts["invalid_contexts"] += 1
+                self.last_errors[eng.index] = ValueError(problem)
+                return response(cid, R.STATUS_INVALID_CONTEXT)
         claims = 0
         with self._slots_lock:
             for kind, slot in ((0, pslot), (1, dslot)):
@@ -591,6 +628,67 @@ class HermesDevice:
             self._count("host_slot_claims", claims)
         return None
 
+    def _take_context(self, eng: _Engine, req: bytes, pslot: int) -> str | None:
+        """Decode a Run Program's flags and, with RUN_FLAG_CTX, copy and check EHCMDCTXn into
+        ``eng.run_ctx`` (at EXEC, as the request: later writes do not affect the run). Returns
+        what is wrong with them, or None."""
+        flags = req[R.RUN_FLAGS_BYTE]
+        if flags & ~R.RUN_FLAG_CTX:
+            return f"unknown Run Program flag bits {flags & ~R.RUN_FLAG_CTX:#04x}"
+        if not flags & R.RUN_FLAG_CTX:
+            return None
+        if req[R.RUN_FLAGS_BYTE + 1]:
+            return "reserved Run Program byte 11 is not 0"
+        ctx = bytes(self._bar0[eng.ctx:eng.ctx + _CTX_IN_END])
+
+        def field(off: int, size: int) -> int:
+            return int.from_bytes(ctx[off:off + size], "little")
+
+        input_len, window = field(R.CTX_INPUT_LEN, 4), field(R.CTX_WINDOW, 4)
+        entry = field(R.CTX_ENTRY, 4)
+        if field(R.CTX_IN_RESERVED, 4):
+            return "reserved run context field (offset 0x2c) is not 0"
+        if window > self.data_slot_size:
+            return f"window of {window} bytes is larger than a data slot ({self.data_slot_size})"
+        if input_len > window:
+            return f"input length {input_len} is larger than the window ({window})"
+        if entry:
+            poff = self.program_slot_offset + pslot * self.program_slot_size
+            if bytes(self._bar4[poff:poff + 4]) != ELF_MAGIC:
+                return f"entry symbol {entry} given for a program that is not an ELF object"
+        args = tuple(field(R.CTX_ARG0 + 8 * k, 8) for k in range(R.CTX_ARGS))
+        eng.run_ctx = (input_len, window, args, field(R.CTX_BUDGET, 8), entry)
+        return None
+
+    def _write_out(self, eng: _Engine, instructions: int = 0, output_len: int | None = None,
+                   trace: bytes = b"", run_ns: int = 0, fault: ExecutionError | None = None,
+                   dropped: int = 0) -> None:
+        """Fill engine ``eng``'s OUT fields and EHTRACEn after a Run Program (before DONE)."""
+        if not self.run_context:
+            return
+        b = self._bar0
+        base = eng.ctx
+
+        def put(off: int, size: int, value: int) -> None:
+            b[base + off:base + off + size] = (value & ((1 << 8 * size) - 1)).to_bytes(
+                size, "little")
+
+        trace = trace[:R.TRACE_LIMIT]
+        oob = fault is not None and fault.kind == "out_of_bounds"
+        put(R.CTX_INSNS, 8, instructions)
+        put(R.CTX_OUTPUT_LEN, 4, R.CTX_NO_OUTPUT if output_len is None else output_len)
+        put(R.CTX_TRACE_LEN, 4, len(trace))
+        put(R.CTX_RUN_NS, 8, run_ns)
+        put(R.CTX_FAULT_ADDR, 8, (fault.address or 0) if oob else 0)  # type: ignore[union-attr]
+        put(R.CTX_FAULT_SIZE, 4, (fault.size or 0) if oob else 0)     # type: ignore[union-attr]
+        put(R.CTX_FAULT_FLAGS, 4, R.FAULT_WRITE if oob and fault.write else 0)  # type: ignore
+        put(R.CTX_TRACE_DROPPED, 4, dropped)
+        n = len(trace)
+        b[eng.trace:eng.trace + n] = trace
+        if eng.trace_len > n:   # a shorter text than last time: no old text stays readable
+            b[eng.trace + n:eng.trace + eng.trace_len] = bytes(eng.trace_len - n)
+        eng.trace_len = n
+
     def _run_program(self, eng: _Engine, req: bytes) -> bytes:
         """Run Program on slots ``_claim_run_slots`` counted busy; they are idle again after."""
         pslot, dslot = req[8], req[9]
@@ -602,40 +700,62 @@ class HermesDevice:
                 self._busy[1][dslot] -= 1
 
     def _run_on_slots(self, eng: _Engine, req: bytes, cid: int, pslot: int, dslot: int) -> bytes:
-        """Load (cached), run, encode the result."""
+        """Load (cached), run, encode the result and fill the OUT fields."""
         length = int.from_bytes(req[12:16], "little")
         cancel = eng.cancel
         counts = eng.counts
         counts["runs"] += 1
+        self._write_out(eng)   # nothing of the previous run survives a failure below
+        ctx = eng.run_ctx
+        entry = 0 if ctx is None else ctx[4]
         if length == 0 or length % 8 or length > self.program_slot_size:
             counts["run_errors"] += 1
             return response(cid, R.STATUS_EBPF_ERROR, make_error_code(R.EBPF_ERR_LOAD, 0))
         poff = self.program_slot_offset + pslot * self.program_slot_size
         code = bytes(self._bar4[poff:poff + length])
-        exe = self._cache.get(code, self.engine_name)
+        exe = self._cache.get(code, self.engine_name, entry)
         if isinstance(exe, int):
             counts["run_errors"] += 1
             return response(cid, R.STATUS_EBPF_ERROR, exe)
         doff = self.data_slot_offset + dslot * self.data_slot_size
-        memory = self._bar4[doff:doff + self.data_slot_size]   # in place: the program edits BAR4
+        if ctx is None:   # legacy: the whole slot, r2 = its size, no arguments
+            memory = self._bar4[doff:doff + self.data_slot_size]
+            budget, extra = self.budget, {}
+        else:
+            input_len, window, args, budget, _ = ctx
+            memory = self._bar4[doff:doff + window]
+            # Nothing of a previous run is visible past the input (a memset, no DMA).
+            self._zero(memory[input_len:])
+            budget, extra = budget or self.budget, {"length": input_len, "args": args}
+        start = time.perf_counter_ns()
         try:
-            # An abort during loading is seen here: the run stops before its first block.
-            result = exe.run(memory, self.budget, cancel=cancel)  # type: ignore[attr-defined]
+            # In place: the program edits BAR4. An abort during loading is seen by the engine:
+            # the run stops before its first block.
+            result = exe.run(memory, budget, cancel=cancel, **extra)  # type: ignore[attr-defined]
         except Cancelled as exc:
             counts["aborted"] += 1
+            self._write_out(eng, exc.instructions or 0, run_ns=time.perf_counter_ns() - start)
             return response(cid, R.STATUS_ABORTED, exc.pc or 0)
         except (ExecutionError, ProgramError) as exc:
+            run_ns = time.perf_counter_ns() - start
             counts["run_errors"] += 1
             self.last_errors[eng.index] = exc
+            if isinstance(exc, ExecutionError):
+                self._write_out(eng, exc.instructions or 0, run_ns=run_ns, fault=exc)
             return response(cid, R.STATUS_EBPF_ERROR, error_code(exc))
+        run_ns = time.perf_counter_ns() - start
+        self._write_out(eng, result.instructions, result.output_length, result.trace, run_ns,
+                        dropped=result.trace_dropped)
         return response(cid, R.STATUS_SUCCESS, result.return_value)
 
-    def _load(self, code: bytes) -> object:
-        """Bytes of a program slot -> executable, or the status 0x05 error code on failure."""
+    def _load(self, code: bytes, entry: int = 0) -> object:
+        """Bytes of a program slot (entered at ELF symbol ``entry``, 0: the default) ->
+        executable, or the status 0x05 error code on failure."""
         eng = self._engine_mod
         try:
             if code[:4] == ELF_MAGIC:
-                program = eng.Program.from_elf(code, max_size=self.program_slot_size)
+                program = eng.Program.from_elf(code, max_size=self.program_slot_size,
+                                               entry_symbol=entry)
             else:
                 program = eng.Program.from_bytes(code)
             return eng.load(program, helpers=eng.DEVICE_HELPERS, engine=self.engine_name,
