@@ -382,3 +382,75 @@ def test_store_to_read_only_data_is_named_on_every_engine():
         assert "store to read-only .rodata" in str(info.value)
         messages.add(str(info.value))
     assert len(messages) == 1
+
+
+# -- 6. entry points of ELF objects --------------------------------------------------------------
+
+TWO_FUNCTIONS = """
+__attribute__((section("prog1"))) unsigned long first(unsigned char *d, unsigned long n)
+{ return n + 1; }
+__attribute__((section("prog2"))) unsigned long second(unsigned char *d, unsigned long n,
+                                                        unsigned long a)
+{ return d[0] + n * 2 + a; }
+"""
+
+
+@pytest.fixture(scope="module")
+def two_functions(tmp_path_factory) -> bytes:
+    if not find_clang():
+        pytest.skip("needs clang")
+    tmp = tmp_path_factory.mktemp("elf")
+    src = tmp / "two.c"
+    src.write_text(TWO_FUNCTIONS)
+    return compile_c(src, tmp / "two.o").read_bytes()
+
+
+def _symbol_index(data: bytes, name: str) -> int:
+    from hermes.engine.elf import ElfObject
+    obj = ElfObject(data)
+    return next(y.index for y in obj.symbols(obj.symtab_index()) if y.name == name)
+
+
+def test_the_entry_chosen_by_name_section_or_index_is_the_same_program(two_functions):
+    index = _symbol_index(two_functions, "second")
+    assert index > 0
+    by_name = Program.from_elf(two_functions, function="second")
+    by_section = Program.from_elf(two_functions, section="prog2")
+    by_index = Program.from_elf(two_functions, entry_symbol=index)
+    for p in (by_name, by_section, by_index):
+        assert p.entry_symbol == index and p.name == "second"
+        assert (p.code, p.segments) == (by_name.code, by_name.segments)
+        assert run(p, bytearray([5, 0]), length=1, args=(3,)).return_value == 5 + 2 + 3
+    first = Program.from_elf(two_functions, function="first")
+    assert first.entry_symbol == _symbol_index(two_functions, "first") != index
+    assert run(first, bytearray(4)).return_value == 5
+
+
+def test_the_default_rule_is_entry_symbol_zero(increment_object):
+    assert Program.from_elf(increment_object).entry_symbol == 0
+    assert Program.from_elf(increment_object, entry_symbol=0).code == \
+        Program.from_elf(increment_object).code
+    assert Program.from_bytes(asm("mov r0, 0\nexit").code).entry_symbol == 0
+
+
+@pytest.fixture(scope="module")
+def increment_object(tmp_path_factory) -> bytes:
+    if not find_clang():
+        pytest.skip("needs clang")
+    from pathlib import Path
+    src = Path(__file__).parent / "data" / "increment.c"
+    return compile_c(src, tmp_path_factory.mktemp("inc") / "i.o").read_bytes()
+
+
+def test_a_bad_entry_symbol_is_an_elf_error_naming_it(two_functions):
+    from hermes.errors import ElfError
+    with pytest.raises(ElfError, match="entry symbol 999 does not exist"):
+        Program.from_elf(two_functions, entry_symbol=999)
+    with pytest.raises(ElfError, match=r"entry symbol 1 \(.*\) is not a function"):
+        Program.from_elf(two_functions, entry_symbol=1)  # the file symbol
+    with pytest.raises(UsageError, match="not both"):
+        Program.from_elf(two_functions, function="first", entry_symbol=2)
+    with pytest.raises(UsageError, match="non-negative integer"):
+        Program.from_elf(two_functions, entry_symbol=-1)
+    with pytest.raises(ElfError, match="several functions could be the entry point"):
+        Program.from_elf(two_functions)

@@ -350,11 +350,14 @@ def _read_source(source: "str | Path | bytes | bytearray | memoryview") -> tuple
 
 def load_elf(source: "str | Path | bytes", section: str | None = None,
              function: str | None = None, *, helpers: HelperRegistry | None = None,
-             max_size: int | None = None, max_slots: int = MAX_PROGRAM_SLOTS) -> Program:
+             max_size: int | None = None, max_slots: int = MAX_PROGRAM_SLOTS,
+             entry_symbol: int = 0) -> Program:
     """Link a BPF relocatable object (path or bytes) into a ``Program``.
 
     The entry point is the function ``function``, else the only global function of ``section``,
-    else the only global function of the object (see specs/elf.md for the exact rule). Calls to
+    else the only global function of the object (see specs/elf.md for the exact rule); or the
+    function whose symbol table index is ``entry_symbol`` (0: that rule). The program's
+    ``entry_symbol`` names the chosen function that way (0 when the default rule chose). Calls to
     undefined functions resolve by name against ``helpers`` (default: conformance + device
     helpers); ``.rodata*`` becomes a read-only segment at ``RODATA_BASE`` and ``.data*``/``.bss*``
     a writable one at ``RWDATA_BASE``. ``max_size`` bounds code + data bytes (the device passes
@@ -364,18 +367,23 @@ def load_elf(source: "str | Path | bytes", section: str | None = None,
     """
     if max_size is not None and (not isinstance(max_size, int) or max_size < 0):
         raise UsageError(f"max_size must be a non-negative integer or None, got {max_size!r}")
-    program, _ = _link_source(source, section, function, helpers, max_size, max_slots)
+    if isinstance(entry_symbol, bool) or not isinstance(entry_symbol, int) or entry_symbol < 0:
+        raise UsageError(f"entry_symbol must be a non-negative integer, got {entry_symbol!r}")
+    if entry_symbol and (section is not None or function is not None):
+        raise UsageError("choose the entry with entry_symbol or with function/section, not both")
+    program, _ = _link_source(source, section, function, helpers, max_size, max_slots,
+                              entry_symbol)
     return program
 
 
 def _link_source(source: "str | Path | bytes", section: str | None, function: str | None,
                  helpers: HelperRegistry | None, max_size: int | None,
-                 max_slots: int) -> tuple[Program, LinkInfo]:
+                 max_slots: int, entry_symbol: int = 0) -> tuple[Program, LinkInfo]:
     data, _ = _read_source(source)
     try:
         obj = ElfObject(data)
         return _Linker(obj, helpers if helpers is not None else default_helpers()).link(
-            section, function, max_size, max_slots)
+            section, function, max_size, max_slots, entry_symbol)
     except ElfError:
         raise
     except ProgramError as exc:  # the linked code failed validation
@@ -409,10 +417,14 @@ class _Linker:
     def _label(self, y: Symbol) -> str:
         return f"{y.name} (in {self.secs[y.shndx].name})"
 
-    def pick_entry(self, section: str | None, function: str | None) -> tuple[Section, int, str]:
-        """(code section, slot in it, name) of the entry point."""
+    def pick_entry(self, section: str | None, function: str | None,
+                   entry_symbol: int = 0) -> tuple[Section, int, str, int]:
+        """(code section, slot in it, name, symbol table index) of the entry point; the index
+        is 0 when the default rule chose it (or no symbol names the chosen place)."""
         if not self.code_secs:
             raise ElfError("no code: the object has no executable section (text section not found)")
+        if entry_symbol:
+            return self._by_index(entry_symbol)
         if function is not None:
             found = [y for y in self._funcs() if y.name == function
                      and (section is None or self.secs[y.shndx].name == section)]
@@ -432,38 +444,57 @@ class _Linker:
                 why = "is not executable" if other else "does not exist"
                 raise ElfError(f"section {section!r} {why}; executable sections: {code}")
             return self._only_function(matches[0])
+        # the default rule: index 0 tells a device to apply the same rule
         globals_ = [y for y in self._funcs() if y.bind != STB_LOCAL]
         if len(globals_) == 1:
-            return self._entry_of(globals_[0])
+            return self._entry_of(globals_[0])[:3] + (0,)
         if len(globals_) > 1:
             raise ElfError("several functions could be the entry point: "
                            f"{', '.join(self._label(y) for y in globals_)}; "
                            "choose one with function= (or section=)")
-        return self._only_function(self.code_secs[0])
+        return self._only_function(self.code_secs[0])[:3] + (0,)
 
-    def _only_function(self, sec: Section) -> tuple[Section, int, str]:
+    def _by_index(self, index: int) -> tuple[Section, int, str, int]:
+        """The entry named by its symbol table index: a function of a code section, or a code
+        section's own symbol (that section's entry, as for ``section=``)."""
+        if index >= len(self.syms):
+            raise ElfError(f"entry symbol {index} does not exist: the symbol table has "
+                           f"{len(self.syms)} entries")
+        y = self.syms[index]
+        code = {s.index for s in self.code_secs}
+        if y.type == STT_FUNC and y.shndx in code:
+            return self._entry_of(y)
+        if y.type == STT_SECTION and y.shndx in code:
+            return self._only_function(self.secs[y.shndx])[:3] + (index,)
+        raise ElfError(f"entry symbol {index} ({self.obj.symbol_name(y)!r}, {y.type_name}) is "
+                       "not a function of an executable section")
+
+    def _only_function(self, sec: Section) -> tuple[Section, int, str, int]:
         funcs = self._funcs(sec)
         globals_ = [y for y in funcs if y.bind != STB_LOCAL]
         cands = globals_ or funcs
         if len(cands) == 1:
             return self._entry_of(cands[0])
         if not cands:
-            return sec, 0, sec.name
+            own = next((y.index for y in self.syms
+                        if y.type == STT_SECTION and y.shndx == sec.index), 0)
+            return sec, 0, sec.name, own
         raise ElfError(f"several functions in section {sec.name!r} could be the entry point: "
                        f"{', '.join(y.name for y in cands)}; choose one with function=")
 
-    def _entry_of(self, y: Symbol) -> tuple[Section, int, str]:
+    def _entry_of(self, y: Symbol) -> tuple[Section, int, str, int]:
         sec = self.secs[y.shndx]
         if y.value % 8 or y.value >= sec.size:
             raise ElfError(f"function {y.name!r} has a bad address {y.value:#x} in {sec.name} "
                            f"({sec.size} bytes)")
-        return sec, y.value // 8, y.name
+        return sec, y.value // 8, y.name, y.index
 
     # --- linking ------------------------------------------------------------------------------
     def link(self, section: str | None, function: str | None, max_size: int | None,
-             max_slots: int) -> tuple[Program, LinkInfo]:
+             max_slots: int, entry_symbol: int = 0) -> tuple[Program, LinkInfo]:
         """Build the program; see ``load_elf``."""
-        entry_sec, entry_slot, entry_name = self.pick_entry(section, function)
+        entry_sec, entry_slot, entry_name, entry_index = self.pick_entry(section, function,
+                                                                         entry_symbol)
         info = LinkInfo(entry_name)
         for s in self.code_secs:
             if s.size % 8:
@@ -523,7 +554,7 @@ class _Linker:
                    if y.shndx in starts and y.value % 8 == 0 and y.value < self.secs[y.shndx].size}
         symbols[0] = entry_name
         program = Program(bytes(code), segments=tuple(segs), name=entry_name, symbols=symbols,
-                          max_slots=max_slots)
+                          max_slots=max_slots, entry_symbol=entry_index)
         program.elf_bytes = self.obj.data
         return program, info
 

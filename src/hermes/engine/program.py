@@ -133,7 +133,8 @@ class Program:
     """
 
     def __init__(self, code: bytes, *, segments: tuple[Segment, ...] = (), name: str | None = None,
-                 max_slots: int = MAX_PROGRAM_SLOTS, symbols: dict[int, str] | None = None):
+                 max_slots: int = MAX_PROGRAM_SLOTS, symbols: dict[int, str] | None = None,
+                 entry_symbol: int = 0):
         if not isinstance(code, (bytes, bytearray, memoryview)):
             raise UsageError(f"program code must be bytes, not {type(code).__name__}")
         self._code = bytes(code)
@@ -141,6 +142,9 @@ class Program:
         self.name = name
         #: Function names by entry slot, when known (ELF symbols or assembly labels).
         self.symbols = dict(symbols or {})
+        #: ELF symbol table index of the entry function (what a device is told to run, with
+        #: the object); 0 for programs not from ELF and for the default rule of specs/elf.md.
+        self.entry_symbol = entry_symbol
         self.insns = decode(self._code, max_slots)
 
     @classmethod
@@ -156,11 +160,15 @@ class Program:
 
     @classmethod
     def from_elf(cls, source: "str | Path | bytes", section: str | None = None,
-                 function: str | None = None, *, max_size: int | None = None) -> "Program":
+                 function: str | None = None, *, max_size: int | None = None,
+                 entry_symbol: int = 0) -> "Program":
         """Load a program from a clang-compiled BPF ELF object (path or bytes); ``max_size``
-        bounds its code + data bytes (default ``hermes.engine.elf.DEFAULT_MAX_SIZE``)."""
+        bounds its code + data bytes (default ``hermes.engine.elf.DEFAULT_MAX_SIZE``). The
+        entry is ``function``, or the one of ``section``, or the function whose ELF symbol
+        table index is ``entry_symbol``, else the default rule (specs/elf.md)."""
         from .elf import load_elf
-        return load_elf(source, section=section, function=function, max_size=max_size)
+        return load_elf(source, section=section, function=function, max_size=max_size,
+                        entry_symbol=entry_symbol)
 
     @classmethod
     def from_file(cls, path: "str | Path", *, max_size: int | None = None) -> "Program":
