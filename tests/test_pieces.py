@@ -169,6 +169,18 @@ def test_delimiter_at_the_very_end_and_missing_at_the_end():
                                                     for i in range(3)]
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_last_piece_of_exactly_piece_size_is_not_cut(kind, tmp_path):
+    # the stream cannot see the end before reading past it: it must still split as memory does
+    for size, want in ((5, [(0, 0, b"ab\ncd")]), (6, [(0, 0, b"ab\ncd")]),
+                       (4, [(0, 0, b"ab\n"), (1, 3, b"cd")])):
+        sources = make_sources(b"ab\ncd", tmp_path)
+        try:
+            assert split(sources[kind], size, delimiter=b"\n") == want, size
+        finally:
+            close_sources(sources)
+
+
 def test_multibyte_delimiter_across_the_piece_end_is_not_split():
     # the "\r\n" at bytes 5..6 straddles the 6-byte limit: the piece ends after the earlier one
     assert split(b"a\r\nbb\r\ncc!", 6, delimiter=b"\r\n") == [
@@ -526,3 +538,11 @@ def test_a_rejected_program_fails_the_call_and_releases_the_source(device, tmp_p
         scan(device, Program.from_asm("mov r0, r6\nexit"), path, piece_size=4096)
     assert not hasattr(e.value, "piece_index")
     assert _mapped(path) == 0
+
+
+def test_a_path_of_size_zero_is_read_as_a_stream():
+    # /proc files say size 0 and still have contents; an empty file has none
+    with open("/proc/self/status", "rb") as f:
+        want = f.read()
+    got = b"".join(bytes(p.data) for p in pieces("/proc/self/status", 64))
+    assert got.split(b"\n")[0] == want.split(b"\n")[0] and len(got) > 64

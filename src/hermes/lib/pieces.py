@@ -112,12 +112,12 @@ class Pieces(Iterator[Piece]):
         f = open(path, "rb")  # noqa: SIM115 (closed by close())
         try:
             st = os.fstat(f.fileno())
-            if not stat.S_ISREG(st.st_mode):  # a pipe or device: read it as a stream
+            # A pipe or device, or a file of size 0 (empty, which mmap refuses, or a /proc file
+            # whose size says nothing): read it as a stream.
+            if not stat.S_ISREG(st.st_mode) or st.st_size == 0:
                 self._file = f
                 return self._split_stream(_file_filler(f, self.source))
             self.total = st.st_size
-            if st.st_size == 0:  # nothing to map (mmap refuses empty files)
-                return self._split_view(memoryview(b""), None)
             self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         except BaseException:
             f.close()
