@@ -322,11 +322,14 @@ class ReadOnlyText:
 @settings(max_examples=150, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.binary(max_size=3000).map(lambda b: bytes(c if c % 7 else 10 for c in b)),
-       piece_size=st.integers(1, 700), policy=st.sampled_from(["none", "record", "delimiter"]),
+       piece_size=st.integers(1, 700), parts=st.integers(0, 4),
+       policy=st.sampled_from(["none", "record", "delimiter"]),
        record=st.integers(1, 40), kind=st.sampled_from(["bytes", "numpy", "bytesio",
                                                         "read-only", "chunks", "path"]))
-def test_property_pieces_concatenate_to_the_source(data, piece_size, policy, record, kind,
-                                                   tmp_path):
+def test_property_pieces_concatenate_to_the_source(data, piece_size, parts, policy, record,
+                                                   kind, tmp_path):
+    if parts and data:  # sizes that divide the source (exact multiples, a whole last piece)
+        piece_size = max(1, len(data) // parts)
     opts = {"none": {}, "record": {"record": min(record, piece_size)},
             "delimiter": {"delimiter": b"\n"}}[policy]
     sources = make_sources(data, tmp_path)
