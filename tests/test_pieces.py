@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import pickle
 import re
 import threading
 
@@ -300,6 +301,16 @@ def test_closing_early_unmaps_the_path(tmp_path):
 def test_bad_arguments_are_usage_errors(call, message):
     with pytest.raises(UsageError, match=re.escape(message)):
         call()
+
+
+def test_a_piece_pickles_with_a_copy_of_its_bytes(tmp_path):
+    path = tmp_path / "p.bin"
+    path.write_bytes(TEXT)
+    with pieces(path, 1000) as it:
+        piece = list(it)[1]
+        back = pickle.loads(pickle.dumps(piece))
+    assert (back.index, back.offset, back.source) == (1, 1000, str(path))
+    assert bytes(back.data) == TEXT[1000:2000] and isinstance(back.data, memoryview)
 
 
 def test_bad_stream_contents_name_what_was_wrong(tmp_path):

@@ -42,6 +42,15 @@ class Piece:
         where = f", source={self.source!r}" if self.source is not None else ""
         return f"Piece(index={self.index}, offset={self.offset}, {self.size} bytes{where})"
 
+    def __reduce__(self) -> tuple:
+        # A memoryview cannot be pickled: a piece sent to another process (a dask worker)
+        # carries a copy of its bytes.
+        return _unpickle_piece, (self.index, self.offset, self.data.tobytes(), self.source)
+
+
+def _unpickle_piece(index: int, offset: int, data: bytes, source: str | None) -> Piece:
+    return Piece(index, offset, memoryview(data), source)
+
 
 def _where(offset: int, source: str | None) -> str:
     return f"offset {offset}" + (f" of {source}" if source is not None else "")
