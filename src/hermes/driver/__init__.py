@@ -5,8 +5,9 @@ from ..transport.base import DmaBuffer, Transport
 from .core import (DEFAULT_BOUNCE_SIZE, DEFAULT_DMA_CHUNK, DEFAULT_DMA_TIMEOUT, DEFAULT_TIMEOUT,
                    Driver, Geometry)
 from .file import DownloadProg, HermesFile
-from .protocol import (ERROR_KIND_TEXT, HERMES_DOWNLOAD_PROG_IOCTL, RWF_APPEND, RWF_DSYNC,
-                       RWF_HIPRI, RWF_NOWAIT, RWF_SYNC, DriverError, Response, decode_error_code,
+from .protocol import (ERROR_KIND_TEXT, HERMES_DOWNLOAD_PROG_IOCTL, HERMES_RUN_IOCTL,
+                       HERMES_RUN_STRUCT, RWF_APPEND, RWF_DSYNC, RWF_HIPRI, RWF_NOWAIT, RWF_SYNC,
+                       DriverError, Response, RunArgs, RunOutcome, decode_error_code,
                        describe_error_code)
 
 
@@ -38,7 +39,7 @@ def attach(target: object, **options: object) -> Driver:
 __all__ = [
     "DEFAULT_BOUNCE_SIZE", "DEFAULT_DMA_CHUNK", "DEFAULT_DMA_TIMEOUT", "DEFAULT_TIMEOUT",
     "DmaBuffer", "DownloadProg", "Driver", "DriverError", "ERROR_KIND_TEXT", "Geometry",
-    "HERMES_DOWNLOAD_PROG_IOCTL",
+    "HERMES_DOWNLOAD_PROG_IOCTL", "HERMES_RUN_IOCTL", "HERMES_RUN_STRUCT",
     "HermesFile", "RWF_APPEND", "RWF_DSYNC", "RWF_HIPRI", "RWF_NOWAIT", "RWF_SYNC", "Response",
-    "Transport", "attach", "decode_error_code", "describe_error_code",
+    "RunArgs", "RunOutcome", "Transport", "attach", "decode_error_code", "describe_error_code",
 ]

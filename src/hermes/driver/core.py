@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import errno
+import math
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -9,7 +10,7 @@ from dataclasses import asdict, dataclass
 from .. import regs
 from ..transport.base import DmaBuffer, Transport
 from .dma import C2H, H2C, Channel, ChannelPool
-from .protocol import DriverError, Response, error, status_error
+from .protocol import DriverError, Response, error, run_word, status_error
 
 #: Seconds a command (a run included) may take before the driver gives up with ETIMEDOUT.
 DEFAULT_TIMEOUT = 60.0
@@ -29,6 +30,11 @@ _MAX_USER_VECTOR_REGS = 16
 _CHANNEL_IRQ_BITS = 0x00FFFFFE
 _BAR0 = regs.BAR_REGS
 _BAR2 = regs.BAR_DMA
+#: Longest single interrupt wait. A KeyboardInterrupt that another thread raises in the waiting
+#: one (``_thread.interrupt_main``) wakes no blocking call, so waits are cut into slices after
+#: which Python sees it; a slice is longer than the vfio-user transport's liveness probe interval
+#: (0.1 s), so that transport still probes a silent server during a long wait.
+_WAIT_SLICE = 0.25
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,59 @@ class Geometry:
     def data_slot(self, slot: int) -> int:
         """BAR4 offset of data slot ``slot``."""
         return self.data_slot_offset + slot * self.data_slot_size
+
+
+class RunControl:
+    """One run of a file as the driver and other threads see it.
+
+    The driver records the engine on which the run's command started, so ``abort`` (from any
+    thread) writes EHCMDABORT to exactly that engine, and only while the command is there. With a
+    run context it carries the IN words to write (``ctx``) and receives the OUT bytes and the
+    printed text; ``timeout`` is the run's own timeout (None: the driver's).
+    """
+
+    def __init__(self, driver: "Driver", ctx: "tuple[int, ...] | None" = None,
+                 timeout: float | None = None):
+        self._drv = driver
+        self._lock = threading.Lock()
+        self.ctx = ctx
+        self.timeout = timeout
+        self.engine: int | None = None
+        #: The engine the command last started on (kept after it ended, for the quarantine).
+        self.last_engine: int | None = None
+        self.aborted = False
+        self.done = False
+        #: After an interruption (KeyboardInterrupt...) during the command: whether its engine
+        #: was seen idle afterwards.
+        self.stopped: bool | None = None
+        self.out = b""
+        self.trace = b""
+
+    def abort(self) -> bool:
+        """Stop the run: now if its command runs, at its start if it has not started yet. False
+        when the run is over or the device cannot abort commands (no EHCAP_ABORT)."""
+        if not self._drv.can_abort:
+            return False
+        with self._lock:
+            if self.done:
+                return False
+            self.aborted = True
+            if self.engine is not None:
+                self._drv._abort_engine(self.engine)
+            return True
+
+    def started(self, engine: int) -> None:
+        """The command was started on ``engine`` (EHCMDEXEC written)."""
+        with self._lock:
+            self.engine = self.last_engine = engine
+            if self.aborted:
+                self._drv._abort_engine(engine)
+
+    def finished(self) -> None:
+        """The command is over (its engine is about to serve others): aborts no longer apply."""
+        with self._lock:
+            self.engine = None
+            self.done = True
 
 
 class _EnginePool:
@@ -346,33 +405,48 @@ class Driver:
                             self.timeout if timeout is None else timeout)
 
     def _submit(self, opcode: int, cmd_id: int, word1: int, rest: int,
-                timeout: float) -> Response:
+                timeout: float, control: RunControl | None = None) -> Response:
         """Send request ``opcode | cmd_id``, ``word1`` (bytes 8..15), ``rest`` (16..31)."""
         if self.closed:
             raise error(errno.ENODEV, "the driver was closed")
         engine = self._engines.acquire(timeout)
         healthy = False
         try:
-            response = self._execute(engine, opcode | cmd_id << 16, word1, rest, timeout)
+            response = self._execute(engine, opcode | cmd_id << 16, word1, rest, timeout,
+                                     control)
             healthy = True
         except DriverError as exc:
             # An engine seen idle after its command timed out is as good as any other.
             healthy = exc.command_stopped is True
             raise
+        except BaseException:
+            # Interrupted (KeyboardInterrupt...) while the command may still run: stop it before
+            # the engine, or the caller's slots, serve anyone else.
+            healthy = self._stop_command(engine)[0]
+            if control is not None:
+                control.stopped = healthy
+            raise
         finally:
+            if control is not None:
+                control.finished()
             self._engines.release(engine, healthy)
         if response.cmd_id != cmd_id:
             raise error(errno.EBADE, f"engine {engine} answered command id {response.cmd_id:#06x}"
                         f" to command {cmd_id:#06x} (opcode {opcode:#04x})", response)
         return response
 
-    def _execute(self, engine: int, word0: int, word1: int, rest: int,
-                 timeout: float) -> Response:
+    def _execute(self, engine: int, word0: int, word1: int, rest: int, timeout: float,
+                 control: RunControl | None = None) -> Response:
         """The handshake on one engine (held exclusively by the caller)."""
         t = self.transport
         vector = self._engine_vectors[engine]
         if vector is not None:
             t.irq_clear(vector)  # an interrupt now can only be this command's
+        ctx = control.ctx if control is not None else None
+        if ctx is not None:
+            at = regs.cmdctx(engine)
+            for k, word in enumerate(ctx):
+                t.write(_BAR0, at + 8 * k, 8, word)
         base = regs.cmdreq(engine)
         t.write(_BAR0, base, 8, word0)
         t.write(_BAR0, base + 8, 8, word1)
@@ -384,6 +458,8 @@ class Driver:
             self._req_rest[engine] = rest
         ctrl = regs.cmdctrl(engine)
         t.write(_BAR0, ctrl, 1, 1)  # EHCMDEXEC
+        if control is not None:
+            control.started(engine)
         state = t.read(_BAR0, ctrl, 2)
         if state == 0x0101:
             # Running but DONE not cleared: a waiter could take the previous result for this
@@ -391,28 +467,77 @@ class Driver:
             raise error(errno.EIO, f"engine {engine}: EHCMDDONE still set after the start of "
                         f"command {word0 >> 16:#06x}; the device did not clear it")
         if vector is not None:
-            fired = t.irq_wait(vector, timeout)
+            fired = self._wait_irq(vector, timeout)
         else:
             fired = self._poll_done(engine, timeout)
         if not fired:
+            stopped, how = self._stop_command(engine)
+            if stopped and control is not None and control.timeout is not None:
+                return self._timed_out_run(engine, control)
             what = (f"engine {engine}: command {word0 >> 16:#06x} (opcode {word0 & 0xFF:#04x}) "
                     f"did not complete within {timeout:g} s")
-            stopped, how = self._stop_command(engine)
             raise DriverError(errno.ETIMEDOUT, f"{what}; {how}", engine=engine,
                               command_stopped=stopped)
         state = t.read(_BAR0, ctrl, 2)
         if state != 0x0100:
             raise error(errno.EIO, f"engine {engine}: interrupt without completion (EHCMDEXEC "
                         f"{state & 0xFF}, EHCMDDONE {state >> 8 & 0xFF})")
-        res = regs.cmdres(engine)
+        return self._read_results(engine, control)
+
+    def _read_results(self, engine: int, control: RunControl | None) -> Response:
+        """The response of ``engine``'s completed command, and a run context's OUT fields and
+        printed text into ``control``."""
+        raw = self._read_bytes(regs.cmdres(engine), regs.EHCMDRES_LEN)
+        head = int.from_bytes(raw[:8], "little")
+        response = Response(head & 0xFFFF, (head >> 16) & 0xFF,
+                            int.from_bytes(raw[8:16], "little"), head >> 24)
+        if control is not None and control.ctx is not None:
+            first, end = regs.CTX_OUT_FIELDS
+            out = self._read_bytes(regs.cmdctx(engine) + first, end - first)
+            at = regs.CTX_TRACE_LEN - first
+            n = min(int.from_bytes(out[at:at + 4], "little"), regs.TRACE_LIMIT)
+            control.out = out
+            control.trace = self._read_bytes(regs.trace_buffer(engine), n) if n else b""
+        return response
+
+    def _read_bytes(self, offset: int, length: int) -> bytes:
+        """``length`` bytes of BAR0 at the 8-aligned ``offset``: one block read where the
+        transport has one (a single vfio-user message), else 8-byte reads."""
+        t = self.transport
         if self._block_reads:
-            raw = t.read_block(_BAR0, res, regs.EHCMDRES_LEN)
-            head = int.from_bytes(raw[:8], "little")
-            value = int.from_bytes(raw[8:16], "little")
-        else:
-            head = t.read(_BAR0, res, 8)
-            value = t.read(_BAR0, res + 8, 8)
-        return Response(head & 0xFFFF, (head >> 16) & 0xFF, value, head >> 24)
+            return t.read_block(_BAR0, offset, (length + 3) & ~3)[:length]
+        return b"".join(t.read(_BAR0, offset + i, 8).to_bytes(8, "little")
+                        for i in range(0, length, 8))[:length]
+
+    def _timed_out_run(self, engine: int, control: RunControl) -> Response:
+        """A run past its own timeout that the abort stopped: its response (a run that finished
+        as the abort arrived is simply returned), else ETIMEDOUT with the pc it stopped at."""
+        response = self._read_results(engine, control)
+        if response.status != regs.STATUS_ABORTED:
+            return response
+        raise DriverError(errno.ETIMEDOUT, f"the run exceeded its timeout of "
+                          f"{control.timeout:g} s and was aborted at pc {response.value}",
+                          response, engine=engine, command_stopped=True)
+
+    def _wait_irq(self, vector: int, timeout: float | None) -> bool:
+        """Wait up to ``timeout`` seconds (None: no limit) for ``vector``, in slices."""
+        t = self.transport
+        deadline = time.monotonic() + (math.inf if timeout is None else timeout)
+        while True:
+            left = deadline - time.monotonic()
+            if t.irq_wait(vector, max(0.0, min(left, _WAIT_SLICE))):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+
+    @property
+    def can_abort(self) -> bool:
+        """Whether the device stops running commands on request (EHCAP_ABORT)."""
+        return bool(self.geometry.capabilities & regs.EHCAP_ABORT)
+
+    def _abort_engine(self, engine: int) -> None:
+        """Write EHCMDABORT to ``engine`` (its running command completes with status 0x07)."""
+        self.transport.write(_BAR0, regs.cmdctrl(engine) + regs.EHCMDABORT, 1, 1)
 
     def _poll_done(self, engine: int, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -430,10 +555,10 @@ class Driver:
     def _stop_command(self, engine: int) -> tuple[bool, str]:
         """After a timeout: abort the engine's command if the device can (EHCAP_ABORT) and wait up
         to ``abort_timeout`` for the engine to read idle. Returns (idle, what happened)."""
-        can_abort = bool(self.geometry.capabilities & regs.EHCAP_ABORT)
+        can_abort = self.can_abort
         try:
             if can_abort:
-                self.transport.write(_BAR0, regs.cmdctrl(engine) + regs.EHCMDABORT, 1, 1)
+                self._abort_engine(engine)
             deadline = time.monotonic() + (self.abort_timeout if can_abort else 0)
             delay = 0.0002
             while self._engine_busy(engine):
@@ -525,13 +650,19 @@ class Driver:
             raise status_error(f"Release Slot ({what} slot {slot})", response)
 
     def run_program(self, prog_slot: int, data_slot: int, length: int, *,
-                    cmd_id: int | None = None, timeout: float | None = None) -> Response:
-        """Run Program; returns the raw response (check ``status`` yourself)."""
+                    cmd_id: int | None = None, timeout: float | None = None,
+                    control: RunControl | None = None) -> Response:
+        """Run Program; returns the raw response (check ``status`` yourself).
+
+        With a ``control`` whose ``ctx`` is set, the run takes its parameters from the engine's
+        run context (RUN_FLAG_CTX) and its OUT fields and text land in ``control``.
+        """
         if cmd_id is None:
             cmd_id = self.next_command_id()
-        word1 = (prog_slot & 0xFF) | (data_slot & 0xFF) << 8 | (length & 0xFFFFFFFF) << 32
-        return self._submit(regs.CMD_RUN_PROGRAM, cmd_id & 0xFFFF, word1, 0,
-                            self.timeout if timeout is None else timeout)
+        flags = regs.RUN_FLAG_CTX if control is not None and control.ctx is not None else 0
+        return self._submit(regs.CMD_RUN_PROGRAM, cmd_id & 0xFFFF,
+                            run_word(prog_slot, data_slot, length, flags), 0,
+                            self.timeout if timeout is None else timeout, control)
 
     # --- DMA ------------------------------------------------------------------------------------
     def dma_alloc(self, size: int) -> DmaBuffer:

@@ -7,14 +7,19 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable
 
 from .. import regs
-from .protocol import (HERMES_DOWNLOAD_PROG_IOCTL, RWF_APPEND, RWF_DSYNC, RWF_HIPRI, RWF_NOWAIT,
-                       RWF_SYNC, DriverError, Response, error, flag_names, status_error)
+from .core import RunControl
+from .protocol import (HERMES_DOWNLOAD_PROG_IOCTL, HERMES_RUN_IOCTL, RWF_APPEND, RWF_DSYNC,
+                       RWF_HIPRI, RWF_NOWAIT, RWF_SYNC, DriverError, Response, RunArgs, RunOutcome,
+                       error, flag_names, status_error)
 
 if TYPE_CHECKING:
     from .core import Driver
 
 _UNSUPPORTED_WRITE_FLAGS = RWF_DSYNC | RWF_NOWAIT | RWF_APPEND | RWF_HIPRI
 _SEEK_SET, _SEEK_CUR, _SEEK_END = 0, 1, 2
+_ELF_MAGIC = b"\x7fELF"
+#: Run Program lengths are multiples of this (device rule D8: ELF objects are zero-padded).
+_PROGRAM_ALIGN = 8
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,8 @@ class HermesFile:
         self._lost: str | None = None
         #: The response of the last command this file sent (for the library's error details).
         self.last_response: Response | None = None
+        #: The run in progress, for ``abort`` from other threads (None between runs).
+        self._control: RunControl | None = None
 
     # --- helpers ----------------------------------------------------------------------------------
     def _cmd_id(self) -> int:
@@ -83,13 +90,18 @@ class HermesFile:
         return self._data_slot
 
     # --- ioctl ------------------------------------------------------------------------------------
-    def ioctl(self, request: int, arg: object) -> int:
-        """``HERMES_DOWNLOAD_PROG_IOCTL`` with a ``DownloadProg``; any other request is EINVAL."""
+    def ioctl(self, request: int, arg: object) -> "int | RunOutcome":
+        """``HERMES_DOWNLOAD_PROG_IOCTL`` with a ``DownloadProg`` (returns 0), or
+        ``HERMES_RUN_IOCTL`` with a ``RunArgs`` (returns the ``RunOutcome``); any other request
+        is EINVAL."""
         with self._lock:
             self._check_open()
+            if request == HERMES_RUN_IOCTL:
+                return self._run_ex(arg)
             if request != HERMES_DOWNLOAD_PROG_IOCTL:
                 raise error(errno.EINVAL, f"unknown ioctl request {request:#x} (the device knows "
-                            f"only HERMES_DOWNLOAD_PROG_IOCTL {HERMES_DOWNLOAD_PROG_IOCTL:#x})")
+                            f"HERMES_DOWNLOAD_PROG_IOCTL {HERMES_DOWNLOAD_PROG_IOCTL:#x} and "
+                            f"HERMES_RUN_IOCTL {HERMES_RUN_IOCTL:#x})")
             if not isinstance(arg, DownloadProg):
                 raise error(errno.EINVAL, f"HERMES_DOWNLOAD_PROG_IOCTL takes a DownloadProg, "
                             f"not {type(arg).__name__}")
@@ -109,6 +121,11 @@ class HermesFile:
                         f"({size} bytes)")
         if not len(view):
             raise error(errno.EINVAL, "program is empty (0 bytes)")
+        pad = -len(view) % _PROGRAM_ALIGN
+        if pad and view[:4] == _ELF_MAGIC:
+            # The device runs whole multiples of 8 bytes (D8); an ELF object's size is not tied
+            # to that, so it is zero-padded (the slot size is a multiple of 8: it still fits).
+            view = memoryview(view.tobytes() + bytes(pad))
         if self._prog_slot is None:
             self._prog_slot = self._drv.request_slot(regs.SLOT_PROGRAM, cmd_id=self._cmd_id())
         self._prog_len = 0  # a failed copy leaves no runnable program behind
@@ -242,31 +259,103 @@ class HermesFile:
         self._need_program("run")
         if self._data_slot is None:
             raise error(errno.EBADFD, "run before any data was written")
-        cmd_id = self._cmd_id()
+        control = RunControl(self._drv)
+        response = self._send_run(control)
+        if response.status != regs.STATUS_SUCCESS:
+            raise self._run_error(response, control)
+        return response.value
+
+    def run_ex(self, run: RunArgs) -> RunOutcome:
+        """Run the program with a run context (``HERMES_RUN_IOCTL``): input length, window,
+        arguments, budget, entry symbol and timeout from ``run``; returns the ``RunOutcome``.
+
+        Failures: EOPNOTSUPP on a device without EHCAP_RUNCTX, EINVAL for bad ``run`` fields
+        (before anything is sent), EBADFD without program or data, ENOEXEC when the program
+        failed (``DriverError.outcome`` holds the fault fields), ETIMEDOUT past ``run.timeout``
+        (the run was aborted), ECANCELED after ``abort``, EBADE, EIO.
+        """
+        with self._lock:
+            self._check_open()
+            return self._run_ex(run)
+
+    def _run_ex(self, run: object) -> RunOutcome:
+        if not isinstance(run, RunArgs):
+            raise error(errno.EINVAL, f"HERMES_RUN_IOCTL takes a RunArgs, not "
+                        f"{type(run).__name__}")
+        if not self._geo.capabilities & regs.EHCAP_RUNCTX:
+            raise error(errno.EOPNOTSUPP, "the device has no run context (EHCAP_RUNCTX is clear "
+                        "in EHCAP): it runs programs only on the whole data slot, without "
+                        "arguments")
+        words = run.context_words(self._geo.data_slot_size)
+        self._need_program("run")
+        if self._data_slot is None:
+            raise error(errno.EBADFD, "run before any data was written")
+        control = RunControl(self._drv, words, run.timeout)
+        try:
+            response = self._send_run(control)
+        except DriverError as exc:
+            if control.out and exc.response is not None:
+                exc.outcome = RunOutcome.parse(exc.response, control.out, control.trace)
+            raise
+        outcome = RunOutcome.parse(response, control.out, control.trace)
+        if response.status != regs.STATUS_SUCCESS:
+            exc = self._run_error(response, control)
+            exc.outcome = outcome
+            raise exc
+        return outcome
+
+    def _send_run(self, control: RunControl) -> Response:
+        """Run Program under ``control`` (published for ``abort``); quarantines the slots when
+        the run may still be going after a timeout or an interruption."""
+        self._control = control
         try:
             response = self._drv.run_program(self._prog_slot, self._data_slot, self._prog_len,
-                                             cmd_id=cmd_id)
+                                             cmd_id=self._cmd_id(), timeout=control.timeout,
+                                             control=control)
         except DriverError as exc:
             if exc.command_stopped is False:
                 raise self._quarantine(exc) from None
             raise
+        except BaseException:
+            if control.stopped is False and control.last_engine is not None:
+                self._quarantine_slots(control.last_engine, "was interrupted")
+            raise
+        finally:
+            self._control = None
         self.last_response = response
-        if response.status != regs.STATUS_SUCCESS:
-            raise status_error(f"Run Program (program slot {self._prog_slot}, data slot "
-                               f"{self._data_slot})", response)
-        return response.value
+        return response
+
+    def _run_error(self, response: Response, control: RunControl) -> DriverError:
+        if response.status == regs.STATUS_ABORTED and control.aborted:
+            return error(errno.ECANCELED, f"the run was aborted (HermesFile.abort) at pc "
+                         f"{response.value}", response)
+        return status_error(f"Run Program (program slot {self._prog_slot}, data slot "
+                            f"{self._data_slot})", response)
+
+    def abort(self) -> bool:
+        """Abort this file's run in progress; callable from any thread while another one is
+        inside ``run``/``run_ex``/``fsync`` (it never waits for the file's lock). That call then
+        fails with ECANCELED. Returns False when no run is in progress or the device cannot abort
+        commands (no EHCAP_ABORT)."""
+        control = self._control
+        return control.abort() if control is not None else False
 
     def _quarantine(self, exc: DriverError) -> DriverError:
-        """The run may still be using this file's slots: hand them to the driver's quarantine
-        (released only once the engine reads idle) and fail every later call but close."""
-        slots = [(regs.SLOT_PROGRAM, self._prog_slot), (regs.SLOT_DATA, self._data_slot)]
-        self._drv.quarantine(exc.engine, slots)  # type: ignore[arg-type]
-        self._prog_slot = self._data_slot = None
-        held = (f"program slot {slots[0][1]} and data slot {slots[1][1]} are quarantined until "
-                f"engine {exc.engine} is idle")
-        self._lost = f"{held}: a run on them timed out and could not be stopped"
+        """The run may still be using this file's slots after a timeout: quarantine them."""
+        held = self._quarantine_slots(exc.engine, "timed out")  # type: ignore[arg-type]
         return DriverError(errno.ETIMEDOUT, f"{exc.strerror}; {held}", engine=exc.engine,
                            command_stopped=False)
+
+    def _quarantine_slots(self, engine: int, why: str) -> str:
+        """Hand this file's slots to the driver's quarantine (released only once ``engine``
+        reads idle) and fail every later call but close; returns what is held."""
+        slots = [(regs.SLOT_PROGRAM, self._prog_slot), (regs.SLOT_DATA, self._data_slot)]
+        self._drv.quarantine(engine, slots)  # type: ignore[arg-type]
+        self._prog_slot = self._data_slot = None
+        held = (f"program slot {slots[0][1]} and data slot {slots[1][1]} are quarantined until "
+                f"engine {engine} is idle")
+        self._lost = f"{held}: a run on them {why} and could not be stopped"
+        return held
 
     def _run_checked(self) -> None:
         r0 = self._run()

@@ -2,12 +2,30 @@
 from __future__ import annotations
 
 import errno
+import struct
+from dataclasses import dataclass
 from typing import NamedTuple
 
 from .. import regs
 
 #: ``_IOW('H', 0x50, struct {u32 len; u64 prog; u32 flags})``: download a program into the file.
 HERMES_DOWNLOAD_PROG_IOCTL = 0x40184850
+
+#: ``struct hermes_run`` of ``HERMES_RUN_IOCTL`` (specs/driver.md section 6.1), natural alignment:
+#: IN input_len u32, window u32, args u64[3], budget u64, entry u32, timeout_ms u32, trace u64
+#: (address of a TRACE_LIMIT-byte buffer); OUT r0, instructions, run_ns, fault_address (u64),
+#: output_len, trace_len, trace_dropped, fault_size, fault_flags, status (u32).
+HERMES_RUN_STRUCT = struct.Struct("=II3QQIIQ4Q6I")
+_IOC_WRITE, _IOC_READ = 1, 2
+
+
+def ioc(direction: int, kind: str, number: int, size: int) -> int:
+    """A Linux ioctl request number: ``_IOC(direction, kind, number, size)``."""
+    return direction << 30 | size << 16 | ord(kind) << 8 | number
+
+
+#: ``_IOWR('H', 0x51, struct hermes_run)``: run the file's program with a run context.
+HERMES_RUN_IOCTL = ioc(_IOC_READ | _IOC_WRITE, "H", 0x51, HERMES_RUN_STRUCT.size)
 
 # pwritev2/preadv2 flags (Linux values; os.RWF_* where the platform has them).
 RWF_HIPRI = 0x01
@@ -107,6 +125,7 @@ STATUS_ERRNO = {
     regs.STATUS_EBPF_ERROR: errno.ENOEXEC,
     regs.STATUS_INVALID_OPCODE: errno.EINVAL,
     regs.STATUS_ABORTED: errno.ECANCELED,
+    regs.STATUS_INVALID_CONTEXT: errno.EINVAL,
 }
 
 
@@ -115,15 +134,19 @@ class DriverError(OSError):
 
     For a command that timed out, ``engine`` is the engine it ran on and ``command_stopped`` says
     whether the driver saw that engine idle afterwards (aborted, or finished late): True means the
-    command's slots are safe to reuse, False that it may still be running.
+    command's slots are safe to reuse, False that it may still be running. A failed
+    ``HermesFile.run_ex`` sets ``outcome`` (a ``RunOutcome``: fault fields, instructions) when the
+    device reported one.
     """
 
     def __init__(self, err: int, message: str, response: Response | None = None, *,
-                 engine: int | None = None, command_stopped: bool | None = None):
+                 engine: int | None = None, command_stopped: bool | None = None,
+                 outcome: object | None = None):
         super().__init__(err, message)
         self.response = response
         self.engine = engine
         self.command_stopped = command_stopped
+        self.outcome = outcome
 
     @property
     def status(self) -> int | None:
@@ -144,3 +167,98 @@ def status_error(what: str, response: Response) -> DriverError:
     else:
         detail = f"device status {response.status:#04x} ({response.status_name})"
     return DriverError(err, f"{what}: {detail}", response)
+
+
+def run_word(prog_slot: int, data_slot: int, length: int, flags: int = 0) -> int:
+    """Bytes 8..15 of a Run Program request as one little-endian word."""
+    return ((prog_slot & 0xFF) | (data_slot & 0xFF) << 8 | (flags & 0xFF) << 8 * (
+        regs.RUN_FLAGS_BYTE - 8) | (length & 0xFFFFFFFF) << 32)
+
+
+_MASK64 = (1 << 64) - 1
+
+
+def _int_in(value: object, lo: int, hi: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
+
+
+@dataclass(frozen=True)
+class RunArgs:
+    """The argument of ``HERMES_RUN_IOCTL`` / ``HermesFile.run_ex``: a run with a run context.
+
+    ``input_len`` bytes of input (the program's r2) in a window of ``window`` bytes of the data
+    slot (the device zeroes ``[input_len, window)`` first), up to three 64-bit ``args`` (r3..r5;
+    a negative value is taken modulo 2^64), an instruction ``budget`` (0: the device's), the ELF
+    ``entry`` symbol index (0: the default entry) and a ``timeout`` in seconds (None: the
+    driver's) after which the run is aborted.
+    """
+
+    input_len: int
+    window: int
+    args: tuple = ()
+    budget: int = 0
+    entry: int = 0
+    timeout: float | None = None
+
+    def context_words(self, slot_size: int) -> tuple[int, ...]:
+        """The six little-endian words of EHCMDCTXn's IN fields; EINVAL naming what is wrong."""
+        if not _int_in(self.window, 0, slot_size):
+            raise error(errno.EINVAL, f"window {self.window!r} must be 0..{slot_size} bytes "
+                        "(the data slot size)")
+        if not _int_in(self.input_len, 0, self.window):
+            raise error(errno.EINVAL, f"input length {self.input_len!r} must be 0..{self.window} "
+                        "bytes (the window)")
+        args = self.args
+        if not isinstance(args, (tuple, list)) or len(args) > regs.CTX_ARGS or not all(
+                _int_in(a, -(1 << 63), _MASK64) for a in args):
+            raise error(errno.EINVAL, f"args {args!r} must be at most {regs.CTX_ARGS} integers "
+                        "in -2^63..2^64-1")
+        if not _int_in(self.budget, 0, _MASK64):
+            raise error(errno.EINVAL, f"budget {self.budget!r} must be 0..2^64-1 instructions "
+                        "(0: the device's)")
+        if not _int_in(self.entry, 0, 0xFFFF_FFFF):
+            raise error(errno.EINVAL, f"entry symbol {self.entry!r} must be 0..2^32-1")
+        t = self.timeout
+        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float))
+                              or not t > 0):
+            raise error(errno.EINVAL, f"timeout {t!r} must be a number of seconds > 0, or None")
+        full = [a & _MASK64 for a in args] + [0] * (regs.CTX_ARGS - len(args))
+        return (self.input_len | self.window << 32, *full, self.budget, self.entry)
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """What ``run_ex`` returns (and a failed run's ``DriverError.outcome`` carries): r0, the OUT
+    fields of the run context and the printed text. ``output_len`` is None when the program
+    declared none; the fault fields are None unless the run faulted out of bounds."""
+
+    r0: int
+    instructions: int
+    output_len: int | None
+    run_ns: int
+    trace: bytes
+    trace_dropped: int
+    fault_address: int | None
+    fault_size: int | None
+    fault_write: bool | None
+    response: Response
+
+    @classmethod
+    def parse(cls, response: Response, out: bytes, trace: bytes) -> "RunOutcome":
+        """From the response and EHCMDCTXn's OUT bytes (read from ``CTX_INSNS`` on)."""
+
+        def field(off: int, size: int) -> int:
+            at = off - regs.CTX_INSNS
+            return int.from_bytes(out[at:at + size], "little")
+
+        output_len = field(regs.CTX_OUTPUT_LEN, 4)
+        fault_size = field(regs.CTX_FAULT_SIZE, 4)
+        faulted = fault_size != 0
+        return cls(response.value if response.status == regs.STATUS_SUCCESS else 0,
+                   field(regs.CTX_INSNS, 8),
+                   None if output_len == regs.CTX_NO_OUTPUT else output_len,
+                   field(regs.CTX_RUN_NS, 8), bytes(trace), field(regs.CTX_TRACE_DROPPED, 4),
+                   field(regs.CTX_FAULT_ADDR, 8) if faulted else None,
+                   fault_size if faulted else None,
+                   bool(field(regs.CTX_FAULT_FLAGS, 4) & regs.FAULT_WRITE) if faulted else None,
+                   response)
