@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 from typing import Callable
 
+from ..engine.memory import MAX_ARGS as MAX_RUN_ARGS
 from ..errors import HermesError
 
 #: Modules of ``hermes.cli`` that add subcommands; each has ``register(subparsers)``.
@@ -21,8 +22,6 @@ INTERRUPTED_STATUS = 130
 #: Seconds a command interrupted by Ctrl-C has to stop its work before the process exits anyway
 #: (``hermes run`` must be gone within 1 s of Ctrl-C; specs/run-contract.md section 6).
 INTERRUPT_GRACE = 0.6
-#: Most arguments a run takes (r3..r5; specs/run-contract.md section 1).
-MAX_RUN_ARGS = 3
 
 
 class Parser(argparse.ArgumentParser):

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator, TextIO
 
-from ..errors import HermesError
 from . import (MAX_RUN_ARGS, budget_arg, engine_arg, int_arg, interruptible, load_program,
                run_arg, seconds_arg, write_output)
 
