@@ -224,3 +224,17 @@ def test_odd_length_elf_is_padded(hermes_file, tmp_path):
     assert len(obj) % 8
     ready(hermes_file, obj)
     assert hermes_file.run_ex(RunArgs(5, 8)).r0 == 6
+
+
+def test_cancel_flag_aborts_even_before_the_run_starts(make_driver):
+    from hermes.engine import Cancel
+    drv = make_driver(engines=1, budget=ENDLESS_BUDGET, timeout=30)
+    with drv.open() as f:
+        ready(f, ENDLESS)
+        already = Cancel()
+        already.set()
+        expect_errno(errno.ECANCELED, f.run_ex, RunArgs(0, 8), cancel=already)
+        later = Cancel()
+        threading.Timer(0.2, later.set).start()
+        expect_errno(errno.ECANCELED, f.run_ex, RunArgs(0, 8), cancel=later)
+        assert next_run_is_prompt(drv) < FREE_BOUND

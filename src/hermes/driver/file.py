@@ -265,9 +265,13 @@ class HermesFile:
             raise self._run_error(response, control)
         return response.value
 
-    def run_ex(self, run: RunArgs) -> RunOutcome:
+    def run_ex(self, run: RunArgs, *, cancel: object | None = None) -> RunOutcome:
         """Run the program with a run context (``HERMES_RUN_IOCTL``): input length, window,
         arguments, budget, entry symbol and timeout from ``run``; returns the ``RunOutcome``.
+
+        ``cancel``: a flag with ``watch(hook) -> token`` / ``unwatch(token)`` (a
+        ``hermes.engine.Cancel``); setting it, even before the run has started, aborts the run
+        as ``abort`` does (a flag set already aborts it at its start).
 
         Failures: EOPNOTSUPP on a device without EHCAP_RUNCTX, EINVAL for bad ``run`` fields
         (before anything is sent), EBADFD without program or data, ENOEXEC when the program
@@ -276,9 +280,9 @@ class HermesFile:
         """
         with self._lock:
             self._check_open()
-            return self._run_ex(run)
+            return self._run_ex(run, cancel)
 
-    def _run_ex(self, run: object) -> RunOutcome:
+    def _run_ex(self, run: object, cancel: object | None = None) -> RunOutcome:
         if not isinstance(run, RunArgs):
             raise error(errno.EINVAL, f"HERMES_RUN_IOCTL takes a RunArgs, not "
                         f"{type(run).__name__}")
@@ -292,7 +296,7 @@ class HermesFile:
             raise error(errno.EBADFD, "run before any data was written")
         control = RunControl(self._drv, words, run.timeout)
         try:
-            response = self._send_run(control)
+            response = self._send_run(control, cancel)
         except DriverError as exc:
             if control.out and exc.response is not None:
                 exc.outcome = RunOutcome.parse(exc.response, control.out, control.trace)
@@ -304,10 +308,12 @@ class HermesFile:
             raise exc
         return outcome
 
-    def _send_run(self, control: RunControl) -> Response:
-        """Run Program under ``control`` (published for ``abort``); quarantines the slots when
-        the run may still be going after a timeout or an interruption."""
+    def _send_run(self, control: RunControl, cancel: object | None = None) -> Response:
+        """Run Program under ``control`` (published for ``abort``, watched by ``cancel``);
+        quarantines the slots when the run may still be going after a timeout or an
+        interruption."""
         self._control = control
+        token = cancel.watch(control.abort) if cancel is not None else None  # type: ignore
         try:
             response = self._drv.run_program(self._prog_slot, self._data_slot, self._prog_len,
                                              cmd_id=self._cmd_id(), timeout=control.timeout,
@@ -322,6 +328,8 @@ class HermesFile:
             raise
         finally:
             self._control = None
+            if cancel is not None:
+                cancel.unwatch(token)  # type: ignore[attr-defined]
         self.last_response = response
         return response
 
