@@ -77,6 +77,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     # Parametrize at collection time so specs registered by later plugins are included.
     if "device_spec" in metafunc.fixturenames:
         metafunc.parametrize("device_spec", selected_specs(), scope="function")
+    if "lib_spec" in metafunc.fixturenames:
+        metafunc.parametrize("lib_spec", lib_specs(), scope="function")
 
 
 @pytest.fixture
@@ -126,3 +128,61 @@ def make_lib_device(make_driver):
 def lib_device(make_lib_device) -> DriverDevice:
     """A library Device over a default device of the current spec."""
     return make_lib_device()
+
+
+# --- library backends (tests/test_contract.py) ----------------------------------------------------
+#: Options of ``hermes.open("cpu")`` among the device options a test may ask for.
+_CPU_OPTIONS = ("engine", "engines", "budget", "data_slot_size", "program_slot_size")
+
+
+def _cpu_lib(**options: object) -> "tuple[object, list[Callable[[], None]]]":
+    import hermes
+    return hermes.open("cpu", **{k: v for k, v in options.items() if k in _CPU_OPTIONS}), []
+
+
+def _driver_lib(spec: str) -> Callable[..., "tuple[object, list[Callable[[], None]]]"]:
+    def make(**options: object) -> "tuple[object, list[Callable[[], None]]]":
+        driver, cleanups = DRIVER_FACTORIES[spec](**options)
+        device = DriverDevice(driver)
+        device.spec = spec
+        return device, cleanups
+    return make
+
+
+#: Library backend spec -> factory ((**device and driver options) -> (Device, cleanups run after
+#: it is closed)). Every driver spec is a library backend too (a DriverDevice over it); other
+#: devices (an NVMe controller...) add theirs with one ``LIB_BACKENDS[spec] = factory`` line.
+LIB_BACKENDS: dict[str, Callable[..., "tuple[object, list[Callable[[], None]]]"]] = {
+    "cpu": _cpu_lib}
+LIB_BACKENDS["nvme-emu"] = __import__("tests.nvme_devices").nvme_devices.nvme_emu_lib
+
+
+def lib_specs() -> list[str]:
+    """The library backends the behaviour suite runs over: cpu, every driver spec, and those
+    added to ``LIB_BACKENDS``; only those named in $HERMES_TEST_BACKENDS when it is set."""
+    known = list(LIB_BACKENDS) + [s for s in DRIVER_FACTORIES if s not in LIB_BACKENDS]
+    wanted = [s for s in os.environ.get("HERMES_TEST_BACKENDS", "").split(",") if s]
+    unknown = [s for s in wanted if s not in known]
+    if unknown:
+        raise pytest.UsageError(f"HERMES_TEST_BACKENDS names unregistered specs {unknown}; "
+                                f"registered: {', '.join(known)}")
+    return wanted or known
+
+
+@pytest.fixture
+def make_backend(lib_spec: str):
+    """``make_backend(**options)`` -> a ``hermes`` Device of the current library backend (the
+    test's ``lib_spec`` parameter); all closed at teardown."""
+    made: list = []
+
+    def make(**options: object):
+        factory = LIB_BACKENDS.get(lib_spec) or _driver_lib(lib_spec)
+        device, cleanups = factory(**options)
+        made.append((device, cleanups))
+        return device
+
+    yield make
+    for device, cleanups in reversed(made):
+        device.close()
+        for fn in cleanups:
+            fn()

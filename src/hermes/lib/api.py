@@ -325,6 +325,9 @@ class Session(abc.ABC):
         if read is not None and read > size:
             raise DataTooLarge(f"read of {read} bytes is larger than the data window "
                                f"({size} bytes)", read, size)
+        if cancel is not None and cancel.is_set():
+            from .errors import run_cancelled
+            raise run_cancelled()
         info = self._execute(length, size, regs3, budget, timeout, cancel)
         self._written = None
         self._last = (length, size)
@@ -632,6 +635,8 @@ BACKENDS: dict[str, "BackendFactory | str"] = {
     "cpu": "hermes.lib.cpu:open_cpu",
     "vfio-user": "hermes.lib.vfio:open_vfio_user",  # a `hermes serve` process's socket
     "vfio": "hermes.lib.vfio:open_vfio",            # a device bound to vfio-pci
+    "nvme-emu": "hermes.lib.nvme:open_nvme_emu",    # the NVMe CP/SLM controller in process
+    "nvme": "hermes.lib.nvme:open_nvme",            # /dev/ngXnY through Linux's passthrough
 }
 
 

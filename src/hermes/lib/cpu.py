@@ -1,9 +1,12 @@
 """The CPU backend: programs run on hermes.engine directly, with a Hermes device's memory view."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import signal
 import threading
+from typing import Iterator
 
 from .. import engine as _engine
 from ..engine.cache import DEFAULT_CACHE_BYTES, LoadedCache
@@ -16,6 +19,65 @@ from .errors import from_execution_error, run_cancelled, run_timeout
 DEFAULT_SLOT_SIZE = 1 << 20
 #: Prepared programs kept per CPU device (at most, and at most ``DEFAULT_CACHE_BYTES`` of them).
 _CACHE_SIZE = 64
+
+
+class _InterruptBridge:
+    """Turns a SIGINT into the Cancel of the run the main thread is in.
+
+    Native engine code (the JIT) holds the main thread without returning to the interpreter, so
+    Python's KeyboardInterrupt would wait for the run to end. Python's C-level signal handler
+    also writes the signal number to the wakeup fd at once: a watcher thread reading that fd
+    sets the run's Cancel, the run stops, and the KeyboardInterrupt is raised as usual. Bytes
+    for the previous wakeup fd (an asyncio loop's) are passed on.
+    """
+
+    def __init__(self) -> None:
+        self._rfd, self._wfd = os.pipe()
+        os.set_blocking(self._wfd, False)
+        self._lock = threading.Lock()
+        self._cancel: "_engine.Cancel | None" = None
+        self._forward = -1
+        threading.Thread(target=self._watch, name="hermes-sigint", daemon=True).start()
+
+    def _watch(self) -> None:
+        while True:
+            data = os.read(self._rfd, 64)
+            with self._lock:
+                cancel, forward = self._cancel, self._forward
+            if signal.SIGINT in data and cancel is not None:
+                cancel.set()
+            if forward >= 0:
+                with contextlib.suppress(OSError):
+                    os.write(forward, data)
+
+    @contextlib.contextmanager
+    def guard(self, cancel: "_engine.Cancel") -> Iterator[None]:
+        """While the block runs in the main thread, a SIGINT sets ``cancel``."""
+        if threading.current_thread() is not threading.main_thread() \
+                or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+            yield
+            return
+        with self._lock:
+            self._cancel = cancel
+            self._forward = signal.set_wakeup_fd(self._wfd, warn_on_full_buffer=False)
+        try:
+            yield
+        finally:
+            with self._lock:
+                signal.set_wakeup_fd(self._forward)
+                self._cancel, self._forward = None, -1
+
+
+_BRIDGE: "_InterruptBridge | None" = None
+_BRIDGE_LOCK = threading.Lock()
+
+
+def _interrupt_bridge() -> _InterruptBridge:
+    global _BRIDGE
+    with _BRIDGE_LOCK:
+        if _BRIDGE is None:
+            _BRIDGE = _InterruptBridge()
+        return _BRIDGE
 
 
 class CpuSession(Session):
@@ -70,9 +132,10 @@ class CpuSession(Session):
             timer.start()
         window = memoryview(slot)[:size]
         try:
-            result = run_guarded(self, lambda: self._exe.run(  # type: ignore[attr-defined]
-                window, budget if budget is not None else self._device.budget, cancel=mine,
-                length=length, args=args))
+            with _interrupt_bridge().guard(mine):
+                result = run_guarded(self, lambda: self._exe.run(  # type: ignore[attr-defined]
+                    window, budget if budget is not None else self._device.budget, cancel=mine,
+                    length=length, args=args))
         except Cancelled as exc:
             self._device.check_open()  # stopped by the device's close
             if expired and not (cancel is not None and cancel.is_set()):

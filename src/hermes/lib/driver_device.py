@@ -6,11 +6,12 @@ import hashlib
 from dataclasses import dataclass
 
 from .. import engine as _engine
-from ..driver import Driver, HermesFile, Transport, attach
+from .. import regs
+from ..driver import Driver, HermesFile, RunArgs, Transport, attach
 from ..engine.cache import DEFAULT_CACHE_BYTES, LoadedCache
 from ..errors import DeviceError, ProgramTooLarge
 from .api import Device, ProgramLike, RunInfo, Session, as_program, program_bytes, run_guarded
-from .errors import from_os_error, run_failure, run_timeout
+from .errors import from_os_error, run_cancelled, run_failure, run_timeout
 
 #: ``hermes.open("emu", ...)`` options that configure the driver; the rest go to HermesDevice.
 DRIVER_OPTIONS = ("timeout", "dma_timeout", "dma_chunk", "bounce_size")
@@ -26,6 +27,31 @@ class Prepared:
     code: bytes
     entry: int
     segments: tuple
+
+
+def check_program(program: "ProgramLike | Prepared", limit: int,
+                  cache: LoadedCache) -> Prepared:
+    """``program`` checked on the host for a device whose programs hold at most ``limit`` bytes
+    (``ProgramTooLarge``, ``ProgramError``/``VerifierError`` as on the CPU backend); ``cache``
+    keeps checked programs by content."""
+    if isinstance(program, Prepared):
+        return program
+    if isinstance(program, _engine.Program):
+        key = ("program", program.digest, getattr(program, "entry_symbol", 0))
+    else:
+        raw = program_bytes(program)
+        key = ("bytes", hashlib.sha256(raw).hexdigest())
+    prepared = cache.get(key)
+    if prepared is not None:
+        return prepared
+    code = program_bytes(program)
+    if len(code) > limit:
+        raise ProgramTooLarge(len(code), limit)
+    prog = as_program(program, max_size=limit)  # type: ignore[arg-type]
+    _engine.check(prog, _engine.DEVICE_HELPERS)
+    prepared = Prepared(code, getattr(prog, "entry_symbol", 0) or 0, tuple(prog.segments))
+    cache.put(key, prepared, len(code))
+    return prepared
 
 
 class DriverSession(Session):
@@ -71,9 +97,6 @@ class DriverSession(Session):
                  timeout: float | None, cancel: "_engine.Cancel | None") -> RunInfo:
         prepared = self._prepared
         assert prepared is not None
-        if not hasattr(self.file, "run_ex"):
-            return self._legacy_run()
-        from ..driver import RunArgs
         request = RunArgs(input_len=length, window=size, args=args, budget=budget or 0,
                           entry=prepared.entry, timeout=timeout)
         watch = cancel.watch(self.file.abort) if cancel is not None else None
@@ -81,10 +104,14 @@ class DriverSession(Session):
             outcome = run_guarded(self, lambda: self.file.run_ex(request))
         except OSError as exc:
             self._device.check_open()  # stopped by the device's close
-            if exc.errno == errno.ETIMEDOUT and timeout is not None:
-                raise run_timeout(timeout) from None
             out = getattr(exc, "outcome", None)
             response = getattr(exc, "response", None) or getattr(out, "response", None)
+            stopped_at = response.value if response is not None \
+                and response.status == regs.STATUS_ABORTED else None
+            if exc.errno == errno.ETIMEDOUT and timeout is not None:
+                raise run_timeout(timeout, stopped_at) from None
+            if exc.errno == errno.ECANCELED:
+                raise run_cancelled(stopped_at, getattr(out, "instructions", None)) from None
             if exc.errno == errno.ENOEXEC and response is not None:
                 raise run_failure(response.value, outcome=out, window=size,
                                   budget=budget,
@@ -97,17 +124,10 @@ class DriverSession(Session):
                        outcome.run_ns / 1e9, bytes(outcome.trace).decode("utf-8", "replace"),
                        outcome.trace_dropped)
 
-    def _legacy_run(self) -> RunInfo:
-        # A driver without the run context: r2 is the slot size (specs/run-contract.md legacy).
-        try:
-            return RunInfo(self.file.run(), None, None, None)
-        except OSError as exc:
-            raise from_os_error(exc) from None
-
     def abort(self) -> None:
         """Abort this file's run in progress (EHCMDABORT on its engine)."""
         try:
-            getattr(self.file, "abort", lambda: None)()
+            self.file.abort()
         except OSError:  # nothing to stop on a file whose device went away
             pass
 
@@ -165,25 +185,7 @@ class DriverDevice(Device):
         """``program`` checked on the host with the engines' load checks (``ProgramError`` /
         ``VerifierError`` worded as on the CPU backend), cached by content."""
         self.check_open()
-        if isinstance(program, Prepared):
-            return program
-        if isinstance(program, _engine.Program):
-            key = ("program", program.digest, getattr(program, "entry_symbol", 0))
-        else:
-            raw = program_bytes(program)
-            key = ("bytes", hashlib.sha256(raw).hexdigest())
-        prepared = self._checked.get(key)
-        if prepared is not None:
-            return prepared
-        code = program_bytes(program)
-        limit = self.driver.geometry.program_slot_size
-        if len(code) > limit:
-            raise ProgramTooLarge(len(code), limit)
-        prog = as_program(program, max_size=limit)  # type: ignore[arg-type]
-        _engine.check(prog, _engine.DEVICE_HELPERS)
-        prepared = Prepared(code, getattr(prog, "entry_symbol", 0) or 0, tuple(prog.segments))
-        self._checked.put(key, prepared, len(code))
-        return prepared
+        return check_program(program, self.driver.geometry.program_slot_size, self._checked)
 
     def close(self) -> None:
         """Abort the runs in progress, close the driver (releasing every slot), then whatever

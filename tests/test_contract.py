@@ -1,0 +1,474 @@
+"""The library-behaviour suite: specs/run-contract.md checked unchanged on every library backend.
+
+Parametrised over ``tests.devices.LIB_BACKENDS`` (cpu, emu, vfio-user served by a real
+``hermes serve`` process, vfio over the fake kernel; ``vfio-guest`` in the VM). Error texts are
+compared with the cpu backend's for the same call.
+"""
+from __future__ import annotations
+
+import _thread
+import asyncio
+import errno
+import struct
+import threading
+import time
+
+import pytest
+
+import hermes
+from hermes.engine import Program, clang
+
+MiB = 1 << 20
+#: Instructions no test program reaches: endless loops run until they are stopped.
+FOREVER = 1 << 40
+RET7 = Program.from_asm("mov r0, 7\nexit")
+LEN = Program.from_asm("mov r0, r2\nexit")
+#: Stores r3, r4, r5 at data[0..24); returns r2.
+ARGS = Program.from_asm("stxdw [r1], r3\nstxdw [r1+8], r4\nstxdw [r1+16], r5\nmov r0, r2\nexit")
+LOOP = Program.from_asm("mov r0, 0\nloop:\nadd r0, 1\nja loop")
+#: r0 = data[arg0] (a load at any offset of the window, or past it).
+LOAD_AT = Program.from_asm("mov r4, r1\nadd r4, r3\nldxb r0, [r4]\nexit")
+STORE_PAST = Program.from_asm("mov r3, r1\nadd r3, r2\nstxb [r3], r2\nmov r0, 0\nexit")
+
+C_SOURCES = {
+    # The newline count of issue 13: '\n' in [0, len).
+    "newlines": """
+        HERMES_ENTRY(newlines) {
+            u64 n = 0;
+            for (u64 i = 0; i < len; i++)
+                n += data[i] == '\\n';
+            return n;
+        }""",
+    # Sum of the window's bytes [arg1, arg0): 0 past the input, where the window reads zero.
+    "tail": """
+        HERMES_ENTRY(tail) {
+            u64 s = 0;
+            for (u64 i = arg1; i < arg0; i++)
+                s += data[i];
+            return s;
+        }""",
+    # data[i] = i + 1 for i < arg0; declares arg0 bytes of output unless arg1.
+    "declare": """
+        HERMES_ENTRY(declare) {
+            for (u64 i = 0; i < arg0; i++)
+                data[i] = (u8)(i + 1);
+            if (!arg1)
+                hermes_set_output(arg0);
+            return 0;
+        }""",
+    # XOR the input with arg0's low byte in place (run twice: the input again).
+    "xor": """
+        HERMES_ENTRY(xor) {
+            for (u64 i = 0; i < len; i++)
+                data[i] ^= (u8)arg0;
+            return len;
+        }""",
+    "printk": """
+        HERMES_ENTRY(printk) {
+            hermes_printk("len=%llu arg=%llx\\n", len, arg0);
+            return 0;
+        }""",
+    # Two global functions: the entry is chosen with function=.
+    "two": """
+        HERMES_ENTRY(first) { return 1; }
+        HERMES_ENTRY(second) { return 2 + len; }""",
+}
+
+
+@pytest.fixture(scope="module")
+def progs(tmp_path_factory) -> dict[str, Program]:
+    """The C programs above, compiled with clang -target bpf."""
+    if clang.find_clang() is None:
+        pytest.skip(f"clang is not installed; {clang.INSTALL_HINT}")
+    out = {}
+    root = tmp_path_factory.mktemp("contract")
+    for name, body in C_SOURCES.items():
+        src = root / f"{name}.c"
+        src.write_text('#include "hermes.h"\n' + body + "\n")
+        obj = clang.compile_c(src, root / f"{name}.o")
+        out[name] = obj if name == "two" else Program.from_elf(obj)
+    return out
+
+
+@pytest.fixture
+def dev(make_backend):
+    """A default device of the current backend."""
+    return make_backend()
+
+
+def cpu_outcome(call):
+    """What ``call(cpu_device)`` raises (or returns) on the reference backend."""
+    with hermes.open("cpu") as cpu:
+        try:
+            return call(cpu)
+        except hermes.HermesError as exc:
+            return exc
+
+
+def same_error(dev, call, cls):
+    """``call(dev)`` raises ``cls`` with the text and fields the cpu backend gives."""
+    with pytest.raises(cls) as info:
+        call(dev)
+    ref = cpu_outcome(call)
+    assert type(info.value) is type(ref)
+    assert str(info.value) == str(ref)
+    for name in ("index", "pc", "kind", "address", "size", "regions", "write", "errno"):
+        assert getattr(info.value, name, None) == getattr(ref, name, None), name
+    return info.value
+
+
+# --- 1. inputs, lengths, arguments, the window -----------------------------------------------------
+def test_r2_is_the_input_length(dev):
+    for data in (b"", b"x", bytes(1000), bytes(range(256)) * 3):
+        assert dev.run(LEN, data).return_value == len(data)
+    assert dev.run(LEN, b"abc", size=4096).return_value == 3
+
+
+def test_lengths_are_bytes_whatever_the_item_size(dev):
+    np = pytest.importorskip("numpy")
+    wide = memoryview(bytearray(range(16))).cast("I")
+    assert dev.run(LEN, wide).return_value == 16
+    arr = np.arange(10, dtype=np.uint64)
+    r = dev.run(LEN, arr)
+    assert r.return_value == 80 and r.data == arr.tobytes()
+    strided = arr[::2]  # not contiguous: copied
+    assert dev.run(LEN, strided).data == strided.tobytes()
+
+
+def test_args_reach_r3_to_r5(dev):
+    r = dev.run(ARGS, b"", args=(1, 2**64 - 1, -1), size=24, read=24)
+    assert struct.unpack("<3Q", r.data) == (1, 2**64 - 1, 2**64 - 1)
+    r = dev.run(ARGS, b"", args=(5,), size=24, read=24)
+    assert struct.unpack("<3Q", r.data) == (5, 0, 0)
+
+
+@pytest.mark.parametrize("args, text", [((1, 2, 3, 4), "at most 3 arguments"),
+                                        (("7",), "argument 0 must be an integer"),
+                                        ((1.5,), "argument 0 must be an integer"),
+                                        (5, "args must be a tuple")])
+def test_bad_args(dev, args, text):
+    err = same_error(dev, lambda d: d.run(RET7, b"", args=args), hermes.UsageError)
+    assert text in str(err)
+
+
+def test_window_past_the_input_reads_zero_on_every_path(dev, progs):
+    tail = progs["tail"]
+    assert dev.run(tail, b"\xff" * 64, args=(64,)).return_value == 64 * 255
+    assert dev.run(tail, b"\xff", args=(64, 1), size=64).return_value == 0
+    with dev.session() as s:
+        s.load(tail)
+        s.write(b"\xff" * 64)
+        assert s.run(args=(64,)).return_value == 64 * 255
+        s.write(b"\xff")
+        assert s.run(args=(64, 1), size=64).return_value == 0  # no previous run's bytes
+        assert s.run(args=(64, 0)).return_value == 255  # the same length and window again
+    items = [b"\xff" * (64 - k) for k in range(8)]
+    assert [r.return_value for r in dev.map(tail, items, args=(64, 56), size=64)] == [
+        255 * max(0, 64 - k - 56) for k in range(8)]
+    assert asyncio.run(dev.run_async(tail, b"\xff", args=(64, 1), size=64)).return_value == 0
+
+
+def test_access_outside_the_window_faults(dev):
+    assert dev.run(LOAD_AT, b"abcd", args=(7,), size=8).return_value == 0
+    err = same_error(dev, lambda d: d.run(LOAD_AT, b"abcd", args=(8,), size=8),
+                     hermes.ExecutionFailed)
+    assert err.kind == "out_of_bounds" and err.address == hermes.engine.DATA_BASE + 8
+    assert "data [0x100000000, 0x100000008) rw" in err.regions
+    err = same_error(dev, lambda d: d.run(LOAD_AT, b"abcd", args=(-1,)), hermes.ExecutionFailed)
+    assert err.address == hermes.engine.DATA_BASE - 1 and not err.write
+    err = same_error(dev, lambda d: d.run(STORE_PAST, b"abcd"), hermes.ExecutionFailed)
+    assert err.write and "store" in str(err)
+
+
+# --- 2. results ----------------------------------------------------------------------------------
+def test_output_precedence(dev, progs):
+    declare = progs["declare"]
+    assert dev.run(declare, bytes(16), args=(4,)).data == bytes([1, 2, 3, 4])  # declared
+    assert dev.run(declare, bytes(16), args=(4,), read=6).data == bytes([1, 2, 3, 4, 0, 0])
+    assert dev.run(declare, bytes(8), args=(4, 1)).data == bytes([1, 2, 3, 4, 0, 0, 0, 0])
+    assert dev.run(declare, b"", args=(32,), size=32).data == bytes(range(1, 33))
+
+
+SET_OUTPUT_9 = Program.from_asm("mov r1, 9\ncall 0x1002\nmov r0, 0\nexit")
+
+
+def test_declared_output_past_the_window_is_a_helper_fault(dev):
+    with pytest.raises(hermes.ExecutionFailed) as info:
+        dev.run(SET_OUTPUT_9, bytes(8))
+    ref = cpu_outcome(lambda d: d.run(SET_OUTPUT_9, bytes(8)))
+    assert info.value.kind == ref.kind == "helper" and info.value.pc == ref.pc == 1
+    assert dev.run(SET_OUTPUT_9, bytes(8), size=9).data == bytes(9)
+
+
+def test_result_fields(dev, progs):
+    r = dev.run(progs["newlines"], b"a\nb\n")
+    ref = cpu_outcome(lambda d: d.run(progs["newlines"], b"a\nb\n"))
+    assert r == ref and r.return_value == 2 and r.data == b"a\nb\n"
+    assert r.instructions == ref.instructions and r.instructions > 4
+    assert r.elapsed is not None and 0 < r.elapsed < 10
+    assert r.offset is None and r.index is None and r.trace == ""
+    text = repr(r)
+    assert text.startswith("Result(r0=2, data=4 bytes, instructions=") and len(text) < 100
+    assert len(repr(dev.run(RET7, bytes(MiB)))) < 100
+
+
+def test_trace(dev, progs):
+    r = dev.run(progs["printk"], b"abc", args=(0xBEEF,))
+    assert r.trace == "len=3 arg=beef\n" and r.trace_dropped == 0
+
+
+def test_out_buffer(dev, progs):
+    np = pytest.importorskip("numpy")
+    out = bytearray(8)
+    r = dev.run(progs["xor"], b"abcd", args=(0x20,), out=out)
+    assert out[:4] == b"ABCD" and bytes(r.data) == b"ABCD" and isinstance(r.data, memoryview)
+    arr = np.zeros(4, dtype=np.uint32)
+    dev.run(LEN, np.arange(4, dtype=np.uint32), out=arr)
+    assert list(arr) == [0, 1, 2, 3]
+    err = same_error(dev, lambda d: d.run(RET7, bytes(16), out=bytearray(8)), hermes.DataTooLarge)
+    assert err.size == 16 and err.limit == 8
+    same_error(dev, lambda d: d.run(RET7, b"x", out=b"immutable"), hermes.UsageError)
+
+
+def test_entry_function(dev, progs):
+    obj = progs["two"]
+    assert dev.run(Program.from_elf(obj, function="second"), b"abc").return_value == 5
+    assert dev.run(Program.from_elf(obj, function="first"), b"abc").return_value == 1
+
+
+# --- 3. errors, identical on every backend ---------------------------------------------------------
+BAD_PROGRAMS = {"uninitialised register": Program.from_asm("mov r0, r6\nexit"),
+                "unknown helper": Program.from_asm("call 99\nmov r0, 0\nexit"),
+                "r0 not set": Program.from_asm("exit"),
+                "falls through": Program.from_asm("mov r0, 0"),
+                "unknown opcode": bytes(8), "truncated": b"\xb7\0\0\0"}
+
+
+@pytest.mark.parametrize("name", BAD_PROGRAMS)
+def test_load_errors_are_the_hosts(dev, name):
+    prog = BAD_PROGRAMS[name]
+    err = same_error(dev, lambda d: d.run(prog, b"x"), hermes.ProgramError)
+    assert not isinstance(err, hermes.ProgramRejected)
+
+
+def test_budget(dev):
+    err = same_error(dev, lambda d: d.run(LOOP, b"", budget=1000), hermes.BudgetExceeded)
+    assert err.kind == "budget" and "1000" in str(err)
+    assert dev.run(RET7, b"", budget=2).instructions == 2
+    for bad in (0, -1, 1 << 64, "many"):
+        same_error(dev, lambda d: d.run(RET7, b"", budget=bad), hermes.UsageError)
+
+
+def test_data_too_large(dev):
+    size = dev.data_slot_size
+    assert size == dev.info()["data_slot_size"]
+    cases = [lambda d: d.run(RET7, bytes(size + 1)),
+             lambda d: d.run(RET7, b"x", size=size + 8),
+             lambda d: d.run(RET7, b"xy", read=3),
+             lambda d: d.run(RET7, b"xy", size=8, read=9)]
+    for call in cases:
+        err = same_error(dev, call, hermes.DataTooLarge)
+        assert isinstance(err, hermes.UsageError) and err.size > err.limit
+    same_error(dev, lambda d: d.run(RET7, b"xyz", size=2), hermes.UsageError)
+    with dev.session() as s:
+        s.load(RET7)
+        with pytest.raises(hermes.DataTooLarge):
+            s.write(b"abc", offset=size - 2)
+        s.write(b"ab", offset=size - 2)
+        with pytest.raises(hermes.DataTooLarge):
+            s.read(3, offset=size - 2)
+        assert s.read(2, offset=size - 2) == b"ab"
+
+
+def test_closed_device(make_backend):
+    dev = make_backend()
+    s = dev.session()
+    s.load(RET7)
+    dev.close()
+    calls = [lambda: dev.run(RET7, b"x"), dev.session, lambda: list(dev.map(RET7, [b"x"])),
+             lambda: asyncio.run(dev.run_async(RET7, b"x")), lambda: s.write(b"x"),
+             lambda: s.run(), dev.info]
+    for call in calls:
+        with pytest.raises(hermes.DeviceError) as info:
+            call()
+        assert info.value.errno == errno.ENODEV and str(info.value) == "device is closed"
+    dev.close()  # idempotent
+
+
+# --- 4. cancellation and timeouts ----------------------------------------------------------------
+def assert_free_within(dev, seconds: float) -> None:
+    """A run on ``dev`` completes within ``seconds`` (its engine is free)."""
+    t0 = time.monotonic()
+    assert dev.run(RET7, b"x").return_value == 7
+    assert time.monotonic() - t0 < seconds
+
+
+def test_timeout(make_backend):
+    dev = make_backend(engines=1)
+    t0 = time.monotonic()
+    with pytest.raises(hermes.RunTimeout) as info:
+        dev.run(LOOP, b"", budget=FOREVER, timeout=0.3)
+    took = time.monotonic() - t0
+    err = info.value
+    ref = cpu_outcome(lambda d: d.run(LOOP, b"", budget=FOREVER, timeout=0.3))
+    # where the loop was stopped depends on timing: the text up to the pc is the same
+    assert type(err) is type(ref) and err.message == ref.message and err.pc in (1, 2)
+    assert isinstance(err, hermes.DeviceTimeout) and isinstance(err, hermes.Cancelled)
+    assert err.timeout == 0.3 and err.errno == errno.ETIMEDOUT and took < 10
+    assert_free_within(dev, 1)
+    for bad in (0, -1, "1"):
+        same_error(dev, lambda d: d.run(RET7, b"", timeout=bad), hermes.UsageError)
+
+
+def test_cancel(make_backend):
+    dev = make_backend(engines=1)
+    cancel = hermes.Cancel()
+    threading.Timer(0.2, cancel.set).start()
+    t0 = time.monotonic()
+    with pytest.raises(hermes.Cancelled) as info:
+        dev.run(LOOP, b"", budget=FOREVER, cancel=cancel)
+    assert not isinstance(info.value, hermes.RunTimeout) and info.value.kind == "cancelled"
+    assert time.monotonic() - t0 < 5
+    assert_free_within(dev, 1)
+    already = hermes.Cancel()
+    already.set()
+    with pytest.raises(hermes.Cancelled):
+        dev.run(RET7, b"", cancel=already)
+    same_error(dev, lambda d: d.run(RET7, b"", cancel=True), hermes.UsageError)
+
+
+def test_cancelled_run_async_frees_the_engine(make_backend):
+    dev = make_backend(engines=1)
+
+    async def main() -> float:
+        task = asyncio.ensure_future(dev.run_async(LOOP, b"", budget=FOREVER))
+        await asyncio.sleep(0.3)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return time.monotonic()
+
+    cancelled = asyncio.run(main())
+    assert dev.run(RET7, b"x").return_value == 7
+    assert time.monotonic() - cancelled < 1
+
+
+def test_keyboard_interrupt_aborts_the_run(make_backend):
+    dev = make_backend(engines=1)
+    timer = threading.Timer(0.3, _thread.interrupt_main)
+    timer.start()
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            dev.run(LOOP, b"", budget=FOREVER)
+    finally:
+        timer.cancel()
+    assert time.monotonic() - t0 < 5
+    assert_free_within(dev, 1)
+
+
+def test_close_aborts_a_run_in_another_thread(make_backend):
+    dev = make_backend(engines=1)
+    seen: list = []
+
+    def runner() -> None:
+        try:
+            dev.run(LOOP, b"", budget=FOREVER)
+        except BaseException as exc:  # reported to the test thread
+            seen.append(exc)
+
+    t = threading.Thread(target=runner)
+    t.start()
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    dev.close()
+    t.join(10)
+    assert not t.is_alive() and time.monotonic() - t0 < 5
+    assert isinstance(seen[0], hermes.DeviceError) and seen[0].errno == errno.ENODEV
+
+
+# --- 5. sessions ---------------------------------------------------------------------------------
+def test_session_lengths(dev, progs):
+    with dev.session() as s:
+        s.load(LEN)
+        s.write(b"abcdef")
+        assert s.run().return_value == 6
+        assert s.run().return_value == 6  # nothing written since: the same input again
+        s.write(b"xy", offset=10)
+        s.write(b"z")
+        assert s.run().return_value == 12  # the end of the furthest write
+        assert s.run(length=3).return_value == 3
+        s.write(b"q")
+        r = s.run(size=16, read=16)
+        assert r.return_value == 1 and r.data == b"q" + bytes(15)
+
+
+def test_session_runs_in_place_again(dev, progs):
+    with dev.session() as s:
+        s.load(progs["xor"])
+        s.write(b"secret")
+        assert s.run(args=(0x55,)).data == bytes(c ^ 0x55 for c in b"secret")
+        assert s.run(args=(0x55,)).data == b"secret"
+        buf = bytearray(6)
+        assert s.readinto(buf) == 6 and buf == b"secret"
+        assert s.readinto(memoryview(buf)[2:], offset=2) == 4
+        with pytest.raises(hermes.UsageError):
+            s.readinto(b"read-only")
+
+
+def test_session_rules_same_everywhere(dev):
+    def before_load(d):
+        with d.session() as s:
+            s.write(b"x")
+
+    def read_before_write(d):
+        with d.session() as s:
+            s.load(RET7)
+            s.read(1)
+
+    def run_before_write(d):
+        with d.session() as s:
+            s.load(RET7)
+            s.run()
+
+    for call, code in ((before_load, errno.EBADFD), (read_before_write, errno.ENODATA),
+                       (run_before_write, errno.EBADFD)):
+        assert same_error(dev, call, hermes.DeviceError).errno == code
+
+
+# --- the newline count of issue 13 on every path ---------------------------------------------------
+NEWLINE_ITEMS = [b"line\n" * (8 - k) for k in range(8)]
+EXPECTED = [8, 7, 6, 5, 4, 3, 2, 1]
+
+
+def test_newlines_run_map_session_async(dev, progs):
+    nl = progs["newlines"]
+    assert [dev.run(nl, b).return_value for b in NEWLINE_ITEMS] == EXPECTED
+    assert [r.return_value for r in dev.map(nl, NEWLINE_ITEMS)] == EXPECTED
+    assert [r.return_value for r in dev.map(nl, NEWLINE_ITEMS, workers=1)] == EXPECTED
+    with dev.session() as s:
+        s.load(nl)
+        got = []
+        for b in NEWLINE_ITEMS:
+            s.write(b)
+            got.append(s.run().return_value)
+    assert got == EXPECTED
+
+    async def main() -> list:
+        return list(await asyncio.gather(*(dev.run_async(nl, b) for b in NEWLINE_ITEMS)))
+
+    assert [r.return_value for r in asyncio.run(main())] == EXPECTED
+
+
+# --- 8. scan --------------------------------------------------------------------------------------
+def test_scan(dev, progs):
+    pieces = pytest.importorskip("hermes.lib.pieces")
+    assert pieces is not None
+    data = b"".join(NEWLINE_ITEMS) * 50
+    results = list(dev.scan(progs["newlines"], data, piece_size=256, delimiter=b"\n"))
+    assert sum(r.return_value for r in results) == data.count(b"\n")
+    assert [r.index for r in results] == list(range(len(results)))
+    assert results[0].offset == 0 and all(len(r.data) <= 256 for r in results)
+    total = dev.scan(progs["newlines"], data, piece_size=256, delimiter=b"\n",
+                     reduce=lambda acc, r: acc + r.return_value, initial=0)
+    assert total == data.count(b"\n")
