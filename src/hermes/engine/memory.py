@@ -94,6 +94,8 @@ MAX_ARGS = 3
 def run_args(args: "tuple | list" = ()) -> tuple[int, int, int]:
     """r3..r5 of a run from its ``args``: at most ``MAX_ARGS`` integers, taken modulo 2^64,
     missing ones 0; anything else is ``UsageError``."""
+    if args == ():
+        return 0, 0, 0
     if not isinstance(args, (tuple, list)):
         raise UsageError(f"args must be a tuple of at most {MAX_ARGS} integers, "
                          f"not {type(args).__name__}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import ctypes
 import threading
 import time
+from functools import cached_property
 
 from ...errors import BudgetExceeded, Cancelled, ExecutionError, VerifierError
 from ..cancel import Cancel
@@ -43,7 +44,11 @@ class _Run:
         self.pc = 0
         self.error: BaseException | None = None
         self.state = RunState(dlen)
-        self.helper_ctx = HelperContext(self._read, self._write, self._view, self.state)
+
+    @cached_property
+    def helper_ctx(self) -> HelperContext:
+        """The helpers' view of this run, made at its first helper call."""
+        return HelperContext(self._read, self._write, self._view, self.state)
 
     def _find(self, addr: int, size: int, write: bool):
         """Same region lookup (and error wording) as the reference interpreter."""
