@@ -9,9 +9,11 @@ from __future__ import annotations
 import _thread
 import asyncio
 import errno
+import os
 import struct
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -30,70 +32,41 @@ LOOP = Program.from_asm("mov r0, 0\nloop:\nadd r0, 1\nja loop")
 LOAD_AT = Program.from_asm("mov r4, r1\nadd r4, r3\nldxb r0, [r4]\nexit")
 STORE_PAST = Program.from_asm("mov r3, r1\nadd r3, r2\nstxb [r3], r2\nmov r0, 0\nexit")
 
-C_SOURCES = {
-    # The newline count of issue 13: '\n' in [0, len).
-    "newlines": """
-        HERMES_ENTRY(newlines) {
-            u64 n = 0;
-            for (u64 i = 0; i < len; i++)
-                n += data[i] == '\\n';
-            return n;
-        }""",
-    # Sum of the window's bytes [arg1, arg0): 0 past the input, where the window reads zero.
-    "tail": """
-        HERMES_ENTRY(tail) {
-            u64 s = 0;
-            for (u64 i = arg1; i < arg0; i++)
-                s += data[i];
-            return s;
-        }""",
-    # data[i] = i + 1 for i < arg0; declares arg0 bytes of output unless arg1.
-    "declare": """
-        HERMES_ENTRY(declare) {
-            for (u64 i = 0; i < arg0; i++)
-                data[i] = (u8)(i + 1);
-            if (!arg1)
-                hermes_set_output(arg0);
-            return 0;
-        }""",
-    # XOR the input with arg0's low byte in place (run twice: the input again).
-    "xor": """
-        HERMES_ENTRY(xor) {
-            for (u64 i = 0; i < len; i++)
-                data[i] ^= (u8)arg0;
-            return len;
-        }""",
-    "printk": """
-        HERMES_ENTRY(printk) {
-            hermes_printk("len=%llu arg=%llx\\n", len, arg0);
-            return 0;
-        }""",
-    # Two global functions: the entry is chosen with function=.
-    "two": """
-        HERMES_ENTRY(first) { return 1; }
-        HERMES_ENTRY(second) { return 2 + len; }""",
-}
+#: The C programs of the suite (clang -target bpf; the VM guest has no clang and gets them
+#: compiled by the host in $HERMES_CONTRACT_OBJECTS).
+SOURCES = Path(__file__).parent / "data" / "contract"
 
 
 @pytest.fixture(scope="module")
-def progs(tmp_path_factory) -> dict[str, Program]:
-    """The C programs above, compiled with clang -target bpf."""
-    if clang.find_clang() is None:
+def progs(tmp_path_factory) -> dict[str, "Program | Path"]:
+    """The programs of ``SOURCES`` by name (``two`` as its object file: it has two entries)."""
+    objects = os.environ.get("HERMES_CONTRACT_OBJECTS")
+    if clang.find_clang() is not None:
+        root = tmp_path_factory.mktemp("contract")
+        paths = {src.stem: clang.compile_c(src, root / f"{src.stem}.o")
+                 for src in sorted(SOURCES.glob("*.c"))}
+    elif objects:
+        paths = {obj.stem: obj for obj in sorted(Path(objects).glob("*.o"))}
+    else:
         pytest.skip(f"clang is not installed; {clang.INSTALL_HINT}")
-    out = {}
-    root = tmp_path_factory.mktemp("contract")
-    for name, body in C_SOURCES.items():
-        src = root / f"{name}.c"
-        src.write_text('#include "hermes.h"\n' + body + "\n")
-        obj = clang.compile_c(src, root / f"{name}.o")
-        out[name] = obj if name == "two" else Program.from_elf(obj)
-    return out
+    return {name: path if name == "two" else Program.from_elf(path)
+            for name, path in paths.items()}
 
 
 @pytest.fixture
 def dev(make_backend):
     """A default device of the current backend."""
     return make_backend()
+
+
+@pytest.fixture
+def one_engine(make_backend):
+    """A one-engine device (so a stuck engine would block the next run), or the served device
+    as it is where the geometry is fixed (the VM guest)."""
+    try:
+        return make_backend(engines=1)
+    except pytest.skip.Exception:
+        return make_backend()
 
 
 def cpu_outcome(call):
@@ -303,8 +276,8 @@ def assert_free_within(dev, seconds: float) -> None:
     assert time.monotonic() - t0 < seconds
 
 
-def test_timeout(make_backend):
-    dev = make_backend(engines=1)
+def test_timeout(one_engine):
+    dev = one_engine
     t0 = time.monotonic()
     with pytest.raises(hermes.RunTimeout) as info:
         dev.run(LOOP, b"", budget=FOREVER, timeout=0.3)
@@ -312,7 +285,7 @@ def test_timeout(make_backend):
     err = info.value
     ref = cpu_outcome(lambda d: d.run(LOOP, b"", budget=FOREVER, timeout=0.3))
     # where the loop was stopped depends on timing: the text up to the pc is the same
-    assert type(err) is type(ref) and err.message == ref.message and err.pc in (1, 2)
+    assert type(err) is type(ref) and err.message == ref.message and err.pc in (0, 1, 2)
     assert isinstance(err, hermes.DeviceTimeout) and isinstance(err, hermes.Cancelled)
     assert err.timeout == 0.3 and err.errno == errno.ETIMEDOUT and took < 10
     assert_free_within(dev, 1)
@@ -320,8 +293,8 @@ def test_timeout(make_backend):
         same_error(dev, lambda d: d.run(RET7, b"", timeout=bad), hermes.UsageError)
 
 
-def test_cancel(make_backend):
-    dev = make_backend(engines=1)
+def test_cancel(one_engine):
+    dev = one_engine
     cancel = hermes.Cancel()
     threading.Timer(0.2, cancel.set).start()
     t0 = time.monotonic()
@@ -337,8 +310,8 @@ def test_cancel(make_backend):
     same_error(dev, lambda d: d.run(RET7, b"", cancel=True), hermes.UsageError)
 
 
-def test_cancelled_run_async_frees_the_engine(make_backend):
-    dev = make_backend(engines=1)
+def test_cancelled_run_async_frees_the_engine(one_engine):
+    dev = one_engine
 
     async def main() -> float:
         task = asyncio.ensure_future(dev.run_async(LOOP, b"", budget=FOREVER))
@@ -353,8 +326,8 @@ def test_cancelled_run_async_frees_the_engine(make_backend):
     assert time.monotonic() - cancelled < 1
 
 
-def test_keyboard_interrupt_aborts_the_run(make_backend):
-    dev = make_backend(engines=1)
+def test_keyboard_interrupt_aborts_the_run(one_engine):
+    dev = one_engine
     timer = threading.Timer(0.3, _thread.interrupt_main)
     timer.start()
     t0 = time.monotonic()
@@ -367,8 +340,8 @@ def test_keyboard_interrupt_aborts_the_run(make_backend):
     assert_free_within(dev, 1)
 
 
-def test_close_aborts_a_run_in_another_thread(make_backend):
-    dev = make_backend(engines=1)
+def test_close_aborts_a_run_in_another_thread(one_engine):
+    dev = one_engine
     seen: list = []
 
     def runner() -> None:
@@ -436,7 +409,7 @@ def test_session_rules_same_everywhere(dev):
         assert same_error(dev, call, hermes.DeviceError).errno == code
 
 
-# --- the newline count of issue 13 on every path ---------------------------------------------------
+# --- a newline count on every path (run, map, a reused session, run_async) -------------------------
 NEWLINE_ITEMS = [b"line\n" * (8 - k) for k in range(8)]
 EXPECTED = [8, 7, 6, 5, 4, 3, 2, 1]
 

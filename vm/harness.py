@@ -315,6 +315,10 @@ def compile_examples(out: Path) -> None:
     # The kernel driver's own test programs (drivers/linux/tests/NAME.bpf.c -> NAME.bpf.o).
     for src in sorted((CHECKOUT / "drivers" / "linux" / "tests").glob("*.bpf.c")):
         clang.compile_c(src, out / f"{src.stem}.o")
+    # The library-behaviour suite's programs (tests/test_contract.py, $HERMES_CONTRACT_OBJECTS).
+    (out / "contract").mkdir()
+    for src in sorted((CHECKOUT / "tests" / "data" / "contract").glob("*.c")):
+        clang.compile_c(src, out / "contract" / f"{src.stem}.o")
 
 
 def build_module(root: Root, run: Path) -> None:

@@ -72,8 +72,10 @@ TEST_INFO="HERMES_VM_DEVICE_INFO=/x/host-info.json"
 run_lib() {
     bind_vfio || return 1
     env $TEST_INFO HERMES_TEST_BACKENDS=vfio-guest HERMES_VM_BDF=$BDF \
+        HERMES_CONTRACT_OBJECTS=/x/bpf/contract \
         sh -c 'cd /x && python -m pytest -p no:cacheprovider -q -p tests.vm.backends -rs \
-               tests/test_lib.py tests/test_driver.py tests/test_driver_robustness.py'
+               tests/test_lib.py tests/test_contract.py tests/test_driver.py \
+               tests/test_driver_robustness.py'
 }
 
 # The driver-interface cases over /dev/hermes0 through the project's kernel driver.
