@@ -1,4 +1,4 @@
-"""Load-time checks every engine runs before a program's first instruction executes."""
+"""Structural load-time checks, the first part of the load contract (``verifier.verify``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -155,7 +155,8 @@ def successors(insn: Insn, i: int) -> list[int]:
 
 
 def check(program: Program, helpers: HelperRegistry) -> list[Function]:
-    """Run the load-time checks; returns the program's functions or raises ``ProgramError``.
+    """The structural part of the load contract (``verifier.verify`` runs it first); returns
+    the program's functions or raises ``ProgramError``.
 
     Checks: each function ends in ``exit`` or an unconditional jump (no fall-through), jumps stay
     inside their function, no write to r10, no ``ja -1`` self-loop, helper calls only to
