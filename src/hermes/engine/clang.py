@@ -1,7 +1,9 @@
 """Finding clang and compiling C sources into BPF relocatable objects for the ELF loader."""
 from __future__ import annotations
 
+import functools
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -9,24 +11,56 @@ from pathlib import Path
 from ..errors import HermesError
 
 #: Message appended to every "clang is missing" error.
-INSTALL_HINT = "install it with `apt-get install clang` (or set HERMES_CLANG to a clang binary)"
+INSTALL_HINT = ("install it with `apt-get install clang-19` (or set HERMES_CLANG to a clang "
+                "binary)")
 #: Flags every example and test object is compiled with (the README's `clang -target bpf -O2 -c`).
 DEFAULT_FLAGS = ("-target", "bpf", "-O2")
 #: Folder of the public C header ``hermes.h`` (package data beside the ``hermes`` package's modules).
 _INCLUDE_DIR = Path(__file__).resolve().parents[1] / "include"
-_CANDIDATES = ("clang", *(f"clang-{v}" for v in range(20, 13, -1)))
+#: The clang Hermes is tested with (Debian 12 has it in its archive as ``clang-19``).
+PREFERRED_VERSION = 19
+#: Oldest clang with ``-mcpu=v4`` (signed division and modulo, sign-extending loads and moves,
+#: ``bswap``, ``gotol``); older ones reject signed ``/`` and ``%`` or crash on them.
+V4_MIN_VERSION = 18
+#: Versioned names looked for on PATH besides plain ``clang``.
+_VERSIONS = range(40, 13, -1)
+
+
+@functools.lru_cache(maxsize=None)
+def clang_version(path: str) -> int | None:
+    """The major version of the clang at ``path`` (from ``--version``), or None when it does
+    not run or says no version."""
+    try:
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    found = re.search(r"clang version (\d+)", out.stdout)
+    return int(found.group(1)) if found else None
 
 
 def find_clang() -> str | None:
-    """Path of a clang able to target BPF: ``$HERMES_CLANG``, else the first on PATH, else None."""
+    """Path of a clang able to target BPF: ``$HERMES_CLANG``; else clang-19
+    (``PREFERRED_VERSION``); else the newest clang on PATH (``clang-N`` or ``clang``); else
+    None."""
     env = os.environ.get("HERMES_CLANG")
     if env:
         return shutil.which(env) or (env if Path(env).is_file() else None)
-    for name in _CANDIDATES:
+    found: dict[str, int] = {}
+    for name in (*(f"clang-{v}" for v in _VERSIONS), "clang"):
         path = shutil.which(name)
-        if path:
-            return path
-    return None
+        if path and path not in found:
+            version = clang_version(path)
+            if version == PREFERRED_VERSION:
+                return path
+            found[path] = version if version is not None else -1
+    return max(found, key=found.__getitem__, default=None)
+
+
+def supports_v4(path: str | None = None) -> bool:
+    """Whether the clang at ``path`` (default ``find_clang()``) compiles ``-mcpu=v4``."""
+    path = path or find_clang()
+    version = clang_version(path) if path else None
+    return version is not None and version >= V4_MIN_VERSION
 
 
 def require_clang() -> str:
@@ -66,5 +100,6 @@ def compile_c(src: "str | Path", out: "str | Path", *, extra_flags: "tuple[str, 
     return out
 
 
-__all__ = ["DEFAULT_FLAGS", "INSTALL_HINT", "compile_c", "find_clang", "include_dir",
-           "require_clang"]
+__all__ = ["DEFAULT_FLAGS", "INSTALL_HINT", "PREFERRED_VERSION", "V4_MIN_VERSION",
+           "clang_version", "compile_c", "find_clang", "include_dir", "require_clang",
+           "supports_v4"]
