@@ -194,15 +194,22 @@ class Session(abc.ABC):
         self._last: tuple[int, int] | None = None
         self._loaded = False
 
-    # --- what a backend provides ------------------------------------------------------------------
-    @property
-    @abc.abstractmethod
-    def data_slot_size(self) -> int:
-        """Bytes of this session's data slot."""
+    #: The device the session belongs to (set by the backend's constructor).
+    _device: "Device"
+    closed: bool = False
 
-    @abc.abstractmethod
+    @property
+    def data_slot_size(self) -> int:
+        """Bytes of this session's data slot (the device's ``data_slot_size``)."""
+        return self._device.data_slot_size
+
     def _check_open(self) -> None:
-        """``DeviceError`` when the session or its device is closed."""
+        """``DeviceError`` when the device (``ENODEV``) or the session (``EBADF``) is closed."""
+        self._device.check_open()
+        if self.closed:
+            raise DeviceError("the session is closed", errno.EBADF)
+
+    # --- what a backend provides ------------------------------------------------------------------
 
     @abc.abstractmethod
     def _load(self, program: object) -> None:

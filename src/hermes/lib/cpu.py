@@ -93,16 +93,6 @@ class CpuSession(Session):
         self._cancel: "_engine.Cancel | None" = None
         self.closed = False
 
-    @property
-    def data_slot_size(self) -> int:
-        """Bytes of the data slot (the device's ``data_slot_size``)."""
-        return self._device.data_slot_size
-
-    def _check_open(self) -> None:
-        self._device.check_open()
-        if self.closed:
-            raise DeviceError("the session is closed", errno.EBADF)
-
     def _load(self, program: object) -> None:
         self._exe = self._device.prepare(program)  # type: ignore[arg-type]
 

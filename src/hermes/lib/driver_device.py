@@ -63,11 +63,6 @@ class DriverSession(Session):
         self.file = file
         self._prepared: Prepared | None = None
 
-    @property
-    def data_slot_size(self) -> int:
-        """Bytes of the data slot (the device's geometry)."""
-        return self._device.data_slot_size
-
     def _check_open(self) -> None:
         self._device.check_open()
         if self.file.closed:
