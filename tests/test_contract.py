@@ -310,6 +310,17 @@ def test_cancel(one_engine):
     same_error(dev, lambda d: d.run(RET7, b"", cancel=True), hermes.UsageError)
 
 
+def test_cancel_as_the_run_starts(one_engine):
+    # A Cancel set while the run is still on its way to the device is not lost.
+    for delay in (0.0, 0.0005, 0.001, 0.002, 0.005):
+        cancel = hermes.Cancel()
+        threading.Timer(delay, cancel.set).start()
+        t0 = time.monotonic()
+        with pytest.raises(hermes.Cancelled) as info:
+            one_engine.run(LOOP, b"", budget=FOREVER, cancel=cancel, timeout=30)
+        assert not isinstance(info.value, hermes.RunTimeout) and time.monotonic() - t0 < 5
+
+
 def test_cancelled_run_async_frees_the_engine(one_engine):
     dev = one_engine
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import threading
 from dataclasses import dataclass
 
 from .. import engine as _engine
@@ -15,6 +16,8 @@ from .errors import from_os_error, run_cancelled, run_failure, run_timeout
 
 #: ``hermes.open("emu", ...)`` options that configure the driver; the rest go to HermesDevice.
 DRIVER_OPTIONS = ("timeout", "dma_timeout", "dma_chunk", "bounce_size")
+#: Seconds between tries to abort a cancelled run that had not reached the device yet.
+_ABORT_RETRY = 0.01
 #: Checked programs kept per device (by content), so a program is checked once, not per load.
 _CACHE_SIZE = 64
 
@@ -94,7 +97,17 @@ class DriverSession(Session):
         assert prepared is not None
         request = RunArgs(input_len=length, window=size, args=args, budget=budget or 0,
                           entry=prepared.entry, timeout=timeout)
-        watch = cancel.watch(self.file.abort) if cancel is not None else None
+        running = [True]
+
+        def stop() -> None:
+            # An abort before the run reached the device finds nothing to stop: try again
+            # (without blocking the thread that set the Cancel) until the run is over.
+            if running[0] and not self.file.abort():
+                retry = threading.Timer(_ABORT_RETRY, stop)
+                retry.daemon = True
+                retry.start()
+
+        watch = cancel.watch(stop) if cancel is not None else None
         try:
             outcome = run_guarded(self, lambda: self.file.run_ex(request))
         except OSError as exc:
@@ -113,6 +126,7 @@ class DriverSession(Session):
                                   segments=prepared.segments) from None
             raise from_os_error(exc) from None
         finally:
+            running[0] = False
             if watch is not None:
                 cancel.unwatch(watch)  # type: ignore[union-attr]
         return RunInfo(outcome.r0, outcome.instructions, outcome.output_len,
