@@ -154,7 +154,7 @@ def _driver_lib(spec: str) -> Callable[..., "tuple[object, list[Callable[[], Non
 #: devices (an NVMe controller...) add theirs with one ``LIB_BACKENDS[spec] = factory`` line.
 LIB_BACKENDS: dict[str, Callable[..., "tuple[object, list[Callable[[], None]]]"]] = {
     "cpu": _cpu_lib}
-LIB_BACKENDS["nvme-emu"] = __import__("tests.nvme_devices").nvme_devices.nvme_emu_lib
+LIB_BACKENDS.update(__import__("tests.nvme_devices").nvme_devices.LIB_BACKENDS)
 
 
 def lib_specs() -> list[str]:

@@ -121,3 +121,31 @@ def expect(status: N.Status, fn, *args, **kw) -> NvmeStatusError:
         fn(*args, **kw)
     assert info.value.named == status, f"expected {status}, got {info.value.named}"
     return info.value
+
+
+#: Options of ``hermes.open("nvme-emu")`` among the device options a library test may ask for
+#: (the controller has one engine and its own program size limit, so ``engines`` and
+#: ``program_slot_size`` do not apply).
+_NVME_EMU_OPTIONS = ("engine", "budget", "data_slot_size")
+
+
+def nvme_emu_lib(**options: object) -> tuple:
+    """A library backend factory for ``tests.devices.LIB_BACKENDS``: ``hermes.open("nvme-emu")``."""
+    import hermes
+    return hermes.open("nvme-emu", **{k: v for k, v in options.items()
+                                      if k in _NVME_EMU_OPTIONS}), []
+
+
+def nvme_passthru_lib(**options: object) -> tuple:
+    """``hermes.open("nvme:$HERMES_NVME_DEVICE")``: a controller the Linux nvme driver owns (the
+    VM guest's), as a library backend. The window size is the only device option it takes."""
+    import hermes
+    keep = {k: v for k, v in options.items() if k == "data_slot_size"}
+    return hermes.open(f"nvme:{os.environ['HERMES_NVME_DEVICE']}", **keep), []
+
+
+#: The NVMe library backends for ``tests.devices.LIB_BACKENDS``: the in-process controller
+#: always, the passthrough one where $HERMES_NVME_DEVICE names a CP namespace (/dev/ngXnY).
+LIB_BACKENDS = {"nvme-emu": nvme_emu_lib}
+if os.environ.get("HERMES_NVME_DEVICE"):
+    LIB_BACKENDS["nvme"] = nvme_passthru_lib

@@ -29,8 +29,8 @@ ALLOWED = {
     "hermes.vfio.fake_kernel": {"hermes.errors", "hermes.regs", "hermes.device", "hermes.vfio"},
     # the driver reaches devices only through a transport (attach() may build the in-process one)
     "hermes.driver": {"hermes.errors", "hermes.regs", "hermes.nvme_regs", "hermes.transport"},
-    "hermes.lib": {"hermes.errors", "hermes.regs", "hermes.engine", "hermes.driver",
-                   "hermes.transport"},
+    "hermes.lib": {"hermes.errors", "hermes.regs", "hermes.nvme_regs", "hermes.engine",
+                   "hermes.driver", "hermes.transport"},
     "hermes.rtl": {"hermes.errors", "hermes.regs", "hermes.engine"},
 }
 TOP = {"hermes", "hermes.cli", "hermes.benchmarks", "hermes.conformance", "hermes.__main__"}

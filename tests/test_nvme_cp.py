@@ -269,7 +269,7 @@ def test_execute_errors(nvme):
     expect(N.OVERLAPPING_MEMORY_RANGES, nvme.execute, 0, ranges=[R(2, 0, g), R(2, 0, g)])
     expect(N.INVALID_MEMORY_RANGE_SET, nvme.execute, 0, ranges=[R(3, 1 << 20, g)])
     cmd, buf = nvme.execute_command(0, ranges=[R(2, 0, g)])
-    cmd.mptr = 16                           # DLEN shorter than the one descriptor
+    cmd.cdw15 = 16                          # DLEN shorter than the one descriptor
     expect(N.INVALID_FIELD, nvme.io_command, cmd, data=buf)
 
 
@@ -285,6 +285,7 @@ def test_busy_program_and_range_set_then_abort(nvme):
     cmd, buf = nvme.execute_command(0, rsid=rsid)
     qp = nvme.io_queue(1)
     cid = qp.submit(cmd)
+    nvme.t.flush()                          # the doorbell reaches the controller now
     time.sleep(0.2)
     expect(N.PROGRAM_IN_USE, nvme.activate, 0, False)
     expect(N.MEMORY_RANGE_SET_IN_USE, nvme.delete_range_set, rsid)

@@ -51,10 +51,11 @@ def test_layout_rejects_fields_past_the_end():
         N.Layout(4, {"x": (2, "I")})
 
 
-def test_exec_layout_keeps_ranges_8_aligned():
-    extra_at, offsets, total = N.exec_layout([16, 8], 3)
-    assert extra_at == N.EXEC_CONTEXT.size + 2 * N.EXEC_RANGE_ENTRY.size
-    assert offsets == [extra_at + 8, extra_at + 24] and total == extra_at + 32
+def test_exec_params_round_trip_and_default_to_zero():
+    raw = N.exec_params(-1, 2, window=24, budget=99)
+    assert len(raw) == 32 and N.unpack_exec_params(raw) == (N.MASK64, 2, 24, 99)
+    assert N.unpack_exec_params(raw[:8]) == (N.MASK64, 0, 0, 0)
+    assert N.unpack_exec_params(b"") == (0, 0, 0, 0)
 
 
 @pytest.fixture

@@ -443,6 +443,9 @@ LOAD_SEL_LOAD, LOAD_SEL_UNLOAD = 0, 1
 #: Program type of an eBPF program (vendor specific range C0h-FFh; see specs/nvme-cp.md).
 PTYPE_EBPF = 0xC0
 PIT_NONE, PIT_PID = 0, 1
+#: PIT 7 (this controller's use of a reserved value): the PID is the ELF symbol table index of
+#: the entry function (the run contract's entry choice; specs/nvme-cp.md).
+PIT_ENTRY_SYMBOL = 7
 #: Program Activation Management CDW10: PIND 15:0, SEL 19:16.
 ACT_SEL_DEACTIVATE, ACT_SEL_ACTIVATE = 0, 1
 #: Memory Range Set Management CDW10: SEL 3:0, RSID 31:16; CDW11: NUMR 7:0.
@@ -505,10 +508,11 @@ def unpack_ranges(raw: "bytes | memoryview", count: int) -> list[MemoryRange]:
 
 
 # --- Execute Program and the program's view -----------------------------------------------------
-#: Execute Program: CDW2 PIND 15:0 and RSID 31:16; CDW3 NUMR; CDW4 DLEN; CDW10-11 CPARAM1;
-#: CDW12-13 CPARAM2. The data buffer holds NUMR descriptors, then program-specific data.
+#: Execute Program: CDW2 PIND 15:0 and RSID 31:16; CDW3 NUMR; CDW10-11 CPARAM1; CDW12-13
+#: CPARAM2; CDW15 DLEN (not CDW4: CDW4-5 is the metadata pointer, which Linux's passthrough
+#: ioctls set themselves). The data buffer holds NUMR descriptors, then program-specific data.
 def execute_dwords(pind: int, rsid: int, numr: int, dlen: int) -> tuple[int, int, int]:
-    """CDW2, CDW3 and CDW4 of Execute Program."""
+    """CDW2, CDW3 and CDW15 of Execute Program."""
     return (pind & 0xFFFF) | ((rsid & 0xFFFF) << 16), numr & 0xFFFF_FFFF, dlen & 0xFFFF_FFFF
 
 
@@ -535,7 +539,8 @@ def unpack_exec_params(extra: "bytes | memoryview") -> tuple[int, int, int, int]
 #: ``pind * EXEC_RECORD_SIZE``, describing the last Execute Program of that index: instructions
 #: executed, nanoseconds on the engine, the output length the program declared (all ones: none),
 #: the fault of a failed run (address, size, store), the printed text's length and the bytes
-#: dropped past it; the text itself follows the 64-byte header.
+#: dropped past it, the number of runs of the index, the pc a failed or aborted run stopped at;
+#: the text itself follows the 64-byte header.
 LOG_EXECUTION_RECORD = 0xC0
 EXEC_RECORD_HEADER = 64
 EXEC_RECORD_TRACE = 4096
@@ -639,6 +644,7 @@ EXEC_RECORD = Layout(EXEC_RECORD_HEADER, {
     "instructions": (0, "Q"), "elapsed_ns": (8, "Q"), "output_length": (16, "Q"),
     "fault_address": (24, "Q"), "fault_size": (32, "I"), "fault_write": (36, "B"),
     "trace_length": (40, "I"), "trace_dropped": (44, "I"), "sequence": (48, "Q"),
+    "pc": (56, "I"),
 })
 
 #: Namespace Identification Descriptor types (CNS 03h).

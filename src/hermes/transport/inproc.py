@@ -106,6 +106,12 @@ class InProcessTransport(Transport):
         """A transport over a new ``HermesDevice(**device_args)`` that it owns (and closes)."""
         return cls(HermesDevice(**device_args), owns_device=True)  # type: ignore[arg-type]
 
+    @classmethod
+    def create_nvme(cls, **controller_args: object) -> "InProcessTransport":
+        """A transport over a new NVMe CP/SLM ``NvmeController(**controller_args)`` it owns."""
+        from ..device.nvme import NvmeController
+        return cls(NvmeController(**controller_args), owns_device=True)  # type: ignore[arg-type]
+
     # The bound-method attributes above shadow these; they exist for the ABC and documentation.
     def read(self, bar: int, offset: int, size: int) -> int:
         """Read a BAR register (see ``HermesDevice.bar_read``)."""

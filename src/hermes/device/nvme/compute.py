@@ -178,7 +178,8 @@ class ComputeNamespace:
                   f"program index {pind} holds a device-defined program")
             check(ptype == N.PTYPE_EBPF, N.INVALID_PROGRAM_TYPE,
                   f"program type {ptype:#x} is not eBPF ({N.PTYPE_EBPF:#x})")
-            check(pit in (N.PIT_NONE, N.PIT_PID), N.INVALID_FIELD, f"PIT {pit} is reserved")
+            check(pit in (N.PIT_NONE, N.PIT_PID, N.PIT_ENTRY_SYMBOL), N.INVALID_FIELD,
+                  f"PIT {pit} is reserved")
             psize, numb, loff = cmd.cdw11, cmd.cdw14, cmd.cdw15
             pid = cmd.cdw12 | (cmd.cdw13 << 32)
             lim = self.limits
@@ -215,7 +216,8 @@ class ComputeNamespace:
             code = bytes(entry.buf)
             try:
                 if code[:4] == ELF_MAGIC:
-                    program = _engine.Program.from_elf(code)
+                    symbol = entry.pid if entry.pit == N.PIT_ENTRY_SYMBOL else 0
+                    program = _engine.Program.from_elf(code, entry_symbol=symbol)
                 else:
                     program = _engine.Program.from_bytes(code)
                 entry.executable = self._compile(program)
@@ -296,7 +298,7 @@ class ComputeNamespace:
                 cancel: _engine.Cancel) -> int:
         """Execute Program (CP 01h); returns the program's 64-bit r0."""
         pind, rsid = cmd.cdw2 & 0xFFFF, cmd.cdw2 >> 16
-        numr, dlen = cmd.cdw3, cmd.cdw4
+        numr, dlen = cmd.cdw3, cmd.cdw15
         check(not (rsid and numr), N.INVALID_FIELD, "RSID and inline ranges are exclusive")
         check(numr <= self.limits.max_ranges, N.MAX_MEMORY_RANGES_EXCEEDED,
               f"NUMR {numr} exceeds {self.limits.max_ranges}")
@@ -383,7 +385,8 @@ class ComputeNamespace:
             fault_address=(fault.address or 0) if fault else 0,
             fault_size=(fault.size or 0) if fault else 0,
             fault_write=int(bool(fault.write)) if fault else 0,
-            trace_length=len(trace), trace_dropped=dropped, sequence=entry.runs)
+            trace_length=len(trace), trace_dropped=dropped, sequence=entry.runs,
+            pc=(getattr(exc, "pc", None) or 0) & 0xFFFF_FFFF)
         entry.record = header + trace.ljust(N.EXEC_RECORD_TRACE, b"\0")
 
     def execution_records(self) -> bytes:

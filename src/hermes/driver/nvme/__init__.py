@@ -7,7 +7,8 @@ controller behind vfio-user.
 from __future__ import annotations
 
 from .host import DEFAULT_TIMEOUT, Namespace, NvmeHost, NvmeStatusError, build_prps
+from .passthru import PassthroughHost, namespace_devices
 from .queue import QueuePair
 
-__all__ = ["DEFAULT_TIMEOUT", "Namespace", "NvmeHost", "NvmeStatusError", "QueuePair",
-           "build_prps"]
+__all__ = ["DEFAULT_TIMEOUT", "Namespace", "NvmeHost", "NvmeStatusError", "PassthroughHost",
+           "QueuePair", "build_prps", "namespace_devices"]

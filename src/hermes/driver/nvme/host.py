@@ -179,9 +179,10 @@ class NvmeHost:
     # --- commands ------------------------------------------------------------------------------
     def submit(self, qp: QueuePair, cmd: N.Command, *, data_len: int = 0,
                data: "bytes | None" = None, what: str | None = None, check: bool = True,
-               buffer: "tuple[DmaBuffer, int] | None" = None
+               buffer: "tuple[DmaBuffer, int] | None" = None, timeout: float | None = None
                ) -> tuple[N.Completion, bytes]:
-        """Run ``cmd`` on ``qp`` and wait for it; returns (completion, bytes read).
+        """Run ``cmd`` on ``qp`` and wait for it (at most ``timeout`` s, default the host's);
+        returns (completion, bytes read).
 
         ``data`` goes host -> controller; ``data_len`` bytes come back controller -> host.
         ``buffer`` (DMA buffer, offset) transfers in place instead of through a bounce buffer.
@@ -203,7 +204,7 @@ class NvmeHost:
                     buf.view[:n] = data
                 cmd.prp1, cmd.prp2, lst = build_prps(self.t, buf.bus_addr + off, n)
             cid = qp.submit(cmd)
-            cqe = qp.wait(cid, self.timeout)
+            cqe = qp.wait(cid, self.timeout if timeout is None else timeout)
             out = bytes(buf.view[off:off + n]) if n and data is None and buffer is None else b""
         finally:
             if lst is not None:
@@ -228,6 +229,27 @@ class NvmeHost:
     def io_command(self, cmd: N.Command, qid: int = 1, **kw: object) -> tuple[N.Completion, bytes]:
         """``submit`` on I/O queue ``qid``."""
         return self.submit(self.io_queue(qid), cmd, **kw)  # type: ignore[arg-type]
+
+    def abort_queue(self, qid: int) -> int:
+        """Send Abort for every command outstanding on I/O queue ``qid``; returns how many the
+        controller reported aborted (it aborts only a command it is running)."""
+        qp = self.io.get(qid)
+        done = 0
+        for cid in qp.outstanding() if qp is not None else ():
+            cqe, _ = self.admin_command(N.Command(N.AdminOpcode.ABORT, cdw10=qid | (cid << 16)),
+                                        what="Abort", check=False)
+            done += cqe.ok and not cqe.dw0 & 1
+        return done
+
+    def drain_queue(self, qid: int) -> None:
+        """Wait (at most the host's timeout each) for the commands outstanding on I/O queue
+        ``qid`` and drop their completions (after an interrupted wait)."""
+        qp = self.io.get(qid)
+        for cid in qp.outstanding() if qp is not None else ():
+            try:
+                qp.wait(cid, self.timeout)
+            except OSError:
+                return
 
     def identify(self, cns: int, nsid: int = 0, *, csi: int = 0) -> bytes:
         """The 4 KiB Identify structure ``cns``."""
@@ -293,11 +315,12 @@ class NvmeHost:
 
     # --- Computational Programs ----------------------------------------------------------------
     def load_program(self, pind: int, code: bytes, *, chunk: int = DEFAULT_LOAD_CHUNK,
-                     pid: int | None = None) -> None:
+                     pid: int | None = None, entry: int = 0) -> None:
         """Download ``code`` (eBPF bytecode or an ELF object) to program index ``pind``.
 
         The bytes are padded with zeros to the controller's load granularity (4 bytes) and sent
-        in chunks of ``chunk`` bytes.
+        in chunks of ``chunk`` bytes. ``entry`` (an ELF symbol table index, 0: the default
+        entry) goes in the PID with PIT 7 instead of a ``pid``.
         """
         if not code:
             raise ValueError("program is empty")
@@ -305,6 +328,8 @@ class NvmeHost:
             raise ValueError("chunk must be a positive multiple of 4")
         data = bytes(code) + bytes(-len(code) % 4)
         pit = N.PIT_NONE if pid is None else N.PIT_PID
+        if entry:
+            pit, pid = N.PIT_ENTRY_SYMBOL, entry
         cdw10 = N.load_program_cdw10(pind, N.PTYPE_EBPF, N.LOAD_SEL_LOAD, pit)
         for off in range(0, len(data), chunk):
             part = data[off:off + chunk]
@@ -344,17 +369,19 @@ class NvmeHost:
                         cparam1: int = 0, cparam2: int = 0, data: bytes = b"") -> tuple[N.Command, bytes]:
         """The Execute Program command and its data buffer (inline ranges, then ``data``)."""
         buf = N.pack_ranges(list(ranges)) + data
-        c2, c3, c4 = N.execute_dwords(pind, rsid, len(ranges), len(buf))
+        c2, c3, c15 = N.execute_dwords(pind, rsid, len(ranges), len(buf))
         cmd = N.Command(N.CpOpcode.EXECUTE_PROGRAM, nsid=self.compute_nsid, cdw2=c2, cdw3=c3,
-                        mptr=c4, cdw10=cparam1 & 0xFFFF_FFFF, cdw11=(cparam1 >> 32) & 0xFFFF_FFFF,
+                        cdw15=c15, cdw10=cparam1 & 0xFFFF_FFFF, cdw11=(cparam1 >> 32) & 0xFFFF_FFFF,
                         cdw12=cparam2 & 0xFFFF_FFFF, cdw13=(cparam2 >> 32) & 0xFFFF_FFFF)
         return cmd, buf
 
-    def execute(self, pind: int, *, qid: int = 1, **kw: object) -> int:
-        """Execute Program ``pind``; returns its 64-bit result (see ``execute_command``)."""
+    def execute(self, pind: int, *, qid: int = 1, timeout: float | None = None,
+                **kw: object) -> int:
+        """Execute Program ``pind`` (waiting at most ``timeout`` s, default the host's); returns
+        its 64-bit result (see ``execute_command``)."""
         cmd, buf = self.execute_command(pind, **kw)  # type: ignore[arg-type]
         cqe, _ = self.io_command(cmd, qid, data=buf if buf else None,
-                                 what=f"Execute Program {pind}")
+                                 what=f"Execute Program {pind}", timeout=timeout)
         return cqe.result64
 
     # --- Subsystem Local Memory ------------------------------------------------------------------

@@ -96,6 +96,11 @@ class QueuePair:
                 self.t.write(0, self._cq_db, 4, self.cq_head)
             return n
 
+    def outstanding(self) -> list[int]:
+        """CIDs submitted and not completed yet."""
+        with self._lock:
+            return sorted(self._outstanding)
+
     def take(self, cid: int) -> N.Completion | None:
         """The completion of ``cid`` if it arrived (reaping first), else None."""
         self.poll()

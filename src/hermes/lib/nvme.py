@@ -1,0 +1,345 @@
+"""Library backends on the NVMe CP/SLM controller: ``nvme-emu`` (in process) and ``nvme:/dev/ngXnY``.
+
+Both are the same Device/Session classes over a host object with the ``NvmeHost`` calls: the
+in-process controller behind ``NvmeHost`` and an in-process transport, or a controller the Linux
+nvme driver owns, reached with ``PassthroughHost`` (the passthrough ioctls on its generic char
+devices). A session owns one program index and one window ("data slot") of the first memory
+namespace; a run is one Execute Program with that window as its only range, so the program sees
+the run contract of ``specs/run-contract.md`` (the mapping is in ``specs/nvme-cp.md``).
+
+One library process uses a controller at a time: a device assumes every program index but the
+device-defined one and the whole first memory namespace are its own.
+"""
+from __future__ import annotations
+
+import errno
+import threading
+from types import SimpleNamespace
+
+from .. import engine as _engine
+from .. import nvme_regs as N
+from ..driver.nvme import NvmeHost, NvmeStatusError
+from ..engine.cache import DEFAULT_CACHE_BYTES, LoadedCache
+from ..errors import DeviceError, SlotsExhausted, UsageError
+from .api import Device, ProgramLike, RunInfo, Session, check_int
+from .driver_device import Prepared, check_program
+from .errors import from_os_error, run_cancelled, run_failure, run_timeout
+
+#: Default data slot (a session's window) and memory namespace sizes of ``nvme-emu``.
+DEFAULT_SLOT_SIZE = 1 << 20
+DEFAULT_MEMORY_SIZE = 16 << 20
+#: Seconds an Execute Program without a run ``timeout`` may take before the host gives up on
+#: the controller (the budget stops a runaway program well before on any engine).
+EXECUTE_TIMEOUT = 3600.0
+#: Largest program the controller downloads (its Limits.max_program_bytes; Identify has no field).
+MAX_PROGRAM_BYTES = 1 << 20
+_CACHE_SIZE = 64
+#: Options of ``hermes.open("nvme-emu", ...)`` and of ``hermes.open("nvme:/dev/ngXnY", ...)``.
+EMU_OPTIONS = ("data_slot_size", "memory_size", "budget", "engine", "timeout")
+PASSTHRU_OPTIONS = ("data_slot_size", "timeout")
+
+
+def _align(lo: int, hi: int) -> tuple[int, int]:
+    """The dword-aligned span around byte offsets ``[lo, hi)`` (SLM transfers are dwords)."""
+    return lo & ~3, (hi + 3) & ~3
+
+
+class NvmeSession(Session):
+    """One program index, one I/O queue and one window of the device's memory namespace."""
+
+    def __init__(self, device: "NvmeDevice", pind: int, start: int, qid: int):
+        super().__init__()
+        self._device = device
+        self.pind, self.start, self.qid = pind, start, qid
+        self._prepared: Prepared | None = None
+        self._zeroed = False
+        self._lock = threading.Lock()
+        self.closed = False
+
+    @property
+    def _host(self) -> NvmeHost:
+        return self._device.host
+
+    def _call(self, fn, *args, **kw):  # type: ignore[no-untyped-def]
+        """A host call with its OSErrors as library errors (status errors stay DeviceErrors)."""
+        try:
+            return fn(*args, **kw)
+        except NvmeStatusError:
+            raise
+        except OSError as exc:
+            raise from_os_error(exc) from None
+
+    def _unload(self) -> None:
+        h = self._host
+        for fn, args in ((h.activate, (self.pind, False)), (h.unload_program, (self.pind,))):
+            try:
+                self._call(fn, *args)
+            except NvmeStatusError as exc:
+                if exc.named is not N.NO_PROGRAM:
+                    raise
+        self._prepared = None
+
+    def _load(self, program: object) -> None:
+        prepared = self._device.prepare(program)  # type: ignore[arg-type]
+        self._unload()
+        if not self._zeroed:
+            # A new session's window holds zeros, never what an earlier session left there.
+            self._call(self._host.mem_fill, self._device.nsid, self.start,
+                       self._device.data_slot_size, qid=self.qid)
+            self._zeroed = True
+        try:
+            self._call(self._host.load_program, self.pind, prepared.code, entry=prepared.entry)
+        except NvmeStatusError as exc:
+            if exc.named is N.INVALID_PROGRAM_DATA and exc.completion.dw0:
+                raise run_failure(exc.completion.dw0) from None
+            raise
+        self._call(self._host.activate, self.pind)
+        self._prepared = prepared
+
+    def _write(self, view: memoryview, offset: int) -> None:
+        lo, hi = _align(offset, offset + view.nbytes)
+        if (lo, hi) == (offset, offset + view.nbytes):
+            data = view
+        else:
+            span = bytearray(self._transfer_in(lo, hi - lo))
+            span[offset - lo:offset - lo + view.nbytes] = view
+            data = memoryview(span)
+        step = self._host.max_transfer
+        for pos in range(0, len(data), step):
+            self._call(self._host.mem_write, self._device.nsid, self.start + lo + pos,
+                       bytes(data[pos:pos + step]), qid=self.qid)
+
+    def _transfer_in(self, offset: int, n: int) -> bytes:
+        step = self._host.max_transfer
+        return b"".join(self._call(self._host.mem_read, self._device.nsid,
+                                   self.start + offset + pos, min(step, n - pos), qid=self.qid)
+                        for pos in range(0, n, step))
+
+    def _readinto(self, view: memoryview, offset: int) -> None:
+        lo, hi = _align(offset, offset + view.nbytes)
+        view[:] = self._transfer_in(lo, hi - lo)[offset - lo:offset - lo + view.nbytes]
+
+    def _execute(self, length: int, size: int, args: tuple[int, int, int], budget: int | None,
+                 timeout: float | None, cancel: "_engine.Cancel | None") -> RunInfo:
+        prepared = self._prepared
+        assert prepared is not None
+        dev = self._device
+        # One range covers the window (range lengths are multiples of 2^MRSG bytes); the window
+        # length parameter cuts it to ``size`` exactly.
+        g = dev.granularity
+        ranges = [N.MemoryRange(dev.nsid, self.start, -(-size // g) * g)] if size else []
+        params = N.exec_params(args[1], args[2], window=size, budget=budget or 0)
+        expired: list[bool] = []
+        timer = None
+        if timeout is not None:
+            timer = threading.Timer(timeout, lambda: (expired.append(True), self.abort()))
+            timer.daemon = True
+            timer.start()
+        watch = cancel.watch(self.abort) if cancel is not None else None
+        wait = (timeout + dev.host.timeout) if timeout is not None else EXECUTE_TIMEOUT
+        try:
+            result = self._call(self._host.execute, self.pind, qid=self.qid, ranges=ranges,
+                                cparam1=length, cparam2=args[0], data=params, timeout=wait)
+        except KeyboardInterrupt:
+            # Stop the program and wait (bounded) for its completion before propagating, so
+            # the index is idle and no late completion is left on the queue.
+            self.abort()
+            self._host.drain_queue(self.qid)
+            raise
+        except NvmeStatusError as exc:
+            dev.check_open()  # stopped by the device's close
+            if exc.named is N.ABORT_REQUESTED:
+                record = self._record()
+                if timeout is not None and (expired or not (cancel and cancel.is_set())):
+                    raise run_timeout(timeout, record.pc) from None
+                raise run_cancelled(record.pc, record.instructions) from None
+            if exc.named is N.PROGRAM_FAILED:
+                raise run_failure(exc.completion.dw0, outcome=self._record(), window=size,
+                                  budget=budget, segments=prepared.segments) from None
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+            if watch is not None:
+                cancel.unwatch(watch)  # type: ignore[union-attr]
+        record = self._record(trace=True)
+        return RunInfo(result, record.instructions, record.output_length,
+                       record.elapsed_ns / 1e9, record.trace.decode("utf-8", "replace"),
+                       record.trace_dropped)
+
+    def _record(self, trace: bool = False) -> SimpleNamespace:
+        """This index's Execution Record (log page C0h) with the field names ``run_failure``
+        reads (``instructions``, ``fault_*``)."""
+        at = self.pind * N.EXEC_RECORD_SIZE
+        raw = self._call(self._host.get_log_page, N.LOG_EXECUTION_RECORD, N.EXEC_RECORD_HEADER,
+                         offset=at, nsid=self._host.compute_nsid)
+        rec = N.EXEC_RECORD.unpack(raw)
+        out = rec["output_length"]
+        text = b""
+        if trace and rec["trace_length"]:
+            n = rec["trace_length"]
+            text = self._call(self._host.get_log_page, N.LOG_EXECUTION_RECORD, (n + 3) & ~3,
+                              offset=at + N.EXEC_RECORD_HEADER,
+                              nsid=self._host.compute_nsid)[:n]
+        rec["output_length"] = None if out == N.NO_OUTPUT_LENGTH else out
+        return SimpleNamespace(**rec, trace=text)
+
+    def abort(self) -> None:
+        """Abort this session's Execute Program in progress (Abort on its I/O queue)."""
+        try:
+            self._host.abort_queue(self.qid)
+        except (OSError, DeviceError):   # nothing to stop on a controller that went away
+            pass
+
+    def close(self) -> None:
+        """Unload the program and give the index and window back (idempotent)."""
+        with self._lock:
+            if self.closed:
+                return
+            self.closed = True
+        try:
+            if self._prepared is not None and not self._device._closed:
+                self._unload()
+        finally:
+            self._device._release(self)
+
+
+class NvmeDevice(Device):
+    """A CP/SLM controller driven through ``host`` (an enabled ``NvmeHost`` or a
+    ``PassthroughHost``): sessions are (program index, window of the first memory namespace)."""
+
+    def __init__(self, host: NvmeHost, *, backend: str, data_slot_size: int = DEFAULT_SLOT_SIZE,
+                 on_close: "list | None" = None):
+        self.host = host
+        self.backend = backend
+        self._on_close = list(on_close or [])
+        self._checked = LoadedCache(_CACHE_SIZE, DEFAULT_CACHE_BYTES)
+        memory = host.memory_namespaces
+        if not memory:
+            raise DeviceError("the controller has no memory namespace", errno.ENODEV)
+        self.nsid, self.memory_size = memory[0].nsid, memory[0].size
+        lim = N.ID_NS_CP.unpack(host.identify(N.Cns.CSI_NAMESPACE, host.compute_nsid,
+                                              csi=N.Csi.CP))
+        self.granularity = 1 << lim["mrsg"]
+        self.program_limit = min(MAX_PROGRAM_BYTES, lim["maxpb"] << 20)
+        if data_slot_size % self.granularity or data_slot_size > self.memory_size:
+            raise UsageError(f"data_slot_size {data_slot_size} must be a multiple of "
+                             f"{self.granularity} and at most the memory namespace's "
+                             f"{self.memory_size} bytes")
+        self._data_slot_size = data_slot_size
+        # The last index holds the device-defined program; each session also gets its own I/O
+        # queue (the in-process host has 15; passthrough ignores it).
+        count = min(lim["numpi"] - 1, self.memory_size // data_slot_size, 15)
+        self._free = [(i, i * data_slot_size, i + 1) for i in range(count)]
+        self.sessions_max = count
+        self._lock = threading.Lock()
+
+    @property
+    def engines(self) -> int:
+        """Execute Program runs one at a time on this controller."""
+        return 1
+
+    @property
+    def data_slot_size(self) -> int:
+        """Bytes of a session's window."""
+        return self._data_slot_size
+
+    def info(self) -> dict:
+        """Backend, controller identity and the session geometry."""
+        self.check_open()
+        c = self.host.id_ctrl
+        text = lambda v: bytes(v).decode("ascii", "replace").strip()  # noqa: E731
+        return {"spec": self.spec, "backend": self.backend, "model": text(c["mn"]),
+                "serial": text(c["sn"]), "compute_nsid": self.host.compute_nsid,
+                "memory_nsid": self.nsid, "memory_size": self.memory_size,
+                "data_slot_size": self._data_slot_size, "sessions": self.sessions_max,
+                "program_slot_size": self.program_limit}
+
+    def prepare(self, program: "ProgramLike | Prepared") -> Prepared:
+        """``program`` checked on the host (the load contract), cached by content."""
+        self.check_open()
+        return check_program(program, self.program_limit, self._checked)
+
+    def _session(self) -> NvmeSession:
+        with self._lock:
+            if not self._free:
+                raise SlotsExhausted(f"all {self.sessions_max} sessions of the controller are "
+                                     "open", errno.ENOSPC)
+            pind, start, qid = self._free.pop(0)
+        return NvmeSession(self, pind, start, qid)
+
+    def _release(self, s: NvmeSession) -> None:
+        with self._lock:
+            self._free.append((s.pind, s.start, s.qid))
+            self._free.sort()
+
+    def close(self) -> None:
+        """Abort runs in progress, then release the controller (and what the backend built)."""
+        if self._closed and not self._on_close:
+            return
+        super().close()
+        try:
+            self.host.close()
+        finally:
+            for fn in self._on_close:
+                fn()
+            self._on_close.clear()
+
+
+def _check_unknown(backend: str, options: dict, allowed: tuple) -> None:
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise UsageError(f"unknown {backend} options: {', '.join(unknown)} (it takes "
+                         f"{', '.join(allowed)})")
+
+
+def open_nvme_emu(address: str = "", **options: object) -> NvmeDevice:
+    """``hermes.open("nvme-emu", **options)``: a new in-process CP/SLM controller (one memory
+    namespace of ``memory_size`` bytes) behind the host queue driver."""
+    from ..transport.inproc import InProcessTransport
+    if address:
+        raise DeviceError(f"the nvme-emu device takes no address (got 'nvme-emu:{address}')",
+                          errno.EINVAL)
+    _check_unknown("nvme-emu", options, EMU_OPTIONS)
+    slot = options.get("data_slot_size", DEFAULT_SLOT_SIZE)
+    memory = check_int("memory_size", options.get("memory_size", max(DEFAULT_MEMORY_SIZE, slot)),
+                       8, 1 << 40)
+    timeout = options.get("timeout", 10.0)
+    transport = InProcessTransport.create_nvme(memory_sizes=(memory,),
+                                               engine=options.get("engine"),
+                                               budget=options.get("budget"))
+    try:
+        host = NvmeHost(transport, timeout=timeout)  # type: ignore[arg-type]
+        host.enable()
+        return NvmeDevice(host, backend="nvme-emu", data_slot_size=slot,  # type: ignore
+                          on_close=[transport.close])
+    except OSError as exc:
+        transport.close()
+        raise from_os_error(exc) from None
+    except BaseException:
+        transport.close()
+        raise
+
+
+def open_nvme(address: str = "", **options: object) -> NvmeDevice:
+    """``hermes.open("nvme:/dev/ngXnY", **options)``: the CP namespace ``/dev/ngXnY`` of a
+    controller bound to Linux's nvme driver, through its passthrough ioctls."""
+    from ..driver.nvme import PassthroughHost
+    if not address:
+        raise DeviceError("the nvme backend needs the compute namespace's generic char device, "
+                          "e.g. 'nvme:/dev/ng0n1'", errno.EINVAL)
+    _check_unknown("nvme", options, PASSTHRU_OPTIONS)
+    try:
+        host = PassthroughHost(address, timeout=options.get("timeout", 10.0))  # type: ignore
+    except OSError as exc:
+        raise from_os_error(exc) from None
+    try:
+        return NvmeDevice(host, backend="nvme-passthru",
+                          data_slot_size=options.get("data_slot_size",  # type: ignore[arg-type]
+                                                     DEFAULT_SLOT_SIZE))
+    except BaseException:
+        host.close()
+        raise
+
+
+__all__ = ["NvmeDevice", "NvmeSession", "open_nvme", "open_nvme_emu"]
