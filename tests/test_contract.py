@@ -232,6 +232,15 @@ def test_budget(dev):
         same_error(dev, lambda d: d.run(RET7, b"", budget=bad), hermes.UsageError)
 
 
+def test_the_devices_own_budget(make_backend):
+    dev = make_backend(budget=5000)
+    with pytest.raises(hermes.BudgetExceeded) as info:
+        dev.run(LOOP, b"")
+    with hermes.open("cpu", budget=5000) as cpu, pytest.raises(hermes.BudgetExceeded) as ref:
+        cpu.run(LOOP, b"")
+    assert str(info.value) == str(ref.value) and info.value.instructions == ref.value.instructions
+
+
 def test_data_too_large(dev):
     size = dev.data_slot_size
     assert size == dev.info()["data_slot_size"]

@@ -62,9 +62,10 @@ def run_failure(code: int, *, outcome: object = None, window: int = 0, budget: i
         return out_of_bounds(pc, outcome.fault_address, outcome.fault_size,  # type: ignore
                              bool(outcome.fault_write), window, segments,  # type: ignore
                              instructions=insns, cls=ExecutionFailed, code=code)
-    if kind == "budget" and (budget or insns) is not None:
-        # The device's own budget is not in its geometry; a run stopped by it executed it all.
-        message = f"instruction budget of {budget or insns} exhausted"
+    if kind == "budget" and (budget is not None or insns is not None):
+        # The device's own budget is not in its geometry. The engines stop a run at the
+        # instruction that would exceed the budget, so it executed budget - 1 of them.
+        message = f"instruction budget of {budget if budget is not None else insns + 1} exhausted"
     elif kind == "call_depth":
         message = f"call depth limit of {MAX_CALL_DEPTH} frames exceeded"
     elif kind == "cancelled":
