@@ -306,6 +306,6 @@ def test_cli_disasm_of_an_object(link_obj: bytes, tmp_path: Path, capsys) -> Non
     from hermes.cli import main
     path = tmp_path / "link.o"
     path.write_bytes(link_obj)
-    assert main(["disasm", str(path)]) == 0
+    assert main(["disasm", "--elf", str(path)]) == 0
     out = capsys.readouterr().out
     assert "Relocations:" in out and "sqrti = helper 3" in out and "Program entry:" in out

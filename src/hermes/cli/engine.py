@@ -1,18 +1,24 @@
-"""CLI subcommands of the engine layer: asm, disasm, exec, conformance, conformance-plugin."""
+"""CLI subcommands of the engine layer: asm, disasm, exec (with --trace), conformance, conformance-plugin."""
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
+from typing import TextIO
 
-from ..engine import CONFORMANCE_HELPERS, DEVICE_HELPERS
+from ..engine import CONFORMANCE_HELPERS, DEFAULT_BUDGET, DEVICE_HELPERS, Cancel, RunResult
 from ..engine import load as _load
 from ..engine.asm import assemble, source_text
-from ..engine.disasm import listing
-from ..engine.helpers import merged
-from ..engine.program import Program, decode
-from ..errors import HermesError
-from . import budget_arg, engine_arg, load_program, write_output
+from ..engine.disasm import annotated, insn_texts, labels
+from ..engine.helpers import RunState, merged
+from ..engine.program import Program
+from ..engine.reference import Reference, Step
+from ..errors import DataTooLarge, ExecutionError, HermesError, UsageError
+from . import (MAX_RUN_ARGS, budget_arg, engine_arg, int_arg, interruptible, load_program,
+               run_arg, write_output)
+
+#: Lines ``hermes exec --trace`` prints unless ``--trace-limit`` says otherwise.
+DEFAULT_TRACE_LIMIT = 10_000
 
 
 def _asm(args: argparse.Namespace) -> int:
@@ -30,12 +36,18 @@ def _asm(args: argparse.Namespace) -> int:
 
 def _disasm(args: argparse.Namespace) -> int:
     data = Path(args.file).read_bytes()
+    elf = data[:4] == b"\x7fELF"
+    if not elf and (args.elf or args.function or args.section):
+        option = "--elf" if args.elf else "--function" if args.function else "--section"
+        raise UsageError(f"{args.file}: {option} needs an ELF object (.o), and this file is not one")
     try:
-        if data[:4] == b"\x7fELF":
+        if args.elf:
             from ..engine.elf import describe_elf
             text = describe_elf(data)
         else:
-            text = listing(decode(data)) if args.verbose else Program.from_bytes(data).disasm()
+            program = (Program.from_elf(data, function=args.function, section=args.section)
+                       if elf else Program.from_file(args.file))
+            text = annotated(program, verbose=args.verbose)
     except HermesError as exc:
         raise HermesError(f"{args.file}: {exc}") from None
     sys.stdout.write(text)
@@ -53,15 +65,98 @@ def _memory(args: argparse.Namespace) -> bytearray | None:
     return None
 
 
+def _window(args: argparse.Namespace) -> "tuple[bytearray | None, int | None]":
+    """The data window of ``exec`` and the input length (r2): the input, then zeros up to
+    ``--size``; no input and no ``--size`` is a run without a window (r1 = r2 = 0)."""
+    data = _memory(args)
+    if args.size is None:
+        return data, None
+    data = data if data is not None else bytearray()
+    if args.size < len(data):
+        raise DataTooLarge(f"the input ({len(data)} bytes) does not fit a window of --size "
+                           f"{args.size} bytes", len(data), args.size)
+    length = len(data)
+    data += bytes(args.size - length)
+    return data, length
+
+
+class TraceWriter:
+    """The step hook of ``exec --trace``: one line per instruction (pc, instruction, the
+    registers it changed, the memory it stored), at most ``limit`` lines, then a count."""
+
+    def __init__(self, program: Program, out: TextIO, limit: int):
+        self.texts = insn_texts(program.insns, labels(program.insns, program.symbols))
+        self.width = min(32, max(len(t) for t in self.texts.values()))
+        self.out = out
+        self.limit = limit
+        self.steps = 0
+
+    def __call__(self, step: Step) -> None:
+        """Print one executed instruction (or only count it past the limit)."""
+        self.steps += 1
+        if self.steps > self.limit:
+            return
+        changes = [f"r{r} = {new:#x}" for r, (old, new) in enumerate(zip(step.before, step.after))
+                   if old != new]
+        changes += [f"[{addr:#x}] = {value:#x} ({size} byte{'s' if size > 1 else ''})"
+                    for addr, size, value in step.stores]
+        line = f"{step.pc:6d}: {self.texts[step.pc]:{self.width}}  {', '.join(changes)}"
+        self.out.write(line.rstrip() + "\n")
+
+    def finish(self) -> None:
+        """Say how many instructions ran past the limit and were not shown."""
+        hidden = self.steps - self.limit
+        if hidden > 0:
+            self.out.write(f"... {hidden} more instruction{'s' if hidden > 1 else ''} not shown "
+                           f"(--trace-limit {self.limit})\n")
+        self.out.flush()
+
+
 def _exec(args: argparse.Namespace) -> int:
-    program = load_program(args.file)
-    exe = _load(program, helpers=merged(CONFORMANCE_HELPERS, DEVICE_HELPERS), engine=args.engine,
-                budget=args.budget)
-    result = exe.run(_memory(args))
+    if len(args.arg) > MAX_RUN_ARGS:
+        args.parser.error(f"argument --arg: at most {MAX_RUN_ARGS} run arguments, got "
+                          f"{len(args.arg)}")
+    if args.trace and args.engine is not None:
+        args.parser.error("argument --trace: runs on the reference interpreter "
+                          "(hermes.engine.reference), so --engine does not apply")
+    program = load_program(args.file, function=args.function, section=args.section)
+    helpers = merged(CONFORMANCE_HELPERS, DEVICE_HELPERS)
+    data, length = _window(args)
+    cancel = Cancel()
+    options = {"length": length, "args": tuple(args.arg), "cancel": cancel}
+    if args.trace:
+        exe = Reference(program, helpers=helpers,
+                        budget=args.budget if args.budget is not None else DEFAULT_BUDGET)
+        tracer = TraceWriter(program, sys.stdout, args.trace_limit)
+        state = RunState()
+
+        def work() -> object:
+            try:
+                return exe.run(data, step=tracer, state=state, **options)
+            except ExecutionError:
+                _print_text(state, sys.stderr)  # what it printed before it failed
+                raise
+            finally:
+                tracer.finish()
+    else:
+        loaded = _load(program, helpers=helpers, engine=args.engine, budget=args.budget)
+
+        def work() -> object:
+            return loaded.run(data, **options)
+    result = interruptible(work, cancel.set)
+    _print_text(result, sys.stderr)
     print(f"{result.return_value:#x}")
     if args.verbose:
         print(f"instructions: {result.instructions}", file=sys.stderr)
     return 0
+
+
+def _print_text(result: "RunResult | RunState", err: TextIO) -> None:
+    """What the program printed (``bpf_trace_printk``), on ``err``, as ``hermes run`` shows it."""
+    from .device import print_trace
+    print_trace(result.trace.decode("utf-8", "replace"), err)
+    if result.trace_dropped:
+        err.write(f"({result.trace_dropped} bytes of printed text dropped)\n")
 
 
 def _conformance(args: argparse.Namespace) -> int:
@@ -94,6 +189,13 @@ def _plugin(args: argparse.Namespace) -> int:
     return status
 
 
+def _entry_options(p: argparse.ArgumentParser) -> None:
+    entry = p.add_mutually_exclusive_group()
+    entry.add_argument("--function", metavar="NAME",
+                       help="the ELF object's function to use (default: its only global one)")
+    entry.add_argument("--section", metavar="NAME", help="the ELF object's code section to use")
+
+
 def register(sub: "argparse._SubParsersAction") -> None:
     """Add the engine subcommands."""
     p = sub.add_parser("asm", help="assemble a .s file into raw instruction bytes")
@@ -101,19 +203,40 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("-o", "--output", help="output file (default FILE.bin)")
     p.set_defaults(func=_asm)
 
-    p = sub.add_parser("disasm", help="disassemble raw bytes or an ELF object")
+    p = sub.add_parser("disasm", help="disassemble raw bytes or an ELF object",
+                       description="A listing with function headers, labels for jump targets "
+                       "and, for an object compiled with -g, the C source line before the "
+                       "instructions it produced. Without -v it assembles back to the same code.")
     p.add_argument("file")
     p.add_argument("-v", "--verbose", action="store_true", help="slot numbers and raw hex")
+    p.add_argument("--elf", action="store_true",
+                   help="the ELF object's sections, symbols, relocations and linked programs")
+    _entry_options(p)
     p.set_defaults(func=_disasm)
 
-    p = sub.add_parser("exec", help="run a program on an engine and print r0")
+    p = sub.add_parser("exec", help="run a program on an engine and print r0",
+                       description="Runs a program straight on an engine (no device) and prints "
+                       "r0; what it prints with bpf_trace_printk goes to stderr.")
     p.add_argument("file", help="program: .o (ELF), .s/.asm (assembly) or raw bytes")
-    p.add_argument("--mem", help="input memory as hex")
-    p.add_argument("--mem-file", help="input memory from a file")
-    p.add_argument("--engine", type=engine_arg, help="interp or jit")
+    p.add_argument("--mem", help="the input as hex")
+    p.add_argument("--mem-file", help="the input from a file")
+    p.add_argument("--size", type=int_arg(0), metavar="N",
+                   help="the data window's size in bytes (>= the input; zeros past it); r2 "
+                   "stays the input length")
+    p.add_argument("--arg", type=run_arg, action="append", default=[], metavar="N",
+                   help=f"a run argument (r3, r4, r5 at entry; repeat up to {MAX_RUN_ARGS} "
+                   "times)")
+    _entry_options(p)
+    p.add_argument("--engine", type=engine_arg, help="interp or jit (default jit)")
     p.add_argument("--budget", type=budget_arg, help="instruction budget")
-    p.add_argument("-v", "--verbose", action="store_true")
-    p.set_defaults(func=_exec)
+    p.add_argument("--trace", action="store_true",
+                   help="print every executed instruction: pc, instruction, the registers it "
+                   "changed, the memory it stored (runs on the reference engine)")
+    p.add_argument("--trace-limit", type=int_arg(0), default=DEFAULT_TRACE_LIMIT, metavar="N",
+                   help=f"lines --trace prints at most (default {DEFAULT_TRACE_LIMIT}); the "
+                   "rest is counted")
+    p.add_argument("-v", "--verbose", action="store_true", help="also the instruction count")
+    p.set_defaults(func=_exec, parser=p)
 
     p = sub.add_parser("conformance", help="run conformance corpora (.data files)")
     p.add_argument("dirs", nargs="+", metavar="DIR")

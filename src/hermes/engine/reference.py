@@ -91,13 +91,17 @@ class Reference:
     def run(self, memory: "bytearray | memoryview | bytes | None" = None,
             budget: int | None = None, *, cancel: Cancel | None = None,
             length: int | None = None, args: "tuple[int, ...]" = (),
-            step: StepHook | None = None):
+            step: StepHook | None = None, state: RunState | None = None):
         """Run once; see ``hermes.engine.run``. ``step`` is called with a ``Step`` after every
-        instruction (the ``--trace`` of ``hermes exec``)."""
+        instruction (the ``--trace`` of ``hermes exec``). ``state`` receives what the helpers
+        record (printed text, output length), which a caller can read even when the run
+        fails."""
         from . import RunResult
         data, r1, r2 = input_region(memory, length)
+        state = state if state is not None else RunState()
+        state.window = len(data)
         machine = _Machine(self, data, (r1, r2, *run_args(args)),
-                           self.budget if budget is None else budget, cancel, step)
+                           self.budget if budget is None else budget, cancel, step, state)
         started = time.perf_counter_ns()
         r0 = machine.run()
         elapsed = time.perf_counter_ns() - started
@@ -111,7 +115,7 @@ class _Machine:
     """The state of one run: registers, pc, call frames, stack, program data and counts."""
 
     def __init__(self, exe: Reference, data: "bytearray | memoryview", entry: tuple[int, ...],
-                 budget: int, cancel: Cancel | None, hook: StepHook | None):
+                 budget: int, cancel: Cancel | None, hook: StepHook | None, state: RunState):
         self.program = exe.program
         self.helpers = exe.helpers
         self.block_length = exe.block_length
@@ -132,7 +136,7 @@ class _Machine:
         #: (vaddr, bytes, writable) of each program data segment; writable ones are fresh copies.
         self.segments = [(seg.vaddr, bytearray(seg.data) if seg.writable else seg.data,
                           seg.writable) for seg in self.program.segments if seg.data]
-        self.state = RunState(window=len(data))
+        self.state = state
         self.ctx = HelperContext(self.read, self.write, self.view, run=self.state)
         #: Instructions charged (whole blocks, on entry) and instructions actually executed.
         self.charged = 0
