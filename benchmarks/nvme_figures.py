@@ -1,28 +1,35 @@
-"""NVMe CP/SLM controller figures in process: Execute Program latency and 1 MiB Memory Write/Read rate.
+"""NVMe CP/SLM controller figures in process and over vfio-user: Execute Program latency and 1 MiB Memory Write/Read rate.
 
 Usage: python benchmarks/nvme_figures.py [--quick]
-Prints the median Execute Program round trip of a 2-instruction program (MSI-X and polling
+Prints, for the controller in this process and in a ``hermes serve --device nvme-cp`` process
+(vfio-user), the median Execute Program round trip of a 2-instruction program (MSI-X and polling
 completion) and the 1 MiB Memory Write / Memory Read throughput, through a registered DMA buffer
-(no bounce copy) and through the driver's bounce buffer (medians).
+(no bounce copy) and through the driver's bounce buffer (best of several).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import subprocess
+import sys
+import tempfile
+import time
 
 from hermes.benchmarks.device import _best_rate, _samples
 from hermes.device.nvme import NvmeController
 from hermes.driver.nvme import NvmeHost
 from hermes.engine import Program
+from hermes.nvme_regs import PCI_DEVICE_ID, PCI_VENDOR_ID
 from hermes.transport.inproc import InProcessTransport
+from hermes.transport.vfio_user import VfioUserTransport
 
 MiB = 1 << 20
 TINY = Program.from_asm("mov r0, 7\nexit").code
 
 
-def measure(use_irq: bool, n: int) -> dict[str, float]:
-    """Figures of one completion mode on a fresh in-process controller."""
-    t = InProcessTransport(NvmeController(), owns_device=True)
+def measure(t, use_irq: bool, n: int) -> dict[str, float]:
+    """Figures of one completion mode on the fresh controller behind transport ``t``."""
     host = NvmeHost(t, use_irq=use_irq)
     try:
         host.enable()
@@ -48,17 +55,44 @@ def measure(use_irq: bool, n: int) -> dict[str, float]:
         t.close()
 
 
+def _serve(path: str) -> subprocess.Popen:
+    """``hermes serve --device nvme-cp`` on ``path``, once it listens (bounded wait)."""
+    proc = subprocess.Popen([sys.executable, "-m", "hermes.cli", "serve", "--device", "nvme-cp",
+                             "--socket", path], stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while not os.path.exists(path):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise SystemExit("hermes serve --device nvme-cp did not start")
+        time.sleep(0.05)
+    return proc
+
+
 def main() -> None:
     """Print the figures."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer repetitions")
     n = 200 if ap.parse_args().quick else 2000
-    for mode, irq in (("MSI-X", True), ("polling", False)):
-        f = measure(irq, n)
-        print(f"[{mode}] Execute Program (2 instructions) median {f['execute_us']:.1f} us")
-        print(f"[{mode}] 1 MiB Memory Write {f['write_registered']:.0f} MiB/s registered, "
-              f"{f['write_bounce']:.0f} MiB/s bounce; Memory Read {f['read_registered']:.0f} "
-              f"MiB/s registered, {f['read_bounce']:.0f} MiB/s bounce (medians)")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "nvme.sock")
+        server = _serve(path)
+        try:
+            places = (("in process", lambda: InProcessTransport(NvmeController(),
+                                                                owns_device=True)),
+                      ("vfio-user", lambda: VfioUserTransport(
+                          path, pci_id=(PCI_VENDOR_ID, PCI_DEVICE_ID))))
+            for where, make in places:
+                for mode, irq in (("MSI-X", True), ("polling", False)):
+                    f = measure(make(), irq, n)
+                    print(f"[{where}, {mode}] Execute Program (2 instructions) median "
+                          f"{f['execute_us']:.1f} us")
+                    print(f"[{where}, {mode}] 1 MiB Memory Write {f['write_registered']:.0f} "
+                          f"MiB/s registered, {f['write_bounce']:.0f} MiB/s bounce; Memory Read "
+                          f"{f['read_registered']:.0f} MiB/s registered, "
+                          f"{f['read_bounce']:.0f} MiB/s bounce")
+        finally:
+            server.terminate()
+            server.wait(10)
 
 
 if __name__ == "__main__":

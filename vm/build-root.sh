@@ -15,7 +15,7 @@ SUITE=trixie
 # QEMU pulls libelf1t64 from backports; linux-headers (through pahole) then needs the matching libdw1t64.
 BACKPORTS_PACKAGES="qemu-system-x86 libdw1t64"
 PACKAGES="linux-image-amd64 linux-headers-amd64 initramfs-tools kmod gcc make libc6-dev
-          python3 python3-venv python3-pip pciutils procps util-linux"
+          python3 python3-venv python3-pip pciutils procps util-linux nvme-cli"
 VENV=/opt/hermes-venv
 
 step() { echo "build-root: $* ($(date +%T))"; }

@@ -37,7 +37,9 @@ HOST_TOOLS = {"debootstrap": "debootstrap", "mke2fs": "e2fsprogs", "chroot": "co
 #: Seconds from QEMU's start until the guest's init speaks; then until the job must be done.
 BOOT_TIMEOUT = float(os.environ.get("HERMES_VM_BOOT_TIMEOUT", "240"))
 JOB_TIMEOUTS = {"smoke": 300, "test": 2400, "bench": 900, "driver": 1200, "lib": 1800,
-                "examples": 600}
+                "examples": 600, "nvme": 1200}
+#: `hermes serve` options of jobs that attach another device than the Hermes one.
+JOB_SERVE_ARGS = {"nvme": ["--device", "nvme-cp"]}
 #: Guest paths where the host's run folder and the root image appear (bind mounts in the root).
 ROOT_RUN = "/mnt/run"
 ROOT_IMAGE = "/mnt/rootfs.ext4"
@@ -414,6 +416,8 @@ def run_job(job: str, *, timeout: float | None = None, serve_args: list[str] | N
             qemu_extra: list[str] | None = None) -> int:
     """Boot the guest for one job, print its results; returns the job's exit status."""
     job_script(job)
+    if serve_args is None:
+        serve_args = JOB_SERVE_ARGS.get(job)
     with locked("guest"):
         root = build()   # under the guest lock: no other guest is between build and boot
         run = new_run_dir()
@@ -433,7 +437,8 @@ def run_job(job: str, *, timeout: float | None = None, serve_args: list[str] | N
                                           cwd=CHECKOUT, env=dict(os.environ,
                                                                  PYTHONPATH=str(CHECKOUT / "src")))
                 wait_for_socket(sock, server, 30)
-                (run / "xfer" / "host-info.json").write_text(json.dumps(host_info(sock)))
+                if job not in JOB_SERVE_ARGS:   # the Hermes device's geometry, for smoke
+                    (run / "xfer" / "host-info.json").write_text(json.dumps(host_info(sock)))
                 limit = timeout or JOB_TIMEOUTS.get(job, 1800)
                 cmd = qemu_command(root, f"{ROOT_RUN}/sock/hermes.sock", qemu_extra or [])
                 (run / "qemu.cmd").write_text(shlex.join(cmd) + "\n")

@@ -78,6 +78,20 @@ run_lib() {
                tests/test_driver_robustness.py'
 }
 
+# The NVMe CP/SLM controller (PCI 1de5:3100) bound to the guest's nvme driver: identify data,
+# nvme-cli by hand, and the library's behaviour suite over the passthrough backend.
+run_nvme() {
+    modprobe nvme || return 1
+    for i in $(seq 100); do ls /dev/ng*n1 >/dev/null 2>&1 && break; sleep 0.1; done
+    dev=$(ls /dev/ng*n1 2>/dev/null | head -1)
+    [ -n "$dev" ] || { echo "no /dev/ngXn1"; dmesg | grep -i nvme | tail -20; return 1; }
+    echo "nvme: $(nvme version 2>&1 | head -1); compute namespace $dev"
+    env HERMES_NVME_DEVICE=$dev HERMES_TEST_BACKENDS=nvme \
+        HERMES_CONTRACT_OBJECTS=/x/bpf/contract \
+        sh -c 'cd /x && python -m pytest -p no:cacheprovider -q -rs \
+               tests/vm/test_nvme_guest.py tests/test_contract.py'
+}
+
 # The driver-interface cases over /dev/hermes0 through the project's kernel driver.
 run_driver() {
     load_module || return 1
