@@ -32,6 +32,8 @@ ALLOWED = {
     "hermes.lib": {"hermes.errors", "hermes.regs", "hermes.nvme_regs", "hermes.engine",
                    "hermes.driver", "hermes.transport"},
     "hermes.rtl": {"hermes.errors", "hermes.regs", "hermes.engine"},
+    # scale-out over dask.distributed: a library user, on every worker
+    "hermes.dask": {"hermes.errors", "hermes.regs", "hermes.engine", "hermes.lib"},
 }
 TOP = {"hermes", "hermes.cli", "hermes.benchmarks", "hermes.conformance", "hermes.__main__"}
 

@@ -2,8 +2,19 @@
 from __future__ import annotations
 
 
+def _rebuild(cls: type, args: tuple) -> "HermesError":
+    exc = cls.__new__(cls)
+    exc.args = args
+    return exc
+
+
 class HermesError(Exception):
     """Base class of every error the Hermes library raises on purpose."""
+
+    def __reduce__(self) -> tuple:
+        # Rebuilt without __init__, whose signature differs per class: every error crosses a
+        # process boundary (pickle, dask workers) with its message and attributes intact.
+        return (_rebuild, (type(self), self.args), self.__dict__)
 
 
 class ProgramError(HermesError):
