@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from hermes.cli import main
+from hermes.cli import INTERRUPT_GRACE, interruptible, main
 from hermes.cli.demo import find_examples_dir
 from hermes.engine import Program
 from hermes.engine.clang import compile_c, find_clang
@@ -232,7 +232,7 @@ def test_scan_per_piece_lines_and_progress(objects, tmp_path, capsys):
     assert lines == [f"piece {i} at {o}: r0 = {c:#x} ({c})"
                      for i, (o, c) in enumerate(zip((0, 1024, 2048), counts))]
     assert "3 pieces, 3000 bytes" in captured.out
-    assert "100.0%" in captured.err and "GB/s" in captured.err
+    assert "100.0%" in captured.err and "B/s" in captured.err
     assert main(["scan", str(objects["newlines"]), str(log), "--record", "3", "--piece-size",
                  "1024", "--reduce", "max", "--no-progress", "--device", "cpu"]) == 0
     captured = capsys.readouterr()
@@ -293,6 +293,32 @@ def test_ctrl_c_stops_a_runaway_run_within_a_second(argv, tmp_path):
     assert status == 130, err
     assert err == "hermes: interrupted\n"
     assert seconds < 1.0, f"exit {seconds:.2f} s after Ctrl-C"
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="needs pthread_kill")
+def test_interrupt_waits_for_the_work_to_unwind():
+    """Ctrl-C sets the work's stop and the command returns only once the work has cleaned up
+    (a real SIGINT cutting the main thread's wait short must not lose track of the worker)."""
+    import threading
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals reach the main thread only")
+    stopped, cleaned = threading.Event(), threading.Event()
+
+    def work() -> int:
+        assert stopped.wait(30)
+        time.sleep(0.3)  # the device aborting the run and closing
+        cleaned.set()
+        return 0
+
+    timer = threading.Timer(0.35, signal.pthread_kill,
+                            (threading.main_thread().ident, signal.SIGINT))
+    timer.start()
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        interruptible(work, stopped.set)
+    timer.join()
+    assert cleaned.is_set(), "interruptible returned while the work was still unwinding"
+    assert time.monotonic() - t0 < 0.35 + INTERRUPT_GRACE + 0.5
 
 
 def test_ctrl_c_over_vfio_user(tmp_path):

@@ -177,22 +177,26 @@ def interruptible(work: Callable[[], "int | None"], stop: Callable[[], None]) ->
     with ``INTERRUPTED_STATUS``. ``work``'s own exception is re-raised here.
     """
     outcome: dict[str, object] = {}
+    # An Event, not Thread.join: a KeyboardInterrupt that cuts join() short can leave the
+    # thread marked as stopped while it still runs (CPython's join releases the lock it was
+    # waiting for), and the grace wait below would then not wait at all.
+    done = threading.Event()
 
     def target() -> None:
         try:
             outcome["status"] = work()
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread
             outcome["error"] = exc
+        finally:
+            done.set()
 
-    worker = threading.Thread(target=target, name="hermes-command", daemon=True)
-    worker.start()
+    threading.Thread(target=target, name="hermes-command", daemon=True).start()
     try:
-        while worker.is_alive():
-            worker.join(0.1)
+        while not done.wait(0.1):
+            pass
     except KeyboardInterrupt:
         stop()
-        worker.join(INTERRUPT_GRACE)
-        if worker.is_alive():
+        if not done.wait(INTERRUPT_GRACE):
             _fail(f"interrupted (the work did not stop within {INTERRUPT_GRACE} s; exiting "
                   "without cleaning up)")
             sys.stdout.flush()

@@ -158,7 +158,8 @@ class Progress:
             if self.out is None or (now - self._drawn < PROGRESS_INTERVAL and done != total):
                 return
             self._drawn = now
-            rate = self.done / max(now - self.start, 1e-9) / 1e9
+            rate = self.done / max(now - self.start, 1e-9)
+            speed = f"{rate / 1e9:.2f} GB/s" if rate >= 1e9 else f"{rate / 1e6:.1f} MB/s"
             if total:
                 part = min(self.done / total, 1.0)
                 filled = int(part * PROGRESS_WIDTH)
@@ -166,7 +167,7 @@ class Progress:
                 text = f"[{bar}] {part * 100:5.1f}% {_bytes(self.done)} / {_bytes(total)}"
             else:
                 text = f"{_bytes(self.done)}"
-            self.out.write(f"\r{text}  {rate:.2f} GB/s ")
+            self.out.write(f"\r{text}  {speed} ")
             self.out.flush()
 
     def clear(self) -> None:
