@@ -183,3 +183,14 @@ def test_cli_disasm_options_need_an_object(tmp_path: Path):
     assert out.returncode == 1 and "--elf needs an ELF object" in out.stderr
     out = hermes("disasm", "p.s", cwd=tmp_path)
     assert out.returncode == 0 and "jne r2, 0, L1" in out.stdout
+
+
+def test_trace_of_a_debug_object_shows_the_source_lines_it_runs(debug_object: Path):
+    out = hermes("exec", str(debug_object), "--function", "entry", "--mem", "0102", "--arg", "1",
+                 "--trace")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[-1] == hex(1 * 1 + 2 * 2 - 1)
+    loop = f"; weigh.c:{_line_of('        w += p[i] * (i + 1);')}: w += p[i] * (i + 1);"
+    assert lines.count(loop) == 2  # once per trip of the loop
+    assert lines[0].startswith("; weigh.c:") and lines[1].split()[0] == "0:"

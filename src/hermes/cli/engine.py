@@ -9,7 +9,7 @@ from typing import TextIO
 from ..engine import CONFORMANCE_HELPERS, DEFAULT_BUDGET, DEVICE_HELPERS, Cancel, RunResult
 from ..engine import load as _load
 from ..engine.asm import assemble, source_text
-from ..engine.disasm import annotated, insn_texts, labels
+from ..engine.disasm import SourceLine, annotated, insn_texts, labels, source_lines
 from ..engine.helpers import RunState, merged
 from ..engine.program import Program
 from ..engine.reference import Reference, Step
@@ -82,11 +82,14 @@ def _window(args: argparse.Namespace) -> "tuple[bytearray | None, int | None]":
 
 class TraceWriter:
     """The step hook of ``exec --trace``: one line per instruction (pc, instruction, the
-    registers it changed, the memory it stored), at most ``limit`` lines, then a count."""
+    registers it changed, the memory it stored), at most ``limit`` lines, then a count; for an
+    object compiled with ``-g``, the C source line whenever execution reaches another one."""
 
     def __init__(self, program: Program, out: TextIO, limit: int):
         self.texts = insn_texts(program.insns, labels(program.insns, program.symbols))
         self.width = min(32, max(len(t) for t in self.texts.values()))
+        self.source = source_lines(program)
+        self.shown: SourceLine | None = None
         self.out = out
         self.limit = limit
         self.steps = 0
@@ -96,6 +99,10 @@ class TraceWriter:
         self.steps += 1
         if self.steps > self.limit:
             return
+        here = self.source.get(step.pc)
+        if here is not None and here != self.shown:
+            self.out.write(here.comment() + "\n")
+            self.shown = here
         changes = [f"r{r} = {new:#x}" for r, (old, new) in enumerate(zip(step.before, step.after))
                    if old != new]
         changes += [f"[{addr:#x}] = {value:#x} ({size} byte{'s' if size > 1 else ''})"
