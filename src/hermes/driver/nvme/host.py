@@ -4,7 +4,9 @@ from __future__ import annotations
 import errno
 import struct
 import time
+import threading
 from dataclasses import dataclass
+from typing import Callable
 
 from ... import nvme_regs as N
 from ...errors import DeviceError
@@ -17,6 +19,9 @@ PAGE = 4096
 DEFAULT_TIMEOUT = 10.0
 #: Bytes of program sent per Load Program command.
 DEFAULT_LOAD_CHUNK = 64 << 10
+#: Bounce and PRP list buffers kept for reuse per size: registering DMA memory costs a
+#: round trip or two over vfio-user (and a mapping in the server), so it is not done per command.
+SPARE_BUFFERS = 4
 
 
 class NvmeStatusError(DeviceError):
@@ -38,11 +43,14 @@ class Namespace:
     size: int = 0
 
 
-def build_prps(t: Transport, addr: int, length: int) -> tuple[int, int, DmaBuffer | None]:
+def build_prps(t: Transport, addr: int, length: int,
+               alloc: "Callable[[int], DmaBuffer] | None" = None
+               ) -> tuple[int, int, DmaBuffer | None]:
     """PRP1, PRP2 and the PRP list buffer (or None) for ``length`` bytes at bus ``addr``.
 
     ``addr`` must be dword aligned; the bytes are taken as contiguous in bus space (a DMA
-    buffer). A list longer than one page chains through the last entry of each list page.
+    buffer). A list longer than one page chains through the last entry of each list page. The
+    list buffer comes from ``alloc(size)`` (default ``t.dma_alloc``).
     """
     if addr & 3:
         raise ValueError(f"data address {addr:#x} is not dword aligned")
@@ -56,7 +64,7 @@ def build_prps(t: Transport, addr: int, length: int) -> tuple[int, int, DmaBuffe
     n_lists = 1
     while n_lists * (per_page - 1) + 1 < len(pages):
         n_lists += 1
-    lst = t.dma_alloc(n_lists * PAGE)
+    lst = (alloc or t.dma_alloc)(n_lists * PAGE)
     entries: list[int] = []
     rest = pages
     for i in range(n_lists):
@@ -89,6 +97,32 @@ class NvmeHost:
         self.namespaces: list[Namespace] = []
         self.compute_nsid = 0
         self.max_transfer = PAGE
+        self._spare: dict[int, list[DmaBuffer]] = {}
+        self._spare_lock = threading.Lock()
+
+    def _take(self, size: int) -> DmaBuffer:
+        """A DMA buffer of ``size`` bytes, reused when one is spare."""
+        with self._spare_lock:
+            spare = self._spare.get(size)
+            if spare:
+                return spare.pop()
+        return self.t.dma_alloc(size)
+
+    def _give(self, buf: DmaBuffer) -> None:
+        """Keep ``buf`` for reuse (or free it when enough of its size are kept)."""
+        with self._spare_lock:
+            spare = self._spare.setdefault(buf.size, [])
+            if len(spare) < SPARE_BUFFERS:
+                spare.append(buf)
+                return
+        buf.free()
+
+    def _free_spares(self) -> None:
+        with self._spare_lock:
+            spares = [b for bufs in self._spare.values() for b in bufs]
+            self._spare.clear()
+        for b in spares:
+            b.free()
 
     # --- registers -----------------------------------------------------------------------------
     def reg32(self, off: int) -> int:
@@ -143,6 +177,7 @@ class NvmeHost:
             qp.free()
         self.io.clear()
         self.admin = None
+        self._free_spares()
 
     def shutdown(self) -> None:
         """Normal shutdown notification; waits (bounded) for SHST = complete."""
@@ -191,6 +226,7 @@ class NvmeHost:
         n = len(data) if data is not None else data_len
         own = None
         lst = None
+        done = False
         try:
             if n:
                 if buffer is not None:
@@ -198,19 +234,22 @@ class NvmeHost:
                     if off + n > buf.size:
                         raise ValueError(f"{n} bytes at offset {off} do not fit the buffer")
                 else:
-                    buf, off = own, 0
-                    buf = own = self.t.dma_alloc(n)
+                    # Power-of-two sizes bound how many kinds of spare buffers exist.
+                    buf = own = self._take(max(PAGE, 1 << (n - 1).bit_length()))
+                    off = 0
                 if data is not None and buffer is None:
                     buf.view[:n] = data
-                cmd.prp1, cmd.prp2, lst = build_prps(self.t, buf.bus_addr + off, n)
+                cmd.prp1, cmd.prp2, lst = build_prps(self.t, buf.bus_addr + off, n, self._take)
             cid = qp.submit(cmd)
             cqe = qp.wait(cid, self.timeout if timeout is None else timeout)
             out = bytes(buf.view[off:off + n]) if n and data is None and buffer is None else b""
+            done = True
         finally:
-            if lst is not None:
-                lst.free()
-            if own is not None:
-                own.free()
+            # A command that did not complete may still reach its buffers: those are freed,
+            # never handed to the next command.
+            for b in (lst, own):
+                if b is not None:
+                    self._give(b) if done else b.free()
         if check and not cqe.ok:
             raise NvmeStatusError(what or f"opcode {cmd.opcode:#04x}", cqe)
         return cqe, out
