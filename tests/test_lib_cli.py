@@ -155,6 +155,30 @@ def test_run_errors_are_one_line(tmp_path, capsys):
     assert main(["run", str(tmp_path / "missing.s")]) == 1
 
 
+@pytest.mark.parametrize("spec", ["emu", "cpu"])
+def test_run_limits_are_one_line_errors(tmp_path, capsys, spec):
+    """An input larger than the slot, a --timeout and a --budget each end the run with one
+    line naming what was exceeded."""
+    big = tmp_path / "big.bin"
+    big.write_bytes(bytes((1 << 20) + 1))
+    ret = tmp_path / "ret.s"
+    ret.write_text("mov r0, 1\nexit\n")
+    assert main(["run", str(ret), "--input", str(big), "--device", spec]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--input {big} ({(1 << 20) + 1} bytes) does not fit" in err
+    spin = tmp_path / "spin.s"
+    spin.write_text(SPIN)
+    t0 = time.monotonic()
+    assert main(["run", str(spin), "--budget", NO_BUDGET, "--timeout", "0.3",
+                 "--device", spec]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "within its 0.3 s timeout" in err, err
+    assert time.monotonic() - t0 < 10
+    assert main(["run", str(spin), "--budget", "1000", "--device", spec]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "budget" in err, err
+
+
 def _bad_command_lines(tmp: Path, objects: dict[str, Path]) -> list[tuple[list[str], int, str]]:
     """(arguments, exit status, text the one-line error must hold) for every new option."""
     asm = tmp / "ret.s"

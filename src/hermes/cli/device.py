@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator, TextIO
 
+from ..errors import DataTooLarge, HermesError
 from . import (MAX_RUN_ARGS, budget_arg, engine_arg, int_arg, interruptible, load_program,
                run_arg, seconds_arg, write_output)
 
@@ -98,12 +99,16 @@ def mapped_input(path: "str | None") -> Iterator["memoryview | bytes"]:
         if Path(path).stat().st_size == 0:
             yield b""
             return
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-            view = memoryview(m)
-            try:
-                yield view
-            finally:
+        m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        view = memoryview(m)
+        try:
+            yield view
+        finally:
+            # A view the library derived may still be referenced (by the traceback of the
+            # error being raised): then the mapping is closed when it is collected.
+            with contextlib.suppress(BufferError):
                 view.release()
+                m.close()
 
 
 def _program(args: argparse.Namespace) -> object:
@@ -124,9 +129,15 @@ def _run(args: argparse.Namespace) -> int:
 
     def work() -> int:
         with mapped_input(args.input) as data, _open(args) as dev:
-            result = dev.run(program, data, args=tuple(args.arg), size=args.size,
-                             read=args.read, budget=args.budget, timeout=args.timeout,
-                             cancel=cancel)
+            try:
+                result = dev.run(program, data, args=tuple(args.arg), size=args.size,
+                                 read=args.read, budget=args.budget, timeout=args.timeout,
+                                 cancel=cancel)
+            except DataTooLarge as exc:
+                if args.input and exc.size == len(data):  # the input itself does not fit
+                    raise HermesError(f"--input {args.input} ({len(data)} bytes) does not fit: "
+                                      f"{exc}") from None
+                raise
             out = bytes(result.data)
         print_trace(result.trace, sys.stderr)
         print(f"r0 = {result.return_value:#x} ({result.return_value})")
