@@ -487,11 +487,21 @@ class Device(abc.ABC):
                    "timeout": timeout}
         return self._map(prepared, iter(buffers), options, nworkers)
 
-    def scan(self, program: ProgramLike, source: object, **options: object) -> object:
-        """Run ``program`` over a source larger than a slot, piece by piece (section 8 of
+    def scan(self, program: ProgramLike, source: object, *, piece_size: int | None = None,
+             record: int | None = None, delimiter: bytes | None = None,
+             args: "tuple | list" = (), size: int | None = None, read: int | None = None,
+             budget: int | None = None, timeout: float | None = None,
+             workers: int | None = None, progress: "Callable[[int, int | None], None] | None"
+             = None, reduce: "Callable[[object, Result], object] | None" = None,
+             initial: object = None) -> object:
+        """Run ``program`` over a source larger than a slot, piece by piece: ``Result``s in
+        source order with ``offset``/``index``, or their ``reduce`` (section 8 of
         ``specs/run-contract.md``; ``hermes.lib.pieces.scan``)."""
         from . import pieces
-        return pieces.scan(self, program, source, **options)
+        return pieces.scan(self, program, source, piece_size=piece_size, record=record,
+                           delimiter=delimiter, args=args, size=size, read=read, budget=budget,
+                           timeout=timeout, workers=workers, progress=progress, reduce=reduce,
+                           initial=initial)
 
 
     def _map(self, prepared: object, items: Iterator[Buffer], options: dict,
