@@ -192,6 +192,13 @@ def test_reduce_and_progress(client, program, textfile):
     assert seen[-1] == (size, size) and [d for d, _ in seen] == sorted(d for d, _ in seen)
 
 
+def test_dasks_own_progress_bar(client, program, textfile, capsys):
+    total = hd.map(program, textfile, client=client, read=0, resource="hermes-emu",
+                   reduce=lambda acc, r: acc + r.return_value, initial=0, progress=True)
+    assert total == textfile.read_bytes().count(b"\n")
+    assert "100% Completed" in capsys.readouterr().out
+
+
 def test_several_files_one_ordered_result(client, program, tmp_path):
     paths = []
     for k in range(3):
@@ -281,7 +288,7 @@ def test_killing_a_worker_mid_job_gives_the_local_result(client, program, local,
     spin = (2_000_000,)  # each piece spins a while, so the job is still running at the kill
     want = local_run(local, program, textfile, delimiter=b"\n", read=0)
     job = hd.submit(program, textfile, client=client, delimiter=b"\n", read=0, args=spin,
-                    resource="hermes-emu")
+                    resource="hermes-emu", batch=2)
     victim = workers_of(client)[0]
     pid = client.run(os.getpid, workers=[victim])[victim]
     deadline = time.monotonic() + 30
@@ -301,7 +308,7 @@ def test_a_vanished_device_is_reported_and_its_pieces_run_elsewhere(client, prog
     lost, other = workers_of(client)
     try:
         job = hd.submit(program, textfile, client=client, delimiter=b"\n", read=0,
-                        args=(1_000_000,), workers=[lost], resource="hermes-emu")
+                        args=(1_000_000,), workers=[lost], resource="hermes-emu", batch=2)
         deadline = time.monotonic() + 30
         while not any(f.done() for f in job.futures) and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -318,7 +325,7 @@ def test_a_vanished_device_is_reported_and_its_pieces_run_elsewhere(client, prog
             assert time.monotonic() < deadline
             time.sleep(0.1)
         got = hd.map(program, textfile, client=client, delimiter=b"\n", read=0,
-                     resource="hermes-emu")
+                     resource="hermes-emu", batch=2)
         assert summary(got) == summary(local_run(local, program, textfile, delimiter=b"\n",
                                                  read=0))
         with pytest.raises(UsageError, match="no worker offers 'hermes-emu'"):

@@ -35,6 +35,10 @@ PROGRAM_CACHE = 16
 #: Seconds a job waits for some worker to offer its resource again (a restarting worker's
 #: nanny brings it back within a few seconds) before it fails naming the resource.
 NO_DEVICE_GRACE = 20.0
+#: Bytes of file pieces one task carries by default, and the most pieces it carries: a dask
+#: task costs milliseconds of scheduling, a local piece tens of microseconds.
+TASK_BYTES = 4 << 20
+MAX_BATCH = 64
 #: Times one piece is sent again after losing its device before the job fails.
 MAX_RESENDS = 3
 #: Seconds between the client's checks of a job that makes no progress.
@@ -301,28 +305,48 @@ def _map_slice(piece: FileSlice) -> tuple[mmap.mmap | None, memoryview]:
     return m, memoryview(m)[skip:skip + piece.length]
 
 
-def _run_one(plugin: HermesPlugin, resource: str, key: str, program: bytes,
-             piece: Piece, options: dict) -> Result:
-    """Run one piece on a device of ``resource``; failures name the piece (and the device)."""
+def _run_pieces(plugin: HermesPlugin, resource: str, key: str, program: bytes,
+                items: Iterator[Piece], options: dict) -> list[Result]:
+    """Run the program on every piece of ``items`` through one session on one engine (the unit
+    of the resource this task holds); a failure names its piece (and the device when it is the
+    device that failed)."""
+    taken: list[Piece | None] = []
+
+    def inputs() -> Iterator[memoryview]:
+        for piece in items:
+            taken.append(piece)
+            yield piece.data
+
+    def failed(exc: BaseException) -> BaseException:
+        # the piece being run is the first one taken without a result
+        piece = taken[len(out)] if len(taken) > len(out) else None
+        if piece is None:
+            piece = next(items, None)
+        return with_piece(exc, piece) if piece is not None else exc
+
+    out: list[Result] = []
     try:
         dev = plugin.acquire(resource)
     except DeviceLost as exc:
-        raise with_piece(exc, piece) from None
+        raise failed(exc) from None
     try:
         prepared = dev.prepared(key, program)
-        result = dev.device.run(prepared, piece.data, **options)
+        for result in dev.device.map(prepared, inputs(), workers=1, **options):
+            piece = taken[len(out)]
+            taken[len(out)] = None  # its bytes are no longer needed here
+            out.append(dataclasses.replace(result, offset=piece.offset, index=piece.index))
     except DeviceError as exc:
         if _device_gone(exc):
             plugin.mark_lost(dev, exc)
             exc = DeviceLost(f"device {dev.config.spec!r} of worker {plugin.worker_address} "
                              f"stopped working: {exc}", exc.errno,
                              worker=plugin.worker_address, spec=dev.config.spec)
-        raise with_piece(exc, piece) from None
+        raise failed(exc) from None
     except HermesError as exc:
-        raise with_piece(exc, piece) from None
+        raise failed(exc) from None
     finally:
         plugin.release(dev)
-    return dataclasses.replace(result, offset=piece.offset, index=piece.index)
+    return out
 
 
 def _device_gone(exc: DeviceError) -> bool:
@@ -336,21 +360,23 @@ def _device_gone(exc: DeviceError) -> bool:
 def _run_files(key: str, program: bytes, resource: str, slices: list[FileSlice],
                options: dict) -> list[Result]:
     """Task: run the program on file slices, each mapped here from the worker's own file."""
-    plugin = _plugin()
-    out = []
-    for piece in slices:
-        m, view = _map_slice(piece)
-        try:
-            out.append(_run_one(plugin, resource, key, program,
-                                Piece(piece.index, piece.offset, view, piece.path), options))
-        finally:
-            view.release()
+    maps: list[mmap.mmap] = []
+
+    def mapped() -> Iterator[Piece]:
+        for piece in slices:
+            m, view = _map_slice(piece)
             if m is not None:
-                try:
-                    m.close()
-                except BufferError:  # a failed run's traceback still holds a view: the
-                    pass             # mapping is unmapped when the last view goes
-    return out
+                maps.append(m)
+            yield Piece(piece.index, piece.offset, view, piece.path)
+
+    try:
+        return _run_pieces(_plugin(), resource, key, program, mapped(), options)
+    finally:
+        for m in maps:
+            try:
+                m.close()
+            except BufferError:  # a failed run's traceback still holds a view: the
+                pass             # mapping is unmapped when the last view goes
 
 
 def _block_bytes(block: object) -> memoryview:
@@ -378,15 +404,13 @@ def _run_block(key: str, program: bytes, resource: str, block: object, block_ind
     Returns the block's length and its results with offsets inside the block; the client makes
     offsets and indexes global (block lengths are only known once blocks are computed).
     """
-    plugin = _plugin()
     data = _block_bytes(block)
-    out = []
     source = f"block {block_index}"
+    split_pieces = (dataclasses.replace(p, source=source)
+                    for p in pieces(data, split["piece_size"], record=split["record"],
+                                    delimiter=split["delimiter"]))
     try:
-        for p in pieces(data, split["piece_size"], record=split["record"],
-                        delimiter=split["delimiter"]):
-            out.append(_run_one(plugin, resource, key, program,
-                                dataclasses.replace(p, source=source), options))
+        out = _run_pieces(_plugin(), resource, key, program, split_pieces, options)
     except UsageError as exc:
         if not hasattr(exc, "piece_index"):  # a splitting error (a record longer than a piece)
             exc.args = (f"{source}: {exc}",)
@@ -610,7 +634,7 @@ class Job:
 
 def submit(program: object, source: object, *, client: Any = None, resource: str | None = None,
            workers: Sequence[str] | None = None, piece_size: int | None = None,
-           record: int | None = None, delimiter: bytes | None = None, batch: int = 1,
+           record: int | None = None, delimiter: bytes | None = None, batch: int | None = None,
            stall_timeout: float | None = 600.0, **run_options: Any) -> Job:
     """Start ``program`` on every piece of ``source`` on the cluster; returns the ``Job``.
 
@@ -620,12 +644,14 @@ def submit(program: object, source: object, *, client: Any = None, resource: str
     the cluster and split there by the same ``pieces``; block boundaries are piece boundaries).
     ``piece_size`` defaults to ``size`` or else the smallest data slot of the resource's devices.
     ``run_options`` go to ``Device.run`` (``args``, ``size``, ``read``, ``budget``,
-    ``timeout``). ``batch`` file pieces go in one task (fewer, larger tasks for small pieces).
+    ``timeout``). ``batch`` file pieces go in one task (default: about ``TASK_BYTES`` per task,
+    at most ``MAX_BATCH`` pieces; a retried task runs its pieces again, each counted once).
     ``workers`` restricts the job to those worker addresses; ``resource`` chooses the kind of
     device (default: the only kind the workers offer).
     """
     client = client or distributed.get_client()
-    if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
+    if batch is not None and (not isinstance(batch, int) or isinstance(batch, bool)
+                              or batch < 1):
         raise UsageError(f"batch must be a positive integer, got {batch!r}")
     unknown = set(run_options) - {"args", "size", "read", "budget", "timeout"}
     if unknown:
@@ -662,6 +688,8 @@ def submit(program: object, source: object, *, client: Any = None, resource: str
                 "allow_other_workers": False}
 
     if paths is not None:
+        if batch is None:  # tasks of about TASK_BYTES: a task costs milliseconds of scheduling
+            batch = max(1, min(MAX_BATCH, TASK_BYTES // max(1, piece_size)))
         groups = [slices[i:i + batch] for i in range(0, len(slices), batch)]
 
         def submit_files(i: int, task_key: str, where: Sequence[str] | None) -> Any:

@@ -1,0 +1,151 @@
+"""Prints hermes.dask throughput with 1 and 2 worker processes against the library's local scan,
+and the per-piece overhead of a dask task against a local piece, on the same file.
+
+Throughput: a newline count over a synthetic text file (``--mib``, 1 MiB pieces) on ``emu``
+devices: locally (``hermes.lib.pieces.scan`` on one device of 1 and 2 engines) and on a
+``LocalCluster`` of 1 and 2 worker processes, each worker with one 1-engine device. Overhead: a
+2-instruction program over ``--small-pieces`` pieces of 4 KiB, locally and through dask with one
+piece per task, ``--batch`` pieces per task and the default batching; the per-piece figure is
+the wall time per piece. Cluster start-up is timed apart and not counted. Usage: python benchmarks/dask_scan.py
+[--mib 256] [--small-pieces 2000] [--batch 64]
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import tempfile
+import time
+
+import numpy as np
+
+import distributed
+
+import hermes
+import hermes.dask as hd
+from hermes.lib.pieces import scan
+
+#: r0 = the number of '\n' bytes in the input.
+NEWLINES = """
+    mov r0, 0
+    mov r6, 0
+next:
+    jge r6, r2, done
+    mov r7, r1
+    add r7, r6
+    ldxb r8, [r7]
+    jne r8, 10, skip
+    add r0, 1
+skip:
+    add r6, 1
+    ja next
+done:
+    exit
+"""
+TRIVIAL = "mov r0, 0\nexit"
+MIB = 1 << 20
+
+
+def make_text(path: str, mib: int) -> int:
+    """Write ``mib`` MiB of random lines (about one newline in 64 bytes); their newline count."""
+    rng = np.random.default_rng(7)
+    count = 0
+    with open(path, "wb") as f:
+        for _ in range(mib):
+            block = rng.integers(97, 123, MIB, dtype=np.uint8)
+            block[rng.integers(0, MIB, MIB // 64)] = 10
+            count += int(np.count_nonzero(block == 10))
+            f.write(block.tobytes())
+    return count
+
+
+def local(program: object, path: str, engines: int, piece: int) -> tuple[float, int]:
+    """Seconds and the reduced count of a local scan on one emu device (after a warm-up scan
+    that compiles the program)."""
+    dev = hermes.open("emu", engines=engines, data_slot_size=max(piece, 4096))
+    try:
+        for _ in range(2):
+            t0 = time.perf_counter()
+            total = scan(dev, program, path, piece_size=piece, read=0,
+                         reduce=lambda a, r: a + r.return_value, initial=0)
+            secs = time.perf_counter() - t0
+        return secs, total
+    finally:
+        dev.close()
+
+
+def cluster(workers: int, piece: int) -> tuple[distributed.LocalCluster, distributed.Client, float]:
+    """A LocalCluster of ``workers`` processes, each with one 1-engine emu device."""
+    t0 = time.perf_counter()
+    c = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                 host="127.0.0.1", dashboard_address="127.0.0.1:0",
+                                 silence_logs=logging.ERROR)
+    client = distributed.Client(c)
+    client.register_plugin(hd.HermesPlugin([("emu", {"engines": 1,
+                                                     "data_slot_size": max(piece, 4096)})]))
+    return c, client, time.perf_counter() - t0
+
+
+def remote(client: distributed.Client, program: object, path: str, piece: int,
+           **kw: object) -> tuple[float, int]:
+    """Seconds and the reduced count of a hermes.dask.map over ``path``."""
+    t0 = time.perf_counter()
+    total = hd.map(program, path, client=client, piece_size=piece, read=0,
+                   reduce=lambda a, r: a + r.return_value, initial=0, **kw)
+    return time.perf_counter() - t0, total
+
+
+def main() -> None:
+    """Measure and print the table."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--mib", type=int, default=256, help="size of the text file in MiB")
+    ap.add_argument("--small-pieces", type=int, default=2000, help="4 KiB pieces for overhead")
+    ap.add_argument("--batch", type=int, default=64, help="pieces per task, second overhead run")
+    opts = ap.parse_args()
+    newlines = hermes.Program.from_asm(NEWLINES)
+    trivial = hermes.Program.from_asm(TRIVIAL)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "lines.txt")
+        want = make_text(path, opts.mib)
+        small = os.path.join(tmp, "small.bin")
+        with open(small, "wb") as f:
+            f.truncate(opts.small_pieces * 4096)
+        size = opts.mib * MIB
+        print(f"newline count over {opts.mib} MiB, 1 MiB pieces ({opts.mib} pieces), emu:")
+        rates = {}
+        for engines in (1, 2):
+            secs, got = local(newlines, path, engines, MIB)
+            assert got == want, (got, want)
+            rates[f"local {engines}"] = size / secs
+            print(f"  local scan, 1 device x {engines} engine(s): {size / secs / 1e9:6.3f} GB/s")
+        per_piece: dict[str, float] = {}
+        secs, _ = local(trivial, small, 1, 4096)
+        per_piece["local"] = secs / opts.small_pieces
+        for workers in (1, 2):
+            c, client, start = cluster(workers, MIB)
+            try:
+                remote(client, newlines, path, MIB)  # warm: ship and compile the program
+                secs, got = remote(client, newlines, path, MIB)
+                assert got == want, (got, want)
+                rates[f"dask {workers}"] = size / secs
+                print(f"  hermes.dask, {workers} worker(s) x 1 engine: {size / secs / 1e9:6.3f} GB/s"
+                      f"  (x{size / secs / rates['dask 1']:.2f} of 1 worker; cluster start "
+                      f"{start:.1f} s)")
+                if workers == 1:
+                    for batch in (1, opts.batch, None):
+                        remote(client, trivial, small, 4096, batch=batch)
+                        secs, _ = remote(client, trivial, small, 4096, batch=batch)
+                        per_piece[f"dask batch {batch or 'auto'}"] = secs / opts.small_pieces
+            finally:
+                client.close()
+                c.close()
+        print(f"per-piece overhead, 2-instruction program, {opts.small_pieces} pieces of 4 KiB, "
+              "1 worker / 1 device:")
+        for name, t in per_piece.items():
+            extra = t - per_piece["local"]
+            print(f"  {name:14s} {t * 1e6:9.1f} us/piece" + (
+                "" if name == "local" else f"  (+{extra * 1e6:.1f} us over the local scan)"))
+
+
+if __name__ == "__main__":
+    main()
