@@ -165,7 +165,8 @@ def test_run_limits_are_one_line_errors(tmp_path, capsys, spec):
     ret.write_text("mov r0, 1\nexit\n")
     assert main(["run", str(ret), "--input", str(big), "--device", spec]) == 1
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and f"--input {big} ({(1 << 20) + 1} bytes) does not fit" in err
+    assert err.count("\n") == 1 and (f"--input {big} is {(1 << 20) + 1} bytes, larger than the "
+                                      f"device's data slot ({1 << 20} bytes)") in err
     spin = tmp_path / "spin.s"
     spin.write_text(SPIN)
     t0 = time.monotonic()

@@ -135,8 +135,8 @@ def _run(args: argparse.Namespace) -> int:
                                  cancel=cancel)
             except DataTooLarge as exc:
                 if args.input and exc.size == len(data):  # the input itself does not fit
-                    raise HermesError(f"--input {args.input} ({len(data)} bytes) does not fit: "
-                                      f"{exc}") from None
+                    raise HermesError(f"--input {args.input} is {len(data)} bytes, larger than "
+                                      f"the device's data slot ({exc.limit} bytes)") from None
                 raise
             out = bytes(result.data)
         print_trace(result.trace, sys.stderr)
