@@ -6,7 +6,6 @@ import errno
 import os
 import signal
 import threading
-from typing import Iterator
 
 from .. import engine as _engine
 from ..engine.cache import DEFAULT_CACHE_BYTES, LoadedCache
@@ -34,38 +33,35 @@ class _InterruptBridge:
     def __init__(self) -> None:
         self._rfd, self._wfd = os.pipe()
         os.set_blocking(self._wfd, False)
-        self._lock = threading.Lock()
-        self._cancel: "_engine.Cancel | None" = None
-        self._forward = -1
+        #: (the armed run's Cancel or None, the wakeup fd to pass bytes on to or -1): one
+        #: attribute, replaced whole, so the watcher reads a consistent pair without a lock.
+        self._state: "tuple[_engine.Cancel | None, int]" = (None, -1)
         threading.Thread(target=self._watch, name="hermes-sigint", daemon=True).start()
 
     def _watch(self) -> None:
         while True:
             data = os.read(self._rfd, 64)
-            with self._lock:
-                cancel, forward = self._cancel, self._forward
+            cancel, forward = self._state
             if signal.SIGINT in data and cancel is not None:
                 cancel.set()
             if forward >= 0:
                 with contextlib.suppress(OSError):
                     os.write(forward, data)
 
-    @contextlib.contextmanager
-    def guard(self, cancel: "_engine.Cancel") -> Iterator[None]:
-        """While the block runs in the main thread, a SIGINT sets ``cancel``."""
+    def arm(self, cancel: "_engine.Cancel") -> bool:
+        """From now on a SIGINT sets ``cancel``; False (nothing armed) outside the main thread
+        or under a SIGINT handler of the program's own. ``disarm`` when the run is over."""
         if threading.current_thread() is not threading.main_thread() \
                 or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-            yield
-            return
-        with self._lock:
-            self._cancel = cancel
-            self._forward = signal.set_wakeup_fd(self._wfd, warn_on_full_buffer=False)
-        try:
-            yield
-        finally:
-            with self._lock:
-                signal.set_wakeup_fd(self._forward)
-                self._cancel, self._forward = None, -1
+            return False
+        self._state = (cancel, signal.set_wakeup_fd(self._wfd, warn_on_full_buffer=False))
+        return True
+
+    def disarm(self) -> None:
+        """Give the wakeup fd back to whoever had it before ``arm``."""
+        forward = self._state[1]
+        self._state = (None, -1)
+        signal.set_wakeup_fd(forward)
 
 
 _BRIDGE: "_InterruptBridge | None" = None
@@ -121,11 +117,12 @@ class CpuSession(Session):
             timer.daemon = True
             timer.start()
         window = memoryview(slot)[:size]
+        bridge = _interrupt_bridge()
+        armed = bridge.arm(mine)
         try:
-            with _interrupt_bridge().guard(mine):
-                result = run_guarded(self, lambda: self._exe.run(  # type: ignore[attr-defined]
-                    window, budget if budget is not None else self._device.budget, cancel=mine,
-                    length=length, args=args))
+            result = run_guarded(self, lambda: self._exe.run(  # type: ignore[attr-defined]
+                window, budget if budget is not None else self._device.budget, cancel=mine,
+                length=length, args=args))
         except Cancelled as exc:
             self._device.check_open()  # stopped by the device's close
             if expired and not (cancel is not None and cancel.is_set()):
@@ -134,6 +131,8 @@ class CpuSession(Session):
         except ExecutionError as exc:
             raise from_execution_error(exc) from None
         finally:
+            if armed:
+                bridge.disarm()
             window.release()
             self._cancel = None
             if timer is not None:
