@@ -117,7 +117,7 @@ class Result:
     trace_dropped: int = 0
 
     def __repr__(self) -> str:
-        parts = [f"r0={self.return_value}", f"data={len(memoryview(self.data).cast('B'))} bytes"]
+        parts = [f"r0={self.return_value}", f"data={memoryview(self.data).nbytes} bytes"]
         if self.instructions is not None:
             parts.append(f"instructions={self.instructions}")
         if self.elapsed is not None:
