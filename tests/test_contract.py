@@ -106,6 +106,10 @@ def test_lengths_are_bytes_whatever_the_item_size(dev):
     assert r.return_value == 80 and r.data == arr.tobytes()
     strided = arr[::2]  # not contiguous: copied
     assert dev.run(LEN, strided).data == strided.tobytes()
+    fortran = np.arange(12, dtype=np.uint16).reshape(3, 4).T  # Fortran order: copied
+    assert dev.run(LEN, fortran).data == fortran.tobytes()
+    with pytest.raises(hermes.UsageError, match="C-contiguous"):
+        dev.run(LEN, bytes(8), out=np.zeros((4, 4), dtype=np.uint8).T)
 
 
 def test_args_reach_r3_to_r5(dev):

@@ -71,8 +71,9 @@ def check_buffer(data: object, what: str = "data") -> memoryview:
     except TypeError:
         raise UsageError(f"{what} must be bytes, bytearray or memoryview, not "
                          f"{type(data).__name__}") from None
-    if not view.contiguous:
-        # A strided view (a numpy slice with a step, a column) is copied into its byte order.
+    if not view.c_contiguous:
+        # A strided or Fortran-ordered view (a numpy slice with a step, a column, a transpose)
+        # is copied, its items in C order.
         return memoryview(view.tobytes())
     if view.format == "B" and view.ndim == 1:
         return view
@@ -172,8 +173,8 @@ def writable_view(buffer: object, what: str = "out") -> memoryview:
     if view.readonly:
         raise UsageError(f"{what} must be a writable buffer, not a read-only "
                          f"{type(buffer).__name__}")
-    if not view.contiguous:
-        raise UsageError(f"{what} must be a contiguous buffer")
+    if not view.c_contiguous:
+        raise UsageError(f"{what} must be a C-contiguous buffer")
     return view if view.format == "B" and view.ndim == 1 else view.cast("B")
 
 
