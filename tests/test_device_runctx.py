@@ -136,6 +136,9 @@ def test_legacy_run_unchanged_and_fills_out(regs, dev):
     put_ctx(dev, 0, 100, 200, (1, 2, 3))   # ignored without RUN_FLAG_CTX
     assert regs.run(p, d, len(ENTRY_REGS)) == (0, dev.data_slot_size)
     assert out(dev)["insns"] == 8
+    # a run refused at load (a length that is not a multiple of 8) leaves no stale result
+    assert regs.run(p, d, len(ENTRY_REGS) - 1)[0] == R.STATUS_EBPF_ERROR
+    assert out(dev)["insns"] == 0 and out(dev)["output_len"] == R.CTX_NO_OUTPUT
 
 
 def test_window_past_the_input_is_zeroed(regs, dev):

@@ -569,6 +569,10 @@ class HermesDevice:
             self._count("internal_errors")
             self.last_errors[eng.index] = exc
             res = response(_cid(req), R.STATUS_EBPF_ERROR, make_error_code(R.EBPF_ERR_INTERNAL, 0))
+            try:
+                self._write_out(eng)
+            except Exception:
+                pass   # the response still goes out
         try:
             self._complete(eng, res)
         except Exception:
@@ -705,17 +709,16 @@ class HermesDevice:
         cancel = eng.cancel
         counts = eng.counts
         counts["runs"] += 1
-        self._write_out(eng)   # nothing of the previous run survives a failure below
         ctx = eng.run_ctx
         entry = 0 if ctx is None else ctx[4]
         if length == 0 or length % 8 or length > self.program_slot_size:
-            counts["run_errors"] += 1
-            return response(cid, R.STATUS_EBPF_ERROR, make_error_code(R.EBPF_ERR_LOAD, 0))
-        poff = self.program_slot_offset + pslot * self.program_slot_size
-        code = bytes(self._bar4[poff:poff + length])
-        exe = self._cache.get(code, self.engine_name, entry)
+            exe: object = make_error_code(R.EBPF_ERR_LOAD, 0)
+        else:
+            poff = self.program_slot_offset + pslot * self.program_slot_size
+            exe = self._cache.get(bytes(self._bar4[poff:poff + length]), self.engine_name, entry)
         if isinstance(exe, int):
             counts["run_errors"] += 1
+            self._write_out(eng)   # it did not run: nothing of the previous run survives
             return response(cid, R.STATUS_EBPF_ERROR, exe)
         doff = self.data_slot_offset + dslot * self.data_slot_size
         if ctx is None:   # legacy: the whole slot, r2 = its size, no arguments
@@ -740,8 +743,9 @@ class HermesDevice:
             run_ns = time.perf_counter_ns() - start
             counts["run_errors"] += 1
             self.last_errors[eng.index] = exc
-            if isinstance(exc, ExecutionError):
-                self._write_out(eng, exc.instructions or 0, run_ns=run_ns, fault=exc)
+            fault = exc if isinstance(exc, ExecutionError) else None
+            self._write_out(eng, (fault.instructions or 0) if fault else 0, run_ns=run_ns,
+                            fault=fault)
             return response(cid, R.STATUS_EBPF_ERROR, error_code(exc))
         run_ns = time.perf_counter_ns() - start
         self._write_out(eng, result.instructions, result.output_length, result.trace, run_ns,
