@@ -20,7 +20,7 @@ import dask.bag as db  # noqa: E402
 import hermes  # noqa: E402
 import hermes.dask as hd  # noqa: E402
 from hermes.lib.pieces import pieces  # noqa: E402
-from hermes.errors import (BudgetExceeded, DataTooLarge, DeviceError, ExecutionFailed,  # noqa: E402
+from hermes.errors import (BudgetExceeded, DataTooLarge, ExecutionFailed,  # noqa: E402
                            ProgramRejected, ProgramTooLarge, RunTimeout, UsageError)
 
 SLOT = 64 << 10  # small slots: a few MiB of data make dozens of pieces
