@@ -267,6 +267,17 @@ def test_a_faulting_piece_names_its_offset_file_and_fault(client, tmp_path):
     assert f"piece 3 at offset {3 * 4096} of {path}" in str(exc)
 
 
+def test_a_job_that_makes_no_progress_fails_after_its_stall_timeout(client, program, tmp_path):
+    path = tmp_path / "one.txt"
+    path.write_bytes(b"a\n" * 100)
+    t0 = time.monotonic()
+    with pytest.raises(hermes.DeviceTimeout, match="no piece finished within 1.0 s"):
+        hd.map(program, path, client=client, resource="hermes-cpu", args=(1 << 62,),
+               budget=1 << 63, timeout=4.0, stall_timeout=1.0)  # the run itself stops after 4 s
+    assert time.monotonic() - t0 < 4
+    time.sleep(4.5 - (time.monotonic() - t0))  # the cpu devices are free again
+
+
 def test_bad_input_is_refused_before_anything_runs(client, program, tmp_path):
     with pytest.raises(UsageError, match="source must be"):
         hd.map(program, 42, client=client, resource="hermes-emu")
@@ -300,7 +311,12 @@ def test_killing_a_worker_mid_job_gives_the_local_result(client, program, local,
     assert done_at_kill < len(job.futures)
     assert [(r.index, r.offset, r.return_value) for r in got] == \
         [(r.index, r.offset, r.return_value) for r in want]
-    client.wait_for_workers(2, timeout=60)
+    # the nanny restarts the worker; it offers its devices once the plugin has opened them
+    deadline = time.monotonic() + 60
+    while [w["resources"] for w in client.scheduler_info(n_workers=-1)["workers"].values()] \
+            != [{"hermes-emu": 2, "hermes-cpu": 1}] * 2:
+        assert time.monotonic() < deadline, "the killed worker did not come back"
+        time.sleep(0.1)
 
 
 def test_a_vanished_device_is_reported_and_its_pieces_run_elsewhere(client, program, local,
