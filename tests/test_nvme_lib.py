@@ -81,6 +81,7 @@ def test_bad_options_and_addresses():
     with pytest.raises(hermes.DeviceError) as info:
         hermes.open("nvme:/dev/ng97n1")
     assert info.value.errno == errno.ENOENT and "/dev/ng97n1" in str(info.value)
+    assert passthru.controller_device("/dev/ng12n3") == "/dev/nvme12"
 
 
 def test_passthrough_ioctl_layout_is_linux_nvme_ioctl_h():

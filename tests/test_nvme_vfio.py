@@ -6,12 +6,18 @@ import os
 import struct
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
 from hermes import nvme_regs as N
+from hermes.driver.nvme import NvmeHost
+from hermes.engine import Program
 from hermes.transport.vfio_user import VfioUserTransport
-from hermes.vfio import pci, uapi
+from hermes.vfio import pci
+from hermes.vfio.function import VfioFunction
+from hermes.vfio.server import Server
 
 from tests.nvme_devices import _server
 
@@ -63,3 +69,41 @@ def test_serve_refuses_options_of_the_other_device(tmp_path, args, text):
     assert done.returncode != 0
     assert text in done.stderr and "Traceback" not in done.stderr
     assert not os.path.exists(tmp_path / "s.sock")
+
+
+def test_a_departed_clients_controller_is_stopped_and_closed(tmp_path):
+    lines: list[str] = []
+
+    class Log:
+        def write(self, text: str) -> None:
+            lines.append(text)
+
+        def flush(self) -> None:
+            pass
+
+    path = str(tmp_path / "s.sock")
+    server = Server(path, VfioFunction.create_nvme(budget=1 << 62), log_file=Log(),
+                    factory=lambda: VfioFunction.create_nvme(budget=1 << 62))
+    server.bind()
+    th = threading.Thread(target=server.serve_forever, daemon=True)
+    th.start()
+    try:
+        first = server.function
+        t = VfioUserTransport(path, pci_id=(N.PCI_VENDOR_ID, N.PCI_DEVICE_ID))
+        host = NvmeHost(t, timeout=5)
+        host.enable()
+        host.load_program(0, Program.from_asm("mov r0, 0\nloop:\nadd r0, 1\nja loop").code)
+        host.activate(0)
+        cmd, buf = host.execute_command(0)
+        host.io_queue(1).submit(cmd)      # a runaway program the client leaves behind
+        t.flush()
+        t.close()
+        deadline = time.monotonic() + 10
+        while server.function is first and time.monotonic() < deadline:
+            time.sleep(0.05)
+        server.wait_retired(10)
+        assert first.device._stop, "".join(lines)
+        assert not any("error while" in line for line in lines), "".join(lines)
+    finally:
+        server.stop()
+        th.join(10)

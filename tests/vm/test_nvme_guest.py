@@ -17,6 +17,7 @@ import pytest
 
 import hermes
 from hermes import nvme_regs as N
+from hermes.driver.nvme.passthru import controller_device
 from hermes.engine import Program
 
 from tests.test_nvme_cp import INC_RANGE
@@ -32,13 +33,17 @@ RET_ARGS = Program.from_asm("mov r0, r3\nadd r0, r4\nadd r0, r5\nadd r0, r2\nexi
 def nvme(*args: str, binary: bool = False) -> "str | bytes":
     """Run nvme-cli (bounded); its stdout, or AssertionError with what it printed."""
     done = subprocess.run(["nvme", *args], capture_output=True, timeout=60)
-    assert done.returncode == 0, (args, done.stdout[-2000:], done.stderr[-2000:])
+    if done.returncode:
+        kernel = subprocess.run(["dmesg"], capture_output=True, text=True).stdout
+        raise AssertionError(f"nvme {' '.join(args)}: exit {done.returncode}\n"
+                             f"{done.stdout[-2000:]!r}\n{done.stderr[-2000:]!r}\n"
+                             f"kernel: {kernel[-1500:]}")
     return done.stdout if binary else done.stdout.decode()
 
 
 def controller() -> str:
     """/dev/nvmeX of the namespace device /dev/ngXnY."""
-    return "/dev/nvme" + re.match(r"ng(\d+)n", os.path.basename(DEV)).group(1)
+    return controller_device(DEV)
 
 
 def ns_dev(nsid: int) -> str:

@@ -90,6 +90,9 @@ run_nvme() {
         HERMES_CONTRACT_OBJECTS=/x/bpf/contract \
         sh -c 'cd /x && python -m pytest -p no:cacheprovider -q -rs \
                tests/vm/test_nvme_guest.py tests/test_contract.py'
+    rc=$?
+    echo "nvme: kernel messages:"; dmesg | grep -i nvme | tail -20
+    return $rc
 }
 
 # The driver-interface cases over /dev/hermes0 through the project's kernel driver.

@@ -79,6 +79,12 @@ def namespace_devices(path: str) -> dict[int, str]:
     return found
 
 
+def controller_device(path: str) -> str:
+    """The controller char device of a namespace's generic device: /dev/ng0n1 -> /dev/nvme0."""
+    base = os.path.basename(path)
+    return os.path.join(os.path.dirname(path), "nvme" + base[2:base.index("n", 2)])
+
+
 class _Buffer:
     """Page-aligned user memory for one transfer (the kernel maps it without a bounce copy)."""
 
@@ -99,7 +105,9 @@ class PassthroughHost(NvmeHost):
     """The ``NvmeHost`` CP/SLM calls on a controller the Linux nvme driver owns.
 
     ``path`` is the compute namespace's ``/dev/ngXnY``; the controller's other namespaces are
-    found beside it. Admin commands go to that fd, I/O commands to the fd of their namespace.
+    found beside it. Admin commands go to the controller's char device ``/dev/nvmeX`` (the
+    kernel refuses, on a namespace's device, any NSID but its own, admin commands included),
+    I/O commands to the device of their namespace.
     Every command is bounded: ``timeout`` seconds go to the kernel as ``timeout_ms``, and on
     expiry the kernel aborts the command (or resets the controller) itself.
     """
@@ -109,11 +117,12 @@ class PassthroughHost(NvmeHost):
         self.timeout = timeout
         self.use_irq = True
         self._fds: dict[int, int] = {}
+        self._admin_fd = -1
         try:
             devices = namespace_devices(path)
             for nsid, dev in devices.items():
                 self._fds[nsid] = os.open(dev, os.O_RDWR | os.O_CLOEXEC)
-            self._admin_fd = self._fds[self._nsid_of(path)]
+            self._admin_fd = os.open(controller_device(path), os.O_RDWR | os.O_CLOEXEC)
             self.id_ctrl = N.ID_CTRL.unpack(self.identify(N.Cns.CONTROLLER))
             self.max_transfer = min(PASSTHRU_CHUNK, 4096 << (self.id_ctrl["mdts"] or 8))
             self.namespaces = self._scan()
@@ -214,6 +223,9 @@ class PassthroughHost(NvmeHost):
     def close(self) -> None:
         """Close the namespace devices (the controller stays with the kernel)."""
         fds, self._fds = self._fds, {}
+        if self._admin_fd >= 0:
+            fds[-1] = self._admin_fd
+            self._admin_fd = -1
         for fd in fds.values():
             os.close(fd)
 
