@@ -5,7 +5,9 @@ import dataclasses
 import errno
 import os
 import pickle
+import shutil
 import signal
+import tempfile
 import time
 
 import pytest
@@ -355,3 +357,39 @@ def _close_emu(dask_worker=None):
     for d in dask_worker.plugins[hd.PLUGIN_NAME].devices:
         if d.config.spec == "emu":
             d.device.close()
+
+
+def test_a_killed_vfio_user_server_is_a_lost_device(program, textfile):
+    """The device of a worker is a `hermes serve` process; it is killed in the middle of a job."""
+    from tests.vfio_devices import ServerProcess
+    folder = tempfile.mkdtemp(prefix="hd-", dir="/tmp")  # short: a socket path has 108 bytes
+    sock = os.path.join(folder, "hermes.sock")
+    spec = f"vfio-user:{sock}"
+    server = ServerProcess.with_options(sock, engines=1, data_slot_size=SLOT)
+    try:
+        with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                                      host="127.0.0.1", dashboard_address="127.0.0.1:0",
+                                      silence_logs=50) as cluster, \
+                distributed.Client(cluster) as c:
+            c.register_plugin(hd.HermesPlugin([(spec, {"timeout": 5})]))
+            job = hd.submit(program, textfile, client=c, delimiter=b"\n", read=0,
+                            args=(300_000,), batch=2)
+            deadline = time.monotonic() + 30
+            while not any(f.done() for f in job.futures) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            server.stop(signal.SIGKILL)
+            t0 = time.monotonic()
+            with pytest.raises(hd.DeviceLost) as info:
+                list(job.results())
+            assert time.monotonic() - t0 < 15
+            exc = info.value
+            assert exc.spec == spec and f"{spec!r} stopped working" in str(exc)
+            assert str(textfile) in str(exc)
+            deadline = time.monotonic() + 10
+            while any(w["resources"]["hermes-vfio-user"]
+                      for w in c.scheduler_info(n_workers=-1)["workers"].values()):
+                assert time.monotonic() < deadline, "the lost device is still offered"
+                time.sleep(0.1)
+    finally:
+        server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
