@@ -289,6 +289,12 @@ def test_bad_input_is_refused_before_anything_runs(client, program, tmp_path):
         hd.map(program, tmp_path, client=client)
     with pytest.raises(UsageError, match="unknown option"):
         hd.map(program, tmp_path, client=client, resource="hermes-emu", engines=3)
+    with pytest.raises(UsageError, match="block 1: an element of the collection must be bytes"):
+        hd.map(program, db.from_sequence([b"a\n", "text"], npartitions=2), client=client,
+               resource="hermes-emu")
+    with pytest.raises(DataTooLarge, match="block 0: the record at offset 0"):
+        hd.map(program, [dask.delayed(b"x" * 5000)], client=client, piece_size=4096,
+               delimiter=b"\n", resource="hermes-emu")
     long_line = tmp_path / "long.txt"
     long_line.write_bytes(b"x" * 5000 + b"\n")
     with pytest.raises(DataTooLarge, match="offset 0"):

@@ -22,6 +22,7 @@ from distributed.diagnostics.plugin import WorkerPlugin
 
 from hermes.errors import DeviceError, DeviceTimeout, HermesError, RunTimeout, UsageError
 from hermes.lib import Result, open_device, program_bytes
+from hermes.lib.api import check_buffer
 from hermes.lib.pieces import Piece, data_slot_size, pieces, with_piece
 
 #: Name the plugin is registered under on every worker (``worker.plugins[PLUGIN_NAME]``).
@@ -383,18 +384,11 @@ def _block_bytes(block: object) -> memoryview:
     """A block of a collection as bytes: a bytes-like, a numpy array, or a list of bytes-likes
     (a bag partition: its elements back to back)."""
     if isinstance(block, (list, tuple)):
-        return memoryview(b"".join(bytes(memoryview(x)) for x in block))
-    try:
-        import numpy as np
-    except ImportError:  # numpy comes with dask.array; a bag alone does not need it
-        np = None
-    if np is not None and isinstance(block, np.ndarray):
-        block = np.ascontiguousarray(block)
-    try:
-        view = memoryview(block)  # type: ignore[arg-type]
-    except TypeError:
-        raise UsageError(f"a block of the collection is {type(block).__name__}, not bytes-like")
-    return view.cast("B") if view.ndim != 1 or view.format != "B" else view
+        return memoryview(b"".join(check_buffer(x, "an element of the collection")
+                                   for x in block))
+    if type(block).__module__ == "numpy" and not block.flags.c_contiguous:  # type: ignore
+        block = block.copy(order="C")  # type: ignore[attr-defined]
+    return check_buffer(block, "a block of the collection")
 
 
 def _run_block(key: str, program: bytes, resource: str, block: object, block_index: int,
@@ -404,15 +398,15 @@ def _run_block(key: str, program: bytes, resource: str, block: object, block_ind
     Returns the block's length and its results with offsets inside the block; the client makes
     offsets and indexes global (block lengths are only known once blocks are computed).
     """
-    data = _block_bytes(block)
     source = f"block {block_index}"
-    split_pieces = (dataclasses.replace(p, source=source)
-                    for p in pieces(data, split["piece_size"], record=split["record"],
-                                    delimiter=split["delimiter"]))
     try:
+        data = _block_bytes(block)
+        split_pieces = (dataclasses.replace(p, source=source)
+                        for p in pieces(data, split["piece_size"], record=split["record"],
+                                        delimiter=split["delimiter"]))
         out = _run_pieces(_plugin(), resource, key, program, split_pieces, options)
     except UsageError as exc:
-        if not hasattr(exc, "piece_index"):  # a splitting error (a record longer than a piece)
+        if not hasattr(exc, "piece_index"):  # not bytes, or a record longer than a piece
             exc.args = (f"{source}: {exc}",)
         raise
     return len(data), out
