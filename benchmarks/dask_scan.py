@@ -6,9 +6,10 @@ Throughput: a newline count (``examples/newlines.c``) over a synthetic text file
 engines) and on a ``LocalCluster`` of 1 and 2 worker processes, each worker with one 1-engine
 device. Overhead: a 2-instruction program over ``--small-pieces`` pieces of 4 KiB, locally and
 through dask with one piece per task, ``--batch`` pieces per task and the default batching; the
-per-piece figure is the wall time per piece. Each figure is the best of ``--runs``; cluster
-start-up is timed apart and not counted. Usage: python benchmarks/dask_scan.py [--mib 128]
-[--small-pieces 500] [--batch 64] [--runs 3]
+per-piece figure is the wall time per piece. Compute-bound: 32 pieces of a 20M-step LCG loop
+each (the engine's time dominates), locally and on 1 and 2 workers. Each figure is the best of
+``--runs``; cluster start-up is timed apart and not counted. Usage: python
+benchmarks/dask_scan.py [--mib 128] [--small-pieces 500] [--batch 64] [--runs 3]
 """
 from __future__ import annotations
 
@@ -32,6 +33,11 @@ from hermes.lib.pieces import scan
 #: The example offload counting '\n' bytes (r0 = the count), compiled with clang for BPF.
 NEWLINES_C = Path(__file__).resolve().parent.parent / "examples" / "newlines.c"
 TRIVIAL = "mov r0, 0\nexit"
+#: Compute-bound: r0 = argument 0 steps of a linear congruential generator (input unread).
+LCG = "mov r0, 0\nl: mul r0, 1103515245\nadd r0, 12345\nsub r3, 1\njne r3, 0, l\nexit"
+#: Pieces (4 KiB each) and LCG steps per piece of the compute-bound runs.
+LCG_PIECES = 32
+LCG_STEPS = 20_000_000
 MIB = 1 << 20
 
 
@@ -48,7 +54,8 @@ def make_text(path: str, mib: int) -> int:
     return count
 
 
-def local(program: object, path: str, engines: int, piece: int, runs: int) -> tuple[float, int]:
+def local(program: object, path: str, engines: int, piece: int, runs: int,
+          **kw: object) -> tuple[float, int]:
     """Best seconds of ``runs`` local scans on one emu device (after a warm-up scan that
     compiles the program), and the reduced count."""
     dev = hermes.open("emu", engines=engines, data_slot_size=max(piece, 4096))
@@ -57,7 +64,7 @@ def local(program: object, path: str, engines: int, piece: int, runs: int) -> tu
         for k in range(runs + 1):
             t0 = time.perf_counter()
             total = scan(dev, program, path, piece_size=piece, read=0,
-                         reduce=lambda a, r: a + r.return_value, initial=0)
+                         reduce=lambda a, r: a + r.return_value, initial=0, **kw)
             if k:
                 best = min(best, time.perf_counter() - t0)
         return best, total
@@ -108,6 +115,14 @@ def main() -> None:
         size = opts.mib * MIB
         print(f"newline count over {opts.mib} MiB, 1 MiB pieces ({opts.mib} pieces), emu:")
         rates = {}
+        lcg_file = os.path.join(tmp, "lcg.bin")
+        with open(lcg_file, "wb") as f:
+            f.truncate(LCG_PIECES * 4096)
+        lcg = hermes.Program.from_asm(LCG)
+        compute: dict[str, float] = {}
+        for engines in (1, 2):
+            compute[f"local scan, 1 device x {engines} engine(s)"], _ = local(
+                lcg, lcg_file, engines, 4096, opts.runs, args=(LCG_STEPS,))
         for engines in (1, 2):
             secs, got = local(newlines, path, engines, MIB, opts.runs)
             assert got == want, (got, want)
@@ -126,6 +141,8 @@ def main() -> None:
                 print(f"  hermes.dask, {workers} worker(s) x 1 engine: {size / secs / 1e9:6.3f} GB/s"
                       f"  (x{size / secs / rates['dask 1']:.2f} of 1 worker; cluster start "
                       f"{start:.1f} s)")
+                compute[f"hermes.dask, {workers} worker(s) x 1 engine"], _ = remote(
+                    client, lcg, lcg_file, 4096, opts.runs, args=(LCG_STEPS,), batch=1)
                 if workers == 1:
                     for batch in (1, opts.batch, None):
                         remote(client, trivial, small, 4096, 1, batch=batch)
@@ -134,6 +151,10 @@ def main() -> None:
             finally:
                 client.close()
                 c.close()
+        print(f"compute-bound: {LCG_PIECES} pieces of {LCG_STEPS:,} LCG steps each:")
+        for name, t in compute.items():
+            print(f"  {name:40s} {t:6.2f} s")
+        print(f"load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
         print(f"per-piece overhead, 2-instruction program, {opts.small_pieces} pieces of 4 KiB, "
               "1 worker / 1 device:")
         for name, t in per_piece.items():
