@@ -138,7 +138,8 @@ def main() -> None:
                 secs, got = remote(client, newlines, path, MIB, opts.runs)
                 assert got == want, (got, want)
                 rates[f"dask {workers}"] = size / secs
-                print(f"  hermes.dask, {workers} worker(s) x 1 engine: {size / secs / 1e9:6.3f} GB/s"
+                print(f"  hermes.dask, {workers} worker(s) x 1 engine: "
+                      f"{size / secs / 1e9:6.3f} GB/s"
                       f"  (x{size / secs / rates['dask 1']:.2f} of 1 worker; cluster start "
                       f"{start:.1f} s)")
                 compute[f"hermes.dask, {workers} worker(s) x 1 engine"], _ = remote(

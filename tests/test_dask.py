@@ -174,7 +174,8 @@ def test_devices_come_from_each_workers_dask_config():
     the environment of its process, as a host's YAML file or DASK_HERMES__DEVICES would)."""
     env = {"DASK_HERMES__DEVICES": '[{"spec": "cpu", "options": {"engines": 3}}]'}
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
-                                  host="127.0.0.1", dashboard_address="127.0.0.1:0", silence_logs=50,
+                                  host="127.0.0.1", dashboard_address="127.0.0.1:0",
+                                  silence_logs=50,
                                   env=env) as cluster, distributed.Client(cluster) as c:
         c.register_plugin(hd.HermesPlugin())
         (info,) = c.scheduler_info(n_workers=-1)["workers"].values()
@@ -360,7 +361,7 @@ def test_a_vanished_device_is_reported_and_its_pieces_run_elsewhere(client, prog
         exc = info.value  # named: the worker, the device, the piece, why
         assert exc.worker == lost and exc.errno == errno.ENODEV
         assert exc.spec == "emu" and str(textfile) in str(exc)
-        assert f"worker {lost}" in str(exc) and "'emu' stopped working" in str(exc)
+        assert f"worker {lost}" in str(exc) and "device 'emu' stopped working" in str(exc)
         # the worker no longer offers it; a job over both workers runs wholly on the other
         deadline = time.monotonic() + 10
         while client.scheduler_info(n_workers=-1)["workers"][lost]["resources"]["hermes-emu"]:
@@ -407,7 +408,7 @@ def test_a_killed_vfio_user_server_is_a_lost_device(program, textfile):
                 list(job.results())
             assert time.monotonic() - t0 < 15
             exc = info.value
-            assert exc.spec == spec and f"{spec!r} stopped working" in str(exc)
+            assert exc.spec == spec and f"device {spec!r} stopped working" in str(exc)
             assert str(textfile) in str(exc)
             deadline = time.monotonic() + 10
             while any(w["resources"]["hermes-vfio-user"]

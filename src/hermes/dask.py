@@ -1,4 +1,4 @@
-"""Scale-out over dask.distributed: each worker's devices as resources, one program over many pieces."""
+"""Scale-out over dask.distributed: workers' devices as resources, one program over many pieces."""
 from __future__ import annotations
 
 import asyncio
@@ -79,7 +79,8 @@ class DeviceConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.spec, str) or not self.spec:
-            raise UsageError(f"a device spec is a non-empty string such as 'emu', got {self.spec!r}")
+            raise UsageError(f"a device spec is a non-empty string such as 'emu', "
+                             f"got {self.spec!r}")
         if not isinstance(self.options, dict):
             raise UsageError(f"options of device {self.spec!r} must be a dict, got "
                              f"{type(self.options).__name__}")
@@ -112,7 +113,8 @@ def device_configs(devices: object) -> list[DeviceConfig]:
             out.append(DeviceConfig(item["spec"], dict(item.get("options") or {}),
                                     item.get("resource") or ""))
         else:
-            raise UsageError(f"a device entry is a spec, (spec, options) or a mapping, got {item!r}")
+            raise UsageError(f"a device entry is a spec, (spec, options) or a mapping, "
+                             f"got {item!r}")
     return out
 
 
@@ -226,7 +228,8 @@ class HermesPlugin(WorkerPlugin):
             ready = [d for d in self.devices if d.config.resource == resource and d.lost is None]
             if not ready:
                 gone = [d for d in self.devices if d.config.resource == resource]
-                why = "; ".join(f"{d.config.spec!r} stopped working: {d.lost}" for d in gone)
+                why = "; ".join(f"device {d.config.spec!r} stopped working: {d.lost}"
+                                for d in gone)
                 raise DeviceLost(f"worker {self.worker_address} has no working {resource} device"
                                  + (f" ({why})" if why else ""), errno_codes.ENODEV,
                                  worker=self.worker_address,
@@ -339,7 +342,7 @@ def _run_pieces(plugin: HermesPlugin, resource: str, key: str, program: bytes,
     except DeviceError as exc:
         if _device_gone(exc):
             plugin.mark_lost(dev, exc)
-            exc = DeviceLost(f"device {dev.config.spec!r} of worker {plugin.worker_address} "
+            exc = DeviceLost(f"worker {plugin.worker_address}: device {dev.config.spec!r} "
                              f"stopped working: {exc}", exc.errno,
                              worker=plugin.worker_address, spec=dev.config.spec)
         raise failed(exc) from None
@@ -578,7 +581,7 @@ class Job:
     def _lost_at(self, worker: str, i: int) -> DeviceLost:
         """The report of task ``i`` left on ``worker`` after its devices were lost."""
         lost = self.client.run(_lost_devices, self.resource, workers=[worker]).get(worker, [])
-        why = "; ".join(f"{spec!r} stopped working: {error}" for spec, error in lost)
+        why = "; ".join(f"device {spec!r} stopped working: {error}" for spec, error in lost)
         return DeviceLost(f"worker {worker} lost its {self.resource} device"
                           + (f" ({why})" if why else "") + f" while {self._describe(i)} waited "
                           "there, and no other worker of the job offers one", errno_codes.ENODEV,
