@@ -446,6 +446,9 @@ PIT_NONE, PIT_PID = 0, 1
 #: PIT 7 (this controller's use of a reserved value): the PID is the ELF symbol table index of
 #: the entry function (the run contract's entry choice; specs/nvme-cp.md).
 PIT_ENTRY_SYMBOL = 7
+#: Abort CDW10 SQID of this controller's extension: no queue has it, and the CID field names a
+#: program index whose Execute Program in progress is aborted (specs/nvme-cp.md).
+ABORT_BY_PROGRAM = 0xFFFF
 #: Program Activation Management CDW10: PIND 15:0, SEL 19:16.
 ACT_SEL_DEACTIVATE, ACT_SEL_ACTIVATE = 0, 1
 #: Memory Range Set Management CDW10: SEL 3:0, RSID 31:16; CDW11: NUMR 7:0.

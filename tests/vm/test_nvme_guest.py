@@ -38,7 +38,8 @@ def nvme(*args: str, binary: bool = False) -> "str | bytes":
         raise AssertionError(f"nvme {' '.join(args)}: exit {done.returncode}\n"
                              f"{done.stdout[-2000:]!r}\n{done.stderr[-2000:]!r}\n"
                              f"kernel: {kernel[-1500:]}")
-    return done.stdout if binary else done.stdout.decode()
+    # nvme-cli prints a passthru command's result on stderr
+    return done.stdout if binary else (done.stdout + done.stderr).decode()
 
 
 def controller() -> str:

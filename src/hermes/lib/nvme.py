@@ -34,6 +34,8 @@ EXECUTE_TIMEOUT = 3600.0
 #: Largest program the controller downloads (its Limits.max_program_bytes; Identify has no field).
 MAX_PROGRAM_BYTES = 1 << 20
 _CACHE_SIZE = 64
+#: Seconds between tries to abort a run whose Execute Program had not reached the controller.
+ABORT_RETRY = 0.01
 #: Options of ``hermes.open("nvme-emu", ...)`` and of ``hermes.open("nvme:/dev/ngXnY", ...)``.
 EMU_OPTIONS = ("data_slot_size", "memory_size", "budget", "engine", "timeout")
 PASSTHRU_OPTIONS = ("data_slot_size", "timeout")
@@ -53,6 +55,9 @@ class NvmeSession(Session):
         self.pind, self.start, self.qid = pind, start, qid
         self._prepared: Prepared | None = None
         self._zeroed = False
+        #: Number of the run in progress (0: none), so a late abort retry spares the next run.
+        self._running = 0
+        self._runs = 0
         self._lock = threading.Lock()
         self.closed = False
 
@@ -61,13 +66,18 @@ class NvmeSession(Session):
         return self._device.host
 
     def _call(self, fn, *args, **kw):  # type: ignore[no-untyped-def]
-        """A host call with its OSErrors as library errors (status errors stay DeviceErrors)."""
+        """A host call with its OSErrors as library errors (status errors stay DeviceErrors);
+        a call the device's close cut short is ``DeviceError`` ENODEV."""
         try:
             return fn(*args, **kw)
         except NvmeStatusError:
             raise
         except OSError as exc:
+            self._device.check_open()
             raise from_os_error(exc) from None
+        except ValueError:   # a queue or buffer the close freed under the call
+            self._device.check_open()
+            raise
 
     def _unload(self) -> None:
         h = self._host
@@ -129,6 +139,10 @@ class NvmeSession(Session):
         g = dev.granularity
         ranges = [N.MemoryRange(dev.nsid, self.start, -(-size // g) * g)] if size else []
         params = N.exec_params(args[1], args[2], window=size, budget=budget or 0)
+        # Running from here: an abort (a Cancel set already, the timer) is retried until the
+        # Execute Program reaches the controller.
+        self._runs += 1
+        self._running = self._runs
         expired: list[bool] = []
         timer = None
         if timeout is not None:
@@ -158,6 +172,7 @@ class NvmeSession(Session):
                                   budget=budget, segments=prepared.segments) from None
             raise
         finally:
+            self._running = 0
             if timer is not None:
                 timer.cancel()
             if watch is not None:
@@ -185,11 +200,24 @@ class NvmeSession(Session):
         return SimpleNamespace(**rec, trace=text)
 
     def abort(self) -> None:
-        """Abort this session's Execute Program in progress (Abort on its I/O queue)."""
+        """Abort this session's Execute Program in progress (Abort naming its program index,
+        which needs neither the queue nor the command identifier)."""
+        self._abort_run(self._running)
+
+    def _abort_run(self, run: int) -> None:
+        """Abort run number ``run`` if it is still the one in progress."""
+        if not run or run != self._running:
+            return
         try:
-            self._host.abort_queue(self.qid)
+            aborted = self._host.abort_program(self.pind)
         except (OSError, DeviceError):   # nothing to stop on a controller that went away
-            pass
+            return
+        if not aborted and run == self._running:
+            # The Execute Program has not reached the controller yet: try again shortly
+            # (without blocking the thread that asked) until that run is over.
+            retry = threading.Timer(ABORT_RETRY, self._abort_run, (run,))
+            retry.daemon = True
+            retry.start()
 
     def close(self) -> None:
         """Unload the program and give the index and window back (idempotent)."""

@@ -60,8 +60,8 @@ class _Worker:
         self.name = name
         self.wake = threading.Event()
         self.busy = False
-        #: (sqid, cid, cancel) of the command being processed.
-        self.current: tuple[int, int, _engine.Cancel] | None = None
+        #: (sqid, cid, cancel, command) of the command being processed.
+        self.current: "tuple[int, int, _engine.Cancel, N.Command] | None" = None
         self.thread: threading.Thread | None = None
 
 
@@ -375,7 +375,7 @@ class NvmeController:
                     sq.head = (sq.head + 1) % sq.size
                     cmd = N.Command.unpack(raw)
                     w.busy = True
-                    w.current = (sq.qid, cmd.cid, _engine.Cancel())
+                    w.current = (sq.qid, cmd.cid, _engine.Cancel(), cmd)
                     if w is self._io and len(sqs) > 1:
                         # Round robin: the next fetch starts after this queue.
                         del self._sqs[sq.qid]
@@ -608,6 +608,14 @@ class NvmeController:
         with self._lock:
             cur = self._io.current
             if cur is not None and cur[0] == sqid and cur[1] == cid:
+                cur[2].set()
+                return 0
+            # SQID FFFFh (no queue has it): CID is a program index whose Execute Program in
+            # progress is aborted, for hosts that do not know the command's queue and CID
+            # (Linux passthrough: the kernel assigns both).
+            if sqid == N.ABORT_BY_PROGRAM and cur is not None \
+                    and cur[3].opcode == N.CpOpcode.EXECUTE_PROGRAM \
+                    and cur[3].nsid == COMPUTE_NSID and cur[3].cdw2 & 0xFFFF == cid:
                 cur[2].set()
                 return 0
         return 1   # DW0 bit 0: the command was not aborted

@@ -280,6 +280,14 @@ class NvmeHost:
             done += cqe.ok and not cqe.dw0 & 1
         return done
 
+    def abort_program(self, pind: int) -> bool:
+        """Abort the Execute Program of index ``pind`` in progress, whatever its queue (Abort with
+        SQID FFFFh, this controller's extension); True when the controller aborted one."""
+        cqe, _ = self.admin_command(N.Command(N.AdminOpcode.ABORT,
+                                              cdw10=N.ABORT_BY_PROGRAM | (pind << 16)),
+                                    what="Abort", check=False)
+        return cqe.ok and not cqe.dw0 & 1
+
     def drain_queue(self, qid: int) -> None:
         """Wait (at most the host's timeout each) for the commands outstanding on I/O queue
         ``qid`` and drop their completions (after an interrupted wait)."""

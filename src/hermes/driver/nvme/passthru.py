@@ -15,6 +15,7 @@ import fcntl
 import glob
 import mmap
 import os
+import threading
 
 from ... import nvme_regs as N
 from .host import DEFAULT_TIMEOUT, Namespace, NvmeHost, NvmeStatusError
@@ -173,7 +174,7 @@ class PassthroughHost(NvmeHost):
                                     timeout_ms=int(1000 * (self.timeout if timeout is None
                                                            else timeout)))
             # The GIL is released during ioctl, so sessions in other threads run meanwhile.
-            status = fcntl.ioctl(fd, request, c)
+            status = self._ioctl(fd, request, c, cmd)
             out = b""
             if buf is not None and data is None:
                 out = bytes(buf.view[:n])
@@ -186,6 +187,32 @@ class PassthroughHost(NvmeHost):
         if check and not cqe.ok:
             raise NvmeStatusError(what or f"opcode {cmd.opcode:#04x}", cqe)
         return cqe, out
+
+    def _ioctl(self, fd: int, request: int, c: nvme_passthru_cmd64, cmd: N.Command) -> int:
+        """The ioctl; an Execute Program waits in a helper thread so that a KeyboardInterrupt
+        reaches the caller, which aborts the run (by its program index) and waits for it."""
+        if cmd.opcode != N.CpOpcode.EXECUTE_PROGRAM or request != NVME_IOCTL_IO64_CMD:
+            return fcntl.ioctl(fd, request, c)
+        out: list = []
+
+        def call() -> None:
+            try:
+                out.append(fcntl.ioctl(fd, request, c))
+            except BaseException as exc:  # handed to the waiting thread
+                out.append(exc)
+
+        t = threading.Thread(target=call, name="hermes-nvme-passthru", daemon=True)
+        t.start()
+        try:
+            while t.is_alive():
+                t.join(0.05)
+        except KeyboardInterrupt:
+            self.abort_program(cmd.cdw2 & 0xFFFF)
+            t.join(self.timeout)
+            raise
+        if isinstance(out[0], BaseException):
+            raise out[0]
+        return out[0]
 
     def admin_command(self, cmd: N.Command, *, data: "bytes | None" = None, data_len: int = 0,
                       what: str | None = None, check: bool = True,
@@ -210,8 +237,8 @@ class PassthroughHost(NvmeHost):
                               timeout)
 
     def abort_queue(self, qid: int) -> int:
-        """Nothing: the kernel owns the queues and the command identifiers (a passthrough
-        command is stopped by its ``timeout_ms``)."""
+        """Nothing: the kernel owns the queues and the command identifiers (``abort_program``
+        names a run by its program index instead)."""
         return 0
 
     def drain_queue(self, qid: int) -> None:
