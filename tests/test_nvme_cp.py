@@ -336,3 +336,18 @@ def test_one_mebibyte_write_read_round_trip(nvme):
     nvme.mem_write(2, 1 << 20, data)
     assert nvme.mem_read(2, 1 << 20, 1 << 20) == data
     expect(N.INVALID_FIELD, nvme.mem_read, 2, 0, (1 << 20) + 4)
+
+
+def test_abort_by_program_index_stops_its_execute_wherever_it_runs(nvme):
+    ready(nvme, 2, ENDLESS)
+    cmd, buf = nvme.execute_command(2)
+    qp = nvme.io_queue(3)
+    cid = qp.submit(cmd)
+    nvme.t.flush()
+    assert not nvme.abort_program(1)            # another index: nothing aborted
+    deadline = time.monotonic() + 10
+    while not nvme.abort_program(2):            # until the command reached the controller
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert qp.wait(cid, 10).named_status is N.ABORT_REQUESTED
+    assert not nvme.abort_program(2)            # nothing runs any more
