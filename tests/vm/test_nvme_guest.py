@@ -17,7 +17,7 @@ import pytest
 
 import hermes
 from hermes import nvme_regs as N
-from hermes.driver.nvme.passthru import controller_device
+from hermes.driver.nvme.passthru import controller_device, namespace_devices
 from hermes.engine import Program
 
 from tests.test_nvme_cp import INC_RANGE
@@ -48,7 +48,8 @@ def controller() -> str:
 
 
 def ns_dev(nsid: int) -> str:
-    return re.sub(r"n\d+$", f"n{nsid}", DEV)
+    """The generic char device of namespace ``nsid`` (the kernel numbers them in set-up order)."""
+    return namespace_devices(DEV)[nsid]
 
 
 def result(out: str) -> int:

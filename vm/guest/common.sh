@@ -82,9 +82,11 @@ run_lib() {
 # nvme-cli by hand, and the library's behaviour suite over the passthrough backend.
 run_nvme() {
     modprobe nvme || return 1
-    for i in $(seq 100); do ls /dev/ng*n1 >/dev/null 2>&1 && break; sleep 0.1; done
-    dev=$(ls /dev/ng*n1 2>/dev/null | head -1)
-    [ -n "$dev" ] || { echo "no /dev/ngXn1"; dmesg | grep -i nvme | tail -20; return 1; }
+    for i in $(seq 100); do ls /dev/ng*n2 >/dev/null 2>&1 && break; sleep 0.1; done
+    # The kernel numbers ngXnY in the order it sets namespaces up, not by NSID: ask each.
+    dev=$(cd /x && python -c 'import glob; from hermes.driver.nvme import namespace_devices as d
+print(d(sorted(glob.glob("/dev/ng*n*"))[0]).get(1, ""))' 2>&1)
+    [ -c "$dev" ] || { echo "no NSID 1 device: $dev"; dmesg | grep -i nvme | tail -20; return 1; }
     echo "nvme: $(nvme version 2>&1 | head -1); compute namespace $dev"
     env HERMES_NVME_DEVICE=$dev HERMES_TEST_BACKENDS=nvme \
         HERMES_CONTRACT_OBJECTS=/x/bpf/contract \
