@@ -20,7 +20,11 @@ EXAMPLES = examples("HERMES_RTL_EXAMPLES", 25, 200)
 MEM_LEN = 64
 BUDGET = 2_000
 
-SCRATCH = [0, 2, 3, 4, 5, 6, 7, 8, 9]   # r1 keeps the data address, r10 is read-only
+SCRATCH = [0, 2, 3, 4, 5, 6, 7, 8]   # r1 keeps the data address, r9 a copy of it, r10 is read-only
+#: A call clobbers r1..r5 (the load contract refuses reading them after one): the caller
+#: restores r1 from r9 and gives r2..r5 fresh values.
+AFTER_CALL = ([(isa.CLS_ALU64 | isa.ALU_MOV | isa.SRC_X, 1, 9, 0, 0)]
+              + [(isa.CLS_ALU64 | isa.ALU_MOV | isa.SRC_K, r, 0, 0, 0x1000 + r) for r in range(2, 6)])
 ALU_ROWS = [op for op in isa.OPS if op.form in ("alu_k", "alu_x", "unary", "end")]
 JMP_ROWS = [op for op in isa.OPS if op.form in ("jcond_k", "jcond_x")]
 LDX_ROWS = [op for op in isa.OPS if op.form == "ldx"]
@@ -111,7 +115,7 @@ def body_insn(draw, n_left: int, allow_call: bool, n_before: int = 0):
 @st.composite
 def programs(draw):
     """A verifier-clean program: set every register, a random body, exit; maybe a local function."""
-    slots: list[bytes] = []
+    slots: list[bytes] = [encode_slot(isa.CLS_ALU64 | isa.ALU_MOV | isa.SRC_X, 9, 1, 0, 0)]
     for r in SCRATCH:
         value = draw(st.one_of(st.integers(0, (1 << 64) - 1), interesting.map(lambda v: v & ((1 << 64) - 1))))
         lo, hi = value & 0xFFFFFFFF, value >> 32
@@ -123,8 +127,9 @@ def programs(draw):
     func = []
     if with_func:
         m = draw(st.integers(0, 6))
+        # a function starts with r1..r5 and r10 only: it sets r0 and r6..r8 before its body
         func = [("insn", isa.CLS_ALU64 | isa.ALU_MOV | isa.SRC_K,
-                 {"dst": 0, "src": 0, "off": 0, "imm": draw(interesting)})]
+                 {"dst": r, "src": 0, "off": 0, "imm": draw(interesting)}) for r in (0, 6, 7, 8)]
         func += [draw(body_insn(m - i - 1, False)) for i in range(m)]
     start = len(slots)
     # the epilogue folds every scratch register into r0 so that no result goes unobserved
@@ -132,12 +137,15 @@ def programs(draw):
     for r in SCRATCH[1:]:
         epilogue.append(encode_slot(isa.CLS_ALU64 | isa.ALU_MUL | isa.SRC_K, 0, 0, 0, 0x3B9ACA07))
         epilogue.append(encode_slot(isa.CLS_ALU64 | isa.ALU_XOR | isa.SRC_X, 0, r, 0, 0))
-    func_start = start + len(body) + len(epilogue) + 1
+    def width(item) -> int:
+        return 1 + len(AFTER_CALL) if item[0] == "call" else 1
+
+    func_start = start + sum(map(width, body)) + len(epilogue) + 1
 
     def emit(items, first):
         out = []
-        for i, item in enumerate(items):
-            here = first + i
+        for item in items:
+            here = first + len(out)
             if item[0] == "insn":
                 _, opc, f = item
                 out.append(encode_slot(opc, f["dst"], f["src"], f["off"], f["imm"]))
@@ -146,6 +154,7 @@ def programs(draw):
                 out.append(encode_slot(opc, f["dst"], f["src"], skip, f["imm"]))
             else:
                 out.append(encode_slot(isa.CLS_JMP | isa.JMP_CALL, 0, 1, 0, func_start - here - 1))
+                out += [encode_slot(*fields) for fields in AFTER_CALL]
         return out
 
     slots += emit(body, start)

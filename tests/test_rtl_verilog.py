@@ -18,24 +18,28 @@ pytestmark = pytest.mark.skipif(shutil.which("yosys") is None, reason="yosys not
 #: Loops, unaligned loads and stores, stack, signed division, a local call with an atomic, bswap.
 MIXED = """
     mov %r0, 0
-    mov %r3, 5
+    mov %r7, %r1
+    mov %r8, 5
 loop:
-    ldxw %r4, [%r1+3]
+    ldxw %r4, [%r7+3]
     add %r0, %r4
     stxdw [%r10-13], %r0
     ldxdw %r5, [%r10-13]
     mul %r0, 3
     sdiv %r5, -7
     xor %r0, %r5
+    mov %r1, %r7
+    mov %r2, %r0
     call local f
-    sub %r3, 1
-    jne %r3, 0, loop
-    ldxdw %r6, [%r1+8]
+    sub %r8, 1
+    jne %r8, 0, loop
+    ldxdw %r6, [%r7+8]
     add %r0, %r6
     be32 %r0
     exit
 f:
-    lock add [%r1+8], %r0
+    lock add [%r1+8], %r2
+    mov %r0, %r2
     exit
 """
 
