@@ -138,9 +138,10 @@ def nvme_emu_lib(**options: object) -> tuple:
 
 def nvme_passthru_lib(**options: object) -> tuple:
     """``hermes.open("nvme:$HERMES_NVME_DEVICE")``: a controller the Linux nvme driver owns (the
-    VM guest's), as a library backend. The window size is the only device option it takes."""
+    VM guest's), as a library backend (the window size and the budget are the device options
+    it takes)."""
     import hermes
-    keep = {k: v for k, v in options.items() if k == "data_slot_size"}
+    keep = {k: v for k, v in options.items() if k in ("data_slot_size", "budget")}
     return hermes.open(f"nvme:{os.environ['HERMES_NVME_DEVICE']}", **keep), []
 
 

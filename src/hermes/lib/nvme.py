@@ -38,7 +38,7 @@ _CACHE_SIZE = 64
 ABORT_RETRY = 0.01
 #: Options of ``hermes.open("nvme-emu", ...)`` and of ``hermes.open("nvme:/dev/ngXnY", ...)``.
 EMU_OPTIONS = ("data_slot_size", "memory_size", "budget", "engine", "timeout")
-PASSTHRU_OPTIONS = ("data_slot_size", "timeout")
+PASSTHRU_OPTIONS = ("data_slot_size", "budget", "timeout")
 
 
 def _align(lo: int, hi: int) -> tuple[int, int]:
@@ -138,6 +138,9 @@ class NvmeSession(Session):
         # length parameter cuts it to ``size`` exactly.
         g = dev.granularity
         ranges = [N.MemoryRange(dev.nsid, self.start, -(-size // g) * g)] if size else []
+        # The device's budget option stands for a run that gives none (the controller's own
+        # budget is the served process's: a passthrough host cannot set it otherwise).
+        budget = budget or dev.budget
         params = N.exec_params(args[1], args[2], window=size, budget=budget or 0)
         # Running from here: an abort (a Cancel set already, the timer) is retried until the
         # Execute Program reaches the controller.
@@ -237,8 +240,10 @@ class NvmeDevice(Device):
     ``PassthroughHost``): sessions are (program index, window of the first memory namespace)."""
 
     def __init__(self, host: NvmeHost, *, backend: str, data_slot_size: int = DEFAULT_SLOT_SIZE,
-                 on_close: "list | None" = None):
+                 budget: int | None = None, on_close: "list | None" = None):
         self.host = host
+        #: Instruction budget of a run that names none (None: the controller's).
+        self.budget = budget
         self.backend = backend
         self._on_close = list(on_close or [])
         self._checked = LoadedCache(_CACHE_SIZE, DEFAULT_CACHE_BYTES)
@@ -340,6 +345,7 @@ def open_nvme_emu(address: str = "", **options: object) -> NvmeDevice:
         host = NvmeHost(transport, timeout=timeout)  # type: ignore[arg-type]
         host.enable()
         return NvmeDevice(host, backend="nvme-emu", data_slot_size=slot,  # type: ignore
+                          budget=options.get("budget"),  # type: ignore[arg-type]
                           on_close=[transport.close])
     except OSError as exc:
         transport.close()
@@ -364,7 +370,8 @@ def open_nvme(address: str = "", **options: object) -> NvmeDevice:
     try:
         return NvmeDevice(host, backend="nvme-passthru",
                           data_slot_size=options.get("data_slot_size",  # type: ignore[arg-type]
-                                                     DEFAULT_SLOT_SIZE))
+                                                     DEFAULT_SLOT_SIZE),
+                          budget=options.get("budget"))  # type: ignore[arg-type]
     except BaseException:
         host.close()
         raise
