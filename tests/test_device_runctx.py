@@ -9,6 +9,7 @@ from hermes import regs as R
 from hermes.device import HermesDevice, split_error_code
 from hermes.engine import DATA_BASE, Program
 from hermes.engine.helpers import TRACE_LIMIT
+from tests import test_engine_contract as _engine_contract
 from tests.test_device import Regs
 
 #: r0 = r2 + (r3 << 8) + (r4 << 16) + (r5 << 24): which length and arguments the program got.
@@ -31,6 +32,10 @@ def printk(text: bytes, value: int, times: int = 1) -> bytes:
     return Program.from_asm(f"lddw r6, {word:#x}\nstxdw [r10-8], r6\nmov r7, 0\nloop:\n"
                             f"mov r1, r10\nadd r1, -8\nmov r2, {len(text) + 1}\nmov r3, {value}\n"
                             f"call 6\nadd r7, 1\njlt r7, {times}, loop\nmov r0, 0\nexit").code
+
+
+#: Prints "v=7\n", then calls a function that stores 4 bytes at data + 16 (one call deep).
+PRINT_THEN_FAULT_DEEP = _engine_contract.PRINT_THEN_FAULT_DEEP.code
 
 
 def spin(n: int) -> bytes:
@@ -168,6 +173,27 @@ def test_access_past_the_window_faults_with_its_address(regs, dev):
         assert out(dev)["fault_size"] == out(dev)["fault_addr"] == 0
         regs.release(R.SLOT_PROGRAM, p)
         regs.release(R.SLOT_DATA, d)
+
+
+def test_fault_reports_its_call_depth_and_the_text_printed_before(regs, dev):
+    code = PRINT_THEN_FAULT_DEEP
+    p, d = regs.load(code)
+    put_ctx(dev, 0, 16, 16)
+    status, value = run_ctx(regs, p, d, code)
+    assert status == R.STATUS_EBPF_ERROR
+    assert split_error_code(value)[0] == R.EBPF_ERR_OUT_OF_BOUNDS
+    o = out(dev)
+    assert o["fault_flags"] == R.FAULT_WRITE | 1 << R.CTX_FAULT_DEPTH_SHIFT
+    assert o["trace"] == b"v=7\n" and o["trace_len"] == 4
+    # a budget overrun keeps what was printed before it too
+    loop = printk(b"v=%d\n", 7, times=1000)
+    regs.dev.program_slot(p)[:len(loop)] = loop
+    put_ctx(dev, 0, 0, 0, budget=50)
+    status, value = run_ctx(regs, p, d, loop)
+    assert split_error_code(value)[0] == R.EBPF_ERR_BUDGET
+    o = out(dev)
+    assert o["trace"].startswith(b"v=7\n") and o["trace"] == b"v=7\n" * (len(o["trace"]) // 4)
+    assert o["fault_flags"] == o["fault_size"] == 0
 
 
 def test_budget_from_the_context(regs, dev):

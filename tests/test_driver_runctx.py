@@ -15,6 +15,7 @@ from hermes import regs
 from hermes.device import HermesDevice
 from hermes.driver import HERMES_RUN_IOCTL, RunArgs, RunOutcome
 from hermes.engine import DATA_BASE, Program
+from tests.test_device_runctx import PRINT_THEN_FAULT_DEEP
 from tests.test_driver import expect_errno
 
 #: r0 = r2 + (r3 << 8) + (r4 << 16) + (r5 << 24).
@@ -109,6 +110,14 @@ def test_fault_outcome(hermes_file):
     assert out.instructions >= 2 and exc.response.status == regs.STATUS_EBPF_ERROR
     assert exc.response.error_kind == "out_of_bounds"
     assert hermes_file.run_ex(RunArgs(16, 20)).fault_size is None   # inside a larger window
+
+
+def test_fault_outcome_has_the_call_depth_and_the_printed_text(hermes_file):
+    ready(hermes_file, PRINT_THEN_FAULT_DEEP, bytes(16))
+    out = expect_errno(errno.ENOEXEC, hermes_file.run_ex, RunArgs(16, 16)).outcome
+    assert (out.fault_address, out.fault_write, out.fault_depth) == (DATA_BASE + 16, True, 1)
+    assert out.trace == b"v=7\n"
+    assert hermes_file.run_ex(RunArgs(16, 20)).fault_depth is None   # inside a larger window
 
 
 def test_budget_per_run(hermes_file):

@@ -454,3 +454,43 @@ def test_a_bad_entry_symbol_is_an_elf_error_naming_it(two_functions):
         Program.from_elf(two_functions, entry_symbol=-1)
     with pytest.raises(ElfError, match="several functions could be the entry point"):
         Program.from_elf(two_functions)
+
+
+# -- fault details: call depth and the text printed before a failure ---------------------------
+
+#: Prints "v=7\n", then calls a function that stores 4 bytes at data + 16 (one call deep).
+PRINT_THEN_FAULT_DEEP = asm(
+    f"mov r9, r1\nlddw r6, {int.from_bytes(b'v=%d' + bytes([10, 0, 0, 0]), 'little'):#x}\n"
+    "stxdw [r10-8], r6\nmov r1, r10\nadd r1, -8\nmov r2, 6\nmov r3, 7\ncall 6\nmov r1, r9\n"
+    "call local f\nexit\nf:\nmov r0, 0\nstxw [r1+16], r0\nexit")
+
+
+def _loaded(program: Program, engine: str):
+    if engine == "reference":
+        from hermes.engine.reference import Reference
+        return Reference(program, helpers=ALL, budget=BUDGET)
+    return prepare(program, engine)
+
+
+@pytest.mark.parametrize("engine", ENGINES + ("reference",))
+def test_fault_carries_its_call_depth_and_the_printed_text(engine):
+    import pickle
+    with pytest.raises(ExecutionError) as info:
+        _loaded(PRINT_THEN_FAULT_DEEP, engine).run(bytearray(16))
+    err = info.value
+    assert err.kind == "out_of_bounds" and err.depth == 1
+    assert err.regions == describe_regions(16, 1)
+    assert err.trace == "v=7\n" and err.trace_dropped == 0
+    again = pickle.loads(pickle.dumps(err))
+    assert (again.depth, again.trace, str(again)) == (1, "v=7\n", str(err))
+
+
+@pytest.mark.parametrize("engine", ENGINES + ("reference",))
+def test_budget_overrun_carries_the_printed_text(engine):
+    loop = asm(f"lddw r6, {int.from_bytes(b'x' + bytes(7), 'little'):#x}\nstxdw [r10-8], r6\n"
+               "loop:\nmov r1, r10\nadd r1, -8\nmov r2, 2\ncall 6\nja loop")
+    with pytest.raises(ExecutionError) as info:
+        _loaded(loop, engine).run(bytearray(0), budget=200)
+    err = info.value
+    assert err.kind == "budget" and err.trace and set(err.trace) == {"x"}
+    assert err.depth == 0

@@ -156,6 +156,23 @@ def test_run_errors_are_one_line(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("spec", ["emu", "cpu"])
+def test_failed_run_shows_what_it_printed(tmp_path, capsys, spec):
+    """The text a run printed before its fault is on stderr, before the one error line."""
+    if find_clang() is None:
+        pytest.skip("clang not found: apt-get install clang")
+    src = tmp_path / "late.c"
+    src.write_text('#include "hermes.h"\nHERMES_ENTRY(late) {\n'
+                   '    hermes_printk("reached %llu\\n", len);\n    return data[len + 8];\n}\n')
+    inp = tmp_path / "in.bin"
+    inp.write_bytes(b"abc")
+    obj = compile_c(src, tmp_path / "late.o")
+    assert main(["run", str(obj), "--input", str(inp), "--device", spec]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("reached 3\n") and err.count("\n") == 2
+    assert "out-of-bounds memory load" in err.splitlines()[1]
+
+
+@pytest.mark.parametrize("spec", ["emu", "cpu"])
 def test_run_limits_are_one_line_errors(tmp_path, capsys, spec):
     """An input larger than the slot, a --timeout and a --budget each end the run with one
     line naming what was exceeded."""

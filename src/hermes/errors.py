@@ -69,14 +69,22 @@ class ExecutionError(HermesError):
     ``kind`` is a short machine-readable name (``"out_of_bounds"``, ``"budget"``,
     ``"call_depth"``, ``"helper"``, ``"unsupported"``); ``pc`` the instruction index;
     ``address``, ``size`` and ``write`` (a store rather than a load) describe a faulting memory
-    access when there is one.
+    access when there is one, ``depth`` the call depth it happened at (0: the entry function).
+    ``trace`` is the text the run printed with ``bpf_trace_printk`` before it stopped
+    (``trace_dropped`` bytes past the limit were dropped), set by the engine and every backend.
     """
+
+    #: Class defaults, so errors built without them (and older pickles) still have the fields.
+    depth: int = 0
+    trace: str = ""
+    trace_dropped: int = 0
 
     def __init__(self, kind: str, message: str, pc: int | None = None,
                  address: int | None = None, size: int | None = None,
                  regions: str | None = None, instructions: int | None = None,
-                 write: bool | None = None):
+                 write: bool | None = None, depth: int = 0):
         self.kind = kind
+        self.depth = depth
         self.write = write
         self.message = message
         self.pc = pc
@@ -149,9 +157,9 @@ class ExecutionFailed(ExecutionError):
     def __init__(self, kind: str, message: str, pc: int | None = None, *, code: int | None = None,
                  address: int | None = None, size: int | None = None,
                  regions: str | None = None, instructions: int | None = None,
-                 write: bool | None = None):
+                 write: bool | None = None, depth: int = 0):
         self.code = code
-        super().__init__(kind, message, pc, address, size, regions, instructions, write)
+        super().__init__(kind, message, pc, address, size, regions, instructions, write, depth)
 
     @classmethod
     def of_kind(cls, kind: str, message: str, pc: int | None = None,

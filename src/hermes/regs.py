@@ -95,11 +95,14 @@ CTX_TRACE_LEN = 0x3C     #: u32 OUT bytes of printed text in EHTRACEn
 CTX_RUN_NS = 0x40        #: u64 OUT nanoseconds the program ran
 CTX_FAULT_ADDR = 0x48    #: u64 OUT virtual address of the faulting access (out_of_bounds)
 CTX_FAULT_SIZE = 0x50    #: u32 OUT bytes of the faulting access
-CTX_FAULT_FLAGS = 0x54   #: u32 OUT bit 0: the faulting access was a store
+CTX_FAULT_FLAGS = 0x54   #: u32 OUT bit 0: the faulting access was a store; bits 15..8: call depth
 CTX_TRACE_DROPPED = 0x58  #: u32 OUT printed bytes dropped past TRACE_LIMIT
 CTX_OUT_FIELDS = (CTX_INSNS, CTX_TRACE_DROPPED + 4)  #: [start, end) of the OUT fields (read-only)
 CTX_NO_OUTPUT = 0xFFFF_FFFF
 FAULT_WRITE = 1 << 0
+#: CTX_FAULT_FLAGS bits 15..8: the call depth of the faulting access (0: the entry function).
+CTX_FAULT_DEPTH_SHIFT = 8
+CTX_FAULT_DEPTH_MASK = 0xFF
 #: Engine n's printed text (bpf_trace_printk) of its last run, TRACE_LIMIT bytes, read-only.
 EHTRACE_BASE = 0x10000
 EHTRACE_STRIDE = 0x1000

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator, TextIO
 
-from ..errors import DataTooLarge, HermesError
+from ..errors import DataTooLarge, ExecutionError, HermesError
 from . import (MAX_RUN_ARGS, budget_arg, engine_arg, int_arg, interruptible, load_program,
                run_arg, seconds_arg, write_output)
 
@@ -137,6 +137,9 @@ def _run(args: argparse.Namespace) -> int:
                 if args.input and exc.size == len(data):  # the input itself does not fit
                     raise HermesError(f"--input {args.input} is {len(data)} bytes, larger than "
                                       f"the device's data slot ({exc.limit} bytes)") from None
+                raise
+            except ExecutionError as exc:   # what it printed helps to see how far it got
+                print_trace(exc.trace, sys.stderr)
                 raise
             out = bytes(result.data)
         print_trace(result.trace, sys.stderr)

@@ -685,7 +685,9 @@ class HermesDevice:
         put(R.CTX_RUN_NS, 8, run_ns)
         put(R.CTX_FAULT_ADDR, 8, (fault.address or 0) if oob else 0)  # type: ignore[union-attr]
         put(R.CTX_FAULT_SIZE, 4, (fault.size or 0) if oob else 0)     # type: ignore[union-attr]
-        put(R.CTX_FAULT_FLAGS, 4, R.FAULT_WRITE if oob and fault.write else 0)  # type: ignore
+        flags = (R.FAULT_WRITE if fault.write else 0) | (  # type: ignore[union-attr]
+            min(fault.depth, R.CTX_FAULT_DEPTH_MASK) << R.CTX_FAULT_DEPTH_SHIFT) if oob else 0
+        put(R.CTX_FAULT_FLAGS, 4, flags)
         put(R.CTX_TRACE_DROPPED, 4, dropped)
         n = len(trace)
         b[eng.trace:eng.trace + n] = trace
@@ -737,7 +739,8 @@ class HermesDevice:
             result = exe.run(memory, budget, cancel=cancel, **extra)  # type: ignore[attr-defined]
         except Cancelled as exc:
             counts["aborted"] += 1
-            self._write_out(eng, exc.instructions or 0, run_ns=time.perf_counter_ns() - start)
+            self._write_out(eng, exc.instructions or 0, run_ns=time.perf_counter_ns() - start,
+                            **_printed(exc))
             return response(cid, R.STATUS_ABORTED, exc.pc or 0)
         except (ExecutionError, ProgramError) as exc:
             run_ns = time.perf_counter_ns() - start
@@ -745,7 +748,7 @@ class HermesDevice:
             self.last_errors[eng.index] = exc
             fault = exc if isinstance(exc, ExecutionError) else None
             self._write_out(eng, (fault.instructions or 0) if fault else 0, run_ns=run_ns,
-                            fault=fault)
+                            fault=fault, **_printed(exc))
             return response(cid, R.STATUS_EBPF_ERROR, error_code(exc))
         run_ns = time.perf_counter_ns() - start
         self._write_out(eng, result.instructions, result.output_length, result.trace, run_ns,
@@ -807,3 +810,10 @@ def _align(value: int, to: int) -> int:
 def _check_int(name: str, value: object, lo: int, hi: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
         raise ValueError(f"{name} must be an integer in {lo}..{hi}, got {value!r}")
+
+
+def _printed(exc: BaseException) -> dict:
+    """The ``_write_out`` fields of the text a failed or aborted run printed before it stopped
+    (the engines put it on their errors; a load error printed nothing)."""
+    return {"trace": getattr(exc, "trace", "").encode("utf-8"),
+            "dropped": getattr(exc, "trace_dropped", 0)}

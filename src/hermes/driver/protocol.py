@@ -230,7 +230,8 @@ class RunArgs:
 class RunOutcome:
     """What ``run_ex`` returns (and a failed run's ``DriverError.outcome`` carries): r0, the OUT
     fields of the run context and the printed text. ``output_len`` is None when the program
-    declared none; the fault fields are None unless the run faulted out of bounds."""
+    declared none; the fault fields are None unless the run faulted out of bounds
+    (``fault_depth``: the call depth of the faulting access, 0 for the entry function)."""
 
     r0: int
     instructions: int
@@ -242,6 +243,7 @@ class RunOutcome:
     fault_size: int | None
     fault_write: bool | None
     response: Response
+    fault_depth: int | None = None
 
     @classmethod
     def parse(cls, response: Response, out: bytes, trace: bytes) -> "RunOutcome":
@@ -254,11 +256,14 @@ class RunOutcome:
         output_len = field(regs.CTX_OUTPUT_LEN, 4)
         fault_size = field(regs.CTX_FAULT_SIZE, 4)
         faulted = fault_size != 0
+        flags = field(regs.CTX_FAULT_FLAGS, 4)
         return cls(response.value if response.status == regs.STATUS_SUCCESS else 0,
                    field(regs.CTX_INSNS, 8),
                    None if output_len == regs.CTX_NO_OUTPUT else output_len,
                    field(regs.CTX_RUN_NS, 8), bytes(trace), field(regs.CTX_TRACE_DROPPED, 4),
                    field(regs.CTX_FAULT_ADDR, 8) if faulted else None,
                    fault_size if faulted else None,
-                   bool(field(regs.CTX_FAULT_FLAGS, 4) & regs.FAULT_WRITE) if faulted else None,
-                   response)
+                   bool(flags & regs.FAULT_WRITE) if faulted else None,
+                   response,
+                   flags >> regs.CTX_FAULT_DEPTH_SHIFT & regs.CTX_FAULT_DEPTH_MASK
+                   if faulted else None)

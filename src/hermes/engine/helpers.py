@@ -38,6 +38,13 @@ class RunState:
         self.trace_dropped += len(text) - len(keep)
         return len(keep)
 
+    def stamp(self, exc: BaseException) -> BaseException:
+        """``exc`` (a failure that ends the run) carrying the text printed so far as its
+        ``trace`` and ``trace_dropped``, decoded as ``RunResult.trace`` is for the library."""
+        exc.trace = bytes(self.trace).decode("utf-8", "replace")  # type: ignore[attr-defined]
+        exc.trace_dropped = self.trace_dropped  # type: ignore[attr-defined]
+        return exc
+
 
 class StopRun(Exception):
     """Raised by a helper to end the run at once with ``value`` as r0."""
@@ -326,7 +333,8 @@ class _naming:
         if isinstance(exc, ExecutionError) and exc.kind == "out_of_bounds":
             raise type(exc)(exc.kind, f"{self.what} out of bounds ({exc.message})", exc.pc,
                             address=exc.address, size=exc.size, regions=exc.regions,
-                            instructions=exc.instructions, write=exc.write) from None
+                            instructions=exc.instructions, write=exc.write,
+                            depth=exc.depth) from None
         return False
 
 

@@ -456,7 +456,7 @@ class Interpreter:
         except ExecutionError as exc:
             if exc.instructions is None and exc.pc is not None:
                 exc.instructions = n - lengths[b] + self._positions[exc.pc]
-            raise
+            raise state.stamp(exc)
         return RunResult(r0, data, n, state.output_length, bytes(state.trace),
                          state.trace_dropped, time.perf_counter_ns() - started)
 

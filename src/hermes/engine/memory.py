@@ -80,11 +80,11 @@ def out_of_bounds(pc: int | None, address: int, size: int, write: bool, window: 
 
     ``cls`` builds it (``ExecutionError``, or ``ExecutionFailed`` with ``code=`` in ``extra``
     for a device's fault): kind ``out_of_bounds``, ``fault_message`` as message, the mapped
-    regions from ``describe_regions(window, depth, segments)``.
+    regions from ``describe_regions(window, depth, segments)`` and ``depth`` itself.
     """
     return cls("out_of_bounds", fault_message(address, size, write, segments), pc,
                address=address, size=size, regions=describe_regions(window, depth, segments),
-               instructions=instructions, write=write, **extra)
+               instructions=instructions, write=write, depth=depth, **extra)
 
 
 #: Arguments a run takes (r3, r4, r5).

@@ -103,7 +103,10 @@ class Reference:
         machine = _Machine(self, data, (r1, r2, *run_args(args)),
                            self.budget if budget is None else budget, cancel, step, state)
         started = time.perf_counter_ns()
-        r0 = machine.run()
+        try:
+            r0 = machine.run()
+        except ExecutionError as exc:
+            raise machine.state.stamp(exc)
         elapsed = time.perf_counter_ns() - started
         state = machine.state
         return RunResult(r0, data, machine.charged, output_length=state.output_length,

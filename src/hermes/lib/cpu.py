@@ -12,7 +12,7 @@ from ..engine.cache import DEFAULT_CACHE_BYTES, LoadedCache
 from ..errors import Cancelled, DeviceError, ExecutionError, ProgramTooLarge, UsageError
 from .api import (Device, ProgramLike, RunInfo, Session, as_program, check_options, program_bytes,
                   run_guarded)
-from .errors import from_execution_error, run_cancelled, run_timeout
+from .errors import from_execution_error, run_cancelled, run_timeout, with_trace
 
 #: Default data slot (and program slot) size: the Hermes device's.
 DEFAULT_SLOT_SIZE = 1 << 20
@@ -126,8 +126,8 @@ class CpuSession(Session):
         except Cancelled as exc:
             self._device.check_open()  # stopped by the device's close
             if expired and not (cancel is not None and cancel.is_set()):
-                raise run_timeout(timeout, exc.pc) from None  # type: ignore[arg-type]
-            raise run_cancelled(exc.pc, exc.instructions) from None
+                raise with_trace(run_timeout(timeout, exc.pc), exc) from None  # type: ignore
+            raise with_trace(run_cancelled(exc.pc, exc.instructions), exc) from None
         except ExecutionError as exc:
             raise from_execution_error(exc) from None
         finally:

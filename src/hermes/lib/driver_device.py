@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import threading
 from dataclasses import dataclass
 
 from .. import engine as _engine
@@ -12,12 +11,10 @@ from ..driver import Driver, HermesFile, RunArgs, Transport, attach
 from ..engine.cache import DEFAULT_CACHE_BYTES, LoadedCache
 from ..errors import DeviceError, ProgramTooLarge
 from .api import Device, ProgramLike, RunInfo, Session, as_program, program_bytes, run_guarded
-from .errors import from_os_error, run_cancelled, run_failure, run_timeout
+from .errors import from_os_error, run_cancelled, run_failure, run_timeout, with_trace
 
 #: ``hermes.open("emu", ...)`` options that configure the driver; the rest go to HermesDevice.
 DRIVER_OPTIONS = ("timeout", "dma_timeout", "dma_chunk", "bounce_size")
-#: Seconds between tries to abort a cancelled run that had not reached the device yet.
-_ABORT_RETRY = 0.01
 #: Checked programs kept per device (by content), so a program is checked once, not per load.
 _CACHE_SIZE = 64
 
@@ -97,19 +94,8 @@ class DriverSession(Session):
         assert prepared is not None
         request = RunArgs(input_len=length, window=size, args=args, budget=budget or 0,
                           entry=prepared.entry, timeout=timeout)
-        running = [True]
-
-        def stop() -> None:
-            # An abort before the run reached the device finds nothing to stop: try again
-            # (without blocking the thread that set the Cancel) until the run is over.
-            if running[0] and not self.file.abort():
-                retry = threading.Timer(_ABORT_RETRY, stop)
-                retry.daemon = True
-                retry.start()
-
-        watch = cancel.watch(stop) if cancel is not None else None
         try:
-            outcome = run_guarded(self, lambda: self.file.run_ex(request))
+            outcome = run_guarded(self, lambda: self.file.run_ex(request, cancel=cancel))
         except OSError as exc:
             self._device.check_open()  # stopped by the device's close
             out = getattr(exc, "outcome", None)
@@ -117,18 +103,15 @@ class DriverSession(Session):
             stopped_at = response.value if response is not None \
                 and response.status == regs.STATUS_ABORTED else None
             if exc.errno == errno.ETIMEDOUT and timeout is not None:
-                raise run_timeout(timeout, stopped_at) from None
+                raise with_trace(run_timeout(timeout, stopped_at), out) from None
             if exc.errno == errno.ECANCELED:
-                raise run_cancelled(stopped_at, getattr(out, "instructions", None)) from None
+                raise with_trace(run_cancelled(stopped_at, getattr(out, "instructions", None)),
+                                 out) from None
             if exc.errno == errno.ENOEXEC and response is not None:
                 raise run_failure(response.value, outcome=out, window=size,
                                   budget=budget,
                                   segments=prepared.segments) from None
             raise from_os_error(exc) from None
-        finally:
-            running[0] = False
-            if watch is not None:
-                cancel.unwatch(watch)  # type: ignore[union-attr]
         return RunInfo(outcome.r0, outcome.instructions, outcome.output_len,
                        outcome.run_ns / 1e9, bytes(outcome.trace).decode("utf-8", "replace"),
                        outcome.trace_dropped)

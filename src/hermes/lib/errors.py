@@ -30,6 +30,19 @@ def run_cancelled(pc: int | None = None, instructions: int | None = None) -> Can
     return Cancelled("cancelled", "the run was cancelled", pc, instructions=instructions)
 
 
+def with_trace(exc: HermesError, source: object) -> HermesError:
+    """``exc`` carrying the text the failed run printed: ``source`` is the engine's error (a
+    ``str`` trace) or the driver's ``RunOutcome`` (bytes, decoded as a Result's trace is)."""
+    if not isinstance(exc, ExecutionError):   # a load error: nothing ran, nothing printed
+        return exc
+    text = getattr(source, "trace", "")
+    if isinstance(text, (bytes, bytearray)):
+        text = bytes(text).decode("utf-8", "replace")
+    exc.trace = text  # type: ignore[attr-defined]
+    exc.trace_dropped = getattr(source, "trace_dropped", 0)  # type: ignore[attr-defined]
+    return exc
+
+
 def _code(kind: str, pc: int | None) -> int:
     return _KIND_CODES.get(kind, regs.EBPF_ERR_INTERNAL) | ((pc or 0) << 8)
 
@@ -40,18 +53,25 @@ def from_execution_error(exc: ExecutionError) -> ExecutionFailed:
     if isinstance(exc, ExecutionFailed) and exc.code is not None:
         return exc
     if exc.kind == "cancelled":
-        return run_cancelled(exc.pc, exc.instructions)
-    return ExecutionFailed.of_kind(exc.kind, exc.message, exc.pc, code=_code(exc.kind, exc.pc),
-                                   address=exc.address, size=exc.size, regions=exc.regions,
-                                   instructions=exc.instructions, write=exc.write)
+        return with_trace(run_cancelled(exc.pc, exc.instructions), exc)  # type: ignore
+    return with_trace(ExecutionFailed.of_kind(  # type: ignore[return-value]
+        exc.kind, exc.message, exc.pc, code=_code(exc.kind, exc.pc), address=exc.address,
+        size=exc.size, regions=exc.regions, instructions=exc.instructions, write=exc.write,
+        depth=exc.depth), exc)
 
 
 def run_failure(code: int, *, outcome: object = None, window: int = 0, budget: int | None = None,
                 segments: "tuple[Segment, ...]" = ()) -> HermesError:
     """The library error of a device's status-0x05 run error ``code``, worded as the CPU
     backend words it: out-of-bounds faults rebuilt from the run context's fault fields
-    (``outcome``), the mapped regions from the run's ``window`` and the program's ``segments``.
+    (``outcome``), the mapped regions from the run's ``window`` and the program's ``segments``,
+    with the text the run printed (``outcome.trace``).
     """
+    return with_trace(_run_failure(code, outcome, window, budget, segments), outcome)
+
+
+def _run_failure(code: int, outcome: object, window: int, budget: int | None,
+                 segments: "tuple[Segment, ...]") -> HermesError:
     from ..driver import ERROR_KIND_TEXT, decode_error_code, describe_error_code
     kind, pc = decode_error_code(code)
     insns = getattr(outcome, "instructions", None)
@@ -61,6 +81,7 @@ def run_failure(code: int, *, outcome: object = None, window: int = 0, budget: i
     if kind == "out_of_bounds" and getattr(outcome, "fault_size", None):
         return out_of_bounds(pc, outcome.fault_address, outcome.fault_size,  # type: ignore
                              bool(outcome.fault_write), window, segments,  # type: ignore
+                             getattr(outcome, "fault_depth", None) or 0,
                              instructions=insns, cls=ExecutionFailed, code=code)
     if kind == "budget" and (budget is not None or insns is not None):
         # The device's own budget is not in its geometry. The engines stop a run at the

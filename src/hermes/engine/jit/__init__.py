@@ -250,7 +250,8 @@ class JitExecutable:
             state.data = None
         kind = ctx.err_kind
         if kind == codegen.ERR_BUDGET and cancel is not None and cancel.is_set():
-            raise Cancelled("cancelled", "run cancelled", ctx.err_pc, instructions=ctx.err_count)
+            raise state.state.stamp(Cancelled("cancelled", "run cancelled", ctx.err_pc,
+                                              instructions=ctx.err_count))
         if kind in (codegen.ERR_NONE, codegen.ERR_STOP):
             if kind == codegen.ERR_NONE:
                 r0, count = r0 & MASK64, ctx.count
@@ -259,7 +260,7 @@ class JitExecutable:
             rs = state.state
             return RunResult(r0, data, count, rs.output_length, bytes(rs.trace), rs.trace_dropped,
                              elapsed)
-        raise self._error(ctx, state, budget)
+        raise state.state.stamp(self._error(ctx, state, budget))
 
     def _error(self, ctx: Ctx, state: _Run, budget: int) -> ExecutionError:
         kind, pc, count = ctx.err_kind, ctx.err_pc, ctx.err_count
