@@ -24,6 +24,8 @@ from hermes.engine.memory import STACK_SIZE, STACK_TOP
 MiB = 1 << 20
 #: Instructions no test program reaches: endless loops run until they are stopped.
 FOREVER = 1 << 40
+#: The largest budget (and loop count): a run that goes on until it is stopped, whatever its speed.
+ENDLESS = (1 << 64) - 1
 RET7 = Program.from_asm("mov r0, 7\nexit")
 LEN = Program.from_asm("mov r0, r2\nexit")
 #: Stores r3, r4, r5 at data[0..24); returns r2.
@@ -270,13 +272,13 @@ def test_printed_text_survives_a_failure(one_engine, progs, request, lib_spec):
                      hermes.BudgetExceeded)
     assert err.trace == "start\n"
     with pytest.raises(hermes.RunTimeout) as info:
-        one_engine.run(faults, b"", args=(FOREVER, 1), budget=FOREVER, timeout=1.0)
+        one_engine.run(faults, b"", args=(ENDLESS, 1), budget=ENDLESS, timeout=1.0)
     assert info.value.trace == "start\n"
     cancel = hermes.Cancel()
     # long enough for the run to have printed on a loaded machine before it is stopped
     threading.Timer(1.0, cancel.set).start()
     with pytest.raises(hermes.Cancelled) as info:
-        one_engine.run(faults, b"", args=(FOREVER, 1), budget=FOREVER, cancel=cancel)
+        one_engine.run(faults, b"", args=(ENDLESS, 1), budget=ENDLESS, cancel=cancel)
     assert info.value.trace == "start\n"
     assert one_engine.run(RET7, b"").trace == ""  # the next run starts with no text
 
