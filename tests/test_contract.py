@@ -240,21 +240,7 @@ def test_budget(dev):
         same_error(dev, lambda d: d.run(RET7, b"", budget=bad), hermes.UsageError)
 
 
-#: Backends whose device does not report a fault's call depth or a failed run's printed text
-#: yet (the NVMe compute record has no field for either).
-WITHOUT_FAULT_DETAILS = ("nvme-emu", "nvme")
-
-
-def expect_fault_details(request, lib_spec: str) -> None:
-    """Mark the test an expected failure on a backend of ``WITHOUT_FAULT_DETAILS`` (it still
-    runs: an XPASS says the backend has caught up)."""
-    if lib_spec in WITHOUT_FAULT_DETAILS:
-        request.applymarker(pytest.mark.xfail(reason=f"{lib_spec} reports no fault depth or "
-                                              "printed text of a failed run"))
-
-
-def test_fault_in_a_called_function_names_its_stack(dev, progs, request, lib_spec):
-    expect_fault_details(request, lib_spec)
+def test_fault_in_a_called_function_names_its_stack(dev, progs):
     # faults.c loads data[arg0] two calls deep: the mapped stack is that frame's.
     err = same_error(dev, lambda d: d.run(progs["faults"], b"abcd", args=(100, 0)),
                      hermes.ExecutionFailed)
@@ -262,8 +248,7 @@ def test_fault_in_a_called_function_names_its_stack(dev, progs, request, lib_spe
     assert f"stack [{STACK_TOP - 3 * STACK_SIZE:#x}, {STACK_TOP:#x}) rw" in err.regions
 
 
-def test_printed_text_survives_a_failure(one_engine, progs, request, lib_spec):
-    expect_fault_details(request, lib_spec)
+def test_printed_text_survives_a_failure(one_engine, progs):
     faults = progs["faults"]
     with pytest.raises(hermes.ExecutionFailed) as info:
         one_engine.run(faults, b"abcd", args=(100, 0))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 import time
+from pathlib import Path
 
 import pytest
 
@@ -116,6 +117,29 @@ def test_execution_record_log_page(nvme):
                                [:N.EXEC_RECORD_HEADER])
     assert (rec["fault_address"], rec["fault_size"], rec["fault_write"]) == (
         DATA_BASE - 8, 8, 0)
+
+
+@pytest.mark.skipif(find_clang() is None, reason="needs clang -target bpf")
+def test_execution_record_of_a_failed_run_has_its_call_depth_and_printed_text(nvme, tmp_path):
+    # faults.c prints, then loads data[arg 0] two calls deep (or loops arg 0 steps with arg 1).
+    faults = compile_c(Path(__file__).parent / "data/contract/faults.c", tmp_path / "faults.o")
+    ready(nvme, 1, faults.read_bytes())
+
+    def record() -> tuple[dict, bytes]:
+        raw = nvme.get_log_page(N.LOG_EXECUTION_RECORD, N.EXEC_RECORD_SIZE,
+                                offset=N.EXEC_RECORD_SIZE)
+        rec = N.EXEC_RECORD.unpack(raw[:N.EXEC_RECORD_HEADER])
+        return rec, raw[N.EXEC_RECORD_HEADER:N.EXEC_RECORD_HEADER + rec["trace_length"]]
+
+    nvme.mem_write(2, 0, bytes(8))
+    expect(N.PROGRAM_FAILED, nvme.execute, 1, ranges=[R(2, 0, 8)], cparam1=8, cparam2=100)
+    rec, text = record()
+    assert (rec["fault_size"], rec["fault_depth"]) == (1, 2)
+    assert text == b"start\nload at 100\n" and rec["trace_dropped"] == 0
+    expect(N.PROGRAM_FAILED, nvme.execute, 1, cparam2=1 << 40,
+           data=N.exec_params(1, budget=1000))                      # out of budget
+    rec, text = record()
+    assert (rec["fault_size"], rec["fault_depth"], text) == (0, 0, b"start\n")
 
 
 @pytest.mark.skipif(find_clang() is None, reason="needs clang -target bpf")

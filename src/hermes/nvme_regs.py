@@ -541,14 +541,16 @@ def unpack_exec_params(extra: "bytes | memoryview") -> tuple[int, int, int, int]
 #: Log page C0h (vendor specific): one Execution Record per program index, at byte offset
 #: ``pind * EXEC_RECORD_SIZE``, describing the last Execute Program of that index: instructions
 #: executed, nanoseconds on the engine, the output length the program declared (all ones: none),
-#: the fault of a failed run (address, size, store), the printed text's length and the bytes
-#: dropped past it, the number of runs of the index, the pc a failed or aborted run stopped at;
+#: the fault of a failed run (address, size, store, call depth), the printed text's length
+#: (of a failed or aborted run too) and the bytes dropped past it, the number of runs of the index, the pc a failed or aborted run stopped at;
 #: the text itself follows the 64-byte header.
 LOG_EXECUTION_RECORD = 0xC0
 EXEC_RECORD_HEADER = 64
 EXEC_RECORD_TRACE = 4096
 EXEC_RECORD_SIZE = EXEC_RECORD_HEADER + EXEC_RECORD_TRACE
 NO_OUTPUT_LENGTH = MASK64
+#: The largest call depth an Execution Record holds (its u8 field; deeper faults read as this).
+EXEC_RECORD_DEPTH_MAX = 0xFF
 
 
 # --- SLM command fields -------------------------------------------------------------------------
@@ -646,7 +648,7 @@ ID_NS_SLM = Layout(IDENTIFY_SIZE, {"msz": (0, "Q"), "mcl": (8, "Q"), "msrc": (16
 EXEC_RECORD = Layout(EXEC_RECORD_HEADER, {
     "instructions": (0, "Q"), "elapsed_ns": (8, "Q"), "output_length": (16, "Q"),
     "fault_address": (24, "Q"), "fault_size": (32, "I"), "fault_write": (36, "B"),
-    "trace_length": (40, "I"), "trace_dropped": (44, "I"), "sequence": (48, "Q"),
+    "fault_depth": (37, "B"), "trace_length": (40, "I"), "trace_dropped": (44, "I"), "sequence": (48, "Q"),
     "pc": (56, "I"),
 })
 

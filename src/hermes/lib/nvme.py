@@ -23,7 +23,7 @@ from ..engine.cache import DEFAULT_CACHE_BYTES, LoadedCache
 from ..errors import DeviceError, SlotsExhausted, UsageError
 from .api import Device, ProgramLike, RunInfo, Session, check_int
 from .driver_device import Prepared, check_program
-from .errors import from_os_error, run_cancelled, run_failure, run_timeout
+from .errors import from_os_error, run_cancelled, run_failure, run_timeout, with_trace
 
 #: Default data slot (a session's window) and memory namespace sizes of ``nvme-emu``.
 DEFAULT_SLOT_SIZE = 1 << 20
@@ -166,13 +166,15 @@ class NvmeSession(Session):
         except NvmeStatusError as exc:
             dev.check_open()  # stopped by the device's close
             if exc.named is N.ABORT_REQUESTED:
-                record = self._record()
+                record = self._record(trace=True)
                 if timeout is not None and (expired or not (cancel and cancel.is_set())):
-                    raise run_timeout(timeout, record.pc) from None
-                raise run_cancelled(record.pc, record.instructions) from None
+                    raise with_trace(run_timeout(timeout, record.pc), record) from None
+                raise with_trace(run_cancelled(record.pc, record.instructions),
+                                 record) from None
             if exc.named is N.PROGRAM_FAILED:
-                raise run_failure(exc.completion.dw0, outcome=self._record(), window=size,
-                                  budget=budget, segments=prepared.segments) from None
+                raise run_failure(exc.completion.dw0, outcome=self._record(trace=True),
+                                  window=size, budget=budget,
+                                  segments=prepared.segments) from None
             raise
         finally:
             self._running = 0
@@ -187,7 +189,8 @@ class NvmeSession(Session):
 
     def _record(self, trace: bool = False) -> SimpleNamespace:
         """This index's Execution Record (log page C0h) with the field names ``run_failure``
-        reads (``instructions``, ``fault_*``)."""
+        and ``with_trace`` read (``instructions``, ``fault_*``, ``trace``, ``trace_dropped``);
+        the printed text is read only with ``trace``."""
         at = self.pind * N.EXEC_RECORD_SIZE
         raw = self._call(self._host.get_log_page, N.LOG_EXECUTION_RECORD, N.EXEC_RECORD_HEADER,
                          offset=at, nsid=self._host.compute_nsid)

@@ -378,6 +378,8 @@ class ComputeNamespace:
                 dropped: int = 0) -> None:
         """Keep the Execution Record of the run that just ended."""
         fault = exc if isinstance(exc, ExecutionError) else None
+        if fault is not None:  # what a failed or aborted run printed before it stopped
+            trace, dropped = fault.trace.encode("utf-8"), fault.trace_dropped
         trace = trace[:N.EXEC_RECORD_TRACE]
         header = N.EXEC_RECORD.pack(
             instructions=instructions, elapsed_ns=elapsed_ns,
@@ -385,6 +387,7 @@ class ComputeNamespace:
             fault_address=(fault.address or 0) if fault else 0,
             fault_size=(fault.size or 0) if fault else 0,
             fault_write=int(bool(fault.write)) if fault else 0,
+            fault_depth=min(fault.depth, N.EXEC_RECORD_DEPTH_MAX) if fault else 0,
             trace_length=len(trace), trace_dropped=dropped, sequence=entry.runs,
             pc=(getattr(exc, "pc", None) or 0) & 0xFFFF_FFFF)
         entry.record = header + trace.ljust(N.EXEC_RECORD_TRACE, b"\0")
