@@ -14,7 +14,7 @@ import hermes.driver as hd
 from hermes import regs
 from hermes.device import HermesDevice
 from hermes.driver import HERMES_RUN_IOCTL, RunArgs, RunOutcome
-from hermes.engine import DATA_BASE, Program
+from hermes.engine import DATA_BASE, DEFAULT_BUDGET, Program
 from tests.test_device_runctx import PRINT_THEN_FAULT_DEEP
 from tests.test_driver import expect_errno
 
@@ -125,7 +125,10 @@ def test_budget_per_run(hermes_file):
                                         "exit").to_bytes())
     exc = expect_errno(errno.ENOEXEC, hermes_file.run_ex, RunArgs(0, 0, budget=100))
     assert exc.response.error_kind == "budget" and exc.outcome is not None
-    assert hermes_file.run_ex(RunArgs(0, 0)).r0 == 1000
+    assert exc.outcome.budget == 100
+    done = hermes_file.run_ex(RunArgs(0, 0))
+    # without a budget of its own the run had the device's (the default one: no option given)
+    assert done.r0 == 1000 and done.budget == DEFAULT_BUDGET
 
 
 @pytest.mark.parametrize("run, what", [

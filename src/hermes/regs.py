@@ -97,7 +97,8 @@ CTX_FAULT_ADDR = 0x48    #: u64 OUT virtual address of the faulting access (out_
 CTX_FAULT_SIZE = 0x50    #: u32 OUT bytes of the faulting access
 CTX_FAULT_FLAGS = 0x54   #: u32 OUT bit 0: the faulting access was a store; bits 15..8: call depth
 CTX_TRACE_DROPPED = 0x58  #: u32 OUT printed bytes dropped past TRACE_LIMIT
-CTX_OUT_FIELDS = (CTX_INSNS, CTX_TRACE_DROPPED + 4)  #: [start, end) of the OUT fields (read-only)
+CTX_RUN_BUDGET = 0x60    #: u64 OUT the instruction budget the run had (the context's or the device's)
+CTX_OUT_FIELDS = (CTX_INSNS, CTX_RUN_BUDGET + 8)  #: [start, end) of the OUT fields (read-only)
 CTX_NO_OUTPUT = 0xFFFF_FFFF
 FAULT_WRITE = 1 << 0
 #: CTX_FAULT_FLAGS bits 15..8: the call depth of the faulting access (0: the entry function).

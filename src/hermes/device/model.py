@@ -666,7 +666,7 @@ class HermesDevice:
 
     def _write_out(self, eng: _Engine, instructions: int = 0, output_len: int | None = None,
                    trace: bytes = b"", run_ns: int = 0, fault: ExecutionError | None = None,
-                   dropped: int = 0) -> None:
+                   dropped: int = 0, budget: int = 0) -> None:
         """Fill engine ``eng``'s OUT fields and EHTRACEn after a Run Program (before DONE)."""
         if not self.run_context:
             return
@@ -689,6 +689,7 @@ class HermesDevice:
             min(fault.depth, R.CTX_FAULT_DEPTH_MASK) << R.CTX_FAULT_DEPTH_SHIFT) if oob else 0
         put(R.CTX_FAULT_FLAGS, 4, flags)
         put(R.CTX_TRACE_DROPPED, 4, dropped)
+        put(R.CTX_RUN_BUDGET, 8, budget)
         n = len(trace)
         b[eng.trace:eng.trace + n] = trace
         if eng.trace_len > n:   # a shorter text than last time: no old text stays readable
@@ -740,6 +741,7 @@ class HermesDevice:
         except Cancelled as exc:
             counts["aborted"] += 1
             self._write_out(eng, exc.instructions or 0, run_ns=time.perf_counter_ns() - start,
+                            budget=budget,
                             **_printed(exc))
             return response(cid, R.STATUS_ABORTED, exc.pc or 0)
         except (ExecutionError, ProgramError) as exc:
@@ -748,11 +750,12 @@ class HermesDevice:
             self.last_errors[eng.index] = exc
             fault = exc if isinstance(exc, ExecutionError) else None
             self._write_out(eng, (fault.instructions or 0) if fault else 0, run_ns=run_ns,
+                            budget=budget,
                             fault=fault, **_printed(exc))
             return response(cid, R.STATUS_EBPF_ERROR, error_code(exc))
         run_ns = time.perf_counter_ns() - start
         self._write_out(eng, result.instructions, result.output_length, result.trace, run_ns,
-                        dropped=result.trace_dropped)
+                        dropped=result.trace_dropped, budget=budget)
         return response(cid, R.STATUS_SUCCESS, result.return_value)
 
     def _load(self, code: bytes, entry: int = 0) -> object:

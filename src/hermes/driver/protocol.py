@@ -231,7 +231,8 @@ class RunOutcome:
     """What ``run_ex`` returns (and a failed run's ``DriverError.outcome`` carries): r0, the OUT
     fields of the run context and the printed text. ``output_len`` is None when the program
     declared none; the fault fields are None unless the run faulted out of bounds
-    (``fault_depth``: the call depth of the faulting access, 0 for the entry function)."""
+    (``fault_depth``: the call depth of the faulting access, 0 for the entry function);
+    ``budget`` is the instruction budget the run had (the request's, else the device's own)."""
 
     r0: int
     instructions: int
@@ -244,6 +245,7 @@ class RunOutcome:
     fault_write: bool | None
     response: Response
     fault_depth: int | None = None
+    budget: int | None = None
 
     @classmethod
     def parse(cls, response: Response, out: bytes, trace: bytes) -> "RunOutcome":
@@ -266,4 +268,5 @@ class RunOutcome:
                    bool(flags & regs.FAULT_WRITE) if faulted else None,
                    response,
                    flags >> regs.CTX_FAULT_DEPTH_SHIFT & regs.CTX_FAULT_DEPTH_MASK
-                   if faulted else None)
+                   if faulted else None,
+                   field(regs.CTX_RUN_BUDGET, 8) or None)

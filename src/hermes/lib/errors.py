@@ -83,10 +83,10 @@ def _run_failure(code: int, outcome: object, window: int, budget: int | None,
                              bool(outcome.fault_write), window, segments,  # type: ignore
                              getattr(outcome, "fault_depth", None) or 0,
                              instructions=insns, cls=ExecutionFailed, code=code)
-    if kind == "budget" and (budget is not None or insns is not None):
-        # The device's own budget is not in its geometry. The engines stop a run at the
-        # instruction that would exceed the budget, so it executed budget - 1 of them.
-        message = f"instruction budget of {budget if budget is not None else insns + 1} exhausted"
+    if budget is None:
+        budget = getattr(outcome, "budget", None)   # the device reports the budget it applied
+    if kind == "budget" and budget is not None:
+        message = f"instruction budget of {budget} exhausted"
     elif kind == "call_depth":
         message = f"call depth limit of {MAX_CALL_DEPTH} frames exceeded"
     elif kind == "cancelled":
