@@ -62,6 +62,8 @@ class _Worker:
         self.busy = False
         #: (sqid, cid, cancel, command) of the command being processed.
         self.current: "tuple[int, int, _engine.Cancel, N.Command] | None" = None
+        #: ``current`` has been processed; only its completion is still to be posted.
+        self.processed = False
         self.thread: threading.Thread | None = None
 
 
@@ -399,10 +401,14 @@ class NvmeController:
             sq, cmd = item
             try:
                 status, dw0, dw1 = self._process(w, sq, cmd)
+                # Processed before its completion is posted: an Abort the host sends once it
+                # sees the completion finds nothing to abort.
+                with self._lock:
+                    w.processed = True
                 self._complete(sq, cmd, status, dw0, dw1)
             finally:
                 with self._lock:
-                    w.busy = False
+                    w.busy = w.processed = False
                     w.current = None
                     self._idle.notify_all()
 
@@ -606,7 +612,7 @@ class NvmeController:
     def _abort(self, cmd: N.Command) -> int:
         sqid, cid = cmd.cdw10 & 0xFFFF, cmd.cdw10 >> 16
         with self._lock:
-            cur = self._io.current
+            cur = None if self._io.processed else self._io.current
             if cur is not None and cur[0] == sqid and cur[1] == cid:
                 cur[2].set()
                 return 0
