@@ -224,6 +224,14 @@ class Session(abc.ABC):
     def _readinto(self, view: memoryview, offset: int) -> None:
         """Fill all of ``view`` from the data slot at ``offset`` (bounds already checked)."""
 
+    def _read(self, size: int, offset: int) -> bytes:
+        """``size`` bytes of the data slot at ``offset`` (bounds checked, ``size`` > 0). A
+        backend that can produce ``bytes`` with one copy overrides this: through a bytearray
+        it costs two, and fresh pages for both."""
+        buf = bytearray(size)
+        self._readinto(memoryview(buf), offset)
+        return bytes(buf)
+
     @abc.abstractmethod
     def _execute(self, length: int, size: int, args: tuple[int, int, int], budget: int | None,
                  timeout: float | None, cancel: "Cancel | None") -> RunInfo:
@@ -271,22 +279,25 @@ class Session(abc.ABC):
         """``size`` bytes of the data slot at ``offset`` (past the slot: ``DataTooLarge``)."""
         check_size("size", size)
         check_size("offset", offset)
-        buf = bytearray(size)
-        self.readinto(buf, offset)
-        return bytes(buf)
+        self._check_readable(offset, size)
+        return self._read(size, offset) if size else b""
 
     def readinto(self, buffer: object, offset: int = 0) -> int:
         """Fill the writable ``buffer`` from the data slot at ``offset``; returns its length in
         bytes (past the slot: ``DataTooLarge``)."""
         view = writable_view(buffer, "buffer")
         check_size("offset", offset)
-        self._need_program("read")
-        if self._written is None and self._last is None:
-            raise DeviceError("read before any data was written", errno.ENODATA)
-        self._check_span("read", offset, view.nbytes)
+        self._check_readable(offset, view.nbytes)
         if view.nbytes:
             self._readinto(view, offset)
         return view.nbytes
+
+    def _check_readable(self, offset: int, size: int) -> None:
+        """The rules every read obeys: a program loaded, data written, within the slot."""
+        self._need_program("read")
+        if self._written is None and self._last is None:
+            raise DeviceError("read before any data was written", errno.ENODATA)
+        self._check_span("read", offset, size)
 
     def run(self, *, args: "tuple | list" = (), length: int | None = None,
             size: int | None = None, read: int | None = None, budget: int | None = None,

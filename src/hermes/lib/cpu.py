@@ -103,6 +103,9 @@ class CpuSession(Session):
     def _readinto(self, view: memoryview, offset: int) -> None:
         view[:] = memoryview(self._buffer())[offset:offset + view.nbytes]
 
+    def _read(self, size: int, offset: int) -> bytes:
+        return bytes(memoryview(self._buffer())[offset:offset + size])
+
     def _execute(self, length: int, size: int, args: tuple[int, int, int], budget: int | None,
                  timeout: float | None, cancel: "_engine.Cancel | None") -> RunInfo:
         slot = self._buffer()

@@ -88,6 +88,12 @@ class DriverSession(Session):
         except OSError as exc:
             raise from_os_error(exc) from None
 
+    def _read(self, size: int, offset: int) -> bytes:
+        try:
+            return self.file.pread(size, offset)   # one copy, out of the DMA buffer
+        except OSError as exc:
+            raise from_os_error(exc) from None
+
     def _execute(self, length: int, size: int, args: tuple[int, int, int], budget: int | None,
                  timeout: float | None, cancel: "_engine.Cancel | None") -> RunInfo:
         prepared = self._prepared
