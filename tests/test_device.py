@@ -601,3 +601,15 @@ def test_dropped_device_stops_its_threads():
     for t in threads:
         t.join(5)
     assert not any(t.is_alive() for t in threads)
+
+
+def test_block_reads_return_what_four_byte_reads_do():
+    dev = HermesDevice()
+    try:
+        for bar, offset, length in ((0, 0, 0x50), (0, R.cmdctx(1), R.EHCMDCTX_LEN),
+                                    (0, 0x3FFC, 8), (2, 0, 16)):
+            want = b"".join(dev.bar_read(bar, offset + i, 4).to_bytes(4, "little")
+                            for i in range(0, length, 4))
+            assert dev.bar_read_block(bar, offset, length) == want
+    finally:
+        dev.close()

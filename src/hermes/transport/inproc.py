@@ -117,6 +117,14 @@ class InProcessTransport(Transport):
         """Read a BAR register (see ``HermesDevice.bar_read``)."""
         return self.device.bar_read(bar, offset, size)
 
+    def read_block(self, bar: int, offset: int, length: int) -> bytes:
+        """Read ``length`` bytes of a BAR in one step where the model offers it (BAR0 of the
+        Hermes device, whose reads have no side effects), else with 4-byte reads."""
+        block = getattr(self.device, "bar_read_block", None)
+        if block is not None:
+            return block(bar, offset, length)
+        return super().read_block(bar, offset, length)
+
     def write(self, bar: int, offset: int, size: int, value: int) -> None:
         """Write a BAR register (see ``HermesDevice.bar_write``)."""
         self.device.bar_write(bar, offset, size, value)
