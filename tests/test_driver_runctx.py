@@ -159,9 +159,7 @@ def test_state_errors(hermes_file):
     expect_errno(errno.EBADF, hermes_file.run_ex, RunArgs(0, 0))
 
 
-def test_device_without_run_context_is_eopnotsupp(make_driver, device_spec):
-    if device_spec == "vfio-user":
-        pytest.skip("hermes serve has no option for a device without a run context")
+def test_device_without_run_context_is_eopnotsupp(make_driver):
     drv = make_driver(run_context=False)
     assert not drv.geometry.capabilities & regs.EHCAP_RUNCTX
     with drv.open() as f:

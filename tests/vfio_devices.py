@@ -89,6 +89,9 @@ class ServerProcess:
         """A server whose device has these HermesDevice options."""
         args: list[str] = []
         for key, value in device_options.items():
+            if key == "run_context" and value is False:
+                args.append("--no-run-context")
+                continue
             if key not in _FLAGS:
                 raise KeyError(f"hermes serve has no flag for device option {key!r}")
             args += [_FLAGS[key], str(value)]

@@ -96,6 +96,10 @@ def register(sub: "argparse._SubParsersAction") -> None:
                    help="instruction budget of one run")
     p.add_argument("--interface-version", type=_count(1, 2), default=None,
                    help="register layout version presented in BAR0 (default 1)")
+    p.add_argument("--no-run-context", dest="run_context", action="store_const", const=False,
+                   default=None,
+                   help="present a device without the run context (EHCAP_RUNCTX clear): only "
+                        "the legacy Run Program, as drivers before the run contract know it")
     p.add_argument("--socket-group", type=_group, default=None, metavar="GROUP",
                    help="let members of GROUP (name or gid) connect too: the socket gets mode "
                         "0660 and that group")
@@ -113,7 +117,8 @@ def register(sub: "argparse._SubParsersAction") -> None:
 
 #: Options that configure only the Hermes device.
 _HERMES_ONLY = ("engines", "slots", "program_slots", "data_slots", "slot_size",
-                "program_slot_size", "data_slot_size", "interface_version", "irq_compat")
+                "program_slot_size", "data_slot_size", "interface_version", "irq_compat",
+                "run_context")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -122,7 +127,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.device == "nvme-cp":
         given = [name for name in _HERMES_ONLY if getattr(args, name) is not None]
         if given:
-            raise UsageError(f"--{given[0].replace('_', '-')} configures the Hermes device, "
+            flag = "no-run-context" if given[0] == "run_context" else given[0].replace("_", "-")
+            raise UsageError(f"--{flag} configures the Hermes device, "
                              f"not --device nvme-cp")
         kwargs: dict = {"device": "nvme-cp",
                         "memory_sizes": tuple(args.memory_size or (16 << 20,))}
@@ -136,6 +142,8 @@ def _run(args: argparse.Namespace) -> int:
                       program_slot_size=args.program_slot_size or slot_size,
                       data_slot_size=args.data_slot_size or slot_size,
                       interface_version=args.interface_version or 1)
+        if args.run_context is False:
+            kwargs["run_context"] = False
     if args.engine:
         kwargs["engine"] = args.engine
     if args.budget is not None:
