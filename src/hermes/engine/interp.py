@@ -249,17 +249,7 @@ class Interpreter:
     def _compile(self):
         insns = self.program.insns
         n = len(insns)
-        leaders = {f.start for f in self.functions}
-        for i, insn in enumerate(insns):
-            if insn is None:
-                continue
-            t = jump_target(insn, i)
-            if t is not None:
-                leaders.add(t)
-            if insn.op.form in ("ja", "gotol", "jcond_k", "jcond_x", "exit", "call_local"):
-                if i + 1 < n:
-                    leaders.add(i + 1)
-        starts = sorted(leaders)
+        starts = validate.block_leaders(insns, self.functions)
         block_of = {s: b for b, s in enumerate(starts)}
         ends = starts[1:] + [n]
         comp = _BlockCompiler(insns)

@@ -27,10 +27,6 @@ from .memory import (DATA_BASE, MASK64, MAX_CALL_DEPTH, STACK_BASE, STACK_SIZE, 
                      input_region, out_of_bounds, run_args)
 from .program import Program, jump_target
 
-#: Forms after which a new basic block starts (the instruction changes the pc itself).
-_BLOCK_ENDS = ("ja", "gotol", "jcond_k", "jcond_x", "exit", "call_local")
-
-
 class Step(NamedTuple):
     """One executed instruction, as a step hook sees it.
 
@@ -54,19 +50,7 @@ def _signed(value: int, bits: int) -> int:
     return value - (1 << bits) if value >> (bits - 1) & 1 else value
 
 
-def block_leaders(insns: "list[Insn | None]") -> list[int]:
-    """Slots that start a basic block: function starts, jump and call targets, and the slot
-    after every instruction that changes the pc (the unit instructions are charged in)."""
-    leaders = {f.start for f in validate.functions(insns)}
-    for pc, insn in enumerate(insns):
-        if insn is None:
-            continue
-        target = jump_target(insn, pc)
-        if target is not None:
-            leaders.add(target)
-        if insn.op.form in _BLOCK_ENDS and pc + 1 < len(insns):
-            leaders.add(pc + 1)
-    return sorted(leaders)
+block_leaders = validate.block_leaders
 
 
 class Reference:

@@ -70,6 +70,27 @@ def local_call_targets(insns: "list[Insn | None]") -> set[int]:
             if insn is not None and insn.op.form == "call_local"}
 
 
+#: Forms after which the next slot starts a new basic block (the pc changes, or may).
+BLOCK_ENDS = ("ja", "gotol", "jcond_k", "jcond_x", "exit", "call_local")
+
+
+def block_leaders(insns: "list[Insn | None]",
+                  funcs: "list[Function] | None" = None) -> list[int]:
+    """Slots that start a basic block: function starts (``funcs``, default ``functions``),
+    jump and call targets, and the slot after every instruction that changes the pc. Every
+    engine charges the budget and counts instructions per block of this split, so they agree."""
+    out = {f.start for f in (functions(insns) if funcs is None else funcs)}
+    for pc, insn in enumerate(insns):
+        if insn is None:
+            continue
+        target = jump_target(insn, pc)
+        if target is not None:
+            out.add(target)
+        if insn.op.form in BLOCK_ENDS and pc + 1 < len(insns):
+            out.add(pc + 1)
+    return sorted(out)
+
+
 def functions(insns: "list[Insn | None]") -> list[Function]:
     """Split the program into functions at local-call targets (slot 0 starts the entry function)."""
     ordered = sorted(local_call_targets(insns) | {0})

@@ -23,6 +23,7 @@ from ...errors import VerifierError
 from ..isa import Insn
 from ..memory import DATA_BASE, MASK64, MAX_CALL_DEPTH, STACK_BASE, STACK_SIZE, STACK_TOP, Segment
 from ..program import Program, jump_target
+from .. import validate
 from ..verifier import VerifierInfo
 from .loops import LoopPlan, plan_loops
 
@@ -59,18 +60,7 @@ def _s64(v: int) -> int:
 
 def leaders(program: Program, info: VerifierInfo) -> list[int]:
     """Block starts, exactly as the interpreter splits blocks (so counts and budgets agree)."""
-    insns = program.insns
-    n = len(insns)
-    out = {f.start for f in info.functions}
-    for i, insn in enumerate(insns):
-        if insn is None:
-            continue
-        t = jump_target(insn, i)
-        if t is not None:
-            out.add(t)
-        if insn.op.form in ("ja", "gotol", "jcond_k", "jcond_x", "exit", "call_local") and i + 1 < n:
-            out.add(i + 1)
-    return sorted(out)
+    return validate.block_leaders(program.insns, info.functions)
 
 
 class _Func:
