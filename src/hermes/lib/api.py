@@ -146,6 +146,28 @@ class RunInfo:
     trace_dropped: int = 0
 
 
+class Deadline:
+    """A run's ``timeout``: after ``timeout`` seconds (None: never) ``stop()`` is called once
+    from a timer thread and ``expired`` becomes True; ``cancel()`` when the run is over."""
+
+    def __init__(self, timeout: float | None, stop: Callable[[], object]):
+        self.expired = False
+        self._timer: threading.Timer | None = None
+        if timeout is not None:
+            self._timer = threading.Timer(timeout, self._fire, (stop,))
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _fire(self, stop: Callable[[], object]) -> None:
+        self.expired = True
+        stop()
+
+    def cancel(self) -> None:
+        """The run is over: the timer, if any, never fires after this returns."""
+        if self._timer is not None:
+            self._timer.cancel()
+
+
 def check_limits(budget: object, timeout: object) -> None:
     """``UsageError`` unless ``budget`` is None or 1..2^64-1 and ``timeout`` None or > 0 s."""
     if budget is not None:

@@ -10,8 +10,8 @@ import threading
 from .. import engine as _engine
 from ..engine.cache import DEFAULT_CACHE_BYTES, LoadedCache
 from ..errors import Cancelled, DeviceError, ExecutionError, ProgramTooLarge, UsageError
-from .api import (Device, ProgramLike, RunInfo, Session, as_program, check_options, program_bytes,
-                  run_guarded)
+from .api import (Deadline, Device, ProgramLike, RunInfo, Session, as_program, check_options,
+                  program_bytes, run_guarded)
 from .errors import from_execution_error, run_cancelled, run_timeout, with_trace
 
 #: Default data slot (and program slot) size: the Hermes device's.
@@ -113,12 +113,7 @@ class CpuSession(Session):
         mine = _engine.Cancel()
         self._cancel = mine
         watch = cancel.watch(mine.set) if cancel is not None else None
-        expired: list[bool] = []
-        timer = None
-        if timeout is not None:
-            timer = threading.Timer(timeout, lambda: (expired.append(True), mine.set()))
-            timer.daemon = True
-            timer.start()
+        deadline = Deadline(timeout, mine.set)
         window = memoryview(slot)[:size]
         bridge = _interrupt_bridge()
         armed = bridge.arm(mine)
@@ -128,7 +123,7 @@ class CpuSession(Session):
                 length=length, args=args))
         except Cancelled as exc:
             self._device.check_open()  # stopped by the device's close
-            if expired and not (cancel is not None and cancel.is_set()):
+            if deadline.expired and not (cancel is not None and cancel.is_set()):
                 raise with_trace(run_timeout(timeout, exc.pc), exc) from None  # type: ignore
             raise with_trace(run_cancelled(exc.pc, exc.instructions), exc) from None
         except ExecutionError as exc:
@@ -138,8 +133,7 @@ class CpuSession(Session):
                 bridge.disarm()
             window.release()
             self._cancel = None
-            if timer is not None:
-                timer.cancel()
+            deadline.cancel()
             if watch is not None:
                 cancel.unwatch(watch)  # type: ignore[union-attr]
         return RunInfo(result.return_value, result.instructions, result.output_length,

@@ -21,7 +21,7 @@ from .. import nvme_regs as N
 from ..driver.nvme import NvmeHost, NvmeStatusError
 from ..engine.cache import DEFAULT_CACHE_BYTES, LoadedCache
 from ..errors import DeviceError, SlotsExhausted, UsageError
-from .api import Device, ProgramLike, RunInfo, Session, check_int
+from .api import Deadline, Device, ProgramLike, RunInfo, Session, check_int
 from .driver_device import Prepared, check_program
 from .errors import from_os_error, run_cancelled, run_failure, run_timeout, with_trace
 
@@ -146,12 +146,7 @@ class NvmeSession(Session):
         # Execute Program reaches the controller.
         self._runs += 1
         self._running = self._runs
-        expired: list[bool] = []
-        timer = None
-        if timeout is not None:
-            timer = threading.Timer(timeout, lambda: (expired.append(True), self.abort()))
-            timer.daemon = True
-            timer.start()
+        deadline = Deadline(timeout, self.abort)
         watch = cancel.watch(self.abort) if cancel is not None else None
         wait = (timeout + dev.host.timeout) if timeout is not None else EXECUTE_TIMEOUT
         try:
@@ -167,7 +162,7 @@ class NvmeSession(Session):
             dev.check_open()  # stopped by the device's close
             if exc.named is N.ABORT_REQUESTED:
                 record = self._record(trace=True)
-                if timeout is not None and (expired or not (cancel and cancel.is_set())):
+                if timeout is not None and (deadline.expired or not (cancel and cancel.is_set())):
                     raise with_trace(run_timeout(timeout, record.pc), record) from None
                 raise with_trace(run_cancelled(record.pc, record.instructions),
                                  record) from None
@@ -178,8 +173,7 @@ class NvmeSession(Session):
             raise
         finally:
             self._running = 0
-            if timer is not None:
-                timer.cancel()
+            deadline.cancel()
             if watch is not None:
                 cancel.unwatch(watch)  # type: ignore[union-attr]
         record = self._record(trace=True)
