@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from hermes.engine import isa
-from hermes.engine.program import decode
+from hermes.engine.isa import decode
 from hermes.errors import ProgramError
 
 

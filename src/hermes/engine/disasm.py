@@ -12,8 +12,7 @@ import io
 import os
 from typing import NamedTuple
 
-from .isa import Insn, encode
-from .program import decode, jump_target
+from .isa import Insn, decode, encode, jump_target
 
 
 def fmt_imm(value: int) -> str:

@@ -16,10 +16,10 @@ from ..errors import BudgetExceeded, Cancelled, ExecutionError
 from . import validate
 from .cancel import Cancel
 from .helpers import HelperContext, HelperRegistry, RunState, StopRun
-from .isa import Insn
+from .isa import Insn, jump_target
 from .memory import (DATA_BASE, MASK64, MAX_CALL_DEPTH, STACK_BASE, STACK_SIZE, STACK_TOP,
                      input_region, out_of_bounds, run_args)
-from .program import Program, jump_target
+from .program import Program
 from .verifier import verify
 
 W32 = 0xFFFF_FFFF

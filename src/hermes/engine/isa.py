@@ -1,4 +1,4 @@
-"""The eBPF instruction set (RFC 9669) as one table: opcodes, mnemonics, operand forms and semantics.
+"""The eBPF instruction set (RFC 9669): one table of opcodes, forms and semantics, and its codec.
 
 Everything that encodes, decodes, assembles, disassembles, verifies, interprets or compiles eBPF
 reads this table; nothing else in the project spells an opcode number.
@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import NamedTuple
+
+from ..errors import ProgramError
 
 # --- Instruction classes (low 3 bits of the opcode) -------------------------------------------
 CLS_LD = 0x00     #: non-standard loads: only ``lddw`` (mode IMM); ABS/IND are legacy and rejected
@@ -92,6 +94,8 @@ LDDW_SRC = {
 
 OPCODE_LDDW = CLS_LD | MODE_IMM | SIZE_DW  #: 0x18, the only two-slot instruction
 MAX_REG = 10     #: r0..r10
+#: Largest program the bare engine accepts, in 64-bit slots.
+MAX_PROGRAM_SLOTS = 65536
 FRAME_POINTER = 10
 
 # Operand forms: how an instruction's fields are written in assembly and which fields must be 0.
@@ -307,3 +311,105 @@ def encode(insn: Insn) -> bytes:
         return (encode_slot(OPCODE_LDDW, insn.dst, insn.src, insn.off, value & 0xFFFFFFFF)
                 + encode_slot(0, 0, 0, 0, value >> 32))
     return encode_slot(insn.op.opcode, insn.dst, insn.src, insn.off, insn.imm)
+
+
+def decode(code: bytes, max_slots: int = MAX_PROGRAM_SLOTS) -> list[Insn | None]:
+    """Decode and structurally validate ``code``; returns one entry per slot (None for lddw halves).
+
+    Raises ``ProgramError`` naming the instruction index for: a length that is not a multiple of 8,
+    an empty or oversized program, an unknown opcode, non-zero reserved fields, an invalid register,
+    a truncated or malformed lddw, a legacy packet load, and jump targets outside the program or
+    into the second half of an lddw.
+    """
+    if len(code) % 8:
+        raise ProgramError(f"program length {len(code)} bytes is not a multiple of 8")
+    nslots = len(code) // 8
+    if nslots == 0:
+        raise ProgramError("program is empty (0 instructions)")
+    if nslots > max_slots:
+        raise ProgramError(f"program has {nslots} instructions, more than the limit of {max_slots}")
+    out: list[Insn | None] = [None] * nslots
+    i = 0
+    while i < nslots:
+        opcode, dst, src, off, imm = decode_slot(code, i)
+        out[i] = _decode_one(code, i, nslots, opcode, dst, src, off, imm)
+        i += out[i].slots
+    _check_jumps(out)
+    return out
+
+
+def _decode_one(code: bytes, i: int, nslots: int, opcode: int, dst: int, src: int, off: int,
+                imm: int) -> Insn:
+    rows = BY_OPCODE.get(opcode)
+    if rows is None:
+        cls = opcode & 7
+        mode = opcode & 0xE0
+        if cls in (CLS_LD, CLS_LDX) and mode in (MODE_ABS, MODE_IND):
+            raise ProgramError(f"legacy packet load (opcode {opcode:#04x}, LD_ABS/LD_IND) is "
+                               "deprecated by RFC 9669 and not supported", i)
+        raise ProgramError(f"unknown opcode {opcode:#04x}", i)
+    fields = {"dst": dst, "src": src, "off": off, "imm": imm}
+    op = None
+    for row in rows:
+        if all(fields[name] == value for name, value in row.match):
+            op = row
+            break
+    if op is None:
+        if opcode == OPCODE_LDDW:
+            what = LDDW_SRC.get(src)
+            if what is None:
+                raise ProgramError(f"invalid source register {src} for lddw", i)
+            raise ProgramError(f"lddw with src={src} ({what}) needs maps, BTF or code "
+                               "addresses, which a Hermes device does not have", i)
+        name, _ = rows[0].match[0]
+        if rows[0].form == "end":
+            raise ProgramError(f"invalid endian immediate {imm} (must be 16, 32 or 64)", i)
+        raise ProgramError(f"invalid {name} field {fields[name]} for opcode {opcode:#04x}", i)
+    if dst > MAX_REG:
+        raise ProgramError(f"invalid destination register r{dst}", i)
+    if src > MAX_REG:
+        raise ProgramError(f"invalid source register r{src}", i)
+    _, zero = FORMS[op.form]
+    matched = {name for name, _ in op.match}
+    for name in zero:
+        if name not in matched and fields[name] != 0:
+            raise ProgramError(f"reserved field {name} must be 0 for {op.mnemonic}, "
+                               f"found {fields[name]}", i)
+    if opcode == OPCODE_LDDW:
+        if i + 1 >= nslots:
+            raise ProgramError("incomplete lddw: the second slot is missing", i)
+        op2, dst2, src2, off2, imm2 = decode_slot(code, i + 1)
+        if op2:
+            raise ProgramError(f"incomplete lddw: slot {i + 1} holds another instruction "
+                               f"(opcode {op2:#04x}) instead of the upper 32 bits", i)
+        if dst2 or src2 or off2:
+            raise ProgramError("invalid lddw second half: opcode, registers and offset must be 0",
+                               i + 1)
+        imm = (imm & 0xFFFFFFFF) | ((imm2 & 0xFFFFFFFF) << 32)
+    return Insn(op, dst, src, off, imm)
+
+
+def jump_target(insn: Insn, index: int) -> int | None:
+    """The slot a jump or local call at ``index`` goes to, or None for other instructions."""
+    form = insn.op.form
+    if form in ("ja", "jcond_k", "jcond_x"):
+        return index + 1 + insn.off
+    if form in ("gotol", "call_local"):
+        return index + 1 + insn.imm
+    return None
+
+
+def _check_jumps(insns: list[Insn | None]) -> None:
+    n = len(insns)
+    for i, insn in enumerate(insns):
+        if insn is None:
+            continue
+        target = jump_target(insn, i)
+        if target is None:
+            continue
+        what = "call" if insn.op.form == "call_local" else "jump"
+        if not 0 <= target < n:
+            raise ProgramError(f"{what} out of bounds: target {target} is outside the program "
+                               f"(0..{n - 1})", i)
+        if insns[target] is None:
+            raise ProgramError(f"{what} to the middle of lddw at instruction {target}", i)

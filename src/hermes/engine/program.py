@@ -7,122 +7,13 @@ from functools import cached_property
 from pathlib import Path
 
 from ..errors import ProgramError, UsageError
-from . import isa
-from .isa import Insn, OPCODE_LDDW
+from .isa import MAX_PROGRAM_SLOTS, decode
 from .memory import Segment
 
-#: Largest program the bare engine accepts, in 64-bit slots.
-MAX_PROGRAM_SLOTS = 65536
 #: Host bytes a loaded program holds per instruction slot beyond its code bytes (decoded
 #: instructions, translated blocks, analysis results): measured 0.2-0.9 KiB for the
 #: interpreter and the JIT's Python side on straight-line and jump-dense programs.
 LOADED_BYTES_PER_SLOT = 1024
-
-
-def _field(fields: dict[str, int], name: str) -> int:
-    return fields[name]
-
-
-def decode(code: bytes, max_slots: int = MAX_PROGRAM_SLOTS) -> list[Insn | None]:
-    """Decode and structurally validate ``code``; returns one entry per slot (None for lddw halves).
-
-    Raises ``ProgramError`` naming the instruction index for: a length that is not a multiple of 8,
-    an empty or oversized program, an unknown opcode, non-zero reserved fields, an invalid register,
-    a truncated or malformed lddw, a legacy packet load, and jump targets outside the program or
-    into the second half of an lddw.
-    """
-    if len(code) % 8:
-        raise ProgramError(f"program length {len(code)} bytes is not a multiple of 8")
-    nslots = len(code) // 8
-    if nslots == 0:
-        raise ProgramError("program is empty (0 instructions)")
-    if nslots > max_slots:
-        raise ProgramError(f"program has {nslots} instructions, more than the limit of {max_slots}")
-    out: list[Insn | None] = [None] * nslots
-    i = 0
-    while i < nslots:
-        opcode, dst, src, off, imm = isa.decode_slot(code, i)
-        out[i] = _decode_one(code, i, nslots, opcode, dst, src, off, imm)
-        i += out[i].slots
-    _check_jumps(out)
-    return out
-
-
-def _decode_one(code: bytes, i: int, nslots: int, opcode: int, dst: int, src: int, off: int,
-                imm: int) -> Insn:
-    rows = isa.BY_OPCODE.get(opcode)
-    if rows is None:
-        cls = opcode & 7
-        mode = opcode & 0xE0
-        if cls in (isa.CLS_LD, isa.CLS_LDX) and mode in (isa.MODE_ABS, isa.MODE_IND):
-            raise ProgramError(f"legacy packet load (opcode {opcode:#04x}, LD_ABS/LD_IND) is "
-                               "deprecated by RFC 9669 and not supported", i)
-        raise ProgramError(f"unknown opcode {opcode:#04x}", i)
-    fields = {"dst": dst, "src": src, "off": off, "imm": imm}
-    op = None
-    for row in rows:
-        if all(fields[name] == value for name, value in row.match):
-            op = row
-            break
-    if op is None:
-        if opcode == OPCODE_LDDW:
-            what = isa.LDDW_SRC.get(src)
-            if what is None:
-                raise ProgramError(f"invalid source register {src} for lddw", i)
-            raise ProgramError(f"lddw with src={src} ({what}) needs maps, BTF or code "
-                               "addresses, which a Hermes device does not have", i)
-        name, _ = rows[0].match[0]
-        if rows[0].form == "end":
-            raise ProgramError(f"invalid endian immediate {imm} (must be 16, 32 or 64)", i)
-        raise ProgramError(f"invalid {name} field {fields[name]} for opcode {opcode:#04x}", i)
-    if dst > isa.MAX_REG:
-        raise ProgramError(f"invalid destination register r{dst}", i)
-    if src > isa.MAX_REG:
-        raise ProgramError(f"invalid source register r{src}", i)
-    _, zero = isa.FORMS[op.form]
-    matched = {name for name, _ in op.match}
-    for name in zero:
-        if name not in matched and fields[name] != 0:
-            raise ProgramError(f"reserved field {name} must be 0 for {op.mnemonic}, "
-                               f"found {fields[name]}", i)
-    if opcode == OPCODE_LDDW:
-        if i + 1 >= nslots:
-            raise ProgramError("incomplete lddw: the second slot is missing", i)
-        op2, dst2, src2, off2, imm2 = isa.decode_slot(code, i + 1)
-        if op2:
-            raise ProgramError(f"incomplete lddw: slot {i + 1} holds another instruction "
-                               f"(opcode {op2:#04x}) instead of the upper 32 bits", i)
-        if dst2 or src2 or off2:
-            raise ProgramError("invalid lddw second half: opcode, registers and offset must be 0",
-                               i + 1)
-        imm = (imm & 0xFFFFFFFF) | ((imm2 & 0xFFFFFFFF) << 32)
-    return Insn(op, dst, src, off, imm)
-
-
-def jump_target(insn: Insn, index: int) -> int | None:
-    """The slot a jump or local call at ``index`` goes to, or None for other instructions."""
-    form = insn.op.form
-    if form in ("ja", "jcond_k", "jcond_x"):
-        return index + 1 + insn.off
-    if form in ("gotol", "call_local"):
-        return index + 1 + insn.imm
-    return None
-
-
-def _check_jumps(insns: list[Insn | None]) -> None:
-    n = len(insns)
-    for i, insn in enumerate(insns):
-        if insn is None:
-            continue
-        target = jump_target(insn, i)
-        if target is None:
-            continue
-        what = "call" if insn.op.form == "call_local" else "jump"
-        if not 0 <= target < n:
-            raise ProgramError(f"{what} out of bounds: target {target} is outside the program "
-                               f"(0..{n - 1})", i)
-        if insns[target] is None:
-            raise ProgramError(f"{what} to the middle of lddw at instruction {target}", i)
 
 
 class Program:

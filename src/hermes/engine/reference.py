@@ -22,10 +22,10 @@ from ..errors import BudgetExceeded, Cancelled, ExecutionError
 from . import validate
 from .cancel import Cancel
 from .helpers import HelperContext, HelperRegistry, RunState, StopRun
-from .isa import Insn, MAX_REG
+from .isa import Insn, MAX_REG, jump_target
 from .memory import (DATA_BASE, MASK64, MAX_CALL_DEPTH, STACK_BASE, STACK_SIZE, STACK_TOP,
                      input_region, out_of_bounds, run_args)
-from .program import Program, jump_target
+from .program import Program
 
 class Step(NamedTuple):
     """One executed instruction, as a step hook sees it.

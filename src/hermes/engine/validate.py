@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from ..errors import ProgramError
 from .disasm import format_insn
 from .helpers import HelperRegistry
-from .isa import Insn
-from .program import Program, jump_target
+from .isa import Insn, jump_target
+from .program import Program
 
 _ALL = (1 << 11) - 1
 _R0 = 1 << 0

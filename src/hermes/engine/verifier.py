@@ -23,9 +23,9 @@ from ..errors import ProgramError, VerifierError
 from . import validate
 from .disasm import format_insn
 from .helpers import HelperRegistry
-from .isa import Insn
+from .isa import Insn, jump_target
 from .memory import MAX_CALL_DEPTH, STACK_SIZE
-from .program import Program, jump_target
+from .program import Program
 
 _R0 = 1
 _ARGS = 0b111110  # r1..r5

@@ -20,9 +20,9 @@ from __future__ import annotations
 import bisect
 
 from ...errors import VerifierError
-from ..isa import Insn
+from ..isa import Insn, jump_target
 from ..memory import DATA_BASE, MASK64, MAX_CALL_DEPTH, STACK_BASE, STACK_SIZE, STACK_TOP, Segment
-from ..program import Program, jump_target
+from ..program import Program
 from .. import validate
 from ..verifier import VerifierInfo
 from .loops import LoopPlan, plan_loops

@@ -14,8 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .. import validate
-from ..isa import Insn
-from ..program import jump_target
+from ..isa import Insn, jump_target
 
 #: Offsets and increments beyond this magnitude make an access ineligible (keeps K's i64 math
 #: free of overflow: slot offsets are below 2**40 by the dispatch's own check).
