@@ -540,100 +540,7 @@ class Device(abc.ABC):
 
     def _map(self, prepared: object, items: Iterator[Buffer], options: dict,
              nworkers: int) -> Iterator[Result]:
-        # Workers pull items themselves (no per-item future) and wake the consumer once a batch
-        # of results waits: thread hand-offs, not the device, bound small-item rates.
-        cond = threading.Condition(threading.Lock())
-        results: dict[int, tuple[bool, object]] = {}
-        failures: list[BaseException] = []
-        st = {"next": 0, "consumed": 0, "exhausted": False, "stop": False, "waiting": -1,
-              "alive": nworkers}
-        # At most `ahead` items are taken beyond what the consumer has; the consumer is woken
-        # once `batch` results wait (or at the end). Workers block only with >= ahead - nworkers
-        # results buffered, which is >= batch, so the consumer is always woken first.
-        ahead = 8 * nworkers
-        batch = 4 * nworkers
-
-        def worker() -> None:
-            session = None
-            try:
-                # Each worker holds one session (one engine's worth of slots) for the whole map.
-                try:
-                    session = self.session()
-                    session.load(prepared)
-                except BaseException as exc:  # e.g. no free slot: the other workers carry on
-                    with cond:
-                        failures.append(exc)
-                    return
-                while True:
-                    with cond:
-                        while (not st["stop"] and not st["exhausted"]
-                               and st["next"] - st["consumed"] >= ahead):
-                            cond.wait()
-                        if st["stop"] or st["exhausted"]:
-                            return
-                        i = st["next"]
-                        try:
-                            buf = next(items)
-                        except StopIteration:
-                            st["exhausted"] = True
-                            return
-                        except BaseException as exc:  # the input iterator failed: report it
-                            st["exhausted"] = True
-                            st["next"] = i + 1
-                            results[i] = (False, exc)
-                            return
-                        st["next"] = i + 1
-                    try:
-                        session.write(buf)
-                        out: tuple[bool, object] = (True, session.run(**options))
-                    except BaseException as exc:  # handed to the consumer, raised in order
-                        out = (False, exc)
-                    with cond:
-                        results[i] = out
-                        if st["waiting"] in results and len(results) >= batch:
-                            cond.notify_all()
-            finally:
-                if session is not None:
-                    try:
-                        session.close()
-                    except Exception:  # closing after a device failure must not mask the first
-                        pass
-                with cond:
-                    st["alive"] -= 1
-                    cond.notify_all()
-
-        threads = [threading.Thread(target=worker, name=f"hermes-map-{n}", daemon=True)
-                   for n in range(nworkers)]
-        for t in threads:
-            t.start()
-        k = 0
-        try:
-            while True:
-                with cond:
-                    while (k not in results and st["alive"]
-                           and not (st["exhausted"] and k >= st["next"])):
-                        st["waiting"] = k
-                        cond.wait()
-                    st["waiting"] = -1
-                    if k not in results:
-                        if st["exhausted"] and k >= st["next"]:
-                            return
-                        # every worker is gone without finishing: none could open a session
-                        raise failures[0] if failures else RuntimeError("map workers stopped")
-                    ok, value = results.pop(k)
-                    st["consumed"] = k + 1
-                    if st["next"] - k >= ahead:
-                        cond.notify_all()  # workers may be waiting for room
-                if not ok:
-                    raise value  # type: ignore[misc]
-                yield value  # type: ignore[misc]
-                k += 1
-        finally:
-            with cond:
-                st["stop"] = True
-                cond.notify_all()
-            for t in threads:
-                t.join()
+        return _MapScheduler(self, prepared, items, options, nworkers).results()
 
     async def run_async(self, program: ProgramLike, data: Buffer = b"", *,
                         args: "tuple | list" = (), size: int | None = None,
@@ -669,6 +576,147 @@ class Device(abc.ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.spec!r}>"
+
+
+class _MapScheduler:
+    """One ``Device.map``: worker threads run the items, the consumer yields results in order.
+
+    Rules (every field below is read and written under ``cond``):
+
+    - Each worker opens one session (one engine's worth of slots) and loads the program once,
+      then keeps it for the whole map. A worker that cannot (e.g. no free slot) records its error
+      in ``failures`` and drops out; the others carry on.
+    - A worker takes the item with index ``taken`` (and increments it) only while fewer than
+      ``ahead`` items are taken beyond ``consumed`` and neither ``stop`` nor ``exhausted`` is
+      set. Items are drawn by the workers themselves: no per-item future.
+    - A run's outcome goes to ``done[index]`` as ``(True, Result)`` or ``(False, exception)``;
+      the consumer raises a failure when it reaches that index, so errors come in input order.
+      The input iterator failing is the outcome of the index it was asked for, and exhausts
+      the map.
+    - The consumer waits for ``done[waiting]``. A worker wakes it only once that result is in
+      and ``batch`` results are buffered (thread hand-offs, not the device, bound small-item
+      rates); a worker leaving always wakes it. Workers block only with at least
+      ``ahead - nworkers`` results buffered, which is at least ``batch``, so the consumer is
+      always woken first. The consumer wakes the workers when it frees room below ``ahead``.
+    - The map ends when ``exhausted`` is set and every taken index was yielded. When every
+      worker is gone (``alive == 0``) before that, it raises the first of ``failures``.
+    - Leaving the consumer (closing the iterator, or a failure raised to it) sets ``stop``:
+      workers finish their current run, close their sessions and exit, and the consumer joins
+      them before it returns.
+    """
+
+    def __init__(self, device: Device, prepared: object, items: Iterator[Buffer],
+                 options: dict, nworkers: int):
+        self.device = device
+        self.prepared = prepared
+        self.items = items
+        self.options = options
+        self.nworkers = nworkers
+        self.cond = threading.Condition(threading.Lock())
+        self.done: dict[int, tuple[bool, object]] = {}
+        self.failures: list[BaseException] = []
+        self.taken = 0
+        self.consumed = 0
+        self.exhausted = False
+        self.stop = False
+        self.waiting = -1
+        self.alive = nworkers
+        self.ahead = 8 * nworkers
+        self.batch = 4 * nworkers
+
+    def results(self) -> Iterator[Result]:
+        """The results in input order; a generator, so no worker starts before iteration."""
+        threads = [threading.Thread(target=self._worker, name=f"hermes-map-{n}", daemon=True)
+                   for n in range(self.nworkers)]
+        for t in threads:
+            t.start()
+        cond = self.cond
+        k = 0
+        try:
+            while True:
+                with cond:
+                    while (k not in self.done and self.alive
+                           and not (self.exhausted and k >= self.taken)):
+                        self.waiting = k
+                        cond.wait()
+                    self.waiting = -1
+                    if k not in self.done:
+                        if self.exhausted and k >= self.taken:
+                            return
+                        # every worker is gone without finishing: none could open a session
+                        raise (self.failures[0] if self.failures
+                               else RuntimeError("map workers stopped"))
+                    ok, value = self.done.pop(k)
+                    self.consumed = k + 1
+                    if self.taken - k >= self.ahead:
+                        cond.notify_all()  # workers may be waiting for room
+                if not ok:
+                    raise value  # type: ignore[misc]
+                yield value  # type: ignore[misc]
+                k += 1
+        finally:
+            with cond:
+                self.stop = True
+                cond.notify_all()
+            for t in threads:
+                t.join()
+
+    def _take(self) -> "tuple[int, Buffer] | None":
+        """The next item and its index, or None when this worker is to stop (under ``cond``)."""
+        while (not self.stop and not self.exhausted
+               and self.taken - self.consumed >= self.ahead):
+            self.cond.wait()
+        if self.stop or self.exhausted:
+            return None
+        i = self.taken
+        try:
+            buf = next(self.items)
+        except StopIteration:
+            self.exhausted = True
+            return None
+        except BaseException as exc:  # the input iterator failed: report it in its place
+            self.exhausted = True
+            self.taken = i + 1
+            self.done[i] = (False, exc)
+            return None
+        self.taken = i + 1
+        return i, buf
+
+    def _worker(self) -> None:
+        cond = self.cond
+        session = None
+        try:
+            try:
+                session = self.device.session()
+                session.load(self.prepared)
+            except BaseException as exc:  # e.g. no free slot: the other workers carry on
+                with cond:
+                    self.failures.append(exc)
+                return
+            while True:
+                with cond:
+                    taken = self._take()
+                if taken is None:
+                    return
+                i, buf = taken
+                try:
+                    session.write(buf)
+                    out: tuple[bool, object] = (True, session.run(**self.options))
+                except BaseException as exc:  # handed to the consumer, raised in order
+                    out = (False, exc)
+                with cond:
+                    self.done[i] = out
+                    if self.waiting in self.done and len(self.done) >= self.batch:
+                        cond.notify_all()
+        finally:
+            if session is not None:
+                try:
+                    session.close()
+                except Exception:  # closing after a device failure must not mask the first
+                    pass
+            with cond:
+                self.alive -= 1
+                cond.notify_all()
 
 
 #: Seconds a cancelled ``run_async`` waits for its aborted run to return before it re-raises.
