@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 from hermes import regs
-from hermes.driver import protocol
 
 HEADER = Path(__file__).with_name("hermes_regs.h")
 
@@ -42,7 +41,7 @@ def render() -> str:
     for name, value in vars(regs).items():
         if name.isupper() and isinstance(value, int) and not isinstance(value, bool):
             lines.append(f"#define HERMES_{name} {value:#x}")
-    kinds = {kind: protocol.ERROR_KIND_TEXT[name] for kind, name in protocol.EBPF_ERROR_KINDS.items()}
+    kinds = {kind.code: kind.text for kind in regs.ErrorKind}
     lines += ["", _MACROS.rstrip("\n"), "",
               _c_table("HERMES_STATUS_TEXTS", regs.STATUS_NAMES),
               _c_table("HERMES_EBPF_ERROR_TEXTS", kinds),

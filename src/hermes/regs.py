@@ -1,9 +1,17 @@
-"""The Hermes device's published interface as constants: BARs, registers, commands, statuses.
+"""The Hermes device's published interface: registers, commands and statuses, and the codecs of its layouts.
 
 This is the contract the device model implements and the driver programs against (the equivalent
-of a hardware header file); both import it, neither imports the other.
+of a hardware header file); both import it, neither imports the other. Besides the numbers it
+holds every layout both sides encode or decode: the BAR0 header and the ``Geometry`` it
+describes, the command response, the run context's IN and OUT fields and the eBPF error kinds
+with their status-0x05 codes, each with its ``pack`` and ``unpack``.
 """
 from __future__ import annotations
+
+import enum
+import struct
+from dataclasses import dataclass, field
+from typing import Callable, NamedTuple
 
 # --- PCI identity ------------------------------------------------------------------------------
 PCI_VENDOR_ID = 0x1DE5       #: Eideticom
@@ -250,3 +258,337 @@ EBPF_ERR_CALL_DEPTH = 0x04     #: call depth limit exceeded; detail = pc
 EBPF_ERR_HELPER = 0x05         #: helper failed or unknown; detail = pc
 EBPF_ERR_UNSUPPORTED = 0x06    #: instruction the engine cannot execute; detail = pc
 EBPF_ERR_INTERNAL = 0x7F       #: anything else
+
+
+class ErrorKind(str, enum.Enum):
+    """The kind of a status-0x05 eBPF error: its name (the value, also ``ExecutionError.kind``),
+    its code in the low 8 bits of the error code, and its text for messages."""
+
+    code: int
+    text: str
+
+    def __new__(cls, name: str, code: int, text: str) -> "ErrorKind":
+        member = str.__new__(cls, name)
+        member._value_ = name
+        member.code = code
+        member.text = text
+        return member
+
+    LOAD = ("load", EBPF_ERR_LOAD, "program failed to load")
+    OUT_OF_BOUNDS = ("out_of_bounds", EBPF_ERR_OUT_OF_BOUNDS, "memory access out of bounds")
+    BUDGET = ("budget", EBPF_ERR_BUDGET, "instruction budget exhausted")
+    CALL_DEPTH = ("call_depth", EBPF_ERR_CALL_DEPTH, "call depth limit exceeded")
+    HELPER = ("helper", EBPF_ERR_HELPER, "helper call failed")
+    UNSUPPORTED = ("unsupported", EBPF_ERR_UNSUPPORTED, "instruction not supported by the engine")
+    INTERNAL = ("internal", EBPF_ERR_INTERNAL, "internal engine error")
+
+    # The name, not ``ErrorKind.X``, in messages and f-strings (as a plain ``str`` kind reads).
+    __str__ = str.__str__
+    __format__ = str.__format__
+
+    @classmethod
+    def of(cls, name: str) -> "ErrorKind":
+        """The kind called ``name``; INTERNAL for a name the device has no code for."""
+        try:
+            return cls(name)
+        except ValueError:
+            return cls.INTERNAL
+
+    @classmethod
+    def of_code(cls, code: int) -> "ErrorKind | None":
+        """The kind whose code is the low byte of ``code``; None for a code no kind has."""
+        return _KINDS_BY_CODE.get(code & 0xFF)
+
+    def pack(self, detail: int | None = 0) -> int:
+        """The status-0x05 error code: this kind's code in bits 7..0, ``detail`` (a pc, or an
+        instruction index for LOAD; None counts as 0) above."""
+        return (self.code | (detail or 0) << 8) & _u64_mask
+
+    @classmethod
+    def unpack(cls, code: int) -> "tuple[ErrorKind | None, int]":
+        """(kind, detail) of a status-0x05 error code; the kind is None for an unknown code."""
+        return cls.of_code(code), code >> 8
+
+
+_u64_mask = (1 << 64) - 1
+_KINDS_BY_CODE = {kind.code: kind for kind in ErrorKind}
+
+
+class Layout:
+    """Little-endian integer (and byte-string) fields at fixed offsets of a register block."""
+
+    _FORMATS = {1: "B", 2: "H", 4: "I", 8: "Q"}
+
+    def __init__(self, start: int, end: int, fields: "tuple[tuple[str, int, int | str], ...]"):
+        """Fields are (name, offset, size) rows in offset order; a size given as ``"48s"`` is a
+        byte string. Gaps between fields are reserved bytes (packed as 0)."""
+        fmt, pos = "<", start
+        for name, offset, size in fields:
+            if offset < pos:
+                raise ValueError(f"field {name} at {offset:#x} overlaps the one before it")
+            fmt += f"{offset - pos}x" if offset > pos else ""
+            fmt += size if isinstance(size, str) else self._FORMATS[size]
+            pos = offset + (int(size[:-1]) if isinstance(size, str) else size)
+        if pos > end:
+            raise ValueError(f"fields end at {pos:#x}, past the block end {end:#x}")
+        self.start, self.end = start, end
+        self.names = tuple(name for name, _, _ in fields)
+        self._struct = struct.Struct(fmt + (f"{end - pos}x" if end > pos else ""))
+
+    @property
+    def size(self) -> int:
+        """Bytes of the block."""
+        return self.end - self.start
+
+    def pack(self, *values: "int | bytes") -> bytes:
+        """The block's bytes from the field values in field order."""
+        return self._struct.pack(*values)
+
+    def unpack(self, data: bytes) -> tuple:
+        """The field values (in field order) of the block's bytes ``data``."""
+        return self._struct.unpack_from(data)
+
+
+# --- the 16-byte command response ------------------------------------------------------------
+_RESPONSE = Layout(0, EHCMDRES_LEN, (("cmd_id", 0, 2), ("status", 2, 1), ("reserved", 3, "5s"),
+                                     ("value", 8, 8)))
+
+
+class Response(NamedTuple):
+    """A command response: the echoed command id, the status byte and response bytes 8..15
+    (``reserved`` holds bytes 3..7, normally 0)."""
+
+    cmd_id: int
+    status: int
+    value: int = 0
+    reserved: int = 0
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> "Response":
+        """Decode the 16 response bytes."""
+        cmd_id, status, reserved, value = _RESPONSE.unpack(raw)
+        return cls(cmd_id, status, value, int.from_bytes(reserved, "little"))
+
+    def pack(self) -> bytes:
+        """The 16 response bytes (command id and value taken modulo their widths)."""
+        return _RESPONSE.pack(self.cmd_id & 0xFFFF, self.status,
+                              self.reserved.to_bytes(5, "little"), self.value & _u64_mask)
+
+    #: Names the driver has always offered for the same codec.
+    parse = unpack
+
+    @property
+    def raw(self) -> bytes:
+        """The 16 response bytes."""
+        return self.pack()
+
+    @property
+    def status_name(self) -> str:
+        """The status byte's name from the interface definition."""
+        return STATUS_NAMES.get(self.status, f"unknown status {self.status:#04x}")
+
+    @property
+    def error_kind(self) -> "ErrorKind | None":
+        """For status 0x05, the eBPF error kind (None otherwise, or for a code no kind has)."""
+        return ErrorKind.of_code(self.value) if self.status == STATUS_EBPF_ERROR else None
+
+    @property
+    def error_detail(self) -> int | None:
+        """For status 0x05, the detail of the error code (pc, or instruction index for loads)."""
+        return self.value >> 8 if self.status == STATUS_EBPF_ERROR else None
+
+
+# --- the BAR0 header (capability registers) and the geometry it describes --------------------
+@dataclass(frozen=True)
+class Geometry:
+    """What a Hermes device is: what its BAR0 header says (version through data slot size) and
+    the XDMA channels of BAR2. The model builds its header from one; the driver's probe returns
+    one."""
+
+    version: int
+    build: str
+    engines: int
+    program_slots: int
+    data_slots: int
+    program_slot_offset: int
+    program_slot_size: int
+    data_slot_offset: int
+    data_slot_size: int
+    capabilities: int = 0
+    h2c_channels: int = XDMA_H2C_CHANNELS
+    c2h_channels: int = XDMA_C2H_CHANNELS
+    #: Bytes of BAR4 the slots span (the end of whichever slot area ends last).
+    bar4_size: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "bar4_size", max(
+            self.program_slot_offset + self.program_slots * self.program_slot_size,
+            self.data_slot_offset + self.data_slots * self.data_slot_size))
+
+    def program_slot(self, slot: int) -> int:
+        """BAR4 offset of program slot ``slot``."""
+        return self.program_slot_offset + slot * self.program_slot_size
+
+    def data_slot(self, slot: int) -> int:
+        """BAR4 offset of data slot ``slot``."""
+        return self.data_slot_offset + slot * self.data_slot_size
+
+
+class InterfaceVersionError(ValueError):
+    """EHVER holds a version this interface definition has no header layout for."""
+
+    def __init__(self, version: int):
+        self.version = version
+        super().__init__(f"unsupported Hermes interface version {version:#x}; supported: "
+                         f"{', '.join(map(str, INTERFACE_VERSIONS))}")
+
+
+_HEADER_COMMON = (("version", EHVER, 4), ("build", EHBLD, f"{EHBLD_LEN}s"), ("engines", EHENG, 1),
+                  ("program_slots", EHPSLOT, 1), ("data_slots", EHDSLOT, 1),
+                  ("capabilities", EHCAP, 1))
+
+
+class Header:
+    """The BAR0 header of each interface version: which capability registers it has, where."""
+
+    #: Interface version -> its header layout; version 2 widens the slot offsets to 64 bits.
+    LAYOUTS = {
+        1: Layout(0, EHDSSZE + 4, _HEADER_COMMON + (
+            ("program_slot_offset", EHPSOFF, 4), ("program_slot_size", EHPSSZE, 4),
+            ("data_slot_offset", EHDSOFF, 4), ("data_slot_size", EHDSSZE, 4))),
+        2: Layout(0, EHDSSZE_V2 + 4, _HEADER_COMMON + (
+            ("program_slot_offset", EHPSOFF_V2, 8), ("program_slot_size", EHPSSZE_V2, 4),
+            ("data_slot_offset", EHDSOFF_V2, 8), ("data_slot_size", EHDSSZE_V2, 4))),
+    }
+
+    @classmethod
+    def layout(cls, version: int) -> Layout:
+        """The header layout of interface ``version``; InterfaceVersionError if there is none."""
+        try:
+            return cls.LAYOUTS[version]
+        except KeyError:
+            raise InterfaceVersionError(version) from None
+
+    @classmethod
+    def end(cls, version: int) -> int:
+        """BAR0 offset just past the header of interface ``version``."""
+        return cls.layout(version).end
+
+    @classmethod
+    def pack(cls, geometry: Geometry) -> bytes:
+        """The header bytes (BAR0 offset 0 on) describing ``geometry``, in its version's layout.
+
+        The build string is UTF-8, NUL padded to EHBLD_LEN bytes; ValueError if it is longer or
+        a field does not fit its register."""
+        build = geometry.build.encode("utf-8")
+        if len(build) > EHBLD_LEN:
+            raise ValueError(f"build string is {len(build)} bytes; EHBLD holds {EHBLD_LEN}")
+        layout = cls.layout(geometry.version)
+        values = {name: getattr(geometry, name) for name in layout.names}
+        values["build"] = build
+        try:
+            return layout.pack(*(values[name] for name in layout.names))
+        except struct.error as exc:
+            raise ValueError(f"a geometry field does not fit its interface version "
+                             f"{geometry.version} register: {exc}") from None
+
+    @classmethod
+    def unpack(cls, read: Callable[[int, int], bytes], *, h2c_channels: int = XDMA_H2C_CHANNELS,
+               c2h_channels: int = XDMA_C2H_CHANNELS) -> Geometry:
+        """The geometry a BAR0 header describes. ``read(offset, length)`` returns BAR0 bytes
+        (lengths are multiples of 4): first EHVER, then the whole header of that version.
+        InterfaceVersionError when EHVER names no known version; the build string is read up to
+        its first NUL, as ASCII."""
+        version = int.from_bytes(read(EHVER, 4), "little")
+        layout = cls.layout(version)
+        values = dict(zip(layout.names, layout.unpack(read(0, layout.end))))
+        values["build"] = values["build"].split(b"\0", 1)[0].decode("ascii", "replace")
+        return Geometry(**values, h2c_channels=h2c_channels, c2h_channels=c2h_channels)
+
+
+# --- the run context: IN fields (host -> device) and OUT fields (device -> host) ---------------
+_CTX_IN = Layout(0, CTX_OUT_FIELDS[0], (
+    ("input_len", CTX_INPUT_LEN, 4), ("window", CTX_WINDOW, 4), ("arg0", CTX_ARG0, 8),
+    ("arg1", CTX_ARG1, 8), ("arg2", CTX_ARG2, 8), ("budget", CTX_BUDGET, 8),
+    ("entry", CTX_ENTRY, 4), ("reserved", CTX_IN_RESERVED, 4)))
+_CTX_OUT = Layout(CTX_OUT_FIELDS[0], CTX_OUT_FIELDS[1], (
+    ("instructions", CTX_INSNS, 8), ("output_len", CTX_OUTPUT_LEN, 4),
+    ("trace_len", CTX_TRACE_LEN, 4), ("run_ns", CTX_RUN_NS, 8),
+    ("fault_address", CTX_FAULT_ADDR, 8), ("fault_size", CTX_FAULT_SIZE, 4),
+    ("fault_flags", CTX_FAULT_FLAGS, 4), ("trace_dropped", CTX_TRACE_DROPPED, 4),
+    ("run_budget", CTX_RUN_BUDGET, 8)))
+
+
+class RunContextIn(NamedTuple):
+    """EHCMDCTXn's IN fields, which the host writes before a Run Program with RUN_FLAG_CTX:
+    ``input_len`` (r2), the ``window`` of the data slot, three ``args`` (r3..r5), the ``budget``
+    (0: the device's), the ELF ``entry`` symbol index (0: default) and ``reserved`` (must be 0)."""
+
+    input_len: int
+    window: int
+    args: tuple[int, int, int] = (0, 0, 0)
+    budget: int = 0
+    entry: int = 0
+    reserved: int = 0
+
+    #: Bytes of the IN fields (EHCMDCTXn offset 0 on).
+    SIZE = _CTX_IN.size
+
+    def pack(self) -> bytes:
+        """The IN fields' bytes, EHCMDCTXn offset 0 on (``args`` padded with 0 to three)."""
+        args = tuple(self.args) + (0,) * (CTX_ARGS - len(self.args))
+        return _CTX_IN.pack(self.input_len, self.window, *args, self.budget, self.entry,
+                            self.reserved)
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> "RunContextIn":
+        """The IN fields from their bytes (EHCMDCTXn offset 0 on)."""
+        input_len, window, a0, a1, a2, budget, entry, reserved = _CTX_IN.unpack(raw)
+        return cls(input_len, window, (a0, a1, a2), budget, entry, reserved)
+
+
+class RunContextOut(NamedTuple):
+    """EHCMDCTXn's OUT fields, which the device writes before DONE after every Run Program.
+
+    ``output_len`` is CTX_NO_OUTPUT when the program declared none; ``fault_*`` describe an
+    out-of-bounds access (0 otherwise; ``fault_flags`` holds FAULT_WRITE and the call depth);
+    ``run_budget`` is the instruction budget the run had."""
+
+    instructions: int = 0
+    output_len: int = CTX_NO_OUTPUT
+    trace_len: int = 0
+    run_ns: int = 0
+    fault_address: int = 0
+    fault_size: int = 0
+    fault_flags: int = 0
+    trace_dropped: int = 0
+    run_budget: int = 0
+
+    #: Bytes of the OUT fields (EHCMDCTXn offset CTX_INSNS on).
+    SIZE = _CTX_OUT.size
+
+    def pack(self) -> bytes:
+        """The OUT fields' bytes, EHCMDCTXn offset CTX_INSNS on."""
+        return _CTX_OUT.pack(*self)
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> "RunContextOut":
+        """The OUT fields from their bytes (EHCMDCTXn offset CTX_INSNS on)."""
+        return cls(*_CTX_OUT.unpack(raw))
+
+    @property
+    def fault_write(self) -> bool:
+        """Whether the faulting access was a store."""
+        return bool(self.fault_flags & FAULT_WRITE)
+
+    @property
+    def fault_depth(self) -> int:
+        """The call depth of the faulting access (0: the entry function)."""
+        return self.fault_flags >> CTX_FAULT_DEPTH_SHIFT & CTX_FAULT_DEPTH_MASK
+
+    @staticmethod
+    def fault_flags_of(write: bool, depth: int) -> int:
+        """CTX_FAULT_FLAGS for a fault that was a store (``write``) at call ``depth`` (capped
+        at what the field holds)."""
+        return (FAULT_WRITE if write else 0) | min(depth, CTX_FAULT_DEPTH_MASK) << \
+            CTX_FAULT_DEPTH_SHIFT

@@ -5,12 +5,15 @@ import errno
 import math
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, replace
 
 from .. import regs
 from ..transport.base import DmaBuffer, Transport
 from .dma import C2H, H2C, Channel, ChannelPool
 from .protocol import DriverError, Response, error, run_word, status_error
+
+#: The probe's result (re-exported: ``hermes.driver.Geometry``).
+Geometry = regs.Geometry
 
 #: Seconds a command (a run included) may take before the driver gives up with ETIMEDOUT.
 DEFAULT_TIMEOUT = 60.0
@@ -35,33 +38,6 @@ _BAR2 = regs.BAR_DMA
 #: which Python sees it; a slice is longer than the vfio-user transport's liveness probe interval
 #: (0.1 s), so that transport still probes a silent server during a long wait.
 _WAIT_SLICE = 0.25
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """What the probe learnt from BAR0 and BAR2."""
-
-    version: int
-    build: str
-    engines: int
-    program_slots: int
-    data_slots: int
-    program_slot_offset: int
-    program_slot_size: int
-    data_slot_offset: int
-    data_slot_size: int
-    bar4_size: int
-    h2c_channels: int
-    c2h_channels: int
-    capabilities: int = 0
-
-    def program_slot(self, slot: int) -> int:
-        """BAR4 offset of program slot ``slot``."""
-        return self.program_slot_offset + slot * self.program_slot_size
-
-    def data_slot(self, slot: int) -> int:
-        """BAR4 offset of data slot ``slot``."""
-        return self.data_slot_offset + slot * self.data_slot_size
 
 
 class RunControl:
@@ -233,36 +209,25 @@ class Driver:
     # --- probe ----------------------------------------------------------------------------------
     def _probe(self) -> Geometry:
         t = self.transport
-        version = t.read(_BAR0, regs.EHVER, 4)
-        if version not in regs.INTERFACE_VERSIONS:
-            hint = " (no device answering?)" if version in (0, 0xFFFFFFFF) else ""
-            raise error(errno.ENODEV, f"unsupported Hermes interface version {version:#x}{hint}"
-                        "; this driver supports versions "
-                        f"{', '.join(map(str, regs.INTERFACE_VERSIONS))}")
-        build = t.read_block(_BAR0, regs.EHBLD, regs.EHBLD_LEN).split(b"\0", 1)[0]
-        engines = t.read(_BAR0, regs.EHENG, 1)
-        pslots = t.read(_BAR0, regs.EHPSLOT, 1)
-        dslots = t.read(_BAR0, regs.EHDSLOT, 1)
-        caps = t.read(_BAR0, regs.EHCAP, 1)
-        if version == 1:
-            psoff = t.read(_BAR0, regs.EHPSOFF, 4)
-            pssz = t.read(_BAR0, regs.EHPSSZE, 4)
-            dsoff = t.read(_BAR0, regs.EHDSOFF, 4)
-            dssz = t.read(_BAR0, regs.EHDSSZE, 4)
-        else:
-            psoff = t.read(_BAR0, regs.EHPSOFF_V2, 4) | t.read(_BAR0, regs.EHPSOFF_V2 + 4, 4) << 32
-            pssz = t.read(_BAR0, regs.EHPSSZE_V2, 4)
-            dsoff = t.read(_BAR0, regs.EHDSOFF_V2, 4) | t.read(_BAR0, regs.EHDSOFF_V2 + 4, 4) << 32
-            dssz = t.read(_BAR0, regs.EHDSSZE_V2, 4)
+        try:
+            g = regs.Header.unpack(lambda offset, length: t.read_block(_BAR0, offset, length))
+        except regs.InterfaceVersionError as exc:
+            hint = " (no device answering?)" if exc.version in (0, 0xFFFFFFFF) else ""
+            raise error(errno.ENODEV, f"unsupported Hermes interface version {exc.version:#x}"
+                        f"{hint}; this driver supports versions "
+                        f"{', '.join(map(str, regs.INTERFACE_VERSIONS))}") from None
         problems = []
-        if engines == 0:
+        if g.engines == 0:
             problems.append("EHENG is 0 (no engines)")
-        if pslots == 0 or pssz == 0:
-            problems.append(f"no program slots (EHPSLOT {pslots}, EHPSSZE {pssz})")
-        if dslots == 0 or dssz == 0:
-            problems.append(f"no data slots (EHDSLOT {dslots}, EHDSSZE {dssz})")
-        pend, dend = psoff + pslots * pssz, dsoff + dslots * dssz
-        if pslots and dslots and psoff < dend and dsoff < pend:
+        if g.program_slots == 0 or g.program_slot_size == 0:
+            problems.append(f"no program slots (EHPSLOT {g.program_slots}, "
+                            f"EHPSSZE {g.program_slot_size})")
+        if g.data_slots == 0 or g.data_slot_size == 0:
+            problems.append(f"no data slots (EHDSLOT {g.data_slots}, EHDSSZE {g.data_slot_size})")
+        psoff, dsoff = g.program_slot_offset, g.data_slot_offset
+        pend = psoff + g.program_slots * g.program_slot_size
+        dend = dsoff + g.data_slots * g.data_slot_size
+        if g.program_slots and g.data_slots and psoff < dend and dsoff < pend:
             problems.append(f"program slots [{psoff:#x}, {pend:#x}) overlap data slots "
                             f"[{dsoff:#x}, {dend:#x})")
         h2c = self._count_channels(regs.XDMA_TARGET_H2C)
@@ -271,8 +236,7 @@ class Driver:
             problems.append(f"XDMA block has {h2c} H2C and {c2h} C2H channels (need one of each)")
         if problems:
             raise error(errno.ENODEV, "refusing the Hermes device: " + "; ".join(problems))
-        return Geometry(version, build.decode("ascii", "replace"), engines, pslots, dslots, psoff,
-                        pssz, dsoff, dssz, max(pend, dend), h2c, c2h, caps)
+        return replace(g, h2c_channels=h2c, c2h_channels=c2h)
 
     def _count_channels(self, target: int) -> int:
         """Channels whose identifier register carries the XDMA magic and the right target."""
@@ -488,14 +452,10 @@ class Driver:
         """The response of ``engine``'s completed command, and a run context's OUT fields and
         printed text into ``control``."""
         raw = self._read_bytes(regs.cmdres(engine), regs.EHCMDRES_LEN)
-        head = int.from_bytes(raw[:8], "little")
-        response = Response(head & 0xFFFF, (head >> 16) & 0xFF,
-                            int.from_bytes(raw[8:16], "little"), head >> 24)
+        response = Response.unpack(raw)
         if control is not None and control.ctx is not None:
-            first, end = regs.CTX_OUT_FIELDS
-            out = self._read_bytes(regs.cmdctx(engine) + first, end - first)
-            at = regs.CTX_TRACE_LEN - first
-            n = min(int.from_bytes(out[at:at + 4], "little"), regs.TRACE_LIMIT)
+            out = self._read_bytes(regs.cmdctx(engine) + regs.CTX_INSNS, regs.RunContextOut.SIZE)
+            n = min(regs.RunContextOut.unpack(out).trace_len, regs.TRACE_LIMIT)
             control.out = out
             control.trace = self._read_bytes(regs.trace_buffer(engine), n) if n else b""
         return response

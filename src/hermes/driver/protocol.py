@@ -4,7 +4,6 @@ from __future__ import annotations
 import errno
 import struct
 from dataclasses import dataclass
-from typing import NamedTuple
 
 from .. import regs
 
@@ -36,28 +35,6 @@ RWF_APPEND = 0x10
 _RWF_NAMES = {RWF_HIPRI: "RWF_HIPRI", RWF_DSYNC: "RWF_DSYNC", RWF_SYNC: "RWF_SYNC",
               RWF_NOWAIT: "RWF_NOWAIT", RWF_APPEND: "RWF_APPEND"}
 
-#: Names of the eBPF error kinds in the low byte of a status-0x05 error code.
-EBPF_ERROR_KINDS = {
-    regs.EBPF_ERR_LOAD: "load",
-    regs.EBPF_ERR_OUT_OF_BOUNDS: "out_of_bounds",
-    regs.EBPF_ERR_BUDGET: "budget",
-    regs.EBPF_ERR_CALL_DEPTH: "call_depth",
-    regs.EBPF_ERR_HELPER: "helper",
-    regs.EBPF_ERR_UNSUPPORTED: "unsupported",
-    regs.EBPF_ERR_INTERNAL: "internal",
-}
-#: Human-readable text of each error kind.
-ERROR_KIND_TEXT = {
-    "load": "program failed to load",
-    "out_of_bounds": "memory access out of bounds",
-    "budget": "instruction budget exhausted",
-    "call_depth": "call depth limit exceeded",
-    "helper": "helper call failed",
-    "unsupported": "instruction not supported by the engine",
-    "internal": "internal engine error",
-}
-
-
 def flag_names(flags: int) -> str:
     """``RWF_*`` names of the bits set in ``flags`` (unknown bits in hex)."""
     names = [name for bit, name in _RWF_NAMES.items() if flags & bit]
@@ -68,53 +45,24 @@ def flag_names(flags: int) -> str:
 
 
 def decode_error_code(code: int) -> tuple[str, int]:
-    """Split a status-0x05 error code into (kind name, detail): the detail is a pc or an index."""
-    return EBPF_ERROR_KINDS.get(code & 0xFF, f"unknown({code & 0xFF:#x})"), code >> 8
+    """Split a status-0x05 error code into (kind name, detail): the detail is a pc or an index;
+    a kind the interface does not define reads ``unknown(0x..)``."""
+    kind, detail = regs.ErrorKind.unpack(code)
+    return (kind if kind is not None else f"unknown({code & 0xFF:#x})"), detail
 
 
 def describe_error_code(code: int) -> str:
     """Human-readable text for a status-0x05 error code."""
-    kind, detail = decode_error_code(code)
-    text = ERROR_KIND_TEXT.get(kind, f"eBPF error of unknown kind {code & 0xFF:#x}")
-    where = "instruction" if kind == "load" else "pc"
+    kind, detail = regs.ErrorKind.unpack(code)
+    text = kind.text if kind is not None else f"eBPF error of unknown kind {code & 0xFF:#x}"
+    where = "instruction" if kind is regs.ErrorKind.LOAD else "pc"
     return f"{text} at {where} {detail} (device error code {code:#x})"
 
 
-class Response(NamedTuple):
-    """A command response: the echoed command id, the status byte and response bytes 8..15
-    (``reserved`` holds bytes 3..7, normally 0)."""
-
-    cmd_id: int
-    status: int
-    value: int
-    reserved: int = 0
-
-    @classmethod
-    def parse(cls, raw: bytes) -> "Response":
-        """Decode the 16 response bytes."""
-        return cls(int.from_bytes(raw[0:2], "little"), raw[2], int.from_bytes(raw[8:16], "little"),
-                   int.from_bytes(raw[3:8], "little"))
-
-    @property
-    def raw(self) -> bytes:
-        """The 16 response bytes."""
-        return ((self.cmd_id | self.status << 16 | self.reserved << 24).to_bytes(8, "little")
-                + self.value.to_bytes(8, "little"))
-
-    @property
-    def status_name(self) -> str:
-        """The status byte's name from the interface definition."""
-        return regs.STATUS_NAMES.get(self.status, f"unknown status {self.status:#04x}")
-
-    @property
-    def error_kind(self) -> str | None:
-        """For status 0x05, the eBPF error kind (``"load"``, ``"out_of_bounds"``...)."""
-        return decode_error_code(self.value)[0] if self.status == regs.STATUS_EBPF_ERROR else None
-
-    @property
-    def error_detail(self) -> int | None:
-        """For status 0x05, the detail of the error code (pc, or instruction index for loads)."""
-        return decode_error_code(self.value)[1] if self.status == regs.STATUS_EBPF_ERROR else None
+#: The command response codec (one home: the interface definition).
+Response = regs.Response
+#: Each error kind's text by its name, a view of ``regs.ErrorKind`` for the driver's users.
+ERROR_KIND_TEXT = {kind.value: kind.text for kind in regs.ErrorKind}
 
 
 #: errno a failing status turns into (the driver interface table).
