@@ -18,12 +18,16 @@ import multiprocessing
 import random
 import sys
 import time
+from pathlib import Path
 
 from hermes.engine.helpers import CONFORMANCE_HELPERS
 from hermes.engine.interp import Interpreter
 from hermes.engine.jit import JitExecutable
-from hermes.engine.jit.progen import KINDS, compare_all
 from hermes.errors import VerifierError
+
+# The program generators are test support (tests/support), not part of the installed package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.support.progen import KINDS, compare_all  # noqa: E402
 
 #: JIT tiers every program is compiled for (besides the interpreter, the reference).
 TIERS = ("quick", "full")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
-from hermes.benchmarks import find_shared
+from .support.shared import shared_dir
 
 #: Device fixtures: every driver/library test runs over each registered transport
 #: (in-process model, vfio-user server process, VFIO over the fake kernel interface).
@@ -17,8 +17,8 @@ settings.register_profile("ci", deadline=None, suppress_health_check=[HealthChec
 settings.register_profile("fuzz", deadline=None, suppress_health_check=list(HealthCheck))
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
-CONFORMANCE = find_shared("conformance")
-BENCH = find_shared("bench")
+CONFORMANCE = shared_dir("conformance")
+BENCH = shared_dir("bench")
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ import pytest
 
 from hermes.engine import CONFORMANCE_HELPERS, Program, run
 from hermes.engine.elf import load_elf
-from hermes.engine.elf_corpus import build_pyelf_object, template
+from hermes.conformance_pyelf import build_pyelf_object, template
 from hermes.errors import ElfError
 
 from .conftest import CONFORMANCE

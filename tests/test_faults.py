@@ -18,7 +18,7 @@ import pytest
 
 import hermes
 from hermes.engine import Program
-from hermes.vfio.server import BUSY_GRACE
+from hermes.server.vfio_user import BUSY_GRACE
 from tests.vfio_devices import ServerProcess, _die_with_parent
 
 #: The reply timeout (and command timeout) the clients here use.
@@ -321,7 +321,7 @@ def test_client_killed_mid_run_leaves_nothing_behind(servers):
 def test_next_client_after_a_killed_runaway_is_fast(servers):
     # The interpreter engine: a runaway holds the server's GIL half the time, so a program left
     # running shows in the next client's run time as well as in the idle server's CPU use.
-    s = servers("fast.sock", "--budget", RUNAWAY_BUDGET, "--engine", "interp")
+    s = servers("fast.sock", "--budget", RUNAWAY_BUDGET, "--executor", "interp")
     with open_patient(s.path) as dev:
         baseline = small_run_seconds(dev)
     kill_client_while(s.path, "run", 0xC1)

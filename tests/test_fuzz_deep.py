@@ -10,7 +10,7 @@ from pathlib import Path
 from hermes.engine.helpers import CONFORMANCE_HELPERS
 from hermes.engine.interp import Interpreter
 from hermes.engine.jit import JitExecutable
-from hermes.engine.jit.progen import compare_all, deep_case, outcome
+from .support.progen import compare_all, deep_case, outcome
 from hermes.engine.verifier import verify
 from tests.volume import examples
 

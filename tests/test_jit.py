@@ -13,7 +13,7 @@ from hermes.engine import CONFORMANCE_HELPERS, load
 from hermes.engine.helpers import Helper, HelperRegistry, StopRun
 from hermes.engine.interp import Interpreter
 from hermes.engine.jit import JitExecutable
-from hermes.engine.jit.progen import Case, compare, outcome, random_case
+from .support.progen import Case, compare, outcome, random_case
 from hermes.engine.jit.runtime import compile_program
 from hermes.engine.memory import DATA_BASE, RODATA_BASE, RWDATA_BASE, STACK_TOP, Segment
 from hermes.engine.program import Program

@@ -10,7 +10,7 @@ from hermes.engine import validate
 from hermes.engine.helpers import CONFORMANCE_HELPERS
 from hermes.engine.interp import Interpreter
 from hermes.engine.jit import JitExecutable, codegen
-from hermes.engine.jit.progen import Case, outcome, random_case
+from .support.progen import Case, outcome, random_case
 from hermes.engine.jit.runtime import _llvm
 from hermes.engine.memory import DATA_BASE, MAX_DATA
 from hermes.engine.program import Program

@@ -16,8 +16,8 @@ from hermes.driver.nvme import NvmeHost
 from hermes.engine import Program
 from hermes.transport.vfio_user import VfioUserTransport
 from hermes.vfio import pci
-from hermes.vfio.function import VfioFunction
-from hermes.vfio.server import Server
+from hermes.server.function import VfioFunction
+from hermes.server.vfio_user import Server
 
 from tests.nvme_devices import _server
 

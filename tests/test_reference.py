@@ -14,7 +14,7 @@ from hermes.engine import (CONFORMANCE_HELPERS, DEFAULT_BUDGET, DEVICE_HELPERS, 
 from hermes.engine.helpers import merged
 from hermes.engine.interp import Interpreter
 from hermes.engine.jit import JitExecutable
-from hermes.engine.jit.progen import KINDS, compare_all, outcome
+from .support.progen import KINDS, compare_all, outcome
 from hermes.engine.memory import DATA_BASE, STACK_TOP
 from hermes.engine.reference import Reference, Step, block_leaders
 from hermes.errors import BudgetExceeded, Cancelled, ExecutionError, ProgramError

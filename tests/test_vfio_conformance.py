@@ -40,7 +40,7 @@ def transport(request, tmp_path):
         t.close()
     else:
         from hermes.transport.vfio import VfioTransport
-        from hermes.vfio.fake_kernel import FakeVfioKernel
+        from .support.fake_kernel import FakeVfioKernel
         k = FakeVfioKernel(tmp_path, engines=2, budget=1_000_000)
         t = VfioTransport(k.bdf, sysfs_root=k.sysfs_root, dev_root=k.dev_root, ioctl=k.ioctl,
                           pread=k.pread, pwrite=k.pwrite)
@@ -180,7 +180,7 @@ def three_transports(serve_process, tmp_path_factory):
     from hermes.transport.inproc import InProcessTransport
     from hermes.transport.vfio import VfioTransport
     from hermes.transport.vfio_user import VfioUserTransport
-    from hermes.vfio.fake_kernel import FakeVfioKernel
+    from .support.fake_kernel import FakeVfioKernel
     k = FakeVfioKernel(tmp_path_factory.mktemp("fake"), engines=2, budget=1_000_000)
     ts = [InProcessTransport.create(engines=2, budget=1_000_000),
           VfioUserTransport(serve_process.path),

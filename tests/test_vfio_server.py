@@ -18,7 +18,7 @@ from hermes.engine import Program
 from hermes.transport.vfio_user import VfioUserTransport
 from hermes.vfio import pci, uapi
 from hermes.vfio import protocol as P
-from hermes.vfio.function import VfioFunction
+from hermes.server.function import VfioFunction
 
 import hermes.driver
 from tests.vfio_devices import ServerProcess, ThreadServer, wait_for_socket

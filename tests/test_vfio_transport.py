@@ -18,7 +18,7 @@ from hermes.transport.vfio import VfioError, VfioTransport
 from hermes.transport.vfio_user import VfioUserTransport
 from hermes.vfio import protocol as P
 from hermes.vfio import uapi
-from hermes.vfio.fake_kernel import FakeVfioKernel
+from .support.fake_kernel import FakeVfioKernel
 
 from tests.vfio_devices import ServerProcess, ThreadServer
 

@@ -6,7 +6,7 @@ library test also runs over them:
 * ``vfio-user``: the device runs in a ``hermes serve`` subprocess (one per distinct set of device
   options, started on first use and kept for the session; a server busy with another client of
   the same test makes a new one); the driver talks to it through ``VfioUserTransport``.
-* ``vfio``: ``VfioTransport`` against ``hermes.vfio.fake_kernel`` (a real HermesDevice behind
+* ``vfio``: ``VfioTransport`` against ``tests.support.fake_kernel`` (a real HermesDevice behind
   fake VFIO ioctls, pread/pwrite and sysfs files).
 
 Also offers ``ServerProcess`` and ``ThreadServer`` helpers for the vfio tests.
@@ -121,8 +121,8 @@ class ThreadServer:
     """A vfio-user server in a thread of this process (fast to start; same code as the CLI)."""
 
     def __init__(self, path: str, **device_options: object):
-        from hermes.vfio.function import VfioFunction
-        from hermes.vfio.server import Server
+        from hermes.server.function import VfioFunction
+        from hermes.server.vfio_user import Server
         self.path = path
         self.lines: list[str] = []
 
@@ -215,7 +215,7 @@ def vfio_user_driver(**options: object) -> tuple:
 def vfio_driver(**options: object) -> tuple:
     """A driver over VFIO to the fake kernel (a HermesDevice behind fake ioctls)."""
     from hermes.transport.vfio import VfioTransport
-    from hermes.vfio.fake_kernel import FakeVfioKernel
+    from .support.fake_kernel import FakeVfioKernel
     device_options, driver_options = split_options(options)
     device_options.pop("bar4", None)
     root = tempfile.mkdtemp(prefix="fake-vfio-", dir=_TMP)

@@ -34,7 +34,7 @@ class Case:
     def program(self) -> Program:
         """Build the test's program (raises ``ProgramError`` when it must not load)."""
         if self.pyelf is not None:
-            from .engine.elf_corpus import build_pyelf_object
+            from .conformance_pyelf import build_pyelf_object
             from .engine.elf import load_elf
             return load_elf(build_pyelf_object(self.pyelf), helpers=CONFORMANCE_HELPERS)
         if self.raw is not None:

@@ -9,7 +9,7 @@ import pytest
 
 from hermes.device.hostmem import DmaFault
 from hermes.vfio import uapi
-from hermes.vfio.function import DmaSpace, MmapBackend
+from hermes.server.function import DmaSpace, MmapBackend
 
 PAGE = 4096
 RW = uapi.VFIO_DMA_MAP_FLAG_READ | uapi.VFIO_DMA_MAP_FLAG_WRITE

@@ -123,7 +123,7 @@ _HERMES_ONLY = ("engines", "slots", "program_slots", "data_slots", "slot_size",
 
 def _run(args: argparse.Namespace) -> int:
     from ..errors import UsageError
-    from ..vfio.server import serve
+    from ..server.vfio_user import serve
     if args.device == "nvme-cp":
         given = [name for name in _HERMES_ONLY if getattr(args, name) is not None]
         if given:

@@ -5,7 +5,7 @@ container gets a type-1 IOMMU; BARs are mmapped where VFIO allows it and reached
 pread/pwrite on the device fd elsewhere (the MSI-X page of BAR2, non-mappable BARs, config space);
 DMA buffers are anonymous mmaps pinned with IOMMU_MAP_DMA; MSI-X vectors are eventfds. The
 kernel boundary (``ioctl``, ``pread``, ``pwrite``, and the sysfs/dev roots) is injectable so the
-whole path runs against ``hermes.vfio.fake_kernel`` on machines without /dev/vfio.
+whole path runs against ``tests/support/fake_kernel.py`` on machines without /dev/vfio.
 """
 from __future__ import annotations
 

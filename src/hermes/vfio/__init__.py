@@ -1,5 +1,5 @@
-"""vfio-user and VFIO support: shared UAPI layouts, the wire protocol, the server side of a device.
+"""The VFIO and vfio-user wire format both sides share: kernel UAPI layouts, protocol, PCI, MMIO.
 
-Import submodules directly: ``protocol`` and ``uapi`` are dependency-free (the client transports
-use them); ``function`` and ``server`` import the device model.
+Both the client transports (``hermes.transport.vfio``, ``.vfio_user``) and the device-side server
+(``hermes.server``) import these modules; they import nothing above ``regs`` and ``errors``.
 """

@@ -1,6 +1,6 @@
 """vfio-user wire format: the 16-byte header, command numbers, payload layouts, framed socket I/O.
 
-Both ends (``hermes.vfio.server`` and ``hermes.transport.vfio_user``) use this module; it imports
+Both ends (``hermes.server.vfio_user`` and ``hermes.transport.vfio_user``) use this module; it imports
 nothing of the device model. Host byte order (little-endian on supported hosts).
 """
 from __future__ import annotations

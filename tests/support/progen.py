@@ -15,11 +15,12 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from ...errors import ExecutionError
-from .. import isa
-from ..helpers import CONFORMANCE_HELPERS
-from ..memory import MAX_CALL_DEPTH, RODATA_BASE, RWDATA_BASE, STACK_SIZE, STACK_TOP, Segment
-from ..program import Program
+from hermes.engine import isa
+from hermes.engine.helpers import CONFORMANCE_HELPERS
+from hermes.engine.memory import (MAX_CALL_DEPTH, RODATA_BASE, RWDATA_BASE, STACK_SIZE, STACK_TOP,
+                                  Segment)
+from hermes.engine.program import Program
+from hermes.errors import ExecutionError
 
 #: Program data of the cases that use segments (16 bytes each).
 SEGMENTS = (Segment(".rodata", RODATA_BASE, bytes(range(100, 116)), False),

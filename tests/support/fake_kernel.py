@@ -17,10 +17,10 @@ import struct
 import threading
 from pathlib import Path
 
-from .. import regs
-from ..device import HermesDevice
-from . import pci, uapi
-from .function import PointerBackend, VfioFunction, bar4_size_for, vfio_error
+from hermes import regs
+from hermes.device import HermesDevice
+from hermes.server.function import PointerBackend, VfioFunction, bar4_size_for, vfio_error
+from hermes.vfio import pci, uapi
 
 #: Region ``i`` of the device fd starts at ``i << REGION_SHIFT`` (vfio-pci uses 40; the memfd
 #: is sparse so the exact value only matters for the transport, which must not assume it).

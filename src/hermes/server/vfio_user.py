@@ -28,11 +28,11 @@ from typing import Callable, TextIO
 from .. import regs
 from ..device import DmaFault
 from ..errors import DeviceError
-from . import protocol as P
-from . import uapi
+from ..vfio import protocol as P
+from ..vfio import uapi
 from .function import CallbackBackend, MmapBackend, VfioFunction, vfio_error
 
-#: Receive timeout of a session socket: how often an idle session checks for a stop request.
+#: Receive timeout of a client's socket: how often an idle connection checks for a stop request.
 IDLE_TICK = 0.2
 #: Seconds a device thread waits for the client to answer a DMA_READ/DMA_WRITE.
 DMA_REPLY_TIMEOUT = 10.0
@@ -62,15 +62,15 @@ _HEADER = P.HEADER
 
 
 class _ClientGone(Exception):
-    """The connection closed or broke; the session ends."""
+    """The client closed or broke the socket; the connection ends."""
 
 
-class Session:
+class Connection:
     """One client connection: message dispatch, server-to-client DMA requests, cleanup."""
 
     def __init__(self, server: "Server", sock: socket.socket, number: int):
         self.server = server
-        self.fn: VfioFunction | None = None        # the device, once this session holds it
+        self.fn: VfioFunction | None = None        # the device, once this connection holds it
         self.sock = sock
         self.number = number
         self.negotiated = False
@@ -84,13 +84,13 @@ class Session:
         self._rx = P.Receiver(sock, max_fds=SERVER_MAX_MSG_FDS,
                               stall_timeout=server.stall_timeout, stop=server.stop_requested)
         self._thread: threading.Thread | None = None   # the thread running ``run``
-        self.claimed = False                       # this session holds the server's device
+        self.claimed = False                       # this connection holds the server's device
         self.closed = False
         self.stats = {"commands": 0, "errors": 0, "dma_messages": 0}
 
     # --- sending -------------------------------------------------------------------------------
     def send(self, msg: P.Message) -> None:
-        """Send ``msg`` (thread-safe); a dead socket ends the session later, not here."""
+        """Send ``msg`` (thread-safe); a dead socket ends the connection later, not here."""
         if self.server.verbose:
             self.server.log(f"client {self.number}: -> {P.describe(msg)}")
         self._send_bytes(msg.encode(), msg.fds)
@@ -98,7 +98,7 @@ class Session:
     def _send_bytes(self, data: bytes, fds: list[int] | tuple = ()) -> None:
         """Send ``data`` (fds with its first byte). A client that stops reading gets
         ``stall_timeout`` seconds to make room, less if the server is asked to stop; then the
-        session is over (the socket's SO_SNDTIMEO of IDLE_TICK lets this loop look at both)."""
+        connection is over (the socket's SO_SNDTIMEO of IDLE_TICK lets this loop look at both)."""
         view = memoryview(data)
         deadline = None
         with self._send_lock:
@@ -136,7 +136,7 @@ class Session:
             self.stats["dma_messages"] += 1
             self.send(P.Message(msg_id, cmd, P.TYPE_COMMAND, 0, payload))
             if threading.current_thread() is self._thread:
-                # The model runs DMA inside the register write, i.e. on this session thread,
+                # The model runs DMA inside the register write, i.e. on this connection thread,
                 # which is also the only reader of the socket: receive here until the reply
                 # comes, keeping commands that arrive meanwhile for later (in order).
                 deadline = time.monotonic() + DMA_REPLY_TIMEOUT
@@ -355,7 +355,7 @@ class Session:
         def work() -> None:
             try:
                 fn()
-            except BaseException as exc:  # re-raised in the session thread
+            except BaseException as exc:  # re-raised in the connection thread
                 err.append(exc)
             finally:
                 done.set()
@@ -606,11 +606,11 @@ class Server:
         self._stop = False
         self.wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.listener: socket.socket | None = None
-        self.sessions = 0
+        self.connections = 0
         self.socket_group = socket_group
         self.stall_timeout = stall_timeout
         self._cond = threading.Condition()
-        self._active: Session | None = None        # the session holding the device
+        self._active: Connection | None = None     # the connection holding the device
         self._threads: set[threading.Thread] = set()
 
     def log(self, text: str) -> None:
@@ -688,38 +688,38 @@ class Server:
                 f"group {self.socket_group}")
 
     # --- the device: one holder at a time ------------------------------------------------------
-    def claim(self, session: Session) -> bool:
-        """Give the device to ``session`` if nobody holds it within BUSY_GRACE seconds."""
+    def claim(self, connection: Connection) -> bool:
+        """Give the device to ``connection`` if nobody holds it within BUSY_GRACE seconds."""
         with self._cond:
             self._cond.wait_for(lambda: self._active is None or self._stop, BUSY_GRACE)
             if self._active is not None or self._stop:
                 return False
-            self._active = session
-            session.fn = self.function
-            session.claimed = True
+            self._active = connection
+            connection.fn = self.function
+            connection.claimed = True
             return True
 
-    def release(self, session: Session) -> None:
-        """``session`` has ended: the next client gets a fresh device (when there is a factory)."""
+    def release(self, connection: Connection) -> None:
+        """``connection`` has ended: the next client gets a fresh device (if there is a factory)."""
         try:
             if self.factory is not None and not self._stop:
                 self._power_cycle()
         finally:
             with self._cond:
-                if self._active is session:
+                if self._active is connection:
                     self._active = None
                 self._cond.notify_all()
 
-    def _serve_connection(self, session: Session) -> None:
+    def _serve_connection(self, connection: Connection) -> None:
         t0 = time.monotonic()
         try:
-            session.run()
-        except Exception as exc:  # keep serving whatever one session did
-            self.log(f"client {session.number}: internal error: {exc!r}")
-        self.log(f"client {session.number} disconnected after {time.monotonic() - t0:.3f} s "
-                 f"({session.stats['commands']} commands, {session.stats['errors']} errors)")
-        if session.claimed:
-            self.release(session)
+            connection.run()
+        except Exception as exc:  # keep serving whatever one connection did
+            self.log(f"client {connection.number}: internal error: {exc!r}")
+        self.log(f"client {connection.number} disconnected after {time.monotonic() - t0:.3f} s "
+                 f"({connection.stats['commands']} commands, {connection.stats['errors']} errors)")
+        if connection.claimed:
+            self.release(connection)
         with self._cond:
             self._threads.discard(threading.current_thread())
 
@@ -730,8 +730,8 @@ class Server:
         except OSError as exc:
             self.log(f"accept failed: {exc}")
             return
-        self.sessions += 1
-        number = self.sessions
+        self.connections += 1
+        number = self.connections
         why = self.peer_refusal(conn)
         if why is not None:
             self.log(f"client {number} refused: {why}")
@@ -743,7 +743,8 @@ class Server:
                 conn.close()
                 return
             self.log(f"client {number} connected")
-            t = threading.Thread(target=self._serve_connection, args=(Session(self, conn, number),),
+            t = threading.Thread(target=self._serve_connection,
+                                 args=(Connection(self, conn, number),),
                                  name=f"hermes-serve-client-{number}", daemon=True)
             self._threads.add(t)
         t.start()
@@ -764,7 +765,7 @@ class Server:
                 if self.listener in r:
                     self._accept()
         finally:
-            # Every session notices the stop within an IDLE_TICK of receiving or sending.
+            # Every connection notices the stop within an IDLE_TICK of receiving or sending.
             deadline = time.monotonic() + CLOSE_TIMEOUT
             with self._cond:
                 self._cond.notify_all()

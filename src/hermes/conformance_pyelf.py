@@ -5,7 +5,7 @@ from elftools.construct import Container
 from elftools.elf.constants import SH_FLAGS
 from elftools.elf.structs import ELFStructs
 
-from . import isa
+from .engine import isa
 
 # Layout of the template (offsets in bytes): ELF header, five section headers, then the contents.
 _TEXT_OFF = 64 + 5 * 64

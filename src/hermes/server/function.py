@@ -19,7 +19,7 @@ from .. import regs
 from ..device import DmaFault, HermesDevice
 from ..device.model import BAR4_ALIGN
 from ..device.nvme import PCI_IDENTITY, NvmeController
-from . import pci, uapi
+from ..vfio import pci, uapi
 
 
 def vfio_error(err: int, what: str) -> OSError:

@@ -1,0 +1,1 @@
+"""Test doubles and generators the tests (and fuzz/ scripts) use; not part of the product."""
