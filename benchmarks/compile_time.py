@@ -6,7 +6,7 @@ For each worst-case shape and size it prints, in seconds: the verifier (validate
 the JIT's code generation (loop analysis and IR text), LLVM's time for the quick tier and for
 the full tier (programs up to --llvm-max slots; LLVM is super-linear on dense control flow,
 which is why larger programs never reach it), the interpreter's load, and what
-`hermes.engine.load(program, engine="jit")` followed by one run costs end to end, with the tier
+`hermes.engine.load(program, executor="jit")` followed by one run costs end to end, with the tier
 it chose. CPU seconds are given beside wall seconds: the machine may be shared.
 """
 from __future__ import annotations
@@ -107,7 +107,7 @@ def measure(shape: str, n: int, llvm_max: int) -> dict:
     fresh = Program(program.code, name=f"{shape}-{n}-{time.time_ns()}-fresh")
 
     def load_and_run():
-        exe = load(fresh, engine="jit")
+        exe = load(fresh, executor="jit")
         exe.run(bytearray(64))
         return exe
 

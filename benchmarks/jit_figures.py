@@ -80,7 +80,7 @@ def compile_time(n_insns: int = 1000) -> tuple:
     prog = Program.from_asm("\n".join(lines), name=f"compile-{time.time_ns()}")
     t0 = time.perf_counter()
     c0 = time.process_time()
-    exe = load(prog, helpers=DEVICE_HELPERS, engine="jit")
+    exe = load(prog, helpers=DEVICE_HELPERS, executor="jit")
     out = (time.perf_counter() - t0) * 1e3, (time.process_time() - c0) * 1e3, len(prog)
     exe.wait_final()
     bg = exe.compiled.optimise_seconds
@@ -104,7 +104,7 @@ def main() -> None:
                 prog = Program.from_elf(compile_c(BENCH / f"{name}.c", Path(tmp) / f"{name}.o"))
             mem, r0, after = inputs[name]
             t0 = time.perf_counter()
-            exe = load(prog, helpers=DEVICE_HELPERS, engine="jit")
+            exe = load(prog, helpers=DEVICE_HELPERS, executor="jit")
             ctime = (time.perf_counter() - t0) * 1e3
             exe.wait_final()
             bg = exe.compiled.optimise_seconds

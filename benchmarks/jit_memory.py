@@ -2,7 +2,7 @@
 
 Usage: python benchmarks/jit_memory.py [--programs N] [--cache N]
 Compiles N distinct programs (the bench's filter_records kernel with a different constant each
-time) through ``hermes.engine.load(..., engine="jit")``, runs each once and drops it, and prints
+time) through ``hermes.engine.load(..., executor="jit")``, runs each once and drops it, and prints
 the growth of the resident set per program after the cache has filled. Machine code and LLVM
 modules that fall out of the cache are freed; what remains per program is held inside LLVM's
 optimisation pipeline (see specs/jit.md, "Compilation, caching, threads").
@@ -44,7 +44,7 @@ def main() -> None:
     mark = None
     for i in range(args.cache + args.programs):
         exe = load(Program.from_asm(f"{src}\nmov %r0, {i}\nexit", name=f"mem{i}"),
-                   helpers=DEVICE_HELPERS, engine="jit")
+                   helpers=DEVICE_HELPERS, executor="jit")
         exe.run(bytearray(8192))
         del exe
         if i + 1 == args.cache:

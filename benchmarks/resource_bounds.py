@@ -32,7 +32,7 @@ def _memset(engine_name: str) -> str:
     from hermes import engine
     from hermes.engine import Program
     prog = Program.from_asm("mov r2, 0\nlddw r3, 1000000000\ncall 0x1000\nmov r0, 0\nexit")
-    exe = engine.load(prog, engine=engine_name)
+    exe = engine.load(prog, executor=engine_name)
     before = _rss_mib()
     try:
         exe.run(bytearray(1 << 20))
@@ -51,7 +51,7 @@ def _objects(bss: int) -> str:
         src = Path(tmp) / "bss.c"
         src.write_text(f"char big[{bss}];\nint f(char *p) {{ big[p[0]] = 1; return big[p[1]]; }}\n")
         obj = compile_c(src, Path(tmp) / "bss.o").read_bytes()
-    transport = InProcessTransport.create(engine="interp")
+    transport = InProcessTransport.create(executor="interp")
     model = transport.device
     dev = DriverDevice.from_transport(transport)
     start = _rss_mib()

@@ -133,7 +133,7 @@ def lib_device(make_lib_device) -> DriverDevice:
 
 # --- library backends (tests/test_contract.py) ----------------------------------------------------
 #: Options of ``hermes.open("cpu")`` among the device options a test may ask for.
-_CPU_OPTIONS = ("engine", "engines", "budget", "data_slot_size", "program_slot_size")
+_CPU_OPTIONS = ("executor", "engines", "budget", "data_slot_size", "program_slot_size")
 
 
 def _cpu_lib(**options: object) -> "tuple[object, list[Callable[[], None]]]":

@@ -126,7 +126,7 @@ def expect(status: N.Status, fn, *args, **kw) -> NvmeStatusError:
 #: Options of ``hermes.open("nvme-emu")`` among the device options a library test may ask for
 #: (the controller has one engine and its own program size limit, so ``engines`` and
 #: ``program_slot_size`` do not apply).
-_NVME_EMU_OPTIONS = ("engine", "budget", "data_slot_size")
+_NVME_EMU_OPTIONS = ("executor", "budget", "data_slot_size")
 
 
 def nvme_emu_lib(**options: object) -> tuple:

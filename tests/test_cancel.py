@@ -178,11 +178,11 @@ def test_one_flag_stops_every_run_it_was_given():
 
 
 def test_load_and_run_accept_cancel_for_every_engine():
-    from hermes.engine import engine_names, run
-    for name in engine_names():
-        exe = load(Program.from_asm("mov r0, 5\nexit"), engine=name)
+    from hermes.engine import executor_names, run
+    for name in executor_names():
+        exe = load(Program.from_asm("mov r0, 5\nexit"), executor=name)
         assert exe.run(None, None, cancel=Cancel()).return_value == 5
-        assert run(Program.from_asm("mov r0, 6\nexit"), engine=name,
+        assert run(Program.from_asm("mov r0, 6\nexit"), executor=name,
                    cancel=Cancel()).return_value == 6
 
 

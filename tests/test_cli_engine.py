@@ -87,7 +87,7 @@ BAD_INVOCATIONS = [
     (["disasm", "empty.bin"], "empty.bin"),
     (["disasm", "bad.s"], "bad.s"),
     (["exec", "bad.s"], "bad.s is not UTF-8 text"),
-    (["exec", "ok.s", "--engine", "bogus"], "unknown engine 'bogus'"),
+    (["exec", "ok.s", "--executor", "bogus"], "unknown executor 'bogus'"),
     (["exec", "ok.s", "--budget", "-5"], "--budget: -5 is out of range"),
     (["exec", "ok.s", "--budget", str(1 << 64)], f"--budget: {1 << 64} is out of range"),
     (["exec", "ok.s", "--budget", "lots"], "--budget: not an integer: 'lots'"),
@@ -99,12 +99,12 @@ BAD_INVOCATIONS = [
     (["exec", "ok.s", "--arg", "x"], "--arg: not an integer: 'x'"),
     (["exec", "ok.s", "--size", "-1"], "--size: -1 is out of range"),
     (["exec", "ok.s", "--mem", "0102", "--size", "1"], "does not fit a window of --size 1"),
-    (["exec", "ok.s", "--trace", "--engine", "jit"], "--engine does not apply"),
+    (["exec", "ok.s", "--trace", "--executor", "jit"], "--executor does not apply"),
     (["exec", "ok.s", "--trace-limit", "-1"], "--trace-limit: -1 is out of range"),
     (["disasm", "ok.s", "--elf"], "--elf needs an ELF object"),
     (["exec", "big.bin"], "more than the limit of 65536"),
     (["run", "bad.s"], "bad.s is not UTF-8 text"),
-    (["run", "ok.s", "--engine", "bogus"], "unknown engine 'bogus'"),
+    (["run", "ok.s", "--executor", "bogus"], "unknown executor 'bogus'"),
     (["run", "ok.s", "--device", "cpu", "--budget", "0"], "--budget: 0 is out of range"),
     (["run", "ok.s", "--read", "-1"], "--read: -1 is out of range"),
     (["run", "ok.s", "--input", "big.bin"], "--input big.bin is 1200000 bytes"),
@@ -113,11 +113,11 @@ BAD_INVOCATIONS = [
     (["run", "ok.s", "--device", "emu:x"], "emu:x"),
     (["run", "ok.s", "--device", "vfio-user:/missing.sock"], "/missing.sock"),
     (["info", "--device", "cpu:x"], "cpu:x"),
-    (["bench", "--engine", "bogus"], "unknown engine 'bogus'"),
+    (["bench", "--executor", "bogus"], "unknown executor 'bogus'"),
     (["bench", "--repeat", "0"], "--repeat: 0 is out of range"),
     (["conformance", "emptydir"], "no conformance cases (.data files) in emptydir"),
-    (["conformance", "emptydir", "--engine", "bogus"], "unknown engine 'bogus'"),
-    (["conformance-plugin", "--engine", "bogus"], "unknown engine 'bogus'"),
+    (["conformance", "emptydir", "--executor", "bogus"], "unknown executor 'bogus'"),
+    (["conformance-plugin", "--executor", "bogus"], "unknown executor 'bogus'"),
     (["rtl", "verilog", "--engines", "0", "-o", "x.v"], "--engines 0"),
     (["rtl", "sim", "ok.s", "--max-cycles", "0"], "--max-cycles: 0 is out of range"),
     (["rtl", "sim", "bad.s"], "bad.s is not UTF-8 text"),
@@ -240,7 +240,7 @@ exit
 """
 
 
-@pytest.mark.parametrize("extra", [[], ["--trace"], ["--engine", "interp"]])
+@pytest.mark.parametrize("extra", [[], ["--trace"], ["--executor", "interp"]])
 def test_exec_shows_printed_text_on_stderr(tmp_path: Path, extra: list):
     src = tmp_path / "p.s"
     src.write_text(PRINTS)

@@ -42,7 +42,7 @@ def test_the_largest_program_loads_and_runs_on_a_tier_that_is_cheap_to_build():
     program = dense_jumps(MAX_PROGRAM_SLOTS)
     assert len(program) == MAX_PROGRAM_SLOTS
     t0 = time.perf_counter()
-    exe = load(program, helpers=CONFORMANCE_HELPERS, engine="jit")
+    exe = load(program, helpers=CONFORMANCE_HELPERS, executor="jit")
     res = exe.run(bytearray(8))
     assert time.perf_counter() - t0 < 120  # a guard against minutes, not a speed figure
     assert exe.tier == "interp" and exe.wait_final(0)

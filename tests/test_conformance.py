@@ -15,7 +15,7 @@ CASES = load_corpus([CONFORMANCE]) if CONFORMANCE else []
 
 @pytest.mark.parametrize("case", CASES, ids=[str(c.path.relative_to(CONFORMANCE)) for c in CASES])
 def test_case_on_interpreter(case):
-    outcome = run_case(case, engine="interp")
+    outcome = run_case(case, executor="interp")
     if outcome.skipped:
         pytest.skip(outcome.skipped)
     assert outcome.passed, outcome.detail

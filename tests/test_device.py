@@ -163,7 +163,7 @@ def test_interface_version_2_layout():
 @pytest.mark.parametrize("kwargs", [
     {"engines": 0}, {"engines": 25}, {"engines": 2.0}, {"program_slots": 0},
     {"data_slots": 256}, {"program_slot_size": 12}, {"data_slot_size": 0},
-    {"data_slot_size": 1 << 32}, {"build": "y" * 49}, {"engine": "nope"}, {"budget": 0},
+    {"data_slot_size": 1 << 32}, {"build": "y" * 49}, {"executor": "nope"}, {"budget": 0},
     {"interface_version": 3}, {"bar4": bytearray(100)}, {"bar4": bytes(32 << 20)},
 ])
 def test_bad_configuration_rejected(kwargs):
@@ -550,10 +550,10 @@ def test_close_stops_workers():
 
 
 def test_interp_and_jit_engines_agree_when_jit_present():
-    from hermes.engine import engine_names
-    if "jit" not in engine_names():
+    from hermes.engine import executor_names
+    if "jit" not in executor_names():
         pytest.skip("JIT engine not available")
-    with HermesDevice(engine="jit") as d:
+    with HermesDevice(executor="jit") as d:
         r = Regs(d)
         p, ds = r.load(RET7)
         assert r.run(p, ds, 16) == (0, 7)

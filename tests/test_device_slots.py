@@ -90,7 +90,7 @@ def test_host_slots_shared_by_engines(dev):
 # --- busy slots are never handed out -------------------------------------------------------------
 @pytest.mark.parametrize("engine", ENGINES)
 def test_released_busy_slot_is_not_handed_out_until_idle(engine):
-    with stopping(HermesDevice(budget=1 << 62, engine=engine)) as dev:
+    with stopping(HermesDevice(budget=1 << 62, executor=engine)) as dev:
         r = Regs(dev)
         p, d = r.load(ENDLESS, b"")
         r.start(3, R.CMD_RUN_PROGRAM, r.run_payload(p, d, len(ENDLESS)))
@@ -128,7 +128,7 @@ def test_request_slot_skips_slots_of_running_host_runs(dev):
 # --- abort ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("engine", ENGINES)
 def test_abort_stops_the_running_command(engine):
-    with stopping(HermesDevice(budget=1 << 62, engine=engine)) as dev:
+    with stopping(HermesDevice(budget=1 << 62, executor=engine)) as dev:
         r = Regs(dev)
         assert dev.bar_read(0, R.EHCAP, 1) & R.EHCAP_ABORT
         p, d = r.load(ENDLESS)

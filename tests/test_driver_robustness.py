@@ -321,7 +321,7 @@ def test_faulting_program_leaves_state_intact(hermes_device):
 
 def test_looping_program_times_out_and_engine_recovers(make_driver):
     # One engine, an interpreter budget of ~0.5 s of looping, a driver timeout of 50 ms.
-    drv = make_driver(engines=1, engine="interp", budget=5_000_000, timeout=0.05)
+    drv = make_driver(engines=1, executor="interp", budget=5_000_000, timeout=0.05)
     loop = Program.from_asm("mov r0, 0\nloop:\nadd r0, 1\nja loop").to_bytes()
     with drv.open() as f:
         f.download_program(loop)

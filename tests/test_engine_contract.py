@@ -74,7 +74,7 @@ def test_load_many_takes_length_and_arguments():
 @pytest.mark.parametrize("engine", ("interp", "jit"))
 def test_engine_run_passes_length_and_arguments(engine):
     mem = bytearray(40)
-    run(ENTRY, mem, engine=engine, helpers=ALL, length=3, args=(4, 5, 6))
+    run(ENTRY, mem, executor=engine, helpers=ALL, length=3, args=(4, 5, 6))
     assert _words(mem) == [DATA_BASE, 3, 4, 5, 6]
 
 
@@ -307,8 +307,8 @@ def test_every_engine_gives_every_program_the_same_verdict():
         assert expected[0] is VerifierError, name
         for engine in ENGINES[1:]:
             assert _verdict(lambda: prepare(program, engine)) == expected, (name, engine)
-        assert _verdict(lambda: load(program, helpers=ALL, engine="jit")) == expected, name
-        assert _verdict(lambda: load(program, helpers=ALL, engine="interp")) == expected, name
+        assert _verdict(lambda: load(program, helpers=ALL, executor="jit")) == expected, name
+        assert _verdict(lambda: load(program, helpers=ALL, executor="interp")) == expected, name
     assert refused >= 10
     # accepted programs: compiled (both tiers, as load_many does for many programs at once)
     for tier in ("quick", "full"):

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 import hermes
 from hermes.cli import main
 from hermes.cli.demo import build_examples, find_examples_dir, load_reference, run_on
-from hermes.engine import engine_names
+from hermes.engine import executor_names
 from hermes.engine.clang import find_clang, include_dir
 from hermes.engine.elf import load_elf
 
@@ -97,14 +97,14 @@ def test_readme_compile_line_builds_an_example(tmp_path: Path) -> None:
         assert dev.run(hermes.Program.from_elf(obj), b"a\nb\n\n").return_value == 3
 
 
-@pytest.mark.parametrize("engine", engine_names())
+@pytest.mark.parametrize("engine", executor_names())
 @pytest.mark.parametrize("name", NAMES)
 def test_example_on_each_engine(name: str, engine: str, objects: dict[str, Path]) -> None:
     example = REF.BY_NAME[name]
     program = load_elf(objects[name])
     assert program.elf_bytes == objects[name].read_bytes()
     for case in _cases(example, SIZES, seed=sum(name.encode())):
-        r0, out = run_on(None, program, case, engine=engine)
+        r0, out = run_on(None, program, case, executor=engine)
         _check(example, case, r0, out)
 
 
@@ -121,13 +121,13 @@ def test_example_on_a_device(name: str, spec: str, objects: dict[str, Path]) -> 
 
 @settings(max_examples=40, deadline=None)
 @given(name=st.sampled_from(NAMES), size=st.integers(0, 3000), seed=st.integers(0, 2**32 - 1),
-       engine=st.sampled_from(engine_names()))
+       engine=st.sampled_from(executor_names()))
 def test_examples_agree_with_reference(programs: dict, name: str, size: int, seed: int,
                                        engine: str) -> None:
     """The engines and the Python reference agree on any input size and content."""
     example = REF.BY_NAME[name]
     case = example.make_case(random.Random(seed), size)
-    r0, out = run_on(None, programs[name], case, engine=engine)
+    r0, out = run_on(None, programs[name], case, executor=engine)
     _check(example, case, r0, out)
 
 

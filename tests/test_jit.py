@@ -45,7 +45,7 @@ def test_corpus_under_the_jit(conformance_dir):
     failures = []
     cases = load_corpus([conformance_dir])
     for case in cases:
-        result = run_case(case, engine="jit")
+        result = run_case(case, executor="jit")
         if not result.passed:
             failures.append(f"{case.name}: {result.detail}")
     assert not failures, "\n".join(failures)
@@ -53,7 +53,7 @@ def test_corpus_under_the_jit(conformance_dir):
 
 
 def test_engine_registry_picks_up_the_jit():
-    exe = load(asm("mov r0, 7\nexit"), engine="jit")
+    exe = load(asm("mov r0, 7\nexit"), executor="jit")
     assert isinstance(exe, JitExecutable)
     assert exe.run().return_value == 7
 
@@ -154,7 +154,7 @@ def test_budget_behaves_exactly_like_the_interpreter():
         out = same(text, budget=budget)
         assert out[1] == "BudgetExceeded"
     with pytest.raises(BudgetExceeded):
-        load(asm(text), engine="jit", budget=5).run()
+        load(asm(text), executor="jit", budget=5).run()
 
 
 def test_helpers_stop_run_and_failures():
@@ -274,7 +274,7 @@ def test_bench_kernels(bench_dir):
         mem, r0, after = reference.PROGRAMS[name]()
         p = Program.from_file(bench_dir / "asm" / f"{name}.asm")
         buf = bytearray(mem)
-        r = load(p, engine="jit").run(buf)
+        r = load(p, executor="jit").run(buf)
         assert r.return_value == r0, name
         assert bytes(buf) == bytes(after if after is not None else mem), name
 
@@ -426,7 +426,7 @@ def test_bound_on_the_left_loop_matches_interpreter(n, size):
     outcome = {}
     for e in ("interp", "jit"):
         try:
-            r = _run(p, bytearray(mem), engine=e)
+            r = _run(p, bytearray(mem), executor=e)
             outcome[e] = ("ok", r.return_value, r.instructions)
         except ExecutionError as x:
             outcome[e] = ("err", x.kind, x.pc, x.address, x.size, x.instructions)
@@ -612,7 +612,7 @@ def test_exit_during_a_background_upgrade_is_clean():
             "from hermes.engine.program import Program\n"
             "lines = ['mov r0, 0'] + [f'stxw [r10-{4 + 4 * (k % 100)}], r0\\nadd r0, {k}'"
             " for k in range(600)] + ['exit']\n"
-            "exe = load(Program.from_asm('\\n'.join(lines)), engine='jit')\n"
+            "exe = load(Program.from_asm('\\n'.join(lines)), executor='jit')\n"
             "print(exe.run().return_value)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr

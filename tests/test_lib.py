@@ -206,7 +206,7 @@ def test_elf_program_on_both_backends(device, tmp_path):
 
 def test_timeout():
     loop = Program.from_asm("mov r0, 0\nloop:\nadd r0, 1\nja loop")
-    with hermes.open("emu", engines=1, engine="interp", budget=3_000_000, timeout=0.05) as dev:
+    with hermes.open("emu", engines=1, executor="interp", budget=3_000_000, timeout=0.05) as dev:
         with pytest.raises(hermes.DeviceTimeout) as info:
             dev.run(loop, b"")
         assert info.value.errno == errno.ETIMEDOUT
@@ -349,7 +349,7 @@ def test_device_and_cpu_agree(both, payload, prog):
 
 # --- misuse: every wrong argument is a UsageError (a HermesError and a ValueError) -----------
 BAD_OPTIONS = [
-    ({"engine": "bogus"}, "unknown engine 'bogus'; choose one of"),
+    ({"executor": "bogus"}, "unknown executor 'bogus'; choose one of"),
     ({"budget": 0}, "budget must be an integer in 1..18446744073709551615, got 0"),
     ({"budget": -1}, "budget must be an integer in 1..18446744073709551615, got -1"),
     ({"budget": 1 << 64}, f"budget must be an integer in 1..18446744073709551615, got {1 << 64}"),
@@ -432,7 +432,7 @@ def test_engine_layer_misuse():
     from hermes.engine.elf import load_elf
     from hermes.engine.helpers import DEVICE_HELPERS, HelperRegistry
     cases = [
-        (lambda: engine.load(RET7, engine="bogus"), "unknown engine 'bogus'"),
+        (lambda: engine.load(RET7, executor="bogus"), "unknown executor 'bogus'"),
         (lambda: Program(5), "program code must be bytes"),  # type: ignore[arg-type]
         (lambda: Program.from_asm(5), "assembly source must be str or bytes"),  # type: ignore
         (lambda: load_elf(42), "an ELF object is a path or bytes"),  # type: ignore[arg-type]

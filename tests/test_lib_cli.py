@@ -91,7 +91,7 @@ def test_run_asm_with_output(tmp_path, capsys, spec):
     inp.write_bytes(struct.pack("<2I", 1, 2))
     out = tmp_path / "out.bin"
     assert main(["run", str(src), "--input", str(inp), "--output", str(out), "--device", spec,
-                 "--engine", "interp"]) == 0
+                 "--executor", "interp"]) == 0
     text = capsys.readouterr().out
     assert "r0 = 0x2a (42)" in text
     assert "instructions: 6" in text and "time: " in text
@@ -148,7 +148,7 @@ def test_run_errors_are_one_line(tmp_path, capsys):
     assert main(["run", str(src)]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "out-of-bounds memory load" in err and "pc 2" in err
-    assert main(["run", str(src), "--device", "emu", "--engine", "nope"]) == 2  # usage error
+    assert main(["run", str(src), "--device", "emu", "--executor", "nope"]) == 2  # usage error
     assert "unknown engine" in capsys.readouterr().err
     assert main(["info", "--device", "nowhere"]) == 1
     assert "unknown device spec" in capsys.readouterr().err
@@ -328,7 +328,7 @@ def _interrupt(argv: list[str], tmp_path: Path) -> tuple[int, float, str]:
 
 
 @pytest.mark.parametrize("argv", [["--device", "emu"], ["--device", "cpu"],
-                                  ["--device", "cpu", "--engine", "interp"]],
+                                  ["--device", "cpu", "--executor", "interp"]],
                          ids=["emu", "cpu-jit", "cpu-interp"])
 def test_ctrl_c_stops_a_runaway_run_within_a_second(argv, tmp_path):
     status, seconds, err = _interrupt(argv, tmp_path)

@@ -147,7 +147,7 @@ def test_load_contract_is_the_engines():
     for text in ("mov r0, r6\nexit", "mov r0, 0\ncall 999\nexit", "mov r0, 0"):
         program = Program.from_asm(text)
         with pytest.raises(ProgramError) as want:
-            load(program, engine="interp", helpers=ALL_HELPERS)
+            load(program, executor="interp", helpers=ALL_HELPERS)
         with pytest.raises(ProgramError) as got:
             Reference(program, helpers=ALL_HELPERS, budget=DEFAULT_BUDGET)
         assert (type(got.value), str(got.value)) == (type(want.value), str(want.value))

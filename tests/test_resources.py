@@ -41,7 +41,7 @@ MEMSET, MEMCPY = (DEVICE_HELPERS.by_name(n).id for n in ("hermes_memset", "herme
 @pytest.mark.parametrize("eng", ENGINES)
 @pytest.mark.parametrize("length", [64 * MiB, (1 << 63) - 1, (1 << 64) - 1])
 def test_memset_refuses_before_allocating(eng, length):
-    exe = engine.load(_call(MEMSET, hex(DATA_BASE), "7", hex(length)), engine=eng)
+    exe = engine.load(_call(MEMSET, hex(DATA_BASE), "7", hex(length)), executor=eng)
     _peak(lambda: exe.run(bytearray(64)))  # warm up: first-run allocations are not the helper's
     err, peak = _peak(lambda: exe.run(bytearray(64)))
     assert isinstance(err, ExecutionError) and err.kind == "out_of_bounds", err
@@ -53,7 +53,7 @@ def test_memset_refuses_before_allocating(eng, length):
 @pytest.mark.parametrize("eng", ENGINES)
 def test_memset_fills_large_region_in_bounded_memory(eng):
     size = 8 * MiB
-    exe = engine.load(_call(MEMSET, hex(DATA_BASE + 3), "0x1a5", hex(size - 5)), engine=eng)
+    exe = engine.load(_call(MEMSET, hex(DATA_BASE + 3), "0x1a5", hex(size - 5)), executor=eng)
     mem = bytearray(size)
     exe.run(bytearray(size))
     _, peak = _peak(lambda: exe.run(mem))
@@ -66,23 +66,23 @@ def test_memset_fills_large_region_in_bounded_memory(eng):
 def test_memcpy_checks_both_operands_first(eng):
     mem = bytearray(range(64))
     # destination valid, source runs past the data slot: nothing is copied
-    exe = engine.load(_call(MEMCPY, hex(DATA_BASE), hex(DATA_BASE + 32), "33"), engine=eng)
+    exe = engine.load(_call(MEMCPY, hex(DATA_BASE), hex(DATA_BASE + 32), "33"), executor=eng)
     with pytest.raises(ExecutionError, match="hermes_memcpy source out of bounds") as info:
         exe.run(mem)
     assert info.value.address == DATA_BASE + 32 and info.value.size == 33
     assert mem == bytearray(range(64))
-    exe = engine.load(_call(MEMCPY, hex(RODATA_BASE), hex(DATA_BASE), "4"), engine=eng)
+    exe = engine.load(_call(MEMCPY, hex(RODATA_BASE), hex(DATA_BASE), "4"), executor=eng)
     with pytest.raises(ExecutionError, match="hermes_memcpy destination out of bounds"):
         exe.run(mem)
     err, peak = _peak(lambda: engine.load(
-        _call(MEMCPY, hex(DATA_BASE), hex(DATA_BASE), hex(1 << 40)), engine=eng).run(mem))
+        _call(MEMCPY, hex(DATA_BASE), hex(DATA_BASE), hex(1 << 40)), executor=eng).run(mem))
     assert isinstance(err, ExecutionError) and peak < 4 * MiB
 
 
 @pytest.mark.parametrize("eng", ENGINES)
 def test_memcpy_overlapping_is_memmove(eng):
     mem = bytearray(range(16))
-    engine.load(_call(MEMCPY, hex(DATA_BASE + 2), hex(DATA_BASE), "8"), engine=eng).run(mem)
+    engine.load(_call(MEMCPY, hex(DATA_BASE + 2), hex(DATA_BASE), "8"), executor=eng).run(mem)
     assert mem == bytearray([0, 1, 0, 1, 2, 3, 4, 5, 6, 7, 10, 11, 12, 13, 14, 15])
 
 
@@ -128,7 +128,7 @@ def test_elf_data_within_the_limit_loads(tmp_path):
 def test_backends_bound_program_data_by_the_program_slot(tmp_path, spec):
     import hermes
     obj = _bss_object(tmp_path, 64 * MiB)
-    with hermes.open(spec, engine="interp") as dev:
+    with hermes.open(spec, executor="interp") as dev:
         assert dev.run(_bss_object(tmp_path, 4096, "small"), b"\0\0").return_value == 1
         err, peak = _peak(lambda: dev.run(obj, b"\0\0"))
         assert isinstance(err, ProgramError), err
@@ -143,7 +143,7 @@ def test_program_cache_is_bounded_by_bytes(tmp_path):
     from hermes.device.commands import ProgramCache
     obj = _bss_object(tmp_path, 900 << 10)
     cost = Program.from_elf(obj).host_bytes
-    cache = ProgramCache(64, lambda code, entry: engine.load(Program.from_elf(code), engine="interp"),
+    cache = ProgramCache(64, lambda code, entry: engine.load(Program.from_elf(code), executor="interp"),
                          max_bytes=4 * MiB)
     for i in range(12):
         cache.get(obj + bytes(8 * i), "interp")  # 12 distinct objects of one program
@@ -159,7 +159,7 @@ def test_device_frees_its_programs_on_close(tmp_path):
     from hermes.lib import DriverDevice
     from hermes.transport.inproc import InProcessTransport
     obj = _bss_object(tmp_path, 900 << 10)
-    transport = InProcessTransport.create(engine="interp")
+    transport = InProcessTransport.create(executor="interp")
     model = transport.device
     dev = DriverDevice.from_transport(transport)
     for i in range(12):
@@ -172,7 +172,7 @@ def test_device_frees_its_programs_on_close(tmp_path):
 def test_cpu_backend_cache_is_bounded_and_freed():
     import hermes
     from hermes.engine.cache import DEFAULT_CACHE_BYTES
-    dev = hermes.open("cpu", engine="interp")
+    dev = hermes.open("cpu", executor="interp")
     for i in range(70):
         dev.run(Program.from_asm(f"mov r0, {i}\nexit"))
     assert len(dev._cache) == 64 and dev._cache.bytes <= DEFAULT_CACHE_BYTES

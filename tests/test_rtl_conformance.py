@@ -38,7 +38,7 @@ def _calls_helper(program) -> bool:
 def test_case_on_rtl(case, session):
     try:
         program = case.program()
-        engine.load(program, helpers=CONFORMANCE_HELPERS, engine="interp")
+        engine.load(program, helpers=CONFORMANCE_HELPERS, executor="interp")
     except ProgramError as exc:
         # the device's loader refuses it (status 0x05, load error) before the core starts
         assert case.expect_error, f"a valid program was rejected at load: {exc}"
@@ -54,7 +54,7 @@ def test_case_on_rtl(case, session):
         return
     try:
         want = engine.run(program, None if memory is None else bytearray(memory),
-                          helpers=CONFORMANCE_HELPERS, budget=BUDGET, engine="interp")
+                          helpers=CONFORMANCE_HELPERS, budget=BUDGET, executor="interp")
     except ExecutionError as exc:
         assert got.error is not None, f"interpreter failed ({exc}), RTL returned {got.return_value:#x}"
         assert got.error_kind == {"call_depth": "call_depth", "budget": "budget",

@@ -112,7 +112,7 @@ def test_call_depth_limit(rtl):
     r = rtl.run(prog, None)
     assert r.error == EBPF_ERR_CALL_DEPTH | (4 << 8)
     with pytest.raises(engine.ExecutionError) as exc:
-        engine.run(prog, engine="interp")
+        engine.run(prog, executor="interp")
     assert exc.value.kind == "call_depth" and exc.value.pc == 4
 
 
@@ -158,7 +158,7 @@ def test_unaligned_access_spanning_two_words(rtl):
         exit
     """)
     got = rtl.run(prog, mem)
-    want = engine.run(prog, bytearray(mem), engine="interp")
+    want = engine.run(prog, bytearray(mem), executor="interp")
     assert got.return_value == want.return_value
     assert bytes(got.memory) == bytes(want.memory)
 
@@ -253,7 +253,7 @@ def test_forwarded_loads_take_one_cycle():
                          ("ldxw %r0, [%r1+0]\nmov %r0, 5\nexit", 3),          # later write wins
                          ("ldxh %r1, [%r1+0]\nmov %r0, %r1\nexit", 3)):       # base overwritten
         got = s.run(asm(text), mem)
-        want = engine.run(asm(text), bytearray(mem), engine="interp")
+        want = engine.run(asm(text), bytearray(mem), executor="interp")
         assert (got.return_value, got.cycles) == (want.return_value, cycles), text
 
 

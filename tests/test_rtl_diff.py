@@ -171,7 +171,7 @@ def programs(draw):
 def test_random_programs_match_interpreter(program, memory):
     note(program.disasm())
     try:
-        want = engine.run(program, bytearray(memory), budget=BUDGET, engine="interp")
+        want = engine.run(program, bytearray(memory), budget=BUDGET, executor="interp")
         want_err = None
     except ExecutionError as exc:
         want, want_err = None, exc

@@ -231,7 +231,7 @@ def model_for(top: HermesTop) -> HermesDevice:
     n = top.n_engines
     return HermesDevice(engines=n, program_slots=n, data_slots=n,
                         program_slot_size=top.prog_slot_size, data_slot_size=top.data_slot_size,
-                        engine="interp", budget=1 << 62, can_abort=top.can_abort,
+                        executor="interp", budget=1 << 62, can_abort=top.can_abort,
                         run_context=False)   # the RTL has no run context (EHCAP_RUNCTX clear)
 
 

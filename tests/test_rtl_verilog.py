@@ -48,7 +48,7 @@ f:
 def test_mixed_program_matches_amaranth_and_interpreter(forward_loads):
     prog = Program.from_asm(MIXED)
     data = bytes(range(1, 33))
-    want = engine.run(prog, bytearray(data), engine="interp")
+    want = engine.run(prog, bytearray(data), executor="interp")
     model = simulate(prog, data, forward_loads=forward_loads)
     got = simulate_verilog(prog.code, data, max_cycles=model.cycles + 8,
                            forward_loads=forward_loads)

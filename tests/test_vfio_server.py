@@ -646,7 +646,7 @@ def test_peer_check_refuses_other_users_and_admits_the_group():
 
 
 @pytest.mark.parametrize("args,names", [
-    (["--engine", "bogus"], "unknown engine 'bogus'"),
+    (["--executor", "bogus"], "unknown executor 'bogus'"),
     (["--engines", "200"], "engines must be"),
     (["--slot-size", "16G"], "slot_size must be"),
     (["--slots", "0"], "--slots"),

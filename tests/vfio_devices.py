@@ -36,7 +36,7 @@ except ImportError:  # pragma: no cover - running without B's fixture module
 #: ``hermes serve`` flags for HermesDevice options.
 _FLAGS = {"engines": "--engines", "program_slots": "--program-slots", "data_slots": "--data-slots",
           "program_slot_size": "--program-slot-size", "data_slot_size": "--data-slot-size",
-          "budget": "--budget", "engine": "--engine", "interface_version": "--interface-version"}
+          "budget": "--budget", "executor": "--executor", "interface_version": "--interface-version"}
 
 
 def wait_for_socket(path: str, proc: subprocess.Popen | None = None, timeout: float = 20.0) -> None:

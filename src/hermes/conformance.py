@@ -109,24 +109,24 @@ class Outcome:
 class _Vm:
     """The load/unload life cycle the corpus's ``-- unload``/``-- reload`` sections test."""
 
-    def __init__(self, engine: str | None):
-        self.engine = engine
+    def __init__(self, executor: str | None):
+        self.executor = executor
         self.loaded = None
 
     def load(self, program: Program):
         if self.loaded is not None:
             raise ProgramError("a program is already loaded; unload it first")
-        self.loaded = _engine.load(program, helpers=CONFORMANCE_HELPERS, engine=self.engine)
+        self.loaded = _engine.load(program, helpers=CONFORMANCE_HELPERS, executor=self.executor)
 
     def unload(self) -> None:
         self.loaded = None
 
 
-def run_case(case: Case, engine: str | None = None) -> Outcome:
-    """Run ``case`` on ``engine`` and compare with its expectation."""
+def run_case(case: Case, executor: str | None = None) -> Outcome:
+    """Run ``case`` on ``executor`` (``interp``, ``jit``) and compare with its expectation."""
     if case.asm is not None and case.raw is not None:
         return _check_encoding(case)
-    vm = _Vm(engine)
+    vm = _Vm(executor)
     try:
         program = case.program()
     except ProgramError as exc:
@@ -192,22 +192,23 @@ def _expect_error(case: Case, what: str) -> Outcome:
     return Outcome(case, True, what)
 
 
-def run_corpus(paths: "list[str | Path]", engine: str | None = None) -> list[Outcome]:
+def run_corpus(paths: "list[str | Path]", executor: str | None = None) -> list[Outcome]:
     """Run every case under ``paths``."""
-    return [run_case(c, engine) for c in load_corpus(paths)]
+    return [run_case(c, executor) for c in load_corpus(paths)]
 
 
 _HEX = re.compile(r"[0-9a-fA-F\s]*$")
 
 
-def plugin_main(program_hex: str, memory_hex: str, engine: str | None = None) -> tuple[int, str]:
+def plugin_main(program_hex: str, memory_hex: str,
+                executor: str | None = None) -> tuple[int, str]:
     """bpf_conformance plugin protocol: returns (exit status, output line)."""
     if not _HEX.match(program_hex) or not _HEX.match(memory_hex or ""):
         return 1, "invalid hex input"
     try:
         program = Program.from_bytes(bytes.fromhex("".join(program_hex.split())))
         memory = bytearray(bytes.fromhex("".join(memory_hex.split()))) if memory_hex else None
-        result = _engine.run(program, memory, helpers=CONFORMANCE_HELPERS, engine=engine)
+        result = _engine.run(program, memory, helpers=CONFORMANCE_HELPERS, executor=executor)
     except HermesError as exc:
         return 1, str(exc)
     return 0, f"{result.return_value:x}"

@@ -6,6 +6,7 @@ import statistics
 import time
 from typing import Callable, Sequence
 
+from ..cli import add_executor_option
 from ..engine import Program
 
 #: The 2-instruction program of the round-trip figure.
@@ -18,12 +19,12 @@ DMA_TARGET_RATIO = 0.5
 
 def _parse(args: "argparse.Namespace | Sequence[str] | None") -> argparse.Namespace:
     if isinstance(args, argparse.Namespace):
-        ns = argparse.Namespace(device="emu", engine=None, quick=False, repeat=None)
+        ns = argparse.Namespace(device="emu", executor=None, quick=False, repeat=None)
         ns.__dict__.update({k: v for k, v in vars(args).items() if v is not None})
         return ns
     p = argparse.ArgumentParser(prog="hermes bench --device")
     p.add_argument("--device", default="emu", help="device spec (emu, cpu, vfio-user:PATH...)")
-    p.add_argument("--engine", help="engine the device runs programs with")
+    add_executor_option(p, "executor the device runs programs with (interp, jit)")
     p.add_argument("--quick", action="store_true", help="few iterations (smoke test)")
     p.add_argument("--repeat", type=int, help="unused (accepted for hermes bench)")
     return p.parse_args(list(args or []))
@@ -59,7 +60,7 @@ def main(args: "argparse.Namespace | Sequence[str] | None" = None) -> int:
     from ..lib import DriverDevice, open_device
     ns = _parse(args)
     quick = bool(ns.quick)
-    options = {"engine": ns.engine} if ns.engine else {}
+    options = {"executor": ns.executor} if ns.executor else {}
     n_rtt = 200 if quick else 5000
     dev = open_device(ns.device, **options)
     try:

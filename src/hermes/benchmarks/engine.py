@@ -40,7 +40,7 @@ def _programs(bench_dir: Path, kinds: list[str], names: list[str] | None,
 
 
 def main(args) -> int:
-    """``hermes bench --engine NAME``: per program instructions, time, instr/s, check."""
+    """``hermes bench --executor NAME``: per program instructions, time, instr/s, check."""
     import tempfile
     bench_dir = Path(args.bench_dir) if args.bench_dir else find_shared("bench")
     if bench_dir is None:
@@ -49,14 +49,14 @@ def main(args) -> int:
     ref = load_reference(bench_dir)
     kinds = args.kind or ["asm"]
     failures = 0
-    print(f"engine: {args.engine or _engine.DEFAULT_ENGINE}   repeats: {args.repeat}")
+    print(f"executor: {args.executor or _engine.DEFAULT_EXECUTOR}   repeats: {args.repeat}")
     print(f"{'program':16s} {'src':4s} {'compile ms':>10s} {'bg opt ms':>9s} {'instructions':>13s} "
           f"{'ms/run':>9s} {'M instr/s':>10s}  check")
     with tempfile.TemporaryDirectory() as tmp:
         for name, kind, program in _programs(bench_dir, kinds, args.program, Path(tmp)):
             mem, r0, after = ref.PROGRAMS[name]()
             t0 = time.perf_counter()
-            exe = _engine.load(program, engine=args.engine)
+            exe = _engine.load(program, executor=args.executor)
             compile_ms = (time.perf_counter() - t0) * 1e3
             # large programs run first on quickly compiled code; time the final code
             wait = getattr(exe, "wait_final", None)

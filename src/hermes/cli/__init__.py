@@ -53,14 +53,21 @@ def int_arg(lo: int | None = None, hi: int | None = None) -> Callable[[str], int
     return parse
 
 
-def engine_arg(text: str) -> str:
-    """An argparse ``type`` for an engine name (checked against the engines this build has)."""
+def executor_arg(text: str) -> str:
+    """An argparse ``type`` for an executor name (``interp``, ``jit``)."""
+    from ..engine import check_executor
     from ..errors import UsageError
-    from ..lib.api import check_engine
     try:
-        return check_engine(text) or text
+        return check_executor(text) or text
     except UsageError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_executor_option(p: argparse.ArgumentParser, help: str) -> None:
+    """``--executor NAME`` on ``p`` (``args.executor``), with ``--engine`` as its hidden
+    deprecated spelling (``--engines`` counts the device's command processors)."""
+    p.add_argument("--executor", type=executor_arg, metavar="NAME", help=help)
+    p.add_argument("--engine", dest="executor", type=executor_arg, help=argparse.SUPPRESS)
 
 
 def run_arg(text: str) -> int:

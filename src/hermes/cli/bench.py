@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import engine_arg, int_arg
+from . import add_executor_option, int_arg
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -17,7 +17,7 @@ def _bench(args: argparse.Namespace) -> int:
 def register(sub: "argparse._SubParsersAction") -> None:
     """Add ``hermes bench``."""
     p = sub.add_parser("bench", help="measure engines (default) or a device (--device)")
-    p.add_argument("--engine", type=engine_arg, help="engine to measure (interp, jit)")
+    add_executor_option(p, "executor to measure (interp, jit)")
     p.add_argument("--device", help="device spec to measure instead (emu, vfio-user:PATH...)")
     p.add_argument("--bench-dir", help="the shared bench folder (default: ../shared/bench)")
     p.add_argument("--kind", action="append", choices=["asm", "c"],

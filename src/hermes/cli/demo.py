@@ -84,10 +84,10 @@ class Outcome:
 
 
 def run_on(device: "Device | None", program: "Program", case: object, *,
-           engine: str | None = None) -> tuple[int, bytes]:
+           executor: str | None = None) -> tuple[int, bytes]:
     """Run ``program`` on an example's ``case`` (input, arguments, window size) on ``device``.
 
-    ``device`` None means ``engine`` directly (``hermes.engine.run`` on a window of the case's
+    ``device`` None means ``executor`` directly (``hermes.engine.run`` on a window of the case's
     size, the input at its start and zeros after it). Returns (r0, the run's output bytes).
     """
     data, args, size = case.data, tuple(case.args), case.size  # type: ignore[attr-defined]
@@ -95,7 +95,7 @@ def run_on(device: "Device | None", program: "Program", case: object, *,
         from ..engine import run
         window = bytearray(len(data) if size is None else size)
         window[:len(data)] = data
-        result = run(program, window, length=len(data), args=args, engine=engine)
+        result = run(program, window, length=len(data), args=args, executor=executor)
         n = len(data) if result.output_length is None else result.output_length
         return result.return_value, bytes(window[:n])
     result = device.run(program, data, args=args, size=size)

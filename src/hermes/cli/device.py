@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable, Iterator, TextIO
 
 from ..errors import DataTooLarge, ExecutionError, HermesError
-from . import (MAX_RUN_ARGS, budget_arg, engine_arg, int_arg, interruptible, load_program,
+from . import (MAX_RUN_ARGS, add_executor_option, budget_arg, int_arg, interruptible, load_program,
                run_arg, seconds_arg, write_output)
 
 #: ``hermes scan --reduce`` operations on the pieces' r0: (initial value, step).
@@ -57,8 +57,8 @@ def duration(seconds: "float | None") -> str:
 
 def _open(args: argparse.Namespace, **options: object):
     from ..lib import open_device
-    if getattr(args, "engine", None):
-        options["engine"] = args.engine
+    if getattr(args, "executor", None):
+        options["executor"] = args.executor
     return open_device(args.device, **options)
 
 
@@ -293,8 +293,7 @@ def _common_run_options(p: argparse.ArgumentParser) -> None:
                    help="abort a run that has not finished after S seconds")
     p.add_argument("--device", default="emu", metavar="SPEC",
                    help="device spec: emu (default), cpu, vfio-user:PATH, vfio:BDF")
-    p.add_argument("--engine", type=engine_arg, metavar="NAME",
-                   help="engine executing the program (interp, jit)")
+    add_executor_option(p, "what executes the program (interp, jit)")
 
 
 def _program_parser(sub: "argparse._SubParsersAction", name: str, summary: str,

@@ -14,7 +14,7 @@ from ..engine.helpers import RunState, merged
 from ..engine.program import Program
 from ..engine.reference import Reference, Step
 from ..errors import DataTooLarge, ExecutionError, HermesError, UsageError
-from . import (MAX_RUN_ARGS, budget_arg, engine_arg, int_arg, interruptible, load_program,
+from . import (MAX_RUN_ARGS, add_executor_option, budget_arg, int_arg, interruptible, load_program,
                run_arg, write_output)
 
 #: Lines ``hermes exec --trace`` prints unless ``--trace-limit`` says otherwise.
@@ -123,9 +123,9 @@ def _exec(args: argparse.Namespace) -> int:
     if len(args.arg) > MAX_RUN_ARGS:
         args.parser.error(f"argument --arg: at most {MAX_RUN_ARGS} run arguments, got "
                           f"{len(args.arg)}")
-    if args.trace and args.engine is not None:
+    if args.trace and args.executor is not None:
         args.parser.error("argument --trace: runs on the reference interpreter "
-                          "(hermes.engine.reference), so --engine does not apply")
+                          "(hermes.engine.reference), so --executor does not apply")
     program = load_program(args.file, function=args.function, section=args.section)
     helpers = merged(CONFORMANCE_HELPERS, DEVICE_HELPERS)
     data, length = _window(args)
@@ -146,7 +146,7 @@ def _exec(args: argparse.Namespace) -> int:
             finally:
                 tracer.finish()
     else:
-        loaded = _load(program, helpers=helpers, engine=args.engine, budget=args.budget)
+        loaded = _load(program, helpers=helpers, executor=args.executor, budget=args.budget)
 
         def work() -> object:
             return loaded.run(data, **options)
@@ -168,7 +168,7 @@ def _print_text(result: "RunResult | RunState", err: TextIO) -> None:
 
 def _conformance(args: argparse.Namespace) -> int:
     from ..conformance import run_corpus
-    outcomes = run_corpus(args.dirs, engine=args.engine)
+    outcomes = run_corpus(args.dirs, executor=args.executor)
     if not outcomes:
         raise HermesError(f"no conformance cases (.data files) in {', '.join(args.dirs)}")
     passed = failed = skipped = 0
@@ -191,7 +191,7 @@ def _conformance(args: argparse.Namespace) -> int:
 
 def _plugin(args: argparse.Namespace) -> int:
     from ..conformance import plugin_main
-    status, line = plugin_main(sys.stdin.read(), args.memory or "", engine=args.engine)
+    status, line = plugin_main(sys.stdin.read(), args.memory or "", executor=args.executor)
     print(line, file=sys.stdout if status == 0 else sys.stderr)
     return status
 
@@ -221,8 +221,8 @@ def register(sub: "argparse._SubParsersAction") -> None:
     _entry_options(p)
     p.set_defaults(func=_disasm)
 
-    p = sub.add_parser("exec", help="run a program on an engine and print r0",
-                       description="Runs a program straight on an engine (no device) and prints "
+    p = sub.add_parser("exec", help="run a program on an executor and print r0",
+                       description="Runs a program straight on an executor (no device) and prints "
                        "r0; what it prints with bpf_trace_printk goes to stderr.")
     p.add_argument("file", help="program: .o (ELF), .s/.asm (assembly) or raw bytes")
     p.add_argument("--mem", help="the input as hex")
@@ -234,11 +234,11 @@ def register(sub: "argparse._SubParsersAction") -> None:
                    help=f"a run argument (r3, r4, r5 at entry; repeat up to {MAX_RUN_ARGS} "
                    "times)")
     _entry_options(p)
-    p.add_argument("--engine", type=engine_arg, help="interp or jit (default jit)")
+    add_executor_option(p, "interp or jit (default jit)")
     p.add_argument("--budget", type=budget_arg, help="instruction budget")
     p.add_argument("--trace", action="store_true",
                    help="print every executed instruction: pc, instruction, the registers it "
-                   "changed, the memory it stored (runs on the reference engine)")
+                   "changed, the memory it stored (runs on the reference interpreter)")
     p.add_argument("--trace-limit", type=int_arg(0), default=DEFAULT_TRACE_LIMIT, metavar="N",
                    help=f"lines --trace prints at most (default {DEFAULT_TRACE_LIMIT}); the "
                    "rest is counted")
@@ -247,12 +247,12 @@ def register(sub: "argparse._SubParsersAction") -> None:
 
     p = sub.add_parser("conformance", help="run conformance corpora (.data files)")
     p.add_argument("dirs", nargs="+", metavar="DIR")
-    p.add_argument("--engine", type=engine_arg, help="interp or jit")
+    add_executor_option(p, "interp or jit")
     p.add_argument("-q", "--quiet", action="store_true", help="print only failures and totals")
     p.set_defaults(func=_conformance)
 
     p = sub.add_parser("conformance-plugin",
                        help="bpf_conformance plugin: program hex on stdin, memory hex as argument")
     p.add_argument("memory", nargs="?", default="")
-    p.add_argument("--engine", type=engine_arg, help="interp or jit")
+    add_executor_option(p, "interp or jit")
     p.set_defaults(func=_plugin)

@@ -89,7 +89,7 @@ def _cpi(args: argparse.Namespace) -> int:
             continue
         memory = reduced_input(name, full)
         row = measure(program, memory, name, REDUCED_N[name], forward_loads=args.forward_loads)
-        want = engine.run(program, bytearray(memory), engine="interp")
+        want = engine.run(program, bytearray(memory), executor="interp")
         got = row.result
         if got.return_value != want.return_value or got.instructions != want.instructions or \
                 bytes(got.memory or b"") != bytes(want.memory):

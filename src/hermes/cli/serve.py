@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import grp
 
+from . import add_executor_option
+
 
 def _size(text: str) -> int:
     """Parse a byte count with an optional K/M/G suffix (binary units)."""
@@ -91,7 +93,7 @@ def register(sub: "argparse._SubParsersAction") -> None:
                    help="size of one program slot (default: --slot-size)")
     p.add_argument("--data-slot-size", type=_size, default=None, metavar="BYTES",
                    help="size of one data slot (default: --slot-size)")
-    p.add_argument("--engine", default=None, help="execution engine for programs (interp, jit)")
+    add_executor_option(p, "executor of the programs (interp, jit)")
     p.add_argument("--budget", type=_count(1, (1 << 64) - 1), default=None,
                    help="instruction budget of one run")
     p.add_argument("--interface-version", type=_count(1, 2), default=None,
@@ -144,8 +146,8 @@ def _run(args: argparse.Namespace) -> int:
                       interface_version=args.interface_version or 1)
         if args.run_context is False:
             kwargs["run_context"] = False
-    if args.engine:
-        kwargs["engine"] = args.engine
+    if args.executor:
+        kwargs["executor"] = args.executor
     if args.budget is not None:
         kwargs["budget"] = args.budget
     if args.stall_timeout is not None:

@@ -94,10 +94,11 @@ class HermesDevice:
 
     def __init__(self, engines: int = 4, program_slots: int = 16, data_slots: int = 16,
                  program_slot_size: int = 1 << 20, data_slot_size: int = 1 << 20,
-                 build: str = "hermes-emu 0.1", engine: str | None = None,
+                 build: str = "hermes-emu 0.1", executor: str | None = None,
                  budget: int | None = None, interface_version: int = 1,
                  bar4: object | None = None, *, cache_size: int = DEFAULT_CACHE_SIZE,
-                 irq_compat: str = "legacy", can_abort: bool = True, run_context: bool = True):
+                 irq_compat: str = "legacy", can_abort: bool = True, run_context: bool = True,
+                 engine: str | None = None):
         _check_int("engines", engines, 1, MAX_ENGINES)
         _check_int("program_slots", program_slots, 1, 255)
         _check_int("data_slots", data_slots, 1, 255)
@@ -112,9 +113,10 @@ class HermesDevice:
         build_bytes = build.encode("utf-8") if isinstance(build, str) else None
         if build_bytes is None or len(build_bytes) > R.EHBLD_LEN:
             raise ValueError(f"build must be a string of at most {R.EHBLD_LEN} UTF-8 bytes")
-        if engine is not None and engine not in _engine.engine_names():
-            raise ValueError(f"unknown engine {engine!r}; choose one of "
-                             f"{', '.join(_engine.engine_names())}")
+        executor = _engine.executor_option(executor, engine)
+        if executor is not None and executor not in _engine.executor_names():
+            raise ValueError(f"unknown executor {executor!r}; choose one of "
+                             f"{', '.join(_engine.executor_names())}")
         if budget is not None:
             _check_int("budget", budget, 1, MASK64)
         _check_int("cache_size", cache_size, 0, 1 << 20)
@@ -132,7 +134,7 @@ class HermesDevice:
         self.data_slot_offset = _align(program_slots * program_slot_size, BAR4_ALIGN)
         self.build = build
         self.interface_version = interface_version
-        self.engine_name = engine or _engine.DEFAULT_ENGINE
+        self.executor_name = executor or _engine.DEFAULT_EXECUTOR
         self.budget = budget if budget is not None else _engine.DEFAULT_BUDGET
         self.num_vectors = NUM_VECTORS
         self.irq_compat = irq_compat
@@ -727,7 +729,7 @@ class HermesDevice:
             exe: object = make_error_code(R.EBPF_ERR_LOAD, 0)
         else:
             poff = self.program_slot_offset + pslot * self.program_slot_size
-            exe = self._cache.get(bytes(self._bar4[poff:poff + length]), self.engine_name, entry)
+            exe = self._cache.get(bytes(self._bar4[poff:poff + length]), self.executor_name, entry)
         if isinstance(exe, int):
             counts["run_errors"] += 1
             self._write_out(eng)   # it did not run: nothing of the previous run survives
@@ -777,7 +779,7 @@ class HermesDevice:
                                                entry_symbol=entry)
             else:
                 program = eng.Program.from_bytes(code)
-            return eng.load(program, helpers=eng.DEVICE_HELPERS, engine=self.engine_name,
+            return eng.load(program, helpers=eng.DEVICE_HELPERS, executor=self.executor_name,
                             budget=self.budget)
         except ProgramError as exc:
             return error_code(exc)

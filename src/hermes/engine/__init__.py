@@ -1,6 +1,7 @@
 """The eBPF engine: instruction set, programs, load-time checks and the engines that run them."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -12,8 +13,8 @@ from .program import Program
 
 #: Instructions a run may execute unless the caller sets another budget.
 DEFAULT_BUDGET = 1_000_000_000
-#: Engine used when the caller names none (the interpreter stays the reference).
-DEFAULT_ENGINE = "jit"
+#: Executor used when the caller names none (the fastest of them).
+DEFAULT_EXECUTOR = "jit"
 
 
 @dataclass
@@ -58,50 +59,68 @@ def check(program: Program, helpers: HelperRegistry | None = None) -> None:
     verify(program, helpers if helpers is not None else DEVICE_HELPERS)
 
 
-def engine_names() -> list[str]:
-    """Names accepted by ``engine=``."""
-    return list(_engines())
+def executor_names() -> list[str]:
+    """Names accepted by ``executor=``."""
+    return list(_executors())
 
 
-def _engines() -> dict:
+def _executors() -> dict:
     from .interp import Interpreter
-    engines = {"interp": Interpreter}
-    try:
-        from .jit import JitExecutable
-    except ImportError:  # the JIT lands with its own issue; the interpreter is always there
-        pass
-    else:
-        engines["jit"] = JitExecutable
-    return engines
+    from .jit import JitExecutable
+    return {"interp": Interpreter, "jit": JitExecutable}
 
 
-def load(program: Program, *, helpers: HelperRegistry | None = None, engine: str | None = None,
-         budget: int | None = None) -> Executable:
-    """Check ``program`` against ``helpers`` (``check``) and prepare it for ``engine``
-    (default ``DEFAULT_ENGINE``).
+def executor_option(executor: str | None, engine: str | None, stacklevel: int = 3) -> str | None:
+    """The executor a caller named with ``executor=`` or with its deprecated spelling ``engine=``
+    (which warns: ``engines=`` is the device's count of command processors, a different thing).
+
+    ``stacklevel`` points the ``DeprecationWarning`` at the caller's caller (the user's line).
+    """
+    if engine is None:
+        return executor
+    warnings.warn("engine= is deprecated; use executor= (the execution back-end: "
+                  f"{', '.join(executor_names())})", DeprecationWarning, stacklevel=stacklevel)
+    if executor is not None and executor != engine:
+        raise UsageError(f"executor={executor!r} and engine={engine!r} disagree; give executor= "
+                         "only")
+    return engine
+
+
+def check_executor(name: object) -> str | None:
+    """``name`` when it is None or an executor ``executor_names`` has, else ``UsageError``."""
+    if name is not None and name not in executor_names():
+        raise UsageError(f"unknown executor {name!r}; choose one of "
+                         f"{', '.join(executor_names())}")
+    return name  # type: ignore[return-value]
+
+
+def load(program: Program, *, helpers: HelperRegistry | None = None,
+         executor: str | None = None, budget: int | None = None,
+         engine: str | None = None) -> Executable:
+    """Check ``program`` against ``helpers`` (``check``) and prepare it for ``executor``
+    (default ``DEFAULT_EXECUTOR``, the JIT); ``engine=`` is the deprecated spelling.
 
     Raises ``VerifierError`` (a ``ProgramError``) when the program cannot be run.
     """
-    name = engine or DEFAULT_ENGINE
-    engines = _engines()
-    if name not in engines:
-        raise UsageError(f"unknown engine {name!r}; choose one of {', '.join(engines)}")
-    return engines[name](program, helpers=helpers if helpers is not None else DEVICE_HELPERS,
-                         budget=budget if budget is not None else DEFAULT_BUDGET)
+    name = check_executor(executor_option(executor, engine)) or DEFAULT_EXECUTOR
+    return _executors()[name](program, helpers=helpers if helpers is not None else DEVICE_HELPERS,
+                              budget=budget if budget is not None else DEFAULT_BUDGET)
 
 
 def run(program: Program, memory: "bytearray | memoryview | bytes | None" = None, *,
         helpers: HelperRegistry | None = None, budget: int | None = None,
-        engine: str | None = None, cancel: Cancel | None = None, length: int | None = None,
-        args: "tuple[int, ...]" = ()) -> RunResult:
+        executor: str | None = None, cancel: Cancel | None = None, length: int | None = None,
+        args: "tuple[int, ...]" = (), engine: str | None = None) -> RunResult:
     """Load ``program`` and run it once with ``memory`` as its data window.
 
     r1 = ``DATA_BASE``, r2 = ``length`` (default ``len(memory)``), r3..r5 = ``args`` (at most
     three integers, modulo 2^64). A writable ``memory`` (bytearray, writable memoryview) is
     changed in place; ``bytes`` are copied first. ``RunResult.memory`` is the window after the
-    run. Setting ``cancel`` from another thread stops the run with ``Cancelled``.
+    run. Setting ``cancel`` from another thread stops the run with ``Cancelled``. ``executor``
+    is as in ``load`` (``engine=`` its deprecated spelling).
     """
-    return load(program, helpers=helpers, engine=engine, budget=budget).run(
+    executor = executor_option(executor, engine)
+    return load(program, helpers=helpers, executor=executor, budget=budget).run(
         memory, budget, cancel=cancel, length=length, args=args)
 
 
@@ -109,5 +128,16 @@ __all__ = [
     "CONFORMANCE_HELPERS", "Cancel", "Cancelled", "DATA_BASE", "DEFAULT_BUDGET", "DEVICE_HELPERS",
     "ExecutionError",
     "Executable", "Helper", "HelperRegistry", "Program", "ProgramError", "RunResult",
-    "check", "engine_names", "load", "run",
+    "check", "check_executor", "executor_names", "executor_option", "load", "run",
 ]
+
+#: Names spelt with "engine" for the execution back-end, kept one release with a warning.
+_RENAMED = {"DEFAULT_ENGINE": "DEFAULT_EXECUTOR", "engine_names": "executor_names"}
+
+
+def __getattr__(name: str) -> object:
+    if name in _RENAMED:
+        warnings.warn(f"hermes.engine.{name} is deprecated; use {_RENAMED[name]}",
+                      DeprecationWarning, stacklevel=2)
+        return globals()[_RENAMED[name]]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Union
 
 from .. import regs
-from ..engine import Cancel, Program
+from ..engine import Cancel, Program, check_executor, executor_option
 from ..engine.memory import run_args
 from ..errors import DataTooLarge, DeviceError, HermesError, UsageError
 
@@ -40,20 +40,12 @@ def check_int(name: str, value: object, lo: int, hi: int) -> int:
     return value
 
 
-def check_engine(name: object) -> str | None:
-    """``name`` when it is None or an engine ``hermes.engine`` has, else ``UsageError``."""
-    from ..engine import engine_names
-    if name is not None and name not in engine_names():
-        raise UsageError(f"unknown engine {name!r}; choose one of {', '.join(engine_names())}")
-    return name  # type: ignore[return-value]
-
-
 def check_options(options: dict) -> None:
-    """Check the options of ``OPTION_RANGES`` and ``engine`` (same rules and wording as the
+    """Check the options of ``OPTION_RANGES`` and ``executor`` (same rules and wording as the
     Hermes device model, so every backend refuses a bad value the same way)."""
     for name, value in options.items():
-        if name == "engine":
-            check_engine(value)
+        if name == "executor":
+            check_executor(value)
         elif name in OPTION_RANGES and not (name == "budget" and value is None):
             check_int(name, value, *OPTION_RANGES[name])
             if name.endswith("slot_size") and value % 8:  # type: ignore[operator]
@@ -748,8 +740,10 @@ def open_device(spec: str = "emu", **options: object) -> Device:
     """Open a device by spec: ``"emu"`` (in-process Hermes device model + driver), ``"cpu"``
     (the engine directly), or any prefix in ``BACKENDS`` (``"prefix:address"``).
 
-    ``options`` go to the backend (for ``emu``: HermesDevice arguments such as ``engines`` or
-    ``engine``, plus driver ``timeout``; for ``cpu``: ``engine``, ``slot_size``, ``budget``).
+    ``options`` go to the backend (for ``emu``: HermesDevice arguments such as ``engines`` (its
+    command processors) or ``executor`` (what runs programs: ``interp``, ``jit``), plus driver
+    ``timeout``; for ``cpu``: ``executor``, ``slot_size``, ``budget``). ``engine=`` is the
+    deprecated spelling of ``executor=``.
     """
     if not isinstance(spec, str):
         raise UsageError(f"a device spec is a string such as 'emu', not {type(spec).__name__}")
@@ -758,6 +752,8 @@ def open_device(spec: str = "emu", **options: object) -> Device:
     if factory is None:
         raise DeviceError(f"unknown device spec {spec!r}; known prefixes: "
                           f"{', '.join(sorted(BACKENDS))}", errno.ENODEV)
+    if "engine" in options:
+        options["executor"] = executor_option(options.get("executor"), options.pop("engine"))
     check_options(options)
     if isinstance(factory, str):
         module, _, name = factory.partition(":")

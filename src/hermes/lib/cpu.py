@@ -157,15 +157,16 @@ class CpuSession(Session):
 class CpuDevice(Device):
     """Runs programs in this process with ``hermes.engine`` (interpreter or JIT)."""
 
-    def __init__(self, *, engine: str | None = None, data_slot_size: int = DEFAULT_SLOT_SIZE,
+    def __init__(self, *, executor: str | None = None, data_slot_size: int = DEFAULT_SLOT_SIZE,
                  program_slot_size: int = DEFAULT_SLOT_SIZE, budget: int | None = None,
-                 engines: int | None = None):
-        options = {"engine": engine, "data_slot_size": data_slot_size,
+                 engines: int | None = None, engine: str | None = None):
+        executor = _engine.executor_option(executor, engine)
+        options = {"executor": executor, "data_slot_size": data_slot_size,
                    "program_slot_size": program_slot_size, "budget": budget}
         if engines is not None:
             options["engines"] = engines
         check_options(options)
-        self.engine_name = engine or _engine.DEFAULT_ENGINE
+        self.executor_name = executor or _engine.DEFAULT_EXECUTOR
         self._data_slot_size = data_slot_size
         self.program_slot_size = program_slot_size
         self.budget = budget if budget is not None else _engine.DEFAULT_BUDGET
@@ -185,7 +186,7 @@ class CpuDevice(Device):
     def info(self) -> dict:
         """Backend description (no BAR0 here; the slot geometry the programs see)."""
         self.check_open()
-        return {"spec": self.spec, "backend": "cpu", "engine": self.engine_name,
+        return {"spec": self.spec, "backend": "cpu", "executor": self.executor_name,
                 "engines": self._engines, "data_slot_size": self._data_slot_size,
                 "program_slot_size": self.program_slot_size, "budget": self.budget}
 
@@ -207,7 +208,7 @@ class CpuDevice(Device):
         key = prog.digest
         exe = self._cache.get(key)
         if exe is None:
-            exe = _engine.load(prog, engine=self.engine_name, budget=self.budget)
+            exe = _engine.load(prog, executor=self.executor_name, budget=self.budget)
             self._cache.put(key, exe, prog.host_bytes)
         return exe
 
@@ -232,4 +233,4 @@ def open_cpu(address: str = "", **options: object) -> CpuDevice:
 
 
 #: Options ``hermes.open("cpu", ...)`` takes (the same names as the emu backend's).
-CPU_OPTIONS = ("engine", "data_slot_size", "program_slot_size", "budget", "engines")
+CPU_OPTIONS = ("executor", "data_slot_size", "program_slot_size", "budget", "engines")

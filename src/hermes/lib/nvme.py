@@ -37,7 +37,7 @@ _CACHE_SIZE = 64
 #: Seconds between tries to abort a run whose Execute Program had not reached the controller.
 ABORT_RETRY = 0.01
 #: Options of ``hermes.open("nvme-emu", ...)`` and of ``hermes.open("nvme:/dev/ngXnY", ...)``.
-EMU_OPTIONS = ("data_slot_size", "memory_size", "budget", "engine", "timeout")
+EMU_OPTIONS = ("data_slot_size", "memory_size", "budget", "executor", "timeout")
 PASSTHRU_OPTIONS = ("data_slot_size", "budget", "timeout")
 
 
@@ -336,7 +336,7 @@ def open_nvme_emu(address: str = "", **options: object) -> NvmeDevice:
                        8, 1 << 40)
     timeout = options.get("timeout", 10.0)
     transport = InProcessTransport.create_nvme(memory_sizes=(memory,),
-                                               engine=options.get("engine"),
+                                               executor=options.get("executor"),
                                                budget=options.get("budget"))
     try:
         host = NvmeHost(transport, timeout=timeout)  # type: ignore[arg-type]

@@ -129,11 +129,11 @@ class ComputeNamespace:
     csi = N.Csi.CP
 
     def __init__(self, nsid: int, memory: "dict[int, MemoryNamespace]", limits: Limits,
-                 engine: str | None, budget: int | None):
+                 executor: str | None, budget: int | None):
         self.nsid = nsid
         self.memory = memory
         self.limits = limits
-        self.engine = engine
+        self.executor = executor
         self.budget = budget if budget is not None else _engine.DEFAULT_BUDGET
         self.lock = threading.Lock()
         self.programs = [ProgramEntry(i) for i in range(limits.program_indexes)]
@@ -154,7 +154,7 @@ class ComputeNamespace:
                                numpi=lim.program_indexes)
 
     def _compile(self, program: _engine.Program) -> object:
-        return _engine.load(program, engine=self.engine, budget=self.budget)
+        return _engine.load(program, executor=self.executor, budget=self.budget)
 
     def _entry(self, pind: int) -> ProgramEntry:
         check(pind < len(self.programs), N.INVALID_PROGRAM_INDEX,

@@ -79,17 +79,18 @@ class NvmeController:
     bar4 = None  # no directly mapped BAR
 
     def __init__(self, memory_sizes: "tuple[int, ...]" = (16 << 20,), *, io_queues: int = 16,
-                 max_queue_entries: int = 1024, engine: str | None = None,
+                 max_queue_entries: int = 1024, executor: str | None = None,
                  budget: int | None = None, limits: Limits | None = None,
-                 serial: str = "HERMESCP0001"):
+                 serial: str = "HERMESCP0001", engine: str | None = None):
         if not 1 <= io_queues <= MAX_IO_QUEUES:
             raise ValueError(f"io_queues must be in 1..{MAX_IO_QUEUES}")
         if not 2 <= max_queue_entries <= 65536:
             raise ValueError("max_queue_entries must be in 2..65536")
         if not memory_sizes or any(s <= 0 or s % 8 for s in memory_sizes):
             raise ValueError("memory_sizes must be positive multiples of 8 bytes")
-        if engine is not None and engine not in _engine.engine_names():
-            raise ValueError(f"unknown engine {engine!r}")
+        executor = _engine.executor_option(executor, engine)
+        if executor is not None and executor not in _engine.executor_names():
+            raise ValueError(f"unknown executor {executor!r}")
         if len(serial.encode("ascii")) > 20:
             raise ValueError("serial must be at most 20 ASCII characters")
         self.num_vectors = NUM_VECTORS
@@ -99,7 +100,7 @@ class NvmeController:
         self.limits = limits or Limits()
         self.memory = {COMPUTE_NSID + 1 + i: MemoryNamespace(COMPUTE_NSID + 1 + i, size)
                        for i, size in enumerate(memory_sizes)}
-        self.compute = ComputeNamespace(COMPUTE_NSID, self.memory, self.limits, engine, budget)
+        self.compute = ComputeNamespace(COMPUTE_NSID, self.memory, self.limits, executor, budget)
         self.slm = MemoryCommands(self.memory, self.limits)
         self.namespaces: dict[int, object] = {COMPUTE_NSID: self.compute, **self.memory}
         self.cap = ((max_queue_entries - 1) | N.CAP_CQR | (READY_TIMEOUT_UNITS << N.CAP_TO_SHIFT)
