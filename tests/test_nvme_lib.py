@@ -10,7 +10,6 @@ import pytest
 import hermes
 from hermes.driver.nvme import passthru
 from hermes.engine import Program
-
 from tests.test_nvme_cp import INC_RANGE
 
 INC = Program.from_bytes(INC_RANGE)
@@ -95,3 +94,51 @@ def test_passthrough_ioctl_layout_is_linux_nvme_ioctl_h():
     assert passthru.NVME_IOCTL_ID == 0x4E40
     assert passthru.NVME_IOCTL_ADMIN64_CMD == 0xC0504E47
     assert passthru.NVME_IOCTL_IO64_CMD == 0xC0504E48
+
+
+def test_memory_regions_share_the_namespace_with_session_windows():
+    with hermes.open("nvme-emu", data_slot_size=1 << 20, memory_size=4 << 20) as d:
+        s = d.session()                                  # 1 MiB window
+        big = d.memory(3 << 20)                          # the rest
+        with pytest.raises(hermes.SlotsExhausted, match="no free 8-byte region"):
+            d.memory(8)
+        with pytest.raises(hermes.SlotsExhausted, match="no room for another"):
+            d.session()
+        big.close()
+        small = d.memory(100)                            # rounded up to 8, first fit
+        assert small.start == 1 << 20
+        d.session().close()
+        s.close()
+        small.close()
+
+
+def test_memory_in_a_second_namespace_and_ranges_across_namespaces():
+    with hermes.open("nvme-emu", memory_size=[2 << 20, 1 << 16]) as d:
+        first = d.info()["memory_nsid"]
+        with pytest.raises(hermes.UsageError, match="not a memory namespace"):
+            d.memory(8, nsid=99)
+        a, b = d.memory(8), d.memory(8, nsid=first + 1)
+        assert (a.nsid, b.nsid) == (first, first + 1)
+        a.write(struct_u64(40))
+        b.write(struct_u64(2))
+        add = Program.from_asm("ldxdw r0, [r1]\nldxdw r3, [r1+8]\nadd r0, r3\nexit")
+        with d.session() as s:
+            s.load(add)
+            assert s.run(ranges=[a, b]).return_value == 42
+
+
+def test_the_controller_reads_ranges_itself(dev):
+    """The session's window takes no part in a run over ranges (no copy through it)."""
+    m = dev.memory(16)
+    m.write(b"B" * 16)
+    with dev.session() as s:
+        s.load(FIRST8)
+        s.write(b"A" * 16)
+        s.run()
+        assert s.run(ranges=[m]).return_value == int.from_bytes(b"B" * 8, "little")
+        s.write(b"C")
+        assert s.read(16) == b"C" + b"A" * 15
+
+
+def struct_u64(value: int) -> bytes:
+    return value.to_bytes(8, "little")

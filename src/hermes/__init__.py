@@ -6,7 +6,7 @@ from .errors import (AssemblerError, BudgetExceeded, Cancelled, DataTooLarge, De
                      ExecutionFailed, HermesError, ProgramError, ProgramRejected, ProgramTooLarge,
                      RunTimeout, SlotsExhausted, UsageError, VerifierError)
 from .engine import Cancel, Program, RunResult
-from .lib import Device, Result, Session, open_device, register_backend
+from .lib import Device, Memory, Range, Result, Session, open_device, register_backend
 
 #: Open a device by spec (``"emu"``, ``"cpu"``, ...): see ``hermes.lib.open_device``.
 open = open_device  # noqa: A001
@@ -18,7 +18,7 @@ __all__ = [
     "Program", "ProgramError", "RunResult", "VerifierError", "__version__",
     # library (device access)
     "Cancel", "Cancelled", "DataTooLarge", "Device", "DeviceBusy", "DeviceError",
-    "DeviceProtocolError", "DeviceTimeout", "ExecutionFailed", "ProgramRejected",
-    "ProgramTooLarge", "Result", "RunTimeout", "Session", "SlotsExhausted", "UsageError",
+    "DeviceProtocolError", "DeviceTimeout", "ExecutionFailed", "Memory", "ProgramRejected",
+    "ProgramTooLarge", "Range", "Result", "RunTimeout", "Session", "SlotsExhausted", "UsageError",
     "open", "register_backend",
 ]

@@ -74,7 +74,7 @@ run_lib() {
     env $TEST_INFO HERMES_TEST_BACKENDS=vfio-guest HERMES_VM_BDF=$BDF \
         HERMES_CONTRACT_OBJECTS=/x/bpf/contract \
         sh -c 'cd /x && python -m pytest -p no:cacheprovider -q -p tests.vm.backends -rs \
-               tests/test_lib.py tests/test_contract.py tests/test_driver.py \
+               tests/test_lib.py tests/test_contract.py tests/test_ranges.py tests/test_driver.py \
                tests/test_driver_robustness.py'
 }
 
@@ -91,7 +91,7 @@ print(d(sorted(glob.glob("/dev/ng*n*"))[0]).get(1, ""))' 2>&1)
     env HERMES_NVME_DEVICE=$dev HERMES_TEST_BACKENDS=nvme \
         HERMES_CONTRACT_OBJECTS=/x/bpf/contract \
         sh -c 'cd /x && python -m pytest -p no:cacheprovider -q -rs \
-               tests/vm/test_nvme_guest.py tests/test_contract.py'
+               tests/vm/test_nvme_guest.py tests/test_contract.py tests/test_ranges.py'
     rc=$?
     echo "nvme: kernel messages:"; dmesg | grep -i nvme | tail -20
     return $rc

@@ -11,12 +11,15 @@ import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Union
+from typing import Callable, Iterable, Iterator, Sequence, Union
 
 from .. import regs
-from ..engine import Cancel, Program, check_executor, executor_option
+from ..engine import Cancel, Program, check_executor, executor_option, read_program
 from ..engine.memory import run_args
-from ..errors import DataTooLarge, DeviceError, HermesError, UsageError
+from ..errors import DataTooLarge, DeviceError, ExecutionError, HermesError, UsageError
+from .checks import check_buffer, check_int, check_size, writable_view
+from .memory import (MAX_MEMORY, HostMemory, Memory, Range, RangeLike, read_window, window_of,
+                     window_spans)
 
 #: What the library accepts as a program: a Program, its bytes (raw or ELF), or a file path.
 ProgramLike = Union[Program, bytes, bytearray, memoryview, str, os.PathLike]
@@ -33,13 +36,6 @@ OPTION_RANGES: dict[str, tuple[int, int]] = {
 }
 
 
-def check_int(name: str, value: object, lo: int, hi: int) -> int:
-    """``value`` when it is an int in ``lo..hi``, else ``UsageError`` naming ``name``."""
-    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
-        raise UsageError(f"{name} must be an integer in {lo}..{hi}, got {value!r}")
-    return value
-
-
 def check_options(options: dict) -> None:
     """Check the options of ``OPTION_RANGES`` and ``executor`` (same rules and wording as the
     Hermes device model, so every backend refuses a bad value the same way)."""
@@ -50,33 +46,6 @@ def check_options(options: dict) -> None:
             check_int(name, value, *OPTION_RANGES[name])
             if name.endswith("slot_size") and value % 8:  # type: ignore[operator]
                 raise UsageError(f"{name} must be a multiple of 8, got {value}")
-
-
-def check_buffer(data: object, what: str = "data") -> memoryview:
-    """``data`` as a flat byte view (lengths in bytes whatever its item size; a non-contiguous
-    buffer is copied), or ``UsageError`` for anything that is not bytes-like."""
-    if isinstance(data, (str, int, float)) or data is None:
-        raise UsageError(f"{what} must be bytes, bytearray or memoryview, not "
-                         f"{type(data).__name__}")
-    try:
-        view = memoryview(data)  # type: ignore[arg-type]
-    except TypeError:
-        raise UsageError(f"{what} must be bytes, bytearray or memoryview, not "
-                         f"{type(data).__name__}") from None
-    if not view.c_contiguous:
-        # A strided or Fortran-ordered view (a numpy slice with a step, a column, a transpose)
-        # is copied, its items in C order.
-        return memoryview(view.tobytes())
-    if view.format == "B" and view.ndim == 1:
-        return view
-    return view.cast("B")
-
-
-def check_size(name: str, value: object) -> int:
-    """``value`` when it is a non-negative int, else ``UsageError`` naming ``name``."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise UsageError(f"{name} must be a non-negative integer, got {value!r}")
-    return value
 
 
 def _elapsed_text(seconds: float) -> str:
@@ -175,21 +144,6 @@ def check_cancel(cancel: object) -> "Cancel | None":
     if cancel is not None and not isinstance(cancel, Cancel):
         raise UsageError(f"cancel must be a hermes.Cancel, not {type(cancel).__name__}")
     return cancel  # type: ignore[return-value]
-
-
-def writable_view(buffer: object, what: str = "out") -> memoryview:
-    """``buffer`` as a flat writable byte view (bytearray, writable memoryview, numpy array)."""
-    try:
-        view = memoryview(buffer)  # type: ignore[arg-type]
-    except TypeError:
-        raise UsageError(f"{what} must be a writable buffer (bytearray, memoryview, numpy "
-                         f"array), not {type(buffer).__name__}") from None
-    if view.readonly:
-        raise UsageError(f"{what} must be a writable buffer, not a read-only "
-                         f"{type(buffer).__name__}")
-    if not view.c_contiguous:
-        raise UsageError(f"{what} must be a C-contiguous buffer")
-    return view if view.format == "B" and view.ndim == 1 else view.cast("B")
 
 
 class Session(abc.ABC):
@@ -315,16 +269,91 @@ class Session(abc.ABC):
 
     def run(self, *, args: "tuple | list" = (), length: int | None = None,
             size: int | None = None, read: int | None = None, budget: int | None = None,
-            timeout: float | None = None, cancel: "Cancel | None" = None) -> Result:
+            timeout: float | None = None, cancel: "Cancel | None" = None,
+            ranges: "Sequence[RangeLike] | None" = None) -> Result:
         """Run the program on the data window; returns the ``Result`` with the output.
 
         ``length`` (r2) defaults to the end of the furthest write since the previous run;
         when nothing was written since, the previous run's length and window are used again.
         ``size`` is the window (default ``length``; bytes ``length..size`` read as zero);
         ``read`` the output size (default: what the program declared, else ``length``).
+        With ``ranges`` (``Device.memory`` regions, ``Range``s or (memory, offset, length)) the
+        window is those ranges back to back instead of the data slot: ``size`` defaults to
+        their total and ``length`` to ``size`` (rules: ``hermes.lib.memory``).
         Failures raise ``ExecutionFailed`` (``BudgetExceeded``, ``Cancelled``, ``RunTimeout``).
         """
+        if ranges is not None:
+            return self._run_ranges(ranges, args, length, size, read, budget, timeout, cancel)
         return self._run(args, length, size, read, budget, timeout, cancel, None)
+
+    def _run_ranges(self, ranges: "Sequence[RangeLike]", args: "tuple | list",
+                    length: int | None, size: int | None, read: int | None,
+                    budget: int | None, timeout: float | None,
+                    cancel: "Cancel | None") -> Result:
+        """``run`` with a window made of device memory ranges."""
+        regs3 = run_args(args)
+        check_limits(budget, timeout)
+        check_cancel(cancel)
+        for name, value in (("length", length), ("size", size), ("read", read)):
+            if value is not None:
+                check_size(name, value)
+        self._need_program("run")
+        window = window_of(self._device, ranges)
+        total = sum(r.length for r in window)
+        for name, value in (("input", length), ("size", size)):
+            if value is not None and value > total:
+                raise DataTooLarge(f"{name} of {value} bytes is larger than the ranges' "
+                                   f"window ({total} bytes)", value, total)
+        size = total if size is None else size
+        length = size if length is None else length
+        if size < length:
+            raise UsageError(f"size {size} is smaller than the input length {length}")
+        if read is not None and read > size:
+            raise DataTooLarge(f"read of {read} bytes is larger than the data window "
+                               f"({size} bytes)", read, size)
+        if cancel is not None and cancel.is_set():
+            from .errors import run_cancelled
+            raise run_cancelled()
+        info = self._execute_ranges(window, length, size, regs3, budget, timeout, cancel)
+        # The data slot took no part (or was only the staging copy): nothing in it to reuse.
+        self._written = None
+        self._last = None
+        n = read if read is not None else (
+            info.output_length if info.output_length is not None else length)
+        out = bytearray(n)
+        read_window(window, memoryview(out))
+        return Result(info.return_value, bytes(out), info.instructions, info.elapsed,
+                      info.trace, trace_dropped=info.trace_dropped)
+
+    def _execute_ranges(self, window: "list[Range]", length: int, size: int,
+                        args: tuple[int, int, int], budget: int | None,
+                        timeout: float | None, cancel: "Cancel | None") -> RunInfo:
+        """Run on the checked ``window``. A backend whose device reads ranges itself overrides
+        this; here the ranges are copied into the data slot, and the window back into them
+        after the run (also a failed one: what the program stored stays)."""
+        limit = self.data_slot_size
+        if size > limit:
+            raise DataTooLarge(f"a window of {size} bytes is larger than the data slot "
+                               f"({limit} bytes) this backend runs ranges through", size, limit)
+        # (an empty write still marks the slot written, which a driver file needs to run)
+        self._write(memoryview(b""), 0)
+        for r, at, n in window_spans(window, length):
+            part = bytearray(n)
+            r.memory._readinto(memoryview(part), r.offset)
+            self._write(memoryview(part), at)
+        try:
+            info = self._execute(length, size, args, budget, timeout, cancel)
+        except ExecutionError:
+            self._copy_back(window, size)
+            raise
+        self._copy_back(window, size)
+        return info
+
+    def _copy_back(self, window: "list[Range]", size: int) -> None:
+        for r, at, n in window_spans(window, size):
+            part = bytearray(n)
+            self._readinto(memoryview(part), at)
+            r.memory._write(memoryview(part), r.offset)
 
     def _run(self, args: "tuple | list", length: int | None, size: int | None,
              read: int | None, budget: int | None, timeout: float | None,
@@ -433,6 +462,13 @@ class Device(abc.ABC):
         """``DeviceError`` (``ENODEV``) once the device is closed."""
         if self._closed:
             raise DeviceError("device is closed", errno.ENODEV)
+
+    def memory(self, size: int) -> Memory:
+        """``size`` bytes of device memory, zeroed, that runs name in ``ranges=`` (closed with
+        ``close()`` or the device; rules: ``hermes.lib.memory``)."""
+        self.check_open()
+        check_int("size", size, 1, MAX_MEMORY)
+        return HostMemory(self, size)
 
     def session(self) -> Session:
         """A new session (owns no slot until it loads a program)."""
@@ -776,7 +812,7 @@ def program_bytes(program: ProgramLike) -> bytes:
     if isinstance(program, (str, os.PathLike)):
         return Path(program).read_bytes()
     if isinstance(program, Program):
-        elf = getattr(program, "elf_bytes", None)
+        elf = program.elf_bytes
         if elf:
             return bytes(elf)
         if program.segments:
@@ -789,14 +825,16 @@ def program_bytes(program: ProgramLike) -> bytes:
 
 def as_program(program: ProgramLike, *, max_size: int | None = None) -> Program:
     """``program`` as a ``Program`` (bytes starting with the ELF magic are loaded as ELF, with
-    code + data bounded by ``max_size`` as in ``Program.from_elf``)."""
+    code + data bounded by ``max_size`` as in ``load_elf``)."""
     if isinstance(program, Program):
         return program
     if isinstance(program, (str, os.PathLike)):
-        return Program.from_file(program, max_size=max_size)
+        return read_program(program, max_size=max_size)
     if not isinstance(program, (bytes, bytearray, memoryview)):
         raise UsageError(f"expected a Program, bytes or a path, not {type(program).__name__}")
     data = bytes(program)
     if data[:4] == b"\x7fELF":
-        return Program.from_elf(data, max_size=max_size)
+        # Imported here: pyelftools is paid for by ELF programs, not by ``import hermes``.
+        from ..engine.elf import load_elf
+        return load_elf(data, max_size=max_size)
     return Program.from_bytes(data)

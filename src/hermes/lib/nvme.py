@@ -22,6 +22,7 @@ from ..driver.nvme import NvmeHost, NvmeStatusError
 from ..engine.cache import DEFAULT_CACHE_BYTES, LoadedCache
 from ..errors import DeviceError, SlotsExhausted, UsageError
 from .api import Deadline, Device, ProgramLike, RunInfo, Session, check_int
+from .memory import MAX_MEMORY, Memory, Range, window_spans
 from .driver_device import Prepared, check_program
 from .errors import from_os_error, run_cancelled, run_failure, run_timeout, with_trace
 
@@ -46,6 +47,129 @@ def _align(lo: int, hi: int) -> tuple[int, int]:
     return lo & ~3, (hi + 3) & ~3
 
 
+def _host_call(device: "NvmeDevice", fn, *args, **kw):  # type: ignore[no-untyped-def]
+    """A host call with its OSErrors as library errors (status errors stay DeviceErrors);
+    a call the device's close cut short is ``DeviceError`` ENODEV."""
+    try:
+        return fn(*args, **kw)
+    except NvmeStatusError:
+        raise
+    except OSError as exc:
+        device.check_open()
+        raise from_os_error(exc) from None
+    except ValueError:   # a queue or buffer the close freed under the call
+        device.check_open()
+        raise
+
+
+class _SlmPort:
+    """Byte-exact transfers at ``start..`` of memory namespace ``nsid`` through I/O queue
+    ``qid`` (Memory Read/Write move dwords, at most ``max_transfer`` bytes a command)."""
+
+    def __init__(self, device: "NvmeDevice", nsid: int, start: int, qid: int):
+        self.device, self.nsid, self.start, self.qid = device, nsid, start, qid
+
+    def _read(self, offset: int, n: int) -> bytes:
+        host = self.device.host
+        step = host.max_transfer
+        return b"".join(_host_call(self.device, host.mem_read, self.nsid,
+                                   self.start + offset + pos, min(step, n - pos), qid=self.qid)
+                        for pos in range(0, n, step))
+
+    def write(self, view: memoryview, offset: int) -> None:
+        """Copy ``view`` to ``offset`` (the dwords around it read and merged first)."""
+        lo, hi = _align(offset, offset + view.nbytes)
+        if (lo, hi) == (offset, offset + view.nbytes):
+            data = view
+        else:
+            span = bytearray(self._read(lo, hi - lo))
+            span[offset - lo:offset - lo + view.nbytes] = view
+            data = memoryview(span)
+        host = self.device.host
+        step = host.max_transfer
+        for pos in range(0, len(data), step):
+            _host_call(self.device, host.mem_write, self.nsid, self.start + lo + pos,
+                       bytes(data[pos:pos + step]), qid=self.qid)
+
+    def readinto(self, view: memoryview, offset: int) -> None:
+        """Fill ``view`` from ``offset``."""
+        lo, hi = _align(offset, offset + view.nbytes)
+        view[:] = self._read(lo, hi - lo)[offset - lo:offset - lo + view.nbytes]
+
+    def fill(self, value: int, offset: int, n: int) -> None:
+        """Set ``n`` bytes from ``offset`` to the byte ``value`` (Memory Fill for the whole
+        dwords, merged writes for the edges)."""
+        lo, hi = (offset + 3) & ~3, (offset + n) & ~3
+        if hi <= lo:
+            self.write(memoryview(bytes([value]) * n), offset)
+            return
+        if lo > offset:
+            self.write(memoryview(bytes([value]) * (lo - offset)), offset)
+        _host_call(self.device, self.device.host.mem_fill, self.nsid, self.start + lo,
+                   hi - lo, value * 0x0101_0101, qid=self.qid)
+        if offset + n > hi:
+            self.write(memoryview(bytes([value]) * (offset + n - hi)), hi)
+
+
+class _Extents:
+    """First-fit allocation of ``align``-aligned byte ranges of one memory namespace."""
+
+    def __init__(self, size: int, align: int):
+        self.size, self.align = size, align
+        self._used: list[tuple[int, int]] = []   # (start, end), sorted
+
+    def take(self, n: int) -> int | None:
+        """The start of a free range of ``n`` bytes (rounded up to ``align``), or None."""
+        n = -(-n // self.align) * self.align
+        at = 0
+        for i, (start, end) in enumerate(self._used):
+            if start - at >= n:
+                self._used.insert(i, (at, at + n))
+                return at
+            at = end
+        if self.size - at >= n:
+            self._used.append((at, at + n))
+            return at
+        return None
+
+    def give(self, start: int) -> None:
+        """Free the range that starts at ``start``."""
+        self._used = [u for u in self._used if u[0] != start]
+
+    @property
+    def free(self) -> int:
+        """Bytes not taken."""
+        return self.size - sum(end - start for start, end in self._used)
+
+
+class SlmMemory(Memory):
+    """A region of a memory namespace (Subsystem Local Memory) of the controller."""
+
+    def __init__(self, device: "NvmeDevice", size: int, nsid: int, start: int):
+        super().__init__(device, size)
+        #: Memory namespace and first byte of the region in it.
+        self.nsid, self.start = nsid, start
+        # Transfers share I/O queue 1 with the first session (queue pairs are thread-safe).
+        self._port = _SlmPort(device, nsid, start, 1)
+
+    def _write(self, view: memoryview, offset: int) -> None:
+        self._port.write(view, offset)
+
+    def _readinto(self, view: memoryview, offset: int) -> None:
+        self._port.readinto(view, offset)
+
+    def _fill(self, value: int, offset: int, size: int) -> None:
+        self._port.fill(value, offset, size)
+
+    def _free(self) -> None:
+        self._device._give(self.nsid, self.start)  # type: ignore[attr-defined]
+
+    def __repr__(self) -> str:
+        state = " closed" if self.closed else ""
+        return (f"<SlmMemory {self.size} bytes at {self.start:#x} of namespace "
+                f"{self.nsid}{state}>")
+
+
 class NvmeSession(Session):
     """One program index, one I/O queue and one window of the device's memory namespace."""
 
@@ -53,6 +177,7 @@ class NvmeSession(Session):
         super().__init__()
         self._device = device
         self.pind, self.start, self.qid = pind, start, qid
+        self._port = _SlmPort(device, device.nsid, start, qid)
         self._prepared: Prepared | None = None
         self._zeroed = False
         #: Number of the run in progress (0: none), so a late abort retry spares the next run.
@@ -66,18 +191,8 @@ class NvmeSession(Session):
         return self._device.host
 
     def _call(self, fn, *args, **kw):  # type: ignore[no-untyped-def]
-        """A host call with its OSErrors as library errors (status errors stay DeviceErrors);
-        a call the device's close cut short is ``DeviceError`` ENODEV."""
-        try:
-            return fn(*args, **kw)
-        except NvmeStatusError:
-            raise
-        except OSError as exc:
-            self._device.check_open()
-            raise from_os_error(exc) from None
-        except ValueError:   # a queue or buffer the close freed under the call
-            self._device.check_open()
-            raise
+        """``fn(*args, **kw)`` on the host, its errors as the library's (``_host_call``)."""
+        return _host_call(self._device, fn, *args, **kw)
 
     def _unload(self) -> None:
         h = self._host
@@ -107,37 +222,44 @@ class NvmeSession(Session):
         self._prepared = prepared
 
     def _write(self, view: memoryview, offset: int) -> None:
-        lo, hi = _align(offset, offset + view.nbytes)
-        if (lo, hi) == (offset, offset + view.nbytes):
-            data = view
-        else:
-            span = bytearray(self._transfer_in(lo, hi - lo))
-            span[offset - lo:offset - lo + view.nbytes] = view
-            data = memoryview(span)
-        step = self._host.max_transfer
-        for pos in range(0, len(data), step):
-            self._call(self._host.mem_write, self._device.nsid, self.start + lo + pos,
-                       bytes(data[pos:pos + step]), qid=self.qid)
-
-    def _transfer_in(self, offset: int, n: int) -> bytes:
-        step = self._host.max_transfer
-        return b"".join(self._call(self._host.mem_read, self._device.nsid,
-                                   self.start + offset + pos, min(step, n - pos), qid=self.qid)
-                        for pos in range(0, n, step))
+        self._port.write(view, offset)
 
     def _readinto(self, view: memoryview, offset: int) -> None:
-        lo, hi = _align(offset, offset + view.nbytes)
-        view[:] = self._transfer_in(lo, hi - lo)[offset - lo:offset - lo + view.nbytes]
+        self._port.readinto(view, offset)
 
     def _execute(self, length: int, size: int, args: tuple[int, int, int], budget: int | None,
                  timeout: float | None, cancel: "_engine.Cancel | None") -> RunInfo:
+        # One range covers the window (range lengths are multiples of 2^MRSG bytes); the window
+        # length parameter cuts it to ``size`` exactly.
+        g = self._device.granularity
+        ranges = [N.MemoryRange(self._device.nsid, self.start, -(-size // g) * g)] if size else []
+        return self._execute_on(ranges, length, size, args, budget, timeout, cancel)
+
+    def _execute_ranges(self, window: "list[Range]", length: int, size: int,
+                        args: tuple[int, int, int], budget: int | None, timeout: float | None,
+                        cancel: "_engine.Cancel | None") -> RunInfo:
+        """The controller reads the ranges itself: one inline range per region the window
+        reaches (rounded up to 2^MRSG; the window length cuts the last)."""
+        g = self._device.granularity
+        ranges = []
+        for k, (r, _at, _n) in enumerate(window_spans(window, size)):
+            mem = r.memory
+            if not isinstance(mem, SlmMemory):
+                raise UsageError(f"range {k} is not memory of this controller")
+            start = mem.start + r.offset
+            if start % g or (r.length % g and r is not window[-1]):
+                raise UsageError(f"range {k} does not fit this controller's {g}-byte range "
+                                 "granularity")
+            ranges.append(N.MemoryRange(mem.nsid, start, -(-r.length // g) * g))
+        return self._execute_on(ranges, length, size, args, budget, timeout, cancel)
+
+    def _execute_on(self, ranges: "list[N.MemoryRange]", length: int, size: int,
+                    args: tuple[int, int, int], budget: int | None, timeout: float | None,
+                    cancel: "_engine.Cancel | None") -> RunInfo:
+        """One Execute Program over ``ranges`` with window ``size`` and input ``length``."""
         prepared = self._prepared
         assert prepared is not None
         dev = self._device
-        # One range covers the window (range lengths are multiples of 2^MRSG bytes); the window
-        # length parameter cuts it to ``size`` exactly.
-        g = dev.granularity
-        ranges = [N.MemoryRange(dev.nsid, self.start, -(-size // g) * g)] if size else []
         # The device's budget option stands for a run that gives none (the controller's own
         # budget is the served process's: a passthrough host cannot set it otherwise).
         budget = budget or dev.budget
@@ -260,8 +382,10 @@ class NvmeDevice(Device):
         # The last index holds the device-defined program; each session also gets its own I/O
         # queue (the in-process host has 15; passthrough ignores it).
         count = min(lim["numpi"] - 1, self.memory_size // data_slot_size, 15)
-        self._free = [(i, i * data_slot_size, i + 1) for i in range(count)]
+        self._free = [(i, i + 1) for i in range(count)]
         self.sessions_max = count
+        # Session windows and ``memory`` regions share the memory namespaces, first fit.
+        self._extents = {ns.nsid: _Extents(ns.size, self.granularity) for ns in memory}
         self._lock = threading.Lock()
 
     @property
@@ -295,13 +419,47 @@ class NvmeDevice(Device):
             if not self._free:
                 raise SlotsExhausted(f"all {self.sessions_max} sessions of the controller are "
                                      "open", errno.ENOSPC)
-            pind, start, qid = self._free.pop(0)
+            start = self._extents[self.nsid].take(self._data_slot_size)
+            if start is None:
+                raise SlotsExhausted(f"the memory namespace has no room for another "
+                                     f"{self._data_slot_size}-byte session window (memory "
+                                     "regions take the rest)", errno.ENOSPC)
+            pind, qid = self._free.pop(0)
         return NvmeSession(self, pind, start, qid)
 
     def _release(self, s: NvmeSession) -> None:
         with self._lock:
-            self._free.append((s.pind, s.start, s.qid))
+            self._free.append((s.pind, s.qid))
             self._free.sort()
+            self._extents[self.nsid].give(s.start)
+
+    def memory(self, size: int, *, nsid: int | None = None) -> SlmMemory:
+        """``size`` bytes of the memory namespace ``nsid`` (default: the first), zeroed,
+        for runs' ``ranges=`` (rules: ``hermes.lib.memory``)."""
+        self.check_open()
+        check_int("size", size, 1, MAX_MEMORY)
+        nsid = self.nsid if nsid is None else nsid
+        if nsid not in self._extents:
+            raise UsageError(f"namespace {nsid} is not a memory namespace of the controller "
+                             f"(they are {', '.join(map(str, self._extents))})")
+        with self._lock:
+            start = self._extents[nsid].take(size)
+            free = self._extents[nsid].free
+        if start is None:
+            raise SlotsExhausted(f"memory namespace {nsid} has no free {size}-byte region "
+                                 f"({free} bytes free in pieces)", errno.ENOSPC)
+        mem = SlmMemory(self, size, nsid, start)
+        try:
+            # A region never shows what an earlier session or region left in the namespace.
+            mem._port.fill(0, 0, -(-size // self.granularity) * self.granularity)
+        except BaseException:
+            self._give(nsid, start)
+            raise
+        return mem
+
+    def _give(self, nsid: int, start: int) -> None:
+        with self._lock:
+            self._extents[nsid].give(start)
 
     def close(self) -> None:
         """Abort runs in progress, then release the controller (and what the backend built)."""
@@ -324,18 +482,22 @@ def _check_unknown(backend: str, options: dict, allowed: tuple) -> None:
 
 
 def open_nvme_emu(address: str = "", **options: object) -> NvmeDevice:
-    """``hermes.open("nvme-emu", **options)``: a new in-process CP/SLM controller (one memory
-    namespace of ``memory_size`` bytes) behind the host queue driver."""
+    """``hermes.open("nvme-emu", **options)``: a new in-process CP/SLM controller behind the
+    host queue driver, with one memory namespace of ``memory_size`` bytes (a list of sizes:
+    one namespace each; sessions use the first)."""
     from ..transport.inproc import InProcessTransport
     if address:
         raise DeviceError(f"the nvme-emu device takes no address (got 'nvme-emu:{address}')",
                           errno.EINVAL)
     _check_unknown("nvme-emu", options, EMU_OPTIONS)
     slot = options.get("data_slot_size", DEFAULT_SLOT_SIZE)
-    memory = check_int("memory_size", options.get("memory_size", max(DEFAULT_MEMORY_SIZE, slot)),
-                       8, 1 << 40)
+    sizes = options.get("memory_size", max(DEFAULT_MEMORY_SIZE, slot))
+    sizes = list(sizes) if isinstance(sizes, (list, tuple)) else [sizes]  # type: ignore
+    if not sizes:
+        raise UsageError("memory_size needs at least one namespace size")
+    memory = tuple(check_int("memory_size", n, 8, 1 << 40) for n in sizes)
     timeout = options.get("timeout", 10.0)
-    transport = InProcessTransport.create_nvme(memory_sizes=(memory,),
+    transport = InProcessTransport.create_nvme(memory_sizes=memory,
                                                executor=options.get("executor"),
                                                budget=options.get("budget"))
     try:
@@ -374,4 +536,4 @@ def open_nvme(address: str = "", **options: object) -> NvmeDevice:
         raise
 
 
-__all__ = ["NvmeDevice", "NvmeSession", "open_nvme", "open_nvme_emu"]
+__all__ = ["NvmeDevice", "NvmeSession", "SlmMemory", "open_nvme", "open_nvme_emu"]
