@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hermes import regs as R
-from hermes.device import HermesDevice, make_error_code, split_error_code
+from hermes.device import HermesDevice
 from hermes.engine import Program
 
 IRQ = R.xdma_offset(R.XDMA_TARGET_IRQ, 0, 0)
@@ -334,12 +334,12 @@ def test_run_whole_slot_length(regs, dev):
 
 def test_invalid_program_is_load_error_with_index(regs):
     p, d = regs.load(b"\xff" * 8)
-    assert regs.run(p, d, 8) == (R.STATUS_EBPF_ERROR, make_error_code(R.EBPF_ERR_LOAD, 0))
+    assert regs.run(p, d, 8) == (R.STATUS_EBPF_ERROR, R.ErrorKind.LOAD.pack(0))
     bad_second = RET7[:8] + b"\xff" * 8 + RET7[8:]
     p2, d2 = regs.load(bad_second)
     status, code = regs.run(p2, d2, len(bad_second))
     assert status == R.STATUS_EBPF_ERROR
-    assert split_error_code(code) == (R.EBPF_ERR_LOAD, 1)
+    assert R.ErrorKind.unpack(code) == (R.ErrorKind.LOAD, 1)
     # a program that only fails the device's helper check (unknown helper id) is a load error too
     unknown = Program.from_asm("call 99\nexit").code
     regs.dev.program_slot(p)[:16] = unknown
@@ -350,7 +350,7 @@ def test_runtime_faults_map_to_error_codes(regs, dev):
     p, d = regs.load(FAULTS)
     status, code = regs.run(p, d, len(FAULTS))
     assert status == R.STATUS_EBPF_ERROR
-    assert split_error_code(code) == (R.EBPF_ERR_OUT_OF_BOUNDS, 5)
+    assert R.ErrorKind.unpack(code) == (R.ErrorKind.OUT_OF_BOUNDS, 5)
     # the fault leaves both slots allocated and keeps what the program stored before it
     assert dev.slots_in_use() == ([p], [d])
     assert int.from_bytes(dev.data_slot(d)[8:16], "little") == 0x1122

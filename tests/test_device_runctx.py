@@ -6,7 +6,7 @@ import struct
 import pytest
 
 from hermes import regs as R
-from hermes.device import HermesDevice, split_error_code
+from hermes.device import HermesDevice
 from hermes.engine import DATA_BASE, Program
 from hermes.engine.helpers import TRACE_LIMIT
 from tests import test_engine_contract as _engine_contract
@@ -162,7 +162,7 @@ def test_access_past_the_window_faults_with_its_address(regs, dev):
         put_ctx(dev, 0, 16, 16)   # inside the slot, outside the window
         status, value = run_ctx(regs, p, d, code)
         assert status == R.STATUS_EBPF_ERROR
-        assert split_error_code(value)[0] == R.EBPF_ERR_OUT_OF_BOUNDS
+        assert R.ErrorKind.of_code(value) is R.ErrorKind.OUT_OF_BOUNDS
         o = out(dev)
         assert (o["fault_addr"], o["fault_size"]) == (DATA_BASE + 16, size)
         assert o["fault_flags"] == (R.FAULT_WRITE if write else 0)
@@ -181,7 +181,7 @@ def test_fault_reports_its_call_depth_and_the_text_printed_before(regs, dev):
     put_ctx(dev, 0, 16, 16)
     status, value = run_ctx(regs, p, d, code)
     assert status == R.STATUS_EBPF_ERROR
-    assert split_error_code(value)[0] == R.EBPF_ERR_OUT_OF_BOUNDS
+    assert R.ErrorKind.of_code(value) is R.ErrorKind.OUT_OF_BOUNDS
     o = out(dev)
     assert o["fault_flags"] == R.FAULT_WRITE | 1 << R.CTX_FAULT_DEPTH_SHIFT
     assert o["trace"] == b"v=7\n" and o["trace_len"] == 4
@@ -190,7 +190,7 @@ def test_fault_reports_its_call_depth_and_the_text_printed_before(regs, dev):
     regs.dev.program_slot(p)[:len(loop)] = loop
     put_ctx(dev, 0, 0, 0, budget=50)
     status, value = run_ctx(regs, p, d, loop)
-    assert split_error_code(value)[0] == R.EBPF_ERR_BUDGET
+    assert R.ErrorKind.of_code(value) is R.ErrorKind.BUDGET
     o = out(dev)
     assert o["trace"].startswith(b"v=7\n") and o["trace"] == b"v=7\n" * (len(o["trace"]) // 4)
     assert o["fault_flags"] == o["fault_size"] == 0
@@ -201,7 +201,7 @@ def test_budget_from_the_context(regs, dev):
     p, d = regs.load(code)
     put_ctx(dev, 0, 0, 0, budget=100)
     status, value = run_ctx(regs, p, d, code)
-    assert status == R.STATUS_EBPF_ERROR and split_error_code(value)[0] == R.EBPF_ERR_BUDGET
+    assert status == R.STATUS_EBPF_ERROR and R.ErrorKind.of_code(value) is R.ErrorKind.BUDGET
     put_ctx(dev, 0, 0, 0, budget=0)   # 0: the device's budget
     assert run_ctx(regs, p, d, code) == (0, 1000)
 
@@ -293,5 +293,5 @@ def test_cache_key_includes_the_entry_symbol(regs, dev, tmp_path):
     # entry 0 is the default rule, which refuses an object with two candidate functions
     put_ctx(dev, 0, 0, 0)
     status, value = run_ctx(regs, p, d, obj)
-    assert status == R.STATUS_EBPF_ERROR and split_error_code(value)[0] == R.EBPF_ERR_LOAD
+    assert status == R.STATUS_EBPF_ERROR and R.ErrorKind.of_code(value) is R.ErrorKind.LOAD
     assert dev.stats["cache_misses"] == 3

@@ -333,6 +333,9 @@ class Layout:
             raise ValueError(f"fields end at {pos:#x}, past the block end {end:#x}")
         self.start, self.end = start, end
         self.names = tuple(name for name, _, _ in fields)
+        #: Per field: the mask of an integer field's width, None for a byte string.
+        self._masks = tuple(None if isinstance(size, str) else (1 << 8 * size) - 1
+                            for _, _, size in fields)
         self._struct = struct.Struct(fmt + (f"{end - pos}x" if end > pos else ""))
 
     @property
@@ -341,8 +344,15 @@ class Layout:
         return self.end - self.start
 
     def pack(self, *values: "int | bytes") -> bytes:
-        """The block's bytes from the field values in field order."""
-        return self._struct.pack(*values)
+        """The block's bytes from the field values in field order; an integer keeps the low
+        bits its field holds, as a register does."""
+        return self._struct.pack(*(v if m is None else v & m  # type: ignore[operator]
+                                   for v, m in zip(values, self._masks)))
+
+    def overflowing(self, *values: "int | bytes") -> "list[str]":
+        """Names of the integer fields whose value (in field order) is outside their width."""
+        return [name for name, v, m in zip(self.names, values, self._masks)
+                if m is not None and not 0 <= v <= m]  # type: ignore[operator]
 
     def unpack(self, data: bytes) -> tuple:
         """The field values (in field order) of the block's bytes ``data``."""
@@ -371,8 +381,8 @@ class Response(NamedTuple):
 
     def pack(self) -> bytes:
         """The 16 response bytes (command id and value taken modulo their widths)."""
-        return _RESPONSE.pack(self.cmd_id & 0xFFFF, self.status,
-                              self.reserved.to_bytes(5, "little"), self.value & _u64_mask)
+        return _RESPONSE.pack(self.cmd_id, self.status, self.reserved.to_bytes(5, "little"),
+                              self.value)
 
     #: Names the driver has always offered for the same codec.
     parse = unpack
@@ -484,13 +494,12 @@ class Header:
         if len(build) > EHBLD_LEN:
             raise ValueError(f"build string is {len(build)} bytes; EHBLD holds {EHBLD_LEN}")
         layout = cls.layout(geometry.version)
-        values = {name: getattr(geometry, name) for name in layout.names}
-        values["build"] = build
-        try:
-            return layout.pack(*(values[name] for name in layout.names))
-        except struct.error as exc:
-            raise ValueError(f"a geometry field does not fit its interface version "
-                             f"{geometry.version} register: {exc}") from None
+        values = [build if name == "build" else getattr(geometry, name) for name in layout.names]
+        wide = layout.overflowing(*values)
+        if wide:
+            raise ValueError(f"{', '.join(wide)} of the geometry do not fit the registers of "
+                             f"interface version {geometry.version}")
+        return layout.pack(*values)
 
     @classmethod
     def unpack(cls, read: Callable[[int, int], bytes], *, h2c_channels: int = XDMA_H2C_CHANNELS,

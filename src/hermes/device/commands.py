@@ -1,8 +1,7 @@
-"""Device-side command helpers: response encoding, eBPF error codes, the compiled-program cache."""
+"""Device-side command helpers: the response and error code of a command, the compiled-program cache."""
 from __future__ import annotations
 
 import hashlib
-import struct
 import threading
 from typing import Callable
 
@@ -13,54 +12,24 @@ from ..errors import BudgetExceeded, ExecutionError, ProgramError
 MASK64 = 0xFFFF_FFFF_FFFF_FFFF
 ELF_MAGIC = b"\x7fELF"
 
-_RESPONSE = struct.Struct("<HB5xQ")
 #: Programs up to this many bytes are cached under their own bytes, longer ones under SHA-256.
 SHORT_KEY = 512
-
-#: ExecutionError.kind -> error kind carried in the low 8 bits of a status 0x05 code.
-KIND_CODES = {
-    "out_of_bounds": R.EBPF_ERR_OUT_OF_BOUNDS,
-    "budget": R.EBPF_ERR_BUDGET,
-    "call_depth": R.EBPF_ERR_CALL_DEPTH,
-    "helper": R.EBPF_ERR_HELPER,
-    "unsupported": R.EBPF_ERR_UNSUPPORTED,
-}
-#: Error kind -> short name (for diagnostics).
-CODE_NAMES = {
-    R.EBPF_ERR_LOAD: "load",
-    R.EBPF_ERR_OUT_OF_BOUNDS: "out_of_bounds",
-    R.EBPF_ERR_BUDGET: "budget",
-    R.EBPF_ERR_CALL_DEPTH: "call_depth",
-    R.EBPF_ERR_HELPER: "helper",
-    R.EBPF_ERR_UNSUPPORTED: "unsupported",
-    R.EBPF_ERR_INTERNAL: "internal",
-}
 
 
 def response(command_id: int, status: int, value: int = 0) -> bytes:
     """The 16-byte command response: id, status, reserved bytes, then the 64-bit value."""
-    return _RESPONSE.pack(command_id & 0xFFFF, status, value & MASK64)
-
-
-def make_error_code(kind: int, detail: int | None) -> int:
-    """Status 0x05 error code: ``kind`` in bits 7..0, ``detail`` (pc or index; None = 0) above."""
-    return (kind | ((detail or 0) << 8)) & MASK64
-
-
-def split_error_code(code: int) -> tuple[int, int]:
-    """(kind, detail) of a status 0x05 error code."""
-    return code & 0xFF, code >> 8
+    return R.Response(command_id, status, value).pack()
 
 
 def error_code(exc: BaseException) -> int:
     """The status 0x05 error code describing ``exc`` (a load or run failure)."""
     if isinstance(exc, ProgramError):
-        return make_error_code(R.EBPF_ERR_LOAD, exc.index)
+        return R.ErrorKind.LOAD.pack(exc.index)
     if isinstance(exc, BudgetExceeded):
-        return make_error_code(R.EBPF_ERR_BUDGET, exc.pc)
+        return R.ErrorKind.BUDGET.pack(exc.pc)
     if isinstance(exc, ExecutionError):
-        return make_error_code(KIND_CODES.get(exc.kind, R.EBPF_ERR_INTERNAL), exc.pc)
-    return make_error_code(R.EBPF_ERR_INTERNAL, 0)
+        return R.ErrorKind.of(exc.kind).pack(exc.pc)
+    return R.ErrorKind.INTERNAL.pack(0)
 
 
 class ProgramCache:

@@ -9,14 +9,12 @@ from typing import Callable
 from .. import engine as _engine
 from .. import regs as R
 from ..errors import Cancelled, ExecutionError, ProgramError
-from .commands import ELF_MAGIC, MASK64, ProgramCache, error_code, make_error_code, response
+from .commands import ELF_MAGIC, MASK64, ProgramCache, error_code, response
 from .xdma import NUM_VECTORS, XdmaBlock
 
 #: Most engines a device may have: every engine needs its own MSI-X vector (8 + n < 32) and its
 #: own bit in the XDMA IRQ block's user interrupt mask.
 MAX_ENGINES = NUM_VECTORS - R.XDMA_H2C_CHANNELS - R.XDMA_C2H_CHANNELS
-#: End of the BAR0 header (capability registers) for each interface version.
-HEADER_END = {1: R.EHDSSZE + 4, 2: R.EHDSSZE_V2 + 4}
 #: Alignment of the data slot area in BAR4.
 BAR4_ALIGN = 4096
 #: Programs kept compiled per device.
@@ -177,8 +175,14 @@ class HermesDevice:
         self._trace_end = R.trace_buffer(engines) if self.run_context else R.EHTRACE_BASE
         self._bar0 = bytearray(self._trace_end if self.run_context else self._ctrl_end)
         self._bar0_len = len(self._bar0)
-        self._header_end = HEADER_END[interface_version]
-        self._write_header(build_bytes)
+        #: What the BAR0 header says (the XDMA block has every channel), written from it once.
+        self.geometry = R.Geometry(
+            interface_version, build, engines, program_slots, data_slots,
+            self.program_slot_offset, program_slot_size, self.data_slot_offset, data_slot_size,
+            (R.EHCAP_ABORT if self.can_abort else 0) | (R.EHCAP_RUNCTX if self.run_context else 0))
+        header = R.Header.pack(self.geometry)
+        self._header_end = len(header)
+        self._bar0[:self._header_end] = header
 
         self._stats = dict.fromkeys(STAT_KEYS, 0)
         self._stats_lock = threading.Lock()
@@ -203,30 +207,6 @@ class HermesDevice:
                                           name=f"hermes-engine-{eng.index}", daemon=True)
             eng.thread.start()
         weakref.finalize(self, _stop_engines, list(self._engines))
-
-    def _write_header(self, build: bytes) -> None:
-        b = self._bar0
-
-        def put(off: int, size: int, value: int) -> None:
-            b[off:off + size] = value.to_bytes(size, "little")
-
-        put(R.EHVER, 4, self.interface_version)
-        b[R.EHBLD:R.EHBLD + R.EHBLD_LEN] = build.ljust(R.EHBLD_LEN, b"\0")
-        put(R.EHENG, 1, self.engines)
-        put(R.EHPSLOT, 1, self.program_slots)
-        put(R.EHDSLOT, 1, self.data_slots)
-        put(R.EHCAP, 1, (R.EHCAP_ABORT if self.can_abort else 0)
-            | (R.EHCAP_RUNCTX if self.run_context else 0))
-        if self.interface_version == 1:
-            put(R.EHPSOFF, 4, self.program_slot_offset)
-            put(R.EHPSSZE, 4, self.program_slot_size)
-            put(R.EHDSOFF, 4, self.data_slot_offset)
-            put(R.EHDSSZE, 4, self.data_slot_size)
-        else:
-            put(R.EHPSOFF_V2, 8, self.program_slot_offset)
-            put(R.EHPSSZE_V2, 4, self.program_slot_size)
-            put(R.EHDSOFF_V2, 8, self.data_slot_offset)
-            put(R.EHDSSZE_V2, 4, self.data_slot_size)
 
     # --- public surface used by transports -----------------------------------------------------
     @property
@@ -528,8 +508,7 @@ class HermesDevice:
         except Exception as exc:  # defensive: a model bug must still complete the handshake
             self._count("internal_errors")
             self.last_errors[eng.index] = exc
-            res = response(_cid(req), R.STATUS_EBPF_ERROR,
-                           make_error_code(R.EBPF_ERR_INTERNAL, 0))
+            res = response(_cid(req), R.STATUS_EBPF_ERROR, R.ErrorKind.INTERNAL.pack())
         if is_run:
             self._write_out(eng)   # refused before it ran: no result of an earlier run remains
         self._complete(eng, res)
@@ -579,7 +558,7 @@ class HermesDevice:
         except Exception as exc:  # never let an exception kill the engine thread
             self._count("internal_errors")
             self.last_errors[eng.index] = exc
-            res = response(_cid(req), R.STATUS_EBPF_ERROR, make_error_code(R.EBPF_ERR_INTERNAL, 0))
+            res = response(_cid(req), R.STATUS_EBPF_ERROR, R.ErrorKind.INTERNAL.pack())
             try:
                 self._write_out(eng)
             except Exception:
@@ -654,15 +633,10 @@ class HermesDevice:
             return None
         if req[R.RUN_FLAGS_BYTE + 1]:
             return "reserved Run Program byte 11 is not 0"
-        ctx = bytes(self._bar0[eng.ctx:eng.ctx + _CTX_IN_END])
-
-        def field(off: int, size: int) -> int:
-            return int.from_bytes(ctx[off:off + size], "little")
-
-        input_len, window = field(R.CTX_INPUT_LEN, 4), field(R.CTX_WINDOW, 4)
-        entry = field(R.CTX_ENTRY, 4)
-        if field(R.CTX_IN_RESERVED, 4):
-            return "reserved run context field (offset 0x2c) is not 0"
+        ctx = R.RunContextIn.unpack(self._bar0[eng.ctx:eng.ctx + _CTX_IN_END])
+        input_len, window, entry = ctx.input_len, ctx.window, ctx.entry
+        if ctx.reserved:
+            return f"reserved run context field (offset {R.CTX_IN_RESERVED:#x}) is not 0"
         if window > self.data_slot_size:
             return f"window of {window} bytes is larger than a data slot ({self.data_slot_size})"
         if input_len > window:
@@ -671,8 +645,7 @@ class HermesDevice:
             poff = self.program_slot_offset + pslot * self.program_slot_size
             if bytes(self._bar4[poff:poff + 4]) != ELF_MAGIC:
                 return f"entry symbol {entry} given for a program that is not an ELF object"
-        args = tuple(field(R.CTX_ARG0 + 8 * k, 8) for k in range(R.CTX_ARGS))
-        eng.run_ctx = (input_len, window, args, field(R.CTX_BUDGET, 8), entry)
+        eng.run_ctx = (input_len, window, ctx.args, ctx.budget, entry)
         return None
 
     def _write_out(self, eng: _Engine, instructions: int = 0, output_len: int | None = None,
@@ -682,26 +655,17 @@ class HermesDevice:
         if not self.run_context:
             return
         b = self._bar0
-        base = eng.ctx
-
-        def put(off: int, size: int, value: int) -> None:
-            b[base + off:base + off + size] = (value & ((1 << 8 * size) - 1)).to_bytes(
-                size, "little")
-
         trace = trace[:R.TRACE_LIMIT]
-        oob = fault is not None and fault.kind == "out_of_bounds"
-        put(R.CTX_INSNS, 8, instructions)
-        put(R.CTX_OUTPUT_LEN, 4, R.CTX_NO_OUTPUT if output_len is None else output_len)
-        put(R.CTX_TRACE_LEN, 4, len(trace))
-        put(R.CTX_RUN_NS, 8, run_ns)
-        put(R.CTX_FAULT_ADDR, 8, (fault.address or 0) if oob else 0)  # type: ignore[union-attr]
-        put(R.CTX_FAULT_SIZE, 4, (fault.size or 0) if oob else 0)     # type: ignore[union-attr]
-        flags = (R.FAULT_WRITE if fault.write else 0) | (  # type: ignore[union-attr]
-            min(fault.depth, R.CTX_FAULT_DEPTH_MASK) << R.CTX_FAULT_DEPTH_SHIFT) if oob else 0
-        put(R.CTX_FAULT_FLAGS, 4, flags)
-        put(R.CTX_TRACE_DROPPED, 4, dropped)
-        put(R.CTX_RUN_BUDGET, 8, budget)
         n = len(trace)
+        if fault is not None and fault.kind == R.ErrorKind.OUT_OF_BOUNDS:
+            address, size = fault.address or 0, fault.size or 0
+            flags = R.RunContextOut.fault_flags_of(bool(fault.write), fault.depth)
+        else:
+            address = size = flags = 0
+        out = R.RunContextOut(instructions, R.CTX_NO_OUTPUT if output_len is None else output_len,
+                              n, run_ns, address, size, flags, dropped, budget)
+        at = eng.ctx + R.CTX_INSNS
+        b[at:at + R.RunContextOut.SIZE] = out.pack()
         b[eng.trace:eng.trace + n] = trace
         if eng.trace_len > n:   # a shorter text than last time: no old text stays readable
             b[eng.trace + n:eng.trace + eng.trace_len] = bytes(eng.trace_len - n)
@@ -726,7 +690,7 @@ class HermesDevice:
         ctx = eng.run_ctx
         entry = 0 if ctx is None else ctx[4]
         if length == 0 or length % 8 or length > self.program_slot_size:
-            exe: object = make_error_code(R.EBPF_ERR_LOAD, 0)
+            exe: object = R.ErrorKind.LOAD.pack()
         else:
             poff = self.program_slot_offset + pslot * self.program_slot_size
             exe = self._cache.get(bytes(self._bar4[poff:poff + length]), self.executor_name, entry)
@@ -787,7 +751,7 @@ class HermesDevice:
             # e.g. a parser crash on a malformed ELF object: still the program's fault, so a
             # load error, but counted so model bugs do not hide.
             self._count("internal_errors")
-            return make_error_code(R.EBPF_ERR_LOAD, 0)
+            return R.ErrorKind.LOAD.pack()
 
 
 def _engine_thread(device_ref: "weakref.ref[HermesDevice]", eng: _Engine) -> None:

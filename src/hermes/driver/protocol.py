@@ -170,8 +170,9 @@ class RunArgs:
         if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float))
                               or not t > 0):
             raise error(errno.EINVAL, f"timeout {t!r} must be a number of seconds > 0, or None")
-        full = [a & _MASK64 for a in args] + [0] * (regs.CTX_ARGS - len(args))
-        return (self.input_len | self.window << 32, *full, self.budget, self.entry)
+        raw = regs.RunContextIn(self.input_len, self.window, tuple(a & _MASK64 for a in args),
+                                self.budget, self.entry).pack()
+        return struct.unpack(f"<{len(raw) // 8}Q", raw)
 
 
 @dataclass(frozen=True)
@@ -198,23 +199,15 @@ class RunOutcome:
     @classmethod
     def parse(cls, response: Response, out: bytes, trace: bytes) -> "RunOutcome":
         """From the response and EHCMDCTXn's OUT bytes (read from ``CTX_INSNS`` on)."""
-
-        def field(off: int, size: int) -> int:
-            at = off - regs.CTX_INSNS
-            return int.from_bytes(out[at:at + size], "little")
-
-        output_len = field(regs.CTX_OUTPUT_LEN, 4)
-        fault_size = field(regs.CTX_FAULT_SIZE, 4)
-        faulted = fault_size != 0
-        flags = field(regs.CTX_FAULT_FLAGS, 4)
+        ctx = regs.RunContextOut.unpack(out)
+        faulted = ctx.fault_size != 0
         return cls(response.value if response.status == regs.STATUS_SUCCESS else 0,
-                   field(regs.CTX_INSNS, 8),
-                   None if output_len == regs.CTX_NO_OUTPUT else output_len,
-                   field(regs.CTX_RUN_NS, 8), bytes(trace), field(regs.CTX_TRACE_DROPPED, 4),
-                   field(regs.CTX_FAULT_ADDR, 8) if faulted else None,
-                   fault_size if faulted else None,
-                   bool(flags & regs.FAULT_WRITE) if faulted else None,
+                   ctx.instructions,
+                   None if ctx.output_len == regs.CTX_NO_OUTPUT else ctx.output_len,
+                   ctx.run_ns, bytes(trace), ctx.trace_dropped,
+                   ctx.fault_address if faulted else None,
+                   ctx.fault_size if faulted else None,
+                   ctx.fault_write if faulted else None,
                    response,
-                   flags >> regs.CTX_FAULT_DEPTH_SHIFT & regs.CTX_FAULT_DEPTH_MASK
-                   if faulted else None,
-                   field(regs.CTX_RUN_BUDGET, 8) or None)
+                   ctx.fault_depth if faulted else None,
+                   ctx.run_budget or None)

@@ -9,16 +9,6 @@ from ..errors import (Cancelled, DeviceBusy, DeviceError, DeviceProtocolError, D
                       ExecutionError, ExecutionFailed, HermesError, ProgramRejected, RunTimeout,
                       SlotsExhausted)
 
-#: Engine ExecutionError.kind -> the device's error kind (so CPU errors carry a device-style code).
-_KIND_CODES = {
-    "out_of_bounds": regs.EBPF_ERR_OUT_OF_BOUNDS,
-    "budget": regs.EBPF_ERR_BUDGET,
-    "call_depth": regs.EBPF_ERR_CALL_DEPTH,
-    "helper": regs.EBPF_ERR_HELPER,
-    "unsupported": regs.EBPF_ERR_UNSUPPORTED,
-}
-
-
 def run_timeout(timeout: float, pc: int | None = None) -> RunTimeout:
     """The error of a run stopped by its ``timeout`` (the same text on every backend)."""
     return RunTimeout(f"the run did not finish within its {timeout:g} s timeout and was "
@@ -43,10 +33,6 @@ def with_trace(exc: HermesError, source: object) -> HermesError:
     return exc
 
 
-def _code(kind: str, pc: int | None) -> int:
-    return _KIND_CODES.get(kind, regs.EBPF_ERR_INTERNAL) | ((pc or 0) << 8)
-
-
 def from_execution_error(exc: ExecutionError) -> ExecutionFailed:
     """An engine ``ExecutionError`` as the ``ExecutionFailed`` subclass of its kind
     (``BudgetExceeded``, ``Cancelled``...) with a device-style error code."""
@@ -55,9 +41,9 @@ def from_execution_error(exc: ExecutionError) -> ExecutionFailed:
     if exc.kind == "cancelled":
         return with_trace(run_cancelled(exc.pc, exc.instructions), exc)  # type: ignore
     return with_trace(ExecutionFailed.of_kind(  # type: ignore[return-value]
-        exc.kind, exc.message, exc.pc, code=_code(exc.kind, exc.pc), address=exc.address,
-        size=exc.size, regions=exc.regions, instructions=exc.instructions, write=exc.write,
-        depth=exc.depth), exc)
+        exc.kind, exc.message, exc.pc, code=regs.ErrorKind.of(exc.kind).pack(exc.pc),
+        address=exc.address, size=exc.size, regions=exc.regions, instructions=exc.instructions,
+        write=exc.write, depth=exc.depth), exc)
 
 
 def run_failure(code: int, *, outcome: object = None, window: int = 0, budget: int | None = None,
@@ -72,28 +58,29 @@ def run_failure(code: int, *, outcome: object = None, window: int = 0, budget: i
 
 def _run_failure(code: int, outcome: object, window: int, budget: int | None,
                  segments: "tuple[Segment, ...]") -> HermesError:
-    from ..driver import ERROR_KIND_TEXT, decode_error_code, describe_error_code
+    from ..driver import decode_error_code, describe_error_code
     kind, pc = decode_error_code(code)
     insns = getattr(outcome, "instructions", None)
-    if kind == "load":
+    if kind is regs.ErrorKind.LOAD:
         return ProgramRejected(f"the device could not load the program: "
                                f"{describe_error_code(code)}", pc, code=code)
-    if kind == "out_of_bounds" and getattr(outcome, "fault_size", None):
+    if kind is regs.ErrorKind.OUT_OF_BOUNDS and getattr(outcome, "fault_size", None):
         return out_of_bounds(pc, outcome.fault_address, outcome.fault_size,  # type: ignore
                              bool(outcome.fault_write), window, segments,  # type: ignore
                              getattr(outcome, "fault_depth", None) or 0,
                              instructions=insns, cls=ExecutionFailed, code=code)
     if budget is None:
         budget = getattr(outcome, "budget", None)   # the device reports the budget it applied
-    if kind == "budget" and budget is not None:
+    if kind is regs.ErrorKind.BUDGET and budget is not None:
         message = f"instruction budget of {budget} exhausted"
-    elif kind == "call_depth":
+    elif kind is regs.ErrorKind.CALL_DEPTH:
         message = f"call depth limit of {MAX_CALL_DEPTH} frames exceeded"
-    elif kind == "cancelled":
-        return run_cancelled(pc, insns)
+    elif isinstance(kind, regs.ErrorKind):
+        message = kind.text
     else:
-        message = ERROR_KIND_TEXT.get(kind, f"eBPF error of kind {code & 0xFF:#x}")
-    return ExecutionFailed.of_kind(kind, message, pc, code=code, instructions=insns)
+        message = f"eBPF error of kind {code & 0xFF:#x}"
+    # str(): the plain name, as every backend's ExecutionError.kind is.
+    return ExecutionFailed.of_kind(str(kind), message, pc, code=code, instructions=insns)
 
 
 def from_os_error(exc: OSError) -> HermesError:

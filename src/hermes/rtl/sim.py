@@ -7,20 +7,8 @@ from pathlib import Path
 from amaranth.sim import Simulator
 
 from ..engine.program import Program
-from ..regs import (EBPF_ERR_BUDGET, EBPF_ERR_CALL_DEPTH, EBPF_ERR_HELPER, EBPF_ERR_INTERNAL,
-                    EBPF_ERR_LOAD, EBPF_ERR_OUT_OF_BOUNDS, EBPF_ERR_UNSUPPORTED)
+from ..regs import ErrorKind
 from .core import EbpfCore
-
-#: Names of the error kinds the core reports (low byte of the error code).
-ERROR_KINDS = {
-    EBPF_ERR_LOAD: "invalid_instruction",
-    EBPF_ERR_OUT_OF_BOUNDS: "out_of_bounds",
-    EBPF_ERR_BUDGET: "budget",
-    EBPF_ERR_CALL_DEPTH: "call_depth",
-    EBPF_ERR_HELPER: "helper",
-    EBPF_ERR_UNSUPPORTED: "unsupported",
-    EBPF_ERR_INTERNAL: "internal",
-}
 
 #: Simulation cycles a run may take unless the caller says otherwise.
 DEFAULT_MAX_CYCLES = 1_000_000
@@ -52,7 +40,11 @@ class SimResult:
             return "timeout"
         if self.error is None:
             return None
-        return ERROR_KINDS.get(self.error & 0xFF, f"unknown({self.error & 0xFF:#x})")
+        kind = ErrorKind.of_code(self.error)
+        if kind is None:
+            return f"unknown({self.error & 0xFF:#x})"
+        # The core has no loader: a load error is an instruction it found invalid on reaching it.
+        return "invalid_instruction" if kind is ErrorKind.LOAD else kind.value
 
     @property
     def error_pc(self) -> int | None:

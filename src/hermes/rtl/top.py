@@ -69,16 +69,10 @@ class HermesTop(wiring.Component):
 
     def _constant_words(self) -> dict[int, int]:
         """BAR0 read-only registers as 32-bit words by offset."""
-        image = bytearray(0x48)
-        image[regs.EHVER:regs.EHVER + 4] = (1).to_bytes(4, "little")
-        image[regs.EHBLD:regs.EHBLD + len(BUILD)] = BUILD
-        image[regs.EHENG] = self.n_engines
-        image[regs.EHPSLOT] = self.n_engines
-        image[regs.EHDSLOT] = self.n_engines
-        image[regs.EHCAP] = regs.EHCAP_ABORT if self.can_abort else 0
-        for off, value in ((regs.EHPSOFF, self.prog_base), (regs.EHPSSZE, self.prog_slot_size),
-                           (regs.EHDSOFF, self.data_base), (regs.EHDSSZE, self.data_slot_size)):
-            image[off:off + 4] = value.to_bytes(4, "little")
+        image = regs.Header.pack(regs.Geometry(
+            1, BUILD.decode("ascii"), self.n_engines, self.n_engines, self.n_engines,
+            self.prog_base, self.prog_slot_size, self.data_base, self.data_slot_size,
+            regs.EHCAP_ABORT if self.can_abort else 0))
         return {i: int.from_bytes(image[i:i + 4], "little") for i in range(0, len(image), 4)}
 
     def elaborate(self, platform) -> Module:  # noqa: C901 - one command block, kept in one place
