@@ -20,12 +20,9 @@ import threading
 from typing import Callable
 
 from .. import regs
-from ..vfio import mmio, pci, uapi
-from .base import close_mapping, DmaBuffer, MappedDmaBuffer, Transport
-
-#: First IOVA handed out (above 4 GiB: clear of the x86 MSI window at 0xFEE00000).
-DMA_BASE = 0x1_0000_0000
-PAGE = mmap.PAGESIZE
+from ..vfio import mmio, uapi
+from .base import DmaBuffer, MappedDmaBuffer
+from .pci import DMA_BASE, PAGE, PciTransport, map_region, mappable_areas, take_one
 
 
 class VfioError(OSError):
@@ -59,12 +56,13 @@ class _Region:
         return None
 
 
-class VfioTransport(Transport):
+class VfioTransport(PciTransport):
     """Transport to a Hermes function at PCI address ``bdf`` bound to vfio-pci."""
 
     def __init__(self, bdf: str, *, sysfs_root: str = "/sys", dev_root: str = "/dev/vfio",
                  ioctl: Callable = fcntl.ioctl, pread: Callable = os.pread,
                  pwrite: Callable = os.pwrite, iommu_type: int | None = None):
+        super().__init__()
         self.bdf = bdf
         self._ioctl = ioctl
         self._pread = pread
@@ -73,9 +71,7 @@ class VfioTransport(Transport):
         self._closed = False
         self.container = self.group = self.device = -1
         self._regions: dict[int, _Region] = {}
-        self._eventfds: list[int] = []
         self._buffers: dict[int, VfioDmaBuffer] = {}
-        self._next_iova = DMA_BASE
         try:
             self._open(sysfs_root, dev_root, iommu_type)
         except BaseException:
@@ -133,20 +129,16 @@ class VfioTransport(Transport):
             raise VfioError(errno.ENODEV, f"{self.bdf} is not a PCI device")
         for index in (regs.BAR_REGS, regs.BAR_DMA, regs.BAR_MEM, uapi.VFIO_PCI_CONFIG_REGION_INDEX):
             self._regions[index] = self._region(index)
-        vendor, device = struct.unpack("<HH", self._config(0, 4))
+        vendor, device = self._identity()
         if (vendor, device) != (regs.PCI_VENDOR_ID, regs.PCI_DEVICE_ID):
             raise VfioError(errno.ENODEV, f"{self.bdf} is {vendor:04x}:{device:04x}, not a Hermes device")
-        cmd = struct.unpack("<H", self._config(pci.PCI_COMMAND, 2))[0]
-        want = cmd | pci.PCI_COMMAND_MEMORY | pci.PCI_COMMAND_MASTER
-        if want != cmd:   # bus mastering is needed for DMA; vfio-pci may leave it off
-            self._config_write(pci.PCI_COMMAND, struct.pack("<H", want))
+        self._enable()
 
         irq = bytearray(uapi.vfio_irq_info(16, 0, uapi.VFIO_PCI_MSIX_IRQ_INDEX, 0))
         _ioctl_buf(io, self.device, uapi.VFIO_DEVICE_GET_IRQ_INFO, irq)
         self.num_vectors = uapi.vfio_irq_info.decode(irq).count
         if self.num_vectors:
-            self._eventfds = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC | os.EFD_SEMAPHORE)
-                              for _ in range(self.num_vectors)]
+            self._open_eventfds(self.num_vectors)
             _ioctl_buf(io, self.device, uapi.VFIO_DEVICE_SET_IRQS,
                        bytearray(uapi.irq_set_fds(uapi.VFIO_PCI_MSIX_IRQ_INDEX, 0, self._eventfds)))
         self._pollers = []
@@ -176,7 +168,7 @@ class VfioTransport(Transport):
         for lo, hi in ranges:
             start = max(-(-lo // PAGE) * PAGE, PAGE)
             if hi - start >= 1 << 30:
-                self._next_iova = start
+                self._next_bus = start
                 return
 
     def _region(self, index: int) -> _Region:
@@ -190,42 +182,31 @@ class VfioTransport(Transport):
                 break
             argsz = info.argsz
         region = _Region(info)
-        if info.flags & uapi.VFIO_REGION_INFO_FLAG_MMAP and info.size:
-            areas = [(0, info.size)]
-            if info.flags & uapi.VFIO_REGION_INFO_FLAG_CAPS and info.cap_offset:
-                caps = uapi.parse_caps(bytes(buf[:info.argsz]), info.cap_offset)
-                sparse = caps.get(uapi.VFIO_REGION_INFO_CAP_SPARSE_MMAP)
-                if sparse is not None:
-                    areas = uapi.parse_sparse_mmap(sparse[1])
-            for off, size in areas:
-                if size and off % PAGE == 0:
-                    mm = mmap.mmap(self.device, size, mmap.MAP_SHARED,
-                                   mmap.PROT_READ | mmap.PROT_WRITE, offset=info.offset + off)
-                    region.areas.append((off, size, mm))
+        for off, size in mappable_areas(info, bytes(buf[:info.argsz])):
+            if size and off % PAGE == 0:
+                region.areas.append((off, size, map_region(self.device, info.offset + off, size)))
         return region
 
-    def _config(self, offset: int, size: int) -> bytes:
+    def _bar_size(self, bar: int) -> int:
+        region = self._regions.get(bar)
+        return region.info.size if region is not None else 0
+
+    def _config_bytes(self, offset: int, size: int) -> bytes:
         info = self._regions[uapi.VFIO_PCI_CONFIG_REGION_INDEX].info
         data = self._pread(self.device, size, info.offset + offset)
         if len(data) != size:
             raise VfioError(errno.EIO, f"short config read at {offset:#x}")
         return data
 
-    def _config_write(self, offset: int, data: bytes) -> None:
+    def _config_put(self, offset: int, data: bytes) -> None:
         info = self._regions[uapi.VFIO_PCI_CONFIG_REGION_INDEX].info
         if self._pwrite(self.device, data, info.offset + offset) != len(data):
             raise VfioError(errno.EIO, f"short config write at {offset:#x}")
 
     # --- Transport -----------------------------------------------------------------------------
     def _locate(self, bar: int, offset: int, size: int) -> tuple[_Region, tuple | None]:
-        region = self._regions.get(bar)
-        if region is None or bar > uapi.VFIO_PCI_BAR5_REGION_INDEX or not region.info.size:
-            raise ValueError(f"the Hermes device has no BAR {bar}")
-        if size not in (1, 2, 4, 8):
-            raise ValueError(f"access size must be 1, 2, 4 or 8, not {size}")
-        if offset < 0 or offset + size > region.info.size:
-            raise ValueError(f"access of {size} bytes at {offset:#x} is outside BAR{bar} "
-                             f"({region.info.size:#x} bytes)")
+        self._check(bar, offset, size)
+        region = self._regions[bar]
         return region, region.area(offset, size)
 
     def read(self, bar: int, offset: int, size: int) -> int:
@@ -262,12 +243,10 @@ class VfioTransport(Transport):
         """Page-aligned anonymous memory, pinned and mapped for the device by IOMMU_MAP_DMA."""
         if size <= 0:
             raise ValueError("DMA buffer size must be positive")
-        mapped = max(PAGE, -(-size // PAGE) * PAGE)
         with self._lock:
             if self._closed:
                 raise RuntimeError("transport is closed")
-            iova = self._next_iova
-            self._next_iova += mapped + PAGE   # a guard page between buffers
+        iova, mapped = self._bus_range(size)
         mm = mmap.mmap(-1, mapped, mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0),
                        mmap.PROT_READ | mmap.PROT_WRITE)
         anchor = ctypes.c_char.from_buffer(mm)
@@ -297,32 +276,14 @@ class VfioTransport(Transport):
 
     def irq_wait(self, vector: int, timeout: float | None) -> bool:
         """Wait for and consume one interrupt of ``vector`` (semaphore eventfd)."""
-        if not 0 <= vector < len(self._eventfds):
-            raise ValueError(f"vector {vector} out of range 0..{len(self._eventfds) - 1}")
-        fd = self._eventfds[vector]
-        try:
-            os.eventfd_read(fd)
+        fd = self._eventfd(vector)
+        if take_one(fd):
             return True
-        except BlockingIOError:
-            pass
         if timeout is not None and timeout <= 0:
             return False
         if not self._pollers[vector].poll(None if timeout is None else timeout * 1000):
             return False
-        try:
-            os.eventfd_read(fd)
-            return True
-        except BlockingIOError:
-            return False
-
-    def irq_clear(self, vector: int) -> None:
-        """Drop pending interrupts of ``vector``."""
-        fd = self._eventfds[vector]
-        try:
-            while True:
-                os.eventfd_read(fd)
-        except BlockingIOError:
-            pass
+        return take_one(fd)
 
     def reset(self) -> None:
         """VFIO_DEVICE_RESET (function-level reset), when the device supports it."""
@@ -351,13 +312,8 @@ class VfioTransport(Transport):
                 _ioctl_buf(self._ioctl, self.device, uapi.VFIO_DEVICE_SET_IRQS, bytearray(off))
             except OSError:
                 pass
-        for region in self._regions.values():
-            for _, _, mm in region.areas:
-                close_mapping(mm)
+        self._release([mm for region in self._regions.values() for _, _, mm in region.areas])
         self._regions.clear()
-        for fd in self._eventfds:
-            os.close(fd)
-        self._eventfds = []
         for name in ("device", "group", "container"):
             fd = getattr(self, name)
             if fd >= 0:

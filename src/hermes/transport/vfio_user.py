@@ -22,13 +22,11 @@ import threading
 import time
 
 from .. import regs
-from ..vfio import mmio, pci, uapi
+from ..vfio import mmio, uapi
 from ..vfio import protocol as P
-from .base import close_mapping, DmaBuffer, MappedDmaBuffer, Transport
+from .base import DmaBuffer, MappedDmaBuffer, close_mapping
+from .pci import PciTransport, map_region, mappable_areas, take_one
 
-#: Where the first DMA buffer goes on the device's bus; buffers follow with a guard page between.
-DMA_BASE = 0x1_0000_0000
-PAGE = mmap.PAGESIZE
 _ACCESS = P.REGION_ACCESS
 _HEADER = P.HEADER
 #: Posted writes queued before they are sent anyway.
@@ -45,10 +43,6 @@ _HANGUP = select.POLLRDHUP | select.POLLHUP | select.POLLERR | select.POLLNVAL
 _DONTWAIT = socket.MSG_DONTWAIT
 
 
-def _page_round(n: int) -> int:
-    return max(PAGE, -(-n // PAGE) * PAGE)
-
-
 def check_seconds(name: str, value: object) -> float:
     """``value`` as a positive number of seconds (ValueError naming ``name`` otherwise)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e9:
@@ -60,7 +54,7 @@ class VfioUserBuffer(MappedDmaBuffer):
     """DMA memory shared with the server: a memfd mapped here and registered with DMA_MAP."""
 
 
-class VfioUserTransport(Transport):
+class VfioUserTransport(PciTransport):
     """Transport to a ``hermes serve`` (or any vfio-user server of a Hermes function).
 
     ``timeout`` bounds every exchange (the server's answer to one message); ``connect_timeout``
@@ -76,6 +70,7 @@ class VfioUserTransport(Transport):
     def __init__(self, path: str, *, timeout: float = DEFAULT_TIMEOUT, dma_fds: bool = True,
                  connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
                  pci_id: "tuple[int, int]" = (regs.PCI_VENDOR_ID, regs.PCI_DEVICE_ID)):
+        super().__init__()
         self.path = path
         #: (vendor, device) the served function must have (another device's driver passes its own).
         self.pci_id = pci_id
@@ -95,9 +90,7 @@ class VfioUserTransport(Transport):
         self._buffers: dict[int, VfioUserBuffer] = {}
         self._buf_starts: list[int] = []
         self._buf_lock = threading.Lock()
-        self._next_bus = DMA_BASE
         self._maps: dict[int, mmap.mmap] = {}
-        self._eventfds: list[int] = []
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         # Used with the exchange lock held: readiness waits with a deadline.
         self._readable = select.poll()
@@ -173,7 +166,7 @@ class VfioUserTransport(Transport):
         self.regions: dict[int, uapi.vfio_region_info] = {}
         for index in range(self.num_regions):
             self.regions[index] = self._region_info(index)
-        vendor, device = struct.unpack("<HH", self._region_read(uapi.VFIO_PCI_CONFIG_REGION_INDEX, 0, 4))
+        vendor, device = self._identity()
         if (vendor, device) != self.pci_id:
             raise OSError(errno.ENODEV, f"vfio-user server at {self.path} serves a "
                           f"{vendor:04x}:{device:04x} device, not a Hermes device "
@@ -183,8 +176,7 @@ class VfioUserTransport(Transport):
             P.DEVICE_GET_IRQ_INFO,
             bytes(uapi.vfio_irq_info(16, 0, uapi.VFIO_PCI_MSIX_IRQ_INDEX, 0))).payload)
         self.num_vectors = irq.count
-        self._eventfds = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC | os.EFD_SEMAPHORE)
-                          for _ in range(self.num_vectors)]
+        self._open_eventfds(self.num_vectors)
         # Per vector: a poller for plain waits and one that also wakes on the server's messages
         # (always needed when the server may send DMA_READ/WRITE; else only while a probe is out).
         # Without that, an idle waiter would wake on every reply another thread is receiving.
@@ -197,10 +189,7 @@ class VfioUserTransport(Transport):
             fds = self._eventfds[start:start + self.max_fds]
             hdr = uapi.vfio_irq_set(20, flags, uapi.VFIO_PCI_MSIX_IRQ_INDEX, start, len(fds))
             self._call(P.DEVICE_SET_IRQS, bytes(hdr), fds)
-        # Memory decode and bus mastering on, as a PCI driver's enable step does.
-        cmd = struct.unpack("<H", self._region_read(uapi.VFIO_PCI_CONFIG_REGION_INDEX, pci.PCI_COMMAND, 2))[0]
-        cmd |= pci.PCI_COMMAND_MEMORY | pci.PCI_COMMAND_MASTER
-        self._region_write(uapi.VFIO_PCI_CONFIG_REGION_INDEX, pci.PCI_COMMAND, struct.pack("<H", cmd))
+        self._enable()
 
     def _poller(self, eventfd: int, sock_events: int) -> "select.poll":
         poller = select.poll()
@@ -224,17 +213,9 @@ class VfioUserTransport(Transport):
                 continue
             break
         try:
-            if fd is not None and info.flags & uapi.VFIO_REGION_INFO_FLAG_MMAP and info.size:
-                areas = [(0, info.size)]
-                if info.flags & uapi.VFIO_REGION_INFO_FLAG_CAPS and info.cap_offset:
-                    caps = uapi.parse_caps(reply.payload, info.cap_offset)
-                    if uapi.VFIO_REGION_INFO_CAP_SPARSE_MMAP in caps:
-                        areas = uapi.parse_sparse_mmap(caps[uapi.VFIO_REGION_INFO_CAP_SPARSE_MMAP][1])
-                # Only a fully mappable region is mapped; partial ones stay on messages.
-                if areas == [(0, info.size)]:
-                    self._maps[index] = mmap.mmap(fd, info.size, mmap.MAP_SHARED,
-                                                  mmap.PROT_READ | mmap.PROT_WRITE,
-                                                  offset=info.offset)
+            # Only a fully mappable region is mapped; partial ones stay on messages.
+            if fd is not None and mappable_areas(info, reply.payload) == [(0, info.size)]:
+                self._maps[index] = map_region(fd, info.offset, info.size)
         finally:
             if fd is not None:
                 os.close(fd)
@@ -615,17 +596,15 @@ class VfioUserTransport(Transport):
         self._check(bar, offset, size)
         self._region_write_posted(bar, offset, (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little"))
 
-    def _check(self, bar: int, offset: int, size: int) -> None:
-        """ValueError for an access outside the BAR or of an unsupported width (as the
-        in-process model raises), checked here because posted writes get no reply."""
+    def _bar_size(self, bar: int) -> int:
         info = self.regions.get(bar)
-        if info is None or not info.size or bar > uapi.VFIO_PCI_BAR5_REGION_INDEX:
-            raise ValueError(f"the Hermes device has no BAR {bar}")
-        if size not in (1, 2, 4, 8):
-            raise ValueError(f"access size must be 1, 2, 4 or 8, not {size}")
-        if offset < 0 or offset + size > info.size:
-            raise ValueError(f"access of {size} bytes at {offset:#x} is outside BAR{bar} "
-                             f"({info.size:#x} bytes)")
+        return info.size if info is not None else 0
+
+    def _config_bytes(self, offset: int, size: int) -> bytes:
+        return self._region_read(uapi.VFIO_PCI_CONFIG_REGION_INDEX, offset, size)
+
+    def _config_put(self, offset: int, data: bytes) -> None:
+        self._region_write(uapi.VFIO_PCI_CONFIG_REGION_INDEX, offset, data)
 
     def read_block(self, bar: int, offset: int, length: int) -> bytes:
         """``length`` bytes of a BAR in one message (the server splits into 4-byte accesses)."""
@@ -653,12 +632,7 @@ class VfioUserTransport(Transport):
 
     def dma_alloc(self, size: int) -> DmaBuffer:
         """A memfd-backed buffer registered with DMA_MAP at a bus address chosen here."""
-        if size <= 0:
-            raise ValueError("DMA buffer size must be positive")
-        mapped = _page_round(size)
-        with self._buf_lock:
-            bus = self._next_bus
-            self._next_bus += mapped + PAGE   # guard page: an overrun faults on the device side
+        bus, mapped = self._bus_range(size)
         if self.dma_fds:
             fd = os.memfd_create("hermes-dma", os.MFD_CLOEXEC)
             try:
@@ -718,16 +692,11 @@ class VfioUserTransport(Transport):
         """
         if self._closed:
             raise self._unusable()
-        if not 0 <= vector < len(self._eventfds):
-            raise ValueError(f"vector {vector} out of range 0..{len(self._eventfds) - 1}")
-        fd = self._eventfds[vector]
+        fd = self._eventfd(vector)
         if self._posted:
             self.flush()   # the interrupt may be the answer to a queued write
-        try:
-            os.eventfd_read(fd)
+        if take_one(fd):
             return True
-        except BlockingIOError:
-            pass
         if self._broken is not None or self._closed:
             raise self._unusable()
         if timeout is not None and timeout <= 0:
@@ -747,11 +716,8 @@ class VfioUserTransport(Transport):
                 wake = min(wake, deadline)
             for efd, ev in poller.poll(max(0.0, wake - time.monotonic()) * 1000):
                 if efd == fd:
-                    try:
-                        os.eventfd_read(fd)
+                    if take_one(fd):
                         return True
-                    except BlockingIOError:
-                        pass
                 elif ev & select.POLLIN:
                     self._pump()
                 elif ev & _HANGUP:
@@ -768,26 +734,9 @@ class VfioUserTransport(Transport):
             if deadline is not None and now >= deadline and self._probe is None:
                 return False
 
-    def irq_clear(self, vector: int) -> None:
-        """Drop pending interrupts of ``vector``."""
-        fd = self._eventfds[vector]
-        try:
-            while True:   # semaphore eventfd: each read consumes one interrupt
-                os.eventfd_read(fd)
-        except BlockingIOError:
-            pass
-
     def reset(self) -> None:
         """DEVICE_RESET: the device frees every slot and stops DMA (mappings stay)."""
         self._call(P.DEVICE_RESET)
-
-    def config_read(self, offset: int, size: int) -> int:
-        """Read PCI config space (region 7)."""
-        return int.from_bytes(self._region_read(uapi.VFIO_PCI_CONFIG_REGION_INDEX, offset, size), "little")
-
-    def config_write(self, offset: int, size: int, value: int) -> None:
-        """Write PCI config space (region 7)."""
-        self._region_write(uapi.VFIO_PCI_CONFIG_REGION_INDEX, offset, value.to_bytes(size, "little"))
 
     def close(self) -> None:
         """Disconnect (the server unmaps our memory and resets the device) and free everything.
@@ -818,18 +767,8 @@ class VfioUserTransport(Transport):
                 buf._view.release()
                 buf._view = None
                 close_mapping(buf._mm)
-        for mm in self._maps.values():
-            close_mapping(mm)
+        self._release(list(self._maps.values()))
         self._maps.clear()
-        for fd in self._eventfds:
-            os.close(fd)
-        self._eventfds = []
 
     def __repr__(self) -> str:
         return f"VfioUserTransport({self.path!r})"
-
-
-def open_transport(spec: str) -> VfioUserTransport:
-    """``vfio-user:PATH`` -> a connected transport."""
-    path = spec.split(":", 1)[1] if spec.startswith("vfio-user:") else spec
-    return VfioUserTransport(path)
