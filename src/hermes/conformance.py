@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import engine as _engine
+from .engine.asm import assemble_program
 from .engine.helpers import CONFORMANCE_HELPERS
 from .engine.program import Program
 from .errors import ExecutionError, HermesError, ProgramError
@@ -39,7 +40,7 @@ class Case:
             return load_elf(build_pyelf_object(self.pyelf), helpers=CONFORMANCE_HELPERS)
         if self.raw is not None:
             return Program.from_bytes(self.raw, name=self.name)
-        return Program.from_asm(self.asm or "", name=self.name)
+        return assemble_program(self.asm or "", name=self.name)
 
 
 def _strip(line: str) -> str:

@@ -7,10 +7,10 @@ import time
 from typing import Callable, Sequence
 
 from ..cli import add_executor_option
-from ..engine import Program
+from ..engine.asm import assemble_program
 
 #: The 2-instruction program of the round-trip figure.
-TWO_INSNS = Program.from_asm("mov r0, 0\nexit")
+TWO_INSNS = assemble_program("mov r0, 0\nexit")
 MiB = 1 << 20
 #: Targets the figures are compared against (printed next to them).
 RTT_TARGET_US = 30.0

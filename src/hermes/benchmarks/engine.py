@@ -8,6 +8,8 @@ from pathlib import Path
 from types import ModuleType
 
 from .. import engine as _engine
+from ..engine.asm import assemble_program
+from ..engine.elf import load_elf
 from ..engine.program import Program
 from . import find_shared
 
@@ -30,12 +32,12 @@ def _programs(bench_dir: Path, kinds: list[str], names: list[str] | None,
         if names and name not in names:
             continue
         if "asm" in kinds:
-            out.append((name, "asm", Program.from_asm((bench_dir / "asm" / f"{name}.asm")
+            out.append((name, "asm", assemble_program((bench_dir / "asm" / f"{name}.asm")
                                                       .read_text(), name=name)))
         if "c" in kinds:
             from ..engine.clang import compile_c
             obj = compile_c(bench_dir / f"{name}.c", workdir / f"{name}.o")
-            out.append((name, "c", Program.from_elf(obj)))
+            out.append((name, "c", load_elf(obj)))
     return out
 
 

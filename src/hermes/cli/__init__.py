@@ -95,18 +95,19 @@ def budget_arg(text: str) -> int:
 
 def load_program(path: str, function: str | None = None, section: str | None = None
                  ) -> "object":
-    """``Program.from_file(path)``, or with ``function``/``section`` the entry of that name of the
-    ELF object ``path`` (``Program.from_elf``); the path is in front of any error's message."""
-    from ..engine import Program
+    """``read_program(path)``, or with ``function``/``section`` the entry of that name of the
+    ELF object ``path`` (``load_elf``); the path is in front of any error's message."""
+    from ..engine.elf import load_elf
+    from ..engine.frontends import read_program
     try:
         if function is None and section is None:
-            return Program.from_file(path)
+            return read_program(path)
         data = Path(path).read_bytes()
         if data[:4] != b"\x7fELF":
             option = "--function" if function is not None else "--section"
             raise HermesError(f"{path}: {option} needs an ELF object (.o), and this file is not "
                               "one")
-        return Program.from_elf(data, function=function, section=section)
+        return load_elf(data, function=function, section=section)
     except HermesError as exc:
         if Path(path).name in str(exc):  # the message already says which file
             raise

@@ -10,6 +10,7 @@ from ..engine import CONFORMANCE_HELPERS, DEFAULT_BUDGET, DEVICE_HELPERS, Cancel
 from ..engine import load as _load
 from ..engine.asm import assemble, source_text
 from ..engine.disasm import SourceLine, annotated, insn_texts, labels, source_lines
+from ..engine.frontends import read_program
 from ..engine.helpers import RunState, merged
 from ..engine.program import Program
 from ..engine.reference import Reference, Step
@@ -45,8 +46,9 @@ def _disasm(args: argparse.Namespace) -> int:
             from ..engine.elf import describe_elf
             text = describe_elf(data)
         else:
-            program = (Program.from_elf(data, function=args.function, section=args.section)
-                       if elf else Program.from_file(args.file))
+            from ..engine.elf import load_elf
+            program = (load_elf(data, function=args.function, section=args.section)
+                       if elf else read_program(args.file))
             text = annotated(program, verbose=args.verbose)
     except HermesError as exc:
         raise HermesError(f"{args.file}: {exc}") from None

@@ -8,6 +8,7 @@ from typing import Callable
 
 from .. import engine as _engine
 from .. import regs as R
+from ..engine.elf import load_elf
 from ..errors import Cancelled, ExecutionError, ProgramError
 from .commands import ELF_MAGIC, MASK64, ProgramCache, error_code, response
 from .xdma import NUM_VECTORS, XdmaBlock
@@ -739,7 +740,7 @@ class HermesDevice:
         eng = self._engine_mod
         try:
             if code[:4] == ELF_MAGIC:
-                program = eng.Program.from_elf(code, max_size=self.program_slot_size,
+                program = load_elf(code, max_size=self.program_slot_size,
                                                entry_symbol=entry)
             else:
                 program = eng.Program.from_bytes(code)

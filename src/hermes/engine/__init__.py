@@ -2,37 +2,20 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
 from typing import Protocol
 
 from ..errors import Cancelled, ExecutionError, ProgramError, UsageError
 from .cancel import Cancel
+from .frontends import read_program  # also gives Program its from_* spellings
 from .helpers import CONFORMANCE_HELPERS, DEVICE_HELPERS, Helper, HelperRegistry
 from .memory import DATA_BASE
 from .program import Program
+from .result import RunResult
 
 #: Instructions a run may execute unless the caller sets another budget.
 DEFAULT_BUDGET = 1_000_000_000
 #: Executor used when the caller names none (the fastest of them).
 DEFAULT_EXECUTOR = "jit"
-
-
-@dataclass
-class RunResult:
-    """Outcome of one run: r0, the data window after the run, instructions executed, and what
-    the program's helpers recorded (declared output length, printed text) and its run time."""
-
-    return_value: int
-    memory: bytearray | memoryview
-    instructions: int
-    #: Length declared with ``hermes_set_output``; None when the program declared none.
-    output_length: int | None = None
-    #: Text printed with ``bpf_trace_printk``, at most ``helpers.TRACE_LIMIT`` bytes.
-    trace: bytes = b""
-    #: Printed bytes dropped past ``TRACE_LIMIT``.
-    trace_dropped: int = 0
-    #: Nanoseconds the run itself took (``time.perf_counter_ns``), without loading.
-    elapsed_ns: int = 0
 
 
 class Executable(Protocol):
@@ -128,6 +111,7 @@ __all__ = [
     "CONFORMANCE_HELPERS", "Cancel", "Cancelled", "DATA_BASE", "DEFAULT_BUDGET", "DEVICE_HELPERS",
     "ExecutionError",
     "Executable", "Helper", "HelperRegistry", "Program", "ProgramError", "RunResult",
+    "read_program",
     "check", "check_executor", "executor_names", "executor_option", "load", "run",
 ]
 

@@ -6,6 +6,7 @@ import re
 from ..errors import AssemblerError, UsageError
 from . import isa
 from .isa import Op
+from .program import Program
 
 _REG = re.compile(r"%?r(\d+)$")
 _MEM = re.compile(r"\[\s*(%?r\d+)\s*(?:([+-])\s*([^\]\s]+)\s*)?\]$")
@@ -115,6 +116,13 @@ def source_text(data: "bytes | bytearray | memoryview", name: str | None = None)
         line = data.count(b"\n", 0, exc.start) + 1
         raise AssemblerError(f"{name or 'the source'} is not UTF-8 text (byte "
                              f"{data[exc.start]:#04x} at offset {exc.start})", line) from None
+
+
+def assemble_program(text: "str | bytes", *, name: str | None = None) -> Program:
+    """Assemble ``text`` into a ``Program`` (validated as every program is); raises
+    ``AssemblerError`` naming the line, ``ProgramError`` for code that assembles but is invalid
+    (a jump out of the program)."""
+    return Program(assemble(text), name=name)
 
 
 def assemble(text: "str | bytes") -> bytes:

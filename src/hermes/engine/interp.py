@@ -333,7 +333,7 @@ class Interpreter:
             budget: int | None = None, *, cancel: Cancel | None = None,
             length: int | None = None, args: "tuple[int, ...]" = ()):
         """Run once; see ``hermes.engine.run``."""
-        from . import RunResult
+        from .result import RunResult
         budget = self.budget if budget is None else budget
         # The dispatch loop compares the count with one limit: the budget, or for a cancellable
         # run the next point at which the flag is polled.

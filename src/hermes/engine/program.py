@@ -1,13 +1,12 @@
-"""Programs: validated eBPF code (plus optional program data) built from bytes, assembly or ELF."""
+"""The Program value: validated eBPF code, its data segments and what it is known by."""
 from __future__ import annotations
 
 import hashlib
-import os
+from dataclasses import InitVar, dataclass, field
 from functools import cached_property
-from pathlib import Path
 
-from ..errors import ProgramError, UsageError
-from .isa import MAX_PROGRAM_SLOTS, decode
+from ..errors import UsageError
+from .isa import MAX_PROGRAM_SLOTS, Insn, decode
 from .memory import Segment
 
 #: Host bytes a loaded program holds per instruction slot beyond its code bytes (decoded
@@ -16,74 +15,58 @@ from .memory import Segment
 LOADED_BYTES_PER_SLOT = 1024
 
 
+@dataclass(frozen=True, eq=False)
 class Program:
-    """An eBPF program: code (validated on construction) plus optional program data segments.
+    """An eBPF program: code (decoded and validated on construction) plus optional program data.
 
-    ``len(program)`` is the number of 64-bit instruction slots (an ``lddw`` counts two), the unit
-    jump offsets are measured in.
+    A plain value: it knows nothing of where it came from beyond the fields below. Front ends
+    build it: ``asm.assemble_program`` (assembly), ``elf.load_elf`` (an ELF object),
+    ``frontends.read_program`` (a file of any of these kinds). ``len(program)`` is the number of
+    64-bit instruction slots (an ``lddw`` counts two), the unit jump offsets are measured in.
+    Programs compare by identity: two loads of the same code are two programs (``digest`` tells
+    equal contents).
     """
 
-    def __init__(self, code: bytes, *, segments: tuple[Segment, ...] = (), name: str | None = None,
-                 max_slots: int = MAX_PROGRAM_SLOTS, symbols: dict[int, str] | None = None,
-                 entry_symbol: int = 0):
+    #: The instruction bytes, little-endian.
+    code: bytes
+    #: Program data: a read-only and a writable segment at the addresses of specs/elf.md.
+    segments: tuple[Segment, ...] = field(default=(), kw_only=True)
+    #: What the program is called in messages (entry function, file name), when known.
+    name: str | None = field(default=None, kw_only=True)
+    #: Function names by entry slot, when known (ELF symbols or assembly labels).
+    symbols: dict[int, str] = field(default_factory=dict, kw_only=True)
+    #: ELF symbol table index of the entry function (what a device is told to run, with the
+    #: object); 0 for programs not from ELF and for the default rule of specs/elf.md.
+    entry_symbol: int = field(default=0, kw_only=True)
+    #: The ELF object the program was linked from, exactly as given (what a device receives and
+    #: DWARF line tables are read from); None for programs not from ELF.
+    elf_bytes: bytes | None = field(default=None, kw_only=True)
+    #: Largest program accepted, in slots (only checked, not kept).
+    max_slots: InitVar[int] = field(default=MAX_PROGRAM_SLOTS, kw_only=True)
+    #: One decoded instruction per slot (None for the second half of an ``lddw``).
+    insns: list[Insn | None] = field(init=False)
+
+    def __post_init__(self, max_slots: int) -> None:
+        code = self.code
         if not isinstance(code, (bytes, bytearray, memoryview)):
             raise UsageError(f"program code must be bytes, not {type(code).__name__}")
-        self._code = bytes(code)
-        self.segments = tuple(segments)
-        self.name = name
-        #: Function names by entry slot, when known (ELF symbols or assembly labels).
-        self.symbols = dict(symbols or {})
-        #: ELF symbol table index of the entry function (what a device is told to run, with
-        #: the object); 0 for programs not from ELF and for the default rule of specs/elf.md.
-        self.entry_symbol = entry_symbol
-        self.insns = decode(self._code, max_slots)
+        # Frozen: the normalised fields are set once, here, the way dataclasses document.
+        set_field = object.__setattr__
+        set_field(self, "code", bytes(code))
+        set_field(self, "segments", tuple(self.segments))
+        set_field(self, "symbols", dict(self.symbols or {}))
+        if self.elf_bytes is not None:
+            set_field(self, "elf_bytes", bytes(self.elf_bytes))
+        set_field(self, "insns", decode(self.code, max_slots))
 
     @classmethod
-    def from_bytes(cls, data: bytes, *, name: str | None = None) -> "Program":
+    def from_bytes(cls, data: bytes, *, name: str | None = None) -> Program:
         """Build a program from raw little-endian instruction bytes."""
         return cls(bytes(data), name=name)
 
-    @classmethod
-    def from_asm(cls, text: str, *, name: str | None = None) -> "Program":
-        """Assemble ``text`` (the corpus dialect, with labels) into a program."""
-        from .asm import assemble
-        return cls(assemble(text), name=name)
-
-    @classmethod
-    def from_elf(cls, source: "str | Path | bytes", section: str | None = None,
-                 function: str | None = None, *, max_size: int | None = None,
-                 entry_symbol: int = 0) -> "Program":
-        """Load a program from a clang-compiled BPF ELF object (path or bytes); ``max_size``
-        bounds its code + data bytes (default ``hermes.engine.elf.DEFAULT_MAX_SIZE``). The
-        entry is ``function``, or the one of ``section``, or the function whose ELF symbol
-        table index is ``entry_symbol``, else the default rule (specs/elf.md)."""
-        from .elf import load_elf
-        return load_elf(source, section=section, function=function, max_size=max_size,
-                        entry_symbol=entry_symbol)
-
-    @classmethod
-    def from_file(cls, path: "str | Path", *, max_size: int | None = None) -> "Program":
-        """Load a program from a file: ELF object, assembly (``.s``/``.asm``) or raw bytes;
-        ``max_size`` as for ``from_elf``."""
-        if not isinstance(path, (str, os.PathLike)):
-            raise UsageError(f"a program file is a path, not {type(path).__name__}")
-        p = Path(path)
-        data = p.read_bytes()
-        if data[:4] == b"\x7fELF":
-            return cls.from_elf(data, max_size=max_size)
-        if p.suffix in (".s", ".asm", ".S"):
-            from .asm import source_text
-            return cls.from_asm(source_text(data, p.name), name=p.name)
-        return cls.from_bytes(data, name=p.name)
-
     def to_bytes(self) -> bytes:
         """The instruction bytes (without program data segments)."""
-        return self._code
-
-    @property
-    def code(self) -> bytes:
-        """The instruction bytes."""
-        return self._code
+        return self.code
 
     def __len__(self) -> int:
         return len(self.insns)
@@ -91,7 +74,7 @@ class Program:
     @cached_property
     def digest(self) -> str:
         """SHA-256 over code and segments: the key compiled forms are cached under."""
-        h = hashlib.sha256(self._code)
+        h = hashlib.sha256(self.code)
         for seg in self.segments:
             h.update(f"{seg.name}:{seg.vaddr}:{int(seg.writable)}:{len(seg.data)}".encode())
             h.update(seg.data)
@@ -103,12 +86,7 @@ class Program:
         segments twice (an engine may keep its own copy of read-only data) and
         ``LOADED_BYTES_PER_SLOT`` per slot. What caches of loaded programs are bounded by."""
         data = sum(len(seg.data) for seg in self.segments)
-        return len(self._code) + 2 * data + LOADED_BYTES_PER_SLOT * len(self.insns)
-
-    def disasm(self) -> str:
-        """Disassembly, one instruction a line, in the assembler's syntax (round-trips)."""
-        from .disasm import disassemble_insns
-        return disassemble_insns(self.insns)
+        return len(self.code) + 2 * data + LOADED_BYTES_PER_SLOT * len(self.insns)
 
     def __repr__(self) -> str:
         label = f" {self.name!r}" if self.name else ""

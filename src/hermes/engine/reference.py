@@ -80,7 +80,7 @@ class Reference:
         instruction (the ``--trace`` of ``hermes exec``). ``state`` receives what the helpers
         record (printed text, output length), which a caller can read even when the run
         fails."""
-        from . import RunResult
+        from .result import RunResult
         data, r1, r2 = input_region(memory, length)
         state = state if state is not None else RunState()
         state.window = len(data)

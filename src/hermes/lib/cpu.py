@@ -196,7 +196,7 @@ class CpuDevice(Device):
         if hasattr(program, "run") and hasattr(program, "program"):
             return program  # already prepared
         size = len(program_bytes(program)) if not isinstance(program, _engine.Program) else (
-            len(getattr(program, "elf_bytes", None) or program.to_bytes()))
+            len(program.elf_bytes or program.to_bytes()))
         if size > self.program_slot_size:
             raise ProgramTooLarge(size, self.program_slot_size)
         # Code + data must fit the program slot too, as on a device (checked before an object's

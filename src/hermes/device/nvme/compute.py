@@ -7,6 +7,8 @@ from typing import Callable
 
 from ... import engine as _engine
 from ... import nvme_regs as N
+from ...engine.asm import assemble_program
+from ...engine.elf import load_elf
 from ...errors import Cancelled, ExecutionError, ProgramError
 from ..commands import ELF_MAGIC, error_code
 
@@ -142,7 +144,7 @@ class ComputeNamespace:
         builtin.device_defined = True
         builtin.state = LOADED
         builtin.ptype = N.PTYPE_EBPF
-        builtin.executable = self._compile(_engine.Program.from_asm(SUM64_ASM, name="sum64"))
+        builtin.executable = self._compile(assemble_program(SUM64_ASM, name="sum64"))
 
     # --- identify ---------------------------------------------------------------------------------
     def identify(self) -> bytes:
@@ -217,7 +219,7 @@ class ComputeNamespace:
             try:
                 if code[:4] == ELF_MAGIC:
                     symbol = entry.pid if entry.pit == N.PIT_ENTRY_SYMBOL else 0
-                    program = _engine.Program.from_elf(code, entry_symbol=symbol)
+                    program = load_elf(code, entry_symbol=symbol)
                 else:
                     program = _engine.Program.from_bytes(code)
                 entry.executable = self._compile(program)

@@ -1,4 +1,4 @@
-"""ELF loader for clang's BPF objects: read (``parse``), link into a Program (``link``), describe."""
+"""ELF loader for clang's BPF objects: read (``parse``), link to a Program (``link``), describe."""
 from __future__ import annotations
 
 from .describe import describe_elf

@@ -7,14 +7,29 @@ from ...errors import ElfError, ProgramError
 from .. import isa
 from ..disasm import format_insn
 from ..helpers import HelperRegistry
-from ..program import MAX_PROGRAM_SLOTS, Program
-from .link import LinkInfo, Linker, default_helpers
-from .parse import (MACHINE_NAMES, MALFORMED, RELOC_NAMES, SHF_ALLOC, SHF_EXECINSTR, SHF_WRITE,
-                    SHN_ABS, SHN_COMMON, SHN_UNDEF, SHT_REL, SHT_RELA, STB_LOCAL, ElfObject,
-                    malformed, read_source)
+from ..isa import MAX_PROGRAM_SLOTS
+from ..program import Program
+from .link import Linker, LinkInfo, default_helpers
+from .parse import (
+    MACHINE_NAMES,
+    MALFORMED,
+    RELOC_NAMES,
+    SHF_ALLOC,
+    SHF_EXECINSTR,
+    SHF_WRITE,
+    SHN_ABS,
+    SHN_COMMON,
+    SHN_UNDEF,
+    SHT_REL,
+    SHT_RELA,
+    STB_LOCAL,
+    ElfObject,
+    malformed,
+    read_source,
+)
 
 
-def describe_elf(source: "str | Path | bytes", *, helpers: HelperRegistry | None = None) -> str:
+def describe_elf(source: str | Path | bytes, *, helpers: HelperRegistry | None = None) -> str:
     """A readable report of an object: sections, symbols, relocations and the linked code.
 
     Every candidate entry function is linked and listed; link errors are reported inline.

@@ -1,4 +1,4 @@
-"""ELF linking: lays out an object's entry function and its callees, applies relocations, gives a Program."""
+"""ELF linking: an object's entry function and its callees laid out and relocated into a Program."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -7,13 +7,37 @@ from pathlib import Path
 from ...errors import ElfError, ProgramError, UsageError
 from .. import isa
 from ..helpers import CONFORMANCE_HELPERS, DEVICE_HELPERS, HelperRegistry, merged
+from ..isa import MAX_PROGRAM_SLOTS
 from ..memory import RODATA_BASE, RWDATA_BASE, Segment
-from ..program import MAX_PROGRAM_SLOTS, Program
-from .parse import (MALFORMED, MAX_SEGMENT_SPAN, R_BPF_64_32, R_BPF_64_64, R_BPF_64_ABS32,
-                    R_BPF_64_ABS64, R_BPF_NONE, RELOC_NAMES, SHF_ALLOC, SHF_WRITE, SHN_ABS,
-                    SHN_COMMON, SHN_LORESERVE, SHN_UNDEF, SHT_NOBITS, SHT_PROGBITS, SHT_REL,
-                    SHT_RELA, STB_LOCAL, STT_FUNC, STT_SECTION, ElfObject, Section, Symbol,
-                    malformed, read_source)
+from ..program import Program
+from .parse import (
+    MALFORMED,
+    MAX_SEGMENT_SPAN,
+    R_BPF_64_32,
+    R_BPF_64_64,
+    R_BPF_64_ABS32,
+    R_BPF_64_ABS64,
+    R_BPF_NONE,
+    RELOC_NAMES,
+    SHF_ALLOC,
+    SHF_WRITE,
+    SHN_ABS,
+    SHN_COMMON,
+    SHN_LORESERVE,
+    SHN_UNDEF,
+    SHT_NOBITS,
+    SHT_PROGBITS,
+    SHT_REL,
+    SHT_RELA,
+    STB_LOCAL,
+    STT_FUNC,
+    STT_SECTION,
+    ElfObject,
+    Section,
+    Symbol,
+    malformed,
+    read_source,
+)
 
 #: Section name prefixes mapped as program data; everything else non-executable is not loaded.
 RODATA_PREFIXES = (".rodata",)
@@ -49,7 +73,7 @@ class LinkInfo:
     notes: dict[int, list[str]] = field(default_factory=dict)       # slot -> relocation notes
 
 
-def load_elf(source: "str | Path | bytes", section: str | None = None,
+def load_elf(source: str | Path | bytes, section: str | None = None,
              function: str | None = None, *, helpers: HelperRegistry | None = None,
              max_size: int | None = None, max_slots: int = MAX_PROGRAM_SLOTS,
              entry_symbol: int = 0) -> Program:
@@ -77,7 +101,7 @@ def load_elf(source: "str | Path | bytes", section: str | None = None,
     return program
 
 
-def _link_source(source: "str | Path | bytes", section: str | None, function: str | None,
+def _link_source(source: str | Path | bytes, section: str | None, function: str | None,
                  helpers: HelperRegistry | None, max_size: int | None,
                  max_slots: int, entry_symbol: int = 0) -> tuple[Program, LinkInfo]:
     data, _ = read_source(source)
@@ -238,7 +262,8 @@ class Linker:
                            f"data = {pos * 8 + data_size} bytes, more than the limit of {limit} "
                            f"bytes{what}")
         segs = self._build_data(plan)
-        starts = {sec.index: sorted(lo for (si, lo) in base if si == sec.index) for sec, _, _ in pieces}
+        starts = {sec.index: sorted(lo for (si, lo) in base if si == sec.index)
+                  for sec, _, _ in pieces}
 
         def final(sec: Section, slot: int) -> int:
             lo = max(x for x in starts[sec.index] if x <= slot)
@@ -247,7 +272,8 @@ class Linker:
         code = bytearray()
         for sec, lo, hi in pieces:
             body = self.obj.section_data(sec)
-            info.sections.append((sec.name if lo == 0 else f"{sec.name}+{lo * 8:#x}", len(code) // 8))
+            label = sec.name if lo == 0 else f"{sec.name}+{lo * 8:#x}"
+            info.sections.append((label, len(code) // 8))
             for slot in self._insn_starts(sec):
                 if lo <= slot < hi:
                     code += self._emit(sec, body, slot, patches[sec.index], final, info)
@@ -255,8 +281,7 @@ class Linker:
                    if y.shndx in starts and y.value % 8 == 0 and y.value < self.secs[y.shndx].size}
         symbols[0] = entry_name
         program = Program(bytes(code), segments=tuple(segs), name=entry_name, symbols=symbols,
-                          max_slots=max_slots, entry_symbol=entry_index)
-        program.elf_bytes = self.obj.data
+                          max_slots=max_slots, entry_symbol=entry_index, elf_bytes=self.obj.data)
         return program, info
 
     def _insn_starts(self, sec: Section) -> list[int]:
@@ -267,7 +292,8 @@ class Linker:
             slot += 2 if body[slot * 8] == isa.OPCODE_LDDW else 1
         return out
 
-    def _emit(self, sec: Section, body: bytes, slot: int, patches: dict, final, info: LinkInfo) -> bytes:
+    def _emit(self, sec: Section, body: bytes, slot: int, patches: dict, final,
+              info: LinkInfo) -> bytes:
         opcode, dst, src, off, imm = isa.decode_slot(body, slot)
         raw = body[slot * 8:slot * 8 + (16 if opcode == isa.OPCODE_LDDW else 8)]
         here = final(sec, slot)
@@ -298,7 +324,8 @@ class Linker:
             return isa.encode_slot(opcode, dst, _PSEUDO_CALL,
                                    off, final(target_sec, target_slot) - (here + 1))
         cls, op = opcode & 0x07, opcode & 0xF0
-        if cls == isa.CLS_JMP and op == isa.JMP_CALL and not opcode & isa.SRC_X and src == _PSEUDO_CALL:
+        if (cls == isa.CLS_JMP and op == isa.JMP_CALL and not opcode & isa.SRC_X
+                and src == _PSEUDO_CALL):
             return isa.encode_slot(opcode, dst, src, off, remap(slot + 1 + imm, "call"))
         if cls in (isa.CLS_JMP, isa.CLS_JMP32) and op not in (isa.JMP_CALL, isa.JMP_EXIT):
             if cls == isa.CLS_JMP32 and op == isa.JMP_JA:  # gotol: 32-bit offset in imm
@@ -354,7 +381,8 @@ class Linker:
             if helper is None:
                 known = ", ".join(sorted(h.name for h in self.helpers.values())) or "none"
                 raise ElfError(f"call at {where} to function {y.name!r} not found: it is not "
-                               f"defined in the object and no helper has that name (helpers: {known})")
+                               "defined in the object and no helper has that name "
+                               f"(helpers: {known})")
             return ("helper", helper.id, f"{RELOC_NAMES[rtype]} {y.name} = helper {helper.id}")
         if y.shndx >= SHN_LORESERVE or not self.secs[y.shndx].executable:
             raise ElfError(f"call at {where} to {name!r}, which is not a function of an "
@@ -426,7 +454,8 @@ class Linker:
         """The segments of a checked plan: sections copied in (relocated), gaps and .bss zero."""
         segs = []
         for (size, items), base, name, writable in zip(plan, (RODATA_BASE, RWDATA_BASE),
-                                                      (".rodata", ".data"), (False, True)):
+                                                      (".rodata", ".data"), (False, True),
+                                                      strict=True):
             if not items:
                 continue
             buf = bytearray(size)

@@ -39,7 +39,8 @@ R_BPF_64_ABS64 = 2     #: 64-bit absolute address (data); older toolchains/uBPF:
 R_BPF_64_ABS32 = 3     #: 32-bit absolute address (data)
 R_BPF_64_NODYLD32 = 4  #: debug info only
 R_BPF_64_32 = 10       #: bpf-to-bpf or helper call (code)
-RELOC_NAMES = {R_BPF_NONE: "R_BPF_NONE", R_BPF_64_64: "R_BPF_64_64", R_BPF_64_ABS64: "R_BPF_64_ABS64",
+RELOC_NAMES = {R_BPF_NONE: "R_BPF_NONE", R_BPF_64_64: "R_BPF_64_64",
+               R_BPF_64_ABS64: "R_BPF_64_ABS64",
                R_BPF_64_ABS32: "R_BPF_64_ABS32", R_BPF_64_NODYLD32: "R_BPF_64_NODYLD32",
                R_BPF_64_32: "R_BPF_64_32"}
 
@@ -72,7 +73,7 @@ MALFORMED = (ConstructError, _PyElfError, struct.error, ValueError, IndexError, 
              UnicodeDecodeError, OverflowError)
 
 
-def _num(value: "int | str", table: dict[str, int]) -> int:
+def _num(value: int | str, table: dict[str, int]) -> int:
     """pyelftools decodes enum fields to names when it knows them; the loader wants numbers."""
     return value if isinstance(value, int) else table[value]
 
@@ -172,7 +173,8 @@ class ElfObject:
                            "emits for BPF)")
         try:
             self.ehdr = _STRUCTS.Elf_Ehdr.parse(d[:EHDR_SIZE])
-        except (ConstructError, _PyElfError, ValueError) as exc:  # pragma: no cover - 64 bytes always parse
+        # 64 bytes always parse: what can go wrong here was checked above
+        except (ConstructError, _PyElfError, ValueError) as exc:  # pragma: no cover
             raise ElfError(f"malformed ELF header: {exc}") from None
         e_type, machine = struct.unpack_from("<HH", d, 16)
         #: ``e_machine`` as a number (pyelftools gives names for the ones it knows).
@@ -218,7 +220,7 @@ class ElfObject:
         if shstr.type != SHT_STRTAB:
             raise ElfError(f"section name table (section {shstr.index}) is not a string table")
         names = d[shstr.offset:shstr.offset + shstr.size]
-        for s, offset in zip(raw, name_offsets):
+        for s, offset in zip(raw, name_offsets, strict=True):
             s.name = self._string(names, offset, f"name of section {s.index}",
                                   "section name table")
         return raw
@@ -257,7 +259,8 @@ class ElfObject:
         if index in self._symtabs:
             return self._symtabs[index]
         st = self.sections[index]
-        if st.link == 0 or st.link >= len(self.sections) or self.sections[st.link].type != SHT_STRTAB:
+        if (st.link == 0 or st.link >= len(self.sections)
+                or self.sections[st.link].type != SHT_STRTAB):
             raise ElfError(f"bad string table section index: symbol table {st.name} links to "
                            f"section {st.link}, which is not a string table")
         entsize = st.entsize or SYM_SIZE
@@ -287,7 +290,8 @@ class ElfObject:
 
     def relocations(self, rel: Section) -> tuple[list[Symbol], list[Relocation]]:
         """The entries of relocation section ``rel`` and the symbol table they index."""
-        if rel.link == 0 or rel.link >= len(self.sections) or self.sections[rel.link].type != SHT_SYMTAB:
+        if (rel.link == 0 or rel.link >= len(self.sections)
+                or self.sections[rel.link].type != SHT_SYMTAB):
             raise ElfError(f"bad symbol table section index: relocation section {rel.name} links "
                            f"to section {rel.link}, which is not a symbol table")
         syms = self.symbols(rel.link)
@@ -304,11 +308,12 @@ class ElfObject:
             if sym >= len(syms):
                 raise ElfError(f"bad symbol index {sym} in relocation {i} of {rel.name} "
                                f"(symbol table has {len(syms)} entries)")
-            out.append(Relocation(e.r_offset, typ, sym, e.r_addend if rel.type == SHT_RELA else None))
+            addend = e.r_addend if rel.type == SHT_RELA else None
+            out.append(Relocation(e.r_offset, typ, sym, addend))
         return syms, out
 
 
-def read_source(source: "str | Path | bytes | bytearray | memoryview") -> tuple[bytes, str | None]:
+def read_source(source: str | Path | bytes | bytearray | memoryview) -> tuple[bytes, str | None]:
     """The bytes of an object given as bytes or a path, and the file's name (None for bytes)."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         return bytes(source), None

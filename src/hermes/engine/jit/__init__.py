@@ -200,7 +200,7 @@ class JitExecutable:
             budget: int | None = None, *, cancel: Cancel | None = None,
             length: int | None = None, args: "tuple[int, ...]" = ()):
         """Run once; see ``hermes.engine.run``."""
-        from .. import RunResult
+        from ..result import RunResult
         if self._interp is not None:
             return self._interp.run(memory, budget, cancel=cancel, length=length, args=args)
         budget = self.budget if budget is None else budget
