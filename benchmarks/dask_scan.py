@@ -18,12 +18,10 @@ import logging
 import os
 import tempfile
 import time
-
 from pathlib import Path
 
-import numpy as np
-
 import distributed
+import numpy as np
 
 import hermes
 import hermes.dask as hd

@@ -1,4 +1,4 @@
-"""NVMe CP/SLM controller figures in process and over vfio-user: Execute Program latency and 1 MiB Memory Write/Read rate.
+"""NVMe CP/SLM figures in process and over vfio-user: Execute Program latency, 1 MiB SLM rates.
 
 Usage: python benchmarks/nvme_figures.py [--quick]
 Prints, for the controller in this process and in a ``hermes serve --device nvme-cp`` process

@@ -117,9 +117,10 @@ def main(argv: list[str] | None = None) -> None:
                     # all engines busy for the throughput; one worker for the overhead (a
                     # piece's wall time is then its engine time plus everything around it)
                     for workers in dict.fromkeys((default, 1)):
-                        wall, (total, engine, n) = best(opts.runs, lambda: scan(
-                            dev, program, source, piece_size=piece, read=0, workers=workers,
-                            reduce=add, initial=(0, 0.0, 0)))
+                        def once(source: object = source, workers: int = workers) -> tuple:
+                            return scan(dev, program, source, piece_size=piece, read=0,
+                                        workers=workers, reduce=add, initial=(0, 0.0, 0))
+                        wall, (total, engine, n) = best(opts.runs, once)
                         print(row(f"{spec}, {label}", str(workers), nbytes, wall, n,
                                   engine if workers == 1 else None, per_numpy))
                         if total != want or n != npieces:

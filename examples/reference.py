@@ -9,9 +9,9 @@ from __future__ import annotations
 import random
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 #: Size of the device's data slot: the largest window a run can have.
 SLOT_SIZE = 1 << 20
@@ -43,7 +43,7 @@ class Example:
     name: str
     c_file: str
     make_case: Callable[[random.Random, int], Case]
-    expected: Callable[[Case], "tuple[int, bytes]"]
+    expected: Callable[[Case], tuple[int, bytes]]
     max_input: int
     description: str
 
@@ -81,7 +81,7 @@ def _bytecount_expected(case: Case) -> tuple[int, bytes]:
 
 
 # --- newlines ----------------------------------------------------------------------------------
-def _text(rng: random.Random, n: int, words: "list[bytes]", extra: bytes = b"") -> bytes:
+def _text(rng: random.Random, n: int, words: list[bytes], extra: bytes = b"") -> bytes:
     out = bytearray()
     while len(out) < n:
         line = [rng.choice(words) for _ in range(rng.randrange(0, 8))]

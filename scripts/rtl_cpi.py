@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Print the RTL core's cycles per instruction on the shared bench programs (same as `hermes rtl cpi`)."""
+"""Print the RTL core's cycles per instruction on the bench programs (as `hermes rtl cpi` does)."""
 from __future__ import annotations
 
 import sys

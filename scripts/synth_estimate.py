@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Synthesize the RTL device top with yosys and print LUTs/FFs/BRAMs and path depth (`hermes rtl synth`)."""
+"""Synthesize the RTL device top with yosys: LUTs, FFs, BRAMs, path depth (`hermes rtl synth`)."""
 from __future__ import annotations
 
 import sys

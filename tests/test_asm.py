@@ -2,8 +2,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from hermes import AssemblerError, Program, ProgramError
 from hermes.engine import isa
@@ -27,7 +26,8 @@ def test_corpus_syntax_examples():
     assert code[8:16] == isa.encode_slot(0x61, 1, 2, 4, 0)
     assert code[16:24] == isa.encode_slot(0x7B, 10, 1, -8, 0)
     assert code[24:32] == isa.encode_slot(0x15, 1, 0, 2, 0x10)
-    assert code[32:48] == isa.encode_slot(0x18, 0, 0, 0, 0x23456789) + isa.encode_slot(0, 0, 0, 0, 1)
+    assert code[32:48] == (isa.encode_slot(0x18, 0, 0, 0, 0x23456789)
+                           + isa.encode_slot(0, 0, 0, 0, 1))
 
 
 def test_labels_and_percent_registers():
@@ -95,7 +95,7 @@ def valid_programs(draw) -> bytes:
         starts.append(pos)
         pos += 2 if op.form == "lddw" else 1
     out = bytearray()
-    for op, start in zip(ops, starts):
+    for op, start in zip(ops, starts, strict=True):
         dst, src, off, imm = _fields_for(op, draw, start, starts)
         out += isa.encode(isa.Insn(op, dst, src, off, imm))
     return bytes(out)

@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from hermes.engine import DEFAULT_BUDGET, DEVICE_HELPERS, Program
-from hermes.engine.clang import (V4_MIN_VERSION, clang_version, compile_c, find_clang,
-                                 supports_v4)
+from hermes.engine.clang import V4_MIN_VERSION, clang_version, compile_c, find_clang, supports_v4
 from hermes.engine.interp import Interpreter
 from hermes.engine.jit import JitExecutable
 from hermes.engine.reference import Reference

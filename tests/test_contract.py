@@ -41,7 +41,7 @@ SOURCES = Path(__file__).parent / "data" / "contract"
 
 
 @pytest.fixture(scope="module")
-def progs(tmp_path_factory) -> dict[str, "Program | Path"]:
+def progs(tmp_path_factory) -> dict[str, Program | Path]:
     """The programs of ``SOURCES`` by name (``two`` as its object file: it has two entries)."""
     objects = os.environ.get("HERMES_CONTRACT_OBJECTS")
     if clang.find_clang() is not None:
@@ -94,7 +94,7 @@ def same_error(dev, call, cls):
     return info.value
 
 
-# --- 1. inputs, lengths, arguments, the window -----------------------------------------------------
+# --- 1. inputs, lengths, arguments, the window ----------------------------------------------------
 def test_r2_is_the_input_length(dev):
     for data in (b"", b"x", bytes(1000), bytes(range(256)) * 3):
         assert dev.run(LEN, data).return_value == len(data)
@@ -217,7 +217,7 @@ def test_entry_function(dev, progs):
     assert dev.run(Program.from_elf(obj, function="first"), b"abc").return_value == 1
 
 
-# --- 3. errors, identical on every backend ---------------------------------------------------------
+# --- 3. errors, identical on every backend --------------------------------------------------------
 BAD_PROGRAMS = {"uninitialised register": Program.from_asm("mov r0, r6\nexit"),
                 "unknown helper": Program.from_asm("call 99\nmov r0, 0\nexit"),
                 "r0 not set": Program.from_asm("exit"),
@@ -237,7 +237,7 @@ def test_budget(dev):
     assert err.kind == "budget" and "1000" in str(err)
     assert dev.run(RET7, b"", budget=2).instructions == 2
     for bad in (0, -1, 1 << 64, "many"):
-        same_error(dev, lambda d: d.run(RET7, b"", budget=bad), hermes.UsageError)
+        same_error(dev, lambda d, bad=bad: d.run(RET7, b"", budget=bad), hermes.UsageError)
 
 
 def test_fault_in_a_called_function_names_its_stack(dev, progs):
@@ -335,7 +335,7 @@ def test_timeout(one_engine):
     assert err.timeout == 0.3 and err.errno == errno.ETIMEDOUT and took < 10
     assert_free_within(dev, 1)
     for bad in (0, -1, "1"):
-        same_error(dev, lambda d: d.run(RET7, b"", timeout=bad), hermes.UsageError)
+        same_error(dev, lambda d, bad=bad: d.run(RET7, b"", timeout=bad), hermes.UsageError)
 
 
 def test_cancel(one_engine):
@@ -466,7 +466,7 @@ def test_session_rules_same_everywhere(dev):
         assert same_error(dev, call, hermes.DeviceError).errno == code
 
 
-# --- a newline count on every path (run, map, a reused session, run_async) -------------------------
+# --- a newline count on every path (run, map, a reused session, run_async) ------------------------
 NEWLINE_ITEMS = [b"line\n" * (8 - k) for k in range(8)]
 EXPECTED = [8, 7, 6, 5, 4, 3, 2, 1]
 

@@ -23,8 +23,8 @@ import dask.bag as db  # noqa: E402
 
 import hermes  # noqa: E402
 import hermes.dask as hd  # noqa: E402
-from hermes.lib.pieces import pieces  # noqa: E402
 from hermes.errors import DataTooLarge, ExecutionFailed, UsageError  # noqa: E402
+from hermes.lib.pieces import pieces  # noqa: E402
 
 SLOT = 64 << 10  # small slots: a few MiB of data make dozens of pieces
 DEVICES = [("emu", {"engines": 2, "data_slot_size": SLOT}),

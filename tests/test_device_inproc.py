@@ -78,7 +78,7 @@ def test_dma_alloc_addresses(tp):
     b.free()
     b.free()
     with pytest.raises(ValueError):
-        b.view
+        _ = b.view
     d = tp.dma_alloc(8192)
     assert d.bus_addr > c.bus_addr      # addresses are never reused
     with pytest.raises(ValueError):
@@ -172,7 +172,7 @@ def test_close_frees_buffers_and_owned_device():
     t.close()
     assert t.host.regions() == []
     with pytest.raises(ValueError):
-        buf.view
+        _ = buf.view
     assert not any(e.thread.is_alive() for e in dev._engines)
     with pytest.raises(RuntimeError):
         t.dma_alloc(64)

@@ -1,4 +1,4 @@
-"""The disassembler's listing: labels for jump targets, function headers, C source lines from DWARF."""
+"""The disassembler's listing: labels for jump targets, function headers, C lines from DWARF."""
 from __future__ import annotations
 
 import shutil

@@ -8,8 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from hermes.engine import CONFORMANCE_HELPERS, Program, run
 from hermes.engine.clang import compile_c, find_clang
@@ -103,8 +102,10 @@ def test_store_to_rodata_faults(tmp_path: Path) -> None:
 
 @needs_clang
 def test_void_noinline_callee(tmp_path: Path) -> None:
-    # clang leaves r0 unwritten in void functions; loading must accept it (the caller never reads it)
-    obj = _compile(tmp_path, PRELUDE + "static __attribute__((noinline)) void bump(u64 *p) { *p += 2; }\n"
+    # clang leaves r0 unwritten in void functions; loading must accept it (the caller never
+    # reads it)
+    obj = _compile(tmp_path, PRELUDE
+                   + "static __attribute__((noinline)) void bump(u64 *p) { *p += 2; }\n"
                    "u64 f(u8 *d, u64 s) { u64 x = s; bump(&x); return x; }\n")
     assert run(load_elf(obj), bytearray(40)).return_value == 42
 

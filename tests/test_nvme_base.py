@@ -11,7 +11,6 @@ import pytest
 
 from hermes import nvme_regs as N
 from hermes.driver.nvme import NvmeHost
-
 from tests.nvme_devices import MEMORY_SIZES, expect, nvme, nvme_raw  # noqa: F401
 
 A = N.AdminOpcode
@@ -132,7 +131,8 @@ def test_number_of_queues_and_features(nvme):
     nvme.set_features(N.Feature.TEMPERATURE_THRESHOLD, 0x160)
     assert nvme.get_features(N.Feature.TEMPERATURE_THRESHOLD) == 0x160
     assert nvme.get_features(N.Feature.TEMPERATURE_THRESHOLD, sel=N.FEAT_SEL_DEFAULT) == 0x157
-    assert nvme.get_features(N.Feature.ARBITRATION, sel=N.FEAT_SEL_SUPPORTED) & N.FEAT_CAP_CHANGEABLE
+    supported = nvme.get_features(N.Feature.ARBITRATION, sel=N.FEAT_SEL_SUPPORTED)
+    assert supported & N.FEAT_CAP_CHANGEABLE
     nvme.set_features(N.Feature.IO_COMMAND_SET_PROFILE, 0)
     expect(N.IOCS_COMBINATION_REJECTED, nvme.set_features, N.Feature.IO_COMMAND_SET_PROFILE, 1)
     expect(N.INVALID_FIELD, nvme.set_features, 0x7F, 0)
@@ -179,7 +179,8 @@ def test_create_and_delete_queue_errors(nvme):
     cq = lambda qid, size=8, flags=N.CQ_PC, prp1=base, vec=0: admin(  # noqa: E731
         nvme, A.CREATE_IO_CQ, prp1=prp1, cdw10=qid | ((size - 1) << 16), cdw11=flags | (vec << 16))
     sq = lambda qid, cqid, size=8, prp1=base + 8192: admin(  # noqa: E731
-        nvme, A.CREATE_IO_SQ, prp1=prp1, cdw10=qid | ((size - 1) << 16), cdw11=N.SQ_PC | (cqid << 16))
+        nvme, A.CREATE_IO_SQ, prp1=prp1, cdw10=qid | ((size - 1) << 16),
+        cdw11=N.SQ_PC | (cqid << 16))
     assert cq(0).named_status is N.INVALID_QUEUE_ID
     assert cq(1).named_status is N.INVALID_QUEUE_ID            # exists (the driver's queue 1)
     assert cq(999).named_status is N.INVALID_QUEUE_ID
@@ -289,7 +290,7 @@ def test_bad_prps(nvme):
     assert read(buf.bus_addr, 0, (1 << 20) + 4096).named_status is N.INVALID_FIELD   # > MDTS
 
 
-# --- Abort and Asynchronous Events -----------------------------------------------------------------
+# --- Abort and Asynchronous Events ----------------------------------------------------------------
 def test_abort_of_a_command_not_running_is_reported_not_aborted(nvme):
     cqe = admin(nvme, A.ABORT, cdw10=1 | (0x4321 << 16))
     assert cqe.ok and cqe.dw0 & 1

@@ -8,11 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from hermes import nvme_regs as N
-from hermes import regs
+from hermes import nvme_regs as N, regs
 from hermes.engine import DATA_BASE, Program
 from hermes.engine.clang import compile_c, find_clang
-
 from tests.nvme_devices import expect, nvme  # noqa: F401
 
 R = N.MemoryRange
@@ -257,7 +255,7 @@ def test_range_sets(nvme):
     expect(N.MAX_MEMORY_RANGE_SETS_EXCEEDED, nvme.create_range_set, [R(3, 0, g)])
 
 
-# --- Execute Program ---------------------------------------------------------------------------------
+# --- Execute Program ------------------------------------------------------------------------------
 def test_execute_with_a_range_set_and_inline_ranges(nvme):
     ready(nvme, 1, INC_RANGE)
     nvme.mem_write(3, 64, bytes(8))
@@ -321,7 +319,7 @@ def test_busy_program_and_range_set_then_abort(nvme):
     nvme.activate(0, False)
 
 
-# --- Subsystem Local Memory ------------------------------------------------------------------------
+# --- Subsystem Local Memory -----------------------------------------------------------------------
 def test_memory_read_write_fill(nvme):
     nvme.mem_write(3, 1020, b"abcdefgh")
     assert nvme.mem_read(3, 1020, 8) == b"abcdefgh"

@@ -4,10 +4,10 @@ from __future__ import annotations
 import pytest
 
 from hermes import nvme_regs as N
+from hermes.device.nvme import NvmeController
 from hermes.device.nvme.prp import TransferError, prp_runs
 from hermes.driver.nvme import build_prps
 from hermes.transport.inproc import InProcessTransport
-from hermes.device.nvme import NvmeController
 
 
 def test_command_round_trip_is_64_bytes():

@@ -15,9 +15,14 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 import hermes
 from hermes.engine import Program
 from hermes.engine.clang import compile_c, find_clang
-from hermes.errors import (DataTooLarge, DeviceError, ExecutionFailed, ProgramError,
-                           ProgramTooLarge,
-                           UsageError)
+from hermes.errors import (
+    DataTooLarge,
+    DeviceError,
+    ExecutionFailed,
+    ProgramError,
+    ProgramTooLarge,
+    UsageError,
+)
 from hermes.lib.pieces import Piece, pieces, scan, with_piece
 
 

@@ -108,7 +108,8 @@ def test_structural_checks_become_verifier_errors(text, words):
 
 def test_stack_proofs():
     p = asm("mov r0, 0\nstxdw [r10-8], r0\nmov r3, r10\nadd r3, -16\nstw [r3+4], 1\n"
-            "ldxb r0, [r10-512]\nldxdw r4, [r10-4]\nstb [r10+0], 1\nmov r5, r1\nldxb r4, [r5]\nexit")
+            "ldxb r0, [r10-512]\nldxdw r4, [r10-4]\nstb [r10+0], 1\nmov r5, r1\n"
+            "ldxb r4, [r5]\nexit")
     info = verify(p, CONFORMANCE_HELPERS)
     assert info.stack_safe == {1: -8, 4: -12, 5: -512}
 

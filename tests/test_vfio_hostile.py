@@ -16,9 +16,7 @@ import time
 import pytest
 
 from hermes import regs
-from hermes.vfio import protocol as P
-from hermes.vfio import uapi
-
+from hermes.vfio import protocol as P, uapi
 from tests.vfio_devices import ServerProcess
 
 #: Stall timeout given to the server: short, so that every stall test is quick.
@@ -55,7 +53,8 @@ def connect(path: str, timeout: float = 10.0) -> socket.socket:
             time.sleep(0.01)
 
 
-def exchange(s: socket.socket, cmd: int, payload: bytes = b"", fds=(), msg_id: int = 1) -> P.Message:
+def exchange(s: socket.socket, cmd: int, payload: bytes = b"", fds=(), msg_id: int = 1
+             ) -> P.Message:
     P.send_message(s, P.Message(msg_id, cmd, 0, 0, payload, list(fds)))
     reply = P.recv_message(s)
     assert reply is not None, "the server closed the connection"
@@ -127,7 +126,8 @@ def srv(serve):
     (P.encode_header(1, P.VERSION, 3), True),                  # size below the header
     (b"\xff" * 64, True),                                      # garbage
     (P.encode_header(1, P.VERSION, 0xFFFFFFF0), True),         # absurd size before VERSION
-    (msg(1, P.VERSION, VERSION) + P.encode_header(2, P.REGION_WRITE, 0xFFFFFFF0), True),  # the wedge
+    # the wedge
+    (msg(1, P.VERSION, VERSION) + P.encode_header(2, P.REGION_WRITE, 0xFFFFFFF0), True),
     (msg(1, P.VERSION, VERSION) + P.encode_header(2, P.REGION_READ, P.MAX_MESSAGE_SIZE + 1), True),
     (msg(1, P.VERSION, VERSION) + P.encode_header(2, 0xFFFF, 16, 0x7), False),  # unknown command
 ])
@@ -188,7 +188,7 @@ def test_client_that_never_reads_replies_is_dropped(srv):
     try:
         while time.monotonic() - t0 < STALL + 4:
             s.sendall(burst)
-    except (socket.timeout, BlockingIOError, BrokenPipeError, ConnectionResetError):
+    except (TimeoutError, BlockingIOError, BrokenPipeError, ConnectionResetError):
         pass
     deadline = time.monotonic() + STALL + 6
     while "cannot send a reply" not in srv.log():
@@ -219,9 +219,10 @@ def test_disconnect_with_eventfds_dma_and_a_runaway_program(srv):
     """Leaving with interrupts assigned, memory mapped and an endless program running: the next
     client gets the device promptly."""
     import threading
+
+    import hermes.driver
     from hermes.engine import Program
     from hermes.transport.vfio_user import VfioUserTransport
-    import hermes.driver
     t = VfioUserTransport(srv.path)
     f = hermes.driver.attach(t).open()
     f.download_program(Program.from_asm("ja -1\nexit").to_bytes())
@@ -252,10 +253,13 @@ def test_fd_abuse_leaks_nothing(srv):
         dirfd = os.open("/", os.O_RDONLY)
         closed = os.memfd_create("closed-after-send")
         many = [os.eventfd(0) for _ in range(40)]
-        dma = lambda addr: bytes(P.DmaMap(32, 3, 0, addr, 4096))
+
+        def dma(addr: int) -> bytes:
+            return bytes(P.DmaMap(32, 3, 0, addr, 4096))
+
         cases = [
             (P.DEVICE_SET_IRQS, bytes(uapi.vfio_irq_set(20, EVENTFD_TRIGGER, 2, 0, 40)), many),
-            (P.REGION_READ, READ_EHVER, [r, w, memfd]),                # fds on a message taking none
+            (P.REGION_READ, READ_EHVER, [r, w, memfd]),               # fds on a message taking none
             (P.DMA_MAP, dma(0x10000), [r]),                            # a pipe
             (P.DMA_MAP, dma(0x10000), [lsock.fileno()]),               # a socket
             (P.DMA_MAP, dma(0x10000), [dirfd]),                        # a directory
@@ -272,9 +276,10 @@ def test_fd_abuse_leaks_nothing(srv):
                 os.close(closed)        # the sender's copy goes; the server's must too
         # a valid mapping then its removal: nothing stays open either
         assert not exchange(s, P.DMA_MAP, dma(0x20000), [memfd], msg_id=40).is_error
-        assert not exchange(s, P.DMA_UNMAP, bytes(uapi.vfio_iommu_type1_dma_unmap(24, 0, 0x20000, 4096)),
-                            msg_id=41).is_error
-        assert fd_count(srv.proc.pid) <= before     # (a retiring device may close its memfd meanwhile)
+        unmap = bytes(uapi.vfio_iommu_type1_dma_unmap(24, 0, 0x20000, 4096))
+        assert not exchange(s, P.DMA_UNMAP, unmap, msg_id=41).is_error
+        # (a retiring device may close its memfd meanwhile)
+        assert fd_count(srv.proc.pid) <= before
         for fd in (r, w, memfd, dirfd, *many):
             os.close(fd)
         lsock.close()
@@ -387,10 +392,9 @@ def test_random_hostile_sequences(srv):
         if rng.random() < 0.3:
             eventfds = [os.eventfd(0) for _ in range(rng.randint(1, 20))]
             try:
+                irqs = bytes(uapi.vfio_irq_set(20, EVENTFD_TRIGGER, 2, 0, len(eventfds)))
                 P.send_message(s, P.Message(3, rng.choice([P.DEVICE_SET_IRQS, P.REGION_READ]),
-                                            payload=bytes(uapi.vfio_irq_set(20, EVENTFD_TRIGGER, 2, 0,
-                                                                            len(eventfds))),
-                                            fds=eventfds))
+                                            payload=irqs, fds=eventfds))
             except OSError:
                 pass
             for fd in eventfds:

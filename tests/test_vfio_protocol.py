@@ -13,9 +13,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from hermes import regs
-from hermes.vfio import mmio, pci, uapi
-from hermes.vfio import protocol as P
-
+from hermes.vfio import mmio, pci, protocol as P, uapi
 
 # --- UAPI numbers and layouts ------------------------------------------------------------------
 
@@ -33,7 +31,8 @@ def test_ioctl_numbers_match_linux_headers():
             uapi.VFIO_IOMMU_UNMAP_DMA] == [0x3B70, 0x3B71, 0x3B72]
 
 
-@pytest.mark.parametrize("cls,size", list(uapi.STRUCT_SIZES.items()), ids=lambda x: getattr(x, "__name__", str(x)))
+@pytest.mark.parametrize("cls,size", list(uapi.STRUCT_SIZES.items()),
+                         ids=lambda x: getattr(x, "__name__", str(x)))
 def test_struct_sizes_match_kernel_abi(cls, size):
     assert ctypes.sizeof(cls) == size
 
@@ -108,7 +107,8 @@ def test_header_too_short():
 
 json_scalars = st.one_of(st.integers(-2**53, 2**53), st.booleans(), st.text(max_size=8))
 caps_strategy = st.dictionaries(st.text(min_size=1, max_size=12),
-                                st.one_of(json_scalars, st.dictionaries(st.text(max_size=6), json_scalars, max_size=3)),
+                                st.one_of(json_scalars, st.dictionaries(st.text(max_size=6),
+                                                                        json_scalars, max_size=3)),
                                 max_size=5)
 
 
@@ -166,7 +166,8 @@ def test_message_with_fds_round_trip(pair):
 def test_large_message_is_received_whole(pair):
     a, b = pair
     payload = bytes(range(256)) * 4096   # 1 MiB: many socket buffers' worth
-    t = threading.Thread(target=P.send_message, args=(a, P.Message(1, P.DMA_WRITE, payload=payload)))
+    message = P.Message(1, P.DMA_WRITE, payload=payload)
+    t = threading.Thread(target=P.send_message, args=(a, message))
     t.start()
     got = P.recv_message(b)
     t.join()
@@ -246,7 +247,8 @@ def test_msix_capability(config):
     assert (pba & 7, pba & ~7) == (regs.BAR_DMA, regs.MSIX_PBA_OFFSET)
     # enable/mask bits are writable, the table size is not
     config.write(cap + 2, struct.pack("<H", 0xFFFF))
-    assert config.msix_control == pci.PCI_MSIX_FLAGS_ENABLE | pci.PCI_MSIX_FLAGS_MASKALL | (regs.MSIX_VECTORS - 1)
+    assert config.msix_control == (pci.PCI_MSIX_FLAGS_ENABLE | pci.PCI_MSIX_FLAGS_MASKALL
+                                   | (regs.MSIX_VECTORS - 1))
 
 
 def test_read_only_fields_and_command(config):
@@ -306,7 +308,8 @@ def test_receiver_splits_bursts_and_attributes_fds(plan):
         for i, (size, nfds) in enumerate(plan):
             msg = rx.recv()
             assert (msg.msg_id, msg.payload) == (i, bytes([i & 0xFF]) * size)
-            assert [os.pread(fd, 16, 0).decode() for fd in msg.fds] == [f"{i}:{k}" for k in range(nfds)]
+            got = [os.pread(fd, 16, 0).decode() for fd in msg.fds]
+            assert got == [f"{i}:{k}" for k in range(nfds)]
             msg.close_fds()
         assert rx.recv() is None
     finally:

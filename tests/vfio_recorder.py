@@ -15,7 +15,8 @@ import threading
 from hermes.vfio import protocol as P
 
 
-def _relay(src: socket.socket, dst: socket.socket, direction: str, log: list, lock: threading.Lock) -> None:
+def _relay(src: socket.socket, dst: socket.socket, direction: str, log: list,
+           lock: threading.Lock) -> None:
     rx = P.Receiver(src, stall_timeout=60.0)
     try:
         while True:

@@ -300,7 +300,8 @@ def stage(run: Path, job: str) -> None:
             if (shared / name).is_dir():
                 shutil.copytree(shared / name, xfer / "shared" / name)
     job_script(job)
-    (xfer / "job.sh").write_text(f"JOB={job}\n. /x/vm/guest/common.sh\n. /x/vm/guest/jobs/{job}.sh\n")
+    (xfer / "job.sh").write_text(
+        f"JOB={job}\n. /x/vm/guest/common.sh\n. /x/vm/guest/jobs/{job}.sh\n")
     compile_examples(xfer / "bpf")
 
 
@@ -452,7 +453,8 @@ def run_job(job: str, *, timeout: float | None = None, serve_args: list[str] | N
                     qemu.wait(max(1.0, limit - (time.monotonic() - start)))
                 except subprocess.TimeoutExpired:
                     stop(qemu)
-                    raise VmError(f"job {job!r} still running after {limit:g} s; QEMU killed")
+                    raise VmError(f"job {job!r} still running after {limit:g} s; "
+                                  "QEMU killed") from None
                 total = time.monotonic() - start
         except VmError as exc:
             stop(qemu)

@@ -12,8 +12,9 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 # Absolute imports: inside this module ``dask`` and ``distributed`` are the real packages.
 import dask
@@ -709,7 +710,7 @@ def submit(program: object, source: object, *, client: Any = None, resource: str
 
 
 def map(program: object, source: object, *, reduce: Callable[[Any, Result], Any] | None = None,
-        initial: Any = None, progress: "bool | Callable[[int, int | None], None] | None" = None,
+        initial: Any = None, progress: bool | Callable[[int, int | None], None] | None = None,
         **options: Any) -> Any:  # noqa: A001 - the library's name for it
     """Run ``program`` over ``source`` on the cluster: the list of Results in source order, or
     with ``reduce`` ``functools.reduce(reduce, results, initial)`` (folded as pieces arrive,

@@ -1,8 +1,8 @@
-"""The one exception hierarchy of the Hermes library, shared by every layer above the driver file interface."""
+"""The one exception hierarchy of the Hermes library, shared by the layers above the driver file."""
 from __future__ import annotations
 
 
-def _rebuild(cls: type, args: tuple) -> "HermesError":
+def _rebuild(cls: type, args: tuple) -> HermesError:
     exc = cls.__new__(cls)
     exc.args = args
     return exc
@@ -163,7 +163,7 @@ class ExecutionFailed(ExecutionError):
 
     @classmethod
     def of_kind(cls, kind: str, message: str, pc: int | None = None,
-                **fields: object) -> "ExecutionFailed":
+                **fields: object) -> ExecutionFailed:
         """The most specific class for ``kind``: ``BudgetExceeded`` for ``"budget"``,
         ``Cancelled`` for ``"cancelled"``, else ``ExecutionFailed`` (every backend raises
         through this, so a name always means the same failure)."""

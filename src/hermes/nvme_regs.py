@@ -1,4 +1,4 @@
-"""The NVMe CP/SLM controller's published interface: registers, queue entries, opcodes, status codes and data layouts.
+"""The NVMe CP/SLM controller's interface: registers, queue entries, opcodes, statuses, layouts.
 
 This is the "header file" of the emulated NVMe controller, in the role ``hermes.regs`` plays for
 the Hermes device: the model (``hermes.device.nvme``) implements it and the host driver
@@ -342,7 +342,7 @@ class Command:
         return (self.cdw10, self.cdw11, self.cdw12, self.cdw13, self.cdw14, self.cdw15)
 
     @classmethod
-    def unpack(cls, raw: "bytes | memoryview") -> "Command":
+    def unpack(cls, raw: bytes | memoryview) -> Command:
         """Decode 64 bytes."""
         op, fl, cid, nsid, c2, c3, mptr, p1, p2, *rest = _SQE.unpack(raw)
         return cls(op, nsid, cid, fl, c2, c3, mptr, p1, p2, *rest)
@@ -371,7 +371,7 @@ class Completion:
                          self.cid, self.status)
 
     @classmethod
-    def unpack(cls, raw: "bytes | memoryview") -> "Completion":
+    def unpack(cls, raw: bytes | memoryview) -> Completion:
         """Decode 16 bytes."""
         return cls(*_CQE.unpack(raw))
 
@@ -489,7 +489,7 @@ class MemoryRange:
         return _RANGE.pack(self.nsid, self.length, self.start)
 
     @classmethod
-    def unpack(cls, raw: "bytes | memoryview") -> "MemoryRange":
+    def unpack(cls, raw: bytes | memoryview) -> MemoryRange:
         """Decode one 32-byte descriptor."""
         nsid, length, start = _RANGE.unpack(raw)
         return cls(nsid, start, length)
@@ -500,12 +500,12 @@ class MemoryRange:
         return self.start + self.length
 
 
-def pack_ranges(ranges: "list[MemoryRange] | tuple[MemoryRange, ...]") -> bytes:
+def pack_ranges(ranges: list[MemoryRange] | tuple[MemoryRange, ...]) -> bytes:
     """Descriptors of ``ranges``, back to back."""
     return b"".join(r.pack() for r in ranges)
 
 
-def unpack_ranges(raw: "bytes | memoryview", count: int) -> list[MemoryRange]:
+def unpack_ranges(raw: bytes | memoryview, count: int) -> list[MemoryRange]:
     """``count`` descriptors from ``raw``."""
     return [MemoryRange.unpack(raw[i * RANGE_SIZE:(i + 1) * RANGE_SIZE]) for i in range(count)]
 
@@ -532,7 +532,7 @@ def exec_params(arg1: int = 0, arg2: int = 0, window: int = 0, budget: int = 0) 
     return EXEC_PARAMS.pack(arg1 & MASK64, arg2 & MASK64, window, budget)
 
 
-def unpack_exec_params(extra: "bytes | memoryview") -> tuple[int, int, int, int]:
+def unpack_exec_params(extra: bytes | memoryview) -> tuple[int, int, int, int]:
     """(arg 1, arg 2, window length, budget) of an Execute Program's extra data."""
     raw = bytes(extra[:EXEC_PARAMS.size]).ljust(EXEC_PARAMS.size, b"\0")
     return EXEC_PARAMS.unpack(raw)  # type: ignore[return-value]
@@ -542,7 +542,8 @@ def unpack_exec_params(extra: "bytes | memoryview") -> tuple[int, int, int, int]
 #: ``pind * EXEC_RECORD_SIZE``, describing the last Execute Program of that index: instructions
 #: executed, nanoseconds on the engine, the output length the program declared (all ones: none),
 #: the fault of a failed run (address, size, store, call depth), the printed text's length
-#: (of a failed or aborted run too) and the bytes dropped past it, the number of runs of the index, the pc a failed or aborted run stopped at;
+#: (of a failed or aborted run too) and the bytes dropped past it, the number of runs of the index,
+#: the pc a failed or aborted run stopped at;
 #: the text itself follows the 64-byte header.
 LOG_EXECUTION_RECORD = 0xC0
 EXEC_RECORD_HEADER = 64
@@ -576,7 +577,7 @@ class CopySource:
         return _COPY_SRC.pack(self.nsid, self.start, self.length)
 
     @classmethod
-    def unpack(cls, raw: "bytes | memoryview") -> "CopySource":
+    def unpack(cls, raw: bytes | memoryview) -> CopySource:
         """Decode one descriptor."""
         return cls(*_COPY_SRC.unpack(raw))
 
@@ -585,7 +586,7 @@ class CopySource:
 class Layout:
     """A fixed-size little-endian structure: named fields at byte offsets, the rest zero."""
 
-    def __init__(self, size: int, spec: "dict[str, tuple[int, str]]"):
+    def __init__(self, size: int, spec: dict[str, tuple[int, str]]):
         self.size = size
         self.fields = {name: (off, struct.Struct("<" + fmt)) for name, (off, fmt) in spec.items()}
         for name, (off, st) in self.fields.items():
@@ -601,7 +602,7 @@ class Layout:
             out[off:off + st.size] = st.pack(value)
         return bytes(out)
 
-    def unpack(self, raw: "bytes | memoryview") -> dict[str, object]:
+    def unpack(self, raw: bytes | memoryview) -> dict[str, object]:
         """Every field of ``raw`` (byte strings stay bytes)."""
         return {name: st.unpack_from(raw, off)[0] for name, (off, st) in self.fields.items()}
 
@@ -648,8 +649,8 @@ ID_NS_SLM = Layout(IDENTIFY_SIZE, {"msz": (0, "Q"), "mcl": (8, "Q"), "msrc": (16
 EXEC_RECORD = Layout(EXEC_RECORD_HEADER, {
     "instructions": (0, "Q"), "elapsed_ns": (8, "Q"), "output_length": (16, "Q"),
     "fault_address": (24, "Q"), "fault_size": (32, "I"), "fault_write": (36, "B"),
-    "fault_depth": (37, "B"), "trace_length": (40, "I"), "trace_dropped": (44, "I"), "sequence": (48, "Q"),
-    "pc": (56, "I"),
+    "fault_depth": (37, "B"), "trace_length": (40, "I"), "trace_dropped": (44, "I"),
+    "sequence": (48, "Q"), "pc": (56, "I"),
 })
 
 #: Namespace Identification Descriptor types (CNS 03h).
@@ -661,7 +662,7 @@ def ns_descriptor(nidt: int, value: bytes) -> bytes:
     return bytes([nidt, len(value), 0, 0]) + value
 
 
-def parse_ns_descriptors(raw: "bytes | memoryview") -> dict[int, bytes]:
+def parse_ns_descriptors(raw: bytes | memoryview) -> dict[int, bytes]:
     """Namespace Identification Descriptors of a CNS 03h page, by type."""
     out: dict[int, bytes] = {}
     pos = 0
@@ -672,7 +673,7 @@ def parse_ns_descriptors(raw: "bytes | memoryview") -> dict[int, bytes]:
     return out
 
 
-def parse_id_list(raw: "bytes | memoryview") -> list[int]:
+def parse_id_list(raw: bytes | memoryview) -> list[int]:
     """The non-zero 32-bit identifiers of a namespace list page."""
     out = []
     for (v,) in struct.iter_unpack("<I", bytes(raw)):

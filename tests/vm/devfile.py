@@ -17,7 +17,7 @@ import errno
 import fcntl
 import os
 import struct
-from typing import Iterable
+from collections.abc import Iterable
 
 import pytest
 
@@ -115,8 +115,8 @@ class DevFile:
         """Copy ``prog`` into this file's program slot."""
         return self.ioctl(HERMES_DOWNLOAD_PROG_IOCTL, DownloadProg(prog, flags))
 
-    # --- data --------------------------------------------------------------------------------------
-    def pwrite(self, data: "bytes | bytearray | memoryview", offset: int) -> int:
+    # --- data -------------------------------------------------------------------------------------
+    def pwrite(self, data: bytes | bytearray | memoryview, offset: int) -> int:
         """pwrite(2)."""
         return self._call(os.pwrite, self.fd, data, offset)
 
@@ -126,7 +126,7 @@ class DevFile:
             raise DevFileError(errno.EINVAL, f"negative read size {size}")
         return self._call(os.pread, self.fd, size, offset)
 
-    def write(self, data: "bytes | bytearray | memoryview") -> int:
+    def write(self, data: bytes | bytearray | memoryview) -> int:
         """write(2) at the file position."""
         return self._call(os.write, self.fd, data)
 
@@ -142,13 +142,13 @@ class DevFile:
         """The file position."""
         return self._call(os.lseek, self.fd, 0, os.SEEK_CUR)
 
-    def pwritev(self, buffers: Iterable["bytes | bytearray | memoryview"], offset: int,
+    def pwritev(self, buffers: Iterable[bytes | bytearray | memoryview], offset: int,
                 flags: int = 0) -> int:
         """pwritev2(2) (RWF_SYNC runs the program after the write)."""
         _no_position_offset(offset)
         return self._call(os.pwritev, self.fd, list(buffers), offset, flags)
 
-    def preadv(self, buffers: Iterable["bytearray | memoryview"], offset: int,
+    def preadv(self, buffers: Iterable[bytearray | memoryview], offset: int,
                flags: int = 0) -> int:
         """preadv2(2). Python refuses read-only buffers before the call; the kernel would fault on
         them, so that is EFAULT here."""
@@ -158,7 +158,7 @@ class DevFile:
             raise DevFileError(errno.EFAULT, "preadv buffer is not writable")
         return self._call(os.preadv, self.fd, views, offset, flags)
 
-    # --- running -----------------------------------------------------------------------------------
+    # --- running ----------------------------------------------------------------------------------
     def fsync(self) -> None:
         """fsync(2): runs the program on the data slot."""
         self._call(os.fsync, self.fd)
@@ -179,7 +179,7 @@ class DevFile:
             os.close(self.fd)
             self._log.close()
 
-    def __enter__(self) -> "DevFile":
+    def __enter__(self) -> DevFile:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -108,7 +108,8 @@ def main(argv: list[str]) -> int:
             out_ok = got == out_exp
             shown = "ENOEXEC" if r0 is None else f"{r0:#x}"
             status = "OK" if r0_ok and out_ok else (
-                f"MISMATCH (r0 {shown}, expected {r0_exp:#x})" if not r0_ok else "MISMATCH (output)")
+                f"MISMATCH (r0 {shown}, expected {r0_exp:#x})" if not r0_ok
+                else "MISMATCH (output)")
             bad += status != "OK"
             print(f"{ex.name:10} {len(data):>7} r0 {shown:>18}  {status}")
     print(f"examples over {how}: {runs} runs, {runs - bad} OK, {bad} failed")

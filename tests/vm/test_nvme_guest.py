@@ -19,7 +19,6 @@ import hermes
 from hermes import nvme_regs as N
 from hermes.driver.nvme.passthru import controller_device, namespace_devices
 from hermes.engine import Program
-
 from tests.test_nvme_cp import INC_RANGE
 
 DEV = os.environ.get("HERMES_NVME_DEVICE", "")
@@ -30,7 +29,7 @@ BY_HAND = 15 << 20
 RET_ARGS = Program.from_asm("mov r0, r3\nadd r0, r4\nadd r0, r5\nadd r0, r2\nexit")
 
 
-def nvme(*args: str, binary: bool = False) -> "str | bytes":
+def nvme(*args: str, binary: bool = False) -> str | bytes:
     """Run nvme-cli (bounded); its stdout, or AssertionError with what it printed."""
     done = subprocess.run(["nvme", *args], capture_output=True, timeout=60)
     if done.returncode:

@@ -18,7 +18,7 @@ def _cflags(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: "argparse._SubParsersAction") -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     """Add ``hermes cflags``."""
     p = sub.add_parser("cflags", help="print the -I flag of the hermes.h header",
                        description="Prints the clang flag that finds hermes.h, e.g. "

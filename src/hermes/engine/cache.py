@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import Hashable
+from collections.abc import Hashable
 
 #: Estimated host bytes a cache of loaded programs may hold unless its owner sets another bound.
 DEFAULT_CACHE_BYTES = 256 << 20

@@ -15,7 +15,7 @@ INSTALL_HINT = ("install it with `apt-get install clang-19` (or set HERMES_CLANG
                 "binary)")
 #: Flags every example and test object is compiled with (the README's `clang -target bpf -O2 -c`).
 DEFAULT_FLAGS = ("-target", "bpf", "-O2")
-#: Folder of the public C header ``hermes.h`` (package data beside the ``hermes`` package's modules).
+#: Folder of the public C header ``hermes.h`` (package data beside the ``hermes`` modules).
 _INCLUDE_DIR = Path(__file__).resolve().parents[1] / "include"
 #: The clang Hermes is tested with (Debian 12 has it in its archive as ``clang-19``).
 PREFERRED_VERSION = 19
@@ -26,7 +26,7 @@ V4_MIN_VERSION = 18
 _VERSIONS = range(40, 13, -1)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def clang_version(path: str) -> int | None:
     """The major version of the clang at ``path`` (from ``--version``), or None when it does
     not run or says no version."""
@@ -76,7 +76,7 @@ def include_dir() -> Path:
     return _INCLUDE_DIR
 
 
-def compile_c(src: "str | Path", out: "str | Path", *, extra_flags: "tuple[str, ...] | list[str]" = ()
+def compile_c(src: str | Path, out: str | Path, *, extra_flags: tuple[str, ...] | list[str] = ()
               ) -> Path:
     """Compile C file ``src`` to the BPF object ``out`` (``clang -target bpf -O2 -I<include_dir()>
     -c``, so ``#include "hermes.h"`` works); returns ``out``.

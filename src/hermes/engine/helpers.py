@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Callable, Iterator, Mapping
 
 from ..errors import ExecutionError, UsageError
 from .memory import MASK64
@@ -65,7 +65,7 @@ class HelperContext:
     """
 
     def __init__(self, load: Callable[[int, int], bytes], store: Callable[[int, bytes], None],
-                 view: "Callable[[int, int, bool], memoryview] | None" = None,
+                 view: Callable[[int, int, bool], memoryview] | None = None,
                  run: RunState | None = None):
         self._load = load
         self._store = store
@@ -149,7 +149,7 @@ class Helper:
 class HelperRegistry(Mapping[int, Helper]):
     """Helpers by id (and by name for ELF relocations against undefined symbols)."""
 
-    def __init__(self, helpers: "list[Helper] | tuple[Helper, ...]" = ()):
+    def __init__(self, helpers: list[Helper] | tuple[Helper, ...] = ()):
         self._by_id: dict[int, Helper] = {}
         self._by_name: dict[str, Helper] = {}
         for h in helpers:
@@ -184,7 +184,8 @@ class HelperRegistry(Mapping[int, Helper]):
 
 
 def _gather_bytes(ctx: HelperContext, a: int, b: int, c: int, d: int, e: int) -> int:
-    return ((a & 0xFF) << 32) | ((b & 0xFF) << 24) | ((c & 0xFF) << 16) | ((d & 0xFF) << 8) | (e & 0xFF)
+    return (((a & 0xFF) << 32) | ((b & 0xFF) << 24) | ((c & 0xFF) << 16) | ((d & 0xFF) << 8)
+            | (e & 0xFF))
 
 
 def _memfrob(ctx: HelperContext, a: int, b: int, c: int, d: int, e: int) -> int:
@@ -204,7 +205,7 @@ def _sqrti(ctx: HelperContext, a: int, b: int, c: int, d: int, e: int) -> int:
 
 def _strcmp_ext(ctx: HelperContext, a: int, b: int, c: int, d: int, e: int) -> int:
     x, y = ctx.read_cstring(a), ctx.read_cstring(b)
-    for p, q in zip(x + b"\0", y + b"\0"):
+    for p, q in zip(x + b"\0", y + b"\0", strict=False):
         if p != q:
             return (p - q) & MASK64
     return 0

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from ..errors import DataTooLarge, ExecutionError, UsageError
 
@@ -56,7 +56,8 @@ def describe_regions(window: int, depth: int = 0, segments: tuple[Segment, ...] 
     parts.append(f"stack [{lo:#x}, {STACK_TOP:#x}) rw")
     for seg in segments:
         if seg.data:
-            parts.append(f"{seg.name} [{seg.vaddr:#x}, {seg.end:#x}) {'rw' if seg.writable else 'ro'}")
+            access = "rw" if seg.writable else "ro"
+            parts.append(f"{seg.name} [{seg.vaddr:#x}, {seg.end:#x}) {access}")
     return ", ".join(parts)
 
 
@@ -74,7 +75,7 @@ def fault_message(address: int, size: int, write: bool, segments: tuple[Segment,
 def out_of_bounds(pc: int | None, address: int, size: int, write: bool, window: int,
                   segments: tuple[Segment, ...] = (), depth: int = 0, *,
                   instructions: int | None = None,
-                  cls: "Callable[..., ExecutionError]" = ExecutionError,
+                  cls: Callable[..., ExecutionError] = ExecutionError,
                   **extra: object) -> ExecutionError:
     """The out-of-bounds fault of an access, as every engine and backend reports it.
 
@@ -91,7 +92,7 @@ def out_of_bounds(pc: int | None, address: int, size: int, write: bool, window: 
 MAX_ARGS = 3
 
 
-def run_args(args: "tuple | list" = ()) -> tuple[int, int, int]:
+def run_args(args: tuple | list = ()) -> tuple[int, int, int]:
     """r3..r5 of a run from its ``args``: at most ``MAX_ARGS`` integers, taken modulo 2^64,
     missing ones 0; anything else is ``UsageError``."""
     if args == ():
@@ -113,8 +114,8 @@ def run_args(args: "tuple | list" = ()) -> tuple[int, int, int]:
     return out[0], out[1], out[2]
 
 
-def input_region(memory: "bytearray | memoryview | bytes | None", length: int | None = None
-                 ) -> "tuple[bytearray | memoryview, int, int]":
+def input_region(memory: bytearray | memoryview | bytes | None, length: int | None = None
+                 ) -> tuple[bytearray | memoryview, int, int]:
     """The run's data window and its r1, r2: writable buffers are used in place, read-only ones
     are copied; ``None`` gives an empty window with r1 = r2 = 0 (the corpus's no-memory case).
 

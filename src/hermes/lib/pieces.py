@@ -7,8 +7,9 @@ import functools
 import mmap
 import os
 import stat
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 from ..errors import DataTooLarge, UsageError
 from .api import check_buffer, check_int
@@ -67,7 +68,7 @@ class Pieces(Iterator[Piece]):
     """
 
     def __init__(self, source: object, piece_size: int, *, record: int | None = None,
-                 delimiter: "bytes | bytearray | memoryview | None" = None):
+                 delimiter: bytes | bytearray | memoryview | None = None):
         check_int("piece_size", piece_size, 1, MAX_PIECE_SIZE)
         if record is not None and delimiter is not None:
             raise UsageError("give either record= or delimiter=, not both")
@@ -116,7 +117,7 @@ class Pieces(Iterator[Piece]):
                          f"bytes-like or numpy array, a binary file object, or an iterator of "
                          f"bytes-like chunks")
 
-    def _open_path(self, path: "str | os.PathLike") -> Iterator[Piece]:
+    def _open_path(self, path: str | os.PathLike) -> Iterator[Piece]:
         self.source = os.fspath(path)
         f = open(path, "rb")  # noqa: SIM115 (closed by close())
         try:
@@ -203,7 +204,7 @@ class Pieces(Iterator[Piece]):
         return exc
 
     # --- iterator protocol -----------------------------------------------------------------
-    def __iter__(self) -> "Pieces":
+    def __iter__(self) -> Pieces:
         return self
 
     def __next__(self) -> Piece:
@@ -228,7 +229,7 @@ class Pieces(Iterator[Piece]):
                 pass
             self._map = None
 
-    def __enter__(self) -> "Pieces":
+    def __enter__(self) -> Pieces:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -242,7 +243,7 @@ class Pieces(Iterator[Piece]):
 
 
 def pieces(source: object, piece_size: int, *, record: int | None = None,
-           delimiter: "bytes | None" = None) -> Pieces:
+           delimiter: bytes | None = None) -> Pieces:
     """Split ``source`` into pieces of at most ``piece_size`` bytes, in order.
 
     ``source`` is a path (memory-mapped read-only, never read whole), a bytes-like or numpy
@@ -384,10 +385,10 @@ def with_piece(exc: BaseException, piece: Piece) -> BaseException:
 
 
 def scan(device: Any, program: Any, source: object, *, piece_size: int | None = None,
-         record: int | None = None, delimiter: "bytes | None" = None, args: tuple = (),
+         record: int | None = None, delimiter: bytes | None = None, args: tuple = (),
          size: int | None = None, read: int | None = None, budget: int | None = None,
          timeout: float | None = None, workers: int | None = None,
-         progress: "Progress | None" = None, reduce: "Callable[[Any, Any], Any] | None" = None,
+         progress: Progress | None = None, reduce: Callable[[Any, Any], Any] | None = None,
          initial: Any = None) -> Any:
     """Run ``program`` on every piece of ``source`` (split by ``pieces``) through
     ``device.map``, keeping every engine busy.
@@ -451,7 +452,7 @@ def scan(device: Any, program: Any, source: object, *, piece_size: int | None = 
 
 
 def _scan(mapped: Iterator[Any], items: Iterator[memoryview], split: Pieces,
-          pending: "collections.deque[Piece]", progress: "Progress | None") -> Iterator[Any]:
+          pending: collections.deque[Piece], progress: Progress | None) -> Iterator[Any]:
     """The results of ``mapped`` with their pieces' offsets, index and errors."""
     done = 0
     try:

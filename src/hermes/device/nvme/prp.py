@@ -1,4 +1,4 @@
-"""Data transfer of the NVMe controller model: PRP entries and lists walked into host memory runs."""
+"""Data transfer of the NVMe controller model: PRP entries and lists walked into host memory."""
 from __future__ import annotations
 
 import struct
@@ -8,7 +8,7 @@ from ..hostmem import DmaFault
 
 
 class TransferError(Exception):
-    """A data pointer the controller cannot follow; ``status`` is what the command completes with."""
+    """A data pointer the controller cannot follow; the command completes with ``status``."""
 
     def __init__(self, status: N.Status, why: str):
         super().__init__(why)
@@ -106,7 +106,7 @@ def gather_into(host: object, runs: list[tuple[int, int]], dest: memoryview) -> 
         pos += n
 
 
-def scatter(host: object, runs: list[tuple[int, int]], data: "bytes | memoryview") -> None:
+def scatter(host: object, runs: list[tuple[int, int]], data: bytes | memoryview) -> None:
     """Store ``data`` (at most the runs' total length) into ``runs`` (controller -> host)."""
     src = memoryview(data)
     pos = 0

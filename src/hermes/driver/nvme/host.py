@@ -1,12 +1,12 @@
-"""Host-side NVMe driver: controller bring-up, admin and I/O commands with PRPs, and the CP/SLM commands."""
+"""Host-side NVMe driver: controller bring-up, admin and I/O commands with PRPs, CP/SLM commands."""
 from __future__ import annotations
 
 import errno
 import struct
-import time
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from ... import nvme_regs as N
 from ...errors import DeviceError
@@ -44,7 +44,7 @@ class Namespace:
 
 
 def build_prps(t: Transport, addr: int, length: int,
-               alloc: "Callable[[int], DmaBuffer] | None" = None
+               alloc: Callable[[int], DmaBuffer] | None = None
                ) -> tuple[int, int, DmaBuffer | None]:
     """PRP1, PRP2 and the PRP list buffer (or None) for ``length`` bytes at bus ``addr``.
 
@@ -57,7 +57,8 @@ def build_prps(t: Transport, addr: int, length: int,
     first = min(length, PAGE - addr % PAGE)
     if length <= first:
         return addr, 0, None
-    pages = [addr - addr % PAGE + PAGE * (i + 1) for i in range((length - first + PAGE - 1) // PAGE)]
+    npages = (length - first + PAGE - 1) // PAGE
+    pages = [addr - addr % PAGE + PAGE * (i + 1) for i in range(npages)]
     if len(pages) == 1:
         return addr, pages[0], None
     per_page = PAGE // 8
@@ -213,8 +214,8 @@ class NvmeHost:
 
     # --- commands ------------------------------------------------------------------------------
     def submit(self, qp: QueuePair, cmd: N.Command, *, data_len: int = 0,
-               data: "bytes | None" = None, what: str | None = None, check: bool = True,
-               buffer: "tuple[DmaBuffer, int] | None" = None, timeout: float | None = None
+               data: bytes | None = None, what: str | None = None, check: bool = True,
+               buffer: tuple[DmaBuffer, int] | None = None, timeout: float | None = None
                ) -> tuple[N.Completion, bytes]:
         """Run ``cmd`` on ``qp`` and wait for it (at most ``timeout`` s, default the host's);
         returns (completion, bytes read).
@@ -398,7 +399,7 @@ class NvmeHost:
                         cdw10=N.activation_cdw10(pind, sel))
         self.admin_command(cmd, what=f"Program Activation {pind}")
 
-    def create_range_set(self, ranges: "list[N.MemoryRange]") -> int:
+    def create_range_set(self, ranges: list[N.MemoryRange]) -> int:
         """Create a memory range set; returns its RSID."""
         cmd = N.Command(N.AdminOpcode.MEMORY_RANGE_SET, nsid=self.compute_nsid,
                         cdw10=N.mrs_cdw10(N.MRS_SEL_CREATE), cdw11=len(ranges))
@@ -412,8 +413,9 @@ class NvmeHost:
         self.admin_command(cmd, what=f"delete memory range set {rsid}")
 
     def execute_command(self, pind: int, *, rsid: int = 0,
-                        ranges: "list[N.MemoryRange] | tuple[N.MemoryRange, ...]" = (),
-                        cparam1: int = 0, cparam2: int = 0, data: bytes = b"") -> tuple[N.Command, bytes]:
+                        ranges: list[N.MemoryRange] | tuple[N.MemoryRange, ...] = (),
+                        cparam1: int = 0, cparam2: int = 0, data: bytes = b""
+                        ) -> tuple[N.Command, bytes]:
         """The Execute Program command and its data buffer (inline ranges, then ``data``)."""
         buf = N.pack_ranges(list(ranges)) + data
         c2, c3, c15 = N.execute_dwords(pind, rsid, len(ranges), len(buf))
@@ -432,8 +434,8 @@ class NvmeHost:
         return cqe.result64
 
     # --- Subsystem Local Memory ------------------------------------------------------------------
-    def mem_write(self, nsid: int, start: int, data: "bytes | None" = None, *, qid: int = 1,
-                  buffer: "tuple[DmaBuffer, int, int] | None" = None) -> None:
+    def mem_write(self, nsid: int, start: int, data: bytes | None = None, *, qid: int = 1,
+                  buffer: tuple[DmaBuffer, int, int] | None = None) -> None:
         """Memory Write ``data`` (or ``buffer`` = (DMA buffer, offset, length)) at ``start``."""
         n = len(data) if data is not None else buffer[2]  # type: ignore[index]
         cmd = N.Command(N.SlmOpcode.MEMORY_WRITE, nsid=nsid, cdw10=start & 0xFFFF_FFFF,
@@ -444,7 +446,7 @@ class NvmeHost:
             self.io_command(cmd, qid, data=data, what="Memory Write")
 
     def mem_read(self, nsid: int, start: int, length: int, *, qid: int = 1,
-                 buffer: "tuple[DmaBuffer, int] | None" = None) -> bytes:
+                 buffer: tuple[DmaBuffer, int] | None = None) -> bytes:
         """Memory Read ``length`` bytes at ``start`` (into ``buffer`` when given; then b"")."""
         cmd = N.Command(N.SlmOpcode.MEMORY_READ, nsid=nsid, cdw10=start & 0xFFFF_FFFF,
                         cdw11=start >> 32, cdw12=length)
@@ -457,7 +459,7 @@ class NvmeHost:
                         cdw11=start >> 32, cdw12=length, cdw13=pattern)
         self.io_command(cmd, qid, what="Memory Fill")
 
-    def mem_copy(self, nsid: int, dest: int, sources: "list[N.CopySource]", *,
+    def mem_copy(self, nsid: int, dest: int, sources: list[N.CopySource], *,
                  qid: int = 1) -> None:
         """Memory Copy ``sources`` (format 4h) to ``dest`` of memory namespace ``nsid``."""
         if not sources:

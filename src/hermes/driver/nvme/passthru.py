@@ -157,8 +157,8 @@ class PassthroughHost(NvmeHost):
             found.append(Namespace(nsid, csi, size))
         return found
 
-    # --- the two submission paths ------------------------------------------------------------------
-    def _passthru(self, fd: int, request: int, cmd: N.Command, data: "bytes | None",
+    # --- the two submission paths -----------------------------------------------------------------
+    def _passthru(self, fd: int, request: int, cmd: N.Command, data: bytes | None,
                   data_len: int, what: str | None, check: bool,
                   timeout: float | None) -> tuple[N.Completion, bytes]:
         n = len(data) if data is not None else data_len
@@ -214,14 +214,14 @@ class PassthroughHost(NvmeHost):
             raise out[0]
         return out[0]
 
-    def admin_command(self, cmd: N.Command, *, data: "bytes | None" = None, data_len: int = 0,
+    def admin_command(self, cmd: N.Command, *, data: bytes | None = None, data_len: int = 0,
                       what: str | None = None, check: bool = True,
                       timeout: float | None = None, **_: object) -> tuple[N.Completion, bytes]:
         """One admin command through NVME_IOCTL_ADMIN64_CMD."""
         return self._passthru(self._admin_fd, NVME_IOCTL_ADMIN64_CMD, cmd, data, data_len, what,
                               check, timeout)
 
-    def io_command(self, cmd: N.Command, qid: int = 1, *, data: "bytes | None" = None,
+    def io_command(self, cmd: N.Command, qid: int = 1, *, data: bytes | None = None,
                    data_len: int = 0, what: str | None = None, check: bool = True,
                    timeout: float | None = None, buffer: object = None,
                    **_: object) -> tuple[N.Completion, bytes]:

@@ -1,4 +1,4 @@
-"""Host side of one NVMe queue pair: SQ/CQ rings in DMA memory, doorbells, phase tracking, bounded waits."""
+"""Host side of one NVMe queue pair: SQ/CQ rings in DMA memory, doorbells, phase, bounded waits."""
 from __future__ import annotations
 
 import errno

@@ -10,13 +10,29 @@ from ...errors import BudgetExceeded, Cancelled, ExecutionError, VerifierError
 from ..cancel import Cancel
 from ..helpers import HelperContext, HelperRegistry, RunState, StopRun
 from ..interp import Interpreter
-from ..memory import (DATA_BASE, MASK64, MAX_CALL_DEPTH, STACK_BASE, STACK_SIZE, STACK_TOP,
-                      input_region, out_of_bounds, run_args)
+from ..memory import (
+    DATA_BASE,
+    MASK64,
+    MAX_CALL_DEPTH,
+    STACK_BASE,
+    STACK_SIZE,
+    STACK_TOP,
+    input_region,
+    out_of_bounds,
+    run_args,
+)
 from ..program import Program
 from ..verifier import VerifierInfo, verify
 from . import codegen
-from .runtime import (HELPER_CFUNC, STACK_BYTES, Compiled, Ctx, auto_tier, compile_many,
-                      compile_program)
+from .runtime import (
+    HELPER_CFUNC,
+    STACK_BYTES,
+    Compiled,
+    Ctx,
+    auto_tier,
+    compile_many,
+    compile_program,
+)
 
 __all__ = ["JitExecutable", "DEFAULT_OPT_LEVEL"]
 
@@ -24,14 +40,14 @@ __all__ = ["JitExecutable", "DEFAULT_OPT_LEVEL"]
 DEFAULT_OPT_LEVEL = 3
 
 # Runs in flight, by the address of their context (how the shared helper callback finds them).
-_runs: dict[int, "_Run"] = {}
+_runs: dict[int, _Run] = {}
 _runs_lock = threading.Lock()
 
 
 class _Run:
     """Per-run Python state: buffers the native code points into, and the helper context."""
 
-    def __init__(self, exe: "JitExecutable", data, dlen: int, stack, segbufs, ctx: Ctx,
+    def __init__(self, exe: JitExecutable, data, dlen: int, stack, segbufs, ctx: Ctx,
                  cancel: Cancel | None = None):
         self.exe = exe
         self.cancel = cancel
@@ -135,7 +151,7 @@ class JitExecutable:
 
     def __init__(self, program: Program, *, helpers: HelperRegistry, budget: int,
                  opt_level: int = DEFAULT_OPT_LEVEL, tier: str = "auto",
-                 _prepared: "tuple | None" = None):
+                 _prepared: tuple | None = None):
         self.program = program
         self.helpers = helpers
         self.budget = budget
@@ -164,15 +180,15 @@ class JitExecutable:
         n = len(program.insns)
         # instructions still to count in a block after slot pc (StopRun counts the whole block)
         self._rest: dict[int, int] = {}
-        for s, e in zip(starts, starts[1:] + [n]):
+        for s, e in zip(starts, starts[1:] + [n], strict=True):
             slots = [i for i in range(s, e) if program.insns[i] is not None]
             for k, i in enumerate(slots):
                 self._rest[i] = len(slots) - k - 1
 
     @classmethod
-    def load_many(cls, programs: "list[Program]", *, helpers: HelperRegistry, budget: int,
+    def load_many(cls, programs: list[Program], *, helpers: HelperRegistry, budget: int,
                   opt_level: int = DEFAULT_OPT_LEVEL, tier: str = "auto"
-                  ) -> "list[JitExecutable | VerifierError]":
+                  ) -> list[JitExecutable | VerifierError]:
         """Verify and compile many programs in one LLVM module (amortises LLVM's fixed cost).
 
         Programs the verifier rejects come back as their ``VerifierError`` instead. ``tier``
@@ -187,18 +203,18 @@ class JitExecutable:
             except VerifierError as exc:
                 out[k] = exc
         compiled = compile_many([(p, i) for _, p, i in todo], opt_level, tier)
-        for (k, program, info), comp in zip(todo, compiled):
+        for (k, program, info), comp in zip(todo, compiled, strict=True):
             out[k] = cls(program, helpers=helpers, budget=budget, _prepared=(info, comp))
         return out
 
-    def wait_final(self, timeout: "float | None" = None) -> bool:
+    def wait_final(self, timeout: float | None = None) -> bool:
         """Wait until the fully optimised code is in place (large programs are first compiled
         quickly and recompiled in the background); True when it is."""
         return self._interp is not None or self.compiled.wait_final(timeout)
 
-    def run(self, memory: "bytearray | memoryview | bytes | None" = None,
+    def run(self, memory: bytearray | memoryview | bytes | None = None,
             budget: int | None = None, *, cancel: Cancel | None = None,
-            length: int | None = None, args: "tuple[int, ...]" = ()):
+            length: int | None = None, args: tuple[int, ...] = ()):
         """Run once; see ``hermes.engine.run``."""
         from ..result import RunResult
         if self._interp is not None:

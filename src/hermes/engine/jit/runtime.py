@@ -35,7 +35,7 @@ ENTRY_CFUNC = ctypes.CFUNCTYPE(U64, ctypes.POINTER(Ctx))
 STACK_BYTES = STACK_SIZE * MAX_CALL_DEPTH
 
 _llvm_lock = threading.Lock()
-_llvm_state: "dict[str, object]" = {}
+_llvm_state: dict[str, object] = {}
 
 
 def _llvm():
@@ -79,20 +79,20 @@ class Compiled:
     is freed after them). ``final`` is set once the entry will not change any more.
     """
 
-    entry: "ctypes._CFuncPtr"
+    entry: ctypes._CFuncPtr
     address: int
     ir: str
     compile_seconds: float
     #: set when ``entry`` is the final code (at once for programs compiled at full optimisation)
     final: threading.Event = field(default_factory=threading.Event)
     #: seconds the background compilation took (None: there was none, or it has not finished)
-    optimise_seconds: "float | None" = None
+    optimise_seconds: float | None = None
     #: of ``compile_seconds``: writing the IR (Python analyses and code generation) and LLVM's
     #: share (parsing, optimising, machine code), per program of the module
     codegen_seconds: float = 0.0
     llvm_seconds: float = 0.0
 
-    def wait_final(self, timeout: "float | None" = None) -> bool:
+    def wait_final(self, timeout: float | None = None) -> bool:
         """Block until the final code is in place (or ``timeout``); True when it is."""
         return self.final.wait(timeout)
 
@@ -100,11 +100,11 @@ class Compiled:
 #: Compiled programs kept for reuse, most recently used last. Older ones are dropped from the
 #: cache; their machine code is freed once nothing runs or holds them any more.
 CACHE_MAX = 256
-_cache: "OrderedDict[tuple, Compiled]" = OrderedDict()
+_cache: OrderedDict[tuple, Compiled] = OrderedDict()
 _cache_lock = threading.Lock()
 #: Engines whose last user is gone, closed by the next compilation (under the LLVM lock: a
 #: finaliser may run in any thread, at any point, including one in the middle of compiling).
-_dead: "list[object]" = []
+_dead: list[object] = []
 
 
 class _Code:
@@ -117,7 +117,7 @@ class _Code:
     def __init__(self, engine) -> None:
         self.engine = engine
 
-    def entry(self, address: int) -> "ctypes._CFuncPtr":
+    def entry(self, address: int) -> ctypes._CFuncPtr:
         """A callable for the native function at ``address`` that keeps this code alive."""
         fn = ENTRY_CFUNC(address)
         fn._owner = self  # type: ignore[attr-defined]
@@ -144,7 +144,7 @@ def _close_dead() -> None:
         _dead.pop().close()
 
 
-def _cached(key: tuple) -> "Compiled | None":
+def _cached(key: tuple) -> Compiled | None:
     with _cache_lock:
         hit = _cache.get(key)
         if hit is not None:
@@ -215,7 +215,7 @@ def _needs_libgcc(text: str) -> bool:
     return any(f"{op} i128" in text for op in ("udiv", "urem", "sdiv", "srem"))
 
 
-def compile_many(items: "list[tuple[object, object]]", opt_level: int = 3,
+def compile_many(items: list[tuple[object, object]], opt_level: int = 3,
                  tier: str = "auto") -> list[Compiled]:
     """Compile several verified programs ((program, info) pairs) in one LLVM module.
 
@@ -290,11 +290,11 @@ class _Upgrader:
     """
 
     def __init__(self) -> None:
-        self._queue: "queue.SimpleQueue[tuple | None]" = queue.SimpleQueue()
-        self._thread: "threading.Thread | None" = None
+        self._queue: queue.SimpleQueue[tuple | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._stopping = False
-        self._current: "Compiled | None" = None
+        self._current: Compiled | None = None
 
     def submit(self, compiled: Compiled, program, info, opt_level: int) -> None:
         """Queue ``compiled`` for recompilation; starts the thread on first use."""
