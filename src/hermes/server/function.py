@@ -20,6 +20,7 @@ from ..device import DmaFault, HermesDevice
 from ..device.model import BAR4_ALIGN
 from ..device.nvme import PCI_IDENTITY, NvmeController
 from ..vfio import pci, uapi
+from ..vfio.protocol import close_fds
 
 
 def vfio_error(err: int, what: str) -> OSError:
@@ -529,12 +530,7 @@ class VfioFunction:
         try:
             self._set_irqs(flags, index, start, count, data, fds)
         except BaseException:
-            for fd in fds:
-                if fd >= 0:
-                    try:
-                        os.close(fd)
-                    except OSError:
-                        pass
+            close_fds(fds)
             raise
 
     def _set_irqs(self, flags: int, index: int, start: int, count: int, data: bytes,

@@ -278,7 +278,8 @@ def _recv_exact_into(sock: socket.socket, view: memoryview) -> None:
         got += n
 
 
-def _close_all(fds: list[int]) -> None:
+def close_fds(fds: list[int]) -> None:
+    """Close every valid fd of ``fds`` (fds received with a message nobody will own)."""
     for fd in fds:
         if fd >= 0:
             try:
@@ -307,7 +308,7 @@ def recv_header(sock: socket.socket, max_fds: int = MAX_FDS_ACCEPTED) -> tuple[t
                 raise
             deadline = deadline or time.monotonic() + STALL_TIMEOUT
             if time.monotonic() > deadline:
-                _close_all(fds)
+                close_fds(fds)
                 raise ProtocolError("peer stalled in the middle of a header") from None
             continue
         for level, kind, data in anc:
@@ -317,10 +318,10 @@ def recv_header(sock: socket.socket, max_fds: int = MAX_FDS_ACCEPTED) -> tuple[t
                 fds.extend(arr)
         if mflags & socket.MSG_CTRUNC:
             # Too many fds: close what arrived and let the caller reject the message.
-            _close_all(fds)
+            close_fds(fds)
             fds = [-1]
         if n == 0:
-            _close_all(fds)
+            close_fds(fds)
             if got == 0:
                 return None
             raise ConnectionResetError(errno.ECONNRESET, "peer closed the connection mid-header")
@@ -345,18 +346,18 @@ def recv_body(sock: socket.socket, msg_id: int, cmd: int, size: int, flags: int,
               fds: list[int], max_size: int = MAX_MESSAGE_SIZE) -> Message:
     """The rest of a message whose header was received (see ``recv_message``)."""
     if size < HEADER_SIZE:
-        _close_all(fds)
+        close_fds(fds)
         raise ProtocolError(f"message size {size} is smaller than the header")
     body_len = size - HEADER_SIZE
     if size > max_size:
-        _close_all(fds)
+        close_fds(fds)
         raise MessageTooBig(Message(msg_id, cmd, flags, error_no), size, max_size)
     body = bytearray(body_len)
     if body_len:
         try:
             _recv_exact_into(sock, memoryview(body))
         except BaseException:
-            _close_all(fds)
+            close_fds(fds)
             raise
     return Message(msg_id, cmd, flags, error_no, bytes(body), fds)
 
@@ -433,10 +434,10 @@ class Receiver:
                 arr.frombytes(data[:len(data) - len(data) % 4])
                 fds.extend(arr)
         if mflags & socket.MSG_CTRUNC:
-            _close_all(fds)
+            close_fds(fds)
             fds = [-1]
         if n == 0:
-            _close_all(fds)
+            close_fds(fds)
             raise EOFError
         if self._pos and (self._pos == len(self._buf) or self._pos > (1 << 20)):
             del self._buf[:self._pos]      # drop consumed bytes (usually all of them)
@@ -458,7 +459,7 @@ class Receiver:
             if start <= msg_start < end and msg_end >= end:
                 out.extend(fds)
             elif end <= msg_start:
-                _close_all(fds)   # a read whose fds matched no message: drop them
+                close_fds(fds)   # a read whose fds matched no message: drop them
             else:
                 keep.append((start, end, fds))
         self._fd_reads = keep
@@ -511,5 +512,5 @@ class Receiver:
     def close(self) -> None:
         """Close fds received and never handed out."""
         for _, _, fds in self._fd_reads:
-            _close_all(fds)
+            close_fds(fds)
         self._fd_reads = []
