@@ -1,4 +1,4 @@
-"""The interface header's codecs: every layout round-trips, sits where its registers say, and has one home."""
+"""The interface header's codecs: each round-trips, sits where its registers say, has one home."""
 from __future__ import annotations
 
 import ast
@@ -7,8 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
 import hermes
 from hermes import regs as R
@@ -33,7 +32,7 @@ def test_error_code_round_trip(kind, detail):
 
 def test_error_kind_reads_as_its_name():
     kind = R.ErrorKind.OUT_OF_BOUNDS
-    assert kind == "out_of_bounds" and str(kind) == "out_of_bounds" and f"{kind}" == "out_of_bounds"
+    assert kind == "out_of_bounds" and str(kind) == f"{kind}" == "out_of_bounds"
     assert type(str(kind)) is str
     assert R.ErrorKind.of("budget") is R.ErrorKind.BUDGET
     assert R.ErrorKind.of("cancelled") is R.ErrorKind.INTERNAL   # no device code of its own
@@ -179,7 +178,7 @@ def test_run_context_out_round_trip(values):
     offsets = (R.CTX_INSNS, R.CTX_OUTPUT_LEN, R.CTX_TRACE_LEN, R.CTX_RUN_NS, R.CTX_FAULT_ADDR,
                R.CTX_FAULT_SIZE, R.CTX_FAULT_FLAGS, R.CTX_TRACE_DROPPED, R.CTX_RUN_BUDGET)
     sizes = (8, 4, 4, 8, 8, 4, 4, 4, 8)
-    for off, size, value in zip(offsets, sizes, values):
+    for off, size, value in zip(offsets, sizes, values, strict=True):
         assert raw[off - first:off - first + size] == value.to_bytes(size, "little")
 
 
@@ -200,7 +199,7 @@ def test_layout_wraps_integers_and_refuses_overlaps():
         R.Layout(0, 8, (("a", 0, 4), ("b", 2, 2)))
 
 
-# --- one home --------------------------------------------------------------------------------------
+# --- one home ----------------------------------------------------------------------------------
 _KIND_NAMES = {kind.value for kind in R.ErrorKind}
 
 
@@ -213,9 +212,9 @@ def _is_kind_table(node: ast.Dict) -> bool:
     def kind(n: ast.AST | None) -> bool:
         return isinstance(n, ast.Constant) and n.value in _KIND_NAMES
 
-    if any(code(k) or code(v) for k, v in zip(node.keys, node.values)):
+    if any(code(k) or code(v) for k, v in zip(node.keys, node.values, strict=True)):
         return True
-    return sum(kind(k) or kind(v) for k, v in zip(node.keys, node.values)) >= 2
+    return sum(kind(k) or kind(v) for k, v in zip(node.keys, node.values, strict=True)) >= 2
 
 
 def test_no_error_kind_table_outside_regs():

@@ -1,4 +1,4 @@
-"""The Hermes device's published interface: registers, commands and statuses, and the codecs of its layouts.
+"""The Hermes device's published interface: registers, commands, statuses and layout codecs.
 
 This is the contract the device model implements and the driver programs against (the equivalent
 of a hardware header file); both import it, neither imports the other. Besides the numbers it
@@ -9,9 +9,11 @@ with their status-0x05 codes, each with its ``pack`` and ``unpack``.
 from __future__ import annotations
 
 import enum
+import operator
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, NamedTuple
+from typing import ClassVar, NamedTuple
 
 # --- PCI identity ------------------------------------------------------------------------------
 PCI_VENDOR_ID = 0x1DE5       #: Eideticom
@@ -105,7 +107,7 @@ CTX_FAULT_ADDR = 0x48    #: u64 OUT virtual address of the faulting access (out_
 CTX_FAULT_SIZE = 0x50    #: u32 OUT bytes of the faulting access
 CTX_FAULT_FLAGS = 0x54   #: u32 OUT bit 0: the faulting access was a store; bits 15..8: call depth
 CTX_TRACE_DROPPED = 0x58  #: u32 OUT printed bytes dropped past TRACE_LIMIT
-CTX_RUN_BUDGET = 0x60    #: u64 OUT the instruction budget the run had (the context's or the device's)
+CTX_RUN_BUDGET = 0x60    #: u64 OUT the instruction budget the run had (the context's or device's)
 CTX_OUT_FIELDS = (CTX_INSNS, CTX_RUN_BUDGET + 8)  #: [start, end) of the OUT fields (read-only)
 CTX_NO_OUTPUT = 0xFFFF_FFFF
 FAULT_WRITE = 1 << 0
@@ -251,7 +253,7 @@ def engine_vector(engine: int) -> int:
 
 # --- eBPF error codes carried by status 0x05 (response bytes 8..15) ---------------------------
 # Low 8 bits: the kind; the rest: detail (e.g. the faulting pc << 8 for run-time faults).
-EBPF_ERR_LOAD = 0x01           #: program failed to load (bad length, opcode, jump...); detail = index
+EBPF_ERR_LOAD = 0x01           #: program failed to load (bad length, opcode, jump); detail = index
 EBPF_ERR_OUT_OF_BOUNDS = 0x02  #: memory access outside the program's regions; detail = pc
 EBPF_ERR_BUDGET = 0x03         #: instruction budget exhausted; detail = pc
 EBPF_ERR_CALL_DEPTH = 0x04     #: call depth limit exceeded; detail = pc
@@ -260,14 +262,15 @@ EBPF_ERR_UNSUPPORTED = 0x06    #: instruction the engine cannot execute; detail 
 EBPF_ERR_INTERNAL = 0x7F       #: anything else
 
 
-class ErrorKind(str, enum.Enum):
+# Not enum.StrEnum: that needs Python 3.11, the package supports 3.10.
+class ErrorKind(str, enum.Enum):  # noqa: UP042
     """The kind of a status-0x05 eBPF error: its name (the value, also ``ExecutionError.kind``),
     its code in the low 8 bits of the error code, and its text for messages."""
 
     code: int
     text: str
 
-    def __new__(cls, name: str, code: int, text: str) -> "ErrorKind":
+    def __new__(cls, name: str, code: int, text: str) -> ErrorKind:
         member = str.__new__(cls, name)
         member._value_ = name
         member.code = code
@@ -283,19 +286,19 @@ class ErrorKind(str, enum.Enum):
     INTERNAL = ("internal", EBPF_ERR_INTERNAL, "internal engine error")
 
     # The name, not ``ErrorKind.X``, in messages and f-strings (as a plain ``str`` kind reads).
-    __str__ = str.__str__
-    __format__ = str.__format__
+    def __str__(self) -> str:
+        return str.__str__(self)
+
+    def __format__(self, spec: str) -> str:
+        return str.__format__(self, spec)
 
     @classmethod
-    def of(cls, name: str) -> "ErrorKind":
+    def of(cls, name: str) -> ErrorKind:
         """The kind called ``name``; INTERNAL for a name the device has no code for."""
-        try:
-            return cls(name)
-        except ValueError:
-            return cls.INTERNAL
+        return _KINDS_BY_NAME.get(name, cls.INTERNAL)
 
     @classmethod
-    def of_code(cls, code: int) -> "ErrorKind | None":
+    def of_code(cls, code: int) -> ErrorKind | None:
         """The kind whose code is the low byte of ``code``; None for a code no kind has."""
         return _KINDS_BY_CODE.get(code & 0xFF)
 
@@ -305,13 +308,14 @@ class ErrorKind(str, enum.Enum):
         return (self.code | (detail or 0) << 8) & _u64_mask
 
     @classmethod
-    def unpack(cls, code: int) -> "tuple[ErrorKind | None, int]":
+    def unpack(cls, code: int) -> tuple[ErrorKind | None, int]:
         """(kind, detail) of a status-0x05 error code; the kind is None for an unknown code."""
         return cls.of_code(code), code >> 8
 
 
 _u64_mask = (1 << 64) - 1
 _KINDS_BY_CODE = {kind.code: kind for kind in ErrorKind}
+_KINDS_BY_NAME = {kind.value: kind for kind in ErrorKind}
 
 
 class Layout:
@@ -319,7 +323,7 @@ class Layout:
 
     _FORMATS = {1: "B", 2: "H", 4: "I", 8: "Q"}
 
-    def __init__(self, start: int, end: int, fields: "tuple[tuple[str, int, int | str], ...]"):
+    def __init__(self, start: int, end: int, fields: tuple[tuple[str, int, int | str], ...]):
         """Fields are (name, offset, size) rows in offset order; a size given as ``"48s"`` is a
         byte string. Gaps between fields are reserved bytes (packed as 0)."""
         fmt, pos = "<", start
@@ -343,15 +347,15 @@ class Layout:
         """Bytes of the block."""
         return self.end - self.start
 
-    def pack(self, *values: "int | bytes") -> bytes:
+    def pack(self, *values: int | bytes) -> bytes:
         """The block's bytes from the field values in field order; an integer keeps the low
         bits its field holds, as a register does."""
         return self._struct.pack(*(v if m is None else v & m  # type: ignore[operator]
-                                   for v, m in zip(values, self._masks)))
+                                   for v, m in zip(values, self._masks, strict=True)))
 
-    def overflowing(self, *values: "int | bytes") -> "list[str]":
+    def overflowing(self, *values: int | bytes) -> list[str]:
         """Names of the integer fields whose value (in field order) is outside their width."""
-        return [name for name, v, m in zip(self.names, values, self._masks)
+        return [name for name, v, m in zip(self.names, values, self._masks, strict=True)
                 if m is not None and not 0 <= v <= m]  # type: ignore[operator]
 
     def unpack(self, data: bytes) -> tuple:
@@ -374,7 +378,7 @@ class Response(NamedTuple):
     reserved: int = 0
 
     @classmethod
-    def unpack(cls, raw: bytes) -> "Response":
+    def unpack(cls, raw: bytes) -> Response:
         """Decode the 16 response bytes."""
         cmd_id, status, reserved, value = _RESPONSE.unpack(raw)
         return cls(cmd_id, status, value, int.from_bytes(reserved, "little"))
@@ -384,12 +388,14 @@ class Response(NamedTuple):
         return _RESPONSE.pack(self.cmd_id, self.status, self.reserved.to_bytes(5, "little"),
                               self.value)
 
-    #: Names the driver has always offered for the same codec.
-    parse = unpack
+    @classmethod
+    def parse(cls, raw: bytes) -> Response:
+        """``unpack`` under the name the driver's users know."""
+        return cls.unpack(raw)
 
     @property
     def raw(self) -> bytes:
-        """The 16 response bytes."""
+        """``pack()`` under the name the driver's users know."""
         return self.pack()
 
     @property
@@ -398,7 +404,7 @@ class Response(NamedTuple):
         return STATUS_NAMES.get(self.status, f"unknown status {self.status:#04x}")
 
     @property
-    def error_kind(self) -> "ErrorKind | None":
+    def error_kind(self) -> ErrorKind | None:
         """For status 0x05, the eBPF error kind (None otherwise, or for a code no kind has)."""
         return ErrorKind.of_code(self.value) if self.status == STATUS_EBPF_ERROR else None
 
@@ -510,7 +516,7 @@ class Header:
         its first NUL, as ASCII."""
         version = int.from_bytes(read(EHVER, 4), "little")
         layout = cls.layout(version)
-        values = dict(zip(layout.names, layout.unpack(read(0, layout.end))))
+        values = dict(zip(layout.names, layout.unpack(read(0, layout.end)), strict=True))
         values["build"] = values["build"].split(b"\0", 1)[0].decode("ascii", "replace")
         return Geometry(**values, h2c_channels=h2c_channels, c2h_channels=c2h_channels)
 
@@ -528,20 +534,25 @@ _CTX_OUT = Layout(CTX_OUT_FIELDS[0], CTX_OUT_FIELDS[1], (
     ("run_budget", CTX_RUN_BUDGET, 8)))
 
 
-class RunContextIn(NamedTuple):
+#: The OUT fields of a RunContextOut in layout order (its attributes are named as the fields).
+_CTX_OUT_VALUES = operator.attrgetter(*_CTX_OUT.names)
+
+
+@dataclass(frozen=True, slots=True)
+class RunContextIn:
     """EHCMDCTXn's IN fields, which the host writes before a Run Program with RUN_FLAG_CTX:
     ``input_len`` (r2), the ``window`` of the data slot, three ``args`` (r3..r5), the ``budget``
     (0: the device's), the ELF ``entry`` symbol index (0: default) and ``reserved`` (must be 0)."""
 
     input_len: int
     window: int
-    args: tuple[int, int, int] = (0, 0, 0)
+    args: tuple[int, ...] = (0, 0, 0)
     budget: int = 0
     entry: int = 0
     reserved: int = 0
 
     #: Bytes of the IN fields (EHCMDCTXn offset 0 on).
-    SIZE = _CTX_IN.size
+    SIZE: ClassVar[int] = _CTX_IN.size
 
     def pack(self) -> bytes:
         """The IN fields' bytes, EHCMDCTXn offset 0 on (``args`` padded with 0 to three)."""
@@ -550,13 +561,14 @@ class RunContextIn(NamedTuple):
                             self.reserved)
 
     @classmethod
-    def unpack(cls, raw: bytes) -> "RunContextIn":
+    def unpack(cls, raw: bytes) -> RunContextIn:
         """The IN fields from their bytes (EHCMDCTXn offset 0 on)."""
         input_len, window, a0, a1, a2, budget, entry, reserved = _CTX_IN.unpack(raw)
         return cls(input_len, window, (a0, a1, a2), budget, entry, reserved)
 
 
-class RunContextOut(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class RunContextOut:
     """EHCMDCTXn's OUT fields, which the device writes before DONE after every Run Program.
 
     ``output_len`` is CTX_NO_OUTPUT when the program declared none; ``fault_*`` describe an
@@ -574,14 +586,14 @@ class RunContextOut(NamedTuple):
     run_budget: int = 0
 
     #: Bytes of the OUT fields (EHCMDCTXn offset CTX_INSNS on).
-    SIZE = _CTX_OUT.size
+    SIZE: ClassVar[int] = _CTX_OUT.size
 
     def pack(self) -> bytes:
         """The OUT fields' bytes, EHCMDCTXn offset CTX_INSNS on."""
-        return _CTX_OUT.pack(*self)
+        return _CTX_OUT.pack(*_CTX_OUT_VALUES(self))
 
     @classmethod
-    def unpack(cls, raw: bytes) -> "RunContextOut":
+    def unpack(cls, raw: bytes) -> RunContextOut:
         """The OUT fields from their bytes (EHCMDCTXn offset CTX_INSNS on)."""
         return cls(*_CTX_OUT.unpack(raw))
 

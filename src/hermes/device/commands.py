@@ -1,9 +1,9 @@
-"""Device-side command helpers: the response and error code of a command, the compiled-program cache."""
+"""Device-side command helpers: a command's response and error code, the compiled-program cache."""
 from __future__ import annotations
 
 import hashlib
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from .. import regs as R
 from ..engine.cache import DEFAULT_CACHE_BYTES, LoadedCache

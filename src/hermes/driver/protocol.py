@@ -197,7 +197,7 @@ class RunOutcome:
     budget: int | None = None
 
     @classmethod
-    def parse(cls, response: Response, out: bytes, trace: bytes) -> "RunOutcome":
+    def parse(cls, response: Response, out: bytes, trace: bytes) -> RunOutcome:
         """From the response and EHCMDCTXn's OUT bytes (read from ``CTX_INSNS`` on)."""
         ctx = regs.RunContextOut.unpack(out)
         faulted = ctx.fault_size != 0

@@ -9,6 +9,7 @@ from ..errors import (Cancelled, DeviceBusy, DeviceError, DeviceProtocolError, D
                       ExecutionError, ExecutionFailed, HermesError, ProgramRejected, RunTimeout,
                       SlotsExhausted)
 
+
 def run_timeout(timeout: float, pc: int | None = None) -> RunTimeout:
     """The error of a run stopped by its ``timeout`` (the same text on every backend)."""
     return RunTimeout(f"the run did not finish within its {timeout:g} s timeout and was "
@@ -28,8 +29,8 @@ def with_trace(exc: HermesError, source: object) -> HermesError:
     text = getattr(source, "trace", "")
     if isinstance(text, (bytes, bytearray)):
         text = bytes(text).decode("utf-8", "replace")
-    exc.trace = text  # type: ignore[attr-defined]
-    exc.trace_dropped = getattr(source, "trace_dropped", 0)  # type: ignore[attr-defined]
+    exc.trace = text
+    exc.trace_dropped = getattr(source, "trace_dropped", 0)
     return exc
 
 
@@ -47,7 +48,7 @@ def from_execution_error(exc: ExecutionError) -> ExecutionFailed:
 
 
 def run_failure(code: int, *, outcome: object = None, window: int = 0, budget: int | None = None,
-                segments: "tuple[Segment, ...]" = ()) -> HermesError:
+                segments: tuple[Segment, ...] = ()) -> HermesError:
     """The library error of a device's status-0x05 run error ``code``, worded as the CPU
     backend words it: out-of-bounds faults rebuilt from the run context's fault fields
     (``outcome``), the mapped regions from the run's ``window`` and the program's ``segments``,
@@ -57,7 +58,7 @@ def run_failure(code: int, *, outcome: object = None, window: int = 0, budget: i
 
 
 def _run_failure(code: int, outcome: object, window: int, budget: int | None,
-                 segments: "tuple[Segment, ...]") -> HermesError:
+                 segments: tuple[Segment, ...]) -> HermesError:
     from ..driver import decode_error_code, describe_error_code
     kind, pc = decode_error_code(code)
     insns = getattr(outcome, "instructions", None)
