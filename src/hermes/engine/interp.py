@@ -9,7 +9,6 @@ general region lookup, so every access is bounds-checked against the program's o
 from __future__ import annotations
 
 import struct
-import threading
 import time
 
 from ..errors import BudgetExceeded, Cancelled, ExecutionError
@@ -23,7 +22,6 @@ from .program import Program
 from .verifier import verify
 
 W32 = 0xFFFF_FFFF
-SIGN64 = 1 << 63
 _UNPACK = {n: struct.Struct(f).unpack_from for n, f in ((2, "<H"), (4, "<I"), (8, "<Q"))}
 _SUNPACK = {n: struct.Struct(f).unpack_from for n, f in ((1, "<b"), (2, "<h"), (4, "<i"))}
 _PACK = {n: struct.Struct(f).pack_into for n, f in ((2, "<H"), (4, "<I"), (8, "<Q"))}
@@ -243,7 +241,6 @@ class Interpreter:
         self.budget = budget
         self.functions = verify(program, helpers).functions if functions is None else functions
         self._factory = self._compile()
-        self._local = threading.local()
 
     # -- translation ----------------------------------------------------------------------------
     def _compile(self):
@@ -324,7 +321,6 @@ class Interpreter:
         self._lengths = lengths
         self._positions = positions
         self._callret = callret
-        self._block_of = block_of
         self.source = text
         return namespace["make"]
 

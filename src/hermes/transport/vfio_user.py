@@ -155,7 +155,6 @@ class VfioUserTransport(PciTransport):
             raise OSError(errno.EPROTO, f"vfio-user server at {self.path} sent a bad VERSION "
                           f"reply: {exc}") from None
         self.version = (major, minor)
-        self.server_caps = scaps
 
         info = self._call(P.DEVICE_GET_INFO, bytes(uapi.vfio_device_info(16, 0, 0, 0, 0))[:16])
         flags, self.num_regions, self.num_irqs = struct.unpack_from("<III", info.payload, 4)

@@ -270,17 +270,6 @@ class NvmeHost:
         """``submit`` on I/O queue ``qid``."""
         return self.submit(self.io_queue(qid), cmd, **kw)  # type: ignore[arg-type]
 
-    def abort_queue(self, qid: int) -> int:
-        """Send Abort for every command outstanding on I/O queue ``qid``; returns how many the
-        controller reported aborted (it aborts only a command it is running)."""
-        qp = self.io.get(qid)
-        done = 0
-        for cid in qp.outstanding() if qp is not None else ():
-            cqe, _ = self.admin_command(N.Command(N.AdminOpcode.ABORT, cdw10=qid | (cid << 16)),
-                                        what="Abort", check=False)
-            done += cqe.ok and not cqe.dw0 & 1
-        return done
-
     def abort_program(self, pind: int) -> bool:
         """Abort the Execute Program of index ``pind`` in progress, whatever its queue (Abort with
         SQID FFFFh, this controller's extension); True when the controller aborted one."""

@@ -236,11 +236,6 @@ class PassthroughHost(NvmeHost):
         return self._passthru(fd, NVME_IOCTL_IO64_CMD, cmd, data, data_len, what, check,
                               timeout)
 
-    def abort_queue(self, qid: int) -> int:
-        """Nothing: the kernel owns the queues and the command identifiers (``abort_program``
-        names a run by its program index instead)."""
-        return 0
-
     def drain_queue(self, qid: int) -> None:
         """Nothing: a passthrough ioctl returns only once its command completed."""
 

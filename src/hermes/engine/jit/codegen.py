@@ -166,11 +166,6 @@ class _Func:
         self.emit(f"{out} = {inst} {src} {v} to {dst}")
         return out
 
-    def t_eq(self, v: str, k: int) -> str:
-        c = self.t()
-        self.emit(f"{c} = icmp eq i64 {v}, {k}")
-        return c
-
     # -- instructions ---------------------------------------------------------------------------
     def alu(self, insn: Insn) -> None:
         op = insn.op

@@ -408,13 +408,3 @@ def optimised_ir(program, info, opt_level: int = 3) -> str:
         pb = llvm.create_pass_builder(st["tm"], pto)
         pb.getModulePassManager().run(mod, pb)
         return str(mod)
-
-
-def native_asm(program, info, opt_level: int = 3) -> str:
-    """x86 (host) assembly of ``program`` for inspection."""
-    st = _llvm()
-    llvm = st["llvm"]
-    text = optimised_ir(program, info, opt_level)
-    with _llvm_lock:
-        mod = llvm.parse_assembly(text)
-        return st["tm"].emit_assembly(mod)
