@@ -19,8 +19,8 @@ from tests.vfio_devices import ServerProcess
 #: Runs until stopped: a budget of 2^62 instructions takes centuries.
 ENDLESS_BUDGET = 1 << 62
 RUNAWAYS = 2
-#: A killed client's runaway programs used to slow the next client's tiny run to 0.5-1 s (and
-#: indefinitely with this budget); an idle device answers in milliseconds.
+#: A killed client's runaway programs, if left running, slow the next client's tiny run to 0.5-1 s
+#: (indefinitely with this budget); an idle device answers in milliseconds.
 TINY_RUN_BOUND = 0.5
 #: CPU seconds an idle server may spend in one second of wall time (its idle ticks).
 IDLE_CPU_BOUND = 0.1

@@ -34,7 +34,7 @@ OUTPUT_AND_PRINT = Program.from_asm(
 ENDLESS = Program.from_asm("mov r0, 0\nloop:\nadd r0, 1\nja loop").to_bytes()
 RET5 = Program.from_asm("mov r0, 5\nexit").to_bytes()
 ENDLESS_BUDGET = 1 << 62
-#: How soon a stopped run must free its engine (issue: "within 1 s").
+#: How soon a stopped run must free its engine (the run contract's bound for a cancel).
 FREE_BOUND = 1.0
 
 

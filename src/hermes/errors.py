@@ -105,7 +105,7 @@ class ExecutionError(HermesError):
         super().__init__(text)
 
 
-# --- device and library errors (added by the driver/library issue) ------------------------------
+# --- device and library errors (a device, its driver or the library refused or failed) ----------
 class DeviceError(HermesError):
     """A device (or its driver) failed a request.
 
