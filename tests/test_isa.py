@@ -14,6 +14,47 @@ def test_every_row_has_a_known_form_and_doc():
         assert op.doc, op
 
 
+def test_forms_are_strings():
+    assert isa.Form.CALL_LOCAL == "call_local" and str(isa.Form.LDX) == "ldx"
+    assert {"ldx": 1}[isa.Form.LDX] == 1 and isa.FORMS["ja"] == isa.FORMS[isa.Form.JA]
+
+
+def test_properties_agree_with_the_encoding():
+    for op in isa.OPS:
+        cls, code = op.cls, op.opcode & 0xF0
+        jmp = cls in (isa.CLS_JMP, isa.CLS_JMP32)
+        assert op.is_alu == (cls in (isa.CLS_ALU, isa.CLS_ALU64)), op
+        assert op.is_exit == (jmp and code == isa.JMP_EXIT), op
+        assert op.is_call == (jmp and code == isa.JMP_CALL), op
+        assert op.is_local_call == (op.is_call and dict(op.match).get("src") == 1), op
+        assert op.is_jump == (jmp and code == isa.JMP_JA), op
+        assert op.is_branch == (jmp and not (op.is_jump or op.is_call or op.is_exit)), op
+        assert op.has_target == (op.is_jump or op.is_branch or op.is_local_call), op
+        assert (op.target_field is None) == (not op.has_target), op
+        assert op.ends_block == (op.is_jump or op.is_branch or op.is_exit or op.is_local_call)
+        assert op.is_load == (cls == isa.CLS_LDX), op
+        assert op.is_atomic == (op.opcode & 0xE0 == isa.MODE_ATOMIC and cls == isa.CLS_STX), op
+        assert op.is_store == (cls in (isa.CLS_ST, isa.CLS_STX) and not op.is_atomic), op
+        assert op.mem_base == ("src" if op.is_load else
+                               "dst" if op.is_store or op.is_atomic else None), op
+        assert op.is_lddw == (op.opcode == isa.OPCODE_LDDW) and op.slots == 1 + op.is_lddw, op
+        if op.is_alu and op.form != "end" or op.is_branch:
+            assert op.source_x == bool(op.opcode & isa.SRC_X), op
+        elif op.is_store:
+            assert op.source_x == (cls == isa.CLS_STX), op
+        else:
+            assert not op.source_x, op
+
+
+def test_jump_targets_and_base_registers():
+    code = decode(isa.encode_slot(isa.CLS_JMP | isa.JMP_JA, 0, 0, 1, 0)
+                  + isa.encode_slot(isa.CLS_JMP32 | isa.JMP_JA, 0, 0, 0, -2)
+                  + isa.encode_slot(isa.CLS_LDX | isa.MODE_MEM | isa.SIZE_W, 2, 1, 0, 0)
+                  + isa.encode_slot(isa.CLS_JMP | isa.JMP_EXIT, 0, 0, 0, 0))
+    assert [isa.jump_target(insn, i) for i, insn in enumerate(code)] == [2, 0, None, None]
+    assert [insn.base_reg for insn in code] == [None, None, 1, None]
+
+
 def test_rows_sharing_an_opcode_are_told_apart_by_match():
     for opcode, rows in isa.BY_OPCODE.items():
         keys = [tuple(sorted(r.match)) for r in rows]

@@ -6,7 +6,8 @@ import random
 
 import pytest
 
-from hermes.engine import validate
+from hermes.engine import cfg, validate
+from hermes.engine.asm import assemble_program
 from hermes.engine.helpers import CONFORMANCE_HELPERS
 from hermes.engine.interp import Interpreter
 from hermes.engine.jit import JitExecutable, codegen
@@ -56,7 +57,7 @@ def ir_of(program: Program) -> str:
 
 
 def test_entry_function_entered_by_a_call_stores_into_its_callers_frame():
-    program = Program.from_asm(SELF_CALL)
+    program = assemble_program(SELF_CALL)
     got = outcomes(program, None)
     assert got["interp"] == ("ok", 42, 11, None)
     assert got["quick"] == got["full"] == got["interp"]
@@ -65,9 +66,9 @@ def test_entry_function_entered_by_a_call_stores_into_its_callers_frame():
 def test_a_local_call_forgets_constant_arguments():
     """The callee may leave anything in r0..r5: no certain fault is derived from a constant
     set before the call (the load contract then refuses the read of r1 itself)."""
-    program = Program.from_asm("mov r6, r1\nmov r1, 0\ncall local f\nstb [r1+0], 5\n"
+    program = assemble_program("mov r6, r1\nmov r1, 0\ncall local f\nstb [r1+0], 5\n"
                                "mov r0, 9\nexit\nf:\nmov r1, r6\nexit")
-    entry = validate.functions(program.insns)[0]
+    entry = cfg.functions(program.insns)[0]
     assert validate.certain_faults(program.insns, entry, entered_by_call=False) == set()
     with pytest.raises(VerifierError, match="uninitialised register r1") as info:
         Interpreter(program, helpers=CONFORMANCE_HELPERS, budget=BUDGET)
@@ -76,7 +77,7 @@ def test_a_local_call_forgets_constant_arguments():
 
 @pytest.mark.parametrize("text", [SELF_CALL])
 def test_every_call_site_is_compiled_and_no_ir_is_unreachable(text):
-    program = Program.from_asm(text)
+    program = assemble_program(text)
     info = verify(program, CONFORMANCE_HELPERS)
     calls = {i for i, insn in enumerate(program.insns)
              if insn is not None and insn.op.form == "call_local"}
@@ -86,14 +87,14 @@ def test_every_call_site_is_compiled_and_no_ir_is_unreachable(text):
 
 def test_faults_are_certain_only_when_they_happen_at_every_depth():
     # stb [r10+0] faults in an entry function nobody calls (the corpus's err-stack-oob) ...
-    insns = Program.from_asm("stb [r10+0], 0\nexit").insns
-    entry = validate.functions(insns)[0]
+    insns = assemble_program("stb [r10+0], 0\nexit").insns
+    entry = cfg.functions(insns)[0]
     assert validate.certain_faults(insns, entry, entered_by_call=False) == {0}
     # ... but not in one that is also a callee, nor in any other function
     assert validate.certain_faults(insns, entry, entered_by_call=True) == set()
-    callee = Program.from_asm("call local f\nexit\nf:\nstb [r10+8], 0\nstb [r10+3584], 0\n"
+    callee = assemble_program("call local f\nexit\nf:\nstb [r10+8], 0\nstb [r10+3584], 0\n"
                               "exit").insns
-    f = validate.functions(callee)[1]
+    f = cfg.functions(callee)[1]
     assert validate.certain_faults(callee, f, entered_by_call=True) == {3}
 
 
@@ -107,7 +108,7 @@ def test_no_generated_program_compiles_to_unreachable_code():
 def test_input_larger_than_the_data_region_is_refused():
     big = mmap.mmap(-1, MAX_DATA + 1)  # lazily backed: no memory is spent on it
     try:
-        program = Program.from_asm("mov r0, 1\nexit")
+        program = assemble_program("mov r0, 1\nexit")
         for _, exe in engines(program):
             with pytest.raises(UsageError, match="larger than the data region"):
                 exe.run(memoryview(big))

@@ -9,14 +9,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hermes.engine import (CONFORMANCE_HELPERS, DEFAULT_BUDGET, DEVICE_HELPERS, Cancel,
-                           Program, load)
+from hermes.engine import CONFORMANCE_HELPERS, DEFAULT_BUDGET, DEVICE_HELPERS, Cancel, load
+from hermes.engine.asm import assemble_program
 from hermes.engine.helpers import merged
 from hermes.engine.interp import Interpreter
 from hermes.engine.jit import JitExecutable
 from .support.progen import KINDS, compare_all, outcome
 from hermes.engine.memory import DATA_BASE, STACK_TOP
-from hermes.engine.reference import Reference, Step, block_leaders
+from hermes.engine.cfg import block_leaders
+from hermes.engine.reference import Reference, Step
 from hermes.errors import BudgetExceeded, Cancelled, ExecutionError, ProgramError
 from tests.volume import examples
 
@@ -29,7 +30,7 @@ VOLUME_EXAMPLES = examples("HERMES_REF_DIFF_VOLUME", 2, 50)
 
 
 def ref(text: str, helpers=ALL_HELPERS, budget: int = DEFAULT_BUDGET) -> Reference:
-    return Reference(Program.from_asm(text), helpers=helpers, budget=budget)
+    return Reference(assemble_program(text), helpers=helpers, budget=budget)
 
 
 def r0(text: str, memory: "bytes | None" = None, **options) -> int:
@@ -37,7 +38,7 @@ def r0(text: str, memory: "bytes | None" = None, **options) -> int:
     mem = bytearray(memory) if memory is not None else None
     want = ref(text).run(mem, **options).return_value
     mem2 = bytearray(memory) if memory is not None else None
-    got = Interpreter(Program.from_asm(text), helpers=ALL_HELPERS,
+    got = Interpreter(assemble_program(text), helpers=ALL_HELPERS,
                       budget=DEFAULT_BUDGET).run(mem2, **options).return_value
     assert got == want, (text, got, want)
     return want
@@ -114,7 +115,7 @@ def test_faults_budget_and_call_depth_match_the_interpreter():
         ("mov r1, 77\ncallx r1\nexit", None, None),                    # unknown helper at run time
     ]
     for text, mem, budget in cases:
-        program = Program.from_asm(text)
+        program = assemble_program(text)
         exes = {"reference": Reference(program, helpers=ALL_HELPERS, budget=DEFAULT_BUDGET),
                 "interp": Interpreter(program, helpers=ALL_HELPERS, budget=DEFAULT_BUDGET)}
         results = {n: _error_of(e, mem, budget) for n, e in exes.items()}
@@ -145,7 +146,7 @@ def test_budget_is_charged_per_block():
 def test_load_contract_is_the_engines():
     """A program the engines refuse is refused by the reference with the same error."""
     for text in ("mov r0, r6\nexit", "mov r0, 0\ncall 999\nexit", "mov r0, 0"):
-        program = Program.from_asm(text)
+        program = assemble_program(text)
         with pytest.raises(ProgramError) as want:
             load(program, executor="interp", helpers=ALL_HELPERS)
         with pytest.raises(ProgramError) as got:
@@ -186,7 +187,7 @@ def test_printed_text_and_output_length():
     res = ref(text).run(bytearray(8))
     assert res.trace == b"42\n"
     assert res.output_length == 2
-    interp = Interpreter(Program.from_asm(text), helpers=ALL_HELPERS,
+    interp = Interpreter(assemble_program(text), helpers=ALL_HELPERS,
                          budget=DEFAULT_BUDGET).run(bytearray(8))
     assert (interp.trace, interp.output_length) == (res.trace, res.output_length)
 

@@ -12,8 +12,8 @@ import io
 import os
 from typing import NamedTuple
 
+from . import cfg
 from .isa import Insn, decode, encode, jump_target
-from .program import Program
 
 
 def fmt_imm(value: int) -> str:
@@ -89,7 +89,7 @@ def labels(insns: "list[Insn | None]", symbols: dict[int, str] | None = None) ->
             continue
         target = jump_target(insn, pc)
         if target is not None:
-            (called if insn.op.form == "call_local" else jumped).add(target)
+            (called if insn.op.is_local_call else jumped).add(target)
     counters = {"F": 0, "L": 0}
     for slot in sorted(called | jumped):
         if slot in names:
@@ -130,9 +130,9 @@ class SourceLine(NamedTuple):
         return f"; {self.file}:{self.line}{text}"
 
 
-def annotated(program: Program, *, verbose: bool = False,
+def annotated(program: "object", *, verbose: bool = False,
               source: "dict[int, SourceLine] | None" = None) -> str:
-    """The listing ``hermes disasm`` prints for ``program``: function headers,
+    """The listing ``hermes disasm`` prints for ``program`` (a ``Program``): function headers,
     labels, targets by name, and source lines (``source``, default ``source_lines(program)``);
     ``verbose`` adds each instruction's slot and raw bytes. Without ``verbose`` the text
     assembles back to the program's code."""
@@ -140,8 +140,7 @@ def annotated(program: Program, *, verbose: bool = False,
     names = labels(insns, program.symbols)
     texts = insn_texts(insns, names)
     lines = source_lines(program) if source is None else source
-    functions = set(program.symbols) | {jump_target(i, pc) for pc, i in enumerate(insns)
-                                        if i is not None and i.op.form == "call_local"}
+    functions = set(program.symbols) | cfg.local_call_targets(insns)
     out: list[str] = []
     previous: SourceLine | None = None
     for pc, insn in enumerate(insns):
@@ -163,7 +162,7 @@ def annotated(program: Program, *, verbose: bool = False,
 
 
 # -- source lines from DWARF ------------------------------------------------------------------------
-def source_lines(program: Program, search: "list[str] | None" = None) -> dict[int, SourceLine]:
+def source_lines(program: "object", search: "list[str] | None" = None) -> dict[int, SourceLine]:
     """The C source line of each slot of ``program`` that starts one in the DWARF line table
     of the ELF object it was linked from (``program.elf_bytes``; compiled with ``-g``).
 
@@ -172,7 +171,7 @@ def source_lines(program: Program, search: "list[str] | None" = None) -> dict[in
     ``search``); when the file is not there, only the file and line are known. Never raises
     for an object the loader accepted: what cannot be mapped is left out.
     """
-    blob = program.elf_bytes
+    blob = getattr(program, "elf_bytes", None)
     if not blob:
         return {}
     from elftools.common.exceptions import ELFError

@@ -12,7 +12,7 @@ import struct
 import time
 
 from ..errors import BudgetExceeded, Cancelled, ExecutionError
-from . import validate
+from . import cfg
 from .cancel import Cancel
 from .helpers import HelperContext, HelperRegistry, RunState, StopRun
 from .isa import Insn, jump_target
@@ -82,7 +82,7 @@ class _BlockCompiler:
         sem, w = op.sem, op.width
         d = f"r{insn.dst}"
         mask = "M" if w == 64 else "W"
-        if op.form == "alu_x":
+        if op.source_x:
             s = f"r{insn.src}"
         else:
             s = str(insn.imm & (MASK64 if w == 64 else W32))
@@ -92,7 +92,7 @@ class _BlockCompiler:
                 return [f"{d} = {d} {_BINOP[sem]} {s}"]
             return [f"{d} = ({d} {_BINOP[sem]} {s}) & {mask}"]
         if sem == "mov":
-            return [f"{d} = {s}" if (w == 64 or op.form == "alu_k") else f"{d} = {s} & W"]
+            return [f"{d} = {s}" if (w == 64 or not op.source_x) else f"{d} = {s} & W"]
         if sem == "movsx":
             bits = dict(op.match)["off"]
             half = 1 << (bits - 1)
@@ -100,23 +100,23 @@ class _BlockCompiler:
         if sem == "neg":
             return [f"{d} = -{d} & {mask}"]
         dv = d if w == 64 else f"({d} & W)"
-        sv = s if (w == 64 or op.form == "alu_k") else f"({s} & W)"
+        sv = s if (w == 64 or not op.source_x) else f"({s} & W)"
         if sem == "lsh":
-            amt = f"({s} & {sh})" if op.form == "alu_x" else str(int(s) & sh)
+            amt = f"({s} & {sh})" if op.source_x else str(int(s) & sh)
             return [f"{d} = ({d} << {amt}) & {mask}"]
         if sem == "rsh":
-            amt = f"({s} & {sh})" if op.form == "alu_x" else str(int(s) & sh)
+            amt = f"({s} & {sh})" if op.source_x else str(int(s) & sh)
             return [f"{d} = {dv} >> {amt}"]
         if sem == "arsh":
-            amt = f"({s} & {sh})" if op.form == "alu_x" else str(int(s) & sh)
+            amt = f"({s} & {sh})" if op.source_x else str(int(s) & sh)
             sign = 1 << (w - 1)
             return [f"{d} = ((({dv} ^ {sign}) - {sign}) >> {amt}) & {mask}"]
         if sem == "div":
-            if op.form == "alu_k":
+            if not op.source_x:
                 return [f"{d} = {dv} // {s}" if int(s) else f"{d} = 0"]
             return [f"_t = {sv}", f"{d} = {dv} // _t if _t else 0"]
         if sem == "mod":
-            if op.form == "alu_k":
+            if not op.source_x:
                 return [f"{d} = {dv} % {s}" if int(s) else f"{d} = {dv}"]
             return [f"_t = {sv}", f"{d} = {dv} % _t if _t else {dv}"]
         if sem == "sdiv":
@@ -135,7 +135,7 @@ class _BlockCompiler:
         op = insn.op
         w = op.width
         d = f"r{insn.dst}"
-        if op.form == "jcond_x":
+        if op.source_x:
             s = f"r{insn.src}"
             if w == 32:
                 s = f"({s} & W)"
@@ -147,7 +147,7 @@ class _BlockCompiler:
             return f"{d} & {s}"
         if op.signed:
             sign = 1 << (w - 1)
-            if op.form == "jcond_k":
+            if not op.source_x:
                 s = str(int(s) ^ sign)
             else:
                 s = f"({s} ^ {sign})"
@@ -204,26 +204,23 @@ class _BlockCompiler:
         return lines
 
     def insn(self, insn: Insn, pc: int) -> list[str]:
-        form = insn.op.form
-        if form in ("alu_k", "alu_x", "unary", "end"):
+        op = insn.op
+        if op.is_alu:
             return self.alu(insn, pc)
-        if form == "lddw":
+        if op.is_lddw:
             return [f"r{insn.dst} = {insn.imm}"]
-        if form == "ldx":
-            return self.load(f"r{insn.dst}", f"r{insn.src}", insn.off, insn.op.width, pc,
-                             insn.op.sem == "ldxs")
-        if form == "st":
-            return self.store(f"r{insn.dst}", insn.off, insn.op.width,
-                              str(insn.imm & _SIZE_MASK[insn.op.width]), pc)
-        if form == "stx":
-            return self.store(f"r{insn.dst}", insn.off, insn.op.width, f"r{insn.src}", pc)
-        if form == "atomic":
+        if op.is_load:
+            return self.load(f"r{insn.dst}", f"r{insn.src}", insn.off, op.width, pc,
+                             op.sem == "ldxs")
+        if op.is_store:
+            value = f"r{insn.src}" if op.source_x else str(insn.imm & _SIZE_MASK[op.width])
+            return self.store(f"r{insn.dst}", insn.off, op.width, value, pc)
+        if op.is_atomic:
             return self.atomic(insn, pc)
-        if form == "call":
-            return [f"r0 = HC({insn.imm}, r1, r2, r3, r4, r5, {pc})"]
-        if form == "callx":
-            return [f"r0 = HC(r{insn.dst}, r1, r2, r3, r4, r5, {pc})"]
-        raise AssertionError(form)  # pragma: no cover - control flow is handled by the caller
+        if op.is_call and not op.is_local_call:
+            helper = f"r{insn.dst}" if op.sem == "callx" else insn.imm
+            return [f"r0 = HC({helper}, r1, r2, r3, r4, r5, {pc})"]
+        raise AssertionError(op.mnemonic)  # pragma: no cover - the caller handles control flow
 
 
 class Interpreter:
@@ -232,7 +229,7 @@ class Interpreter:
     name = "interp"
 
     def __init__(self, program: Program, *, helpers: HelperRegistry, budget: int,
-                 functions: "list[validate.Function] | None" = None):
+                 functions: "list[cfg.Function] | None" = None):
         """Runs the load contract (``hermes.engine.check``); ``functions`` is its result
         (``VerifierInfo.functions``) when the caller has already run it (the JIT falling back
         to the interpreter), so it is not run twice."""
@@ -246,7 +243,7 @@ class Interpreter:
     def _compile(self):
         insns = self.program.insns
         n = len(insns)
-        starts = validate.block_leaders(insns, self.functions)
+        starts = cfg.block_leaders(insns, self.functions)
         block_of = {s: b for b, s in enumerate(starts)}
         ends = starts[1:] + [n]
         comp = _BlockCompiler(insns)
@@ -264,16 +261,16 @@ class Interpreter:
                     continue
                 count += 1
                 positions[pc] = count
-                wmask |= validate.writes(insn)
-                form = insn.op.form
-                if form in ("ja", "gotol"):
+                wmask |= cfg.writes(insn)
+                op = insn.op
+                if op.is_jump:
                     tail = [f"return {block_of[jump_target(insn, pc)]}"]
-                elif form in ("jcond_k", "jcond_x"):
+                elif op.is_branch:
                     tail = [f"if {comp.cond(insn)}: return {block_of[jump_target(insn, pc)]}",
                             f"return {block_of[e] if e < n else -1}"]
-                elif form == "exit":
+                elif op.is_exit:
                     tail = ["return -1"]
-                elif form == "call_local":
+                elif op.is_local_call:
                     tail = [f"return {-2 - block_of[jump_target(insn, pc)]}"]
                     ret = block_of.get(e, -1)
                 else:

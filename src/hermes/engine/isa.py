@@ -6,6 +6,7 @@ reads this table; nothing else in the project spells an opcode number.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import NamedTuple
 
 from ..errors import ProgramError
@@ -98,27 +99,67 @@ MAX_REG = 10     #: r0..r10
 MAX_PROGRAM_SLOTS = 65536
 FRAME_POINTER = 10
 
-# Operand forms: how an instruction's fields are written in assembly and which fields must be 0.
-#   name        syntax (after the mnemonic)    fields that must be zero
-FORMS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "alu_k":      ("dst, imm",          ("src", "off")),
-    "alu_x":      ("dst, src",          ("imm", "off")),
-    "unary":      ("dst",               ("src", "off", "imm")),
-    "end":        ("dst",               ("src", "off")),
-    "ja":         ("off",               ("dst", "src", "imm")),
-    "gotol":      ("imm_target",        ("dst", "src", "off")),
-    "jcond_k":    ("dst, imm, off",     ("src",)),
-    "jcond_x":    ("dst, src, off",     ("imm",)),
-    "call":       ("imm",               ("dst", "off")),
-    "call_local": ("local imm_target",  ("dst", "off")),
-    "callx":      ("dst",               ("src", "off", "imm")),
-    "exit":       ("",                  ("dst", "src", "off", "imm")),
-    "lddw":       ("dst, imm64",        ("off",)),
-    "ldx":        ("dst, [src+off]",    ("imm",)),
-    "st":         ("[dst+off], imm",    ("src",)),
-    "stx":        ("[dst+off], src",    ("imm",)),
-    "atomic":     ("[dst+off], src",    ()),
+class Form(str, Enum):
+    """An operand form: how an instruction's fields are written in assembly (``FORMS``) and, through
+    the ``Op`` properties, what kind of instruction it is. A ``str`` enum that compares and hashes
+    as its value, so ``op.form == "ldx"`` holds."""
+
+    ALU_K = "alu_k"            #: dst op= imm
+    ALU_X = "alu_x"            #: dst op= src
+    UNARY = "unary"            #: neg dst
+    END = "end"                #: byte swap of dst
+    JA = "ja"                  #: pc += 1 + off
+    GOTOL = "gotol"            #: pc += 1 + imm
+    JCOND_K = "jcond_k"        #: if dst cmp imm: pc += 1 + off
+    JCOND_X = "jcond_x"        #: if dst cmp src: pc += 1 + off
+    CALL = "call"              #: helper imm
+    CALL_LOCAL = "call_local"  #: local function at pc + 1 + imm
+    CALLX = "callx"            #: helper whose id is in dst
+    EXIT = "exit"              #: return r0
+    LDDW = "lddw"              #: dst = imm64 (two slots)
+    LDX = "ldx"                #: dst = *(src + off)
+    ST = "st"                  #: *(dst + off) = imm
+    STX = "stx"                #: *(dst + off) = src
+    ATOMIC = "atomic"          #: read-modify-write of *(dst + off) with src
+
+    def __str__(self) -> str:
+        return self.value
+
+    __hash__ = str.__hash__
+
+
+# How each form is written in assembly and which fields must be 0.
+#   form             syntax (after the mnemonic)    fields that must be zero
+FORMS: dict[Form, tuple[str, tuple[str, ...]]] = {
+    Form.ALU_K:      ("dst, imm",          ("src", "off")),
+    Form.ALU_X:      ("dst, src",          ("imm", "off")),
+    Form.UNARY:      ("dst",               ("src", "off", "imm")),
+    Form.END:        ("dst",               ("src", "off")),
+    Form.JA:         ("off",               ("dst", "src", "imm")),
+    Form.GOTOL:      ("imm_target",        ("dst", "src", "off")),
+    Form.JCOND_K:    ("dst, imm, off",     ("src",)),
+    Form.JCOND_X:    ("dst, src, off",     ("imm",)),
+    Form.CALL:       ("imm",               ("dst", "off")),
+    Form.CALL_LOCAL: ("local imm_target",  ("dst", "off")),
+    Form.CALLX:      ("dst",               ("src", "off", "imm")),
+    Form.EXIT:       ("",                  ("dst", "src", "off", "imm")),
+    Form.LDDW:       ("dst, imm64",        ("off",)),
+    Form.LDX:        ("dst, [src+off]",    ("imm",)),
+    Form.ST:         ("[dst+off], imm",    ("src",)),
+    Form.STX:        ("[dst+off], src",    ("imm",)),
+    Form.ATOMIC:     ("[dst+off], src",    ()),
 }
+
+# What each form is, for the Op properties below.
+_ALU = frozenset((Form.ALU_K, Form.ALU_X, Form.UNARY, Form.END))
+_JUMPS = frozenset((Form.JA, Form.GOTOL))
+_BRANCHES = frozenset((Form.JCOND_K, Form.JCOND_X))
+_CALLS = frozenset((Form.CALL, Form.CALLX, Form.CALL_LOCAL))
+_BLOCK_ENDS = _JUMPS | _BRANCHES | {Form.EXIT, Form.CALL_LOCAL}
+_TARGET_FIELD = {Form.JA: "off", Form.JCOND_K: "off", Form.JCOND_X: "off",
+                 Form.GOTOL: "imm", Form.CALL_LOCAL: "imm"}
+_MEM_BASE = {Form.LDX: "src", Form.ST: "dst", Form.STX: "dst", Form.ATOMIC: "dst"}
+_SOURCE_X = frozenset((Form.ALU_X, Form.JCOND_X, Form.STX))
 
 
 @dataclass(frozen=True)
@@ -129,11 +170,15 @@ class Op:
     movsx, ``imm`` for byte swaps and atomics, ``src`` for call kinds and lddw). ``sem`` names the
     operation for the engines (``add``, ``jsgt``, ``ldx``, ``atomic_add``...), ``width`` is the
     operand width in bits for ALU/JMP rows and the access size in bytes for memory rows.
+
+    The properties say what kind of instruction a row is; they are the one place where a form's
+    meaning is spelt out, and what the engines, the verifier and the control-flow analysis
+    (``cfg``) ask instead of comparing forms.
     """
 
     opcode: int
     mnemonic: str
-    form: str
+    form: Form
     sem: str
     width: int
     doc: str
@@ -147,8 +192,90 @@ class Op:
 
     @property
     def source_x(self) -> bool:
-        """True when the second operand is the source register."""
-        return bool(self.opcode & SRC_X) and self.cls in (CLS_ALU, CLS_ALU64, CLS_JMP, CLS_JMP32)
+        """True when the operand is the source register rather than the immediate: the register
+        forms of ALU operations and conditional jumps, and ``stx`` (the stored value)."""
+        return self.form in _SOURCE_X
+
+    @property
+    def slots(self) -> int:
+        """Number of 64-bit slots the instruction occupies: 2 for ``lddw``, else 1."""
+        return 2 if self.form is Form.LDDW else 1
+
+    @property
+    def is_alu(self) -> bool:
+        """An arithmetic, negation or byte-swap instruction: it computes dst from dst (and src or
+        imm) and has no other effect."""
+        return self.form in _ALU
+
+    @property
+    def is_lddw(self) -> bool:
+        """The two-slot 64-bit immediate load."""
+        return self.form is Form.LDDW
+
+    @property
+    def is_jump(self) -> bool:
+        """An unconditional jump (``ja``, ``gotol``): one successor, its target."""
+        return self.form in _JUMPS
+
+    @property
+    def is_branch(self) -> bool:
+        """A conditional jump: two successors, the target and the next slot."""
+        return self.form in _BRANCHES
+
+    @property
+    def is_call(self) -> bool:
+        """A call of any kind (helper, helper by register, local function): it defines r0 and
+        leaves r1..r5 undefined."""
+        return self.form in _CALLS
+
+    @property
+    def is_local_call(self) -> bool:
+        """A bpf-to-bpf call; its target starts a function."""
+        return self.form is Form.CALL_LOCAL
+
+    @property
+    def is_exit(self) -> bool:
+        """``exit``: return r0 to the caller, or end the program. No successors."""
+        return self.form is Form.EXIT
+
+    @property
+    def is_load(self) -> bool:
+        """A load from memory into dst (``ldx``, ``ldxs``)."""
+        return self.form is Form.LDX
+
+    @property
+    def is_store(self) -> bool:
+        """A plain store to memory (``st``: imm, ``stx``: src); atomics are ``is_atomic``."""
+        return self.form in (Form.ST, Form.STX)
+
+    @property
+    def is_atomic(self) -> bool:
+        """An atomic read-modify-write of memory at dst + off."""
+        return self.form is Form.ATOMIC
+
+    @property
+    def mem_base(self) -> str | None:
+        """The field holding the base register of a memory access (``"src"`` for loads,
+        ``"dst"`` for stores and atomics; the address is base + off), or None."""
+        return _MEM_BASE.get(self.form)
+
+    @property
+    def has_target(self) -> bool:
+        """A jump, conditional jump or local call: it names a slot (``jump_target``)."""
+        return self.form in _TARGET_FIELD
+
+    @property
+    def target_field(self) -> str | None:
+        """The field holding the target's displacement from the next slot (``"off"`` for
+        ``ja`` and conditional jumps, ``"imm"`` for ``gotol`` and local calls), or None."""
+        return _TARGET_FIELD.get(self.form)
+
+    @property
+    def ends_block(self) -> bool:
+        """The pc after this instruction is not (always) the next slot: jumps, conditional
+        jumps, exit and local calls end a basic block (a helper call returns to the next slot,
+        so it does not)."""
+        return self.form in _BLOCK_ENDS
 
 
 def _build_table() -> list[Op]:
@@ -165,33 +292,33 @@ def _build_table() -> list[Op]:
     ]
     for cls, suffix, width in ((CLS_ALU64, "", 64), (CLS_ALU, "32", 32)):
         for code, name, doc in alu:
-            ops.append(Op(cls | code | SRC_K, name + suffix, "alu_k", name, width,
+            ops.append(Op(cls | code | SRC_K, name + suffix, Form.ALU_K, name, width,
                           f"{doc} ({width}-bit, immediate)", (("off", 0),)))
-            ops.append(Op(cls | code | SRC_X, name + suffix, "alu_x", name, width,
+            ops.append(Op(cls | code | SRC_X, name + suffix, Form.ALU_X, name, width,
                           f"{doc} ({width}-bit, register)", (("off", 0),)))
         for code, name, doc in ((ALU_DIV, "sdiv", "dst /= src, signed; x/0 = 0, MIN/-1 = MIN"),
                                 (ALU_MOD, "smod", "dst %= src, signed; x%0 = x, MIN%-1 = 0")):
-            ops.append(Op(cls | code | SRC_K, name + suffix, "alu_k", name, width,
+            ops.append(Op(cls | code | SRC_K, name + suffix, Form.ALU_K, name, width,
                           f"{doc} ({width}-bit, immediate)", (("off", 1),), signed=True))
-            ops.append(Op(cls | code | SRC_X, name + suffix, "alu_x", name, width,
+            ops.append(Op(cls | code | SRC_X, name + suffix, Form.ALU_X, name, width,
                           f"{doc} ({width}-bit, register)", (("off", 1),), signed=True))
-        ops.append(Op(cls | ALU_NEG | SRC_K, "neg" + suffix, "unary", "neg", width,
+        ops.append(Op(cls | ALU_NEG | SRC_K, "neg" + suffix, Form.UNARY, "neg", width,
                       f"dst = -dst ({width}-bit)"))
         for bits in (8, 16, 32):
             if bits == 32 and width == 32:
                 continue
-            ops.append(Op(cls | ALU_MOV | SRC_X, f"movsx{bits}{width}", "alu_x", "movsx", width,
+            ops.append(Op(cls | ALU_MOV | SRC_X, f"movsx{bits}{width}", Form.ALU_X, "movsx", width,
                           f"dst = sign-extend the low {bits} bits of src to {width} bits",
                           (("off", bits),), signed=True))
     for bits in (16, 32, 64):
-        ops.append(Op(CLS_ALU | ALU_END | SRC_K, f"le{bits}", "end", "le", bits,
+        ops.append(Op(CLS_ALU | ALU_END | SRC_K, f"le{bits}", Form.END, "le", bits,
                       f"dst = htole{bits}(dst), zero-extended from {bits} bits", (("imm", bits),)))
-        ops.append(Op(CLS_ALU | ALU_END | SRC_X, f"be{bits}", "end", "be", bits,
+        ops.append(Op(CLS_ALU | ALU_END | SRC_X, f"be{bits}", Form.END, "be", bits,
                       f"dst = htobe{bits}(dst), zero-extended from {bits} bits", (("imm", bits),)))
-        ops.append(Op(CLS_ALU64 | ALU_END | SRC_K, f"bswap{bits}", "end", "bswap", bits,
+        ops.append(Op(CLS_ALU64 | ALU_END | SRC_K, f"bswap{bits}", Form.END, "bswap", bits,
                       f"dst = bswap{bits}(dst), zero-extended from {bits} bits", (("imm", bits),)))
-    ops.append(Op(CLS_JMP | JMP_JA, "ja", "ja", "ja", 64, "pc += 1 + off"))
-    ops.append(Op(CLS_JMP32 | JMP_JA, "gotol", "gotol", "ja", 32, "pc += 1 + imm (long jump)"))
+    ops.append(Op(CLS_JMP | JMP_JA, "ja", Form.JA, "ja", 64, "pc += 1 + off"))
+    ops.append(Op(CLS_JMP32 | JMP_JA, "gotol", Form.GOTOL, "ja", 32, "pc += 1 + imm (long jump)"))
     conds = [
         (JMP_JEQ, "jeq", "=="), (JMP_JGT, "jgt", "> unsigned"), (JMP_JGE, "jge", ">= unsigned"),
         (JMP_JSET, "jset", "& != 0"), (JMP_JNE, "jne", "!="), (JMP_JSGT, "jsgt", "> signed"),
@@ -202,32 +329,32 @@ def _build_table() -> list[Op]:
     for cls, suffix, width in ((CLS_JMP, "", 64), (CLS_JMP32, "32", 32)):
         for code, name, doc in conds:
             signed = name.startswith("js") and name != "jset"
-            ops.append(Op(cls | code | SRC_K, name + suffix, "jcond_k", name, width,
+            ops.append(Op(cls | code | SRC_K, name + suffix, Form.JCOND_K, name, width,
                           f"if dst {doc} imm ({width}-bit): pc += 1 + off", signed=signed))
-            ops.append(Op(cls | code | SRC_X, name + suffix, "jcond_x", name, width,
+            ops.append(Op(cls | code | SRC_X, name + suffix, Form.JCOND_X, name, width,
                           f"if dst {doc} src ({width}-bit): pc += 1 + off", signed=signed))
-    ops.append(Op(CLS_JMP | JMP_CALL, "call", "call", "call", 64,
+    ops.append(Op(CLS_JMP | JMP_CALL, "call", Form.CALL, "call", 64,
                   "call helper imm; r1..r5 arguments, r0 result", (("src", 0),)))
-    ops.append(Op(CLS_JMP | JMP_CALL, "call", "call_local", "call_local", 64,
+    ops.append(Op(CLS_JMP | JMP_CALL, "call", Form.CALL_LOCAL, "call_local", 64,
                   "call the local function at pc + 1 + imm with a fresh stack frame",
                   (("src", 1),)))
-    ops.append(Op(CLS_JMP | JMP_CALL | SRC_X, "callx", "callx", "callx", 64,
+    ops.append(Op(CLS_JMP | JMP_CALL | SRC_X, "callx", Form.CALLX, "callx", 64,
                   "call the helper whose id is in dst (uBPF extension)"))
-    ops.append(Op(CLS_JMP | JMP_EXIT, "exit", "exit", "exit", 64,
+    ops.append(Op(CLS_JMP | JMP_EXIT, "exit", Form.EXIT, "exit", 64,
                   "return r0 to the caller, or end the program with r0"))
-    ops.append(Op(OPCODE_LDDW, "lddw", "lddw", "lddw", 64,
+    ops.append(Op(OPCODE_LDDW, "lddw", Form.LDDW, "lddw", 64,
                   "dst = imm64 (two slots; the second slot's imm is the upper half)",
                   (("src", 0),)))
     for size, nbytes in SIZE_BYTES.items():
         sfx = SIZE_SUFFIX[size]
-        ops.append(Op(CLS_LDX | MODE_MEM | size, "ldx" + sfx, "ldx", "ldx", nbytes,
+        ops.append(Op(CLS_LDX | MODE_MEM | size, "ldx" + sfx, Form.LDX, "ldx", nbytes,
                       f"dst = *(u{nbytes * 8} *)(src + off)"))
-        ops.append(Op(CLS_ST | MODE_MEM | size, "st" + sfx, "st", "st", nbytes,
+        ops.append(Op(CLS_ST | MODE_MEM | size, "st" + sfx, Form.ST, "st", nbytes,
                       f"*(u{nbytes * 8} *)(dst + off) = imm"))
-        ops.append(Op(CLS_STX | MODE_MEM | size, "stx" + sfx, "stx", "stx", nbytes,
+        ops.append(Op(CLS_STX | MODE_MEM | size, "stx" + sfx, Form.STX, "stx", nbytes,
                       f"*(u{nbytes * 8} *)(dst + off) = src"))
         if nbytes != 8:
-            ops.append(Op(CLS_LDX | MODE_MEMSX | size, "ldxs" + sfx, "ldx", "ldxs", nbytes,
+            ops.append(Op(CLS_LDX | MODE_MEMSX | size, "ldxs" + sfx, Form.LDX, "ldxs", nbytes,
                           f"dst = *(s{nbytes * 8} *)(src + off), sign-extended to 64 bits",
                           signed=True))
     atomics = [
@@ -236,16 +363,16 @@ def _build_table() -> list[Op]:
     for size, suffix, nbytes in ((SIZE_DW, "", 8), (SIZE_W, "32", 4)):
         opcode = CLS_STX | MODE_ATOMIC | size
         for imm, name in atomics:
-            ops.append(Op(opcode, f"lock {name}{suffix}", "atomic", f"atomic_{name}", nbytes,
+            ops.append(Op(opcode, f"lock {name}{suffix}", Form.ATOMIC, f"atomic_{name}", nbytes,
                           f"*(u{nbytes * 8} *)(dst + off) {name}= src, atomically",
                           (("imm", imm),)))
-            ops.append(Op(opcode, f"lock fetch {name}{suffix}", "atomic", f"atomic_fetch_{name}",
+            ops.append(Op(opcode, f"lock fetch {name}{suffix}", Form.ATOMIC, f"atomic_fetch_{name}",
                           nbytes, f"src = fetch_{name}((u{nbytes * 8} *)(dst + off), src)",
                           (("imm", imm | ATOMIC_FETCH),)))
-        ops.append(Op(opcode, f"lock xchg{suffix}", "atomic", "atomic_xchg", nbytes,
+        ops.append(Op(opcode, f"lock xchg{suffix}", Form.ATOMIC, "atomic_xchg", nbytes,
                       f"src = xchg((u{nbytes * 8} *)(dst + off), src)",
                       (("imm", ATOMIC_XCHG),)))
-        ops.append(Op(opcode, f"lock cmpxchg{suffix}", "atomic", "atomic_cmpxchg", nbytes,
+        ops.append(Op(opcode, f"lock cmpxchg{suffix}", Form.ATOMIC, "atomic_cmpxchg", nbytes,
                       f"r0 = cmpxchg((u{nbytes * 8} *)(dst + off), r0, src)",
                       (("imm", ATOMIC_CMPXCHG),)))
     return ops
@@ -285,7 +412,13 @@ class Insn(NamedTuple):
     @property
     def slots(self) -> int:
         """Number of 64-bit slots this instruction occupies (2 for lddw)."""
-        return 2 if self.op.opcode == OPCODE_LDDW else 1
+        return self.op.slots
+
+    @property
+    def base_reg(self) -> int | None:
+        """The base register of a memory access (``Op.mem_base``), or None for others."""
+        base = self.op.mem_base
+        return None if base is None else getattr(self, base)
 
 
 def encode_slot(opcode: int, dst: int, src: int, off: int, imm: int) -> bytes:
@@ -362,7 +495,7 @@ def _decode_one(code: bytes, i: int, nslots: int, opcode: int, dst: int, src: in
             raise ProgramError(f"lddw with src={src} ({what}) needs maps, BTF or code "
                                "addresses, which a Hermes device does not have", i)
         name, _ = rows[0].match[0]
-        if rows[0].form == "end":
+        if rows[0].form is Form.END:
             raise ProgramError(f"invalid endian immediate {imm} (must be 16, 32 or 64)", i)
         raise ProgramError(f"invalid {name} field {fields[name]} for opcode {opcode:#04x}", i)
     if dst > MAX_REG:
@@ -391,12 +524,8 @@ def _decode_one(code: bytes, i: int, nslots: int, opcode: int, dst: int, src: in
 
 def jump_target(insn: Insn, index: int) -> int | None:
     """The slot a jump or local call at ``index`` goes to, or None for other instructions."""
-    form = insn.op.form
-    if form in ("ja", "jcond_k", "jcond_x"):
-        return index + 1 + insn.off
-    if form in ("gotol", "call_local"):
-        return index + 1 + insn.imm
-    return None
+    name = insn.op.target_field
+    return None if name is None else index + 1 + getattr(insn, name)
 
 
 def _check_jumps(insns: list[Insn | None]) -> None:
@@ -407,7 +536,7 @@ def _check_jumps(insns: list[Insn | None]) -> None:
         target = jump_target(insn, i)
         if target is None:
             continue
-        what = "call" if insn.op.form == "call_local" else "jump"
+        what = "call" if insn.op.is_local_call else "jump"
         if not 0 <= target < n:
             raise ProgramError(f"{what} out of bounds: target {target} is outside the program "
                                f"(0..{n - 1})", i)

@@ -19,13 +19,14 @@ import time
 from typing import Callable, NamedTuple
 
 from ..errors import BudgetExceeded, Cancelled, ExecutionError
-from . import validate
+from . import cfg
 from .cancel import Cancel
 from .helpers import HelperContext, HelperRegistry, RunState, StopRun
 from .isa import Insn, MAX_REG, jump_target
 from .memory import (DATA_BASE, MASK64, MAX_CALL_DEPTH, STACK_BASE, STACK_SIZE, STACK_TOP,
                      input_region, out_of_bounds, run_args)
 from .program import Program
+
 
 class Step(NamedTuple):
     """One executed instruction, as a step hook sees it.
@@ -45,12 +46,13 @@ class Step(NamedTuple):
 StepHook = Callable[[Step], None]
 
 
+#: The ALU operations that swap bytes (form ``end``), computed by ``_Machine.byte_swap``.
+_BYTE_SWAPS = frozenset(("le", "be", "bswap"))
+
+
 def _signed(value: int, bits: int) -> int:
     """``value`` (already ``bits`` wide) read as a two's-complement number."""
     return value - (1 << bits) if value >> (bits - 1) & 1 else value
-
-
-block_leaders = validate.block_leaders
 
 
 class Reference:
@@ -66,7 +68,7 @@ class Reference:
         self.helpers = helpers
         self.budget = budget
         insns = program.insns
-        leaders = block_leaders(insns)
+        leaders = cfg.block_leaders(insns)
         #: Instructions of the block starting at each leader (an lddw counts once).
         self.block_length: dict[int, int] = {}
         for start, end in zip(leaders, leaders[1:] + [len(insns)]):
@@ -170,39 +172,33 @@ class _Machine:
     def execute(self, insn: Insn) -> int | None:
         """Execute ``insn`` at ``self.pc``; the next pc, or None when the program ends."""
         op, regs, pc = insn.op, self.regs, self.pc
-        form = op.form
-        if form in ("alu_k", "alu_x", "unary"):
-            regs[insn.dst] = self.alu(insn)
-        elif form == "end":
-            regs[insn.dst] = self.byte_swap(insn)
-        elif form == "lddw":
+        if op.is_alu:
+            regs[insn.dst] = self.byte_swap(insn) if op.sem in _BYTE_SWAPS else self.alu(insn)
+        elif op.is_lddw:
             regs[insn.dst] = insn.imm
             return pc + 2
-        elif form == "ldx":
+        elif op.is_load:
             value = self.load((regs[insn.src] + insn.off) & MASK64, op.width)
             if op.sem == "ldxs":
                 value = _signed(value, op.width * 8) & MASK64
             regs[insn.dst] = value
-        elif form == "st":
-            self.store((regs[insn.dst] + insn.off) & MASK64, op.width, insn.imm)
-        elif form == "stx":
-            self.store((regs[insn.dst] + insn.off) & MASK64, op.width, regs[insn.src])
-        elif form == "atomic":
+        elif op.is_store:
+            value = regs[insn.src] if op.source_x else insn.imm
+            self.store((regs[insn.dst] + insn.off) & MASK64, op.width, value)
+        elif op.is_atomic:
             self.atomic(insn)
-        elif form in ("ja", "gotol"):
+        elif op.is_jump:
             return jump_target(insn, pc)
-        elif form in ("jcond_k", "jcond_x"):
+        elif op.is_branch:
             return jump_target(insn, pc) if self.condition(insn) else pc + 1
-        elif form == "call":
-            regs[0] = self.call_helper(insn.imm)
-        elif form == "callx":
-            regs[0] = self.call_helper(regs[insn.dst])
-        elif form == "call_local":
+        elif op.is_local_call:
             return self.call_local(jump_target(insn, pc))
-        elif form == "exit":
+        elif op.is_call:
+            regs[0] = self.call_helper(regs[insn.dst] if op.sem == "callx" else insn.imm)
+        elif op.is_exit:
             return self.exit()
-        else:  # pragma: no cover - the ISA table has no other form
-            raise AssertionError(form)
+        else:  # pragma: no cover - the ISA table has no other kind of instruction
+            raise AssertionError(op.mnemonic)
         return pc + 1
 
     # -- arithmetic -----------------------------------------------------------------------------
@@ -213,7 +209,7 @@ class _Machine:
         bits = op.width
         mask = (1 << bits) - 1
         dst = self.regs[insn.dst] & mask
-        src = (self.regs[insn.src] if op.form == "alu_x" else insn.imm) & mask
+        src = (self.regs[insn.src] if op.source_x else insn.imm) & mask
         shift = src & (bits - 1)
         sem = op.sem
         if sem == "add":
@@ -274,7 +270,7 @@ class _Machine:
         bits = op.width
         mask = (1 << bits) - 1
         a = self.regs[insn.dst] & mask
-        b = (self.regs[insn.src] if op.form == "jcond_x" else insn.imm) & mask
+        b = (self.regs[insn.src] if op.source_x else insn.imm) & mask
         sa, sb = _signed(a, bits), _signed(b, bits)
         sem = op.sem
         if sem == "jeq":
@@ -407,4 +403,4 @@ class _Machine:
         return memoryview(buf)[off:off + size]
 
 
-__all__ = ["Reference", "Step", "StepHook", "block_leaders"]
+__all__ = ["Reference", "Step", "StepHook"]

@@ -2,7 +2,7 @@
 
 ``verify`` is the one load contract (``hermes.engine.check``): every engine runs it on load.
 
-``verify(program, helpers)`` runs the lead's structural checks (``validate.check``) and adds:
+``verify(program, helpers)`` runs the structural checks (``validate.check``) and adds:
 
 * the static call graph: when it is acyclic with at most ``MAX_CALL_DEPTH`` frames on any chain
   the depth limit is proven (``bounded``); recursion or deeper chains are rejected with
@@ -20,20 +20,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..errors import ProgramError, VerifierError
-from . import validate
+from . import cfg, validate
+from .cfg import ARGS, R10, Function
 from .disasm import format_insn
 from .helpers import HelperRegistry
 from .isa import Insn, jump_target
 from .memory import MAX_CALL_DEPTH, STACK_SIZE
 from .program import Program
 
-_R0 = 1
-_ARGS = 0b111110  # r1..r5
-_R10 = 1 << 10
 # The entry function is called like entry(data, len, arg0, arg1, arg2): r1..r5 are its
 # arguments exactly as r1..r5 are a local function's.
-_ENTRY = _R10 | _ARGS
-_CALLS = ("call", "callx", "call_local")
+_ENTRY = R10 | ARGS
 
 
 @dataclass
@@ -41,7 +38,7 @@ class VerifierInfo:
     """What the verifier learnt about a program, for the engines that compile it."""
 
     #: The program's functions (slot ranges), entry function first.
-    functions: list[validate.Function]
+    functions: list[Function]
     #: Function index of every local call target, by call-site slot.
     call_targets: dict[int, int] = field(default_factory=dict)
     #: Deepest call chain from the entry function, in frames (1 = no local calls); meaningful
@@ -62,41 +59,10 @@ def _error(reason: str, index: int, insns: "list[Insn | None]") -> VerifierError
     return VerifierError(reason, index, format_insn(insn) if insn is not None else None)
 
 
-def _transfer(insn: Insn, state: int) -> int:
-    """Initialised-register set after ``insn``: calls clobber r1..r5 and define r0."""
-    if insn.op.form in _CALLS:
-        return (state | _R0) & ~_ARGS
-    return state | validate.writes(insn)
-
-
-def _flow(insns: "list[Insn | None]", f: validate.Function, entry: int,
-          entered_by_call: bool) -> dict[int, int]:
-    """Registers definitely written before each reachable slot of ``f`` (forward must-analysis).
-
-    Like ``validate.initialised``, instructions that fault on every execution (at every depth
-    ``f`` can run at) end their paths.
-    """
-    dead_ends = validate.certain_faults(insns, f, entered_by_call)
-    state: dict[int, int] = {f.start: entry}
-    work = [f.start]
-    while work:
-        i = work.pop()
-        out = _transfer(insns[i], state[i])
-        for t in ([] if i in dead_ends else validate.successors(insns[i], i)):
-            if not f.start <= t < f.end or insns[t] is None:
-                continue  # validate.check already rejected jumps leaving the function
-            old = state.get(t)
-            new = out if old is None else old & out
-            if new != old:
-                state[t] = new
-                work.append(t)
-    return state
-
-
 def _check_reads(insns: "list[Insn | None]", state: dict[int, int], entry: bool) -> None:
     for i in sorted(state):
-        used = validate.reads(insns[i])
-        if not entry and insns[i].op.form == "exit":
+        used = cfg.reads(insns[i])
+        if not entry and insns[i].op.is_exit:
             used = 0  # a local function may be C `void`: its r0 is not a result
         missing = used & ~state[i]
         if missing:
@@ -108,19 +74,20 @@ def _check_reads(insns: "list[Insn | None]", state: dict[int, int], entry: bool)
 # -- stack pointer tracking: value per register is None (unknown) or an offset from r10 ----------
 
 def _fp_transfer(insn: Insn, regs: tuple) -> tuple:
-    form, sem = insn.op.form, insn.op.sem
+    op, sem = insn.op, insn.op.sem
     out = list(regs)
-    if form in _CALLS:
+    if op.is_call:
         for r in range(0, 6):
             out[r] = None
         return tuple(out)
-    written = validate.writes(insn)
+    written = cfg.writes(insn)
     if not written:
         return regs
     d = insn.dst
-    if form == "alu_x" and sem == "mov" and insn.op.width == 64:
+    alu64 = op.is_alu and op.width == 64
+    if alu64 and op.source_x and sem == "mov":
         out[d] = regs[insn.src]
-    elif form == "alu_k" and sem in ("add", "sub") and insn.op.width == 64 and regs[d] is not None:
+    elif alu64 and not op.source_x and sem in ("add", "sub") and regs[d] is not None:
         delta = insn.imm if sem == "add" else -insn.imm
         out[d] = regs[d] + delta
     else:
@@ -135,38 +102,20 @@ def _fp_join(a: tuple, b: tuple) -> tuple:
     return tuple(x if x == y else None for x, y in zip(a, b))
 
 
-def _stack_proofs(insns: "list[Insn | None]", f: validate.Function, out: dict[int, int]) -> None:
+def _stack_proofs(insns: "list[Insn | None]", f: Function, out: dict[int, int]) -> None:
     entry = (None,) * 10 + (0,)
-    state: dict[int, tuple] = {f.start: entry}
-    work = [f.start]
-    while work:
-        i = work.pop()
-        nxt = _fp_transfer(insns[i], state[i])
-        for t in validate.successors(insns[i], i):
-            if not f.start <= t < f.end or insns[t] is None:
-                continue
-            old = state.get(t)
-            new = nxt if old is None else _fp_join(old, nxt)
-            if new != old:
-                state[t] = new
-                work.append(t)
+    state = cfg.forward(insns, f, entry, _fp_transfer, _fp_join)
     for i, regs in state.items():
         insn = insns[i]
-        form = insn.op.form
-        if form == "ldx":
-            base = regs[insn.src]
-        elif form in ("st", "stx", "atomic"):
-            base = regs[insn.dst]
-        else:
+        reg = insn.base_reg
+        if reg is None or regs[reg] is None:
             continue
-        if base is None:
-            continue
-        lo = base + insn.off
+        lo = regs[reg] + insn.off
         if -STACK_SIZE <= lo and lo + insn.op.width <= 0:
             out[i] = lo
 
 
-def _call_graph(insns: "list[Insn | None]", funcs: list[validate.Function],
+def _call_graph(insns: "list[Insn | None]", funcs: list[Function],
                 reach: dict[int, dict[int, int]], index_of: dict[int, int]) -> int:
     """The deepest chain of calls through reachable call sites, in frames; raises
     ``VerifierError`` on recursion or on a chain deeper than MAX_CALL_DEPTH (``verify`` decides
@@ -175,7 +124,7 @@ def _call_graph(insns: "list[Insn | None]", funcs: list[validate.Function],
     for k, f in enumerate(funcs):
         for i in sorted(reach.get(k, {})):
             insn = insns[i]
-            if insn.op.form == "call_local":
+            if insn.op.is_local_call:
                 edges[k].append((i, index_of[jump_target(insn, i)]))
     depth: dict[int, int] = {}
     on_stack: set[int] = set()
@@ -222,9 +171,11 @@ def verify(program: Program, helpers: HelperRegistry, *,
         raise VerifierError(exc.reason, exc.index, exc.insn_text) from None
     info = VerifierInfo(functions=funcs)
     states: dict[int, dict[int, int]] = {}
-    entry_called = 0 in validate.local_call_targets(insns)
+    entry_called = 0 in cfg.local_call_targets(insns)
     for k, f in enumerate(funcs):
-        state = _flow(insns, f, _ENTRY, entry_called)
+        # instructions that fault on every execution (at every depth f can run at) end paths
+        state = validate.initialised(insns, f, _ENTRY,
+                                     validate.certain_faults(insns, f, entry_called))
         _check_reads(insns, state, f.start == 0)
         states[k] = state
         info.reachable.update(state)
@@ -234,7 +185,7 @@ def verify(program: Program, helpers: HelperRegistry, *,
     # sites build the call graph whose depth is proven: an unreachable call cannot deepen a run.
     index_of = {f.start: k for k, f in enumerate(funcs)}
     info.call_targets = {i: index_of[jump_target(insn, i)] for i, insn in enumerate(insns)
-                         if insn is not None and insn.op.form == "call_local"}
+                         if insn is not None and insn.op.is_local_call}
     try:
         info.max_depth = _call_graph(insns, funcs, states, index_of)
     except VerifierError:

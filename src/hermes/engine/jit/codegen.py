@@ -23,7 +23,7 @@ from ...errors import VerifierError
 from ..isa import Insn, jump_target
 from ..memory import DATA_BASE, MASK64, MAX_CALL_DEPTH, STACK_BASE, STACK_SIZE, STACK_TOP, Segment
 from ..program import Program
-from .. import validate
+from .. import cfg
 from ..verifier import VerifierInfo
 from .loops import LoopPlan, plan_loops
 
@@ -60,7 +60,7 @@ def _s64(v: int) -> int:
 
 def leaders(program: Program, info: VerifierInfo) -> list[int]:
     """Block starts, exactly as the interpreter splits blocks (so counts and budgets agree)."""
-    return validate.block_leaders(program.insns, info.functions)
+    return cfg.block_leaders(program.insns, info.functions)
 
 
 class _Func:
@@ -183,7 +183,7 @@ class _Func:
                 x = y
             self.put(d, self.cast("zext", x, f"i{w}", "i64"))
             return
-        if op.form == "alu_x":
+        if op.source_x:
             src = self.get32(insn.src) if w == 32 else self.get(insn.src)
         else:
             src = str(_s64(insn.imm) if w == 64 else ((insn.imm + 2**31) % 2**32) - 2**31)
@@ -202,7 +202,7 @@ class _Func:
             if sem == "neg":
                 self.emit(f"{res} = sub {ty} 0, {dv}")
             elif sem in ("lsh", "rsh", "arsh"):
-                if op.form == "alu_k":
+                if not op.source_x:
                     amt = str(insn.imm & (w - 1))
                 else:
                     amt = self.t()
@@ -212,7 +212,7 @@ class _Func:
                 self.emit(f"{res} = {_BIN[sem]} {ty} {dv}, {src}")
             elif sem in ("div", "mod"):
                 inst = "udiv" if sem == "div" else "urem"
-                if op.form == "alu_k":
+                if not op.source_x:
                     k = insn.imm & (MASK64 if w == 64 else 0xFFFFFFFF)
                     if k == 0:
                         res = "0" if sem == "div" else dv
@@ -270,7 +270,7 @@ class _Func:
 
     def store(self, insn: Insn, pc: int, count: str) -> None:
         size = insn.op.width
-        if insn.op.form == "st":
+        if not insn.op.source_x:
             imm = insn.imm & ((1 << (size * 8)) - 1)
             val = str(imm - (1 << (size * 8)) if imm >> (size * 8 - 1) else imm)
         else:
@@ -317,7 +317,7 @@ class _Func:
             self.put(insn.src, oldx)
 
     def helper_call(self, insn: Insn, pc: int, count: str) -> None:
-        if insn.op.form == "callx":
+        if insn.op.sem == "callx":
             hid = self.get(insn.dst)
         else:
             hid = str(_s64(insn.imm))
@@ -373,7 +373,7 @@ class _Func:
         w = op.width
         ty = f"i{w}"
         d = self.get32(insn.dst) if w == 32 else self.get(insn.dst)
-        if op.form == "jcond_x":
+        if op.source_x:
             s = self.get32(insn.src) if w == 32 else self.get(insn.src)
         else:
             s = str(_s64(insn.imm) if w == 64 else insn.imm)
@@ -686,36 +686,37 @@ class _Func:
                 if insn is None:
                     continue
                 pos += 1
-                form = insn.op.form
+                op = insn.op
                 count = "0"
-                if form in ("ldx", "st", "stx", "atomic", "call", "callx", "call_local"):
+                if op.mem_base is not None or op.is_call:
+                    # what can stop the run reports the count up to and including itself
                     count = self.t()
                     self.emit(f"{count} = add i64 {before}, {pos}")
-                if form in ("alu_k", "alu_x", "unary", "end"):
+                if op.is_alu:
                     self.alu(insn)
-                elif form == "lddw":
+                elif op.is_lddw:
                     self.put(insn.dst, str(_s64(insn.imm)))
-                elif form == "ldx":
+                elif op.is_load:
                     self.load(insn, i, count)
-                elif form in ("st", "stx"):
+                elif op.is_store:
                     self.store(insn, i, count)
-                elif form == "atomic":
+                elif op.is_atomic:
                     self.atomic(insn, i, count)
-                elif form in ("call", "callx"):
-                    self.helper_call(insn, i, count)
-                elif form == "call_local":
+                elif op.is_local_call:
                     self.local_call(insn, i, count)
                     self.emit(f"br label %b{self.inside(e, i)}")
                     break
-                elif form in ("ja", "gotol"):
+                elif op.is_call:
+                    self.helper_call(insn, i, count)
+                elif op.is_jump:
                     edge(None, jump_target(insn, i), 0, copy)
                     break
-                elif form in ("jcond_k", "jcond_x"):
+                elif op.is_branch:
                     certain = fast is not None and i in fast.tests
                     c = "stay" if certain else self.cond(insn)
                     edge(c, jump_target(insn, i), self.inside(e, i), copy)
                     break
-                elif form == "exit":
+                elif op.is_exit:
                     r0 = self.get(0)
                     c = self.t()
                     self.emit(f"{c} = load i64, ptr %cnt")
@@ -725,8 +726,8 @@ class _Func:
                     self.emit(f"{v2} = insertvalue {{i64, i64}} {v1}, i64 {c}, 1")
                     self.emit(f"ret {{i64, i64}} {v2}")
                     break
-                else:  # pragma: no cover - the ISA table has no other forms
-                    raise AssertionError(form)
+                else:  # pragma: no cover - the ISA table has no other kind of instruction
+                    raise AssertionError(op.mnemonic)
             else:
                 edge(None, self.inside(e, e - 1), 0, copy)
         self.fast = None
@@ -755,8 +756,8 @@ class ModuleGen:
         #: inline function 0 twice (with and without a data slot) when the program is small
         # (only programs with loops: straight-line code gains little for twice the compile work)
         self.specialise = len(program.insns) <= SPECIALISE_MAX and any(
-            insn is not None and (jump_target(insn, i) or i + 1) <= i
-            and insn.op.form != "call_local" for i, insn in enumerate(program.insns))
+            insn is not None and (insn.op.is_jump or insn.op.is_branch)
+            and (jump_target(insn, i) or i + 1) <= i for i, insn in enumerate(program.insns))
 
     def resolve_fn(self) -> str:
         """``@hermes_resolve``: stack frames and program segments (the slow path of an access)."""

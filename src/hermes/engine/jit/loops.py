@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .. import validate
+from .. import cfg
 from ..isa import Insn, jump_target
 
 #: Offsets and increments beyond this magnitude make an access ineligible (keeps K's i64 math
@@ -59,19 +59,10 @@ class LoopPlan:
     uniform: "int | None" = None
 
 
-def _succ(insns: "list[Insn | None]", s: int, e: int) -> list[int]:
-    last = e - 1
-    while insns[last] is None:
-        last -= 1
-    insn = insns[last]
-    form = insn.op.form
-    if form == "exit":
-        return []
-    if form in ("ja", "gotol"):
-        return [jump_target(insn, last)]
-    if form in ("jcond_k", "jcond_x"):
-        return [e, jump_target(insn, last)]
-    return [e]
+def _constant_step(insn: Insn) -> bool:
+    """``insn`` adds or subtracts an immediate to a 64-bit register (what an IV may do)."""
+    op = insn.op
+    return op.is_alu and not op.source_x and op.sem in ("add", "sub") and op.width == 64
 
 
 def plan_loops(insns: "list[Insn | None]", starts: list[int], ends: dict[int, int],
@@ -82,7 +73,10 @@ def plan_loops(insns: "list[Insn | None]", starts: list[int], ends: dict[int, in
     collected up to ``MAX_LOOP_BLOCKS`` blocks, since bigger loops are never versioned.
     """
     blocks = [s for s in starts if fstart <= s < fend]
-    succ = {s: [t for t in _succ(insns, s, ends[s]) if fstart <= t < fend] for s in blocks}
+    succ = {}
+    for s in blocks:
+        last = cfg.last_slot(insns, ends[s])
+        succ[s] = [t for t in cfg.successors(insns[last], last) if fstart <= t < fend]
     pred: dict[int, list[int]] = {s: [] for s in blocks}
     for s in blocks:
         for t in succ[s]:
@@ -229,10 +223,11 @@ def _plan(insns, h, body, succ, ends, stack_safe) -> "LoopPlan | None":
     defs: dict[int, bool] = {}  # reg -> only constant add/sub so far
     for i in slots:
         insn = insns[i]
-        if insn.op.form == "call_local":
+        op = insn.op
+        if op.is_local_call:
             return None  # the callee's instructions are not in the iteration length
-        w = validate.writes(insn)
-        iv_step = insn.op.form == "alu_k" and insn.op.sem in ("add", "sub") and insn.op.width == 64
+        w = cfg.writes(insn)
+        iv_step = _constant_step(insn)
         for r in range(11):
             if w >> r & 1:
                 defs[r] = defs.get(r, True) and iv_step
@@ -283,15 +278,15 @@ def _plan(insns, h, body, succ, ends, stack_safe) -> "LoopPlan | None":
             insn = insns[i]
             if insn is None:
                 continue
-            form = insn.op.form
-            base = insn.src if form == "ldx" else insn.dst if form in ("st", "stx") else None
+            # atomics stay checked: the fast copy leaves their accesses alone
+            base = None if insn.op.is_atomic else insn.base_reg
             if base is not None and i not in stack_safe:
                 v = _value(base, av, ivs, cur)
                 if v is not None and v[0]:
                     acc = Access(i, v[0], v[1] + insn.off, v[2] + insn.off + insn.op.width)
                     if abs(acc.lo) < LIMIT and abs(acc.hi) < LIMIT:
                         accesses[i] = acc
-            if insn.dst in ivs and form == "alu_k":
+            if insn.dst in ivs and _constant_step(insn):
                 d = insn.imm if insn.op.sem == "add" else -insn.imm
                 lo, hi = cur[insn.dst]
                 cur[insn.dst] = (lo + d, hi + d)
@@ -316,15 +311,12 @@ def _plan(insns, h, body, succ, ends, stack_safe) -> "LoopPlan | None":
     # access ranges above already include them
     unroll = 1
     if body == {h}:
-        last = ends[h] - 1
-        while insns[last] is None:
-            last -= 1
+        last = cfg.last_slot(insns, ends[h])
         # Loops that only walk IVs are left to LLVM's vectoriser (which our unrolled exits would
         # defeat); loops with data-dependent addresses (a histogram) cannot vectorise, unroll.
-        indirect = any(insns[i].op.form in ("ldx", "st", "stx", "atomic") and i not in stack_safe
-                       and (insns[i].src if insns[i].op.form == "ldx" else insns[i].dst) not in ivs
+        indirect = any(insns[i].base_reg not in (None, *ivs) and i not in stack_safe
                        for i in range(h, ends[h]) if insns[i] is not None)
-        if insns[last].op.form in ("jcond_k", "jcond_x") and indirect and \
+        if insns[last].op.is_branch and indirect and \
                 sum(1 for i in range(h, ends[h]) if insns[i] is not None) <= UNROLL_MAX_LEN:
             unroll = UNROLL
     tests = {}
@@ -355,19 +347,17 @@ _MIRROR = {"<": ">", "<=": ">=", ">": "<", ">=": "<=", "==": "==", "!=": "!="}
 
 def _exit_test(insns, h, b, e, body, ivs, defs, inc, partial) -> "tuple | None":
     """(pc, iv, offset, step, condition, bound reg, bound imm, stay on taken) or None."""
-    last = e - 1
-    while insns[last] is None:
-        last -= 1
+    last = cfg.last_slot(insns, e)
     insn = insns[last]
     op = insn.op
-    if op.form not in ("jcond_k", "jcond_x") or op.width != 64 or op.sem not in _OPS:
+    if not op.is_branch or op.width != 64 or op.sem not in _OPS:
         return None
     taken = jump_target(insn, last)
     stay_taken = taken in body
     if stay_taken == (e in body):
         return None  # not an exit test (both targets inside, or both outside)
     iv, rel, bound = insn.dst, _OPS[op.sem], insn.src
-    if op.form == "jcond_x" and iv not in ivs and insn.src in ivs:
+    if op.source_x and iv not in ivs and insn.src in ivs:
         # clang writes `if (n > i)` as `jgt rN, rI`: read it as `i < n` (the IV on the left)
         iv, rel, bound = insn.src, _MIRROR[rel], insn.dst
     if iv not in ivs or inc.get(iv, (0, 1))[0] != inc[iv][1] or inc[iv][0] == 0:
@@ -382,7 +372,7 @@ def _exit_test(insns, h, b, e, body, ivs, defs, inc, partial) -> "tuple | None":
         pass
     else:
         return None
-    if op.form == "jcond_x":
+    if op.source_x:
         if bound in defs:
             return None
         return (last, iv, lo, step, cond, bound, 0, stay_taken)
@@ -434,17 +424,17 @@ def _abstract(insn: Insn, av: dict, ivs: set[int], cur: dict) -> None:
     Values are exact 64-bit sums only while offsets stay far below 2**63: scalars are kept
     non-negative and below 2**40, and access offsets are limited by ``LIMIT``.
     """
-    w = validate.writes(insn)
+    w = cfg.writes(insn)
     if not w:
         return
-    form, sem, d = insn.op.form, insn.op.sem, insn.dst
+    op, sem, d = insn.op, insn.op.sem, insn.dst
     val = None
-    if form == "ldx" and sem == "ldx" and insn.op.width < 8:
-        val = ((), 0, (1 << (8 * insn.op.width)) - 1)
-    elif insn.op.width == 64 and form in ("alu_k", "alu_x"):
+    if op.is_load and sem == "ldx" and op.width < 8:
+        val = ((), 0, (1 << (8 * op.width)) - 1)
+    elif op.width == 64 and op.is_alu:  # neg and byte swaps match no case below: unknown
         cur_v = av.get(d)
         scalar = cur_v is not None and not cur_v[0]
-        if form == "alu_k":
+        if not op.source_x:
             k = insn.imm
             if sem == "mov":
                 val = ((), k, k) if k >= 0 else None
@@ -475,5 +465,5 @@ def _abstract(insn: Insn, av: dict, ivs: set[int], cur: dict) -> None:
     for r in range(11):
         if w >> r & 1:
             av[r] = None
-    if w >> d & 1 and form not in ("atomic", "call", "callx", "call_local"):
+    if w >> d & 1 and not (op.is_atomic or op.is_call):
         av[d] = val
