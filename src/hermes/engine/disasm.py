@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 from . import cfg
 from .isa import Insn, decode, encode, jump_target
+from .program import Program
 
 
 def fmt_imm(value: int) -> str:
@@ -130,9 +131,9 @@ class SourceLine(NamedTuple):
         return f"; {self.file}:{self.line}{text}"
 
 
-def annotated(program: "object", *, verbose: bool = False,
+def annotated(program: Program, *, verbose: bool = False,
               source: "dict[int, SourceLine] | None" = None) -> str:
-    """The listing ``hermes disasm`` prints for ``program`` (a ``Program``): function headers,
+    """The listing ``hermes disasm`` prints for ``program``: function headers,
     labels, targets by name, and source lines (``source``, default ``source_lines(program)``);
     ``verbose`` adds each instruction's slot and raw bytes. Without ``verbose`` the text
     assembles back to the program's code."""
@@ -162,7 +163,7 @@ def annotated(program: "object", *, verbose: bool = False,
 
 
 # -- source lines from DWARF ------------------------------------------------------------------------
-def source_lines(program: "object", search: "list[str] | None" = None) -> dict[int, SourceLine]:
+def source_lines(program: Program, search: "list[str] | None" = None) -> dict[int, SourceLine]:
     """The C source line of each slot of ``program`` that starts one in the DWARF line table
     of the ELF object it was linked from (``program.elf_bytes``; compiled with ``-g``).
 
@@ -171,7 +172,7 @@ def source_lines(program: "object", search: "list[str] | None" = None) -> dict[i
     ``search``); when the file is not there, only the file and line are known. Never raises
     for an object the loader accepted: what cannot be mapped is left out.
     """
-    blob = getattr(program, "elf_bytes", None)
+    blob = program.elf_bytes
     if not blob:
         return {}
     from elftools.common.exceptions import ELFError
