@@ -16,6 +16,7 @@ import random
 import time
 
 from hermes.engine import load
+from hermes.engine.asm import assemble_program
 from hermes.engine.helpers import DEVICE_HELPERS
 from hermes.engine.interp import Interpreter
 from hermes.engine.jit import codegen, runtime
@@ -91,7 +92,7 @@ def _timed(fn):
 
 def measure(shape: str, n: int, llvm_max: int) -> dict:
     """Figures for one program (see the module docstring)."""
-    program = Program.from_asm(SHAPES[shape](n, random.Random(n)),
+    program = assemble_program(SHAPES[shape](n, random.Random(n)),
                                name=f"{shape}-{n}-{time.time_ns()}")
     row: dict = {"shape": shape, "slots": len(program)}
     info, row["verify"], _ = _timed(lambda: verify(program, DEVICE_HELPERS))

@@ -25,7 +25,9 @@ import numpy as np
 
 import hermes
 import hermes.dask as hd
+from hermes.engine.asm import assemble_program
 from hermes.engine.clang import compile_c
+from hermes.engine.elf import load_elf
 from hermes.lib.pieces import scan
 
 #: The example offload counting '\n' bytes (r0 = the count), compiled with clang for BPF.
@@ -102,9 +104,9 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3, help="runs per figure (the best is printed)")
     ap.add_argument("--batch", type=int, default=64, help="pieces per task, second overhead run")
     opts = ap.parse_args()
-    trivial = hermes.Program.from_asm(TRIVIAL)
+    trivial = assemble_program(TRIVIAL)
     with tempfile.TemporaryDirectory() as tmp:
-        newlines = hermes.Program.from_elf(compile_c(NEWLINES_C, Path(tmp) / "newlines.o"))
+        newlines = load_elf(compile_c(NEWLINES_C, Path(tmp) / "newlines.o"))
         path = os.path.join(tmp, "lines.txt")
         want = make_text(path, opts.mib)
         small = os.path.join(tmp, "small.bin")
@@ -116,7 +118,7 @@ def main() -> None:
         lcg_file = os.path.join(tmp, "lcg.bin")
         with open(lcg_file, "wb") as f:
             f.truncate(LCG_PIECES * 4096)
-        lcg = hermes.Program.from_asm(LCG)
+        lcg = assemble_program(LCG)
         compute: dict[str, float] = {}
         for engines in (1, 2):
             compute[f"local scan, 1 device x {engines} engine(s)"], _ = local(

@@ -21,9 +21,11 @@ from pathlib import Path
 
 from hermes.benchmarks import find_shared
 from hermes.engine import load
+from hermes.engine.asm import assemble_program
 from hermes.engine.clang import compile_c
+from hermes.engine.elf import load_elf
+from hermes.engine.frontends import read_program
 from hermes.engine.helpers import DEVICE_HELPERS
-from hermes.engine.program import Program
 
 BENCH = Path(os.environ.get("HERMES_BENCH") or find_shared("bench") or "../shared/bench")
 #: uBPF x86-64 JIT figures from the bench README (ms, minimum of several runs).
@@ -77,7 +79,7 @@ def compile_time(n_insns: int = 1000) -> tuple:
     while len(lines) - 2 * k < n_insns - 1:
         lines.append("add %r0, 1")
     lines += ["exit"]
-    prog = Program.from_asm("\n".join(lines), name=f"compile-{time.time_ns()}")
+    prog = assemble_program("\n".join(lines), name=f"compile-{time.time_ns()}")
     t0 = time.perf_counter()
     c0 = time.process_time()
     exe = load(prog, helpers=DEVICE_HELPERS, executor="jit")
@@ -99,9 +101,9 @@ def main() -> None:
               f"{'jit/gcc':>7s} {'jit/uBPF':>8s} {'compile':>8s}")
         for name, kind in [(n, k) for n in NAMES for k in ("asm", "c")]:
             if kind == "asm":
-                prog = Program.from_file(BENCH / "asm" / f"{name}.asm")
+                prog = read_program(BENCH / "asm" / f"{name}.asm")
             else:
-                prog = Program.from_elf(compile_c(BENCH / f"{name}.c", Path(tmp) / f"{name}.o"))
+                prog = load_elf(compile_c(BENCH / f"{name}.c", Path(tmp) / f"{name}.o"))
             mem, r0, after = inputs[name]
             t0 = time.perf_counter()
             exe = load(prog, helpers=DEVICE_HELPERS, executor="jit")

@@ -17,9 +17,9 @@ from pathlib import Path
 
 from hermes.benchmarks import find_shared
 from hermes.engine import load
+from hermes.engine.asm import assemble_program
 from hermes.engine.helpers import DEVICE_HELPERS
 from hermes.engine.jit import runtime
-from hermes.engine.program import Program
 
 BENCH = Path(os.environ.get("HERMES_BENCH") or find_shared("bench") or "../shared/bench")
 
@@ -43,7 +43,7 @@ def main() -> None:
     src = (BENCH / "asm" / "filter_records.asm").read_text()
     mark = None
     for i in range(args.cache + args.programs):
-        exe = load(Program.from_asm(f"{src}\nmov %r0, {i}\nexit", name=f"mem{i}"),
+        exe = load(assemble_program(f"{src}\nmov %r0, {i}\nexit", name=f"mem{i}"),
                    helpers=DEVICE_HELPERS, executor="jit")
         exe.run(bytearray(8192))
         del exe

@@ -11,6 +11,7 @@ import sys
 import time
 
 import hermes
+from hermes.engine.asm import assemble_program
 
 PROGRAM = """
     mov r0, 0
@@ -26,7 +27,7 @@ l:  mul r0, 1103515245
 def main() -> None:
     """Measure and print runs/s per engine count."""
     items = int(sys.argv[1]) if len(sys.argv) > 1 else 64
-    prog = hermes.Program.from_asm(PROGRAM)
+    prog = assemble_program(PROGRAM)
     bufs = [(300_000).to_bytes(8, "little")] * items
     base = None
     for engines in (1, 2, 4):

@@ -19,13 +19,13 @@ import time
 from hermes.benchmarks.device import _best_rate, _samples
 from hermes.device.nvme import NvmeController
 from hermes.driver.nvme import NvmeHost
-from hermes.engine import Program
+from hermes.engine.asm import assemble_program
 from hermes.nvme_regs import PCI_DEVICE_ID, PCI_VENDOR_ID
 from hermes.transport.inproc import InProcessTransport
 from hermes.transport.vfio_user import VfioUserTransport
 
 MiB = 1 << 20
-TINY = Program.from_asm("mov r0, 7\nexit").code
+TINY = assemble_program("mov r0, 7\nexit").code
 
 
 def measure(t, use_irq: bool, n: int) -> dict[str, float]:

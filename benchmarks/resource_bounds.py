@@ -30,8 +30,8 @@ def _peak_mib() -> float:
 
 def _memset(engine_name: str) -> str:
     from hermes import engine
-    from hermes.engine import Program
-    prog = Program.from_asm("mov r2, 0\nlddw r3, 1000000000\ncall 0x1000\nmov r0, 0\nexit")
+    from hermes.engine.asm import assemble_program
+    prog = assemble_program("mov r2, 0\nlddw r3, 1000000000\ncall 0x1000\nmov r0, 0\nexit")
     exe = engine.load(prog, executor=engine_name)
     before = _rss_mib()
     try:

@@ -23,6 +23,7 @@ import numpy as np
 
 import hermes
 from hermes.engine.clang import compile_c, require_clang
+from hermes.engine.elf import load_elf
 from hermes.lib.pieces import pieces, scan
 
 #: r0 = the sum of the input's u64 words, modulo 2^64 (a trailing partial word is ignored).
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     nbytes, piece = opts.mib << 20, opts.piece_kib << 10
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "sum.c").write_text(SUM_C)
-        program = hermes.Program.from_elf(compile_c(Path(tmp) / "sum.c", Path(tmp) / "sum.o"))
+        program = load_elf(compile_c(Path(tmp) / "sum.c", Path(tmp) / "sum.o"))
         words = np.arange(nbytes // 8, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
         path = Path(opts.file) if opts.file else Path(tmp) / "data.bin"
         words.tofile(path)

@@ -18,7 +18,7 @@ import time
 
 import hermes.driver
 from hermes import regs
-from hermes.engine import Program
+from hermes.engine.asm import assemble_program
 from hermes.transport.vfio_user import VfioUserTransport
 
 MiB = 1 << 20
@@ -61,7 +61,7 @@ def measure(path: str, quick: bool = False) -> dict[str, float]:
     try:
         reg = _median_us(lambda: t.read(regs.BAR_REGS, regs.EHVER, 4), n)
         f = drv.open()
-        f.download_program(Program.from_asm("mov r0, 0\nexit").to_bytes())
+        f.download_program(assemble_program("mov r0, 0\nexit").to_bytes())
         f.pwrite(bytes(8), 0)
         run = _median_us(f.fsync, n)
         buf = drv.dma_alloc(MiB)

@@ -26,6 +26,7 @@ import distributed
 import hermes
 import hermes.dask
 from hermes.engine.clang import compile_c
+from hermes.engine.elf import load_elf
 
 HERE = Path(__file__).resolve().parent
 GIB = 1 << 30
@@ -58,7 +59,7 @@ def main() -> None:
     opts = ap.parse_args()
     piece = opts.piece_mib * MIB
     with tempfile.TemporaryDirectory(dir=opts.dir) as tmp:
-        program = hermes.Program.from_elf(compile_c(HERE / "newlines.c", Path(tmp) / "n.o"))
+        program = load_elf(compile_c(HERE / "newlines.c", Path(tmp) / "n.o"))
         path = os.path.join(tmp, "dataset.log")
         want = make_dataset(path, int(opts.gib * GIB))
         print(f"dataset: {path}, {os.path.getsize(path) / GIB:.1f} GiB "

@@ -7,7 +7,9 @@ import time
 import pytest
 
 from hermes.engine import Cancel, load
+from hermes.engine.asm import assemble_program
 from hermes.engine.clang import compile_c, find_clang
+from hermes.engine.elf import load_elf
 from hermes.engine.helpers import CONFORMANCE_HELPERS, DEVICE_HELPERS
 from hermes.engine.interp import Interpreter
 from hermes.engine.jit import JitExecutable
@@ -74,7 +76,7 @@ def cancel_after(exe, memory, delay: float) -> tuple[BaseException | None, float
 @pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("text", [SPIN, WALK, DEEP], ids=["spin", "walk", "depth"])
 def test_endless_loop_stops_within_a_second(engine, text):
-    exe = executable(Program.from_asm(text), engine)
+    exe = executable(assemble_program(text), engine)
     exc, stopped = cancel_after(exe, bytearray(64), 0.3)
     assert isinstance(exc, Cancelled) and isinstance(exc, ExecutionError)
     assert exc.kind == "cancelled" and exc.pc is not None and f"at pc {exc.pc}" in str(exc)
@@ -88,7 +90,7 @@ HELPER_LOOP = "mov r6, r1\nloop:\nmov r1, r6\nmov r2, 0\nmov r3, 1048576\ncall 4
 @pytest.mark.parametrize("engine", ENGINES)
 def test_a_loop_of_long_helper_calls_stops_within_a_second(engine):
     """Polling counts instructions; a cancelled run also stops at its next helper call."""
-    program = Program.from_asm(HELPER_LOOP)
+    program = assemble_program(HELPER_LOOP)
     if engine == "interp":
         exe = Interpreter(program, helpers=DEVICE_HELPERS, budget=ENDLESS)
     else:
@@ -118,7 +120,7 @@ unsigned long spin(unsigned char *mem, unsigned long len)
 def test_clang_while_true_with_memory_traffic_stops(engine, tmp_path):
     src = tmp_path / "spin.c"
     src.write_text(C_ENDLESS)
-    program = Program.from_elf(compile_c(src, tmp_path / "spin.o"))
+    program = load_elf(compile_c(src, tmp_path / "spin.o"))
     exc, stopped = cancel_after(executable(program, engine), bytearray(256), 0.3)
     assert isinstance(exc, Cancelled), exc
     assert stopped < 1.0
@@ -129,7 +131,7 @@ def test_a_flag_set_before_the_run_stops_it_at_the_start(engine):
     flag = Cancel()
     flag.set()
     flag.set()  # idempotent
-    exe = executable(Program.from_asm(SPIN), engine)
+    exe = executable(assemble_program(SPIN), engine)
     with pytest.raises(Cancelled) as info:
         exe.run(None, cancel=flag)
     assert info.value.pc == 0 and info.value.instructions == 0
@@ -139,7 +141,7 @@ def test_a_flag_set_before_the_run_stops_it_at_the_start(engine):
 def test_an_unset_flag_changes_nothing(engine):
     """Same r0, memory, count and errors as a run without a flag, also at the budget's edge."""
     text = WALK.replace("jne r6, 0, loop", "jne r6, 300000, loop")
-    program = Program.from_asm(text)
+    program = assemble_program(text)
     exe = executable(program, engine)
     for budget in (None, 7, 2_000_000, 2_400_002, 2_400_003):
         outcomes = []
@@ -156,7 +158,7 @@ def test_an_unset_flag_changes_nothing(engine):
 
 
 def test_one_flag_stops_every_run_it_was_given():
-    program = Program.from_asm(SPIN)
+    program = assemble_program(SPIN)
     exes = [executable(program, e) for e in ENGINES]
     flag = Cancel()
     errors: list = []
@@ -180,9 +182,9 @@ def test_one_flag_stops_every_run_it_was_given():
 def test_load_and_run_accept_cancel_for_every_engine():
     from hermes.engine import executor_names, run
     for name in executor_names():
-        exe = load(Program.from_asm("mov r0, 5\nexit"), executor=name)
+        exe = load(assemble_program("mov r0, 5\nexit"), executor=name)
         assert exe.run(None, None, cancel=Cancel()).return_value == 5
-        assert run(Program.from_asm("mov r0, 6\nexit"), executor=name,
+        assert run(assemble_program("mov r0, 6\nexit"), executor=name,
                    cancel=Cancel()).return_value == 6
 
 

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from hermes.engine import DEFAULT_BUDGET, DEVICE_HELPERS, Program
+from hermes.engine import DEFAULT_BUDGET, DEVICE_HELPERS
 from hermes.engine.clang import V4_MIN_VERSION, clang_version, compile_c, find_clang, supports_v4
+from hermes.engine.elf import load_elf
 from hermes.engine.interp import Interpreter
 from hermes.engine.jit import JitExecutable
 from hermes.engine.reference import Reference
@@ -93,7 +94,7 @@ def test_signed_division_compiled_for_v4_runs_on_every_engine(tmp_path: Path):
     src = tmp_path / "signed.c"
     src.write_text(SIGNED)
     obj = compile_c(src, tmp_path / "signed.o", extra_flags=["-mcpu=v4"])
-    program = Program.from_elf(obj)
+    program = load_elf(obj)
     mnemonics = {i.op.mnemonic for i in program.insns if i is not None}
     assert {"sdiv32", "smod"} <= mnemonics, mnemonics
     engines = [cls(program, helpers=DEVICE_HELPERS, budget=DEFAULT_BUDGET)

@@ -7,6 +7,7 @@ import time
 import pytest
 
 from hermes.engine import load
+from hermes.engine.asm import assemble_program
 from hermes.engine.helpers import CONFORMANCE_HELPERS
 from hermes.engine.interp import Interpreter
 from hermes.engine.jit import JitExecutable, runtime
@@ -26,7 +27,7 @@ def dense_jumps(n: int, seed: int = 1) -> Program:
         target = rng.randrange(max(0, i - 30000), min(body, i + 30000))
         lines.append(f"jeq r1, {12345 + i}, L{target}")
     lines.append("exit")
-    return Program.from_asm("\n".join(lines), name=f"dense-{n}-{seed}")
+    return assemble_program("\n".join(lines), name=f"dense-{n}-{seed}")
 
 
 def back_jumps(n: int) -> Program:
@@ -35,7 +36,7 @@ def back_jumps(n: int) -> Program:
     lines = ["mov r0, 0", "mov r1, 7", "L0:"]
     lines += [f"jeq r1, {12345 + i}, L0" for i in range(n - 3)]
     lines.append("exit")
-    return Program.from_asm("\n".join(lines), name=f"back-{n}")
+    return assemble_program("\n".join(lines), name=f"back-{n}")
 
 
 def test_the_largest_program_loads_and_runs_on_a_tier_that_is_cheap_to_build():
@@ -75,7 +76,7 @@ def test_each_tier_gives_the_interpreters_results():
         lines += [f"ldxb r3, [r1+{k % 32}]", "add r0, r3", f"jgt r0, {1000 + 7 * k}, S{k}",
                   f"stxb [r1+{(k * 5) % 32}], r0", f"S{k}:"]
     lines += ["loop:", "add r6, 1", "jlt r6, 100, loop", "exit"]
-    program = Program.from_asm("\n".join(lines))
+    program = assemble_program("\n".join(lines))
     ref = Interpreter(program, helpers=CONFORMANCE_HELPERS, budget=10**9)
     want_mem = bytearray(range(32))
     want = ref.run(want_mem)
@@ -125,5 +126,5 @@ def test_dominators_match_the_definition_on_random_graphs():
 def test_an_unknown_tier_is_a_usage_error():
     from hermes.errors import UsageError
     with pytest.raises(UsageError, match="unknown JIT tier 'fast'"):
-        JitExecutable(Program.from_asm("mov r0, 1\nexit"), helpers=CONFORMANCE_HELPERS,
+        JitExecutable(assemble_program("mov r0, 1\nexit"), helpers=CONFORMANCE_HELPERS,
                       budget=10, tier="fast")

@@ -19,6 +19,8 @@ import pytest
 
 import hermes
 from hermes.engine import Program, clang
+from hermes.engine.asm import assemble_program
+from hermes.engine.elf import load_elf
 from hermes.engine.memory import STACK_SIZE, STACK_TOP
 
 MiB = 1 << 20
@@ -26,14 +28,14 @@ MiB = 1 << 20
 FOREVER = 1 << 40
 #: The largest budget (and loop count): a run that goes on until it is stopped, whatever its speed.
 ENDLESS = (1 << 64) - 1
-RET7 = Program.from_asm("mov r0, 7\nexit")
-LEN = Program.from_asm("mov r0, r2\nexit")
+RET7 = assemble_program("mov r0, 7\nexit")
+LEN = assemble_program("mov r0, r2\nexit")
 #: Stores r3, r4, r5 at data[0..24); returns r2.
-ARGS = Program.from_asm("stxdw [r1], r3\nstxdw [r1+8], r4\nstxdw [r1+16], r5\nmov r0, r2\nexit")
-LOOP = Program.from_asm("mov r0, 0\nloop:\nadd r0, 1\nja loop")
+ARGS = assemble_program("stxdw [r1], r3\nstxdw [r1+8], r4\nstxdw [r1+16], r5\nmov r0, r2\nexit")
+LOOP = assemble_program("mov r0, 0\nloop:\nadd r0, 1\nja loop")
 #: r0 = data[arg0] (a load at any offset of the window, or past it).
-LOAD_AT = Program.from_asm("mov r4, r1\nadd r4, r3\nldxb r0, [r4]\nexit")
-STORE_PAST = Program.from_asm("mov r3, r1\nadd r3, r2\nstxb [r3], r2\nmov r0, 0\nexit")
+LOAD_AT = assemble_program("mov r4, r1\nadd r4, r3\nldxb r0, [r4]\nexit")
+STORE_PAST = assemble_program("mov r3, r1\nadd r3, r2\nstxb [r3], r2\nmov r0, 0\nexit")
 
 #: The C programs of the suite (clang -target bpf; the VM guest has no clang and gets them
 #: compiled by the host in $HERMES_CONTRACT_OBJECTS).
@@ -52,7 +54,7 @@ def progs(tmp_path_factory) -> dict[str, Program | Path]:
         paths = {obj.stem: obj for obj in sorted(Path(objects).glob("*.o"))}
     else:
         pytest.skip(f"clang is not installed; {clang.INSTALL_HINT}")
-    return {name: path if name == "two" else Program.from_elf(path)
+    return {name: path if name == "two" else load_elf(path)
             for name, path in paths.items()}
 
 
@@ -170,7 +172,7 @@ def test_output_precedence(dev, progs):
     assert dev.run(declare, b"", args=(32,), size=32).data == bytes(range(1, 33))
 
 
-SET_OUTPUT_9 = Program.from_asm("mov r1, 9\ncall 0x1002\nmov r0, 0\nexit")
+SET_OUTPUT_9 = assemble_program("mov r1, 9\ncall 0x1002\nmov r0, 0\nexit")
 
 
 def test_declared_output_past_the_window_is_a_helper_fault(dev):
@@ -213,15 +215,15 @@ def test_out_buffer(dev, progs):
 
 def test_entry_function(dev, progs):
     obj = progs["two"]
-    assert dev.run(Program.from_elf(obj, function="second"), b"abc").return_value == 5
-    assert dev.run(Program.from_elf(obj, function="first"), b"abc").return_value == 1
+    assert dev.run(load_elf(obj, function="second"), b"abc").return_value == 5
+    assert dev.run(load_elf(obj, function="first"), b"abc").return_value == 1
 
 
 # --- 3. errors, identical on every backend --------------------------------------------------------
-BAD_PROGRAMS = {"uninitialised register": Program.from_asm("mov r0, r6\nexit"),
-                "unknown helper": Program.from_asm("call 99\nmov r0, 0\nexit"),
-                "r0 not set": Program.from_asm("exit"),
-                "falls through": Program.from_asm("mov r0, 0"),
+BAD_PROGRAMS = {"uninitialised register": assemble_program("mov r0, r6\nexit"),
+                "unknown helper": assemble_program("call 99\nmov r0, 0\nexit"),
+                "r0 not set": assemble_program("exit"),
+                "falls through": assemble_program("mov r0, 0"),
                 "unknown opcode": bytes(8), "truncated": b"\xb7\0\0\0"}
 
 

@@ -23,6 +23,7 @@ import dask.bag as db  # noqa: E402
 
 import hermes  # noqa: E402
 import hermes.dask as hd  # noqa: E402
+from hermes.engine.asm import assemble_program
 from hermes.errors import DataTooLarge, ExecutionFailed, UsageError  # noqa: E402
 from hermes.lib.pieces import pieces  # noqa: E402
 
@@ -81,7 +82,7 @@ def client():
 
 @pytest.fixture(scope="module")
 def program():
-    return hermes.Program.from_asm(NEWLINES)
+    return assemble_program(NEWLINES)
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +181,7 @@ def test_devices_come_from_each_workers_dask_config():
         c.register_plugin(hd.HermesPlugin())
         (info,) = c.scheduler_info(n_workers=-1)["workers"].values()
         assert info["resources"] == {"hermes-cpu": 3}
-        total = hd.map(hermes.Program.from_asm(NEWLINES), [dask.delayed(b"a\nb\n")],
+        total = hd.map(assemble_program(NEWLINES), [dask.delayed(b"a\nb\n")],
                        client=c, reduce=lambda a, r: a + r.return_value, initial=0)
         assert total == 2
 
@@ -280,7 +281,7 @@ def test_a_faulting_piece_names_its_offset_file_and_fault(client, tmp_path):
     path = tmp_path / "fault.bin"
     path.write_bytes(bytes(data))
     with pytest.raises(ExecutionFailed) as info:
-        hd.map(hermes.Program.from_asm(FAULT_ON_X), path, client=client, piece_size=4096,
+        hd.map(assemble_program(FAULT_ON_X), path, client=client, piece_size=4096,
                resource="hermes-emu")
     exc = info.value
     assert exc.kind == "out_of_bounds"

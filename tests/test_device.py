@@ -12,18 +12,18 @@ from hypothesis import strategies as st
 
 from hermes import regs as R
 from hermes.device import HermesDevice
-from hermes.engine import Program
+from hermes.engine.asm import assemble_program
 
 IRQ = R.xdma_offset(R.XDMA_TARGET_IRQ, 0, 0)
-RET7 = Program.from_asm("mov r0, 7\nexit").code
+RET7 = assemble_program("mov r0, 7\nexit").code
 #: Stores 0x1122 at data[8] then faults reading 2 MiB past r1 (pc 4).
-FAULTS = Program.from_asm("mov r3, 0x1122\nstxdw [r1+8], r3\nlddw r3, 0x200000\nadd r1, r3\n"
+FAULTS = assemble_program("mov r3, 0x1122\nstxdw [r1+8], r3\nlddw r3, 0x200000\nadd r1, r3\n"
                           "ldxdw r0, [r1]\nexit").code
 
 
 def spin(n: int) -> bytes:
     """A program looping ``n`` times (about 2n instructions), returning n."""
-    return Program.from_asm(f"mov r0, 0\nloop:\nadd r0, 1\njlt r0, {n}, loop\nexit").code
+    return assemble_program(f"mov r0, 0\nloop:\nadd r0, 1\njlt r0, {n}, loop\nexit").code
 
 
 # --- a register-level mini driver (the real one lives in hermes.driver; tests must not use it) ---
@@ -301,7 +301,7 @@ def test_run_program_returns_r0(regs, dev):
 
 def test_run_program_edits_data_slot_in_place(regs, dev):
     # r1 = data slot, r2 = its size: store r2 at data[0], increment the u32 at data[8]
-    code = Program.from_asm("stxdw [r1], r2\nldxw r3, [r1+8]\nadd r3, 1\nstxw [r1+8], r3\n"
+    code = assemble_program("stxdw [r1], r2\nldxw r3, [r1+8]\nadd r3, 1\nstxw [r1+8], r3\n"
                             "mov r0, 0\nsub r0, 1\nexit").code
     p, d = regs.load(code, bytes(8) + struct.pack("<I", 41))
     assert regs.run(p, d, len(code)) == (R.STATUS_SUCCESS, 0xFFFF_FFFF_FFFF_FFFF)
@@ -341,7 +341,7 @@ def test_invalid_program_is_load_error_with_index(regs):
     assert status == R.STATUS_EBPF_ERROR
     assert R.ErrorKind.unpack(code) == (R.ErrorKind.LOAD, 1)
     # a program that only fails the device's helper check (unknown helper id) is a load error too
-    unknown = Program.from_asm("call 99\nexit").code
+    unknown = assemble_program("call 99\nexit").code
     regs.dev.program_slot(p)[:16] = unknown
     assert regs.run(p, d, 16)[0] == R.STATUS_EBPF_ERROR
 
@@ -368,7 +368,7 @@ def test_budget_and_call_depth_errors():
         status, err = r.run(p, ds, len(code))
         assert status == R.STATUS_EBPF_ERROR and err & 0xFF == R.EBPF_ERR_BUDGET
         assert err >> 8 in (1, 2)   # pc inside the loop
-        deep = Program.from_asm("call local f\nexit\nf:\ncall local f\nexit").code
+        deep = assemble_program("call local f\nexit\nf:\ncall local f\nexit").code
         d.program_slot(p)[:len(deep)] = deep
         status, err = r.run(p, ds, len(deep))
         assert status == R.STATUS_EBPF_ERROR and err & 0xFF == R.EBPF_ERR_CALL_DEPTH
@@ -376,7 +376,7 @@ def test_budget_and_call_depth_errors():
 
 def test_device_helpers_available(regs, dev):
     # hermes_memset(r1, 0xAB, 4) on the data slot
-    code = Program.from_asm("mov r2, 0xab\nmov r3, 4\ncall 0x1000\nmov r0, 0\nexit").code
+    code = assemble_program("mov r2, 0xab\nmov r3, 4\ncall 0x1000\nmov r0, 0\nexit").code
     p, d = regs.load(code)
     assert regs.run(p, d, len(code)) == (0, 0)
     assert dev.data_slot(d)[:5].tobytes() == b"\xab" * 4 + b"\0"

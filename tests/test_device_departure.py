@@ -12,7 +12,7 @@ import pytest
 
 import hermes
 from hermes import regs
-from hermes.engine import Program
+from hermes.engine.asm import assemble_program
 from hermes.transport.vfio_user import VfioUserTransport
 from tests.vfio_devices import ServerProcess
 
@@ -30,7 +30,7 @@ _CLIENT = textwrap.dedent("""
     import hermes.driver
     from hermes.engine import Program
     from hermes.transport.vfio_user import VfioUserTransport
-    loop = Program.from_asm("mov r0, 0\\nloop:\\nadd r0, 1\\nja loop").to_bytes()
+    loop = assemble_program("mov r0, 0\\nloop:\\nadd r0, 1\\nja loop").to_bytes()
     drv = hermes.driver.attach(VfioUserTransport(sys.argv[1]), timeout=600)
     files = [drv.open() for _ in range(int(sys.argv[2]))]
     for f in files:
@@ -69,7 +69,7 @@ def test_killed_clients_runaway_programs_are_stopped(server):
     finally:
         client.send_signal(signal.SIGKILL)
         client.wait()
-    tiny = Program.from_asm("mov r0, 7\nexit")
+    tiny = assemble_program("mov r0, 7\nexit")
     deadline = time.monotonic() + 30
     while True:   # the server may still be cleaning up the dead client's connection
         try:

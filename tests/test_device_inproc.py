@@ -9,7 +9,7 @@ import pytest
 
 from hermes import regs as R
 from hermes.device import HermesDevice
-from hermes.engine import Program
+from hermes.engine.asm import assemble_program
 from hermes.transport import DmaBuffer, Transport
 from hermes.transport.inproc import DMA_BASE, InProcessTransport, IrqCounter
 
@@ -91,7 +91,7 @@ def test_full_driver_flow(tp):
     request = bytes([R.CMD_REQUEST_SLOT, 0, 1, 0, 0, 0, 0, 0])
     assert command(tp, 0, request + bytes([R.SLOT_PROGRAM])) == (0, 0)
     assert command(tp, 0, request + bytes([R.SLOT_DATA])) == (0, 0)
-    code = Program.from_asm("ldxw r3, [r1]\nadd r3, 1\nstxw [r1], r3\nmov r0, r3\nexit").code
+    code = assemble_program("ldxw r3, [r1]\nadd r3, 1\nstxw [r1], r3\nmov r0, r3\nexit").code
     descs = tp.dma_alloc(4096)
     buf = tp.dma_alloc(1 << 20)
     buf.view[:len(code)] = code
@@ -194,7 +194,7 @@ def test_round_trip_latency_is_small(tp):
     enable_all_irqs(tp)
     command(tp, 0, bytes([R.CMD_REQUEST_SLOT, 0, 1, 0, 0, 0, 0, 0, R.SLOT_PROGRAM]))
     command(tp, 0, bytes([R.CMD_REQUEST_SLOT, 0, 1, 0, 0, 0, 0, 0, R.SLOT_DATA]))
-    code = Program.from_asm("mov r0, 7\nexit").code
+    code = assemble_program("mov r0, 7\nexit").code
     tp.map_bar(4)[:16] = code
     run = bytes([R.CMD_RUN_PROGRAM, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 16])
     times = []

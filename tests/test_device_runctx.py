@@ -7,29 +7,31 @@ import pytest
 
 from hermes import regs as R
 from hermes.device import HermesDevice
-from hermes.engine import DATA_BASE, Program
+from hermes.engine import DATA_BASE
+from hermes.engine.asm import assemble_program
+from hermes.engine.elf import load_elf
 from hermes.engine.helpers import TRACE_LIMIT
 from tests import test_engine_contract as _engine_contract
 from tests.test_device import Regs
 
 #: r0 = r2 + (r3 << 8) + (r4 << 16) + (r5 << 24): which length and arguments the program got.
-ENTRY_REGS = Program.from_asm("mov r0, r5\nlsh r0, 8\nadd r0, r4\nlsh r0, 8\nadd r0, r3\n"
+ENTRY_REGS = assemble_program("mov r0, r5\nlsh r0, 8\nadd r0, r4\nlsh r0, 8\nadd r0, r3\n"
                               "lsh r0, 8\nadd r0, r2\nexit").code
 #: r0 = the sum of the window's first 64 bytes.
-SUM_64 = Program.from_asm("mov r0, 0\nmov r3, 0\nloop:\nmov r4, r1\nadd r4, r3\nldxb r5, [r4]\n"
+SUM_64 = assemble_program("mov r0, 0\nmov r3, 0\nloop:\nmov r4, r1\nadd r4, r3\nldxb r5, [r4]\n"
                           "add r0, r5\nadd r3, 1\njlt r3, 64, loop\nexit").code
 #: Loads 8 bytes at r1 + r2 (just past the input: inside a window larger than the input).
-LOAD_AT_LEN = Program.from_asm("add r1, r2\nldxdw r0, [r1]\nexit").code
+LOAD_AT_LEN = assemble_program("add r1, r2\nldxdw r0, [r1]\nexit").code
 #: Stores 4 bytes at r1 + r2.
-STORE_AT_LEN = Program.from_asm("add r1, r2\nmov r0, 0\nstxw [r1], r0\nexit").code
+STORE_AT_LEN = assemble_program("add r1, r2\nmov r0, 0\nstxw [r1], r0\nexit").code
 #: Declares an output length of r3 bytes.
-SET_OUTPUT = Program.from_asm("mov r1, r3\ncall 0x1002\nmov r0, 0\nexit").code
+SET_OUTPUT = assemble_program("mov r1, r3\ncall 0x1002\nmov r0, 0\nexit").code
 
 
 def printk(text: bytes, value: int, times: int = 1) -> bytes:
     """A program printing ``text`` (a format with one conversion, < 8 bytes) ``times`` times."""
     word = int.from_bytes(text.ljust(8, b"\0"), "little")
-    return Program.from_asm(f"lddw r6, {word:#x}\nstxdw [r10-8], r6\nmov r7, 0\nloop:\n"
+    return assemble_program(f"lddw r6, {word:#x}\nstxdw [r10-8], r6\nmov r7, 0\nloop:\n"
                             f"mov r1, r10\nadd r1, -8\nmov r2, {len(text) + 1}\nmov r3, {value}\n"
                             f"call 6\nadd r7, 1\njlt r7, {times}, loop\nmov r0, 0\nexit").code
 
@@ -40,7 +42,7 @@ PRINT_THEN_FAULT_DEEP = _engine_contract.PRINT_THEN_FAULT_DEEP.code
 
 def spin(n: int) -> bytes:
     """A program looping ``n`` times."""
-    return Program.from_asm(f"mov r0, 0\nloop:\nadd r0, 1\njlt r0, {n}, loop\nexit").code
+    return assemble_program(f"mov r0, 0\nloop:\nadd r0, 1\njlt r0, {n}, loop\nexit").code
 
 
 @pytest.fixture
@@ -266,7 +268,7 @@ def test_invalid_context(regs, dev, case):
 
 def test_context_is_copied_at_exec(regs, dev):
     # r0 = (r3 << 32) + r2, taken before a long loop
-    code = Program.from_asm("mov r6, r2\nmov r7, r3\nmov r0, 0\nloop:\nadd r0, 1\n"
+    code = assemble_program("mov r6, r2\nmov r7, r3\nmov r0, 0\nloop:\nadd r0, 1\n"
                             "jlt r0, 200000, loop\nmov r0, r7\nlsh r0, 32\nadd r0, r6\nexit").code
     p, d = regs.load(code)
     put_ctx(dev, 0, 5, 10, (9,))
@@ -284,7 +286,7 @@ def test_cache_key_includes_the_entry_symbol(regs, dev, tmp_path):
     src.write_text("unsigned long first(void *d) { return 1; }\n"
                    "unsigned long second(void *d) { return 2; }\n")
     obj = compile_c(src, tmp_path / "two.o").read_bytes()
-    first, second = (Program.from_elf(obj, function=f).entry_symbol for f in ("first", "second"))
+    first, second = (load_elf(obj, function=f).entry_symbol for f in ("first", "second"))
     obj += bytes(-len(obj) % 8)
     p, d = regs.load(obj)
     for entry, r0 in ((first, 1), (second, 2), (first, 1), (second, 2)):

@@ -9,11 +9,11 @@ import pytest
 from hermes import regs as R
 from hermes.device import HermesDevice
 from hermes.device.model import DEVICE_OWNED, FREE, HOST_OWNED
-from hermes.engine import Program
+from hermes.engine.asm import assemble_program
 from tests.test_device import IRQ, RET7, Regs
 
 #: Runs until stopped (the devices below have budgets of centuries), storing 0xAA into data[0].
-ENDLESS = Program.from_asm("mov r3, 0xAA\nloop:\nstxb [r1], r3\nja loop").code
+ENDLESS = assemble_program("mov r3, 0xAA\nloop:\nstxb [r1], r3\nja loop").code
 #: Generous bound for an aborted command to complete (the engines notice within milliseconds).
 ABORT_BOUND = 5.0
 ENGINES = ["interp", "jit"]

@@ -10,9 +10,10 @@ import pytest
 from hypothesis import given, settings
 
 from hermes.engine import Program
-from hermes.engine.asm import assemble
+from hermes.engine.asm import assemble, assemble_program
 from hermes.engine.clang import compile_c, find_clang
 from hermes.engine.disasm import SourceLine, annotated, labels, source_lines
+from hermes.engine.elf import load_elf
 from tests.test_asm import valid_programs
 
 needs_clang = pytest.mark.skipif(find_clang() is None, reason="clang is not installed "
@@ -43,7 +44,7 @@ exit
 
 
 def test_jump_targets_get_labels_and_local_calls_name_the_function():
-    program = Program.from_asm(LOOP)
+    program = assemble_program(LOOP)
     text = annotated(program)
     assert text == ("    mov r0, 0\n    mov r2, 4\nL1:\n    add r0, r2\n    jeq r0, 99, L2\n"
                     "    sub r2, 1\n    jne r2, 0, L1\n    call local F1\nL2:\n    exit\n\n"
@@ -52,7 +53,7 @@ def test_jump_targets_get_labels_and_local_calls_name_the_function():
 
 
 def test_symbols_name_functions_and_labels_avoid_them():
-    program = Program(Program.from_asm(LOOP).code, symbols={0: "main", 8: "L1"})
+    program = Program(assemble_program(LOOP).code, symbols={0: "main", 8: "L1"})
     names = labels(program.insns, program.symbols)
     assert names == {0: "main", 2: "L2", 7: "L3", 8: "L1", 10: "L4"}
     text = annotated(program)
@@ -61,7 +62,7 @@ def test_symbols_name_functions_and_labels_avoid_them():
 
 
 def test_verbose_listing_has_slots_and_bytes():
-    program = Program.from_asm("lddw r1, 0x100000000\nja +0\nmov r0, 0\nexit")
+    program = assemble_program("lddw r1, 0x100000000\nja +0\nmov r0, 0\nexit")
     lines = annotated(program, verbose=True).splitlines()
     assert lines[0] == "     0:  18 01 00 00 00 00 00 00  lddw r1, 0x100000000"
     assert lines[1] == "     2:  05 00 00 00 00 00 00 00  ja L1"
@@ -115,7 +116,7 @@ def _line_of(text: str) -> int:
 
 
 def test_source_lines_come_before_the_code_they_produced(debug_object: Path):
-    program = Program.from_elf(debug_object, function="entry")
+    program = load_elf(debug_object, function="entry")
     lines = source_lines(program)
     assert lines, "no line table"
     assert all(isinstance(v, SourceLine) and v.file == "weigh.c" for v in lines.values())
@@ -133,7 +134,7 @@ def test_source_lines_come_before_the_code_they_produced(debug_object: Path):
 
 
 def test_another_section_maps_to_its_own_lines(debug_object: Path):
-    program = Program.from_elf(debug_object, function="second")
+    program = load_elf(debug_object, function="second")
     lines = source_lines(program)
     body = _line_of("    return len + 1;")
     assert {v.line for v in lines.values()} <= {body - 1, body}  # its "{" and its return
@@ -149,7 +150,7 @@ def test_without_the_source_file_the_line_is_still_named(debug_object: Path, tmp
     kept = source.read_text()
     source.unlink()
     try:
-        lines = source_lines(Program.from_elf(blob, function="entry"))
+        lines = source_lines(load_elf(blob, function="entry"))
         assert lines and all(v.text is None for v in lines.values())
         assert next(iter(lines.values())).comment().startswith("; weigh.c:")
     finally:
@@ -160,7 +161,7 @@ def test_without_the_source_file_the_line_is_still_named(debug_object: Path, tmp
 def test_object_without_debug_info_has_no_source_lines(tmp_path: Path):
     (tmp_path / "p.c").write_text(SOURCE)
     obj = compile_c(tmp_path / "p.c", tmp_path / "p.o")
-    program = Program.from_elf(obj, function="entry")
+    program = load_elf(obj, function="entry")
     assert source_lines(program) == {}
     assert ";" not in annotated(program)
 

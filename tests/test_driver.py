@@ -9,13 +9,13 @@ import pytest
 
 import hermes.driver as hd
 from hermes.driver import HERMES_DOWNLOAD_PROG_IOCTL, RWF_DSYNC, RWF_NOWAIT, RWF_SYNC, DownloadProg
-from hermes.engine import Program
+from hermes.engine.asm import assemble_program
 
 MiB = 1 << 20
 #: The upstream tests' 4096-byte program: here a valid one (511 x "mov r0, 0", exit).
-PROG_4096 = Program.from_asm("mov r0, 0\n" * 511 + "exit").to_bytes()
+PROG_4096 = assemble_program("mov r0, 0\n" * 511 + "exit").to_bytes()
 #: Adds 1 to the u64 at the start of the data slot and returns 0 (proves a run happened).
-INC_U64 = Program.from_asm("ldxdw r2, [r1]\nadd r2, 1\nstxdw [r1], r2\nmov r0, 0\nexit").to_bytes()
+INC_U64 = assemble_program("ldxdw r2, [r1]\nadd r2, 1\nstxdw [r1], r2\nmov r0, 0\nexit").to_bytes()
 INVALID_PROG = bytes.fromhex("ffffffffffffffff")
 
 
@@ -213,7 +213,7 @@ def test_invalid_program(hermes_file):
 
 
 def test_nonzero_r0_fails_fsync_but_not_run(hermes_file):
-    hermes_file.download_program(Program.from_asm("mov r0, 7\nexit").to_bytes())
+    hermes_file.download_program(assemble_program("mov r0, 7\nexit").to_bytes())
     hermes_file.pwrite(b"x", 0)
     assert hermes_file.run() == 7  # the library's view: r0 is a result
     exc = expect_errno(errno.ENOEXEC, hermes_file.fsync)  # the file interface's: a failure

@@ -11,14 +11,14 @@ import pytest
 import hermes.driver
 from hermes import regs
 from hermes.device import HermesDevice
-from hermes.engine import Program
+from hermes.engine.asm import assemble_program
 from tests.test_driver import expect_errno
 
 #: Stores A's marker into data[0..8] forever (a budget of centuries: only an abort ends it).
-ENDLESS_A = Program.from_asm(
+ENDLESS_A = assemble_program(
     "lddw r3, 0xAAAAAAAAAAAAAAAA\nloop:\nstxdw [r1], r3\nja loop").to_bytes()
 #: Returns data[0..8].
-READ_FIRST = Program.from_asm("ldxdw r0, [r1]\nexit").to_bytes()
+READ_FIRST = assemble_program("ldxdw r0, [r1]\nexit").to_bytes()
 B_VALUE = 0x0B0B0B0B0B0B0B0B
 ENDLESS_BUDGET = 1 << 62
 

@@ -10,7 +10,7 @@ import pytest
 
 import hermes.driver as hd
 from hermes import regs
-from hermes.engine import Program
+from hermes.engine.asm import assemble_program
 from hermes.transport.base import DmaBuffer, Transport
 
 from .test_driver import INC_U64, PROG_4096, expect_errno, pattern
@@ -286,7 +286,7 @@ def test_dma_error_status_is_eio(hermes_device):
 
 # --- faults ---------------------------------------------------------------------------------------
 #: Stores 0xAA at data[0], then stores past the end of the data slot (r1 + r2).
-FAULTING = Program.from_asm("""
+FAULTING = assemble_program("""
     stb [r1], 0xaa
     add r1, r2
     stb [r1], 1
@@ -322,7 +322,7 @@ def test_faulting_program_leaves_state_intact(hermes_device):
 def test_looping_program_times_out_and_engine_recovers(make_driver):
     # One engine, an interpreter budget of ~0.5 s of looping, a driver timeout of 50 ms.
     drv = make_driver(engines=1, executor="interp", budget=5_000_000, timeout=0.05)
-    loop = Program.from_asm("mov r0, 0\nloop:\nadd r0, 1\nja loop").to_bytes()
+    loop = assemble_program("mov r0, 0\nloop:\nadd r0, 1\nja loop").to_bytes()
     with drv.open() as f:
         f.download_program(loop)
         f.pwrite(b"x", 0)
@@ -347,7 +347,7 @@ def test_looping_program_times_out_and_engine_recovers(make_driver):
 
 def test_budget_exhausted_is_enoexec(make_driver):
     drv = make_driver(budget=1000)
-    loop = Program.from_asm("mov r0, 0\nloop:\nadd r0, 1\nja loop").to_bytes()
+    loop = assemble_program("mov r0, 0\nloop:\nadd r0, 1\nja loop").to_bytes()
     with drv.open() as f:
         f.download_program(loop)
         f.pwrite(b"x", 0)
@@ -357,7 +357,7 @@ def test_budget_exhausted_is_enoexec(make_driver):
 
 # --- concurrency ----------------------------------------------------------------------------------
 #: data[8..16] = data[0..8] * 3 + 1 ; returns 0.
-AFFINE = Program.from_asm("""
+AFFINE = assemble_program("""
     ldxdw r2, [r1]
     mul r2, 3
     add r2, 1

@@ -14,25 +14,26 @@ import hermes.driver as hd
 from hermes import regs
 from hermes.device import HermesDevice
 from hermes.driver import HERMES_RUN_IOCTL, RunArgs, RunOutcome
-from hermes.engine import DATA_BASE, DEFAULT_BUDGET, Program
+from hermes.engine import DATA_BASE, DEFAULT_BUDGET
+from hermes.engine.asm import assemble_program
 from tests.test_device_runctx import PRINT_THEN_FAULT_DEEP
 from tests.test_driver import expect_errno
 
 #: r0 = r2 + (r3 << 8) + (r4 << 16) + (r5 << 24).
-ENTRY_REGS = Program.from_asm("mov r0, r5\nlsh r0, 8\nadd r0, r4\nlsh r0, 8\nadd r0, r3\n"
+ENTRY_REGS = assemble_program("mov r0, r5\nlsh r0, 8\nadd r0, r4\nlsh r0, 8\nadd r0, r3\n"
                               "lsh r0, 8\nadd r0, r2\nexit").to_bytes()
 #: r0 = the sum of the window's first 64 bytes.
-SUM_64 = Program.from_asm("mov r0, 0\nmov r3, 0\nloop:\nmov r4, r1\nadd r4, r3\nldxb r5, [r4]\n"
+SUM_64 = assemble_program("mov r0, 0\nmov r3, 0\nloop:\nmov r4, r1\nadd r4, r3\nldxb r5, [r4]\n"
                           "add r0, r5\nadd r3, 1\njlt r3, 64, loop\nexit").to_bytes()
 #: Stores 4 bytes at r1 + r2 (just past the input).
-STORE_AT_LEN = Program.from_asm("add r1, r2\nmov r0, 0\nstxw [r1], r0\nexit").to_bytes()
+STORE_AT_LEN = assemble_program("add r1, r2\nmov r0, 0\nstxw [r1], r0\nexit").to_bytes()
 #: Declares an output length of r3 bytes, prints "n=<r3>\n", returns 0.
-OUTPUT_AND_PRINT = Program.from_asm(
+OUTPUT_AND_PRINT = assemble_program(
     f"lddw r6, {int.from_bytes(b'n=%d' + bytes([10, 0, 0, 0]), 'little'):#x}\n"
     "stxdw [r10-8], r6\nmov r6, r3\nmov r1, r3\ncall 0x1002\nmov r1, r10\nadd r1, -8\n"
     "mov r2, 6\nmov r3, r6\ncall 6\nmov r0, 0\nexit").to_bytes()
-ENDLESS = Program.from_asm("mov r0, 0\nloop:\nadd r0, 1\nja loop").to_bytes()
-RET5 = Program.from_asm("mov r0, 5\nexit").to_bytes()
+ENDLESS = assemble_program("mov r0, 0\nloop:\nadd r0, 1\nja loop").to_bytes()
+RET5 = assemble_program("mov r0, 5\nexit").to_bytes()
 ENDLESS_BUDGET = 1 << 62
 #: How soon a stopped run must free its engine (the run contract's bound for a cancel).
 FREE_BOUND = 1.0
@@ -121,7 +122,7 @@ def test_fault_outcome_has_the_call_depth_and_the_printed_text(hermes_file):
 
 
 def test_budget_per_run(hermes_file):
-    ready(hermes_file, Program.from_asm("mov r0, 0\nloop:\nadd r0, 1\njlt r0, 1000, loop\n"
+    ready(hermes_file, assemble_program("mov r0, 0\nloop:\nadd r0, 1\njlt r0, 1000, loop\n"
                                         "exit").to_bytes())
     exc = expect_errno(errno.ENOEXEC, hermes_file.run_ex, RunArgs(0, 0, budget=100))
     assert exc.response.error_kind == "budget" and exc.outcome is not None

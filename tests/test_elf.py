@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from hermes.engine import CONFORMANCE_HELPERS, Program, run
+from hermes.engine import CONFORMANCE_HELPERS, run
 from hermes.engine.clang import compile_c, find_clang
 from hermes.engine.elf import describe_elf, load_elf
+from hermes.engine.frontends import read_program
 from hermes.engine.memory import DATA_BASE, RODATA_BASE, RWDATA_BASE
 from hermes.errors import ElfError, ExecutionError, HermesError
 
@@ -129,7 +130,7 @@ def test_entry_selection(link_obj: bytes, tmp_path: Path) -> None:
 def test_from_file_and_describe(link_obj: bytes, tmp_path: Path) -> None:
     path = tmp_path / "link.o"
     path.write_bytes(link_obj)
-    assert Program.from_file(path).name == "entry"
+    assert read_program(path).name == "entry"
     text = describe_elf(path)
     for needle in ("Sections:", ".rodata.str1.1", "Symbols:", "Relocations:", "R_BPF_64_32",
                    "sqrti = helper 3", "call local", "entry:", "helper:", "other:"):

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from hermes.engine import CONFORMANCE_HELPERS, Program, run
+from hermes.engine import CONFORMANCE_HELPERS, run
 from hermes.engine.elf import load_elf
 from hermes.conformance_pyelf import build_pyelf_object, template
 from hermes.errors import ElfError
@@ -37,7 +37,7 @@ def test_pyelf_case(path: Path) -> None:
     sec = _sections(path)
     blob = build_pyelf_object(sec["pyelf"])
     if "result" in sec:
-        prog = Program.from_elf(blob)
+        prog = load_elf(blob)
         assert prog.elf_bytes == blob
         assert run(prog, helpers=CONFORMANCE_HELPERS).return_value == int(sec["result"], 16)
     else:

@@ -6,7 +6,9 @@ import pytest
 
 from hermes.conformance import load_corpus
 from hermes.engine import DATA_BASE, Program, RunResult, check, load, run
+from hermes.engine.asm import assemble_program
 from hermes.engine.clang import compile_c, find_clang
+from hermes.engine.elf import load_elf
 from hermes.engine.helpers import (CONFORMANCE_HELPERS, DEVICE_HELPERS, HELPER_SET_OUTPUT,
                                    HELPER_TRACE_PRINTK, TRACE_LIMIT, merged)
 from hermes.engine.interp import Interpreter
@@ -32,7 +34,7 @@ def prepare(program: Program, engine: str, helpers=ALL):
 
 
 def asm(text: str) -> Program:
-    return Program.from_asm(text)
+    return assemble_program(text)
 
 
 # -- 1. entry registers, window and arguments ---------------------------------------------------
@@ -288,7 +290,7 @@ def _contract_programs() -> "list[tuple[str, Program]]":
         import tempfile
         src = Path(__file__).parent / "data" / "increment.c"
         with tempfile.TemporaryDirectory() as tmp:
-            out.append(("increment.c", Program.from_elf(compile_c(src, Path(tmp) / "i.o"))))
+            out.append(("increment.c", load_elf(compile_c(src, Path(tmp) / "i.o"))))
     return out
 
 
@@ -373,7 +375,7 @@ def test_store_to_read_only_data_is_named_on_every_engine():
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "ro.c"
         path.write_text(src)
-        program = Program.from_elf(compile_c(path, Path(tmp) / "ro.o"))
+        program = load_elf(compile_c(path, Path(tmp) / "ro.o"))
     messages = set()
     for engine in ENGINES:
         with pytest.raises(ExecutionError) as info:
@@ -414,22 +416,22 @@ def _symbol_index(data: bytes, name: str) -> int:
 def test_the_entry_chosen_by_name_section_or_index_is_the_same_program(two_functions):
     index = _symbol_index(two_functions, "second")
     assert index > 0
-    by_name = Program.from_elf(two_functions, function="second")
-    by_section = Program.from_elf(two_functions, section="prog2")
-    by_index = Program.from_elf(two_functions, entry_symbol=index)
+    by_name = load_elf(two_functions, function="second")
+    by_section = load_elf(two_functions, section="prog2")
+    by_index = load_elf(two_functions, entry_symbol=index)
     for p in (by_name, by_section, by_index):
         assert p.entry_symbol == index and p.name == "second"
         assert (p.code, p.segments) == (by_name.code, by_name.segments)
         assert run(p, bytearray([5, 0]), length=1, args=(3,)).return_value == 5 + 2 + 3
-    first = Program.from_elf(two_functions, function="first")
+    first = load_elf(two_functions, function="first")
     assert first.entry_symbol == _symbol_index(two_functions, "first") != index
     assert run(first, bytearray(4)).return_value == 5
 
 
 def test_the_default_rule_is_entry_symbol_zero(increment_object):
-    assert Program.from_elf(increment_object).entry_symbol == 0
-    assert Program.from_elf(increment_object, entry_symbol=0).code == \
-        Program.from_elf(increment_object).code
+    assert load_elf(increment_object).entry_symbol == 0
+    assert load_elf(increment_object, entry_symbol=0).code == \
+        load_elf(increment_object).code
     assert Program.from_bytes(asm("mov r0, 0\nexit").code).entry_symbol == 0
 
 
@@ -445,15 +447,15 @@ def increment_object(tmp_path_factory) -> bytes:
 def test_a_bad_entry_symbol_is_an_elf_error_naming_it(two_functions):
     from hermes.errors import ElfError
     with pytest.raises(ElfError, match="entry symbol 999 does not exist"):
-        Program.from_elf(two_functions, entry_symbol=999)
+        load_elf(two_functions, entry_symbol=999)
     with pytest.raises(ElfError, match=r"entry symbol 1 \(.*\) is not a function"):
-        Program.from_elf(two_functions, entry_symbol=1)  # the file symbol
+        load_elf(two_functions, entry_symbol=1)  # the file symbol
     with pytest.raises(UsageError, match="not both"):
-        Program.from_elf(two_functions, function="first", entry_symbol=2)
+        load_elf(two_functions, function="first", entry_symbol=2)
     with pytest.raises(UsageError, match="non-negative integer"):
-        Program.from_elf(two_functions, entry_symbol=-1)
+        load_elf(two_functions, entry_symbol=-1)
     with pytest.raises(ElfError, match="several functions could be the entry point"):
-        Program.from_elf(two_functions)
+        load_elf(two_functions)
 
 
 # -- fault details: call depth and the text printed before a failure ---------------------------

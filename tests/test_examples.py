@@ -94,7 +94,7 @@ def test_readme_compile_line_builds_an_example(tmp_path: Path) -> None:
                     "-c", str(find_examples_dir() / "newlines.c"), "-o", str(obj)], check=True,
                    timeout=120)
     with hermes.open("cpu") as dev:
-        assert dev.run(hermes.Program.from_elf(obj), b"a\nb\n\n").return_value == 3
+        assert dev.run(load_elf(obj), b"a\nb\n\n").return_value == 3
 
 
 @pytest.mark.parametrize("engine", executor_names())
@@ -143,7 +143,7 @@ def test_examples_use_rodata_and_local_calls(objects: dict[str, Path]) -> None:
 def test_stats_prints_with_hermes_printk(spec: str, objects: dict[str, Path]) -> None:
     words = bytes(range(1, 9))  # u32 words 0x04030201, 0x08070605
     with hermes.open(spec) as dev:
-        program = hermes.Program.from_elf(objects["stats"])
+        program = load_elf(objects["stats"])
         quiet = dev.run(program, words, size=40)
         loud = dev.run(program, words, args=(1,), size=40)
     assert quiet.trace == ""
@@ -158,7 +158,7 @@ def test_crc32_pieces_chain_through_arg0(spec: str, objects: dict[str, Path]) ->
     import zlib
     data = random.Random(5).randbytes(10_000)
     with hermes.open(spec) as dev:
-        program = hermes.Program.from_elf(objects["crc32"])
+        program = load_elf(objects["crc32"])
         crc = 0
         for offset in range(0, len(data), 4096):
             crc = dev.run(program, data[offset:offset + 4096], args=(crc,)).return_value

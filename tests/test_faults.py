@@ -17,7 +17,7 @@ import time
 import pytest
 
 import hermes
-from hermes.engine import Program
+from hermes.engine.asm import assemble_program
 from hermes.server.vfio_user import BUSY_GRACE
 from tests.vfio_devices import ServerProcess, _die_with_parent
 
@@ -29,8 +29,8 @@ SLACK = 1.0
 #: Any call on a connection already known to be dead, and a close.
 QUICK = 0.5
 
-RETURN7 = Program.from_asm("mov r0, 7\nexit")
-INC_U64 = Program.from_asm("ldxdw r2, [r1]\nadd r2, 1\nstxdw [r1], r2\nmov r0, 0\nexit")
+RETURN7 = assemble_program("mov r0, 7\nexit")
+INC_U64 = assemble_program("ldxdw r2, [r1]\nadd r2, 1\nstxdw [r1], r2\nmov r0, 0\nexit")
 #: Stores its 8-byte argument into the data slot forever (only the huge budget would stop it).
 STORE_FOREVER = "lddw r3, {:#x}\nloop:\nstxdw [r1], r3\nja loop\nexit"
 RUNAWAY_BUDGET = str(1 << 62)
@@ -114,7 +114,7 @@ def signal_during(server: ServerProcess, fn, sig: int) -> tuple[BaseException | 
 
 def runaway_session(dev: hermes.Device, value: int) -> hermes.Session:
     s = dev.session()
-    s.load(Program.from_asm(STORE_FOREVER.format(value)))
+    s.load(assemble_program(STORE_FOREVER.format(value)))
     s.write(bytes(8))
     return s
 
@@ -232,14 +232,14 @@ dev = hermes.open("vfio-user:" + path, timeout=60)
 s = dev.session()
 pattern = bytes([byte]) * (256 << 10)
 if mode == "dma":
-    s.load(Program.from_asm("mov r0, 0\nexit"))
+    s.load(assemble_program("mov r0, 0\nexit"))
     s.write(pattern)
     print("ready", flush=True)
     while True:
         s.write(pattern)
         s.read(len(pattern))
 else:
-    s.load(Program.from_asm(sys.argv[4]))
+    s.load(assemble_program(sys.argv[4]))
     s.write(pattern)
     print("ready", flush=True)
     s.run()

@@ -7,13 +7,14 @@ import pytest
 
 from hermes import BudgetExceeded, ExecutionError, Program, ProgramError
 from hermes.engine import CONFORMANCE_HELPERS, load, run
+from hermes.engine.asm import assemble_program
 from hermes.engine.helpers import Helper, HelperRegistry
 from hermes.engine.interp import bswap, sdiv, smod
 from hermes.engine.memory import DATA_BASE, RODATA_BASE, RWDATA_BASE, STACK_TOP, Segment
 
 
 def asm(text: str) -> Program:
-    return Program.from_asm(text)
+    return assemble_program(text)
 
 
 def test_r1_r2_describe_the_input_region():
@@ -148,7 +149,7 @@ def test_a_failing_helper_is_an_execution_error():
 def test_program_data_segments():
     ro = Segment(".rodata", RODATA_BASE, b"\x2a\0\0\0", False)
     rw = Segment(".data", RWDATA_BASE, b"\x05\0\0\0", True)
-    code = Program.from_asm(f"""
+    code = assemble_program(f"""
         lddw r1, {RODATA_BASE}
         ldxw r0, [r1]
         lddw r2, {RWDATA_BASE}
@@ -162,7 +163,7 @@ def test_program_data_segments():
     exe = load(p)
     assert exe.run().return_value == 47
     assert exe.run().return_value == 47  # .data starts fresh on every run
-    bad = Program(Program.from_asm(f"lddw r1, {RODATA_BASE}\nstw [r1], 1\nmov r0, 0\nexit")
+    bad = Program(assemble_program(f"lddw r1, {RODATA_BASE}\nstw [r1], 1\nmov r0, 0\nexit")
                   .to_bytes(), segments=(ro,))
     with pytest.raises(ExecutionError, match="read-only .rodata"):
         run(bad)

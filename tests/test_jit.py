@@ -10,6 +10,8 @@ from hypothesis import strategies as st
 
 from hermes.conformance import load_corpus, run_case
 from hermes.engine import CONFORMANCE_HELPERS, load
+from hermes.engine.asm import assemble_program
+from hermes.engine.frontends import read_program
 from hermes.engine.helpers import Helper, HelperRegistry, StopRun
 from hermes.engine.interp import Interpreter
 from hermes.engine.jit import JitExecutable
@@ -24,7 +26,7 @@ BUDGET = 10**9
 
 
 def asm(text: str, segments=()) -> Program:
-    return Program(Program.from_asm(text).code, segments=tuple(segments))
+    return Program(assemble_program(text).code, segments=tuple(segments))
 
 
 def both(program: Program, memory=None, budget=None, helpers=CONFORMANCE_HELPERS):
@@ -272,7 +274,7 @@ def test_bench_kernels(bench_dir):
     import reference
     for name in ("sum_bytes", "histogram", "filter_records"):
         mem, r0, after = reference.PROGRAMS[name]()
-        p = Program.from_file(bench_dir / "asm" / f"{name}.asm")
+        p = read_program(bench_dir / "asm" / f"{name}.asm")
         buf = bytearray(mem)
         r = load(p, executor="jit").run(buf)
         assert r.return_value == r0, name
@@ -406,7 +408,7 @@ def test_void_callee_keeps_the_callers_r0():
 def test_bound_on_the_left_loop_matches_interpreter(n, size):
     """clang's `jgt rN, rI` latch (bound first) gets the fast loop; faults stay exact."""
     from hermes.engine import run as _run
-    p = Program.from_asm("""
+    p = assemble_program("""
         ldxdw r2, [r1]
         mov r4, 0
         mov r0, 0
@@ -487,7 +489,7 @@ body:
 
 
 def test_rotated_loop_with_scaled_output_index_gets_a_fast_copy(monkeypatch):
-    p = Program.from_asm(_ROTATED_FILTER)
+    p = assemble_program(_ROTATED_FILTER)
     plans = _loop_plans(p, monkeypatch)
     body = 13  # slot of the label "body"
     assert list(plans) == [body]  # the block entered from outside is the header
@@ -567,7 +569,7 @@ def test_shared_header_inner_loop_is_versioned_alone(monkeypatch):
         ldxw r0, [r3+4]
         exit
     """
-    p = Program.from_asm(text)
+    p = assemble_program(text)
     plans = _loop_plans(p, monkeypatch)
     (plan,) = plans.values()
     assert plan.inc == {6: (-4, -4), 7: (-1, -1)} and len(plan.accesses) == 2 and plan.tests
@@ -609,10 +611,10 @@ def test_exit_during_a_background_upgrade_is_clean():
     import subprocess
     import sys
     code = ("from hermes.engine import load\n"
-            "from hermes.engine.program import Program\n"
+            "from hermes.engine.asm import assemble_program\n"
             "lines = ['mov r0, 0'] + [f'stxw [r10-{4 + 4 * (k % 100)}], r0\\nadd r0, {k}'"
             " for k in range(600)] + ['exit']\n"
-            "exe = load(Program.from_asm('\\n'.join(lines)), executor='jit')\n"
+            "exe = load(assemble_program('\\n'.join(lines)), executor='jit')\n"
             "print(exe.run().return_value)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr

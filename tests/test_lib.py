@@ -14,12 +14,15 @@ from hypothesis import strategies as st
 import hermes
 from hermes import regs
 from hermes.engine import Program
+from hermes.engine.asm import assemble_program
+from hermes.engine.elf import load_elf
+from hermes.engine.frontends import read_program
 from hermes.lib import CpuDevice, Result
 
 MiB = 1 << 20
-RET7 = Program.from_asm("mov r0, 7\nexit")
+RET7 = assemble_program("mov r0, 7\nexit")
 #: Sum of the first data byte count given in data[0..8] over the bytes after it; r0 = the sum.
-SUM = Program.from_asm("""
+SUM = assemble_program("""
     ldxdw r3, [r1]
     mov r0, 0
     mov r4, r1
@@ -36,7 +39,7 @@ done:
     exit
 """)
 #: Reverses the bytes of data[8 .. 8 + n) in place, n = data[0..8]; returns n.
-REVERSE = Program.from_asm("""
+REVERSE = assemble_program("""
     ldxdw r0, [r1]
     mov r3, r1
     add r3, 8
@@ -55,7 +58,7 @@ loop:
 done:
     exit
 """)
-OOB = Program.from_asm("mov r3, r1\nadd r3, r2\nldxb r0, [r3]\nexit")  # reads 1 past the slot
+OOB = assemble_program("mov r3, r1\nadd r3, r2\nldxb r0, [r3]\nexit")  # reads 1 past the slot
 
 
 @pytest.fixture(params=["hermes", "cpu"])
@@ -85,7 +88,7 @@ def test_open_cpu_and_info():
         assert info["backend"] == "cpu" and info["data_slot_size"] == 4096
         assert dev.data_slot_size == 4096
         # r2 = the input length, as on the device
-        r = dev.run(Program.from_asm("mov r0, r2\nexit"), b"abc")
+        r = dev.run(assemble_program("mov r0, r2\nexit"), b"abc")
         assert r.return_value == 3
 
 
@@ -146,7 +149,7 @@ def test_new_slot_is_zeroed_on_both_backends(device):
 
 
 def test_nonzero_r0_is_a_result(device):
-    r = device.run(Program.from_asm("lddw r0, 0xffffffffffffffff\nexit"), b"")
+    r = device.run(assemble_program("lddw r0, 0xffffffffffffffff\nexit"), b"")
     assert r.return_value == 2**64 - 1
 
 
@@ -160,7 +163,7 @@ def test_execution_failed(device):
 
 
 def test_budget_failure_kind():
-    loop = Program.from_asm("mov r0, 0\nloop:\nadd r0, 1\nja loop")
+    loop = assemble_program("mov r0, 0\nloop:\nadd r0, 1\nja loop")
     for dev in (hermes.open("emu", budget=500), hermes.open("cpu", budget=500)):
         with dev, pytest.raises(hermes.BudgetExceeded) as info:
             dev.run(loop, b"")
@@ -197,7 +200,7 @@ def test_elf_program_on_both_backends(device, tmp_path):
         pytest.skip(f"clang is not installed; {clang.INSTALL_HINT}")
     obj = clang.compile_c(os.path.join(os.path.dirname(__file__), "data", "increment.c"),
                           tmp_path / "increment.o")
-    prog = Program.from_elf(obj)
+    prog = load_elf(obj)
     r = device.run(prog, struct.pack("<3I", 10, 20, 30))
     assert r == Result(0, struct.pack("<3I", 11, 21, 31))
     assert device.run(obj.read_bytes(), struct.pack("<3I", 0, 1, 2)).data == struct.pack(
@@ -205,7 +208,7 @@ def test_elf_program_on_both_backends(device, tmp_path):
 
 
 def test_timeout():
-    loop = Program.from_asm("mov r0, 0\nloop:\nadd r0, 1\nja loop")
+    loop = assemble_program("mov r0, 0\nloop:\nadd r0, 1\nja loop")
     with hermes.open("emu", engines=1, executor="interp", budget=3_000_000, timeout=0.05) as dev:
         with pytest.raises(hermes.DeviceTimeout) as info:
             dev.run(loop, b"")
@@ -434,21 +437,21 @@ def test_engine_layer_misuse():
     cases = [
         (lambda: engine.load(RET7, executor="bogus"), "unknown executor 'bogus'"),
         (lambda: Program(5), "program code must be bytes"),  # type: ignore[arg-type]
-        (lambda: Program.from_asm(5), "assembly source must be str or bytes"),  # type: ignore
+        (lambda: assemble_program(5), "assembly source must be str or bytes"),  # type: ignore
         (lambda: load_elf(42), "an ELF object is a path or bytes"),  # type: ignore[arg-type]
         (lambda: load_elf(b"\x7fELF", max_size=-1), "max_size must be a non-negative"),
-        (lambda: Program.from_file(7), "a program file is a path"),  # type: ignore[arg-type]
+        (lambda: read_program(7), "a program file is a path"),  # type: ignore[arg-type]
         (lambda: HelperRegistry(list(DEVICE_HELPERS.values()) * 2), "already registered"),
     ]
     for call, message in cases:
         with pytest.raises(hermes.UsageError, match=message):
             call()
-    assert Program.from_asm(b"mov r0, 1\nexit").code == Program.from_asm("mov r0, 1\nexit").code
+    assert assemble_program(b"mov r0, 1\nexit").code == assemble_program("mov r0, 1\nexit").code
 
 
 def test_non_contiguous_and_wide_data(device):
     strided = memoryview(bytes(range(16)))[::2]
     assert device.run(RET7, strided).data == bytes(range(0, 16, 2))  # copied
     wide = memoryview(bytearray(range(16))).cast("I")  # 4 items of 4 bytes: 16 bytes
-    assert device.run(Program.from_asm("mov r0, r2\nexit"), wide).return_value == 16
+    assert device.run(assemble_program("mov r0, r2\nexit"), wide).return_value == 16
     assert device.run(RET7, wide).data == bytes(range(16))

@@ -15,7 +15,7 @@ import pytest
 
 from hermes.cli import INTERRUPT_GRACE, interruptible, main
 from hermes.cli.demo import find_examples_dir
-from hermes.engine import Program
+from hermes.engine.asm import assemble_program
 from hermes.engine.clang import compile_c, find_clang
 
 #: A loop that never ends (two blocks: a one-instruction self-loop is refused at load).
@@ -100,7 +100,7 @@ def test_run_asm_with_output(tmp_path, capsys, spec):
 
 def test_run_size_makes_room_past_the_input(tmp_path, capsys):
     src = tmp_path / "p.bin"
-    src.write_bytes(Program.from_asm("stb [r1+5], 9\nmov r0, 0\nexit").to_bytes())
+    src.write_bytes(assemble_program("stb [r1+5], 9\nmov r0, 0\nexit").to_bytes())
     out = tmp_path / "out.bin"
     assert main(["run", str(src), "--size", "8", "--read", "8", "--output", str(out)]) == 0
     assert out.read_bytes() == bytes(5) + b"\x09" + bytes(2)

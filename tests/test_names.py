@@ -12,10 +12,10 @@ from hermes import engine
 from hermes.cli import main
 from hermes.device import HermesDevice
 from hermes.device.nvme import NvmeController
-from hermes.engine import Program
+from hermes.engine.asm import assemble_program
 from hermes.lib.cpu import CpuDevice
 
-RET7 = Program.from_asm("mov r0, 7\nexit")
+RET7 = assemble_program("mov r0, 7\nexit")
 
 
 def _deprecated(call):

@@ -9,15 +9,16 @@ from pathlib import Path
 import pytest
 
 from hermes import nvme_regs as N, regs
-from hermes.engine import DATA_BASE, Program
+from hermes.engine import DATA_BASE
+from hermes.engine.asm import assemble_program
 from hermes.engine.clang import compile_c, find_clang
 from tests.nvme_devices import expect, nvme  # noqa: F401
 
 R = N.MemoryRange
 #: Returns arg 0 + arg 1 + arg 2 (r3 = CPARAM2, r4/r5 from the run parameters).
-RET_PARAMS = Program.from_asm("mov r0, r3\nadd r0, r4\nadd r0, r5\nexit").code
+RET_PARAMS = assemble_program("mov r0, r3\nadd r0, r4\nadd r0, r5\nexit").code
 #: Adds 1 to every input byte (r1, r2) in place; returns the input length.
-INC_RANGE = Program.from_asm("""
+INC_RANGE = assemble_program("""
 mov r0, r2
 mov r4, r1
 mov r5, r1
@@ -32,10 +33,10 @@ ja loop
 done:
 exit
 """).code
-ENDLESS = Program.from_asm("mov r0, 0\nloop:\nadd r0, 1\nja loop").code
-OUT_OF_BOUNDS = Program.from_asm("ldxdw r0, [r1-8]\nexit").code
+ENDLESS = assemble_program("mov r0, 0\nloop:\nadd r0, 1\nja loop").code
+OUT_OF_BOUNDS = assemble_program("ldxdw r0, [r1-8]\nexit").code
 #: Returns the byte at r1 + arg 0 (r3).
-READ_AT_R3 = Program.from_asm("add r1, r3\nldxb r0, [r1]\nexit").code
+READ_AT_R3 = assemble_program("add r1, r3\nldxb r0, [r1]\nexit").code
 
 
 def limits(host) -> dict:

@@ -10,11 +10,12 @@ import pytest
 import hermes
 from hermes.driver.nvme import passthru
 from hermes.engine import Program
+from hermes.engine.asm import assemble_program
 from tests.test_nvme_cp import INC_RANGE
 
 INC = Program.from_bytes(INC_RANGE)
 #: r0 = the window's first 8 bytes (the input's bytes and zeros past it).
-FIRST8 = Program.from_asm("ldxdw r0, [r1+0]\nexit")
+FIRST8 = assemble_program("ldxdw r0, [r1+0]\nexit")
 
 
 @pytest.fixture
@@ -121,7 +122,7 @@ def test_memory_in_a_second_namespace_and_ranges_across_namespaces():
         assert (a.nsid, b.nsid) == (first, first + 1)
         a.write(struct_u64(40))
         b.write(struct_u64(2))
-        add = Program.from_asm("ldxdw r0, [r1]\nldxdw r3, [r1+8]\nadd r0, r3\nexit")
+        add = assemble_program("ldxdw r0, [r1]\nldxdw r3, [r1+8]\nadd r0, r3\nexit")
         with d.session() as s:
             s.load(add)
             assert s.run(ranges=[a, b]).return_value == 42

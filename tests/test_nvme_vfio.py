@@ -13,7 +13,7 @@ import pytest
 
 from hermes import nvme_regs as N
 from hermes.driver.nvme import NvmeHost
-from hermes.engine import Program
+from hermes.engine.asm import assemble_program
 from hermes.transport.vfio_user import VfioUserTransport
 from hermes.vfio import pci
 from hermes.server.function import VfioFunction
@@ -92,7 +92,7 @@ def test_a_departed_clients_controller_is_stopped_and_closed(tmp_path):
         t = VfioUserTransport(path, pci_id=(N.PCI_VENDOR_ID, N.PCI_DEVICE_ID))
         host = NvmeHost(t, timeout=5)
         host.enable()
-        host.load_program(0, Program.from_asm("mov r0, 0\nloop:\nadd r0, 1\nja loop").code)
+        host.load_program(0, assemble_program("mov r0, 0\nloop:\nadd r0, 1\nja loop").code)
         host.activate(0)
         cmd, buf = host.execute_command(0)
         host.io_queue(1).submit(cmd)      # a runaway program the client leaves behind

@@ -14,7 +14,9 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 import hermes
 from hermes.engine import Program
+from hermes.engine.asm import assemble_program
 from hermes.engine.clang import compile_c, find_clang
+from hermes.engine.elf import load_elf
 from hermes.errors import (
     DataTooLarge,
     DeviceError,
@@ -420,7 +422,7 @@ def newlines(tmp_path_factory) -> Program:
         pytest.skip("clang not found: apt-get install clang")
     d = tmp_path_factory.mktemp("c")
     (d / "nl.c").write_text(NEWLINES_C)
-    return Program.from_elf(compile_c(d / "nl.c", d / "nl.o"))
+    return load_elf(compile_c(d / "nl.c", d / "nl.o"))
 
 
 @pytest.fixture(params=BACKENDS)
@@ -487,7 +489,7 @@ def test_scan_reduce_without_initial_and_on_an_empty_source(device, newlines):
 
 def test_scan_output_per_piece_is_the_piece(device):
     # a program that changes nothing returns each piece's bytes as its output
-    prog = Program.from_asm("mov r0, r2\nexit")
+    prog = assemble_program("mov r0, r2\nexit")
     data = os.urandom(50_000)
     results = list(scan(device, prog, data, piece_size=8192))
     assert b"".join(bytes(r.data) for r in results) == data
@@ -499,7 +501,7 @@ def test_a_faulting_piece_names_its_index_offset_and_path(device, tmp_path):
     data[6 * 4096] = 0xFF
     path = tmp_path / "faulty.bin"
     path.write_bytes(data)
-    prog = Program.from_asm(FAULT_AT_FF)
+    prog = assemble_program(FAULT_AT_FF)
     results = scan(device, prog, str(path), piece_size=4096, read=0)
     got = [next(results) for _ in range(6)]
     assert [r.offset for r in got] == [4096 * i for i in range(6)]
@@ -539,7 +541,7 @@ def test_scan_checks_its_arguments_before_running(device, newlines):
 
 def test_scan_passes_args_and_window_size(device):
     # r0 = arg0 + the byte at the last position of the window (zero past each piece's input)
-    prog = Program.from_asm("""
+    prog = assemble_program("""
         mov r4, r1
         add r4, 4095
         ldxb r0, [r4]
@@ -554,7 +556,7 @@ def test_a_rejected_program_fails_the_call_and_releases_the_source(device, tmp_p
     path = tmp_path / "data.bin"
     path.write_bytes(bytes(10_000))
     with pytest.raises(ProgramError) as e:
-        scan(device, Program.from_asm("mov r0, r6\nexit"), path, piece_size=4096)
+        scan(device, assemble_program("mov r0, r6\nexit"), path, piece_size=4096)
     assert not hasattr(e.value, "piece_index")
     assert _mapped(path) == 0
 

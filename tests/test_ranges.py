@@ -12,22 +12,22 @@ import struct
 import pytest
 
 import hermes
-from hermes.engine import Program
+from hermes.engine.asm import assemble_program
 from hermes.lib.memory import MAX_RANGES
 
 #: r0 = the u64 at window offset r3; stores r2 (the input length) at window offset r4.
-PEEK_POKE = Program.from_asm("mov r6, r1\nadd r6, r3\nldxdw r0, [r6]\n"
+PEEK_POKE = assemble_program("mov r6, r1\nadd r6, r3\nldxdw r0, [r6]\n"
                              "mov r7, r1\nadd r7, r4\nstxdw [r7], r2\nexit")
 #: r0 = the sum of the window's bytes [0, r2).
-SUM = Program.from_asm("mov r0, 0\nmov r3, 0\nloop:\njge r3, r2, done\nmov r4, r1\nadd r4, r3\n"
+SUM = assemble_program("mov r0, 0\nmov r3, 0\nloop:\njge r3, r2, done\nmov r4, r1\nadd r4, r3\n"
                        "ldxb r5, [r4]\nadd r0, r5\nadd r3, 1\nja loop\ndone:\nexit")
 #: Stores 0x11 at window offset 0, then loads at window offset r3 (a fault when outside).
-STORE_THEN_LOAD = Program.from_asm("mov r5, 0x11\nstxb [r1], r5\nmov r6, r1\nadd r6, r3\n"
+STORE_THEN_LOAD = assemble_program("mov r5, 0x11\nstxb [r1], r5\nmov r6, r1\nadd r6, r3\n"
                                    "ldxb r0, [r6]\nexit")
 #: Declares an output of r3 bytes.
-DECLARE = Program.from_asm("mov r1, r3\ncall 0x1002\nmov r0, 0\nexit")
-LOOP = Program.from_asm("mov r0, 0\nloop:\nadd r0, 1\nja loop")
-ARGS = Program.from_asm("stxdw [r1], r3\nstxdw [r1+8], r4\nstxdw [r1+16], r5\nmov r0, r2\nexit")
+DECLARE = assemble_program("mov r1, r3\ncall 0x1002\nmov r0, 0\nexit")
+LOOP = assemble_program("mov r0, 0\nloop:\nadd r0, 1\nja loop")
+ARGS = assemble_program("stxdw [r1], r3\nstxdw [r1+8], r4\nstxdw [r1+16], r5\nmov r0, r2\nexit")
 
 
 def u64(*values: int) -> bytes:
@@ -209,7 +209,7 @@ def test_closing_the_device_closes_its_memory(make_backend):
 
 def test_program_stores_reach_memory_on_every_range(dev, sess):
     """Every byte of the window is writable and lands in its own memory, in order."""
-    fill = Program.from_asm("mov r3, 0\nloop:\njge r3, r2, done\nmov r4, r1\nadd r4, r3\n"
+    fill = assemble_program("mov r3, 0\nloop:\njge r3, r2, done\nmov r4, r1\nadd r4, r3\n"
                             "stxb [r4], r3\nadd r3, 1\nja loop\ndone:\nmov r0, 0\nexit")
     mems = [dev.memory(8), dev.memory(16), dev.memory(5)]
     sess.load(fill)

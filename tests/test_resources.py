@@ -8,6 +8,7 @@ import pytest
 
 from hermes import engine
 from hermes.engine import DEVICE_HELPERS, Program
+from hermes.engine.asm import assemble_program
 from hermes.engine.memory import DATA_BASE, RODATA_BASE
 from hermes.errors import ExecutionError
 
@@ -30,7 +31,7 @@ def _peak(fn) -> tuple[object, int]:
 
 
 def _call(helper: int, r1: str, r2: str, r3: str) -> Program:
-    return Program.from_asm(f"lddw r6, {r1}\nlddw r7, {r2}\nlddw r8, {r3}\n"
+    return assemble_program(f"lddw r6, {r1}\nlddw r7, {r2}\nlddw r8, {r3}\n"
                             "mov r1, r6\nmov r2, r7\nmov r3, r8\n"
                             f"call {helper:#x}\nmov r0, 0\nexit")
 
@@ -142,8 +143,8 @@ def test_backends_bound_program_data_by_the_program_slot(tmp_path, spec):
 def test_program_cache_is_bounded_by_bytes(tmp_path):
     from hermes.device.commands import ProgramCache
     obj = _bss_object(tmp_path, 900 << 10)
-    cost = Program.from_elf(obj).host_bytes
-    cache = ProgramCache(64, lambda code, entry: engine.load(Program.from_elf(code), executor="interp"),
+    cost = load_elf(obj).host_bytes
+    cache = ProgramCache(64, lambda code, entry: engine.load(load_elf(code), executor="interp"),
                          max_bytes=4 * MiB)
     for i in range(12):
         cache.get(obj + bytes(8 * i), "interp")  # 12 distinct objects of one program
@@ -174,7 +175,7 @@ def test_cpu_backend_cache_is_bounded_and_freed():
     from hermes.engine.cache import DEFAULT_CACHE_BYTES
     dev = hermes.open("cpu", executor="interp")
     for i in range(70):
-        dev.run(Program.from_asm(f"mov r0, {i}\nexit"))
+        dev.run(assemble_program(f"mov r0, {i}\nexit"))
     assert len(dev._cache) == 64 and dev._cache.bytes <= DEFAULT_CACHE_BYTES
     dev.close()
     assert len(dev._cache) == 0

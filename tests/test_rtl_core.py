@@ -10,6 +10,7 @@ import pytest
 
 from hermes import engine
 from hermes.engine import isa
+from hermes.engine.asm import assemble_program
 from hermes.engine.isa import encode_slot
 from hermes.engine.memory import DATA_BASE, STACK_TOP
 from hermes.engine.program import Program
@@ -28,7 +29,7 @@ def rtl():
 
 
 def asm(text: str) -> Program:
-    return Program.from_asm(text)
+    return assemble_program(text)
 
 
 def test_entry_registers(rtl):

@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 from hermes import engine
 from hermes.engine import isa
+from hermes.engine.disasm import disassemble_insns
 from hermes.engine.isa import encode_slot
 from hermes.engine.program import Program
 from hermes.errors import ExecutionError
@@ -169,7 +170,7 @@ def programs(draw):
 @settings(max_examples=EXAMPLES, deadline=None)
 @given(program=programs(), memory=st.binary(min_size=MEM_LEN, max_size=MEM_LEN))
 def test_random_programs_match_interpreter(program, memory):
-    note(program.disasm())
+    note(disassemble_insns(program.insns))
     try:
         want = engine.run(program, bytearray(memory), budget=BUDGET, executor="interp")
         want_err = None

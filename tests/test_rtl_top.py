@@ -13,7 +13,7 @@ import pytest
 
 from hermes import regs
 from hermes.device import HermesDevice
-from hermes.engine.program import Program
+from hermes.engine.asm import assemble_program
 from tests.test_device import RET7
 from tests.test_device_slots import ENDLESS
 
@@ -328,7 +328,7 @@ def test_capability_registers():
 
 def test_run_program_through_bar0():
     top = HermesTop(n_engines=2, imem_depth=64, dmem_bytes=256)
-    prog = Program.from_asm("""
+    prog = assemble_program("""
         ldxdw %r3, [%r1+0]
         add %r3, %r2
         stxdw [%r1+8], %r3
@@ -379,7 +379,7 @@ def test_run_program_through_bar0():
 
 def test_run_error_is_status_5_with_code():
     top = HermesTop(n_engines=1, imem_depth=16, dmem_bytes=64)
-    prog = Program.from_asm("mov %r0, 1\nldxdw %r0, [%r1+60]\nexit")
+    prog = assemble_program("mov %r0, 1\nldxdw %r0, [%r1+60]\nexit")
     out = {}
 
     async def bench(h: Host):
@@ -396,9 +396,9 @@ def test_run_error_is_status_5_with_code():
 def test_two_engines_run_at_the_same_time():
     top = HermesTop(n_engines=2, imem_depth=16, dmem_bytes=64)
     # engine 0 loops longer than engine 1; both are started before either finishes
-    slow = Program.from_asm("mov %r0, 0\nmov %r3, 50\nl:\nadd %r0, %r3\nsub %r3, 1\n"
+    slow = assemble_program("mov %r0, 0\nmov %r3, 50\nl:\nadd %r0, %r3\nsub %r3, 1\n"
                             "jne %r3, 0, l\nexit")
-    fast = Program.from_asm("ldxdw %r0, [%r1+0]\nadd %r0, 1\nexit")
+    fast = assemble_program("ldxdw %r0, [%r1+0]\nadd %r0, 1\nexit")
     out = {}
 
     async def bench(h: Host):
@@ -542,7 +542,7 @@ def test_abort_stops_the_running_command_as_the_model():
 def test_abort_stops_at_an_instruction_boundary_with_its_pc():
     top = HermesTop(n_engines=1, imem_depth=16, dmem_bytes=64)
     # a loop of a divide and a store: the abort lands in the divider's cycles or on a boundary
-    prog = Program.from_asm("mov r3, 7\nloop:\ndiv r3, 3\nstxb [r1], r3\nja loop").code
+    prog = assemble_program("mov r3, 7\nloop:\ndiv r3, 3\nstxb [r1], r3\nja loop").code
     out = {}
 
     async def bench(h: Host):
@@ -604,7 +604,7 @@ def test_abort_of_a_run_waiting_for_its_core():
 
 def test_waiting_run_starts_when_the_core_is_free():
     top = HermesTop(n_engines=2, imem_depth=16, dmem_bytes=64)
-    slow = Program.from_asm("mov r0, 0\nmov r3, 30\nl:\nadd r0, r3\nsub r3, 1\n"
+    slow = assemble_program("mov r0, 0\nmov r3, 30\nl:\nadd r0, r3\nsub r3, 1\n"
                             "jne r3, 0, l\nexit").code
     out = {}
 

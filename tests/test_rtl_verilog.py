@@ -6,7 +6,7 @@ import shutil
 import pytest
 
 from hermes import engine
-from hermes.engine.program import Program
+from hermes.engine.asm import assemble_program
 from hermes.regs import EBPF_ERR_OUT_OF_BOUNDS
 
 pytest.importorskip("amaranth")
@@ -46,7 +46,7 @@ f:
 
 @pytest.mark.parametrize("forward_loads", [False, True])
 def test_mixed_program_matches_amaranth_and_interpreter(forward_loads):
-    prog = Program.from_asm(MIXED)
+    prog = assemble_program(MIXED)
     data = bytes(range(1, 33))
     want = engine.run(prog, bytearray(data), executor="interp")
     model = simulate(prog, data, forward_loads=forward_loads)
@@ -59,7 +59,7 @@ def test_mixed_program_matches_amaranth_and_interpreter(forward_loads):
 
 
 def test_error_code_from_verilog():
-    prog = Program.from_asm("mov %r0, 1\nldxw %r0, [%r1+30]\nexit")
+    prog = assemble_program("mov %r0, 1\nldxw %r0, [%r1+30]\nexit")
     got = simulate_verilog(prog.code, bytes(32), max_cycles=20)
     assert got["finished"] == 1 and got["error"] == 1
     assert got["error_code"] == EBPF_ERR_OUT_OF_BOUNDS | (1 << 8)

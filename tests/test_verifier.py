@@ -5,6 +5,7 @@ import pytest
 
 from hermes.conformance import expected_kind, load_corpus
 from hermes.engine import isa
+from hermes.engine.asm import assemble_program
 from hermes.engine.helpers import CONFORMANCE_HELPERS
 from hermes.engine.memory import MAX_CALL_DEPTH
 from hermes.engine.program import Program
@@ -13,7 +14,7 @@ from hermes.errors import ProgramError, VerifierError
 
 
 def asm(text: str) -> Program:
-    return Program.from_asm(text)
+    return assemble_program(text)
 
 
 def reject(text: str) -> VerifierError:

@@ -9,7 +9,7 @@ import tempfile
 import pytest
 
 from hermes import regs as R
-from hermes.engine import Program
+from hermes.engine.asm import assemble_program
 from hermes.transport import DmaBuffer, Transport
 
 from tests.vfio_devices import ServerProcess
@@ -154,7 +154,7 @@ def test_dma_through_the_device(transport):
 def test_run_program_and_reset(transport):
     t = transport
     enable_irqs(t)
-    prog = Program.from_asm("mov r0, 42\nexit").to_bytes()
+    prog = assemble_program("mov r0, 42\nexit").to_bytes()
     slot = command(t, 0, bytes([R.CMD_REQUEST_SLOT, 0, 1, 0, 0, 0, 0, 0, R.SLOT_PROGRAM]))[8]
     data = command(t, 0, bytes([R.CMD_REQUEST_SLOT, 0, 2, 0, 0, 0, 0, 0, R.SLOT_DATA]))[8]
     t.write_block(4, slot * (1 << 20), prog)      # BAR4 writes (the model allows it)

@@ -16,6 +16,7 @@ import time
 import pytest
 
 from hermes import regs
+from hermes.engine.asm import assemble_program
 from hermes.vfio import protocol as P, uapi
 from tests.vfio_devices import ServerProcess
 
@@ -221,11 +222,10 @@ def test_disconnect_with_eventfds_dma_and_a_runaway_program(srv):
     import threading
 
     import hermes.driver
-    from hermes.engine import Program
     from hermes.transport.vfio_user import VfioUserTransport
     t = VfioUserTransport(srv.path)
     f = hermes.driver.attach(t).open()
-    f.download_program(Program.from_asm("ja -1\nexit").to_bytes())
+    f.download_program(assemble_program("ja -1\nexit").to_bytes())
     f.pwrite(b"x", 0)
     runner = threading.Thread(target=lambda: pytest.raises(OSError, f.fsync), daemon=True)
     runner.start()

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from hermes import regs
-from hermes.engine import Program
+from hermes.engine.asm import assemble_program
 from hermes.transport.vfio_user import VfioUserTransport
 from hermes.vfio import pci, uapi
 from hermes.vfio import protocol as P
@@ -23,9 +23,9 @@ from hermes.server.function import VfioFunction
 import hermes.driver
 from tests.vfio_devices import ServerProcess, ThreadServer, wait_for_socket
 
-RETURN0 = Program.from_asm("mov r0, 0\nexit").to_bytes()
-INC_U64 = Program.from_asm("ldxdw r2, [r1]\nadd r2, 1\nstxdw [r1], r2\nmov r0, 0\nexit").to_bytes()
-LOOP = Program.from_asm("ja -1\nexit").to_bytes()
+RETURN0 = assemble_program("mov r0, 0\nexit").to_bytes()
+INC_U64 = assemble_program("ldxdw r2, [r1]\nadd r2, 1\nstxdw [r1], r2\nmov r0, 0\nexit").to_bytes()
+LOOP = assemble_program("ja -1\nexit").to_bytes()
 
 
 class Raw:

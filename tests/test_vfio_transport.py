@@ -13,7 +13,7 @@ import pytest
 
 import hermes.driver
 from hermes import regs
-from hermes.engine import Program
+from hermes.engine.asm import assemble_program
 from hermes.transport.vfio import VfioError, VfioTransport
 from hermes.transport.vfio_user import VfioUserTransport
 from hermes.vfio import protocol as P
@@ -22,7 +22,7 @@ from .support.fake_kernel import FakeVfioKernel
 
 from tests.vfio_devices import ServerProcess, ThreadServer
 
-INC_U64 = Program.from_asm("ldxdw r2, [r1]\nadd r2, 1\nstxdw [r1], r2\nmov r0, 0\nexit").to_bytes()
+INC_U64 = assemble_program("ldxdw r2, [r1]\nadd r2, 1\nstxdw [r1], r2\nmov r0, 0\nexit").to_bytes()
 
 
 @pytest.fixture

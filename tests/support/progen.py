@@ -16,6 +16,7 @@ import random
 from dataclasses import dataclass
 
 from hermes.engine import isa
+from hermes.engine.asm import assemble_program
 from hermes.engine.helpers import CONFORMANCE_HELPERS
 from hermes.engine.memory import (MAX_CALL_DEPTH, RODATA_BASE, RWDATA_BASE, STACK_SIZE, STACK_TOP,
                                   Segment)
@@ -49,7 +50,7 @@ class Case:
 
     def program(self) -> Program:
         """Assemble the case (with a read-only and a writable program data segment if asked)."""
-        program = Program.from_asm(self.text, name="progen")
+        program = assemble_program(self.text, name="progen")
         if not self.segments:
             return program
         return Program(program.code, name="progen", segments=SEGMENTS)

@@ -10,11 +10,11 @@ import statistics
 import sys
 import time
 
-from hermes.engine import Program
+from hermes.engine.asm import assemble_program
 
 MiB = 1 << 20
 #: mov r0, 0; exit
-TWO_INSTRUCTIONS = Program.from_asm("mov r0, 0\nexit").to_bytes()
+TWO_INSTRUCTIONS = assemble_program("mov r0, 0\nexit").to_bytes()
 
 
 def median_us(fn, rounds: int) -> float:

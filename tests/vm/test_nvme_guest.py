@@ -19,6 +19,7 @@ import hermes
 from hermes import nvme_regs as N
 from hermes.driver.nvme.passthru import controller_device, namespace_devices
 from hermes.engine import Program
+from hermes.engine.asm import assemble_program
 from tests.test_nvme_cp import INC_RANGE
 
 DEV = os.environ.get("HERMES_NVME_DEVICE", "")
@@ -26,7 +27,7 @@ pytestmark = pytest.mark.skipif(not DEV, reason="needs $HERMES_NVME_DEVICE (the 
 #: A byte offset of the memory namespace the library's sessions never use (their windows start
 #: at 0 and there are at most 15 of 1 MiB in the served 16 MiB).
 BY_HAND = 15 << 20
-RET_ARGS = Program.from_asm("mov r0, r3\nadd r0, r4\nadd r0, r5\nadd r0, r2\nexit")
+RET_ARGS = assemble_program("mov r0, r3\nadd r0, r4\nadd r0, r5\nadd r0, r2\nexit")
 
 
 def nvme(*args: str, binary: bool = False) -> str | bytes:
