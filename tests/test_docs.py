@@ -1,0 +1,95 @@
+"""The docs name only things that exist: every dotted ``hermes.x.y`` name written in README.md,
+docs/*.md and specs/*.md imports or resolves, and every repository path they give is a file or
+folder of this repository (paths of ``hermes`` modules may be given from ``src/hermes``)."""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md"), *(ROOT / "specs").glob("*.md")])
+
+#: ``hermes.a.b`` not inside a longer word, path or address.
+DOTTED = re.compile(r"(?<![\w/.-])hermes(?:\.[A-Za-z_]\w*)+(?![\w*])")
+#: Dotted names that are not Python names (a dask configuration key).
+NOT_PYTHON = {"hermes.devices"}
+#: Files named ``hermes.<ext>`` (the C header, sockets, build outputs), not Python names.
+FILE_SUFFIXES = {"h", "c", "o", "ko", "sock", "v", "py", "s", "log", "bin", "elf"}
+#: ``dir/.../name.ext`` (at least one folder), not inside a longer word, path or address.
+PATH = re.compile(r"(?<![\w/.~$<{-])((?:[\w.-]+/)+[\w-]+\.(?:py|md|c|h|sh|toml|ya?ml|json|data|s))\b")
+#: Folders a document's paths may also be relative to, besides the repository and src/hermes.
+BASES = {"specs/linux-driver.md": "drivers/linux"}
+#: Paths the docs give that are not files of this repository: other projects' sources, files
+#: the tools write, and the guest's or host's own files.
+NOT_OURS = re.compile(
+    r"^(build|out|shared|conformance/|\.\.|kernel|vm/guest/jobs/JOB\.sh|vm/ubpf|src/interpreter\.rs|src/ebpf\.rs|hw/|lib/fifo|"
+    r"samples/|include/linux|include/uapi|tools/|Documentation/|arch/|drivers/nvme|drivers/vfio|"
+    r"drivers/pci|linux/)"
+)
+
+
+def _names() -> list[tuple[str, str]]:
+    out = []
+    for doc in DOCS:
+        for name in sorted(set(DOTTED.findall(doc.read_text()))):
+            name = name.rstrip(".")
+            if name.rsplit(".", 1)[-1] not in FILE_SUFFIXES and name not in NOT_PYTHON:
+                out.append((doc.relative_to(ROOT).as_posix(), name))
+    return out
+
+
+def _paths() -> list[tuple[str, str]]:
+    out = []
+    for doc in DOCS:
+        for path in sorted(set(PATH.findall(doc.read_text()))):
+            if not NOT_OURS.match(path):
+                out.append((doc.relative_to(ROOT).as_posix(), path))
+    return out
+
+
+def _is_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, AttributeError, ValueError):  # a parent that is a module, not a package
+        return False
+
+
+def resolve(name: str) -> object:
+    """The object a dotted name names: the longest importable module, then attributes (a module
+    is found without being run, so ``hermes.__main__`` does not start the CLI)."""
+    if _is_module(name):
+        return name
+    parts = name.split(".")
+    for n in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:n]))
+        except ImportError:
+            continue
+        for attr in parts[n:]:
+            obj = getattr(obj, attr)
+        return obj
+    raise ImportError(name)
+
+
+@pytest.mark.parametrize("doc, name", _names())
+def test_dotted_name_exists(doc, name):
+    try:
+        resolve(name)
+    except (ImportError, AttributeError) as exc:
+        pytest.fail(f"{doc} names {name}, which does not exist ({exc})")
+
+
+@pytest.mark.parametrize("doc, path", _paths())
+def test_path_exists(doc, path):
+    where = [ROOT / path, ROOT / "src" / path, ROOT / "src" / "hermes" / path]
+    if doc in BASES:
+        where.append(ROOT / BASES[doc] / path)
+    assert any(p.exists() for p in where), f"{doc} gives {path}, which is not in the repository"
+
+
+def test_the_docs_are_checked():
+    assert len(_names()) > 50 and len(_paths()) > 50
