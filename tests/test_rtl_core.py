@@ -14,8 +14,13 @@ from hermes.engine.asm import assemble_program
 from hermes.engine.isa import encode_slot
 from hermes.engine.memory import DATA_BASE, STACK_TOP
 from hermes.engine.program import Program
-from hermes.regs import (EBPF_ERR_BUDGET, EBPF_ERR_CALL_DEPTH, EBPF_ERR_LOAD,
-                         EBPF_ERR_OUT_OF_BOUNDS, EBPF_ERR_UNSUPPORTED)
+from hermes.regs import (
+    EBPF_ERR_BUDGET,
+    EBPF_ERR_CALL_DEPTH,
+    EBPF_ERR_LOAD,
+    EBPF_ERR_OUT_OF_BOUNDS,
+    EBPF_ERR_UNSUPPORTED,
+)
 
 pytest.importorskip("amaranth")
 from hermes.rtl.sim import RtlSession, simulate  # noqa: E402
@@ -202,8 +207,8 @@ def test_cli_verilog(tmp_path):
 
 
 def test_cli_cpi_on_one_bench_program(bench_dir):
-    out = subprocess.run([sys.executable, "-m", "hermes.cli", "rtl", "cpi", "--bench", str(bench_dir),
-                          "filter_records"], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-m", "hermes.cli", "rtl", "cpi", "--bench",
+                          str(bench_dir), "filter_records"], capture_output=True, text=True, check=True)
     line = next(x for x in out.stdout.splitlines() if x.startswith("filter_records"))
     cpi = float(line.split()[4])
     assert 1.0 <= cpi <= 1.5
@@ -217,7 +222,7 @@ def test_multi_cycle_instruction_in_the_last_slot_traps(rtl):
 
 
 def test_synth_report_parsing():
-    from hermes.rtl.build import _parse_stat, _path_kinds
+    from hermes.cli.rtl_tools.synth import parse_stat, path_kinds
     log = """
 2.50. Printing statistics.
      LUT2                            9
@@ -238,11 +243,11 @@ Longest topological path in hermes_top (length=4):
     2: y.A (via c2)
     3: z.A (via c3)
 """
-    cells = _parse_stat(log)
+    cells = parse_stat(log)
     assert cells == {"CARRY4": 3, "FDRE": 5, "LUT6": 7, "RAMB36E1": 2}
     net = {"modules": {"hermes_top": {"cells": {"c1": {"type": "LUT6"}, "c2": {"type": "CARRY4"},
                                                 "c3": {"type": "MUXF7"}}}}}
-    assert _path_kinds(log, net) == {"LUT": 1, "MUXF": 1, "CARRY4": 1, "DSP48E1": 0, "RAM32M": 0}
+    assert path_kinds(log, net) == {"LUT": 1, "MUXF": 1, "CARRY4": 1, "DSP48E1": 0, "RAM32M": 0}
 
 
 def test_forwarded_loads_take_one_cycle():
@@ -283,7 +288,9 @@ def test_abort_stops_at_the_next_instruction_boundary(forward_loads):
             for _ in range(delay):
                 await ctx.tick()
             ctx.set(core.abort, 1)
-            for waited in range(1, 100):
+            waited = 0
+            while waited < 100:
+                waited += 1
                 await ctx.tick()
                 if ctx.get(core.done):
                     break

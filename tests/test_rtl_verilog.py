@@ -10,7 +10,7 @@ from hermes.engine.asm import assemble_program
 from hermes.regs import EBPF_ERR_OUT_OF_BOUNDS
 
 pytest.importorskip("amaranth")
-from hermes.rtl.build import simulate_verilog  # noqa: E402
+from hermes.cli.rtl_tools.vsim import simulate_verilog  # noqa: E402
 from hermes.rtl.sim import simulate  # noqa: E402
 
 pytestmark = pytest.mark.skipif(shutil.which("yosys") is None, reason="yosys not installed")

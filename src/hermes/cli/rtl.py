@@ -67,7 +67,7 @@ def _sim(args: argparse.Namespace) -> int:
 
 def _synth(args: argparse.Namespace) -> int:
     _need_amaranth()
-    from ..rtl.build import synthesize
+    from .rtl_tools.synth import synthesize
     report = synthesize(_top(args), target=args.target)
     print(report.summary())
     if args.log:
@@ -79,7 +79,7 @@ def _cpi(args: argparse.Namespace) -> int:
     _need_amaranth()
     from .. import engine
     from ..benchmarks import find_shared
-    from ..rtl.cpi import REDUCED_N, format_table, load_bench, measure, reduced_input
+    from .rtl_tools.cpi import REDUCED_N, format_table, load_bench, measure, reduced_input
     bench = Path(args.bench) if args.bench else find_shared("bench")
     if bench is None:
         raise HermesError("shared/bench not found; pass --bench DIR")
@@ -115,7 +115,7 @@ def _sizes(p: argparse.ArgumentParser) -> None:
                    help="data memory bytes per engine (power of two, default 4096)")
 
 
-def register(sub: "argparse._SubParsersAction") -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     """Add ``hermes rtl ...`` to the hermes parser."""
     p = sub.add_parser("rtl", help="the eBPF engine as RTL (Amaranth): Verilog, simulation, "
                                    "synthesis")

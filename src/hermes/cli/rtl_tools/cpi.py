@@ -5,8 +5,9 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..engine.program import Program
-from .sim import SimResult, simulate
+from ...engine.asm import assemble_program
+from ...engine.program import Program
+from ...rtl.sim import SimResult, simulate
 
 #: Clock the throughput figures assume.
 CLOCK_HZ = 250e6
@@ -60,7 +61,7 @@ def load_bench(bench_dir: Path) -> dict[str, tuple[Program, bytes]]:
     for name, make in ref.PROGRAMS.items():
         asm = bench_dir / "asm" / f"{name}.asm"
         if asm.exists():
-            out[name] = (Program.from_asm(asm.read_text(), name=name), bytes(make()[0]))
+            out[name] = (assemble_program(asm.read_text(), name=name), bytes(make()[0]))
     return out
 
 
