@@ -1,4 +1,4 @@
-"""The reference interpreter: each basic block is pre-translated once into Python, then dispatched.
+"""The fast interpreter: each basic block is pre-translated once into Python, then dispatched.
 
 The program is decoded and checked once at load. Each basic block becomes one small Python
 function over the registers (closure cells), generated from per-operation templates keyed by the
@@ -224,7 +224,9 @@ class _BlockCompiler:
 
 
 class Interpreter:
-    """The reference engine: ``Interpreter(program, helpers=, budget=).run(memory)``."""
+    """The block-translating executor ``interp``:
+    ``Interpreter(program, helpers=, budget=).run(memory)`` (``reference.Reference`` is the plain
+    one to read against RFC 9669)."""
 
     name = "interp"
 

@@ -67,7 +67,7 @@ class _Run:
         return HelperContext(self._read, self._write, self._view, self.state)
 
     def _find(self, addr: int, size: int, write: bool):
-        """Same region lookup (and error wording) as the reference interpreter."""
+        """Same region lookup (and error wording) as the interpreters (``memory.out_of_bounds``)."""
         addr &= MASK64
         if DATA_BASE <= addr and addr + size <= DATA_BASE + self.dlen:
             return self.data, addr - DATA_BASE
