@@ -1,6 +1,7 @@
 """ELF linking: an object's entry function and its callees laid out and relocated into a Program."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from .parse import (
     STT_FUNC,
     STT_SECTION,
     ElfObject,
+    Relocation,
     Section,
     Symbol,
     malformed,
@@ -340,39 +342,44 @@ class Linker:
     def _sym_label(self, y: Symbol) -> str:
         return self.obj.symbol_name(y) or f"symbol {y.index}"
 
+    def _relocations_of(self, sec: Section) -> Iterator[tuple[Section, list[Symbol],
+                                                                 Relocation, str]]:
+        """Each relocation applied to ``sec`` (``R_BPF_NONE`` skipped): its relocation section,
+        the symbol table it indexes, the entry, and where it applies (for messages)."""
+        for rel in self.rels_for.get(sec.index, []):
+            syms, entries = self.obj.relocations(rel)
+            for r in entries:
+                if r.type != R_BPF_NONE:
+                    yield rel, syms, r, self.obj.where(sec, r.offset)
+
     def _code_relocations(self, sec: Section) -> dict[int, tuple]:
         """Relocations of code section ``sec`` as patches by slot."""
         body = self.obj.section_data(sec)
         out: dict[int, tuple] = {}
-        for rel in self.rels_for.get(sec.index, []):
-            syms, entries = self.obj.relocations(rel)
-            for r in entries:
-                if r.type == R_BPF_NONE:
-                    continue
-                where = self.obj.where(sec, r.offset)
-                if r.offset % 8 or r.offset + 8 > sec.size:
-                    raise ElfError(f"bad relocation offset {r.offset:#x} in {rel.name}: outside "
-                                   f"{sec.name} ({sec.size} bytes) or not at an instruction")
-                y = syms[r.sym]
-                name = self._sym_label(y)
-                slot = r.offset // 8
-                opcode, _, _, _, imm = isa.decode_slot(body, slot)
-                if r.type == R_BPF_64_64 and opcode == isa.OPCODE_LDDW:
-                    if r.offset + 16 > sec.size:
-                        raise ElfError(f"bad relocation offset {r.offset:#x}: lddw at {where} "
-                                       "is truncated")
-                    lo = int.from_bytes(body[r.offset + 4:r.offset + 8], "little")
-                    hi = int.from_bytes(body[r.offset + 12:r.offset + 16], "little")
-                    addend = r.addend if r.addend is not None else lo | (hi << 32)
-                    value = self._address(y, addend, f"lddw at {where}")
-                    out[slot] = ("lddw", value, f"{RELOC_NAMES[r.type]} {name} = {value:#x}")
-                elif r.type in (R_BPF_64_32, R_BPF_64_ABS64) and opcode == _OPCODE_CALL:
-                    out[slot] = self._call_target(y, name, imm, where, r.type)
-                else:
-                    rname = RELOC_NAMES.get(r.type, "unknown")
-                    raise ElfError(f"bad relocation type {r.type} ({rname}) at {where} against "
-                                   f"{name!r} (opcode {opcode:#04x}); code supports R_BPF_64_64 "
-                                   "on lddw and R_BPF_64_32 (or 2, older toolchains) on call")
+        for rel, syms, r, where in self._relocations_of(sec):
+            if r.offset % 8 or r.offset + 8 > sec.size:
+                raise ElfError(f"bad relocation offset {r.offset:#x} in {rel.name}: outside "
+                               f"{sec.name} ({sec.size} bytes) or not at an instruction")
+            y = syms[r.sym]
+            name = self._sym_label(y)
+            slot = r.offset // 8
+            opcode, _, _, _, imm = isa.decode_slot(body, slot)
+            if r.type == R_BPF_64_64 and opcode == isa.OPCODE_LDDW:
+                if r.offset + 16 > sec.size:
+                    raise ElfError(f"bad relocation offset {r.offset:#x}: lddw at {where} "
+                                   "is truncated")
+                lo = int.from_bytes(body[r.offset + 4:r.offset + 8], "little")
+                hi = int.from_bytes(body[r.offset + 12:r.offset + 16], "little")
+                addend = r.addend if r.addend is not None else lo | (hi << 32)
+                value = self._address(y, addend, f"lddw at {where}")
+                out[slot] = ("lddw", value, f"{RELOC_NAMES[r.type]} {name} = {value:#x}")
+            elif r.type in (R_BPF_64_32, R_BPF_64_ABS64) and opcode == _OPCODE_CALL:
+                out[slot] = self._call_target(y, name, imm, where, r.type)
+            else:
+                rname = RELOC_NAMES.get(r.type, "unknown")
+                raise ElfError(f"bad relocation type {r.type} ({rname}) at {where} against "
+                               f"{name!r} (opcode {opcode:#04x}); code supports R_BPF_64_64 "
+                               "on lddw and R_BPF_64_32 (or 2, older toolchains) on call")
         return out
 
     def _call_target(self, y: Symbol, name: str, imm: int, where: str, rtype: int) -> tuple:
@@ -467,25 +474,20 @@ class Linker:
 
     def _relocated_data(self, s: Section) -> bytes:
         buf = bytearray(self.obj.section_data(s))
-        for rel in self.rels_for.get(s.index, []):
-            syms, entries = self.obj.relocations(rel)
-            for r in entries:
-                if r.type == R_BPF_NONE:
-                    continue
-                where = self.obj.where(s, r.offset)
-                width = {R_BPF_64_ABS64: 8, R_BPF_64_ABS32: 4}.get(r.type)
-                if width is None:
-                    raise ElfError(f"bad relocation type {r.type} "
-                                   f"({RELOC_NAMES.get(r.type, 'unknown')}) in data at {where}; "
-                                   "data supports R_BPF_64_ABS64 and R_BPF_64_ABS32")
-                if s.type == SHT_NOBITS or r.offset + width > s.size:
-                    raise ElfError(f"bad relocation offset {r.offset:#x} in {rel.name}: outside "
-                                   f"{s.name} ({s.size} bytes)")
-                addend = r.addend if r.addend is not None else \
-                    int.from_bytes(buf[r.offset:r.offset + width], "little")
-                value = self._address(syms[r.sym], addend, f"pointer at {where}")
-                if value >> (8 * width):
-                    raise ElfError(f"pointer at {where}: address {value:#x} does not fit the "
-                                   f"{8 * width}-bit relocation {RELOC_NAMES[r.type]}")
-                buf[r.offset:r.offset + width] = value.to_bytes(width, "little")
+        for rel, syms, r, where in self._relocations_of(s):
+            width = {R_BPF_64_ABS64: 8, R_BPF_64_ABS32: 4}.get(r.type)
+            if width is None:
+                raise ElfError(f"bad relocation type {r.type} "
+                               f"({RELOC_NAMES.get(r.type, 'unknown')}) in data at {where}; "
+                               "data supports R_BPF_64_ABS64 and R_BPF_64_ABS32")
+            if s.type == SHT_NOBITS or r.offset + width > s.size:
+                raise ElfError(f"bad relocation offset {r.offset:#x} in {rel.name}: outside "
+                               f"{s.name} ({s.size} bytes)")
+            addend = r.addend if r.addend is not None else \
+                int.from_bytes(buf[r.offset:r.offset + width], "little")
+            value = self._address(syms[r.sym], addend, f"pointer at {where}")
+            if value >> (8 * width):
+                raise ElfError(f"pointer at {where}: address {value:#x} does not fit the "
+                               f"{8 * width}-bit relocation {RELOC_NAMES[r.type]}")
+            buf[r.offset:r.offset + width] = value.to_bytes(width, "little")
         return bytes(buf)
