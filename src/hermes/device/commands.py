@@ -33,7 +33,7 @@ def error_code(exc: BaseException) -> int:
 
 
 class ProgramCache:
-    """LRU of loaded programs keyed by (content of the slot bytes, entry symbol, engine name),
+    """LRU of loaded programs keyed by (content of the slot bytes, entry symbol, executor name),
     bounded by ``size`` entries and ``max_bytes`` estimated host bytes (``Program.host_bytes``).
 
     ``loader(code, entry)`` loads the bytes with ELF entry symbol ``entry`` (0: the default).
@@ -53,15 +53,15 @@ class ProgramCache:
         self.hits = 0
         self.misses = 0
 
-    def get(self, code: bytes, engine: str, entry: int = 0) -> object:
+    def get(self, code: bytes, executor: str, entry: int = 0) -> object:
         """The executable (or int error code) for program bytes ``code`` entered at ELF symbol
-        ``entry`` (0: the default entry) on ``engine``."""
+        ``entry`` (0: the default entry) on ``executor``."""
         # Short programs are their own key (hashing 16 bytes beats SHA-256 on the hot path);
         # longer ones are keyed by digest so the cache does not hold megabytes of keys. The
         # length in the key keeps the two kinds apart.
         n = len(code)
         digest = code if n <= SHORT_KEY else hashlib.sha256(code).digest()
-        key = (n, digest, entry, engine)
+        key = (n, digest, entry, executor)
         loaded = self._lru.get(key)
         if loaded is not None:
             self.hits += 1         # approximate under concurrency; diagnostics only

@@ -30,7 +30,7 @@ from .errors import from_os_error, run_cancelled, run_failure, run_timeout, with
 DEFAULT_SLOT_SIZE = 1 << 20
 DEFAULT_MEMORY_SIZE = 16 << 20
 #: Seconds an Execute Program without a run ``timeout`` may take before the host gives up on
-#: the controller (the budget stops a runaway program well before on any engine).
+#: the controller (the budget stops a runaway program well before on any executor).
 EXECUTE_TIMEOUT = 3600.0
 #: Largest program the controller downloads (its Limits.max_program_bytes; Identify has no field).
 MAX_PROGRAM_BYTES = 1 << 20
