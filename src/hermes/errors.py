@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 
-def _rebuild(cls: type, args: tuple) -> HermesError:
+def _rebuild(cls: type[HermesError], args: tuple) -> HermesError:
     exc = cls.__new__(cls)
     exc.args = args
     return exc

@@ -330,13 +330,12 @@ class _naming:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, typ: type | None, exc: BaseException | None, tb: object) -> bool:
+    def __exit__(self, typ: type | None, exc: BaseException | None, tb: object) -> None:
         if isinstance(exc, ExecutionError) and exc.kind == "out_of_bounds":
             raise type(exc)(exc.kind, f"{self.what} out of bounds ({exc.message})", exc.pc,
                             address=exc.address, size=exc.size, regions=exc.regions,
                             instructions=exc.instructions, write=exc.write,
                             depth=exc.depth) from None
-        return False
 
 
 #: The helpers of the conformance corpus (ids 0..5), registered for its tests.

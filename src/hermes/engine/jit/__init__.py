@@ -22,6 +22,7 @@ from ..memory import (
     run_args,
 )
 from ..program import Program
+from ..result import RunResult
 from ..verifier import VerifierInfo, verify
 from . import codegen
 from .runtime import (
@@ -156,6 +157,8 @@ class JitExecutable:
         self.helpers = helpers
         self.budget = budget
         self._interp: Interpreter | None = None
+        #: the native code (None when the program is too large to compile and is interpreted)
+        self.compiled: Compiled | None = None
         if _prepared is None:
             self.info: VerifierInfo = verify(program, helpers)
             starts = codegen.leaders(program, self.info)
@@ -166,9 +169,8 @@ class JitExecutable:
                     # bounded load time: the interpreter builds in time linear in the program
                     self._interp = Interpreter(program, helpers=helpers, budget=budget,
                                                functions=self.info.functions)
-                    self.compiled = None  # type: ignore[assignment]
                     return
-            self.compiled: Compiled = compile_program(program, self.info, opt_level, tier)
+            self.compiled = compile_program(program, self.info, opt_level, tier)
         else:
             self.info, self.compiled = _prepared
             self.tier = "quick" if tier == "quick" else "full"
@@ -210,15 +212,15 @@ class JitExecutable:
     def wait_final(self, timeout: float | None = None) -> bool:
         """Wait until the fully optimised code is in place (large programs are first compiled
         quickly and recompiled in the background); True when it is."""
-        return self._interp is not None or self.compiled.wait_final(timeout)
+        return self.compiled is None or self.compiled.wait_final(timeout)
 
     def run(self, memory: bytearray | memoryview | bytes | None = None,
             budget: int | None = None, *, cancel: Cancel | None = None,
-            length: int | None = None, args: tuple[int, ...] = ()):
+            length: int | None = None, args: tuple[int, ...] = ()) -> RunResult:
         """Run once; see ``hermes.engine.run``."""
-        from ..result import RunResult
         if self._interp is not None:
             return self._interp.run(memory, budget, cancel=cancel, length=length, args=args)
+        assert self.compiled is not None  # only the interpreted tier has no native code
         budget = self.budget if budget is None else budget
         data, r1, r2 = input_region(memory, length)
         r3, r4, r5 = run_args(args)

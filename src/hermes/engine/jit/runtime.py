@@ -7,10 +7,14 @@ import os
 import queue
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from ...errors import UsageError
 from ..memory import MAX_CALL_DEPTH, STACK_SIZE
+from ..program import Program
+from ..verifier import VerifierInfo
 from . import codegen
 
 U64 = ctypes.c_uint64
@@ -79,7 +83,8 @@ class Compiled:
     is freed after them). ``final`` is set once the entry will not change any more.
     """
 
-    entry: ctypes._CFuncPtr
+    #: the native function: (pointer to a ``Ctx``) -> r0
+    entry: Callable[..., int]
     address: int
     ir: str
     compile_seconds: float
@@ -104,7 +109,7 @@ _cache: OrderedDict[tuple, Compiled] = OrderedDict()
 _cache_lock = threading.Lock()
 #: Engines whose last user is gone, closed by the next compilation (under the LLVM lock: a
 #: finaliser may run in any thread, at any point, including one in the middle of compiling).
-_dead: list[object] = []
+_dead: list[Any] = []
 
 
 class _Code:
@@ -117,7 +122,7 @@ class _Code:
     def __init__(self, engine) -> None:
         self.engine = engine
 
-    def entry(self, address: int) -> ctypes._CFuncPtr:
+    def entry(self, address: int) -> Callable[..., int]:
         """A callable for the native function at ``address`` that keeps this code alive."""
         fn = ENTRY_CFUNC(address)
         fn._owner = self  # type: ignore[attr-defined]
@@ -215,7 +220,7 @@ def _needs_libgcc(text: str) -> bool:
     return any(f"{op} i128" in text for op in ("udiv", "urem", "sdiv", "srem"))
 
 
-def compile_many(items: list[tuple[object, object]], opt_level: int = 3,
+def compile_many(items: list[tuple[Program, VerifierInfo]], opt_level: int = 3,
                  tier: str = "auto") -> list[Compiled]:
     """Compile several verified programs ((program, info) pairs) in one LLVM module.
 
@@ -228,7 +233,7 @@ def compile_many(items: list[tuple[object, object]], opt_level: int = 3,
     st = _llvm()
     llvm = st["llvm"]
     out: list[Compiled | None] = [None] * len(items)
-    todo = []
+    todo: list[tuple[int, Program, VerifierInfo]] = []
     seen: dict[tuple, int] = {}
     for k, (program, info) in enumerate(items):
         key = (program.digest, opt_level, tier)
@@ -243,7 +248,7 @@ def compile_many(items: list[tuple[object, object]], opt_level: int = 3,
         names = {k: f"hermes_{program.digest[:24]}_o{opt_level}" for k, program, _ in todo}
         # the passes that are super-linear are so in the blocks of one function's control flow
         blocks = max(len(codegen.leaders(p, i)) for _, p, i in todo)
-        choice = auto_tier(sum(len(p) for _, p, _ in todo), blocks) \
+        choice = auto_tier(sum(len(p) for _, p, _i in todo), blocks) \
             if tier == "auto" and len(todo) == 1 and opt_level <= 3 else "full"
         light = tier == "quick" or (tier == "auto" and choice in ("upgrade", "quick", "interp"))
         ir = codegen.generate_module([(p, i, names[k]) for k, p, i in todo], st["triple"],
@@ -279,7 +284,8 @@ def compile_many(items: list[tuple[object, object]], opt_level: int = 3,
     for k, (program, _) in enumerate(items):
         if out[k] is None:  # a repeat of a program compiled in this call
             out[k] = out[seen[(program.digest, opt_level, tier)]]
-    return out  # type: ignore[return-value]
+    # every slot is filled now: compiled here, cached, or a repeat of one compiled here
+    return [c for c in out if c is not None]
 
 
 class _Upgrader:
@@ -290,13 +296,17 @@ class _Upgrader:
     """
 
     def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
         self._queue: queue.SimpleQueue[tuple | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._stopping = False
         self._current: Compiled | None = None
 
-    def submit(self, compiled: Compiled, program, info, opt_level: int) -> None:
+    def submit(self, compiled: Compiled, program: Program, info: VerifierInfo,
+               opt_level: int) -> None:
         """Queue ``compiled`` for recompilation; starts the thread on first use."""
         with self._lock:
             if self._stopping:
@@ -336,13 +346,13 @@ class _Upgrader:
 
     def reset_after_fork(self) -> None:
         """A forked child has no upgrade thread: its programs keep their first code."""
-        pending = [self._current]
+        pending: list[Compiled | tuple | None] = [self._current]
         while True:
             try:
                 pending.append(self._queue.get_nowait())
             except queue.Empty:
                 break
-        self.__init__()
+        self._reset()
         for job in pending:
             if job is not None:
                 (job if isinstance(job, Compiled) else job[0]).final.set()
@@ -352,7 +362,7 @@ _upgrades = _Upgrader()
 atexit.register(_upgrades.stop)
 
 
-def _upgrade(compiled: Compiled, program, info, opt_level: int) -> None:
+def _upgrade(compiled: Compiled, program: Program, info: VerifierInfo, opt_level: int) -> None:
     """Compile ``program`` with the full pipeline and point ``compiled`` at the new code."""
     import time
     st = _llvm()
@@ -389,7 +399,8 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def compile_program(program, info, opt_level: int = 3, tier: str = "auto") -> Compiled:
+def compile_program(program: Program, info: VerifierInfo, opt_level: int = 3,
+                    tier: str = "auto") -> Compiled:
     """Compile ``program`` (verified, facts in ``info``) once per process and configuration."""
     hit = _cached((program.digest, opt_level, tier))
     if hit is not None:
@@ -397,7 +408,7 @@ def compile_program(program, info, opt_level: int = 3, tier: str = "auto") -> Co
     return compile_many([(program, info)], opt_level, tier)[0]
 
 
-def optimised_ir(program, info, opt_level: int = 3) -> str:
+def optimised_ir(program: Program, info: VerifierInfo, opt_level: int = 3) -> str:
     """The optimised LLVM IR of ``program`` (for inspection and the docs; not cached)."""
     st = _llvm()
     llvm = st["llvm"]
