@@ -40,7 +40,7 @@ def _from_asm(cls: type[Program], text: str | bytes, *, name: str | None = None)
     return assemble_program(text, name=name)
 
 
-def _from_elf(cls: type[Program], source: str | os.PathLike[str] | bytes,
+def _from_elf(cls: type[Program], source: str | Path | bytes,
               section: str | None = None, function: str | None = None, *,
               max_size: int | None = None, entry_symbol: int = 0) -> Program:
     """Link a program out of a BPF ELF object (path or bytes): ``elf.load_elf``."""

@@ -72,8 +72,8 @@ def describe_elf(source: str | Path | bytes, *, helpers: HelperRegistry | None =
             lines.append(f"  {target}+{r.offset:#x} {RELOC_NAMES.get(r.type, str(r.type)):18} "
                          f"{obj.symbol_name(rsyms[r.sym])}")
     linker = Linker(obj, helpers if helpers is not None else default_helpers())
-    entries = [y.name for y in linker.functions() if y.bind != STB_LOCAL] or [None]
-    for name in entries:
+    candidates: list[str | None] = [y.name for y in linker.functions() if y.bind != STB_LOCAL]
+    for name in candidates or [None]:
         lines += ["", f"Program {name or '(default entry)'}:"]
         try:
             program, info = Linker(obj, linker.helpers).link(None, name, None, MAX_PROGRAM_SLOTS)
