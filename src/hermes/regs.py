@@ -313,6 +313,7 @@ class ErrorKind(str, enum.Enum):  # noqa: UP042
         return cls.of_code(code), code >> 8
 
 
+# Lower case: drivers/linux/gen_regs_h.py publishes every upper-case integer of this module.
 _u64_mask = (1 << 64) - 1
 _KINDS_BY_CODE = {kind.code: kind for kind in ErrorKind}
 _KINDS_BY_NAME = {kind.value: kind for kind in ErrorKind}
