@@ -149,7 +149,7 @@ def test_run_errors_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "out-of-bounds memory load" in err and "pc 2" in err
     assert main(["run", str(src), "--device", "emu", "--executor", "nope"]) == 2  # usage error
-    assert "unknown engine" in capsys.readouterr().err
+    assert "unknown executor" in capsys.readouterr().err
     assert main(["info", "--device", "nowhere"]) == 1
     assert "unknown device spec" in capsys.readouterr().err
     assert main(["run", str(tmp_path / "missing.s")]) == 1

@@ -183,7 +183,7 @@ class Cancelled(ExecutionFailed):
 
 class UsageError(HermesError, ValueError):
     """The library or a tool was called wrongly: an argument of the wrong type or out of its
-    range, an unknown engine, device spec or option. Also a ``ValueError``, so code written
+    range, an unknown executor, device spec or option. Also a ``ValueError``, so code written
     against Python's convention for bad arguments keeps catching it."""
 
 
