@@ -1,4 +1,4 @@
-"""The conformance corpus on the RTL core (Amaranth simulation) matches the reference interpreter."""
+"""The conformance corpus on the RTL core (Amaranth simulation) matches the interpreter."""
 from __future__ import annotations
 
 import pytest
@@ -56,7 +56,8 @@ def test_case_on_rtl(case, session):
         want = engine.run(program, None if memory is None else bytearray(memory),
                           helpers=CONFORMANCE_HELPERS, budget=BUDGET, executor="interp")
     except ExecutionError as exc:
-        assert got.error is not None, f"interpreter failed ({exc}), RTL returned {got.return_value:#x}"
+        assert got.error is not None, \
+            f"interpreter failed ({exc}), RTL returned {got.return_value:#x}"
         assert got.error_kind == {"call_depth": "call_depth", "budget": "budget",
                                   "out_of_bounds": "out_of_bounds"}.get(exc.kind, got.error_kind)
         if exc.kind != "budget":   # the interpreter charges budget a basic block at a time

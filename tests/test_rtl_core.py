@@ -208,7 +208,8 @@ def test_cli_verilog(tmp_path):
 
 def test_cli_cpi_on_one_bench_program(bench_dir):
     out = subprocess.run([sys.executable, "-m", "hermes.cli", "rtl", "cpi", "--bench",
-                          str(bench_dir), "filter_records"], capture_output=True, text=True, check=True)
+                          str(bench_dir), "filter_records"],
+                         capture_output=True, text=True, check=True)
     line = next(x for x in out.stdout.splitlines() if x.startswith("filter_records"))
     cpi = float(line.split()[4])
     assert 1.0 <= cpi <= 1.5

@@ -2,8 +2,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, note, settings
-from hypothesis import strategies as st
+from hypothesis import given, note, settings, strategies as st
 
 from hermes import engine
 from hermes.engine import isa
@@ -25,7 +24,8 @@ SCRATCH = [0, 2, 3, 4, 5, 6, 7, 8]   # r1 keeps the data address, r9 a copy of i
 #: A call clobbers r1..r5 (the load contract refuses reading them after one): the caller
 #: restores r1 from r9 and gives r2..r5 fresh values.
 AFTER_CALL = ([(isa.CLS_ALU64 | isa.ALU_MOV | isa.SRC_X, 1, 9, 0, 0)]
-              + [(isa.CLS_ALU64 | isa.ALU_MOV | isa.SRC_K, r, 0, 0, 0x1000 + r) for r in range(2, 6)])
+              + [(isa.CLS_ALU64 | isa.ALU_MOV | isa.SRC_K, r, 0, 0, 0x1000 + r)
+                 for r in range(2, 6)])
 ALU_ROWS = [op for op in isa.OPS if op.form in ("alu_k", "alu_x", "unary", "end")]
 JMP_ROWS = [op for op in isa.OPS if op.form in ("jcond_k", "jcond_x")]
 LDX_ROWS = [op for op in isa.OPS if op.form == "ldx"]
@@ -84,8 +84,8 @@ def body_insn(draw, n_left: int, allow_call: bool, n_before: int = 0):
         return ("insn", op.opcode, f)
     if kind == "jmp":
         op = draw(st.sampled_from(JMP_ROWS))
-        f = _fields(op, dst=draw(st.sampled_from(SCRATCH + [1])), src=draw(st.sampled_from(SCRATCH)),
-                    imm=draw(interesting))
+        f = _fields(op, dst=draw(st.sampled_from(SCRATCH + [1])),
+                    src=draw(st.sampled_from(SCRATCH)), imm=draw(interesting))
         if op.form == "jcond_k":
             f["src"] = 0
         else:
@@ -96,11 +96,13 @@ def body_insn(draw, n_left: int, allow_call: bool, n_before: int = 0):
     if kind == "ldx":
         op = draw(st.sampled_from(LDX_ROWS))
         base, off = draw(memory_operand(op.width))
-        return ("insn", op.opcode, _fields(op, dst=draw(st.sampled_from(SCRATCH)), src=base, off=off))
+        return ("insn", op.opcode,
+                _fields(op, dst=draw(st.sampled_from(SCRATCH)), src=base, off=off))
     if kind == "st":
         op = draw(st.sampled_from(ST_ROWS))
         base, off = draw(memory_operand(op.width))
-        f = _fields(op, dst=base, off=off, src=draw(st.sampled_from(SCRATCH)), imm=draw(interesting))
+        f = _fields(op, dst=base, off=off, src=draw(st.sampled_from(SCRATCH)),
+                    imm=draw(interesting))
         if op.form == "st":
             f["src"] = 0
         else:
@@ -109,7 +111,8 @@ def body_insn(draw, n_left: int, allow_call: bool, n_before: int = 0):
     if kind == "atomic":
         op = draw(st.sampled_from(ATOMIC_ROWS))
         base, off = draw(memory_operand(op.width))
-        return ("insn", op.opcode, _fields(op, dst=base, off=off, src=draw(st.sampled_from(SCRATCH))))
+        return ("insn", op.opcode,
+                _fields(op, dst=base, off=off, src=draw(st.sampled_from(SCRATCH))))
     return ("call",)
 
 
@@ -118,7 +121,8 @@ def programs(draw):
     """A verifier-clean program: set every register, a random body, exit; maybe a local function."""
     slots: list[bytes] = [encode_slot(isa.CLS_ALU64 | isa.ALU_MOV | isa.SRC_X, 9, 1, 0, 0)]
     for r in SCRATCH:
-        value = draw(st.one_of(st.integers(0, (1 << 64) - 1), interesting.map(lambda v: v & ((1 << 64) - 1))))
+        value = draw(st.one_of(st.integers(0, (1 << 64) - 1),
+                               interesting.map(lambda v: v & ((1 << 64) - 1))))
         lo, hi = value & 0xFFFFFFFF, value >> 32
         slots.append(encode_slot(isa.OPCODE_LDDW, r, 0, 0, lo))
         slots.append(encode_slot(0, 0, 0, 0, hi))

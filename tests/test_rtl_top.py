@@ -79,7 +79,8 @@ class Host:
         req = bytes([opcode, 0]) + cmd_id.to_bytes(2, "little") + bytes(4) + args
         req = req + bytes(32 - len(req))
         for i in range(8):
-            await self.wr(regs.cmdreq(engine) + 4 * i, int.from_bytes(req[4 * i:4 * i + 4], "little"))
+            await self.wr(regs.cmdreq(engine) + 4 * i,
+                          int.from_bytes(req[4 * i:4 * i + 4], "little"))
         await self.wr(regs.cmdctrl(engine), 1)
 
     async def finish(self, engine: int) -> tuple:
@@ -130,8 +131,8 @@ class Step:
     abort), "abort" (EHCMDABORT write), "ctrl_write" (32-bit EHCMDCTRL write of ``value``),
     "ctrl" (records (EXEC, DONE, ABORT)), "load" (BAR4 write into program or data slot ``slot``),
     "read" (records ``n`` bytes of data slot ``slot``), "idle" (lets running programs go on:
-    ``n`` cycles on the RTL, MODEL_IDLE seconds on the model), "irqs" (records completion interrupts per
-    engine so far), "cap" (records EHCAP)."""
+    ``n`` cycles on the RTL, MODEL_IDLE seconds on the model), "irqs" (records completion
+    interrupts per engine so far), "cap" (records EHCAP)."""
     op: str
     engine: int = 0
     opcode: int = 0
@@ -352,7 +353,8 @@ def test_run_program_through_bar0():
         out["mem"] = await h.mem_rd(top.data_base + top.data_slot_size, 16)
         out["pairing"] = await h.command(1, regs.CMD_RUN_PROGRAM, 8, bytes([0, 1, 0, 0]) + args[4:])
         out["no_slot"] = await h.command(1, regs.CMD_RUN_PROGRAM, 8, bytes([2, 1, 0, 0]) + args[4:])
-        out["bad_len"] = await h.command(1, regs.CMD_RUN_PROGRAM, 9, bytes([1, 1, 0, 0, 12, 0, 0, 0]))
+        out["bad_len"] = await h.command(1, regs.CMD_RUN_PROGRAM, 9,
+                                         bytes([1, 1, 0, 0, 12, 0, 0, 0]))
         out["bad_op"] = await h.command(0, 0x42, 10)
         out["release"] = await h.command(0, regs.CMD_RELEASE_SLOT, 11, bytes([regs.SLOT_DATA, 1]))
         out["release2"] = await h.command(0, regs.CMD_RELEASE_SLOT, 12, bytes([regs.SLOT_DATA, 1]))
@@ -402,7 +404,7 @@ def test_two_engines_run_at_the_same_time():
     out = {}
 
     async def bench(h: Host):
-        for i in range(2):
+        for _ in range(2):
             await h.command(0, regs.CMD_REQUEST_SLOT, 1, bytes([regs.SLOT_PROGRAM]))
             await h.command(0, regs.CMD_REQUEST_SLOT, 2, bytes([regs.SLOT_DATA]))
         await h.mem_wr(0, slow.code)
@@ -425,7 +427,8 @@ def test_two_engines_run_at_the_same_time():
         for e in range(2):
             words = [await h.rd(regs.cmdres(e) + 4 * i) for i in range(4)]
             res = b"".join(w.to_bytes(4, "little") for w in words)
-            out[e] = (int.from_bytes(res[0:2], "little"), res[2], int.from_bytes(res[8:16], "little"))
+            out[e] = (int.from_bytes(res[0:2], "little"), res[2],
+                      int.from_bytes(res[8:16], "little"))
 
     run_top(top, bench)
     assert out["ctrl0_early"] & 1 == 1 and not out["ctrl0_early"] >> 8 & 1

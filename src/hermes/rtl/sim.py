@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from amaranth.sim import Simulator
 
@@ -158,8 +159,8 @@ class RtlSession:
         if memory is not None and len(memory) > self.core.dmem_bytes:
             raise ValueError(f"memory of {len(memory)} bytes exceeds the data memory "
                              f"({self.core.dmem_bytes} bytes)")
-        job = {"code": code, "memory": None if memory is None else bytes(memory),
-               "budget": budget, "max_cycles": max_cycles, "result": None}
+        job: dict[str, Any] = {"code": code, "memory": None if memory is None else bytes(memory),
+                                "budget": budget, "max_cycles": max_cycles, "result": None}
         self._job = job
         while job["result"] is None:
             self.sim.advance()

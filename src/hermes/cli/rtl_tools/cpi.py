@@ -54,8 +54,9 @@ def load_bench(bench_dir: Path) -> dict[str, tuple[Program, bytes]]:
     import importlib.util
     spec = importlib.util.spec_from_file_location("hermes_bench_reference",
                                                   bench_dir / "reference.py")
+    if spec is None or spec.loader is None:
+        raise FileNotFoundError(f"{bench_dir / 'reference.py'} cannot be imported")
     ref = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
     spec.loader.exec_module(ref)
     out = {}
     for name, make in ref.PROGRAMS.items():
