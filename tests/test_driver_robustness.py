@@ -44,7 +44,7 @@ def test_probe_enables_interrupts(hermes_device):
 
 def test_all_engines_interrupt(make_driver):
     drv = make_driver(engines=24, program_slots=24, data_slots=24)
-    assert all(v is not None for v in drv._engine_vectors)
+    assert all(v is not None for v in drv.irq.engine_vectors)
     user_mask = drv.transport.read(2, regs.xdma_offset(regs.XDMA_TARGET_IRQ, 0,
                                                        regs.XDMA_IRQ_USER_MASK), 4)
     assert user_mask == (1 << 24) - 1
@@ -71,7 +71,7 @@ def test_engines_without_vectors_are_polled():
 
     drv = hd.attach(NineVectors(HermesDevice(engines=4)))
     try:
-        assert drv._engine_vectors == [8, None, None, None]
+        assert drv.irq.engine_vectors == [8, None, None, None]
         files = [drv.open() for _ in range(4)]
         for f in files:
             f.download_program(INC_U64)
@@ -267,17 +267,17 @@ def test_program_can_be_replaced(hermes_file):
 def test_dma_error_status_is_eio(hermes_device):
     # A chain whose host address is not DMA memory: the device stops it with an error bit, and
     # the driver reports EIO naming it; the channel stays usable.
-    pool = hermes_device._h2c
+    pool = hermes_device.dma.h2c
     ch = pool.acquire()
     try:
         exc = expect_errno(errno.EIO, ch.transfer, 0xDEAD_0000_0000, 0, 64, 5.0)
         assert "source not readable" in exc.strerror
-        c2h = hermes_device._c2h.acquire()
+        c2h = hermes_device.dma.c2h.acquire()
         try:
             exc = expect_errno(errno.EIO, c2h.transfer, 0xDEAD_0000_0000, 0, 64, 5.0)
             assert "destination not writable" in exc.strerror
         finally:
-            hermes_device._c2h.release(c2h)
+            hermes_device.dma.c2h.release(c2h)
     finally:
         pool.release(ch)
     assert hermes_device.dma_write(0, b"still works") == 11

@@ -2,13 +2,28 @@
 from __future__ import annotations
 
 from ..transport.base import DmaBuffer, Transport
-from .core import (DEFAULT_BOUNCE_SIZE, DEFAULT_DMA_CHUNK, DEFAULT_DMA_TIMEOUT, DEFAULT_TIMEOUT,
-                   Driver, Geometry)
+from .core import Driver
+from .dma import DEFAULT_BOUNCE_SIZE, DEFAULT_DMA_CHUNK, DEFAULT_DMA_TIMEOUT
+from .engines import DEFAULT_TIMEOUT
 from .file import DownloadProg, HermesFile
-from .protocol import (ERROR_KIND_TEXT, HERMES_DOWNLOAD_PROG_IOCTL, HERMES_RUN_IOCTL,
-                       HERMES_RUN_STRUCT, RWF_APPEND, RWF_DSYNC, RWF_HIPRI, RWF_NOWAIT, RWF_SYNC,
-                       DriverError, Response, RunArgs, RunOutcome, decode_error_code,
-                       describe_error_code)
+from .probe import Geometry
+from .protocol import (
+    ERROR_KIND_TEXT,
+    HERMES_DOWNLOAD_PROG_IOCTL,
+    HERMES_RUN_IOCTL,
+    HERMES_RUN_STRUCT,
+    RWF_APPEND,
+    RWF_DSYNC,
+    RWF_HIPRI,
+    RWF_NOWAIT,
+    RWF_SYNC,
+    DriverError,
+    Response,
+    RunArgs,
+    RunOutcome,
+    decode_error_code,
+    describe_error_code,
+)
 
 
 def attach(target: object, **options: object) -> Driver:

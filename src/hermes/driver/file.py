@@ -3,17 +3,29 @@ from __future__ import annotations
 
 import errno
 import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable
 
 from .. import regs
-from .core import RunControl
-from .protocol import (HERMES_DOWNLOAD_PROG_IOCTL, HERMES_RUN_IOCTL, RWF_APPEND, RWF_DSYNC,
-                       RWF_HIPRI, RWF_NOWAIT, RWF_SYNC, DriverError, Response, RunArgs, RunOutcome,
-                       error, flag_names, status_error)
-
-if TYPE_CHECKING:
-    from .core import Driver
+from .dma import SlotDma
+from .engines import Commands, RunControl
+from .protocol import (
+    HERMES_DOWNLOAD_PROG_IOCTL,
+    HERMES_RUN_IOCTL,
+    RWF_APPEND,
+    RWF_DSYNC,
+    RWF_HIPRI,
+    RWF_NOWAIT,
+    RWF_SYNC,
+    DriverError,
+    Response,
+    RunArgs,
+    RunOutcome,
+    error,
+    flag_names,
+    status_error,
+)
+from .slots import SlotAllocator
 
 _UNSUPPORTED_WRITE_FLAGS = RWF_DSYNC | RWF_NOWAIT | RWF_APPEND | RWF_HIPRI
 _SEEK_SET, _SEEK_CUR, _SEEK_END = 0, 1, 2
@@ -34,12 +46,18 @@ class HermesFile:
     """An open file on the device (the ``/dev/hermesX`` semantics of the reference driver).
 
     Every failure is an ``OSError`` (a ``DriverError``) with the errno of the interface table.
-    Calls on one file are serialized; different files work concurrently.
+    Calls on one file are serialized; different files work concurrently. ``Driver.open`` makes
+    one from the driver's parts: its geometry, the command path that runs its programs, the slot
+    allocator and the slot DMA; ``on_close(file)`` is called once the file is closed.
     """
 
-    def __init__(self, driver: "Driver"):
-        self._drv = driver
-        self._geo = driver.geometry
+    def __init__(self, geometry: regs.Geometry, commands: Commands, slots: SlotAllocator,
+                 dma: SlotDma, *, on_close: Callable[[HermesFile], None] = lambda f: None):
+        self._geo = geometry
+        self._commands = commands
+        self._slots = slots
+        self._dma = dma
+        self._on_close = on_close
         self._lock = threading.Lock()
         self._prog_slot: int | None = None
         self._prog_len = 0
@@ -72,7 +90,7 @@ class HermesFile:
 
     def _ensure_data_slot(self) -> int:
         if self._data_slot is None:
-            self._data_slot = self._drv.request_slot(regs.SLOT_DATA, cmd_id=self._cmd_id())
+            self._data_slot = self._slots.request(regs.SLOT_DATA, cmd_id=self._cmd_id())
         return self._data_slot
 
     def _clamp(self, offset: int, length: int) -> int:
@@ -90,7 +108,7 @@ class HermesFile:
         return self._data_slot
 
     # --- ioctl ------------------------------------------------------------------------------------
-    def ioctl(self, request: int, arg: object) -> "int | RunOutcome":
+    def ioctl(self, request: int, arg: object) -> int | RunOutcome:
         """``HERMES_DOWNLOAD_PROG_IOCTL`` with a ``DownloadProg`` (returns 0), or
         ``HERMES_RUN_IOCTL`` with a ``RunArgs`` (returns the ``RunOutcome``); any other request
         is EINVAL."""
@@ -127,14 +145,14 @@ class HermesFile:
             # to that, so it is zero-padded (the slot size is a multiple of 8: it still fits).
             view = memoryview(view.tobytes() + bytes(pad))
         if self._prog_slot is None:
-            self._prog_slot = self._drv.request_slot(regs.SLOT_PROGRAM, cmd_id=self._cmd_id())
+            self._prog_slot = self._slots.request(regs.SLOT_PROGRAM, cmd_id=self._cmd_id())
         self._prog_len = 0  # a failed copy leaves no runnable program behind
-        self._drv._h2c_copy(self._geo.program_slot(self._prog_slot), view)
+        self._dma.write_program(self._prog_slot, view)
         self._prog_len = len(view)
         return 0
 
     # --- data -------------------------------------------------------------------------------------
-    def pwrite(self, data: "bytes | bytearray | memoryview", offset: int) -> int:
+    def pwrite(self, data: bytes | bytearray | memoryview, offset: int) -> int:
         """Copy ``data`` into the data slot at ``offset`` (truncated at the slot's end)."""
         with self._lock:
             return self._pwrite(memoryview(data).cast("B"), offset)
@@ -147,14 +165,14 @@ class HermesFile:
         slot = self._ensure_data_slot()
         n = self._clamp(offset, len(view))
         if n:
-            self._drv._h2c_copy(self._geo.data_slot(slot) + offset, view[:n])
+            self._dma.write_data(slot, offset, view[:n])
         return n
 
     def pread(self, size: int, offset: int) -> bytes:
         """Up to ``size`` bytes of the data slot at ``offset`` (truncated at the slot's end)."""
         with self._lock:
             n = self._pread_len(size, offset)
-            return self._drv._c2h_bytes(self._geo.data_slot(self._data_slot) + offset, n)
+            return self._dma.read_data(self._data_slot, offset, n)
 
     def _pread_len(self, size: int, offset: int) -> int:
         self._check_open()
@@ -167,7 +185,7 @@ class HermesFile:
             raise error(errno.ENODATA, "read before any data was written")
         return self._clamp(offset, size)
 
-    def write(self, data: "bytes | bytearray | memoryview") -> int:
+    def write(self, data: bytes | bytearray | memoryview) -> int:
         """``pwrite`` at the file position, which advances by the bytes written."""
         with self._lock:
             n = self._pwrite(memoryview(data).cast("B"), self._pos)
@@ -178,7 +196,7 @@ class HermesFile:
         """``pread`` at the file position, which advances by the bytes read."""
         with self._lock:
             n = self._pread_len(size, self._pos)
-            out = self._drv._c2h_bytes(self._geo.data_slot(self._data_slot) + self._pos, n)
+            out = self._dma.read_data(self._data_slot, self._pos, n)
             self._pos += n
             return out
 
@@ -207,7 +225,7 @@ class HermesFile:
         if offset < 0:
             raise error(errno.EINVAL, f"negative {what} offset {offset}")
 
-    def pwritev(self, buffers: Iterable["bytes | bytearray | memoryview"], offset: int,
+    def pwritev(self, buffers: Iterable[bytes | bytearray | memoryview], offset: int,
                 flags: int = 0) -> int:
         """Gather ``buffers`` into the data slot at ``offset``; with ``RWF_SYNC`` then run.
 
@@ -226,7 +244,7 @@ class HermesFile:
                 self._run_checked()
             return n
 
-    def preadv(self, buffers: Iterable["bytearray | memoryview"], offset: int,
+    def preadv(self, buffers: Iterable[bytearray | memoryview], offset: int,
                flags: int = 0) -> int:
         """Scatter the data slot at ``offset`` into writable ``buffers``; returns the bytes read."""
         self._check_vec(flags, offset, _UNSUPPORTED_WRITE_FLAGS | RWF_SYNC, "preadv")
@@ -259,7 +277,7 @@ class HermesFile:
         self._need_program("run")
         if self._data_slot is None:
             raise error(errno.EBADFD, "run before any data was written")
-        control = RunControl(self._drv)
+        control = RunControl(self._commands)
         response = self._send_run(control)
         if response.status != regs.STATUS_SUCCESS:
             raise self._run_error(response, control)
@@ -294,7 +312,7 @@ class HermesFile:
         self._need_program("run")
         if self._data_slot is None:
             raise error(errno.EBADFD, "run before any data was written")
-        control = RunControl(self._drv, words, run.timeout)
+        control = RunControl(self._commands, words, run.timeout)
         try:
             response = self._send_run(control, cancel)
         except DriverError as exc:
@@ -315,9 +333,9 @@ class HermesFile:
         self._control = control
         token = cancel.watch(control.abort) if cancel is not None else None  # type: ignore
         try:
-            response = self._drv.run_program(self._prog_slot, self._data_slot, self._prog_len,
-                                             cmd_id=self._cmd_id(), timeout=control.timeout,
-                                             control=control)
+            response = self._commands.run_program(
+                self._prog_slot, self._data_slot, self._prog_len,
+                cmd_id=self._cmd_id(), timeout=control.timeout, control=control)
         except DriverError as exc:
             if exc.command_stopped is False:
                 raise self._quarantine(exc) from None
@@ -358,7 +376,7 @@ class HermesFile:
         """Hand this file's slots to the driver's quarantine (released only once ``engine``
         reads idle) and fail every later call but close; returns what is held."""
         slots = [(regs.SLOT_PROGRAM, self._prog_slot), (regs.SLOT_DATA, self._data_slot)]
-        self._drv.quarantine(engine, slots)  # type: ignore[arg-type]
+        self._slots.quarantine(engine, slots)  # type: ignore[arg-type]
         self._prog_slot = self._data_slot = None
         held = (f"program slot {slots[0][1]} and data slot {slots[1][1]} are quarantined until "
                 f"engine {engine} is idle")
@@ -390,18 +408,18 @@ class HermesFile:
                 if slot is None:
                     continue
                 try:
-                    self._drv.release_slot(kind, slot, cmd_id=self._cmd_id())
+                    self._slots.release(kind, slot, cmd_id=self._cmd_id())
                 except OSError as exc:
                     if exc.errno == errno.ETIMEDOUT:
-                        self._drv.defer_release(kind, slot)  # not lost: retried later
+                        self._slots.defer_release(kind, slot)  # not lost: retried later
                     else:
                         first = first or exc
             self._prog_slot = self._data_slot = None
-        self._drv._forget(self)
+        self._on_close(self)
         if first is not None:
             raise first
 
-    def __enter__(self) -> "HermesFile":
+    def __enter__(self) -> HermesFile:
         return self
 
     def __exit__(self, *exc: object) -> None:
