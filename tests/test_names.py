@@ -55,6 +55,11 @@ def test_load_and_run_engine_keyword_warns_and_behaves_the_same(name):
     assert _deprecated(lambda: engine.run(RET7, engine=name)).return_value == 7
 
 
+def test_conformance_runner_takes_the_old_keyword():
+    from hermes.conformance import plugin_main
+    assert _deprecated(lambda: plugin_main(RET7.to_bytes().hex(), "", engine="interp")) == (0, "7")
+
+
 def test_both_spellings_that_disagree_are_a_usage_error():
     with pytest.warns(DeprecationWarning), pytest.raises(hermes.UsageError, match="disagree"):
         engine.load(RET7, executor="jit", engine="interp")

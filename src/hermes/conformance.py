@@ -123,8 +123,10 @@ class _Vm:
         self.loaded = None
 
 
-def run_case(case: Case, executor: str | None = None) -> Outcome:
-    """Run ``case`` on ``executor`` (``interp``, ``jit``) and compare with its expectation."""
+def run_case(case: Case, executor: str | None = None, *, engine: str | None = None) -> Outcome:
+    """Run ``case`` on ``executor`` (``interp``, ``jit``; ``engine=`` is its deprecated
+    spelling) and compare with its expectation."""
+    executor = _engine.executor_option(executor, engine)
     if case.asm is not None and case.raw is not None:
         return _check_encoding(case)
     vm = _Vm(executor)
@@ -193,17 +195,21 @@ def _expect_error(case: Case, what: str) -> Outcome:
     return Outcome(case, True, what)
 
 
-def run_corpus(paths: "list[str | Path]", executor: str | None = None) -> list[Outcome]:
-    """Run every case under ``paths``."""
+def run_corpus(paths: "list[str | Path]", executor: str | None = None, *,
+               engine: str | None = None) -> list[Outcome]:
+    """Run every case under ``paths`` (``executor`` as in ``run_case``)."""
+    executor = _engine.executor_option(executor, engine)
     return [run_case(c, executor) for c in load_corpus(paths)]
 
 
 _HEX = re.compile(r"[0-9a-fA-F\s]*$")
 
 
-def plugin_main(program_hex: str, memory_hex: str,
-                executor: str | None = None) -> tuple[int, str]:
-    """bpf_conformance plugin protocol: returns (exit status, output line)."""
+def plugin_main(program_hex: str, memory_hex: str, executor: str | None = None, *,
+                engine: str | None = None) -> tuple[int, str]:
+    """bpf_conformance plugin protocol: returns (exit status, output line); ``executor`` as in
+    ``run_case``."""
+    executor = _engine.executor_option(executor, engine)
     if not _HEX.match(program_hex) or not _HEX.match(memory_hex or ""):
         return 1, "invalid hex input"
     try:
