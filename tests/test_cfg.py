@@ -1,4 +1,4 @@
-"""The control-flow module: targets, successors, functions, blocks, register use and the dataflow."""
+"""The control-flow module: targets, successors, functions, blocks, register use, dataflow."""
 from __future__ import annotations
 
 import operator

@@ -8,8 +8,9 @@ worklist dataflow; the load checks and the verifier give it their transfer funct
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence, TypeVar
+from typing import TypeVar
 
 from .isa import Insn, jump_target
 
@@ -67,6 +68,13 @@ def reads(insn: Insn) -> int:
     return 0
 
 
+def _target(insn: Insn, i: int) -> int:
+    """``jump_target`` of an instruction that has one (``Op.has_target``)."""
+    target = jump_target(insn, i)
+    assert target is not None, insn
+    return target
+
+
 def successors(insn: Insn, i: int) -> list[int]:
     """Slots control may reach after ``insn`` at ``i`` within its function (a local call
     returns to the next slot; an ``exit`` has none)."""
@@ -74,10 +82,10 @@ def successors(insn: Insn, i: int) -> list[int]:
     if op.is_exit:
         return []
     if op.is_jump:
-        return [jump_target(insn, i)]
+        return [_target(insn, i)]
     nxt = i + insn.slots
     if op.is_branch:
-        return [nxt, jump_target(insn, i)]
+        return [nxt, _target(insn, i)]
     return [nxt]
 
 
@@ -87,23 +95,23 @@ def targets(insns: Insns, start: int = 0, end: int | None = None) -> set[int]:
     for i in range(start, len(insns) if end is None else end):
         insn = insns[i]
         if insn is not None and insn.op.has_target:
-            out.add(jump_target(insn, i))
+            out.add(_target(insn, i))
     return out
 
 
 def local_call_targets(insns: Insns) -> set[int]:
     """Slots that some local call (``call local``) jumps to."""
-    return {jump_target(insn, i) for i, insn in enumerate(insns)
+    return {_target(insn, i) for i, insn in enumerate(insns)
             if insn is not None and insn.op.is_local_call}
 
 
 def functions(insns: Insns) -> list[Function]:
     """Split the program into functions at local-call targets (slot 0 starts the entry function)."""
     ordered = sorted(local_call_targets(insns) | {0})
-    return [Function(s, e) for s, e in zip(ordered, ordered[1:] + [len(insns)])]
+    return [Function(s, e) for s, e in zip(ordered, ordered[1:] + [len(insns)], strict=True)]
 
 
-def block_leaders(insns: Insns, funcs: "list[Function] | None" = None) -> list[int]:
+def block_leaders(insns: Insns, funcs: list[Function] | None = None) -> list[int]:
     """Slots that start a basic block: function starts (``funcs``, default ``functions``),
     jump and call targets, and the slot after every instruction that ends a block
     (``Op.ends_block``). Every engine charges the budget and counts instructions per block of
@@ -125,7 +133,7 @@ def last_slot(insns: Insns, end: int) -> int:
 
 def forward(insns: Insns, f: Function, entry: State,
             transfer: Callable[[Insn, State], State], join: Callable[[State, State], State],
-            dead_ends: "set[int] | frozenset[int]" = frozenset()) -> dict[int, State]:
+            dead_ends: set[int] | frozenset[int] = frozenset()) -> dict[int, State]:
     """A forward dataflow over function ``f``: the state before each slot reachable from
     ``f.start``, where the start has ``entry``.
 
@@ -139,6 +147,8 @@ def forward(insns: Insns, f: Function, entry: State,
     while work:
         i = work.pop()
         insn = insns[i]
+        if insn is None:  # never queued: targets inside an lddw are refused by decode
+            continue
         out = transfer(insn, state[i])
         for t in ([] if i in dead_ends else successors(insn, i)):
             if not f.start <= t < f.end or insns[t] is None:

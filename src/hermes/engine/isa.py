@@ -66,7 +66,7 @@ JMP_JSET = 0x40  #: jump if dst & src != 0
 JMP_JNE = 0x50   #: jump if dst != src
 JMP_JSGT = 0x60  #: jump if dst > src, signed
 JMP_JSGE = 0x70  #: jump if dst >= src, signed
-JMP_CALL = 0x80  #: src 0: helper imm; src 1: local function at pc + 1 + imm; X form: helper id in dst
+JMP_CALL = 0x80  #: src 0: helper imm; src 1: local function at pc + 1 + imm; X: helper id in dst
 JMP_EXIT = 0x90  #: return r0 to the caller or end the program
 JMP_JLT = 0xA0   #: jump if dst < src, unsigned
 JMP_JLE = 0xB0   #: jump if dst <= src, unsigned
@@ -99,7 +99,7 @@ MAX_REG = 10     #: r0..r10
 MAX_PROGRAM_SLOTS = 65536
 FRAME_POINTER = 10
 
-class Form(str, Enum):
+class Form(str, Enum):  # noqa: UP042 - not StrEnum: the package supports Python 3.10
     """An operand form: how an instruction's fields are written in assembly (``FORMS``) and, through
     the ``Op`` properties, what kind of instruction it is. A ``str`` enum that compares and hashes
     as its value, so ``op.form == "ldx"`` holds."""
@@ -465,8 +465,9 @@ def decode(code: bytes, max_slots: int = MAX_PROGRAM_SLOTS) -> list[Insn | None]
     i = 0
     while i < nslots:
         opcode, dst, src, off, imm = decode_slot(code, i)
-        out[i] = _decode_one(code, i, nslots, opcode, dst, src, off, imm)
-        i += out[i].slots
+        insn = _decode_one(code, i, nslots, opcode, dst, src, off, imm)
+        out[i] = insn
+        i += insn.slots
     _check_jumps(out)
     return out
 
