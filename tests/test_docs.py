@@ -1,8 +1,11 @@
 """The docs name only things that exist: every dotted ``hermes.x.y`` name written in README.md,
-docs/*.md and specs/*.md imports or resolves, and every repository path they give is a file or
-folder of this repository (paths of ``hermes`` modules may be given from ``src/hermes``)."""
+docs/*.md and specs/*.md imports or resolves, every repository path they give is a file or
+folder of this repository (paths of ``hermes`` modules may be given from ``src/hermes``), and
+every ``--flag`` written after ``hermes COMMAND`` is a visible option of that command."""
 from __future__ import annotations
 
+import argparse
+import functools
 import importlib
 import importlib.util
 import re
@@ -89,5 +92,46 @@ def test_path_exists(doc, path):
     assert any(p.exists() for p in where), f"{doc} gives {path}, which is not in the repository"
 
 
+#: ``hermes COMMAND ...`` up to the end of a code span or table cell, and the flags in it.
+COMMAND = re.compile(r"\bhermes ([a-z][a-z-]+)\b([^`|]*)")
+FLAG = re.compile(r"(?<![\w-])(--[a-z][a-z0-9-]*)")
+
+
+def _visible_flags(parser: argparse.ArgumentParser) -> set[str]:
+    """The options of ``parser`` and its subcommands, without the hidden (deprecated) ones."""
+    out = {"--help"}
+    for action in parser._actions:
+        if action.help != argparse.SUPPRESS:
+            out.update(action.option_strings)
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                out |= _visible_flags(sub)
+    return out
+
+
+@functools.cache
+def _commands() -> dict[str, set[str]]:
+    from hermes.cli import build_parser
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return {name: _visible_flags(p) for name, p in sub.choices.items()}
+
+
+def _flags() -> list[tuple[str, str, str]]:
+    commands = _commands()
+    out = set()
+    for doc in DOCS:
+        for line in doc.read_text().splitlines():
+            for m in COMMAND.finditer(line):
+                if m.group(1) in commands:
+                    out.update((doc.relative_to(ROOT).as_posix(), m.group(1), flag)
+                               for flag in FLAG.findall(m.group(2)))
+    return sorted(out)
+
+
+@pytest.mark.parametrize("doc, command, flag", _flags())
+def test_command_flag_exists(doc, command, flag):
+    assert flag in _commands()[command], f"{doc}: hermes {command} has no option {flag}"
+
+
 def test_the_docs_are_checked():
-    assert len(_names()) > 50 and len(_paths()) > 50
+    assert len(_names()) > 50 and len(_paths()) > 50 and len(_flags()) > 40
