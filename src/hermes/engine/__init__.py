@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from ..errors import Cancelled, ExecutionError, ProgramError, UsageError
 from .cancel import Cancel
@@ -53,7 +53,10 @@ def _executors() -> dict:
     return {"interp": Interpreter, "jit": JitExecutable}
 
 
-def executor_option(executor: str | None, engine: str | None, stacklevel: int = 3) -> str | None:
+_Name = TypeVar("_Name")
+
+
+def executor_option(executor: _Name, engine: _Name, stacklevel: int = 3) -> _Name:
     """The executor a caller named with ``executor=`` or with its deprecated spelling ``engine=``
     (which warns: ``engines=`` is the device's count of command processors, a different thing).
 
@@ -71,10 +74,12 @@ def executor_option(executor: str | None, engine: str | None, stacklevel: int = 
 
 def check_executor(name: object) -> str | None:
     """``name`` when it is None or an executor ``executor_names`` has, else ``UsageError``."""
-    if name is not None and name not in executor_names():
+    if name is None:
+        return None
+    if not isinstance(name, str) or name not in executor_names():
         raise UsageError(f"unknown executor {name!r}; choose one of "
                          f"{', '.join(executor_names())}")
-    return name  # type: ignore[return-value]
+    return name
 
 
 def load(program: Program, *, helpers: HelperRegistry | None = None,
