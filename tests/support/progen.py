@@ -517,7 +517,7 @@ def outcome(exe, case: Case):
 
 def compare(case: Case, jit_exe, interp_exe=None) -> str | None:
     """Run ``case`` on the interpreter and the JIT; a description of the difference, or None."""
-    from ..interp import Interpreter
+    from hermes.engine.interp import Interpreter
     if interp_exe is None:
         interp_exe = Interpreter(jit_exe.program, helpers=CONFORMANCE_HELPERS,
                                  budget=jit_exe.budget)
