@@ -97,7 +97,6 @@ OPCODE_LDDW = CLS_LD | MODE_IMM | SIZE_DW  #: 0x18, the only two-slot instructio
 MAX_REG = 10     #: r0..r10
 #: Largest program the bare engine accepts, in 64-bit slots.
 MAX_PROGRAM_SLOTS = 65536
-FRAME_POINTER = 10
 
 class Form(str, Enum):  # noqa: UP042 - not StrEnum: the package supports Python 3.10
     """An operand form: how an instruction's fields are written in assembly (``FORMS``) and, through
