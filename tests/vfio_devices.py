@@ -230,6 +230,6 @@ def vfio_driver(**options: object) -> tuple:
     return driver, [kernel.close, lambda: shutil.rmtree(root, ignore_errors=True)]
 
 
-if register_driver_factory is not None and not os.environ.get("HERMES_TEST_NO_VFIO"):
+if not os.environ.get("HERMES_TEST_NO_VFIO"):
     register_driver_factory("vfio-user", vfio_user_driver)
     register_driver_factory("vfio", vfio_driver)
