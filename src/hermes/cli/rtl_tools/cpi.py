@@ -5,6 +5,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from ...benchmarks.engine import load_reference
 from ...engine.asm import assemble_program
 from ...engine.program import Program
 from ...rtl.sim import SimResult, simulate
@@ -51,13 +52,7 @@ def reduced_input(name: str, full_slot: bytes, n: int | None = None) -> bytes:
 
 def load_bench(bench_dir: Path) -> dict[str, tuple[Program, bytes]]:
     """Programs of ``bench_dir/asm`` with their inputs (made by ``bench_dir/reference.py``)."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("hermes_bench_reference",
-                                                  bench_dir / "reference.py")
-    if spec is None or spec.loader is None:
-        raise FileNotFoundError(f"{bench_dir / 'reference.py'} cannot be imported")
-    ref = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ref)
+    ref = load_reference(bench_dir)
     out = {}
     for name, make in ref.PROGRAMS.items():
         asm = bench_dir / "asm" / f"{name}.asm"
