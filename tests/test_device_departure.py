@@ -28,7 +28,7 @@ IDLE_CPU_BOUND = 0.1
 _CLIENT = textwrap.dedent("""
     import sys, threading
     import hermes.driver
-    from hermes.engine import Program
+    from hermes.engine.asm import assemble_program
     from hermes.transport.vfio_user import VfioUserTransport
     loop = assemble_program("mov r0, 0\\nloop:\\nadd r0, 1\\nja loop").to_bytes()
     drv = hermes.driver.attach(VfioUserTransport(sys.argv[1]), timeout=600)

@@ -225,7 +225,7 @@ def test_busy_or_silent_server_fails_within_the_connect_timeout(servers):
 CLIENT = r"""
 import sys
 import hermes
-from hermes.engine import Program
+from hermes.engine.asm import assemble_program
 
 path, mode, byte = sys.argv[1], sys.argv[2], int(sys.argv[3])
 dev = hermes.open("vfio-user:" + path, timeout=60)
