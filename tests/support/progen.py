@@ -18,8 +18,14 @@ from dataclasses import dataclass
 from hermes.engine import isa
 from hermes.engine.asm import assemble_program
 from hermes.engine.helpers import CONFORMANCE_HELPERS
-from hermes.engine.memory import (MAX_CALL_DEPTH, RODATA_BASE, RWDATA_BASE, STACK_SIZE, STACK_TOP,
-                                  Segment)
+from hermes.engine.memory import (
+    MAX_CALL_DEPTH,
+    RODATA_BASE,
+    RWDATA_BASE,
+    STACK_SIZE,
+    STACK_TOP,
+    Segment,
+)
 from hermes.engine.program import Program
 from hermes.errors import ExecutionError
 

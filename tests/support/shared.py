@@ -1,4 +1,4 @@
-"""Where the tests find the shared corpus and bench data (``$HERMES_SHARED`` or beside the checkout)."""
+"""The shared corpus and bench data for the tests: ``$HERMES_SHARED``, or beside the checkout."""
 from __future__ import annotations
 
 import os

@@ -28,8 +28,7 @@ from typing import Callable, TextIO
 from .. import regs
 from ..device import DmaFault
 from ..errors import DeviceError
-from ..vfio import protocol as P
-from ..vfio import uapi
+from ..vfio import protocol as P, uapi
 from .function import CallbackBackend, MmapBackend, VfioFunction, vfio_error
 
 #: Receive timeout of a client's socket: how often an idle connection checks for a stop request.

@@ -146,7 +146,7 @@ class PciTransport(Transport):
         return bus, mapped
 
     # --- release -------------------------------------------------------------------------------
-    def _release(self, mappings: "list[mmap.mmap]") -> None:
+    def _release(self, mappings: list[mmap.mmap]) -> None:
         """Unmap the BAR ``mappings`` and close the vectors' eventfds."""
         for mm in mappings:
             close_mapping(mm)

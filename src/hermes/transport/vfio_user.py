@@ -22,8 +22,7 @@ import threading
 import time
 
 from .. import regs
-from ..vfio import mmio, uapi
-from ..vfio import protocol as P
+from ..vfio import mmio, protocol as P, uapi
 from .base import DmaBuffer, MappedDmaBuffer, close_mapping
 from .pci import PciTransport, map_region, mappable_areas, take_one
 
