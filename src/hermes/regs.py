@@ -313,6 +313,8 @@ class ErrorKind(str, enum.Enum):  # noqa: UP042
         return cls.of_code(code), code >> 8
 
 
+#: What the codecs decode: any buffer of the block's bytes (a BAR0 slice is a bytearray).
+BytesLike = bytes | bytearray | memoryview
 # Lower case: drivers/linux/gen_regs_h.py publishes every upper-case integer of this module.
 _u64_mask = (1 << 64) - 1
 _KINDS_BY_CODE = {kind.code: kind for kind in ErrorKind}
@@ -359,7 +361,7 @@ class Layout:
         return [name for name, v, m in zip(self.names, values, self._masks, strict=True)
                 if m is not None and not 0 <= v <= m]  # type: ignore[operator]
 
-    def unpack(self, data: bytes) -> tuple:
+    def unpack(self, data: BytesLike) -> tuple:
         """The field values (in field order) of the block's bytes ``data``."""
         return self._struct.unpack_from(data)
 
@@ -379,7 +381,7 @@ class Response(NamedTuple):
     reserved: int = 0
 
     @classmethod
-    def unpack(cls, raw: bytes) -> Response:
+    def unpack(cls, raw: BytesLike) -> Response:
         """Decode the 16 response bytes."""
         cmd_id, status, reserved, value = _RESPONSE.unpack(raw)
         return cls(cmd_id, status, value, int.from_bytes(reserved, "little"))
@@ -390,7 +392,7 @@ class Response(NamedTuple):
                               self.value)
 
     @classmethod
-    def parse(cls, raw: bytes) -> Response:
+    def parse(cls, raw: BytesLike) -> Response:
         """``unpack`` under the name the driver's users know."""
         return cls.unpack(raw)
 
@@ -562,7 +564,7 @@ class RunContextIn:
                             self.reserved)
 
     @classmethod
-    def unpack(cls, raw: bytes) -> RunContextIn:
+    def unpack(cls, raw: BytesLike) -> RunContextIn:
         """The IN fields from their bytes (EHCMDCTXn offset 0 on)."""
         input_len, window, a0, a1, a2, budget, entry, reserved = _CTX_IN.unpack(raw)
         return cls(input_len, window, (a0, a1, a2), budget, entry, reserved)
@@ -594,7 +596,7 @@ class RunContextOut:
         return _CTX_OUT.pack(*_CTX_OUT_VALUES(self))
 
     @classmethod
-    def unpack(cls, raw: bytes) -> RunContextOut:
+    def unpack(cls, raw: BytesLike) -> RunContextOut:
         """The OUT fields from their bytes (EHCMDCTXn offset CTX_INSNS on)."""
         return cls(*_CTX_OUT.unpack(raw))
 

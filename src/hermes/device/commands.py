@@ -49,7 +49,7 @@ class ProgramCache:
         self.size = size
         self._loader = loader
         self._lock = threading.Lock()
-        self._lru = LoadedCache(size, max_bytes)
+        self._lru: LoadedCache[object] = LoadedCache(size, max_bytes)
         self.hits = 0
         self.misses = 0
 

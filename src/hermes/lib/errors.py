@@ -5,9 +5,19 @@ import errno as _errno
 
 from .. import regs
 from ..engine.memory import MAX_CALL_DEPTH, Segment, out_of_bounds
-from ..errors import (Cancelled, DeviceBusy, DeviceError, DeviceProtocolError, DeviceTimeout,
-                      ExecutionError, ExecutionFailed, HermesError, ProgramRejected, RunTimeout,
-                      SlotsExhausted)
+from ..errors import (
+    Cancelled,
+    DeviceBusy,
+    DeviceError,
+    DeviceProtocolError,
+    DeviceTimeout,
+    ExecutionError,
+    ExecutionFailed,
+    HermesError,
+    ProgramRejected,
+    RunTimeout,
+    SlotsExhausted,
+)
 
 
 def run_timeout(timeout: float, pc: int | None = None) -> RunTimeout:
