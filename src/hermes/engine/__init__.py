@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import Protocol, TypeVar
+from typing import Protocol, TypeVar, runtime_checkable
 
 from ..errors import Cancelled, ExecutionError, ProgramError, UsageError
 from .cancel import Cancel
@@ -11,6 +11,7 @@ from .helpers import CONFORMANCE_HELPERS, DEVICE_HELPERS, Helper, HelperRegistry
 from .memory import DATA_BASE
 from .program import Program
 from .result import RunResult
+from .verifier import VerifierInfo, verify
 
 #: Instructions a run may execute unless the caller sets another budget.
 DEFAULT_BUDGET = 1_000_000_000
@@ -18,28 +19,30 @@ DEFAULT_BUDGET = 1_000_000_000
 DEFAULT_EXECUTOR = "jit"
 
 
+@runtime_checkable
 class Executable(Protocol):
     """A program prepared for one engine; ``run`` may be called many times, from many threads."""
 
     program: Program
 
-    def run(self, memory: "bytearray | memoryview | bytes | None" = None,
+    def run(self, memory: bytearray | memoryview | bytes | None = None,
             budget: int | None = None, *, cancel: Cancel | None = None,
-            length: int | None = None, args: "tuple[int, ...]" = ()) -> RunResult:
+            length: int | None = None, args: tuple[int, ...] = ()) -> RunResult:
         """Run once with ``memory`` as the data window (mutated in place when writable):
         r1 = ``DATA_BASE``, r2 = ``length`` (default the window's length), r3..r5 = ``args``.
         Raises ``Cancelled`` soon after ``cancel`` is set (before or during the run)."""
 
 
-def check(program: Program, helpers: HelperRegistry | None = None) -> None:
-    """The load contract: raise ``VerifierError`` (index, instruction, reason) when
-    ``program`` may not run with ``helpers`` (default ``DEVICE_HELPERS``).
+def check(program: Program, helpers: HelperRegistry | None = None) -> "VerifierInfo":
+    """The load pipeline: ``program`` (already decoded and structurally validated by
+    ``Program``) verified against ``helpers`` (default ``DEVICE_HELPERS``); returns what the
+    verifier learnt (functions, call targets, depth), or raises ``VerifierError`` (index,
+    instruction, reason).
 
-    Every engine runs exactly this check when it loads a program, so a program is accepted or
-    refused, with the same error, whichever engine or backend runs it.
+    ``load`` runs it once and hands the result to the executor it builds, so a program is
+    accepted or refused, with the same error, whichever executor or backend runs it.
     """
-    from .verifier import verify
-    verify(program, helpers if helpers is not None else DEVICE_HELPERS)
+    return verify(program, helpers if helpers is not None else DEVICE_HELPERS)
 
 
 def executor_names() -> list[str]:
@@ -91,14 +94,15 @@ def load(program: Program, *, helpers: HelperRegistry | None = None,
     Raises ``VerifierError`` (a ``ProgramError``) when the program cannot be run.
     """
     name = check_executor(executor_option(executor, engine)) or DEFAULT_EXECUTOR
-    return _executors()[name](program, helpers=helpers if helpers is not None else DEVICE_HELPERS,
+    helpers = helpers if helpers is not None else DEVICE_HELPERS
+    return _executors()[name](program, helpers=helpers, checked=check(program, helpers),
                               budget=budget if budget is not None else DEFAULT_BUDGET)
 
 
-def run(program: Program, memory: "bytearray | memoryview | bytes | None" = None, *,
+def run(program: Program, memory: bytearray | memoryview | bytes | None = None, *,
         helpers: HelperRegistry | None = None, budget: int | None = None,
         executor: str | None = None, cancel: Cancel | None = None, length: int | None = None,
-        args: "tuple[int, ...]" = (), engine: str | None = None) -> RunResult:
+        args: tuple[int, ...] = (), engine: str | None = None) -> RunResult:
     """Load ``program`` and run it once with ``memory`` as its data window.
 
     r1 = ``DATA_BASE``, r2 = ``length`` (default ``len(memory)``), r3..r5 = ``args`` (at most

@@ -19,7 +19,7 @@ from .isa import Insn, jump_target
 from .memory import (DATA_BASE, MASK64, MAX_CALL_DEPTH, STACK_BASE, STACK_SIZE, STACK_TOP,
                      input_region, out_of_bounds, run_args)
 from .program import Program
-from .verifier import verify
+from .verifier import VerifierInfo, verify
 
 W32 = 0xFFFF_FFFF
 _UNPACK = {n: struct.Struct(f).unpack_from for n, f in ((2, "<H"), (4, "<I"), (8, "<Q"))}
@@ -231,14 +231,13 @@ class Interpreter:
     name = "interp"
 
     def __init__(self, program: Program, *, helpers: HelperRegistry, budget: int,
-                 functions: "list[cfg.Function] | None" = None):
-        """Runs the load contract (``hermes.engine.check``); ``functions`` is its result
-        (``VerifierInfo.functions``) when the caller has already run it (the JIT falling back
-        to the interpreter), so it is not run twice."""
+                 checked: "VerifierInfo | None" = None):
+        """``checked`` is the load pipeline's result for ``program`` (``hermes.engine.check``,
+        as ``hermes.engine.load`` passes it); without it the same check runs here."""
         self.program = program
         self.helpers = helpers
         self.budget = budget
-        self.functions = verify(program, helpers).functions if functions is None else functions
+        self.functions = (checked or verify(program, helpers)).functions
         self._factory = self._compile()
 
     # -- translation ----------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from .isa import Insn, MAX_REG, jump_target
 from .memory import (DATA_BASE, MASK64, MAX_CALL_DEPTH, STACK_BASE, STACK_SIZE, STACK_TOP,
                      input_region, out_of_bounds, run_args)
 from .program import Program
+from .verifier import VerifierInfo, verify
 
 
 class Step(NamedTuple):
@@ -60,10 +61,12 @@ class Reference:
 
     name = "reference"
 
-    def __init__(self, program: Program, *, helpers: HelperRegistry, budget: int):
-        """Run the load contract (``hermes.engine.check``) and find the basic blocks."""
-        from . import check
-        check(program, helpers)
+    def __init__(self, program: Program, *, helpers: HelperRegistry, budget: int,
+                 checked: "VerifierInfo | None" = None):
+        """Find the basic blocks; ``checked`` is the load pipeline's result for ``program``
+        (``hermes.engine.check``), run here when the caller gives none."""
+        if checked is None:
+            verify(program, helpers)
         self.program = program
         self.helpers = helpers
         self.budget = budget

@@ -152,7 +152,9 @@ class JitExecutable:
 
     def __init__(self, program: Program, *, helpers: HelperRegistry, budget: int,
                  opt_level: int = DEFAULT_OPT_LEVEL, tier: str = "auto",
-                 _prepared: tuple | None = None):
+                 checked: VerifierInfo | None = None, _prepared: tuple | None = None):
+        """``checked`` is the load pipeline's result for ``program`` (``hermes.engine.check``,
+        as ``hermes.engine.load`` passes it); without it the same check runs here."""
         self.program = program
         self.helpers = helpers
         self.budget = budget
@@ -160,7 +162,7 @@ class JitExecutable:
         #: the native code (None when the program is too large to compile and is interpreted)
         self.compiled: Compiled | None = None
         if _prepared is None:
-            self.info: VerifierInfo = verify(program, helpers)
+            self.info: VerifierInfo = checked or verify(program, helpers)
             starts = codegen.leaders(program, self.info)
             self.tier = tier
             if tier == "auto":
@@ -168,7 +170,7 @@ class JitExecutable:
                 if self.tier == "interp":
                     # bounded load time: the interpreter builds in time linear in the program
                     self._interp = Interpreter(program, helpers=helpers, budget=budget,
-                                               functions=self.info.functions)
+                                               checked=self.info)
                     return
             self.compiled = compile_program(program, self.info, opt_level, tier)
         else:
