@@ -134,7 +134,8 @@ def main() -> None:
         for n in (int(x) for x in args.sizes.split(",")):
             r = measure(shape, n, args.llvm_max)
             print(f"{r['shape']:9s} {r['slots']:6d} {_fmt(r['verify']):>7s} "
-                  f"{_fmt(r['codegen']):>8s} {_fmt(r['llvm_quick']):>7s} {_fmt(r['llvm_full']):>7s} {_fmt(r['interp']):>7s} "
+                  f"{_fmt(r['codegen']):>8s} {_fmt(r['llvm_quick']):>7s} "
+                  f"{_fmt(r['llvm_full']):>7s} {_fmt(r['interp']):>7s} "
                   f"{_fmt(r['total']):>9s} {_fmt(r['total_cpu']):>7s}  {r['tier']}", flush=True)
 
 

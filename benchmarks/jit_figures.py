@@ -1,4 +1,4 @@
-"""JIT figures: per-kernel run time (JIT vs gcc -O2 native vs uBPF's published figures) and compile time.
+"""JIT figures: per-kernel run time (JIT, gcc -O2 native, uBPF's published figures), compile time.
 
 Usage: python benchmarks/jit_figures.py [--repeat N] [--no-gcc]
 Runs the six kernels of shared/bench, as hand-written assembly (asm/) and as C compiled by
@@ -97,8 +97,8 @@ def main() -> None:
     inputs = _inputs()
     with tempfile.TemporaryDirectory() as tmp:
         lib = None if args.no_gcc else _gcc_lib(Path(tmp))
-        print(f"{'program':16s} {'src':4s} {'jit min':>8s} {'jit med':>8s} {'gcc min':>8s} {'uBPF':>7s} "
-              f"{'jit/gcc':>7s} {'jit/uBPF':>8s} {'compile':>8s}")
+        print(f"{'program':16s} {'src':4s} {'jit min':>8s} {'jit med':>8s} {'gcc min':>8s} "
+              f"{'uBPF':>7s} {'jit/gcc':>7s} {'jit/uBPF':>8s} {'compile':>8s}")
         for name, kind in [(n, k) for n in NAMES for k in ("asm", "c")]:
             if kind == "asm":
                 prog = read_program(BENCH / "asm" / f"{name}.asm")
@@ -115,7 +115,7 @@ def main() -> None:
             ok = res.return_value == r0 and bytes(buf) == after
             work = [bytearray(mem) for _ in range(args.repeat)]
             it = iter(work)
-            jmin, jmed = _time(lambda: exe.run(next(it)), args.repeat)
+            jmin, jmed = _time(lambda exe=exe, it=it: exe.run(next(it)), args.repeat)
             gmin = float("nan")
             if lib is not None:
                 fn = getattr(lib, name)
@@ -123,7 +123,8 @@ def main() -> None:
                 fn.argtypes = [ctypes.c_void_p, ctypes.c_uint64]
                 gbufs = [ctypes.create_string_buffer(mem, len(mem)) for _ in range(args.repeat)]
                 git = iter(gbufs)
-                gmin, _ = _time(lambda: fn(next(git), len(mem)), args.repeat)
+                gmin, _ = _time(lambda fn=fn, git=git, mem=mem: fn(next(git), len(mem)),
+                                args.repeat)
             print(f"{name:16s} {kind:4s} {jmin:8.3f} {jmed:8.3f} {gmin:8.3f} {UBPF_JIT[name]:7.3f} "
                   f"{jmin / gmin:7.2f} {jmin / UBPF_JIT[name]:8.2f} {ctime:7.1f}ms"
                   f"{f' (+{bg * 1e3:.0f} ms in the background)' if bg else ''}"

@@ -39,7 +39,8 @@ def _memset(engine_name: str) -> str:
         outcome = "ran"
     except Exception as exc:  # the expected refusal; its first words say which
         outcome = f"{type(exc).__name__}: {str(exc)[:60]}..."
-    return f"memset 1 GB on {engine_name:6}: rss {before:.0f} -> peak {_peak_mib():.0f} MiB; {outcome}"
+    return (f"memset 1 GB on {engine_name:6}: rss {before:.0f} -> peak {_peak_mib():.0f} MiB; "
+            f"{outcome}")
 
 
 def _objects(bss: int) -> str:

@@ -47,7 +47,7 @@ def run_range(args: tuple[int, int, int, int, str]) -> tuple[int, int, list[str]
         programs = [c.program() for c in cases]
         tiers = {tier: JitExecutable.load_many(programs, helpers=CONFORMANCE_HELPERS,
                                                budget=BUDGET, tier=tier) for tier in TIERS}
-        for k, (case, program) in enumerate(zip(cases, programs)):
+        for k, (case, program) in enumerate(zip(cases, programs, strict=True)):
             exes = {"interp": Interpreter(program, helpers=CONFORMANCE_HELPERS, budget=BUDGET)}
             for tier, compiled in tiers.items():
                 exes[f"jit-{tier}"] = compiled[k]
@@ -86,8 +86,10 @@ def main() -> int:
     ndiff = 0
     # one chunk per worker process: compiled code is cached for the life of a process, so fresh
     # processes keep memory bounded over a million programs
-    with multiprocessing.Pool(args.jobs, maxtasksperchild=1) if args.jobs > 0 else _Serial() as pool:
-        for done, rejected, diffs in pool.imap_unordered(run_range, chunks):
+    pool_or_serial = (multiprocessing.Pool(args.jobs, maxtasksperchild=1) if args.jobs > 0
+                      else _Serial())
+    with pool_or_serial as pool:
+        for done, _rejected, diffs in pool.imap_unordered(run_range, chunks):
             total += done
             for d in diffs:
                 ndiff += 1

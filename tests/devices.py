@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import mmap
 import os
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 
@@ -136,13 +136,13 @@ def lib_device(make_lib_device) -> DriverDevice:
 _CPU_OPTIONS = ("executor", "engines", "budget", "data_slot_size", "program_slot_size")
 
 
-def _cpu_lib(**options: object) -> "tuple[object, list[Callable[[], None]]]":
+def _cpu_lib(**options: object) -> tuple[object, list[Callable[[], None]]]:
     import hermes
     return hermes.open("cpu", **{k: v for k, v in options.items() if k in _CPU_OPTIONS}), []
 
 
-def _driver_lib(spec: str) -> Callable[..., "tuple[object, list[Callable[[], None]]]"]:
-    def make(**options: object) -> "tuple[object, list[Callable[[], None]]]":
+def _driver_lib(spec: str) -> Callable[..., tuple[object, list[Callable[[], None]]]]:
+    def make(**options: object) -> tuple[object, list[Callable[[], None]]]:
         driver, cleanups = DRIVER_FACTORIES[spec](**options)
         device = DriverDevice(driver)
         device.spec = spec
@@ -153,7 +153,7 @@ def _driver_lib(spec: str) -> Callable[..., "tuple[object, list[Callable[[], Non
 #: Library backend spec -> factory ((**device and driver options) -> (Device, cleanups run after
 #: it is closed)). Every driver spec is a library backend too (a DriverDevice over it); other
 #: devices (an NVMe controller...) add theirs with one ``LIB_BACKENDS[spec] = factory`` line.
-LIB_BACKENDS: dict[str, Callable[..., "tuple[object, list[Callable[[], None]]]"]] = {
+LIB_BACKENDS: dict[str, Callable[..., tuple[object, list[Callable[[], None]]]]] = {
     "cpu": _cpu_lib}
 LIB_BACKENDS.update(__import__("tests.nvme_devices").nvme_devices.LIB_BACKENDS)
 

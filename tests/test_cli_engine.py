@@ -1,4 +1,4 @@
-"""The engine CLI: asm, disasm, exec (--trace, --arg, --size); bad input gives one clear line and never a traceback."""
+"""The engine CLI: asm, disasm, exec (--trace, --arg, --size); bad input: one line, no traceback."""
 from __future__ import annotations
 
 import subprocess
@@ -139,7 +139,8 @@ def bad_files(tmp_path_factory) -> Path:
     return d
 
 
-@pytest.mark.parametrize("args, wanted", BAD_INVOCATIONS, ids=[" ".join(a) for a, _ in BAD_INVOCATIONS])
+@pytest.mark.parametrize("args, wanted", BAD_INVOCATIONS,
+                         ids=[" ".join(a) for a, _ in BAD_INVOCATIONS])
 def test_bad_invocation_is_one_line(bad_files, args, wanted):
     out = subprocess.run([sys.executable, "-m", "hermes", *args], capture_output=True, text=True,
                          cwd=bad_files, timeout=120, stdin=subprocess.DEVNULL)

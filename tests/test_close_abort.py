@@ -13,7 +13,7 @@ from tests.test_device_slots import ABORT_BOUND, ENDLESS
 
 @pytest.mark.parametrize("engine", ["interp", "jit"])
 def test_owning_transport_close_stops_runaway_programs(engine):
-    """InProcessTransport.close() of its own device returns within the abort bound, not the budget."""
+    """InProcessTransport.close() of its own device returns within the abort bound, not budget."""
     t = InProcessTransport.create(executor=engine, engines=2, budget=1 << 62)
     dev = t.device
     r = Regs(dev)

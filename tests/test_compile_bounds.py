@@ -11,8 +11,8 @@ from hermes.engine.asm import assemble_program
 from hermes.engine.helpers import CONFORMANCE_HELPERS
 from hermes.engine.interp import Interpreter
 from hermes.engine.jit import JitExecutable, runtime
-from hermes.engine.jit.loops import _dominators, _DomTree, plan_loops
 from hermes.engine.jit.codegen import leaders
+from hermes.engine.jit.loops import _dominators, _DomTree, plan_loops
 from hermes.engine.program import MAX_PROGRAM_SLOTS, Program
 from hermes.engine.verifier import verify
 
@@ -54,7 +54,7 @@ def test_loop_analysis_of_many_back_edges_finishes():
     program = back_jumps(30000)
     info = verify(program, CONFORMANCE_HELPERS)
     starts = leaders(program, info)
-    ends = dict(zip(starts, starts[1:] + [len(program)]))
+    ends = dict(zip(starts, starts[1:] + [len(program)], strict=True))
     t0 = time.perf_counter()
     plans = plan_loops(program.insns, starts, ends, 0, len(program), info.stack_safe)
     assert time.perf_counter() - t0 < 120

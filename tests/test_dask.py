@@ -23,7 +23,7 @@ import dask.bag as db  # noqa: E402
 
 import hermes  # noqa: E402
 import hermes.dask as hd  # noqa: E402
-from hermes.engine.asm import assemble_program
+from hermes.engine.asm import assemble_program  # noqa: E402
 from hermes.errors import DataTooLarge, ExecutionFailed, UsageError  # noqa: E402
 from hermes.lib.pieces import pieces  # noqa: E402
 

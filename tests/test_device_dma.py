@@ -7,8 +7,7 @@ import threading
 import time
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from hermes import regs as R
 from hermes.device import STATUS_ERROR_MASK, DmaFault, HermesDevice, HostMemory

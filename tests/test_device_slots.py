@@ -1,4 +1,4 @@
-"""Device model: host-allocated slots beside Request/Release Slot, busy slots, abort, legacy IRQs."""
+"""Device model: host-allocated slots beside Request/Release Slot, busy slots, abort, INTx."""
 from __future__ import annotations
 
 import contextlib

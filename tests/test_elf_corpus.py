@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
+from hermes.conformance_pyelf import build_pyelf_object, template
 from hermes.engine import CONFORMANCE_HELPERS, run
 from hermes.engine.elf import load_elf
-from hermes.conformance_pyelf import build_pyelf_object, template
 from hermes.errors import ElfError
 
 from .conftest import CONFORMANCE

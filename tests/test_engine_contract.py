@@ -2,6 +2,8 @@
 the one load contract and fault messages, identical on every engine."""
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 
 from hermes.conformance import load_corpus
@@ -9,13 +11,26 @@ from hermes.engine import DATA_BASE, Program, RunResult, check, load, run
 from hermes.engine.asm import assemble_program
 from hermes.engine.clang import compile_c, find_clang
 from hermes.engine.elf import load_elf
-from hermes.engine.helpers import (CONFORMANCE_HELPERS, DEVICE_HELPERS, HELPER_SET_OUTPUT,
-                                   HELPER_TRACE_PRINTK, TRACE_LIMIT, merged)
+from hermes.engine.helpers import (
+    CONFORMANCE_HELPERS,
+    DEVICE_HELPERS,
+    HELPER_SET_OUTPUT,
+    HELPER_TRACE_PRINTK,
+    TRACE_LIMIT,
+    merged,
+)
 from hermes.engine.interp import Interpreter
 from hermes.engine.jit import JitExecutable
 from hermes.engine.memory import MASK64, describe_regions, out_of_bounds
-from hermes.errors import (DataTooLarge, ExecutionError, ExecutionFailed, HermesError,
-                           ProgramError, UsageError, VerifierError)
+from hermes.errors import (
+    DataTooLarge,
+    ExecutionError,
+    ExecutionFailed,
+    HermesError,
+    ProgramError,
+    UsageError,
+    VerifierError,
+)
 
 from .conftest import CONFORMANCE
 
@@ -173,7 +188,7 @@ def _printk(fmt: bytes, *values: int, strings: bytes = b"") -> Program:
     for k in range(0, len(fmt), 8):
         word = int.from_bytes(fmt[k:k + 8], "little")
         lines += [f"lddw r6, {word:#x}", f"stxdw [r10-{len(fmt) - k}], r6"]
-    for reg, value in zip((3, 4, 5), values):
+    for reg, value in zip((3, 4, 5), values, strict=False):
         lines.append(f"mov r{reg}, r1" if value == "s" else f"lddw r{reg}, {value & MASK64:#x}")
     lines += ["mov r1, r10", f"add r1, -{len(fmt)}", f"mov r2, {len(fmt)}",
               f"call {HELPER_TRACE_PRINTK}", "exit"]
@@ -267,7 +282,7 @@ HAND_WRITTEN = {
 }
 
 
-def _verdict(make) -> "tuple | None":
+def _verdict(make) -> tuple | None:
     """None when ``make()`` loads, else (class, index, message) of what it raised."""
     try:
         make()
@@ -276,7 +291,7 @@ def _verdict(make) -> "tuple | None":
     return None
 
 
-def _contract_programs() -> "list[tuple[str, Program]]":
+def _contract_programs() -> list[tuple[str, Program]]:
     out = [(name, asm(text)) for name, text in HAND_WRITTEN.items()]
     for case in load_corpus([CONFORMANCE]) if CONFORMANCE else []:
         try:
@@ -286,8 +301,8 @@ def _contract_programs() -> "list[tuple[str, Program]]":
         out.append((case.name, program))
     clang = find_clang()
     if clang:
-        from pathlib import Path
         import tempfile
+        from pathlib import Path
         src = Path(__file__).parent / "data" / "increment.c"
         with tempfile.TemporaryDirectory() as tmp:
             out.append(("increment.c", load_elf(compile_c(src, Path(tmp) / "i.o"))))
@@ -300,17 +315,17 @@ def test_every_engine_gives_every_program_the_same_verdict():
     accepted = []
     refused = 0
     for name, program in programs:
-        expected = _verdict(lambda: check(program, ALL))
-        assert _verdict(lambda: Interpreter(program, helpers=ALL, budget=BUDGET)) == expected, name
+        expected = _verdict(partial(check, program, ALL))
+        assert _verdict(partial(Interpreter, program, helpers=ALL, budget=BUDGET)) == expected, name
         if expected is None:
             accepted.append(program)
             continue
         refused += 1
         assert expected[0] is VerifierError, name
         for engine in ENGINES[1:]:
-            assert _verdict(lambda: prepare(program, engine)) == expected, (name, engine)
-        assert _verdict(lambda: load(program, helpers=ALL, executor="jit")) == expected, name
-        assert _verdict(lambda: load(program, helpers=ALL, executor="interp")) == expected, name
+            assert _verdict(partial(prepare, program, engine)) == expected, (name, engine)
+        assert _verdict(partial(load, program, helpers=ALL, executor="jit")) == expected, name
+        assert _verdict(partial(load, program, helpers=ALL, executor="interp")) == expected, name
     assert refused >= 10
     # accepted programs: compiled (both tiers, as load_many does for many programs at once)
     for tier in ("quick", "full"):

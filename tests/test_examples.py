@@ -12,8 +12,7 @@ from importlib import resources
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 import hermes
 from hermes.cli import main
@@ -53,7 +52,7 @@ def _check(example, case, r0: int, out: bytes) -> None:
     want_r0, want_out = example.expected(case)
     n = len(case.data)
     assert r0 == want_r0, f"{example.name}: r0 {r0:#x}, expected {want_r0:#x} ({n} B)"
-    diff = next((i for i, (a, b) in enumerate(zip(out, want_out)) if a != b), None)
+    diff = next((i for i, (a, b) in enumerate(zip(out, want_out, strict=False)) if a != b), None)
     assert out == want_out, (f"{example.name}: output differs at byte {diff} ({len(out)} bytes, "
                              f"expected {len(want_out)}; input {n} B)")
 

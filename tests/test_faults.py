@@ -119,7 +119,7 @@ def runaway_session(dev: hermes.Device, value: int) -> hermes.Session:
     return s
 
 
-# --- the server stops or dies under a client -------------------------------------------------------
+# --- the server stops or dies under a client ------------------------------------------------------
 
 def test_server_stopped_mid_run_times_out_naming_the_socket(servers):
     s = servers("stop.sock", "--budget", RUNAWAY_BUDGET)
@@ -179,7 +179,8 @@ def test_server_killed_mid_run_is_reported_promptly(servers):
     session = runaway_session(dev, 2)
     err, took = signal_during(s, session.run, signal.SIGKILL)
     report("server SIGKILLed mid-run -> DeviceError", took)
-    assert isinstance(err, hermes.DeviceError) and not isinstance(err, hermes.DeviceTimeout), repr(err)
+    assert isinstance(err, hermes.DeviceError), repr(err)
+    assert not isinstance(err, hermes.DeviceTimeout), repr(err)
     assert "went away" in str(err) and s.path in str(err)
     assert took < QUICK
     session.close()
@@ -220,7 +221,7 @@ def test_busy_or_silent_server_fails_within_the_connect_timeout(servers):
     assert s.path in str(err) and "VERSION" in str(err)
 
 
-# --- a client dies in the middle of its work --------------------------------------------------------
+# --- a client dies in the middle of its work ------------------------------------------------------
 
 CLIENT = r"""
 import sys

@@ -10,9 +10,10 @@ from pathlib import Path
 from hermes.engine.helpers import CONFORMANCE_HELPERS
 from hermes.engine.interp import Interpreter
 from hermes.engine.jit import JitExecutable
-from .support.progen import compare_all, deep_case, outcome
 from hermes.engine.verifier import verify
 from tests.volume import examples
+
+from .support.progen import compare_all, deep_case, outcome
 
 BUDGET = 10**9
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,7 +29,7 @@ def test_deep_programs_agree_on_every_engine():
                                            tier=tier) for tier in ("quick", "full")}
     kinds: collections.Counter = collections.Counter()
     diffs = []
-    for k, (case, program) in enumerate(zip(cases, programs)):
+    for k, (case, program) in enumerate(zip(cases, programs, strict=True)):
         exes = {"interp": Interpreter(program, helpers=CONFORMANCE_HELPERS, budget=BUDGET),
                 "jit-quick": tiers["quick"][k], "jit-full": tiers["full"][k]}
         d = compare_all(case, exes)

@@ -1,12 +1,11 @@
-"""LLVM JIT: conformance corpus, semantics and errors identical to the interpreter, threads, bench."""
+"""LLVM JIT: conformance corpus, semantics and errors as the interpreter's, threads, bench."""
 from __future__ import annotations
 
 import random
 import threading
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from hermes.conformance import load_corpus, run_case
 from hermes.engine import CONFORMANCE_HELPERS, load
@@ -15,12 +14,13 @@ from hermes.engine.frontends import read_program
 from hermes.engine.helpers import Helper, HelperRegistry, StopRun
 from hermes.engine.interp import Interpreter
 from hermes.engine.jit import JitExecutable
-from .support.progen import Case, compare, outcome, random_case
 from hermes.engine.jit.runtime import compile_program
 from hermes.engine.memory import DATA_BASE, RODATA_BASE, RWDATA_BASE, STACK_TOP, Segment
 from hermes.engine.program import Program
 from hermes.errors import BudgetExceeded, ExecutionError, VerifierError
 from tests.volume import examples
+
+from .support.progen import Case, compare, outcome, random_case
 
 BUDGET = 10**9
 
@@ -286,7 +286,8 @@ def test_bench_kernels(bench_dir):
 BATCH = 50
 #: Shards run as separate test items, so pytest-xdist spreads them over the CI's cores.
 SHARDS = 4
-#: Examples per shard: 4 x 5 x 50 = 10^3 programs in `./dev test`, 4 x 50 x 50 = 10^4 in `./dev volume`.
+#: Examples per shard: 4 x 5 x 50 = 10^3 programs in `./dev test`, 4 x 50 x 50 = 10^4 in
+#: `./dev volume`.
 EXAMPLES = examples("HERMES_JIT_DIFF_EXAMPLES", 5, 50)
 
 
@@ -299,7 +300,7 @@ def test_differential_random_programs(shard, seed):
     cases = [random_case(rng) for _ in range(BATCH)]
     exes = JitExecutable.load_many([c.program() for c in cases], helpers=CONFORMANCE_HELPERS,
                                    budget=BUDGET)
-    for case, exe in zip(cases, exes):
+    for case, exe in zip(cases, exes, strict=True):
         assert not isinstance(exe, VerifierError), f"{exe}\n{case.text}"
         diff = compare(case, exe)
         assert diff is None, diff

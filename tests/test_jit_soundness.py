@@ -11,12 +11,13 @@ from hermes.engine.asm import assemble_program
 from hermes.engine.helpers import CONFORMANCE_HELPERS
 from hermes.engine.interp import Interpreter
 from hermes.engine.jit import JitExecutable, codegen
-from .support.progen import Case, outcome, random_case
 from hermes.engine.jit.runtime import _llvm
 from hermes.engine.memory import DATA_BASE, MAX_DATA
 from hermes.engine.program import Program
 from hermes.engine.verifier import verify
 from hermes.errors import UsageError, VerifierError
+
+from .support.progen import Case, outcome, random_case
 
 BUDGET = 10**9
 TIERS = ("quick", "full")

@@ -8,8 +8,7 @@ import struct
 import threading
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 import hermes
 from hermes import regs

@@ -14,11 +14,10 @@ import pytest
 from hermes import nvme_regs as N
 from hermes.driver.nvme import NvmeHost
 from hermes.engine.asm import assemble_program
-from hermes.transport.vfio_user import VfioUserTransport
-from hermes.vfio import pci
 from hermes.server.function import VfioFunction
 from hermes.server.vfio_user import Server
-
+from hermes.transport.vfio_user import VfioUserTransport
+from hermes.vfio import pci
 from tests.nvme_devices import _server
 
 

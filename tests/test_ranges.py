@@ -105,7 +105,7 @@ def test_window_is_the_ranges_back_to_back(dev, sess):
 def test_sum_over_ranges_equals_the_concatenation(dev, sess):
     parts = [bytes(range(i, i + 24)) for i in (0, 50, 100)]
     mems = [dev.memory(24) for _ in parts]
-    for m, p in zip(mems, parts):
+    for m, p in zip(mems, parts, strict=True):
         m.write(p)
     sess.load(SUM)
     r = sess.run(ranges=mems)

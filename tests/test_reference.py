@@ -1,4 +1,4 @@
-"""The plain reference interpreter: RFC 9669 values, the run contract, the step hook, and agreement with interp and jit."""
+"""The plain reference interpreter: RFC 9669 values, run contract, step hook, same as interp/jit."""
 from __future__ import annotations
 
 import random
@@ -6,20 +6,20 @@ import threading
 import time
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from hermes.engine import CONFORMANCE_HELPERS, DEFAULT_BUDGET, DEVICE_HELPERS, Cancel, load
 from hermes.engine.asm import assemble_program
+from hermes.engine.cfg import block_leaders
 from hermes.engine.helpers import merged
 from hermes.engine.interp import Interpreter
 from hermes.engine.jit import JitExecutable
-from .support.progen import KINDS, compare_all, outcome
 from hermes.engine.memory import DATA_BASE, STACK_TOP
-from hermes.engine.cfg import block_leaders
 from hermes.engine.reference import Reference, Step
 from hermes.errors import BudgetExceeded, Cancelled, ExecutionError, ProgramError
 from tests.volume import examples
+
+from .support.progen import KINDS, compare_all, outcome
 
 ALL_HELPERS = merged(CONFORMANCE_HELPERS, DEVICE_HELPERS)
 #: Programs per hypothesis example (the JIT compiles them in one module): in the default
@@ -33,7 +33,7 @@ def ref(text: str, helpers=ALL_HELPERS, budget: int = DEFAULT_BUDGET) -> Referen
     return Reference(assemble_program(text), helpers=helpers, budget=budget)
 
 
-def r0(text: str, memory: "bytes | None" = None, **options) -> int:
+def r0(text: str, memory: bytes | None = None, **options) -> int:
     """r0 of ``text`` on the reference, checked against the block interpreter too."""
     mem = bytearray(memory) if memory is not None else None
     want = ref(text).run(mem, **options).return_value
@@ -236,7 +236,7 @@ def _differential(kind: str, seed: int, count: int) -> None:
     cases = [KINDS[kind](rng) for _ in range(count)]
     programs = [c.program() for c in cases]
     jits = JitExecutable.load_many(programs, helpers=CONFORMANCE_HELPERS, budget=DEFAULT_BUDGET)
-    for case, program, jit in zip(cases, programs, jits):
+    for case, program, jit in zip(cases, programs, jits, strict=True):
         assert not isinstance(jit, ProgramError), f"{jit}\n{case.text}"
         exes = {"reference": Reference(program, helpers=CONFORMANCE_HELPERS,
                                        budget=DEFAULT_BUDGET),

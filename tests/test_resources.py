@@ -1,4 +1,4 @@
-"""Resource bounds: what a program or object file can make Hermes allocate is bounded and refused early."""
+"""Resource bounds: what a program or object file makes Hermes allocate is capped, refused early."""
 from __future__ import annotations
 
 import gc
@@ -92,7 +92,8 @@ from hermes.engine.clang import compile_c, find_clang  # noqa: E402
 from hermes.engine.elf import DEFAULT_MAX_SIZE, load_elf  # noqa: E402
 from hermes.errors import ElfError, ProgramError  # noqa: E402
 
-needs_clang = pytest.mark.skipif(find_clang() is None, reason="clang not found: apt-get install clang")
+needs_clang = pytest.mark.skipif(find_clang() is None,
+                                 reason="clang not found: apt-get install clang")
 
 
 def _bss_object(tmp_path, size: int, name: str = "bss") -> bytes:

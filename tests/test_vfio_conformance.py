@@ -2,17 +2,22 @@
 (fake kernel) must behave the same at the driver's boundary."""
 from __future__ import annotations
 
+import errno
+import json
+import os
 import shutil
 import struct
 import tempfile
+from pathlib import Path
 
 import pytest
 
 from hermes import regs as R
 from hermes.engine.asm import assemble_program
 from hermes.transport import DmaBuffer, Transport
-
-from tests.vfio_devices import ServerProcess
+from hermes.vfio import protocol as P, uapi
+from tests.test_vfio_server import Raw
+from tests.vfio_devices import ServerProcess, ThreadServer
 
 IRQ = R.xdma_offset(R.XDMA_TARGET_IRQ, 0, 0)
 
@@ -40,6 +45,7 @@ def transport(request, tmp_path):
         t.close()
     else:
         from hermes.transport.vfio import VfioTransport
+
         from .support.fake_kernel import FakeVfioKernel
         k = FakeVfioKernel(tmp_path, engines=2, budget=1_000_000)
         t = VfioTransport(k.bdf, sysfs_root=k.sysfs_root, dev_root=k.dev_root, ioctl=k.ioctl,
@@ -106,7 +112,7 @@ def test_dma_buffers(transport):
     try:
         assert all(isinstance(b, DmaBuffer) and b.bus_addr % 4096 == 0 for b in bufs)
         spans = sorted((b.bus_addr, b.bus_addr + b.size) for b in bufs)
-        assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))   # disjoint
+        assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False))   # disjoint
         assert [len(b.view) for b in bufs] == [1, 4096, 5000]
         bufs[2].view[:] = bytes(5000)
         bufs[2].view[4999] = 7
@@ -116,7 +122,7 @@ def test_dma_buffers(transport):
             b.free()
             b.free()
     with pytest.raises(ValueError):
-        bufs[0].view
+        _ = bufs[0].view
 
 
 def test_dma_through_the_device(transport):
@@ -129,8 +135,8 @@ def test_dma_through_the_device(transport):
     bar4_off = 16 << 20   # data slot 0
     for target, sg, s, d in ((R.XDMA_TARGET_H2C, R.XDMA_TARGET_H2C_SGDMA, src.bus_addr, bar4_off),
                              (R.XDMA_TARGET_C2H, R.XDMA_TARGET_C2H_SGDMA, bar4_off, dst.bus_addr)):
-        struct.pack_into("<IIQQQ", desc.view, 0, R.desc_control(stop=True, eop=True, completed=True),
-                         len(data), s, d, 0)
+        control = R.desc_control(stop=True, eop=True, completed=True)
+        struct.pack_into("<IIQQQ", desc.view, 0, control, len(data), s, d, 0)
         t.write(2, R.xdma_offset(sg, 0, R.XDMA_SG_DESC_LO), 4, desc.bus_addr & 0xFFFFFFFF)
         t.write(2, R.xdma_offset(sg, 0, R.XDMA_SG_DESC_HI), 4, desc.bus_addr >> 32)
         t.write(2, R.xdma_offset(sg, 0, R.XDMA_SG_DESC_ADJ), 4, 0)
@@ -180,6 +186,7 @@ def three_transports(serve_process, tmp_path_factory):
     from hermes.transport.inproc import InProcessTransport
     from hermes.transport.vfio import VfioTransport
     from hermes.transport.vfio_user import VfioUserTransport
+
     from .support.fake_kernel import FakeVfioKernel
     k = FakeVfioKernel(tmp_path_factory.mktemp("fake"), engines=2, budget=1_000_000)
     ts = [InProcessTransport.create(engines=2, budget=1_000_000),
@@ -213,18 +220,9 @@ def test_register_sequences_agree(three_transports, ops):
 
 # --- the real peers: QEMU's client (request shapes from hw/vfio-user/) and libvfio-user's ------
 
-import errno
-import json
-import os
-from pathlib import Path
-
-from hermes.vfio import protocol as P
-from hermes.vfio import uapi
-from tests.test_vfio_server import Raw
-from tests.vfio_devices import ThreadServer
-
 DATA = Path(__file__).parent / "data" / "vfio"
-#: QEMU 10.1+ (hw/vfio-user/proxy.c caps_json): the VERSION document its client sends, major 0 minor 0.
+#: QEMU 10.1+ (hw/vfio-user/proxy.c caps_json): the VERSION document its client sends, major 0
+#: minor 0.
 QEMU_CAPS = {"migration": {"pgsize": 4096, "max_bitmap_size": 256 << 20}, "max_msg_fds": 16,
              "max_data_xfer_size": 1 << 20, "pgsizes": 4096, "max_dma_maps": 65535,
              "write_multiple": True}
@@ -297,7 +295,8 @@ def test_qemu_client_request_shapes(thread_server):
         reply = qemu_call(c, P.DMA_MAP, bytes(P.DmaMap(32, 3, 0x10000, 0x1_0000_0000, 0x10000)),
                           fds=[ram])
         assert not reply.is_error
-        reply = qemu_call(c, P.DMA_UNMAP, bytes(uapi.vfio_iommu_type1_dma_unmap(24, 0, 0x1_0000_0000, 0x10000)))
+        unmap = bytes(uapi.vfio_iommu_type1_dma_unmap(24, 0, 0x1_0000_0000, 0x10000))
+        reply = qemu_call(c, P.DMA_UNMAP, unmap)
         assert not reply.is_error
         assert not qemu_call(c, P.DMA_MAP, bytes(P.DmaMap(32, 3, 0, 0x2_0000_0000, 1 << 20)),
                              fds=[ram]).is_error
@@ -328,7 +327,8 @@ def test_qemu_client_request_shapes(thread_server):
     # REGION_WRITE: posted (NO_REPLY) and waited for.
     c.send(P.REGION_WRITE, P.encode_region_access(R.cmdreq(0), 0, 4, b"\xaa\xbb\xcc\xdd"),
            flags=P.FLAG_NO_REPLY)
-    assert not qemu_call(c, P.REGION_WRITE, P.encode_region_access(R.cmdreq(0) + 4, 0, 4, b"1234")).is_error
+    access = P.encode_region_access(R.cmdreq(0) + 4, 0, 4, b"1234")
+    assert not qemu_call(c, P.REGION_WRITE, access).is_error
     assert qemu_call(c, P.REGION_READ, P.encode_region_access(R.cmdreq(0), 0, 8),
                      rsize=40).payload[16:] == b"\xaa\xbb\xcc\xdd1234"
     # DEVICE_RESET: the header alone.

@@ -13,14 +13,12 @@ from pathlib import Path
 
 import pytest
 
+import hermes.driver
 from hermes import regs
 from hermes.engine.asm import assemble_program
-from hermes.transport.vfio_user import VfioUserTransport
-from hermes.vfio import pci, uapi
-from hermes.vfio import protocol as P
 from hermes.server.function import VfioFunction
-
-import hermes.driver
+from hermes.transport.vfio_user import VfioUserTransport
+from hermes.vfio import pci, protocol as P, uapi
 from tests.vfio_devices import ServerProcess, ThreadServer, wait_for_socket
 
 RETURN0 = assemble_program("mov r0, 0\nexit").to_bytes()
@@ -136,13 +134,15 @@ def test_device_region_and_irq_info(server):
     assert (nreg, nirq) == (9, 5)
     sizes = {}
     for index in range(9):
-        reply = c.call(P.DEVICE_GET_REGION_INFO, bytes(uapi.vfio_region_info(256, 0, index, 0, 0, 0)))
+        query = bytes(uapi.vfio_region_info(256, 0, index, 0, 0, 0))
+        reply = c.call(P.DEVICE_GET_REGION_INFO, query)
         info = uapi.vfio_region_info.decode(reply.payload)
         sizes[index] = info.size
         if index == 4:
             assert info.flags & uapi.VFIO_REGION_INFO_FLAG_MMAP and len(reply.fds) == 1
             caps = uapi.parse_caps(reply.payload, info.cap_offset)
-            assert uapi.parse_sparse_mmap(caps[uapi.VFIO_REGION_INFO_CAP_SPARSE_MMAP][1]) == [(0, info.size)]
+            sparse = caps[uapi.VFIO_REGION_INFO_CAP_SPARSE_MMAP][1]
+            assert uapi.parse_sparse_mmap(sparse) == [(0, info.size)]
             # the fd really is BAR4: bytes written by the device side show through it
             server.function.device.bar4[100:104] = b"abcd"
             assert os.pread(reply.fds[0], 4, info.offset + 100) == b"abcd"
@@ -158,8 +158,8 @@ def test_device_region_and_irq_info(server):
     irq = uapi.vfio_irq_info.decode(c.call(P.DEVICE_GET_IRQ_INFO,
                                            bytes(uapi.vfio_irq_info(16, 0, 2, 0))).payload)
     assert irq.count == 32 and irq.flags & uapi.VFIO_IRQ_INFO_EVENTFD
-    assert uapi.vfio_irq_info.decode(c.call(P.DEVICE_GET_IRQ_INFO,
-                                            bytes(uapi.vfio_irq_info(16, 0, 0, 0))).payload).count == 0
+    reply = c.call(P.DEVICE_GET_IRQ_INFO, bytes(uapi.vfio_irq_info(16, 0, 0, 0)))
+    assert uapi.vfio_irq_info.decode(reply.payload).count == 0
     c.close()
 
 
@@ -184,16 +184,20 @@ def test_register_reads_are_single_accesses(server):
 
 
 def test_clear_on_read_status_via_messages(server):
-    """A failed DMA leaves error bits in status_rc: one 4-byte REGION_READ returns and clears them."""
+    """A failed DMA leaves error bits in status_rc: a 4-byte REGION_READ returns and clears them."""
     c = Raw(server.path)
     ch = regs.xdma_offset
-    wr = lambda off, val: c.call(P.REGION_WRITE, P.encode_region_access(off, 2, 4, struct.pack("<I", val)))
-    wr(ch(regs.XDMA_TARGET_H2C_SGDMA, 0, regs.XDMA_SG_DESC_LO), 0x1234_0000)   # unmapped host memory
+
+    def wr(off: int, val: int) -> P.Message:
+        return c.call(P.REGION_WRITE, P.encode_region_access(off, 2, 4, struct.pack("<I", val)))
+
+    wr(ch(regs.XDMA_TARGET_H2C_SGDMA, 0, regs.XDMA_SG_DESC_LO), 0x1234_0000)  # unmapped host memory
     wr(ch(regs.XDMA_TARGET_H2C_SGDMA, 0, regs.XDMA_SG_DESC_HI), 0)
     wr(ch(regs.XDMA_TARGET_H2C, 0, regs.XDMA_CH_CONTROL), regs.XDMA_CTRL_RUN)
     status = 0
     for _ in range(1000):
-        status = struct.unpack("<I", c.read(2, ch(regs.XDMA_TARGET_H2C, 0, regs.XDMA_CH_STATUS), 4))[0]
+        raw = c.read(2, ch(regs.XDMA_TARGET_H2C, 0, regs.XDMA_CH_STATUS), 4)
+        status = struct.unpack("<I", raw)[0]
         if not status & regs.XDMA_STAT_BUSY:
             break
         time.sleep(0.001)
@@ -212,9 +216,9 @@ def test_malformed_messages_get_error_replies(server):
     c.expect_error(99, b"", err=errno.ENOSYS)                                   # unknown command
     c.expect_error(P.REGION_READ, acc(0, 0, 4)[:10], err=errno.EINVAL)            # short payload
     c.expect_error(P.REGION_READ, acc(regs.BAR0_SIZE - 2, 0, 4), err=errno.EINVAL)  # past the end
-    c.expect_error(P.REGION_READ, acc(0, 7, 300), err=errno.EINVAL)               # past config space
+    c.expect_error(P.REGION_READ, acc(0, 7, 300), err=errno.EINVAL)              # past config space
     c.expect_error(P.REGION_READ, acc(0, 9, 4), err=errno.EINVAL)                 # no region 9
-    c.expect_error(P.REGION_READ, acc(0, 1, 4), err=errno.EINVAL)                 # BAR1 unimplemented
+    c.expect_error(P.REGION_READ, acc(0, 1, 4), err=errno.EINVAL)               # BAR1 unimplemented
     c.expect_error(P.REGION_READ, acc(0, 4, 2 << 20), err=errno.EINVAL)           # > max_data_xfer
     c.expect_error(P.REGION_READ, acc(0, 0, 4) + b"junk", err=errno.EINVAL)       # trailing bytes
     c.expect_error(P.REGION_WRITE, acc(0x1000, 0, 8, b"1234"), err=errno.EINVAL)  # count mismatch
@@ -227,10 +231,14 @@ def test_malformed_messages_get_error_replies(server):
     c.expect_error(P.DMA_READ, P.encode_dma_access(0, 4), err=errno.EINVAL)       # wrong direction
     c.expect_error(P.REGION_WRITE_MULTI, b"", err=errno.ENOTSUP)
     # SET_IRQS: masking MSI-X, vectors past the table, two data types, bool data too short
-    irq = lambda flags, index, start, count: bytes(uapi.vfio_irq_set(20, flags, index, start, count))
+
+    def irq(flags: int, index: int, start: int, count: int) -> bytes:
+        return bytes(uapi.vfio_irq_set(20, flags, index, start, count))
+
     T, NONE, BOOL = (uapi.VFIO_IRQ_SET_ACTION_TRIGGER, uapi.VFIO_IRQ_SET_DATA_NONE,
                      uapi.VFIO_IRQ_SET_DATA_BOOL)
-    c.expect_error(P.DEVICE_SET_IRQS, irq(uapi.VFIO_IRQ_SET_ACTION_MASK | NONE, 2, 0, 1), err=errno.EINVAL)
+    c.expect_error(P.DEVICE_SET_IRQS, irq(uapi.VFIO_IRQ_SET_ACTION_MASK | NONE, 2, 0, 1),
+                   err=errno.EINVAL)
     c.expect_error(P.DEVICE_SET_IRQS, irq(T | NONE, 2, 30, 5), err=errno.EINVAL)
     c.expect_error(P.DEVICE_SET_IRQS, irq(T | NONE | BOOL, 2, 0, 1), err=errno.EINVAL)
     c.expect_error(P.DEVICE_SET_IRQS, irq(T | BOOL, 2, 0, 4) + b"\1", err=errno.EINVAL)
@@ -246,7 +254,10 @@ def test_bad_fds_are_refused_and_closed(server):
     r, w = os.pipe()
     try:
         # DMA_MAP with a pipe (cannot be mmapped), two fds, an fd too short for the range
-        dma = lambda addr, size, off=0: bytes(P.DmaMap(32, 3, off, addr, size))
+
+        def dma(addr: int, size: int, off: int = 0) -> bytes:
+            return bytes(P.DmaMap(32, 3, off, addr, size))
+
         c.expect_error(P.DMA_MAP, dma(0x10000, 4096), fds=[r])
         c.expect_error(P.DMA_MAP, dma(0x10000, 4096), fds=[r, w], err=errno.EINVAL)
         memfd = os.memfd_create("short")
@@ -254,8 +265,8 @@ def test_bad_fds_are_refused_and_closed(server):
         c.expect_error(P.DMA_MAP, dma(0x10000, 4096, off=1), fds=[memfd], err=errno.EINVAL)
         c.expect_error(P.DMA_MAP, dma(0x10000, 0), fds=[memfd], err=errno.EINVAL)
         # SET_IRQS with something that is not an eventfd
-        hdr = bytes(uapi.vfio_irq_set(20, uapi.VFIO_IRQ_SET_DATA_EVENTFD | uapi.VFIO_IRQ_SET_ACTION_TRIGGER,
-                                      2, 0, 1))
+        eventfd_trigger = uapi.VFIO_IRQ_SET_DATA_EVENTFD | uapi.VFIO_IRQ_SET_ACTION_TRIGGER
+        hdr = bytes(uapi.vfio_irq_set(20, eventfd_trigger, 2, 0, 1))
         c.expect_error(P.DEVICE_SET_IRQS, hdr, fds=[r], err=errno.EINVAL)
         # fds on a command that takes none
         c.expect_error(P.REGION_READ, P.encode_region_access(0, 0, 4), fds=[w], err=errno.EINVAL)
@@ -263,7 +274,8 @@ def test_bad_fds_are_refused_and_closed(server):
         os.ftruncate(memfd, 8192)
         assert not c.call(P.DMA_MAP, dma(0x20000, 8192), fds=[memfd]).is_error
         c.expect_error(P.DMA_MAP, dma(0x21000, 4096), fds=[memfd], err=errno.EEXIST)
-        assert not c.call(P.DMA_UNMAP, bytes(uapi.vfio_iommu_type1_dma_unmap(24, 0, 0x20000, 8192))).is_error
+        unmap = bytes(uapi.vfio_iommu_type1_dma_unmap(24, 0, 0x20000, 8192))
+        assert not c.call(P.DMA_UNMAP, unmap).is_error
         os.close(memfd)
     finally:
         os.close(r)
@@ -277,8 +289,8 @@ def test_too_many_fds_is_an_error_not_a_crash(server):
     c = Raw(server.path)
     fds = [os.eventfd(0) for _ in range(P.MAX_FDS_ACCEPTED + 8)]
     try:
-        hdr = bytes(uapi.vfio_irq_set(20, uapi.VFIO_IRQ_SET_DATA_EVENTFD | uapi.VFIO_IRQ_SET_ACTION_TRIGGER,
-                                      2, 0, len(fds)))
+        eventfd_trigger = uapi.VFIO_IRQ_SET_DATA_EVENTFD | uapi.VFIO_IRQ_SET_ACTION_TRIGGER
+        hdr = bytes(uapi.vfio_irq_set(20, eventfd_trigger, 2, 0, len(fds)))
         c.expect_error(P.DEVICE_SET_IRQS, hdr, fds=fds, err=errno.EINVAL)
     finally:
         for fd in fds:
@@ -327,18 +339,20 @@ def test_set_irqs_eventfds_and_loopback_trigger(server):
     efds = [os.eventfd(0, os.EFD_NONBLOCK) for _ in range(4)]
     T = uapi.VFIO_IRQ_SET_ACTION_TRIGGER
     try:
-        assert not c.call(P.DEVICE_SET_IRQS, bytes(uapi.vfio_irq_set(20, T | uapi.VFIO_IRQ_SET_DATA_EVENTFD,
-                                                                     2, 4, 4)), fds=efds).is_error
+        eventfds = bytes(uapi.vfio_irq_set(20, T | uapi.VFIO_IRQ_SET_DATA_EVENTFD, 2, 4, 4))
+        assert not c.call(P.DEVICE_SET_IRQS, eventfds, fds=efds).is_error
         assert server.function.msix.assigned() == [4, 5, 6, 7]
         assert server.function.config.msix_control & pci.PCI_MSIX_FLAGS_ENABLE
-        c.call(P.DEVICE_SET_IRQS, bytes(uapi.vfio_irq_set(21, T | uapi.VFIO_IRQ_SET_DATA_BOOL, 2, 4, 2))
-               + b"\0\1")
-        c.call(P.DEVICE_SET_IRQS, bytes(uapi.vfio_irq_set(20, T | uapi.VFIO_IRQ_SET_DATA_NONE, 2, 6, 1)))
+        c.call(P.DEVICE_SET_IRQS,
+               bytes(uapi.vfio_irq_set(21, T | uapi.VFIO_IRQ_SET_DATA_BOOL, 2, 4, 2)) + b"\0\1")
+        c.call(P.DEVICE_SET_IRQS,
+               bytes(uapi.vfio_irq_set(20, T | uapi.VFIO_IRQ_SET_DATA_NONE, 2, 6, 1)))
         assert os.eventfd_read(efds[1]) == 1 and os.eventfd_read(efds[2]) == 1
         with pytest.raises(BlockingIOError):
             os.eventfd_read(efds[0])
         # count 0 + DATA_NONE disables the index
-        c.call(P.DEVICE_SET_IRQS, bytes(uapi.vfio_irq_set(20, T | uapi.VFIO_IRQ_SET_DATA_NONE, 2, 0, 0)))
+        c.call(P.DEVICE_SET_IRQS,
+               bytes(uapi.vfio_irq_set(20, T | uapi.VFIO_IRQ_SET_DATA_NONE, 2, 0, 0)))
         assert server.function.msix.assigned() == []
     finally:
         for fd in efds:
@@ -541,8 +555,9 @@ def test_refuses_a_path_that_is_not_a_socket(tmp_path, capsys):
 def test_wait_for_socket_reports_a_dead_server(tmp_path):
     import subprocess
     import sys
-    p = subprocess.Popen([sys.executable, "-m", "hermes.cli", "serve", "--socket", str(tmp_path / "x"),
-                          "--engines", "0"], stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen([sys.executable, "-m", "hermes.cli", "serve",
+                          "--socket", str(tmp_path / "x"), "--engines", "0"],
+                         stderr=subprocess.PIPE, text=True)
     with pytest.raises(RuntimeError):
         wait_for_socket(str(tmp_path / "x"), p)
     p.wait()
@@ -657,7 +672,8 @@ def test_serve_cli_errors_are_one_line(tmp_path, args, names):
     import subprocess
     import sys
     out = subprocess.run([sys.executable, "-m", "hermes.cli", "serve", "--socket",
-                          str(tmp_path / "x.sock"), *args], capture_output=True, text=True, timeout=60)
+                          str(tmp_path / "x.sock"), *args],
+                         capture_output=True, text=True, timeout=60)
     assert out.returncode != 0 and "Traceback" not in out.stderr
     assert names in out.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "x.sock").exists()

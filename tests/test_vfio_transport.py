@@ -16,11 +16,10 @@ from hermes import regs
 from hermes.engine.asm import assemble_program
 from hermes.transport.vfio import VfioError, VfioTransport
 from hermes.transport.vfio_user import VfioUserTransport
-from hermes.vfio import protocol as P
-from hermes.vfio import uapi
-from .support.fake_kernel import FakeVfioKernel
-
+from hermes.vfio import protocol as P, uapi
 from tests.vfio_devices import ServerProcess, ThreadServer
+
+from .support.fake_kernel import FakeVfioKernel
 
 INC_U64 = assemble_program("ldxdw r2, [r1]\nadd r2, 1\nstxdw [r1], r2\nmov r0, 0\nexit").to_bytes()
 

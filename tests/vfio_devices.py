@@ -36,7 +36,8 @@ except ImportError:  # pragma: no cover - running without B's fixture module
 #: ``hermes serve`` flags for HermesDevice options.
 _FLAGS = {"engines": "--engines", "program_slots": "--program-slots", "data_slots": "--data-slots",
           "program_slot_size": "--program-slot-size", "data_slot_size": "--data-slot-size",
-          "budget": "--budget", "executor": "--executor", "interface_version": "--interface-version"}
+          "budget": "--budget", "executor": "--executor",
+          "interface_version": "--interface-version"}
 
 
 def wait_for_socket(path: str, proc: subprocess.Popen | None = None, timeout: float = 20.0) -> None:
@@ -85,7 +86,7 @@ class ServerProcess:
         self.in_use = 0
 
     @classmethod
-    def with_options(cls, path: str, **device_options: object) -> "ServerProcess":
+    def with_options(cls, path: str, **device_options: object) -> ServerProcess:
         """A server whose device has these HermesDevice options."""
         args: list[str] = []
         for key, value in device_options.items():
@@ -215,14 +216,16 @@ def vfio_user_driver(**options: object) -> tuple:
 def vfio_driver(**options: object) -> tuple:
     """A driver over VFIO to the fake kernel (a HermesDevice behind fake ioctls)."""
     from hermes.transport.vfio import VfioTransport
+
     from .support.fake_kernel import FakeVfioKernel
     device_options, driver_options = split_options(options)
     device_options.pop("bar4", None)
     root = tempfile.mkdtemp(prefix="fake-vfio-", dir=_TMP)
     kernel = FakeVfioKernel(root, **device_options)
     try:
-        transport = VfioTransport(kernel.bdf, sysfs_root=kernel.sysfs_root, dev_root=kernel.dev_root,
-                                  ioctl=kernel.ioctl, pread=kernel.pread, pwrite=kernel.pwrite)
+        transport = VfioTransport(kernel.bdf, sysfs_root=kernel.sysfs_root,
+                                  dev_root=kernel.dev_root, ioctl=kernel.ioctl,
+                                  pread=kernel.pread, pwrite=kernel.pwrite)
         driver = hermes.driver.attach(transport, **driver_options)
     except BaseException:
         kernel.close()

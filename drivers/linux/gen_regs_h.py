@@ -1,4 +1,4 @@
-"""Write hermes_regs.h, the C view of hermes.regs, so the kernel driver and the Python side share one register map.
+"""Write hermes_regs.h, the C view of hermes.regs: the kernel driver and Python share one map.
 
 Run from the checkout: ``.venv/bin/python drivers/linux/gen_regs_h.py`` rewrites the header beside
 this script; ``--check`` exits 1 when the committed header differs from what hermes.regs gives.

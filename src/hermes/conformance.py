@@ -89,7 +89,7 @@ def parse_case(path: Path) -> Case:
     return case
 
 
-def load_corpus(paths: "list[str | Path]") -> list[Case]:
+def load_corpus(paths: list[str | Path]) -> list[Case]:
     """Every ``.data`` case under ``paths`` (files or directories), sorted by path."""
     files: list[Path] = []
     for p in map(Path, paths):
@@ -112,12 +112,14 @@ class _Vm:
 
     def __init__(self, executor: str | None):
         self.executor = executor
-        self.loaded = None
+        self.loaded: _engine.Executable | None = None
 
-    def load(self, program: Program):
+    def load(self, program: Program) -> _engine.Executable:
+        """Load ``program`` (refused while one is loaded); returns its executable."""
         if self.loaded is not None:
             raise ProgramError("a program is already loaded; unload it first")
         self.loaded = _engine.load(program, helpers=CONFORMANCE_HELPERS, executor=self.executor)
+        return self.loaded
 
     def unload(self) -> None:
         self.loaded = None
@@ -135,20 +137,20 @@ def run_case(case: Case, executor: str | None = None, *, engine: str | None = No
     except ProgramError as exc:
         return _expect_error(case, f"load error: {exc}")
     try:
-        vm.load(program)
+        exe = vm.load(program)
         for event in case.events:
             if event == "unload":
                 vm.unload()
-            vm.load(program)
+            exe = vm.load(program)
         memory = bytearray(case.memory) if case.memory is not None else None
-        result = vm.loaded.run(memory)
+        result = exe.run(memory)
     except ProgramError as exc:
         return _expect_error(case, f"load error: {exc}")
     except ExecutionError as exc:
         return _expect_error(case, f"run-time error: {exc}")
     except HermesError as exc:
         return _expect_error(case, f"error: {exc}")
-    if case.expect_error:
+    if case.error is not None:
         return Outcome(case, False, f"expected an error ({case.error.splitlines()[0]}), "
                                     f"got r0={result.return_value:#x}")
     if case.result is None:
@@ -165,12 +167,13 @@ def _check_encoding(case: Case) -> Outcome:
         code = assemble(case.asm or "")
     except ProgramError as exc:
         return _expect_error(case, f"assembler error: {exc}")
-    if code == case.raw:
+    raw = case.raw or b""
+    if code == raw:
         return Outcome(case, True, f"assembles to the expected {len(code) // 8} instructions")
-    for i in range(0, max(len(code), len(case.raw)), 8):
-        if code[i:i + 8] != case.raw[i:i + 8]:
+    for i in range(0, max(len(code), len(raw)), 8):
+        if code[i:i + 8] != raw[i:i + 8]:
             return Outcome(case, False, f"instruction {i // 8} assembles to "
-                                        f"{code[i:i + 8].hex()} instead of {case.raw[i:i + 8].hex()}")
+                                        f"{code[i:i + 8].hex()} instead of {raw[i:i + 8].hex()}")
     return Outcome(case, False, "encoding differs")  # pragma: no cover
 
 
@@ -195,7 +198,7 @@ def _expect_error(case: Case, what: str) -> Outcome:
     return Outcome(case, True, what)
 
 
-def run_corpus(paths: "list[str | Path]", executor: str | None = None, *,
+def run_corpus(paths: list[str | Path], executor: str | None = None, *,
                engine: str | None = None) -> list[Outcome]:
     """Run every case under ``paths`` (``executor`` as in ``run_case``)."""
     executor = _engine.executor_option(executor, engine)

@@ -23,7 +23,7 @@ from distributed.diagnostics.plugin import WorkerPlugin
 
 from hermes.errors import DeviceError, DeviceTimeout, HermesError, RunTimeout, UsageError
 from hermes.lib import Result, open_device, program_bytes
-from hermes.lib.api import check_buffer
+from hermes.lib.api import ProgramLike, check_buffer
 from hermes.lib.pieces import Piece, data_slot_size, pieces, with_piece
 
 #: Name the plugin is registered under on every worker (``worker.plugins[PLUGIN_NAME]``).
@@ -338,6 +338,7 @@ def _run_pieces(plugin: HermesPlugin, resource: str, key: str, program: bytes,
         prepared = dev.prepared(key, program)
         for result in dev.device.map(prepared, inputs(), workers=1, **options):
             piece = taken[len(out)]
+            assert piece is not None  # each result has its own piece, taken once
             taken[len(out)] = None  # its bytes are no longer needed here
             out.append(dataclasses.replace(result, offset=piece.offset, index=piece.index))
     except DeviceError as exc:
@@ -427,12 +428,14 @@ def _collection_blocks(source: object) -> list | None:
         return list(source)
     try:
         import dask.array as da
-    except ImportError:
-        da = None
-    if da is not None and isinstance(source, da.Array):
-        if source.ndim > 1:  # blocks of whole rows: block bytes in order are the array's bytes
-            source = source.rechunk({i: -1 for i in range(1, source.ndim)})
-        return list(source.to_delayed().ravel())
+    except ImportError:  # dask without its array extra: no arrays to split
+        pass
+    else:
+        if isinstance(source, da.Array):
+            array = source
+            if array.ndim > 1:  # blocks of whole rows: block bytes in order are the array's bytes
+                array = array.rechunk({i: -1 for i in range(1, array.ndim)})
+            return list(array.to_delayed().ravel())
     import dask.bag as db
     if isinstance(source, db.Bag):
         return list(source.to_delayed())
@@ -532,7 +535,8 @@ class Job:
 
     def _offered(self, exclude: str | None = None) -> tuple[list[str], list[str]]:
         """(workers of this job that offer its resource, those that do not any more)."""
-        offered, without = [], []
+        offered: list[str] = []
+        without: list[str] = []
         for addr, res in _providers(self.client).items():
             if self._workers is None or addr in self._workers:
                 (offered if res.get(self.resource) and addr != exclude else without).append(addr)
@@ -630,7 +634,7 @@ class Job:
             raise
 
 
-def submit(program: object, source: object, *, client: Any = None, resource: str | None = None,
+def submit(program: ProgramLike, source: object, *, client: Any = None, resource: str | None = None,
            workers: Sequence[str] | None = None, piece_size: int | None = None,
            record: int | None = None, delimiter: bytes | None = None, batch: int | None = None,
            stall_timeout: float | None = 600.0, **run_options: Any) -> Job:
@@ -698,6 +702,7 @@ def submit(program: object, source: object, *, client: Any = None, resource: str
                    workers=workers, stall_timeout=stall_timeout, keep=[shipped],
                    describe=lambda i: f"piece {groups[i][0].index} at offset "
                                       f"{groups[i][0].offset} of {groups[i][0].path}")
+    assert blocks is not None  # a source is paths or a collection (checked above)
     computed = client.compute(blocks)
     split = {"piece_size": piece_size, "record": record, "delimiter": delimiter}
 
@@ -709,7 +714,7 @@ def submit(program: object, source: object, *, client: Any = None, resource: str
                describe=lambda i: f"block {i}")
 
 
-def map(program: object, source: object, *, reduce: Callable[[Any, Result], Any] | None = None,
+def map(program: ProgramLike, source: object, *, reduce: Callable[[Any, Result], Any] | None = None,
         initial: Any = None, progress: bool | Callable[[int, int | None], None] | None = None,
         **options: Any) -> Any:  # noqa: A001 - the library's name for it
     """Run ``program`` over ``source`` on the cluster: the list of Results in source order, or

@@ -10,6 +10,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Any
 
 from . import regs as _hermes_regs
 
@@ -535,7 +536,7 @@ def exec_params(arg1: int = 0, arg2: int = 0, window: int = 0, budget: int = 0) 
 def unpack_exec_params(extra: bytes | memoryview) -> tuple[int, int, int, int]:
     """(arg 1, arg 2, window length, budget) of an Execute Program's extra data."""
     raw = bytes(extra[:EXEC_PARAMS.size]).ljust(EXEC_PARAMS.size, b"\0")
-    return EXEC_PARAMS.unpack(raw)  # type: ignore[return-value]
+    return EXEC_PARAMS.unpack(raw)
 
 
 #: Log page C0h (vendor specific): one Execution Record per program index, at byte offset
@@ -602,8 +603,8 @@ class Layout:
             out[off:off + st.size] = st.pack(value)
         return bytes(out)
 
-    def unpack(self, raw: bytes | memoryview) -> dict[str, object]:
-        """Every field of ``raw`` (byte strings stay bytes)."""
+    def unpack(self, raw: bytes | memoryview) -> dict[str, Any]:
+        """Every field of ``raw``: an int, or bytes for a string field (as ``struct`` gives)."""
         return {name: st.unpack_from(raw, off)[0] for name, (off, st) in self.fields.items()}
 
 

@@ -8,8 +8,8 @@ import os
 import pytest
 
 from hermes.device.hostmem import DmaFault
-from hermes.vfio import uapi
 from hermes.server.function import DmaSpace, MmapBackend
+from hermes.vfio import uapi
 
 PAGE = 4096
 RW = uapi.VFIO_DMA_MAP_FLAG_READ | uapi.VFIO_DMA_MAP_FLAG_WRITE

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from ..cli import add_executor_option
 from ..engine.asm import assemble_program
@@ -17,7 +17,7 @@ RTT_TARGET_US = 30.0
 DMA_TARGET_RATIO = 0.5
 
 
-def _parse(args: "argparse.Namespace | Sequence[str] | None") -> argparse.Namespace:
+def _parse(args: argparse.Namespace | Sequence[str] | None) -> argparse.Namespace:
     if isinstance(args, argparse.Namespace):
         ns = argparse.Namespace(device="emu", executor=None, quick=False, repeat=None)
         ns.__dict__.update({k: v for k, v in vars(args).items() if v is not None})
@@ -55,9 +55,9 @@ def _fmt_us(samples: list[float]) -> str:
             f"(n={len(samples)})")
 
 
-def main(args: "argparse.Namespace | Sequence[str] | None" = None) -> int:
+def main(args: argparse.Namespace | Sequence[str] | None = None) -> int:
     """Run the device benchmark and print its figures; returns the exit status."""
-    from ..lib import DriverDevice, open_device
+    from ..lib import DriverDevice, DriverSession, open_device
     ns = _parse(args)
     quick = bool(ns.quick)
     options = {"executor": ns.executor} if ns.executor else {}
@@ -71,7 +71,7 @@ def main(args: "argparse.Namespace | Sequence[str] | None" = None) -> int:
         with dev.session() as s:
             s.load(TWO_INSNS)
             s.write(bytes(8))
-            if isinstance(dev, DriverDevice):
+            if isinstance(s, DriverSession):
                 f = s.file  # the driver file under the session: the bare command round trip
                 print(f"  driver Run Program   {_fmt_us(_samples(f.run, n_rtt))}")
             print(f"  s.run(read=0)        {_fmt_us(_samples(lambda: s.run(read=0), n_rtt))}")

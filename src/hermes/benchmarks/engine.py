@@ -1,6 +1,7 @@
 """Engine benchmark: runs the shared bench kernels (asm, and C via clang) on one engine."""
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import statistics
 import time
@@ -18,8 +19,9 @@ def load_reference(bench_dir: Path) -> ModuleType:
     """Import the bench's ``reference.py`` (input slots and expected results)."""
     spec = importlib.util.spec_from_file_location("hermes_bench_reference",
                                                   bench_dir / "reference.py")
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import {bench_dir / 'reference.py'}")
     module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
     spec.loader.exec_module(module)
     return module
 
@@ -41,7 +43,7 @@ def _programs(bench_dir: Path, kinds: list[str], names: list[str] | None,
     return out
 
 
-def main(args) -> int:
+def main(args: argparse.Namespace) -> int:
     """``hermes bench --executor NAME``: per program instructions, time, instr/s, check."""
     import tempfile
     bench_dir = Path(args.bench_dir) if args.bench_dir else find_shared("bench")
@@ -74,11 +76,12 @@ def main(args) -> int:
                 result = exe.run(slot)
                 times.append(time.perf_counter() - t0)
                 ok = result.return_value == r0 and (after is None or bytes(slot) == after)
+            assert result is not None, "--repeat must be at least 1"
             best = min(times)
             med = statistics.median(times)
             rate = result.instructions / best / 1e6
             check = "ok" if ok else f"MISMATCH r0={result.return_value:#x} want {r0:#x}"
             failures += not ok
-            print(f"{name:16s} {kind:4s} {compile_ms:10.2f} {upgrade_ms} {result.instructions:13,d} "
-                  f"{med * 1e3:9.3f} {rate:10.2f}  {check}")
+            print(f"{name:16s} {kind:4s} {compile_ms:10.2f} {upgrade_ms} "
+                  f"{result.instructions:13,d} {med * 1e3:9.3f} {rate:10.2f}  {check}")
     return 1 if failures else 0

@@ -7,10 +7,12 @@ import importlib
 import os
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
+from typing import TypeVar
 
-from ..engine.memory import MAX_ARGS as MAX_RUN_ARGS
+from ..engine.memory import MAX_ARGS
+from ..engine.program import Program
 from ..errors import HermesError
 
 #: Modules of ``hermes.cli`` that add subcommands; each has ``register(subparsers)``.
@@ -22,12 +24,16 @@ INTERRUPTED_STATUS = 130
 #: Seconds a command interrupted by Ctrl-C has to stop its work before the process exits anyway
 #: (``hermes run`` must be gone within 1 s of Ctrl-C; specs/run-contract.md section 6).
 INTERRUPT_GRACE = 0.6
+#: Run arguments ``--arg`` may give (r3, r4, r5 at entry).
+MAX_RUN_ARGS = MAX_ARGS
+
+T = TypeVar("T")
 
 
 class Parser(argparse.ArgumentParser):
     """An argument parser whose usage errors are one line (``hermes exec: error: ...``)."""
 
-    def error(self, message: str) -> "None":  # type: ignore[override]
+    def error(self, message: str) -> None:  # type: ignore[override]
         """Print ``message`` as one line and exit with status 2 (argparse's usage status)."""
         sys.stderr.write(f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
         raise SystemExit(2)
@@ -94,7 +100,7 @@ def budget_arg(text: str) -> int:
 
 
 def load_program(path: str, function: str | None = None, section: str | None = None
-                 ) -> "object":
+                 ) -> Program:
     """``read_program(path)``, or with ``function``/``section`` the entry of that name of the
     ELF object ``path`` (``load_elf``); the path is in front of any error's message."""
     from ..engine.elf import load_elf
@@ -154,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     return guarded(lambda: args.func(args))
 
 
-def guarded(command: Callable[[], "int | None"]) -> int:
+def guarded(command: Callable[[], int | None]) -> int:
     """Run ``command``; its status, or 1 line on stderr and a non-zero status for any failure."""
     try:
         return int(command() or 0)
@@ -175,7 +181,7 @@ def guarded(command: Callable[[], "int | None"]) -> int:
                      "report it", INTERNAL_ERROR_STATUS)
 
 
-def interruptible(work: Callable[[], "int | None"], stop: Callable[[], None]) -> "int | None":
+def interruptible(work: Callable[[], T], stop: Callable[[], None]) -> T:
     """Run ``work`` in a worker thread while this (the main) thread waits for Ctrl-C.
 
     The main thread stays responsive whatever ``work`` is blocked in (native JIT code, a device
@@ -184,7 +190,8 @@ def interruptible(work: Callable[[], "int | None"], stop: Callable[[], None]) ->
     ``KeyboardInterrupt`` is raised, or, when ``work`` is still stuck, the process exits at once
     with ``INTERRUPTED_STATUS``. ``work``'s own exception is re-raised here.
     """
-    outcome: dict[str, object] = {}
+    results: list[T] = []
+    errors: list[BaseException] = []
     # An Event, not Thread.join: a KeyboardInterrupt that cuts join() short can leave the
     # thread marked as stopped while it still runs (CPython's join releases the lock it was
     # waiting for), and the grace wait below would then not wait at all.
@@ -192,9 +199,9 @@ def interruptible(work: Callable[[], "int | None"], stop: Callable[[], None]) ->
 
     def target() -> None:
         try:
-            outcome["status"] = work()
+            results.append(work())
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread
-            outcome["error"] = exc
+            errors.append(exc)
         finally:
             done.set()
 
@@ -211,9 +218,9 @@ def interruptible(work: Callable[[], "int | None"], stop: Callable[[], None]) ->
             sys.stderr.flush()
             os._exit(INTERRUPTED_STATUS)
         raise
-    if "error" in outcome:
-        raise outcome["error"]  # type: ignore[misc]
-    return outcome.get("status")  # type: ignore[return-value]
+    if errors:
+        raise errors[0]
+    return results[0]
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ def _bench(args: argparse.Namespace) -> int:
     return engine_main(args)
 
 
-def register(sub: "argparse._SubParsersAction") -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     """Add ``hermes bench``."""
     p = sub.add_parser("bench", help="measure engines (default) or a device (--device)")
     add_executor_option(p, "executor to measure (interp, jit)")

@@ -1,4 +1,4 @@
-"""``hermes demo``: compile the C examples, run them on the emulated device and the CPU, check them."""
+"""``hermes demo``: compile the C examples, run them on the emulated device and the CPU, check."""
 from __future__ import annotations
 
 import argparse
@@ -24,7 +24,7 @@ REFERENCE_MODULE = "hermes_examples_reference"
 DEFAULT_SIZES = ("0", "100", "4096", "65536", "max")
 
 
-def find_examples_dir(explicit: "str | Path | None" = None) -> Path:
+def find_examples_dir(explicit: str | Path | None = None) -> Path:
     """The examples folder: ``explicit``, else the repository's ``examples/`` (beside ``src/``),
     else ``./examples``. Raises ``HermesError`` when none holds a ``reference.py``."""
     if explicit is not None:
@@ -38,11 +38,12 @@ def find_examples_dir(explicit: "str | Path | None" = None) -> Path:
                       f"{', '.join(str(p) for p in candidates)}); pass --examples DIR")
 
 
-def load_reference(examples_dir: "str | Path") -> ModuleType:
+def load_reference(examples_dir: str | Path) -> ModuleType:
     """Import ``examples_dir/reference.py`` (the examples' Python references) by path."""
     path = Path(examples_dir) / "reference.py"
     loaded = sys.modules.get(REFERENCE_MODULE)
-    if loaded is not None and Path(loaded.__file__).resolve() == path.resolve():
+    if (loaded is not None and loaded.__file__ is not None
+            and Path(loaded.__file__).resolve() == path.resolve()):
         return loaded
     spec = importlib.util.spec_from_file_location(REFERENCE_MODULE, path)
     if spec is None or spec.loader is None:
@@ -57,7 +58,7 @@ def load_reference(examples_dir: "str | Path") -> ModuleType:
     return module
 
 
-def build_examples(ref: ModuleType, out_dir: "str | Path", names: "list[str] | None" = None
+def build_examples(ref: ModuleType, out_dir: str | Path, names: list[str] | None = None
                    ) -> dict[str, Path]:
     """Compile the examples (all, or ``names``) into ``out_dir``; returns object paths by name."""
     from ..engine.clang import compile_c
@@ -83,7 +84,7 @@ class Outcome:
     detail: str = ""
 
 
-def run_on(device: "Device | None", program: "Program", case: object, *,
+def run_on(device: Device | None, program: Program, case: object, *,
            executor: str | None = None) -> tuple[int, bytes]:
     """Run ``program`` on an example's ``case`` (input, arguments, window size) on ``device``.
 
@@ -98,11 +99,11 @@ def run_on(device: "Device | None", program: "Program", case: object, *,
         result = run(program, window, length=len(data), args=args, executor=executor)
         n = len(data) if result.output_length is None else result.output_length
         return result.return_value, bytes(window[:n])
-    result = device.run(program, data, args=args, size=size)
-    return result.return_value, bytes(result.data)
+    outcome = device.run(program, data, args=args, size=size)
+    return outcome.return_value, bytes(outcome.data)
 
 
-def _sizes(specs: "list[str]", max_input: int) -> list[int]:
+def _sizes(specs: list[str], max_input: int) -> list[int]:
     out = []
     for s in specs:
         try:
@@ -113,9 +114,9 @@ def _sizes(specs: "list[str]", max_input: int) -> list[int]:
     return out
 
 
-def _open_devices(names: "list[str]") -> "list[tuple[str, Device | None]]":
+def _open_devices(names: list[str]) -> list[tuple[str, Device | None]]:
     import hermes
-    devices = []
+    devices: list[tuple[str, Device | None]] = []
     for name in names:
         if name == "engine" or not hasattr(hermes, "open"):
             devices.append(("engine" if name == "engine" else f"{name}(engine)", None))
@@ -124,9 +125,9 @@ def _open_devices(names: "list[str]") -> "list[tuple[str, Device | None]]":
     return devices
 
 
-def demo(examples_dir: "str | Path | None" = None, backends: "list[str] | None" = None,
-         sizes: "list[str] | None" = None, seed: int = 2024, names: "list[str] | None" = None,
-         out: "TextIO | None" = None) -> list[Outcome]:
+def demo(examples_dir: str | Path | None = None, backends: list[str] | None = None,
+         sizes: list[str] | None = None, seed: int = 2024, names: list[str] | None = None,
+         out: TextIO | None = None) -> list[Outcome]:
     """Compile, run and check every example; prints a table to ``out`` (default stdout);
     returns the outcomes."""
     out = out if out is not None else sys.stdout
@@ -185,7 +186,7 @@ def _demo(args: argparse.Namespace) -> int:
     return 0 if outcomes and all(o.ok for o in outcomes) else 1
 
 
-def register(sub: "argparse._SubParsersAction") -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     """Add ``hermes demo``."""
     p = sub.add_parser("demo", help="compile the C examples, run them on the emulated device and "
                        "the CPU, and check them against their Python references",

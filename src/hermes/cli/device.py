@@ -9,12 +9,22 @@ import mmap
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator, TextIO
+from typing import TextIO
 
 from ..errors import DataTooLarge, ExecutionError, HermesError
-from . import (MAX_RUN_ARGS, add_executor_option, budget_arg, int_arg, interruptible, load_program,
-               run_arg, seconds_arg, write_output)
+from . import (
+    MAX_RUN_ARGS,
+    add_executor_option,
+    budget_arg,
+    int_arg,
+    interruptible,
+    load_program,
+    run_arg,
+    seconds_arg,
+    write_output,
+)
 
 #: ``hermes scan --reduce`` operations on the pieces' r0: (initial value, step).
 REDUCERS: dict[str, tuple[int | None, Callable[[int | None, int], int]]] = {
@@ -44,7 +54,7 @@ def _bytes(n: float) -> str:
     return f"{int(n)} B"
 
 
-def duration(seconds: "float | None") -> str:
+def duration(seconds: float | None) -> str:
     """``seconds`` in the unit that reads best (``3.1 us``, ``12.50 ms``, ``2.003 s``)."""
     if seconds is None:
         return "-"
@@ -89,7 +99,7 @@ def _info(args: argparse.Namespace) -> int:
 
 
 @contextlib.contextmanager
-def mapped_input(path: "str | None") -> Iterator["memoryview | bytes"]:
+def mapped_input(path: str | None) -> Iterator[memoryview | bytes]:
     """The bytes of ``path`` (memory-mapped: the library refuses an input larger than the slot
     before anything is copied), ``b""`` for no path or an empty file."""
     if path is None:
@@ -158,14 +168,14 @@ class Progress:
     """A progress bar on a terminal, redrawn at most every ``PROGRESS_INTERVAL`` seconds; as the
     ``progress(done, total)`` callback of ``scan`` it may be called from any thread."""
 
-    def __init__(self, out: "TextIO | None", start: float):
+    def __init__(self, out: TextIO | None, start: float):
         self.out = out
         self.start = start
         self.done = 0
         self._lock = threading.Lock()
         self._drawn = 0.0
 
-    def __call__(self, done: int, total: "int | None") -> None:
+    def __call__(self, done: int, total: int | None) -> None:
         with self._lock:
             self.done = max(self.done, done)
             now = time.monotonic()
@@ -252,7 +262,7 @@ def _scan(args: argparse.Namespace) -> int:
                     initial, step = REDUCERS[args.reduce]
 
                     # the accumulator is boxed: scan(initial=None) would mean "no initial"
-                    def fold(acc: "tuple[int | None]", result: object) -> "tuple[int | None]":
+                    def fold(acc: tuple[int | None], result: object) -> tuple[int | None]:
                         if stop.is_set():
                             raise KeyboardInterrupt
                         counted[0] += 1
@@ -296,7 +306,7 @@ def _common_run_options(p: argparse.ArgumentParser) -> None:
     add_executor_option(p, "what executes the program (interp, jit)")
 
 
-def _program_parser(sub: "argparse._SubParsersAction", name: str, summary: str,
+def _program_parser(sub: argparse._SubParsersAction, name: str, summary: str,
                     description: str) -> argparse.ArgumentParser:
     """A subcommand whose first operand is the program to run."""
     p = sub.add_parser(name, help=summary, description=description)
@@ -315,7 +325,7 @@ def _checked(parser: argparse.ArgumentParser, func: Callable[[argparse.Namespace
     return run
 
 
-def register(sub: "argparse._SubParsersAction") -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     """Add ``hermes info``, ``hermes run`` and ``hermes scan``."""
     p = sub.add_parser("info", help="show a device's geometry (BAR0 registers, DMA channels)")
     p.add_argument("--device", default="emu", metavar="SPEC",

@@ -1,4 +1,4 @@
-"""CLI subcommands of the engine layer: asm, disasm, exec (with --trace), conformance, conformance-plugin."""
+"""CLI subcommands of the engine layer: asm, disasm, exec (--trace), conformance(-plugin)."""
 from __future__ import annotations
 
 import argparse
@@ -6,8 +6,14 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from ..engine import CONFORMANCE_HELPERS, DEFAULT_BUDGET, DEVICE_HELPERS, Cancel, RunResult
-from ..engine import load as _load
+from ..engine import (
+    CONFORMANCE_HELPERS,
+    DEFAULT_BUDGET,
+    DEVICE_HELPERS,
+    Cancel,
+    RunResult,
+    load as _load,
+)
 from ..engine.asm import assemble, source_text
 from ..engine.disasm import SourceLine, annotated, insn_texts, labels, source_lines
 from ..engine.frontends import read_program
@@ -15,8 +21,16 @@ from ..engine.helpers import RunState, merged
 from ..engine.program import Program
 from ..engine.reference import Reference, Step
 from ..errors import DataTooLarge, ExecutionError, HermesError, UsageError
-from . import (MAX_RUN_ARGS, add_executor_option, budget_arg, int_arg, interruptible, load_program,
-               run_arg, write_output)
+from . import (
+    MAX_RUN_ARGS,
+    add_executor_option,
+    budget_arg,
+    int_arg,
+    interruptible,
+    load_program,
+    run_arg,
+    write_output,
+)
 
 #: Lines ``hermes exec --trace`` prints unless ``--trace-limit`` says otherwise.
 DEFAULT_TRACE_LIMIT = 10_000
@@ -40,7 +54,8 @@ def _disasm(args: argparse.Namespace) -> int:
     elf = data[:4] == b"\x7fELF"
     if not elf and (args.elf or args.function or args.section):
         option = "--elf" if args.elf else "--function" if args.function else "--section"
-        raise UsageError(f"{args.file}: {option} needs an ELF object (.o), and this file is not one")
+        raise UsageError(f"{args.file}: {option} needs an ELF object (.o), and this file is not "
+                         "one")
     try:
         if args.elf:
             from ..engine.elf import describe_elf
@@ -67,7 +82,7 @@ def _memory(args: argparse.Namespace) -> bytearray | None:
     return None
 
 
-def _window(args: argparse.Namespace) -> "tuple[bytearray | None, int | None]":
+def _window(args: argparse.Namespace) -> tuple[bytearray | None, int | None]:
     """The data window of ``exec`` and the input length (r2): the input, then zeros up to
     ``--size``; no input and no ``--size`` is a run without a window (r1 = r2 = 0)."""
     data = _memory(args)
@@ -105,8 +120,8 @@ class TraceWriter:
         if here is not None and here != self.shown:
             self.out.write(here.comment() + "\n")
             self.shown = here
-        changes = [f"r{r} = {new:#x}" for r, (old, new) in enumerate(zip(step.before, step.after))
-                   if old != new]
+        pairs = enumerate(zip(step.before, step.after, strict=True))
+        changes = [f"r{r} = {new:#x}" for r, (old, new) in pairs if old != new]
         changes += [f"[{addr:#x}] = {value:#x} ({size} byte{'s' if size > 1 else ''})"
                     for addr, size, value in step.stores]
         line = f"{step.pc:6d}: {self.texts[step.pc]:{self.width}}  {', '.join(changes)}"
@@ -132,16 +147,17 @@ def _exec(args: argparse.Namespace) -> int:
     helpers = merged(CONFORMANCE_HELPERS, DEVICE_HELPERS)
     data, length = _window(args)
     cancel = Cancel()
-    options = {"length": length, "args": tuple(args.arg), "cancel": cancel}
+    run_args = tuple(args.arg)
     if args.trace:
         exe = Reference(program, helpers=helpers,
                         budget=args.budget if args.budget is not None else DEFAULT_BUDGET)
         tracer = TraceWriter(program, sys.stdout, args.trace_limit)
         state = RunState()
 
-        def work() -> object:
+        def work() -> RunResult:
             try:
-                return exe.run(data, step=tracer, state=state, **options)
+                return exe.run(data, step=tracer, state=state, length=length, args=run_args,
+                               cancel=cancel)
             except ExecutionError:
                 _print_text(state, sys.stderr)  # what it printed before it failed
                 raise
@@ -150,8 +166,8 @@ def _exec(args: argparse.Namespace) -> int:
     else:
         loaded = _load(program, helpers=helpers, executor=args.executor, budget=args.budget)
 
-        def work() -> object:
-            return loaded.run(data, **options)
+        def work() -> RunResult:
+            return loaded.run(data, length=length, args=run_args, cancel=cancel)
     result = interruptible(work, cancel.set)
     _print_text(result, sys.stderr)
     print(f"{result.return_value:#x}")
@@ -160,7 +176,7 @@ def _exec(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_text(result: "RunResult | RunState", err: TextIO) -> None:
+def _print_text(result: RunResult | RunState, err: TextIO) -> None:
     """What the program printed (``bpf_trace_printk``), on ``err``, as ``hermes run`` shows it."""
     from .device import print_trace
     print_trace(result.trace.decode("utf-8", "replace"), err)
@@ -205,7 +221,7 @@ def _entry_options(p: argparse.ArgumentParser) -> None:
     entry.add_argument("--section", metavar="NAME", help="the ELF object's code section to use")
 
 
-def register(sub: "argparse._SubParsersAction") -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     """Add the engine subcommands."""
     p = sub.add_parser("asm", help="assemble a .s file into raw instruction bytes")
     p.add_argument("file")

@@ -61,7 +61,7 @@ def _seconds(text: str) -> float:
     return value
 
 
-def register(sub: "argparse._SubParsersAction") -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     """Add ``hermes serve`` to the hermes parser."""
     p = sub.add_parser("serve", help="serve a Hermes device model over vfio-user",
                        description="Serve one emulated Hermes device over the vfio-user protocol "

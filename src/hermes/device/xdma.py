@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import struct
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from .. import regs as R
 from .hostmem import DmaFault
@@ -91,36 +91,11 @@ class XdmaBlock:
 
     # --- register map ---------------------------------------------------------------------------
     def _build(self) -> None:
-        rd, wr = self.readers, self.writers
+        rd = self.readers
         for ch in self.channels:
-            t = R.XDMA_TARGET_C2H if ch.c2h else R.XDMA_TARGET_H2C
-            sg = R.XDMA_TARGET_C2H_SGDMA if ch.c2h else R.XDMA_TARGET_H2C_SGDMA
-            base = R.xdma_offset(t, ch.index, 0)
-            ident = identifier(t, ch.index)
-            rd[base + R.XDMA_CH_IDENTIFIER] = lambda v=ident: v
-            for reg in (R.XDMA_CH_CONTROL, R.XDMA_CH_CONTROL_W1S, R.XDMA_CH_CONTROL_W1C):
-                rd[base + reg] = lambda ch=ch: ch.control
-            # Only a write that itself carries the run bit starts the channel.
-            wr[base + R.XDMA_CH_CONTROL] = lambda v, ch=ch: self._control(ch, v, v)
-            wr[base + R.XDMA_CH_CONTROL_W1S] = lambda v, ch=ch: self._control(ch, ch.control | v, v)
-            wr[base + R.XDMA_CH_CONTROL_W1C] = lambda v, ch=ch: self._control(ch, ch.control & ~v, 0)
-            rd[base + R.XDMA_CH_STATUS] = lambda ch=ch: ch.status | ch.busy
-            wr[base + R.XDMA_CH_STATUS] = lambda v, ch=ch: self._status_w1c(ch, v)
-            rd[base + R.XDMA_CH_STATUS_RC] = lambda ch=ch: self._status_rc(ch)
-            rd[base + R.XDMA_CH_COMPLETED] = lambda ch=ch: ch.completed
-            rd[base + R.XDMA_CH_ALIGNMENTS] = lambda: ALIGNMENTS
-            self._set_clear(base + R.XDMA_CH_IRQ_MASK, ch, "irq_mask", STATUS_EVENT_MASK)
-            sbase = R.xdma_offset(sg, ch.index, 0)
-            sident = identifier(sg, ch.index)
-            rd[sbase + R.XDMA_CH_IDENTIFIER] = lambda v=sident: v
-            rd[sbase + R.XDMA_SG_DESC_LO] = lambda ch=ch: ch.desc_lo
-            wr[sbase + R.XDMA_SG_DESC_LO] = lambda v, ch=ch: setattr(ch, "desc_lo", v)
-            rd[sbase + R.XDMA_SG_DESC_HI] = lambda ch=ch: ch.desc_hi
-            wr[sbase + R.XDMA_SG_DESC_HI] = lambda v, ch=ch: setattr(ch, "desc_hi", v)
-            rd[sbase + R.XDMA_SG_DESC_ADJ] = lambda ch=ch: ch.desc_adj
-            wr[sbase + R.XDMA_SG_DESC_ADJ] = lambda v, ch=ch: setattr(ch, "desc_adj", v & 0x3F)
+            self._channel_registers(ch)
         irq = R.xdma_offset(R.XDMA_TARGET_IRQ, 0, 0)
-        rd[irq + R.XDMA_CH_IDENTIFIER] = lambda v=identifier(R.XDMA_TARGET_IRQ): v
+        self._constant(irq + R.XDMA_CH_IDENTIFIER, identifier(R.XDMA_TARGET_IRQ))
         self._set_clear(irq + R.XDMA_IRQ_USER_MASK, self, "user_mask", _M32)
         for off in range(irq + R.XDMA_IRQ_USER_MASK, irq + R.XDMA_IRQ_USER_MASK_W1C + 1, 4):
             self.writers[off] = self._noting_user_mask(self.writers[off])
@@ -130,16 +105,52 @@ class XdmaBlock:
         rd[irq + R.XDMA_IRQ_CHANNEL_REQUEST] = self.channel_request
         rd[irq + R.XDMA_IRQ_USER_PENDING] = lambda: self._user_request() & self.user_mask
         rd[irq + R.XDMA_IRQ_CHANNEL_PENDING] = lambda: self.channel_request() & self.chan_mask
-        for i in range(len(self.user_vectors)):
-            off = irq + R.XDMA_IRQ_USER_VECTOR + 4 * i
-            rd[off] = lambda i=i: self.user_vectors[i]
-            wr[off] = lambda v, i=i: self.user_vectors.__setitem__(i, v)
-        for i in range(len(self.chan_vectors)):
-            off = irq + R.XDMA_IRQ_CHANNEL_VECTOR + 4 * i
-            rd[off] = lambda i=i: self.chan_vectors[i]
-            wr[off] = lambda v, i=i: self.chan_vectors.__setitem__(i, v)
+        self._vector_registers(irq + R.XDMA_IRQ_USER_VECTOR, "user_vectors")
+        self._vector_registers(irq + R.XDMA_IRQ_CHANNEL_VECTOR, "chan_vectors")
         for t in (R.XDMA_TARGET_CONFIG, R.XDMA_TARGET_SGDMA_COMMON):
-            rd[R.xdma_offset(t, 0, 0)] = lambda v=identifier(t): v
+            self._constant(R.xdma_offset(t, 0, 0), identifier(t))
+
+    def _constant(self, offset: int, value: int) -> None:
+        """A read-only register at ``offset`` that always reads ``value``."""
+        self.readers[offset] = lambda: value
+
+    def _channel_registers(self, ch: Channel) -> None:
+        """The registers of one channel's engine group and of its SGDMA group."""
+        rd, wr = self.readers, self.writers
+        t = R.XDMA_TARGET_C2H if ch.c2h else R.XDMA_TARGET_H2C
+        sg = R.XDMA_TARGET_C2H_SGDMA if ch.c2h else R.XDMA_TARGET_H2C_SGDMA
+        base = R.xdma_offset(t, ch.index, 0)
+        self._constant(base + R.XDMA_CH_IDENTIFIER, identifier(t, ch.index))
+        for reg in (R.XDMA_CH_CONTROL, R.XDMA_CH_CONTROL_W1S, R.XDMA_CH_CONTROL_W1C):
+            rd[base + reg] = lambda: ch.control
+        # Only a write that itself carries the run bit starts the channel.
+        wr[base + R.XDMA_CH_CONTROL] = lambda v: self._control(ch, v, v)
+        wr[base + R.XDMA_CH_CONTROL_W1S] = lambda v: self._control(ch, ch.control | v, v)
+        wr[base + R.XDMA_CH_CONTROL_W1C] = lambda v: self._control(ch, ch.control & ~v, 0)
+        rd[base + R.XDMA_CH_STATUS] = lambda: ch.status | ch.busy
+        wr[base + R.XDMA_CH_STATUS] = lambda v: self._status_w1c(ch, v)
+        rd[base + R.XDMA_CH_STATUS_RC] = lambda: self._status_rc(ch)
+        rd[base + R.XDMA_CH_COMPLETED] = lambda: ch.completed
+        self._constant(base + R.XDMA_CH_ALIGNMENTS, ALIGNMENTS)
+        self._set_clear(base + R.XDMA_CH_IRQ_MASK, ch, "irq_mask", STATUS_EVENT_MASK)
+        sbase = R.xdma_offset(sg, ch.index, 0)
+        self._constant(sbase + R.XDMA_CH_IDENTIFIER, identifier(sg, ch.index))
+        rd[sbase + R.XDMA_SG_DESC_LO] = lambda: ch.desc_lo
+        wr[sbase + R.XDMA_SG_DESC_LO] = lambda v: setattr(ch, "desc_lo", v)
+        rd[sbase + R.XDMA_SG_DESC_HI] = lambda: ch.desc_hi
+        wr[sbase + R.XDMA_SG_DESC_HI] = lambda v: setattr(ch, "desc_hi", v)
+        rd[sbase + R.XDMA_SG_DESC_ADJ] = lambda: ch.desc_adj
+        wr[sbase + R.XDMA_SG_DESC_ADJ] = lambda v: setattr(ch, "desc_adj", v & 0x3F)
+
+    def _vector_registers(self, base: int, attr: str) -> None:
+        """One read/write register per entry of the list ``self.<attr>``, 4 bytes apart from
+        ``base`` (looked up at each access: a reset replaces the list)."""
+        for i in range(len(getattr(self, attr))):
+            self._vector_register(base + 4 * i, attr, i)
+
+    def _vector_register(self, offset: int, attr: str, i: int) -> None:
+        self.readers[offset] = lambda: getattr(self, attr)[i]
+        self.writers[offset] = lambda v: getattr(self, attr).__setitem__(i, v)
 
     def _set_clear(self, offset: int, obj: object, attr: str, bits: int) -> None:
         """A register at ``offset`` with W1S at +4 and W1C at +8 forms; all three read it."""

@@ -4,12 +4,16 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Hashable
+from typing import Generic, TypeVar
 
 #: Estimated host bytes a cache of loaded programs may hold unless its owner sets another bound.
 DEFAULT_CACHE_BYTES = 256 << 20
 
+#: What a cache holds (an executable, a checked program, ...).
+V = TypeVar("V")
 
-class LoadedCache:
+
+class LoadedCache(Generic[V]):
     """Least recently used entries, at most ``max_entries`` of them and at most ``max_bytes``
     of their costs together (the cost of a loaded program: ``Program.host_bytes``).
 
@@ -21,10 +25,10 @@ class LoadedCache:
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
-        self._entries: OrderedDict[Hashable, tuple[object, int]] = OrderedDict()
+        self._entries: OrderedDict[Hashable, tuple[V, int]] = OrderedDict()
         self._bytes = 0
 
-    def get(self, key: Hashable) -> object | None:
+    def get(self, key: Hashable) -> V | None:
         """The value stored under ``key`` (now the most recently used), or None."""
         entry = self._entries.get(key)
         if entry is None:
@@ -35,7 +39,7 @@ class LoadedCache:
             pass
         return entry[0]
 
-    def put(self, key: Hashable, value: object, cost: int) -> None:
+    def put(self, key: Hashable, value: V, cost: int) -> None:
         """Store ``value`` under ``key``, evicting the least recently used entries until both
         bounds hold again."""
         if not self.max_entries or cost > self.max_bytes:

@@ -10,8 +10,17 @@ import threading
 from .. import engine as _engine
 from ..engine.cache import DEFAULT_CACHE_BYTES, LoadedCache
 from ..errors import Cancelled, DeviceError, ExecutionError, ProgramTooLarge, UsageError
-from .api import (Deadline, Device, ProgramLike, RunInfo, Session, as_program, check_options,
-                  program_bytes, run_guarded)
+from .api import (
+    Deadline,
+    Device,
+    ProgramLike,
+    RunInfo,
+    Session,
+    as_program,
+    check_options,
+    program_bytes,
+    run_guarded,
+)
 from .errors import from_execution_error, run_cancelled, run_timeout, with_trace
 
 #: Default data slot (and program slot) size: the Hermes device's.
@@ -35,7 +44,7 @@ class _InterruptBridge:
         os.set_blocking(self._wfd, False)
         #: (the armed run's Cancel or None, the wakeup fd to pass bytes on to or -1): one
         #: attribute, replaced whole, so the watcher reads a consistent pair without a lock.
-        self._state: "tuple[_engine.Cancel | None, int]" = (None, -1)
+        self._state: tuple[_engine.Cancel | None, int] = (None, -1)
         threading.Thread(target=self._watch, name="hermes-sigint", daemon=True).start()
 
     def _watch(self) -> None:
@@ -48,7 +57,7 @@ class _InterruptBridge:
                 with contextlib.suppress(OSError):
                     os.write(forward, data)
 
-    def arm(self, cancel: "_engine.Cancel") -> bool:
+    def arm(self, cancel: _engine.Cancel) -> bool:
         """From now on a SIGINT sets ``cancel``; False (nothing armed) outside the main thread
         or under a SIGINT handler of the program's own. ``disarm`` when the run is over."""
         if threading.current_thread() is not threading.main_thread() \
@@ -64,7 +73,7 @@ class _InterruptBridge:
         signal.set_wakeup_fd(forward)
 
 
-_BRIDGE: "_InterruptBridge | None" = None
+_BRIDGE: _InterruptBridge | None = None
 _BRIDGE_LOCK = threading.Lock()
 
 
@@ -80,13 +89,15 @@ class CpuSession(Session):
     """A session on the CPU: a private zeroed data slot of ``data_slot_size`` bytes; each run
     sees the window ``[0, size)`` of it, with ``[length, size)`` zeroed first."""
 
-    def __init__(self, device: "CpuDevice"):
+    _device: CpuDevice
+
+    def __init__(self, device: CpuDevice):
         super().__init__()
         self._device = device
-        self._exe: object | None = None
+        self._exe: _engine.Executable | None = None
         self._slot: bytearray | None = None
         #: The Cancel of the run in progress (set by ``abort`` from any thread).
-        self._cancel: "_engine.Cancel | None" = None
+        self._cancel: _engine.Cancel | None = None
         self.closed = False
 
     def _load(self, program: object) -> None:
@@ -107,7 +118,9 @@ class CpuSession(Session):
         return bytes(memoryview(self._buffer())[offset:offset + size])
 
     def _execute(self, length: int, size: int, args: tuple[int, int, int], budget: int | None,
-                 timeout: float | None, cancel: "_engine.Cancel | None") -> RunInfo:
+                 timeout: float | None, cancel: _engine.Cancel | None) -> RunInfo:
+        exe = self._exe
+        assert exe is not None  # the contract loads a program before any run
         slot = self._buffer()
         slot[length:size] = bytes(size - length)
         mine = _engine.Cancel()
@@ -118,7 +131,7 @@ class CpuSession(Session):
         bridge = _interrupt_bridge()
         armed = bridge.arm(mine)
         try:
-            result = run_guarded(self, lambda: self._exe.run(  # type: ignore[attr-defined]
+            result = run_guarded(self, lambda: exe.run(
                 window, budget if budget is not None else self._device.budget, cancel=mine,
                 length=length, args=args))
         except Cancelled as exc:
@@ -171,7 +184,8 @@ class CpuDevice(Device):
         self.program_slot_size = program_slot_size
         self.budget = budget if budget is not None else _engine.DEFAULT_BUDGET
         self._engines = engines or os.cpu_count() or 1
-        self._cache = LoadedCache(_CACHE_SIZE, DEFAULT_CACHE_BYTES)
+        self._cache: LoadedCache[_engine.Executable] = LoadedCache(_CACHE_SIZE,
+                                                                    DEFAULT_CACHE_BYTES)
 
     @property
     def engines(self) -> int:
@@ -190,10 +204,10 @@ class CpuDevice(Device):
                 "engines": self._engines, "data_slot_size": self._data_slot_size,
                 "program_slot_size": self.program_slot_size, "budget": self.budget}
 
-    def prepare(self, program: "ProgramLike | object") -> object:
+    def prepare(self, program: ProgramLike | _engine.Executable) -> _engine.Executable:
         """An executable for ``program`` (cached by program digest; executables are reentrant)."""
         self.check_open()
-        if hasattr(program, "run") and hasattr(program, "program"):
+        if isinstance(program, _engine.Executable):
             return program  # already prepared
         size = len(program_bytes(program)) if not isinstance(program, _engine.Program) else (
             len(program.elf_bytes or program.to_bytes()))
@@ -201,7 +215,7 @@ class CpuDevice(Device):
             raise ProgramTooLarge(size, self.program_slot_size)
         # Code + data must fit the program slot too, as on a device (checked before an object's
         # .bss is allocated; a Program built elsewhere is checked on what it holds).
-        prog = as_program(program, max_size=self.program_slot_size)  # type: ignore[arg-type]
+        prog = as_program(program, max_size=self.program_slot_size)
         image = len(prog.code) + sum(len(seg.data) for seg in prog.segments)
         if image > self.program_slot_size:
             raise ProgramTooLarge(image, self.program_slot_size)

@@ -30,12 +30,13 @@ class Prepared:
 
 
 def check_program(program: "ProgramLike | Prepared", limit: int,
-                  cache: LoadedCache) -> Prepared:
+                  cache: LoadedCache[Prepared]) -> Prepared:
     """``program`` checked on the host for a device whose programs hold at most ``limit`` bytes
     (``ProgramTooLarge``, ``ProgramError``/``VerifierError`` as on the CPU backend); ``cache``
     keeps checked programs by content."""
     if isinstance(program, Prepared):
         return program
+    key: tuple
     if isinstance(program, _engine.Program):
         key = ("program", program.digest, getattr(program, "entry_symbol", 0))
     else:
@@ -47,7 +48,7 @@ def check_program(program: "ProgramLike | Prepared", limit: int,
     code = program_bytes(program)
     if len(code) > limit:
         raise ProgramTooLarge(len(code), limit)
-    prog = as_program(program, max_size=limit)  # type: ignore[arg-type]
+    prog = as_program(program, max_size=limit)
     _engine.check(prog, _engine.DEVICE_HELPERS)
     prepared = Prepared(code, getattr(prog, "entry_symbol", 0) or 0, tuple(prog.segments))
     cache.put(key, prepared, len(code))
@@ -56,6 +57,8 @@ def check_program(program: "ProgramLike | Prepared", limit: int,
 
 class DriverSession(Session):
     """A session backed by one driver file (one program slot, one data slot)."""
+
+    _device: DriverDevice
 
     def __init__(self, device: "DriverDevice", file: HermesFile):
         super().__init__()
@@ -147,7 +150,7 @@ class DriverDevice(Device):
     def __init__(self, driver: Driver, *, on_close: "list | None" = None):
         self.driver = driver
         self._on_close = list(on_close or [])
-        self._checked = LoadedCache(_CACHE_SIZE, DEFAULT_CACHE_BYTES)
+        self._checked: LoadedCache[Prepared] = LoadedCache(_CACHE_SIZE, DEFAULT_CACHE_BYTES)
 
     @classmethod
     def from_transport(cls, transport: Transport, **driver_options: object) -> "DriverDevice":

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import abc
 import errno
-from typing import NamedTuple, Sequence, Union
+from collections.abc import Sequence
+from typing import NamedTuple, Union
 
 from ..errors import DataTooLarge, DeviceError, UsageError
 from .checks import check_buffer, check_int, check_size, writable_view
@@ -39,7 +40,7 @@ MAX_MEMORY = 1 << 32
 class Range(NamedTuple):
     """``length`` bytes of ``memory`` from ``offset``: one piece of a run's window."""
 
-    memory: "Memory"
+    memory: Memory
     offset: int
     length: int
 
@@ -72,6 +73,7 @@ class Memory(abc.ABC):
         overrides this)."""
         self._write(memoryview(bytes([value]) * size), offset)
 
+    @abc.abstractmethod
     def _free(self) -> None:
         """Give the region back to the device (once, from ``close``)."""
 
@@ -88,7 +90,7 @@ class Memory(abc.ABC):
             raise DataTooLarge(f"{what} of {n} bytes at offset {offset} goes past the end of "
                                f"the memory ({self.size} bytes)", offset + n, self.size)
 
-    def write(self, data: "bytes | bytearray | memoryview", offset: int = 0) -> int:
+    def write(self, data: bytes | bytearray | memoryview, offset: int = 0) -> int:
         """Copy ``data`` into the memory at ``offset``; returns the bytes written (all of them:
         past the end is ``DataTooLarge``)."""
         view = check_buffer(data)
@@ -136,7 +138,7 @@ class Memory(abc.ABC):
         self.closed = True
         self._free()
 
-    def __enter__(self) -> "Memory":
+    def __enter__(self) -> Memory:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -173,7 +175,7 @@ class HostMemory(Memory):
 RangeLike = Union[Memory, Range, "tuple[Memory, int, int]"]
 
 
-def window_of(device: object, ranges: "Sequence[RangeLike]") -> list[Range]:
+def window_of(device: object, ranges: Sequence[RangeLike]) -> list[Range]:
     """``ranges`` checked against the rules above, as ``Range`` values; ``UsageError`` naming
     the range at fault."""
     if isinstance(ranges, (Memory, Range)) or not isinstance(ranges, (list, tuple)):
@@ -217,7 +219,7 @@ def window_of(device: object, ranges: "Sequence[RangeLike]") -> list[Range]:
     return out
 
 
-def window_spans(window: "Sequence[Range]", size: int) -> "list[tuple[Range, int, int]]":
+def window_spans(window: Sequence[Range], size: int) -> list[tuple[Range, int, int]]:
     """(range, start in the window, bytes of it inside the first ``size`` window bytes) of each
     range that the window's first ``size`` bytes reach."""
     spans = []
@@ -231,7 +233,7 @@ def window_spans(window: "Sequence[Range]", size: int) -> "list[tuple[Range, int
     return spans
 
 
-def read_window(window: "Sequence[Range]", view: memoryview) -> None:
+def read_window(window: Sequence[Range], view: memoryview) -> None:
     """Fill ``view`` with the window's first ``view.nbytes`` bytes, range by range."""
     for r, at, n in window_spans(window, view.nbytes):
         r.memory._readinto(view[at:at + n], r.offset)

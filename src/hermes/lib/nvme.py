@@ -1,4 +1,4 @@
-"""Library backends on the NVMe CP/SLM controller: ``nvme-emu`` (in process) and ``nvme:/dev/ngXnY``.
+"""Library backends on the NVMe CP/SLM controller: ``nvme-emu`` (in process), ``nvme:/dev/ngXnY``.
 
 Both are the same Device/Session classes over a host object with the ``NvmeHost`` calls: the
 in-process controller behind ``NvmeHost`` and an in-process transport, or a controller the Linux
@@ -14,17 +14,18 @@ from __future__ import annotations
 
 import errno
 import threading
+from collections.abc import Callable
 from types import SimpleNamespace
+from typing import Any, TypeVar
 
-from .. import engine as _engine
-from .. import nvme_regs as N
+from .. import engine as _engine, nvme_regs as N
 from ..driver.nvme import NvmeHost, NvmeStatusError
 from ..engine.cache import DEFAULT_CACHE_BYTES, LoadedCache
 from ..errors import DeviceError, SlotsExhausted, UsageError
 from .api import Deadline, Device, ProgramLike, RunInfo, Session, check_int
-from .memory import MAX_MEMORY, Memory, Range, window_spans
 from .driver_device import Prepared, check_program
 from .errors import from_os_error, run_cancelled, run_failure, run_timeout, with_trace
+from .memory import MAX_MEMORY, Memory, Range, window_spans
 
 #: Default data slot (a session's window) and memory namespace sizes of ``nvme-emu``.
 DEFAULT_SLOT_SIZE = 1 << 20
@@ -42,12 +43,15 @@ EMU_OPTIONS = ("data_slot_size", "memory_size", "budget", "executor", "timeout")
 PASSTHRU_OPTIONS = ("data_slot_size", "budget", "timeout")
 
 
+T = TypeVar("T")
+
+
 def _align(lo: int, hi: int) -> tuple[int, int]:
     """The dword-aligned span around byte offsets ``[lo, hi)`` (SLM transfers are dwords)."""
     return lo & ~3, (hi + 3) & ~3
 
 
-def _host_call(device: "NvmeDevice", fn, *args, **kw):  # type: ignore[no-untyped-def]
+def _host_call(device: NvmeDevice, fn: Callable[..., T], *args: object, **kw: object) -> T:
     """A host call with its OSErrors as library errors (status errors stay DeviceErrors);
     a call the device's close cut short is ``DeviceError`` ENODEV."""
     try:
@@ -66,7 +70,7 @@ class _SlmPort:
     """Byte-exact transfers at ``start..`` of memory namespace ``nsid`` through I/O queue
     ``qid`` (Memory Read/Write move dwords, at most ``max_transfer`` bytes a command)."""
 
-    def __init__(self, device: "NvmeDevice", nsid: int, start: int, qid: int):
+    def __init__(self, device: NvmeDevice, nsid: int, start: int, qid: int):
         self.device, self.nsid, self.start, self.qid = device, nsid, start, qid
 
     def _read(self, offset: int, n: int) -> bytes:
@@ -145,7 +149,7 @@ class _Extents:
 class SlmMemory(Memory):
     """A region of a memory namespace (Subsystem Local Memory) of the controller."""
 
-    def __init__(self, device: "NvmeDevice", size: int, nsid: int, start: int):
+    def __init__(self, device: NvmeDevice, size: int, nsid: int, start: int):
         super().__init__(device, size)
         #: Memory namespace and first byte of the region in it.
         self.nsid, self.start = nsid, start
@@ -173,7 +177,9 @@ class SlmMemory(Memory):
 class NvmeSession(Session):
     """One program index, one I/O queue and one window of the device's memory namespace."""
 
-    def __init__(self, device: "NvmeDevice", pind: int, start: int, qid: int):
+    _device: NvmeDevice
+
+    def __init__(self, device: NvmeDevice, pind: int, start: int, qid: int):
         super().__init__()
         self._device = device
         self.pind, self.start, self.qid = pind, start, qid
@@ -190,7 +196,7 @@ class NvmeSession(Session):
     def _host(self) -> NvmeHost:
         return self._device.host
 
-    def _call(self, fn, *args, **kw):  # type: ignore[no-untyped-def]
+    def _call(self, fn: Callable[..., T], *args: object, **kw: object) -> T:
         """``fn(*args, **kw)`` on the host, its errors as the library's (``_host_call``)."""
         return _host_call(self._device, fn, *args, **kw)
 
@@ -228,16 +234,16 @@ class NvmeSession(Session):
         self._port.readinto(view, offset)
 
     def _execute(self, length: int, size: int, args: tuple[int, int, int], budget: int | None,
-                 timeout: float | None, cancel: "_engine.Cancel | None") -> RunInfo:
+                 timeout: float | None, cancel: _engine.Cancel | None) -> RunInfo:
         # One range covers the window (range lengths are multiples of 2^MRSG bytes); the window
         # length parameter cuts it to ``size`` exactly.
         g = self._device.granularity
         ranges = [N.MemoryRange(self._device.nsid, self.start, -(-size // g) * g)] if size else []
         return self._execute_on(ranges, length, size, args, budget, timeout, cancel)
 
-    def _execute_ranges(self, window: "list[Range]", length: int, size: int,
+    def _execute_ranges(self, window: list[Range], length: int, size: int,
                         args: tuple[int, int, int], budget: int | None, timeout: float | None,
-                        cancel: "_engine.Cancel | None") -> RunInfo:
+                        cancel: _engine.Cancel | None) -> RunInfo:
         """The controller reads the ranges itself: one inline range per region the window
         reaches (rounded up to 2^MRSG; the window length cuts the last)."""
         g = self._device.granularity
@@ -253,9 +259,9 @@ class NvmeSession(Session):
             ranges.append(N.MemoryRange(mem.nsid, start, -(-r.length // g) * g))
         return self._execute_on(ranges, length, size, args, budget, timeout, cancel)
 
-    def _execute_on(self, ranges: "list[N.MemoryRange]", length: int, size: int,
+    def _execute_on(self, ranges: list[N.MemoryRange], length: int, size: int,
                     args: tuple[int, int, int], budget: int | None, timeout: float | None,
-                    cancel: "_engine.Cancel | None") -> RunInfo:
+                    cancel: _engine.Cancel | None) -> RunInfo:
         """One Execute Program over ``ranges`` with window ``size`` and input ``length``."""
         prepared = self._prepared
         assert prepared is not None
@@ -359,13 +365,13 @@ class NvmeDevice(Device):
     ``PassthroughHost``): sessions are (program index, window of the first memory namespace)."""
 
     def __init__(self, host: NvmeHost, *, backend: str, data_slot_size: int = DEFAULT_SLOT_SIZE,
-                 budget: int | None = None, on_close: "list | None" = None):
+                 budget: int | None = None, on_close: list | None = None):
         self.host = host
         #: Instruction budget of a run that names none (None: the controller's).
         self.budget = budget
         self.backend = backend
         self._on_close = list(on_close or [])
-        self._checked = LoadedCache(_CACHE_SIZE, DEFAULT_CACHE_BYTES)
+        self._checked: LoadedCache[Prepared] = LoadedCache(_CACHE_SIZE, DEFAULT_CACHE_BYTES)
         memory = host.memory_namespaces
         if not memory:
             raise DeviceError("the controller has no memory namespace", errno.ENODEV)
@@ -409,7 +415,7 @@ class NvmeDevice(Device):
                 "data_slot_size": self._data_slot_size, "sessions": self.sessions_max,
                 "program_slot_size": self.program_limit}
 
-    def prepare(self, program: "ProgramLike | Prepared") -> Prepared:
+    def prepare(self, program: ProgramLike | Prepared) -> Prepared:
         """``program`` checked on the host (the load contract), cached by content."""
         self.check_open()
         return check_program(program, self.program_limit, self._checked)
@@ -481,7 +487,7 @@ def _check_unknown(backend: str, options: dict, allowed: tuple) -> None:
                          f"{', '.join(allowed)})")
 
 
-def open_nvme_emu(address: str = "", **options: object) -> NvmeDevice:
+def open_nvme_emu(address: str = "", **options: Any) -> NvmeDevice:
     """``hermes.open("nvme-emu", **options)``: a new in-process CP/SLM controller behind the
     host queue driver, with one memory namespace of ``memory_size`` bytes (a list of sizes:
     one namespace each; sessions use the first)."""
@@ -492,7 +498,7 @@ def open_nvme_emu(address: str = "", **options: object) -> NvmeDevice:
     _check_unknown("nvme-emu", options, EMU_OPTIONS)
     slot = options.get("data_slot_size", DEFAULT_SLOT_SIZE)
     sizes = options.get("memory_size", max(DEFAULT_MEMORY_SIZE, slot))
-    sizes = list(sizes) if isinstance(sizes, (list, tuple)) else [sizes]  # type: ignore
+    sizes = list(sizes) if isinstance(sizes, (list, tuple)) else [sizes]
     if not sizes:
         raise UsageError("memory_size needs at least one namespace size")
     memory = tuple(check_int("memory_size", n, 8, 1 << 40) for n in sizes)
@@ -501,10 +507,10 @@ def open_nvme_emu(address: str = "", **options: object) -> NvmeDevice:
                                                executor=options.get("executor"),
                                                budget=options.get("budget"))
     try:
-        host = NvmeHost(transport, timeout=timeout)  # type: ignore[arg-type]
+        host = NvmeHost(transport, timeout=timeout)
         host.enable()
-        return NvmeDevice(host, backend="nvme-emu", data_slot_size=slot,  # type: ignore
-                          budget=options.get("budget"),  # type: ignore[arg-type]
+        return NvmeDevice(host, backend="nvme-emu", data_slot_size=slot,
+                          budget=options.get("budget"),
                           on_close=[transport.close])
     except OSError as exc:
         transport.close()

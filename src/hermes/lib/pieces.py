@@ -7,7 +7,7 @@ import functools
 import mmap
 import os
 import stat
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,7 +97,7 @@ class Pieces(Iterator[Piece]):
         self._gen = self._open(source)
 
     # --- opening a source ------------------------------------------------------------------
-    def _open(self, source: object) -> Iterator[Piece]:
+    def _open(self, source: object) -> Generator[Piece, None, None]:
         if isinstance(source, (str, os.PathLike)):
             return self._open_path(source)
         if isinstance(source, (bytes, bytearray, memoryview, mmap.mmap)) or _has_buffer(source):
@@ -117,7 +117,7 @@ class Pieces(Iterator[Piece]):
                          f"bytes-like or numpy array, a binary file object, or an iterator of "
                          f"bytes-like chunks")
 
-    def _open_path(self, path: str | os.PathLike) -> Iterator[Piece]:
+    def _open_path(self, path: str | os.PathLike) -> Generator[Piece, None, None]:
         self.source = os.fspath(path)
         f = open(path, "rb")  # noqa: SIM115 (closed by close())
         try:
@@ -138,7 +138,7 @@ class Pieces(Iterator[Piece]):
         return self._split_view(None, self._map)
 
     # --- splitting ---------------------------------------------------------------------------
-    def _split_view(self, view: memoryview | None, finder: Any) -> Iterator[Piece]:
+    def _split_view(self, view: memoryview | None, finder: Any) -> Generator[Piece, None, None]:
         """Zero-copy pieces of a contiguous source (slices of ``view``, or of the path's
         mapping: a view made here, so an iterator closed before it starts holds none)."""
         try:
@@ -163,7 +163,7 @@ class Pieces(Iterator[Piece]):
             del view
             self._release()
 
-    def _split_stream(self, fill: Callable[[memoryview], int]) -> Iterator[Piece]:
+    def _split_stream(self, fill: Callable[[memoryview], int]) -> Generator[Piece, None, None]:
         """Pieces of a stream: each piece is a new buffer, so pieces handed to concurrent
         workers are never overwritten by later reads."""
         try:
@@ -385,7 +385,7 @@ def with_piece(exc: BaseException, piece: Piece) -> BaseException:
 
 
 def scan(device: Any, program: Any, source: object, *, piece_size: int | None = None,
-         record: int | None = None, delimiter: bytes | None = None, args: tuple = (),
+         record: int | None = None, delimiter: bytes | None = None, args: tuple | list = (),
          size: int | None = None, read: int | None = None, budget: int | None = None,
          timeout: float | None = None, workers: int | None = None,
          progress: Progress | None = None, reduce: Callable[[Any, Any], Any] | None = None,
@@ -423,7 +423,7 @@ def scan(device: Any, program: Any, source: object, *, piece_size: int | None = 
     split = pieces(source, piece_size, record=record, delimiter=delimiter)
     pending: collections.deque[Piece] = collections.deque()
 
-    def feed() -> Iterator[memoryview]:
+    def feed() -> Generator[memoryview, None, None]:
         # map pulls items in order under its own lock; a piece is queued before it is handed
         # over, so result k always belongs to pending[0].
         for piece in split:
@@ -451,8 +451,9 @@ def scan(device: Any, program: Any, source: object, *, piece_size: int | None = 
         results.close()
 
 
-def _scan(mapped: Iterator[Any], items: Iterator[memoryview], split: Pieces,
-          pending: collections.deque[Piece], progress: Progress | None) -> Iterator[Any]:
+def _scan(mapped: Iterator[Any], items: Generator[memoryview, None, None], split: Pieces,
+          pending: collections.deque[Piece], progress: Progress | None
+          ) -> Generator[Any, None, None]:
     """The results of ``mapped`` with their pieces' offsets, index and errors."""
     done = 0
     try:

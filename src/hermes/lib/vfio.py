@@ -46,7 +46,7 @@ def open_vfio_user(address: str = "", **options: object) -> DriverDevice:
         transport_options.setdefault("connect_timeout",
                                      min(vfio_user.DEFAULT_CONNECT_TIMEOUT, cap))
     try:
-        transport = vfio_user.VfioUserTransport(address, **transport_options)  # type: ignore[arg-type]
+        transport = vfio_user.VfioUserTransport(address, **transport_options)
     except OSError as exc:
         raise from_os_error(exc) from None
     return DriverDevice.from_transport(transport, **driver_options)
@@ -67,7 +67,7 @@ def open_vfio(address: str = "", **options: object) -> DriverDevice:
     if rest:
         raise DeviceError(f"unknown vfio options: {', '.join(sorted(rest))}")
     try:
-        transport = VfioTransport(address, **transport_options)  # type: ignore[arg-type]
+        transport = VfioTransport(address, **transport_options)
     except OSError as exc:
         raise from_os_error(exc) from None
     return DriverDevice.from_transport(transport, **driver_options)

@@ -1,12 +1,11 @@
-"""The CP and SLM command sets of the NVMe model: memory namespaces, programs, range sets, Execute Program."""
+"""The NVMe model's CP and SLM command sets: memory namespaces, programs, range sets, Execute."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
-from ... import engine as _engine
-from ... import nvme_regs as N
+from ... import engine as _engine, nvme_regs as N
 from ...engine.asm import assemble_program
 from ...engine.elf import load_elf
 from ...errors import Cancelled, ExecutionError, ProgramError
@@ -25,8 +24,8 @@ class CommandError(Exception):
         self.dw0 = dw0
 
 
-def check(ok: bool, status: N.Status, why: str = "") -> None:
-    """Raise ``CommandError(status)`` unless ``ok``."""
+def check(ok: object, status: N.Status, why: str = "") -> None:
+    """Raise ``CommandError(status)`` unless ``ok`` is true."""
     if not ok:
         raise CommandError(status, why)
 
@@ -130,7 +129,7 @@ class ComputeNamespace:
 
     csi = N.Csi.CP
 
-    def __init__(self, nsid: int, memory: "dict[int, MemoryNamespace]", limits: Limits,
+    def __init__(self, nsid: int, memory: dict[int, MemoryNamespace], limits: Limits,
                  executor: str | None, budget: int | None):
         self.nsid = nsid
         self.memory = memory
@@ -231,7 +230,7 @@ class ComputeNamespace:
             entry.buf = bytearray()
         return 0
 
-    # --- Program Activation Management -------------------------------------------------------------
+    # --- Program Activation Management ------------------------------------------------------------
     def activation(self, cmd: N.Command) -> int:
         """Program Activation Management (88h)."""
         pind, sel = cmd.cdw10 & 0xFFFF, (cmd.cdw10 >> 16) & 0xF
@@ -252,7 +251,7 @@ class ComputeNamespace:
                 entry.active = False
         return 0
 
-    # --- Memory Range Set Management -----------------------------------------------------------------
+    # --- Memory Range Set Management --------------------------------------------------------------
     def range_set(self, cmd: N.Command, data_in: Callable[[int], bytes]) -> int:
         """Memory Range Set Management (89h): create (DW0 = the new RSID) or delete."""
         sel, rsid, numr = cmd.cdw10 & 0xF, cmd.cdw10 >> 16, cmd.cdw11 & 0xFF
@@ -290,12 +289,12 @@ class ComputeNamespace:
             check(r.end <= ns.size, N.INVALID_MEMORY_RANGE_SET,  # type: ignore[union-attr]
                   f"range {i}: [{r.start}, {r.end}) is past the namespace's end")
         by_ns = sorted(ranges, key=lambda r: (r.nsid, r.start))
-        for a, b in zip(by_ns, by_ns[1:]):
+        for a, b in zip(by_ns, by_ns[1:], strict=False):
             check(a.nsid != b.nsid or a.end <= b.start, N.OVERLAPPING_MEMORY_RANGES,
                   f"ranges [{a.start}, {a.end}) and [{b.start}, {b.end}) of namespace "
                   f"{a.nsid} overlap")
 
-    # --- Execute Program -------------------------------------------------------------------------------
+    # --- Execute Program --------------------------------------------------------------------------
     def execute(self, cmd: N.Command, data_in: Callable[[int], bytes], max_transfer: int,
                 cancel: _engine.Cancel) -> int:
         """Execute Program (CP 01h); returns the program's 64-bit r0."""
@@ -410,7 +409,7 @@ class ComputeNamespace:
 class MemoryCommands:
     """The SLM I/O commands on the controller's memory namespaces."""
 
-    def __init__(self, memory: "dict[int, MemoryNamespace]", limits: Limits):
+    def __init__(self, memory: dict[int, MemoryNamespace], limits: Limits):
         self.memory = memory
         self.limits = limits
 
@@ -462,8 +461,9 @@ class MemoryCommands:
         spans = []
         for i, s in enumerate(sources):
             src_ns = self.memory.get(s.nsid)
-            check(src_ns is not None, N.INCOMPATIBLE_NAMESPACE,
-                  f"source {i}: namespace {s.nsid} is not a memory namespace")
+            if src_ns is None:
+                raise CommandError(N.INCOMPATIBLE_NAMESPACE,
+                                   f"source {i}: namespace {s.nsid} is not a memory namespace")
             spans.append(self._span(src_ns, s.start, s.length, f"Memory Copy source {i}"))
             check(s.nsid != ns.nsid or s.start + s.length <= dest_start
                   or dest_start + total <= s.start, N.OVERLAPPING_IO_RANGE,

@@ -1,4 +1,4 @@
-"""The NVMe controller model: BAR0 registers, doorbells, queues in host memory, admin commands, MSI-X."""
+"""The NVMe controller model: BAR0 registers, doorbells, queues in host memory, admin, MSI-X."""
 from __future__ import annotations
 
 import struct
@@ -6,10 +6,9 @@ import threading
 import time
 import uuid
 import weakref
-from typing import Callable
+from collections.abc import Callable, Iterable
 
-from ... import engine as _engine
-from ... import nvme_regs as N
+from ... import engine as _engine, nvme_regs as N
 from .compute import CommandError, ComputeNamespace, Limits, MemoryCommands, MemoryNamespace, check
 from .prp import TransferError, gather, gather_into, prp_runs, scatter
 
@@ -61,7 +60,7 @@ class _Worker:
         self.wake = threading.Event()
         self.busy = False
         #: (sqid, cid, cancel, command) of the command being processed.
-        self.current: "tuple[int, int, _engine.Cancel, N.Command] | None" = None
+        self.current: tuple[int, int, _engine.Cancel, N.Command] | None = None
         #: ``current`` has been processed; only its completion is still to be posted.
         self.processed = False
         self.thread: threading.Thread | None = None
@@ -78,7 +77,7 @@ class NvmeController:
 
     bar4 = None  # no directly mapped BAR
 
-    def __init__(self, memory_sizes: "tuple[int, ...]" = (16 << 20,), *, io_queues: int = 16,
+    def __init__(self, memory_sizes: tuple[int, ...] = (16 << 20,), *, io_queues: int = 16,
                  max_queue_entries: int = 1024, executor: str | None = None,
                  budget: int | None = None, limits: Limits | None = None,
                  serial: str = "HERMESCP0001", engine: str | None = None):
@@ -125,7 +124,7 @@ class NvmeController:
                                         name=f"nvme-{w.name}")
             w.thread.start()
 
-    # --- state --------------------------------------------------------------------------------------
+    # --- state ------------------------------------------------------------------------------------
     def _power_on(self) -> None:
         self.cc = self.aqa = self.asq = self.acq = 0
         self.csts = 0
@@ -168,7 +167,7 @@ class NvmeController:
         """Call ``fn(vector)`` whenever an MSI-X vector fires."""
         self._irq = fn
 
-    # --- registers ----------------------------------------------------------------------------------
+    # --- registers --------------------------------------------------------------------------------
     def bar_read(self, bar: int, offset: int, size: int) -> int:
         """Read ``size`` (4 or 8) bytes of BAR0 at ``offset``."""
         if bar != 0:
@@ -228,7 +227,8 @@ class NvmeController:
                 self._write_cc(value)
             elif offset in (N.REG_AQA, N.REG_ASQ, N.REG_ASQ + 4, N.REG_ACQ, N.REG_ACQ + 4):
                 if self.cc & N.CC_EN:
-                    self.stats["ignored_writes"] += 1   # admin queue registers are fixed while enabled
+                    # admin queue registers are fixed while enabled
+                    self.stats["ignored_writes"] += 1
                 elif offset == N.REG_AQA:
                     self.aqa = value & ((N.AQA_ASQS_MASK << N.AQA_ACQS_SHIFT) | N.AQA_ASQS_MASK)
                 else:
@@ -324,13 +324,13 @@ class NvmeController:
             if w.thread is not None and w.thread is not threading.current_thread():
                 w.thread.join(QUIESCE_TIMEOUT)
 
-    def __enter__(self) -> "NvmeController":
+    def __enter__(self) -> NvmeController:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # --- doorbells and queues -----------------------------------------------------------------------
+    # --- doorbells and queues ---------------------------------------------------------------------
     def _doorbell(self, index: int, value: int) -> None:
         qid, is_cq = index // 2, index % 2
         with self._lock:
@@ -361,7 +361,7 @@ class NvmeController:
         self._events.append(N.async_event_dw0(N.AsyncEventType.ERROR, info, N.LogPage.ERROR_INFO))
         self._admin.wake.set()
 
-    def _fetch(self, w: _Worker) -> "tuple[_SQ, N.Command] | None":
+    def _fetch(self, w: _Worker) -> tuple[_SQ, N.Command] | None:
         with self._lock:
             if not self._ready or self._stop:
                 return None
@@ -496,7 +496,7 @@ class NvmeController:
                 admin = self._sqs[0]
                 self._post(self._cqs[0], admin, cid, N.SUCCESS, dw0, 0)
 
-    # --- data transfer ------------------------------------------------------------------------------
+    # --- data transfer ----------------------------------------------------------------------------
     def _runs(self, cmd: N.Command, n: int) -> list[tuple[int, int]]:
         check(n <= self.max_transfer, N.INVALID_FIELD,
               f"transfer of {n} bytes exceeds MDTS ({self.max_transfer})")
@@ -505,10 +505,10 @@ class NvmeController:
     def _data_in(self, cmd: N.Command) -> Callable[[int], bytes]:
         return lambda n: gather(self._host, self._runs(cmd, n))
 
-    def _data_out(self, cmd: N.Command, data: "bytes | memoryview") -> None:
+    def _data_out(self, cmd: N.Command, data: bytes | memoryview) -> None:
         scatter(self._host, self._runs(cmd, len(data)), data)
 
-    # --- admin commands -----------------------------------------------------------------------------
+    # --- admin commands ---------------------------------------------------------------------------
     def _admin_command(self, cmd: N.Command) -> int | None:
         op = cmd.opcode
         A = N.AdminOpcode
@@ -706,11 +706,11 @@ class NvmeController:
 
     def _effects(self, csi: int) -> bytes:
         page = bytearray(N.EFFECTS_SIZE)
-        io = {N.Csi.CP: N.CpOpcode, N.Csi.SLM: N.SlmOpcode}.get(csi, ())
+        io_sets: dict[int, Iterable[int]] = {N.Csi.CP: N.CpOpcode, N.Csi.SLM: N.SlmOpcode}
         for op in N.AdminOpcode:
             struct.pack_into("<I", page, 4 * op, N.EFFECT_CSUPP)
-        for op in io:
-            struct.pack_into("<I", page, N.EFFECTS_IO_OFFSET + 4 * op, N.EFFECT_CSUPP)
+        for io_op in io_sets.get(csi, ()):
+            struct.pack_into("<I", page, N.EFFECTS_IO_OFFSET + 4 * io_op, N.EFFECT_CSUPP)
         return bytes(page)
 
     def _features_command(self, cmd: N.Command, is_set: bool) -> int:
@@ -762,7 +762,7 @@ class NvmeController:
                 return cdw11 & 0xFFFF
             return 0 if default else self._features.get(fid, 0)
 
-    # --- I/O commands -------------------------------------------------------------------------------
+    # --- I/O commands -----------------------------------------------------------------------------
     def _io_command(self, cmd: N.Command, cancel: _engine.Cancel) -> int:
         ns = self.namespaces.get(cmd.nsid)
         check(ns is not None, N.INVALID_NAMESPACE, f"namespace {cmd.nsid}")
@@ -793,7 +793,7 @@ class NvmeController:
         return 0
 
 
-def _worker_thread(ref: "weakref.ref[NvmeController]", w: _Worker) -> None:
+def _worker_thread(ref: weakref.ref[NvmeController], w: _Worker) -> None:
     """Body of a worker: wait for a doorbell (or an event), process, repeat until closed."""
     while True:
         w.wake.wait()

@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from ... import nvme_regs as N
 from ...errors import DeviceError
@@ -94,7 +95,7 @@ class NvmeHost:
         self.dstrd = 0
         self.admin: QueuePair | None = None
         self.io: dict[int, QueuePair] = {}
-        self.id_ctrl: dict[str, object] = {}
+        self.id_ctrl: dict[str, Any] = {}
         self.namespaces: list[Namespace] = []
         self.compute_nsid = 0
         self.max_transfer = PAGE
@@ -164,7 +165,7 @@ class NvmeHost:
         self.t.write(0, N.REG_CC, 4, cc)
         self._wait_csts(True, "enabling")
         self.id_ctrl = N.ID_CTRL.unpack(self.identify(N.Cns.CONTROLLER))
-        mdts = int(self.id_ctrl["mdts"])  # type: ignore[arg-type]
+        mdts = int(self.id_ctrl["mdts"])
         self.max_transfer = PAGE << mdts if mdts else 1 << 30
         self.namespaces = self._scan()
         self.compute_nsid = next((n.nsid for n in self.namespaces if n.csi == N.Csi.CP), 0)
@@ -202,7 +203,7 @@ class NvmeHost:
             csi = desc.get(N.NIDT_CSI, b"\0")[0]
             size = 0
             if csi == N.Csi.SLM:
-                size = int(N.ID_NS_SLM.unpack(self.identify(N.Cns.CSI_NAMESPACE, nsid,  # type: ignore
+                size = int(N.ID_NS_SLM.unpack(self.identify(N.Cns.CSI_NAMESPACE, nsid,
                                                             csi=csi))["msz"])
             out.append(Namespace(nsid, csi, size))
         return out
@@ -255,20 +256,28 @@ class NvmeHost:
             raise NvmeStatusError(what or f"opcode {cmd.opcode:#04x}", cqe)
         return cqe, out
 
-    def admin_command(self, cmd: N.Command, **kw: object) -> tuple[N.Completion, bytes]:
+    def admin_command(self, cmd: N.Command, *, data_len: int = 0, data: bytes | None = None,
+                      what: str | None = None, check: bool = True,
+                      buffer: tuple[DmaBuffer, int] | None = None,
+                      timeout: float | None = None) -> tuple[N.Completion, bytes]:
         """``submit`` on the admin queue."""
         if self.admin is None:
             raise OSError(errno.ENODEV, "controller is not enabled")
-        return self.submit(self.admin, cmd, **kw)  # type: ignore[arg-type]
+        return self.submit(self.admin, cmd, data_len=data_len, data=data, what=what, check=check,
+                           buffer=buffer, timeout=timeout)
 
     def io_queue(self, qid: int = 1) -> QueuePair:
         """I/O queue pair ``qid``, created on first use."""
         qp = self.io.get(qid)
         return qp if qp is not None else self.create_io_queue(qid)
 
-    def io_command(self, cmd: N.Command, qid: int = 1, **kw: object) -> tuple[N.Completion, bytes]:
+    def io_command(self, cmd: N.Command, qid: int = 1, *, data_len: int = 0,
+                   data: bytes | None = None, what: str | None = None, check: bool = True,
+                   buffer: tuple[DmaBuffer, int] | None = None,
+                   timeout: float | None = None) -> tuple[N.Completion, bytes]:
         """``submit`` on I/O queue ``qid``."""
-        return self.submit(self.io_queue(qid), cmd, **kw)  # type: ignore[arg-type]
+        return self.submit(self.io_queue(qid), cmd, data_len=data_len, data=data, what=what,
+                           check=check, buffer=buffer, timeout=timeout)
 
     def abort_program(self, pind: int) -> bool:
         """Abort the Execute Program of index ``pind`` in progress, whatever its queue (Abort with
@@ -282,7 +291,9 @@ class NvmeHost:
         """Wait (at most the host's timeout each) for the commands outstanding on I/O queue
         ``qid`` and drop their completions (after an interrupted wait)."""
         qp = self.io.get(qid)
-        for cid in qp.outstanding() if qp is not None else ():
+        if qp is None:
+            return
+        for cid in qp.outstanding():
             try:
                 qp.wait(cid, self.timeout)
             except OSError:
