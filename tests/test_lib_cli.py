@@ -272,7 +272,7 @@ def test_scan_per_piece_lines_and_progress(objects, tmp_path, capsys):
     lines = [line for line in captured.out.splitlines() if line.startswith("piece ")]
     counts = [data[o:o + 1024].count(b"\n") for o in (0, 1024, 2048)]
     assert lines == [f"piece {i} at {o}: r0 = {c:#x} ({c})"
-                     for i, (o, c) in enumerate(zip((0, 1024, 2048), counts))]
+                     for i, (o, c) in enumerate(zip((0, 1024, 2048), counts, strict=True))]
     assert "3 pieces, 3000 bytes" in captured.out
     assert "100.0%" in captured.err and "B/s" in captured.err
     assert main(["scan", str(objects["newlines"]), str(log), "--record", "3", "--piece-size",

@@ -1,11 +1,28 @@
 """Hermes: offload eBPF programs to eBPF-capable devices (emulated Hermes PCIe device, CPU, ...)."""
 from __future__ import annotations
 
-from .errors import (AssemblerError, BudgetExceeded, Cancelled, DataTooLarge, DeviceBusy,
-                     DeviceError, DeviceProtocolError, DeviceTimeout, ElfError, ExecutionError,
-                     ExecutionFailed, HermesError, ProgramError, ProgramRejected, ProgramTooLarge,
-                     RunTimeout, SlotsExhausted, UsageError, VerifierError)
 from .engine import Cancel, Program, RunResult
+from .errors import (
+                     AssemblerError,
+                     BudgetExceeded,
+                     Cancelled,
+                     DataTooLarge,
+                     DeviceBusy,
+                     DeviceError,
+                     DeviceProtocolError,
+                     DeviceTimeout,
+                     ElfError,
+                     ExecutionError,
+                     ExecutionFailed,
+                     HermesError,
+                     ProgramError,
+                     ProgramRejected,
+                     ProgramTooLarge,
+                     RunTimeout,
+                     SlotsExhausted,
+                     UsageError,
+                     VerifierError,
+)
 from .lib import Device, Memory, Range, Result, Session, open_device, register_backend
 
 #: Open a device by spec (``"emu"``, ``"cpu"``, ...): see ``hermes.lib.open_device``.

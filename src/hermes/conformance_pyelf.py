@@ -69,7 +69,7 @@ def template() -> dict:
 
 
 def serialize(parts: dict) -> bytes:
-    """Write the parts named in ``parts['order']`` back to back; containers use pyelftools' structs."""
+    """Write the parts named in ``parts['order']`` in order (containers: pyelftools' structs)."""
     s = ELFStructs(little_endian=True, elfclass=64)
     s.create_basic_structs()
     s.create_advanced_structs(e_type="ET_REL", e_machine="EM_BPF", e_ident_osabi="ELFOSABI_SYSV")
@@ -112,7 +112,8 @@ def build_pyelf_object(statements: str) -> bytes:
     except ValueError:
         raise
     except Exception as exc:
-        raise ValueError(f"cannot serialize the pyelf object: {type(exc).__name__}: {exc}") from None
+        raise ValueError(f"cannot serialize the pyelf object: {type(exc).__name__}: "
+                         f"{exc}") from None
 
 
 __all__ = ["DEFAULT_ORDER", "build_pyelf_object", "serialize", "template"]

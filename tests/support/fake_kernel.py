@@ -47,7 +47,8 @@ class FakeVfioKernel:
         self.sysfs_root = str(self.root / "sys")
         self.dev_root = str(self.root / "dev" / "vfio")
         self._make_files()
-        size = bar4_size_for(device_kwargs.get("program_slots", 16), device_kwargs.get("data_slots", 16),
+        size = bar4_size_for(device_kwargs.get("program_slots", 16),
+                             device_kwargs.get("data_slots", 16),
                              device_kwargs.get("program_slot_size", 1 << 20),
                              device_kwargs.get("data_slot_size", 1 << 20))
         self._memfd = os.memfd_create("fake-vfio-device", os.MFD_CLOEXEC)
@@ -161,10 +162,11 @@ class FakeVfioKernel:
         if request == uapi.VFIO_IOMMU_MAP_DMA:
             assert buf is not None
             req = uapi.vfio_iommu_type1_dma_map.decode(buf)
-            if req.argsz < 32 or req.size == 0 or req.size % mmap.PAGESIZE or req.iova % mmap.PAGESIZE \
-                    or req.vaddr % mmap.PAGESIZE:
+            if (req.argsz < 32 or req.size == 0 or req.size % mmap.PAGESIZE
+                    or req.iova % mmap.PAGESIZE or req.vaddr % mmap.PAGESIZE):
                 raise vfio_error(errno.EINVAL, "MAP_DMA arguments")
-            if not any(lo <= req.iova and req.iova + req.size - 1 <= hi for lo, hi in self.iova_ranges):
+            last = req.iova + req.size - 1
+            if not any(lo <= req.iova and last <= hi for lo, hi in self.iova_ranges):
                 raise vfio_error(errno.EINVAL, f"IOVA {req.iova:#x} outside the usable ranges")
             self.function.dma.map(req.iova, req.size, req.flags & 3, PointerBackend(req.vaddr))
             self.dma_maps[req.iova] = req.size

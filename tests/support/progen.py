@@ -530,7 +530,7 @@ def compare(case: Case, jit_exe, interp_exe=None) -> str | None:
     return compare_all(case, {"interp": interp_exe, "jit": jit_exe})
 
 
-def compare_all(case: Case, exes: "dict[str, object]") -> str | None:
+def compare_all(case: Case, exes: dict[str, object]) -> str | None:
     """Run ``case`` on every executable (the first is the reference); the differences, or None."""
     results = {name: outcome(exe, case) for name, exe in exes.items()}
     ref_name, ref = next(iter(results.items()))

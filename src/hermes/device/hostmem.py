@@ -25,10 +25,10 @@ class DmaFault(Exception):
 class HostMemoryLike(Protocol):
     """What the device needs from host memory; ``view`` (zero-copy) is optional."""
 
-    def read(self, bus_addr: int, n: int) -> "bytes | memoryview":
+    def read(self, bus_addr: int, n: int) -> bytes | memoryview:
         """``n`` bytes at ``bus_addr``; raises ``DmaFault`` when not mapped."""
 
-    def write(self, bus_addr: int, data: "bytes | bytearray | memoryview") -> None:
+    def write(self, bus_addr: int, data: bytes | bytearray | memoryview) -> None:
         """Store ``data`` at ``bus_addr``; raises ``DmaFault`` when not mapped."""
 
 
@@ -101,7 +101,7 @@ class HostMemory:
         """Copy of ``n`` bytes at ``bus_addr``; raises ``DmaFault``."""
         return bytes(self.view(bus_addr, n))
 
-    def write(self, bus_addr: int, data: "bytes | bytearray | memoryview") -> None:
+    def write(self, bus_addr: int, data: bytes | bytearray | memoryview) -> None:
         """Store ``data`` at ``bus_addr``; raises ``DmaFault``."""
         src = memoryview(data).cast("B") if not isinstance(data, (bytes, bytearray)) else data
         self.view(bus_addr, len(src))[:] = src

@@ -4,10 +4,9 @@ from __future__ import annotations
 import threading
 import time
 import weakref
-from typing import Callable
+from collections.abc import Callable
 
-from .. import engine as _engine
-from .. import regs as R
+from .. import engine as _engine, regs as R
 from ..engine.elf import load_elf
 from ..errors import Cancelled, ExecutionError, ProgramError
 from .commands import ELF_MAGIC, MASK64, ProgramCache, error_code, response
@@ -402,7 +401,7 @@ class HermesDevice:
             except BufferError:
                 pass
 
-    def __enter__(self) -> "HermesDevice":
+    def __enter__(self) -> HermesDevice:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -755,7 +754,7 @@ class HermesDevice:
             return R.ErrorKind.LOAD.pack()
 
 
-def _engine_thread(device_ref: "weakref.ref[HermesDevice]", eng: _Engine) -> None:
+def _engine_thread(device_ref: weakref.ref[HermesDevice], eng: _Engine) -> None:
     """Body of engine ``eng``'s worker thread: wait for a command, serve it, repeat."""
     while True:
         eng.go.acquire()

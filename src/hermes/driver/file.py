@@ -321,9 +321,9 @@ class HermesFile:
             raise
         outcome = RunOutcome.parse(response, control.out, control.trace)
         if response.status != regs.STATUS_SUCCESS:
-            exc = self._run_error(response, control)
-            exc.outcome = outcome
-            raise exc
+            failure = self._run_error(response, control)
+            failure.outcome = outcome
+            raise failure
         return outcome
 
     def _send_run(self, control: RunControl, cancel: object | None = None) -> Response:

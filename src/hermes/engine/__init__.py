@@ -33,7 +33,7 @@ class Executable(Protocol):
         Raises ``Cancelled`` soon after ``cancel`` is set (before or during the run)."""
 
 
-def check(program: Program, helpers: HelperRegistry | None = None) -> "VerifierInfo":
+def check(program: Program, helpers: HelperRegistry | None = None) -> VerifierInfo:
     """The load pipeline: ``program`` (already decoded and structurally validated by
     ``Program``) verified against ``helpers`` (default ``DEVICE_HELPERS``); returns what the
     verifier learnt (functions, call targets, depth), or raises ``VerifierError`` (index,

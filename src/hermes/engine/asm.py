@@ -1,4 +1,4 @@
-"""Assembler for the corpus's eBPF assembly dialect (``mov32 r0, 0``, ``ldxw r1, [r2+4]``, labels)."""
+"""Assembler for the corpus's eBPF assembly dialect (``mov32 r0, 0``, ``ldxw r1, [r2+4]``, ...)."""
 from __future__ import annotations
 
 import re
@@ -106,7 +106,7 @@ class _Line:
             lineno, source, mnem, operands, slot
 
 
-def source_text(data: "bytes | bytearray | memoryview", name: str | None = None) -> str:
+def source_text(data: bytes | bytearray | memoryview, name: str | None = None) -> str:
     """Assembly source bytes as text (UTF-8); anything else is an ``AssemblerError`` naming the
     line, offset and value of the first byte that is not UTF-8."""
     data = bytes(data)
@@ -118,14 +118,14 @@ def source_text(data: "bytes | bytearray | memoryview", name: str | None = None)
                              f"{data[exc.start]:#04x} at offset {exc.start})", line) from None
 
 
-def assemble_program(text: "str | bytes", *, name: str | None = None) -> Program:
+def assemble_program(text: str | bytes, *, name: str | None = None) -> Program:
     """Assemble ``text`` into a ``Program`` (validated as every program is); raises
     ``AssemblerError`` naming the line, ``ProgramError`` for code that assembles but is invalid
     (a jump out of the program)."""
     return Program(assemble(text), name=name)
 
 
-def assemble(text: "str | bytes") -> bytes:
+def assemble(text: str | bytes) -> bytes:
     """Assemble ``text`` (or UTF-8 bytes) into instruction bytes; raises ``AssemblerError``
     naming the line."""
     if isinstance(text, (bytes, bytearray, memoryview)):

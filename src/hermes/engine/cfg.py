@@ -68,11 +68,11 @@ def reads(insn: Insn) -> int:
     return 0
 
 
-def _target(insn: Insn, i: int) -> int:
+def target(insn: Insn, i: int) -> int:
     """``jump_target`` of an instruction that has one (``Op.has_target``)."""
-    target = jump_target(insn, i)
-    assert target is not None, insn
-    return target
+    slot = jump_target(insn, i)
+    assert slot is not None, insn
+    return slot
 
 
 def successors(insn: Insn, i: int) -> list[int]:
@@ -82,10 +82,10 @@ def successors(insn: Insn, i: int) -> list[int]:
     if op.is_exit:
         return []
     if op.is_jump:
-        return [_target(insn, i)]
+        return [target(insn, i)]
     nxt = i + insn.slots
     if op.is_branch:
-        return [nxt, _target(insn, i)]
+        return [nxt, target(insn, i)]
     return [nxt]
 
 
@@ -95,13 +95,13 @@ def targets(insns: Insns, start: int = 0, end: int | None = None) -> set[int]:
     for i in range(start, len(insns) if end is None else end):
         insn = insns[i]
         if insn is not None and insn.op.has_target:
-            out.add(_target(insn, i))
+            out.add(target(insn, i))
     return out
 
 
 def local_call_targets(insns: Insns) -> set[int]:
     """Slots that some local call (``call local``) jumps to."""
-    return {_target(insn, i) for i, insn in enumerate(insns)
+    return {target(insn, i) for i, insn in enumerate(insns)
             if insn is not None and insn.op.is_local_call}
 
 

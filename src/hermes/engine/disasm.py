@@ -10,11 +10,16 @@ from __future__ import annotations
 
 import io
 import os
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from . import cfg
 from .isa import Insn, decode, encode, jump_target
 from .program import Program
+
+if TYPE_CHECKING:  # pyelftools is imported when a listing asks for source lines
+    from elftools.dwarf.lineprogram import LineProgram
+    from elftools.elf.elffile import ELFFile
+    from elftools.elf.sections import SymbolTableSection
 
 
 def fmt_imm(value: int) -> str:
@@ -66,7 +71,7 @@ def format_insn(insn: Insn, target: str | None = None) -> str:
     return f"{m} {_mem(d, off)}, r{s}"  # stx, atomic
 
 
-def disassemble_insns(insns: "list[Insn | None]") -> str:
+def disassemble_insns(insns: list[Insn | None]) -> str:
     """Disassemble a decoded program (``None`` entries are lddw second halves and are skipped)."""
     return "\n".join(format_insn(i) for i in insns if i is not None) + "\n"
 
@@ -77,14 +82,15 @@ def disassemble(code: bytes) -> str:
 
 
 # -- labelled listings ----------------------------------------------------------------------------
-def labels(insns: "list[Insn | None]", symbols: dict[int, str] | None = None) -> dict[int, str]:
+def labels(insns: list[Insn | None], symbols: dict[int, str] | None = None) -> dict[int, str]:
     """A name for every slot a jump or local call goes to (and every known function start):
     the function's symbol where there is one, else ``F1``, ``F2``... for local-call targets and
     ``L1``, ``L2``... for jump targets, numbered in slot order and never clashing with a
     symbol."""
     names = dict(symbols or {})
     taken = set(names.values())
-    called, jumped = set(), set()
+    called: set[int] = set()
+    jumped: set[int] = set()
     for pc, insn in enumerate(insns):
         if insn is None:
             continue
@@ -106,7 +112,7 @@ def labels(insns: "list[Insn | None]", symbols: dict[int, str] | None = None) ->
     return names
 
 
-def insn_texts(insns: "list[Insn | None]", names: dict[int, str]) -> dict[int, str]:
+def insn_texts(insns: list[Insn | None], names: dict[int, str]) -> dict[int, str]:
     """Each instruction's text by slot, with targets by their name in ``names``."""
     out = {}
     for pc, insn in enumerate(insns):
@@ -132,7 +138,7 @@ class SourceLine(NamedTuple):
 
 
 def annotated(program: Program, *, verbose: bool = False,
-              source: "dict[int, SourceLine] | None" = None) -> str:
+              source: dict[int, SourceLine] | None = None) -> str:
     """The listing ``hermes disasm`` prints for ``program``: function headers,
     labels, targets by name, and source lines (``source``, default ``source_lines(program)``);
     ``verbose`` adds each instruction's slot and raw bytes. Without ``verbose`` the text
@@ -162,8 +168,8 @@ def annotated(program: Program, *, verbose: bool = False,
     return "\n".join(out) + "\n"
 
 
-# -- source lines from DWARF ------------------------------------------------------------------------
-def source_lines(program: Program, search: "list[str] | None" = None) -> dict[int, SourceLine]:
+# -- source lines from DWARF -----------------------------------------------------------------------
+def source_lines(program: Program, search: list[str] | None = None) -> dict[int, SourceLine]:
     """The C source line of each slot of ``program`` that starts one in the DWARF line table
     of the ELF object it was linked from (``program.elf_bytes``; compiled with ``-g``).
 
@@ -200,7 +206,8 @@ _Function = tuple[int, int, int, str]
 
 def _dwarf_rows(blob: bytes) -> tuple[list[_Row], list[_Function]]:
     """The line-table rows and the function symbols of an object."""
-    from elftools.dwarf.constants import DW_LNE_set_address
+    # (the constants module builds its names at import time; its inline types list none)
+    from elftools.dwarf.constants import DW_LNE_set_address  # type: ignore[attr-defined]
     from elftools.elf.constants import SH_FLAGS
     from elftools.elf.elffile import ELFFile
     from elftools.elf.sections import SymbolTableSection
@@ -218,8 +225,9 @@ def _dwarf_rows(blob: bytes) -> tuple[list[_Row], list[_Function]]:
     # section; which one only its relocation says. They appear in the same order.
     sections = _set_address_sections(elf, symtab, code)
     dwarf = elf.get_dwarf_info(relocate_dwarf_sections=True)
-    programs = [dwarf.line_program_for_CU(cu) for cu in dwarf.iter_CUs()]
-    programs = sorted((lp for lp in programs if lp is not None), key=lambda lp: lp.program_start_offset)
+    found = [dwarf.line_program_for_CU(cu) for cu in dwarf.iter_CUs()]
+    programs = sorted([lp for lp in found if lp is not None],
+                      key=lambda lp: lp.program_start_offset)
     entries = [(lp, e) for lp in programs for e in lp.get_entries()]
     count = sum(1 for _, e in entries if e.is_extended and e.command == DW_LNE_set_address)
     if len(sections) != count:
@@ -237,10 +245,12 @@ def _dwarf_rows(blob: bytes) -> tuple[list[_Row], list[_Function]]:
     return rows, functions
 
 
-def _set_address_sections(elf: "object", symtab: "object", code: set[int]) -> list[int]:
+def _set_address_sections(elf: ELFFile, symtab: SymbolTableSection | None,
+                          code: set[int]) -> list[int]:
     """The code section of each address relocation of the line table, in order."""
+    from elftools.elf.relocation import RelocationSection
     rel = elf.get_section_by_name(".rel.debug_line") or elf.get_section_by_name(".rela.debug_line")
-    if rel is None or symtab is None:
+    if not isinstance(rel, RelocationSection) or symtab is None:
         return []
     found = []
     for r in sorted(rel.iter_relocations(), key=lambda r: r["r_offset"]):
@@ -250,7 +260,7 @@ def _set_address_sections(elf: "object", symtab: "object", code: set[int]) -> li
     return found
 
 
-def _file_of(lp: "object", index: int) -> tuple[str, str]:
+def _file_of(lp: LineProgram, index: int) -> tuple[str, str]:
     """(path to read, name to print) of file ``index`` of a line program; the name is the
     file's own name, without the folders a build gave it."""
     header = lp.header

@@ -15,10 +15,20 @@ from ..errors import BudgetExceeded, Cancelled, ExecutionError
 from . import cfg
 from .cancel import Cancel
 from .helpers import HelperContext, HelperRegistry, RunState, StopRun
-from .isa import Insn, jump_target
-from .memory import (DATA_BASE, MASK64, MAX_CALL_DEPTH, STACK_BASE, STACK_SIZE, STACK_TOP,
-                     input_region, out_of_bounds, run_args)
+from .isa import Insn
+from .memory import (
+    DATA_BASE,
+    MASK64,
+    MAX_CALL_DEPTH,
+    STACK_BASE,
+    STACK_SIZE,
+    STACK_TOP,
+    input_region,
+    out_of_bounds,
+    run_args,
+)
 from .program import Program
+from .result import RunResult
 from .verifier import VerifierInfo, verify
 
 W32 = 0xFFFF_FFFF
@@ -74,7 +84,7 @@ _ATOMIC_OP = {"add": "+", "or": "|", "and": "&", "xor": "^"}
 class _BlockCompiler:
     """Turns one basic block into Python statements (the body of a block function)."""
 
-    def __init__(self, insns: "list[Insn | None]"):
+    def __init__(self, insns: list[Insn | None]):
         self.insns = insns
 
     def alu(self, insn: Insn, pc: int) -> list[str]:
@@ -231,7 +241,7 @@ class Interpreter:
     name = "interp"
 
     def __init__(self, program: Program, *, helpers: HelperRegistry, budget: int,
-                 checked: "VerifierInfo | None" = None):
+                 checked: VerifierInfo | None = None):
         """``checked`` is the load pipeline's result for ``program`` (``hermes.engine.check``,
         as ``hermes.engine.load`` passes it); without it the same check runs here."""
         self.program = program
@@ -250,7 +260,7 @@ class Interpreter:
         comp = _BlockCompiler(insns)
         src = []
         lengths, positions, callret = [], [0] * n, []
-        for b, (s, e) in enumerate(zip(starts, ends)):
+        for b, (s, e) in enumerate(zip(starts, ends, strict=True)):
             body: list[str] = []
             count = 0
             tail: list[str] = []
@@ -265,14 +275,14 @@ class Interpreter:
                 wmask |= cfg.writes(insn)
                 op = insn.op
                 if op.is_jump:
-                    tail = [f"return {block_of[jump_target(insn, pc)]}"]
+                    tail = [f"return {block_of[cfg.target(insn, pc)]}"]
                 elif op.is_branch:
-                    tail = [f"if {comp.cond(insn)}: return {block_of[jump_target(insn, pc)]}",
+                    tail = [f"if {comp.cond(insn)}: return {block_of[cfg.target(insn, pc)]}",
                             f"return {block_of[e] if e < n else -1}"]
                 elif op.is_exit:
                     tail = ["return -1"]
                 elif op.is_local_call:
-                    tail = [f"return {-2 - block_of[jump_target(insn, pc)]}"]
+                    tail = [f"return {-2 - block_of[cfg.target(insn, pc)]}"]
                     ret = block_of.get(e, -1)
                 else:
                     body.extend(comp.insn(insn, pc))
@@ -323,11 +333,10 @@ class Interpreter:
         return namespace["make"]
 
     # -- execution ------------------------------------------------------------------------------
-    def run(self, memory: "bytearray | memoryview | bytes | None" = None,
+    def run(self, memory: bytearray | memoryview | bytes | None = None,
             budget: int | None = None, *, cancel: Cancel | None = None,
-            length: int | None = None, args: "tuple[int, ...]" = ()):
+            length: int | None = None, args: tuple[int, ...] = ()) -> RunResult:
         """Run once; see ``hermes.engine.run``."""
-        from .result import RunResult
         budget = self.budget if budget is None else budget
         # The dispatch loop compares the count with one limit: the budget, or for a cancellable
         # run the next point at which the flag is polled.
@@ -346,7 +355,7 @@ class Interpreter:
                 return data, addr - DATA_BASE
             if slo[0] <= addr and addr + size <= STACK_TOP:
                 return stack, addr - STACK_BASE
-            for lo, hi, buf, writable, name in segments:
+            for lo, hi, buf, writable, _name in segments:
                 if lo <= addr and addr + size <= hi and (writable or not write):
                     return buf, addr - lo
             raise out_of_bounds(pc, addr, size, write, dlen, self.program.segments, depth[0])
@@ -395,7 +404,7 @@ class Interpreter:
         blocks, getregs, setregs = self._factory(data, DATA_BASE, dlen, stack, slo, ld, st, hc,
                                                  r1, r2, r3, r4, r5)
         lengths, callret = self._lengths, self._callret
-        frames: list[tuple[int, int, int, int, int]] = []
+        frames: list[tuple[int, int, int, int, int, int]] = []
         b = 0
         n = 0
         started = time.perf_counter_ns()
@@ -440,7 +449,7 @@ class Interpreter:
         except ExecutionError as exc:
             if exc.instructions is None and exc.pc is not None:
                 exc.instructions = n - lengths[b] + self._positions[exc.pc]
-            raise state.stamp(exc)
+            raise state.stamp(exc)  # noqa: B904 - the same exception, with the printed text
         return RunResult(r0, data, n, state.output_length, bytes(state.trace),
                          state.trace_dropped, time.perf_counter_ns() - started)
 

@@ -1,4 +1,4 @@
-"""The plain reference interpreter: RFC 9669 executed one instruction at a time, readable against the RFC.
+"""The plain reference interpreter: RFC 9669 run one instruction at a time, readable beside the RFC.
 
 Nothing here is generated or pre-translated: ``_Machine.execute`` has one arm per operation of
 the ISA table, every memory access goes through the one check ``_Machine.locate``, helpers see
@@ -16,16 +16,27 @@ and a fault counts the instructions up to and including the faulting one.
 from __future__ import annotations
 
 import time
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 from ..errors import BudgetExceeded, Cancelled, ExecutionError
 from . import cfg
 from .cancel import Cancel
 from .helpers import HelperContext, HelperRegistry, RunState, StopRun
-from .isa import Insn, MAX_REG, jump_target
-from .memory import (DATA_BASE, MASK64, MAX_CALL_DEPTH, STACK_BASE, STACK_SIZE, STACK_TOP,
-                     input_region, out_of_bounds, run_args)
+from .isa import MAX_REG, Insn, jump_target
+from .memory import (
+    DATA_BASE,
+    MASK64,
+    MAX_CALL_DEPTH,
+    STACK_BASE,
+    STACK_SIZE,
+    STACK_TOP,
+    input_region,
+    out_of_bounds,
+    run_args,
+)
 from .program import Program
+from .result import RunResult
 from .verifier import VerifierInfo, verify
 
 
@@ -62,7 +73,7 @@ class Reference:
     name = "reference"
 
     def __init__(self, program: Program, *, helpers: HelperRegistry, budget: int,
-                 checked: "VerifierInfo | None" = None):
+                 checked: VerifierInfo | None = None):
         """Find the basic blocks; ``checked`` is the load pipeline's result for ``program``
         (``hermes.engine.check``), run here when the caller gives none."""
         if checked is None:
@@ -74,18 +85,17 @@ class Reference:
         leaders = cfg.block_leaders(insns)
         #: Instructions of the block starting at each leader (an lddw counts once).
         self.block_length: dict[int, int] = {}
-        for start, end in zip(leaders, leaders[1:] + [len(insns)]):
+        for start, end in zip(leaders, leaders[1:] + [len(insns)], strict=True):
             self.block_length[start] = sum(1 for i in range(start, end) if insns[i] is not None)
 
-    def run(self, memory: "bytearray | memoryview | bytes | None" = None,
+    def run(self, memory: bytearray | memoryview | bytes | None = None,
             budget: int | None = None, *, cancel: Cancel | None = None,
-            length: int | None = None, args: "tuple[int, ...]" = (),
-            step: StepHook | None = None, state: RunState | None = None):
+            length: int | None = None, args: tuple[int, ...] = (),
+            step: StepHook | None = None, state: RunState | None = None) -> RunResult:
         """Run once; see ``hermes.engine.run``. ``step`` is called with a ``Step`` after every
         instruction (the ``--trace`` of ``hermes exec``). ``state`` receives what the helpers
         record (printed text, output length), which a caller can read even when the run
         fails."""
-        from .result import RunResult
         data, r1, r2 = input_region(memory, length)
         state = state if state is not None else RunState()
         state.window = len(data)
@@ -95,7 +105,7 @@ class Reference:
         try:
             r0 = machine.run()
         except ExecutionError as exc:
-            raise machine.state.stamp(exc)
+            raise machine.state.stamp(exc)  # noqa: B904 - the same exception, stamped
         elapsed = time.perf_counter_ns() - started
         state = machine.state
         return RunResult(r0, data, machine.charged, output_length=state.output_length,
@@ -106,7 +116,7 @@ class Reference:
 class _Machine:
     """The state of one run: registers, pc, call frames, stack, program data and counts."""
 
-    def __init__(self, exe: Reference, data: "bytearray | memoryview", entry: tuple[int, ...],
+    def __init__(self, exe: Reference, data: bytearray | memoryview, entry: tuple[int, ...],
                  budget: int, cancel: Cancel | None, hook: StepHook | None, state: RunState):
         self.program = exe.program
         self.helpers = exe.helpers
@@ -144,6 +154,7 @@ class _Machine:
                 if self.pc in self.block_length:
                     self.enter_block()
                 insn = insns[self.pc]
+                assert insn is not None  # validated: no jump lands inside an lddw
                 self.executed += 1
                 if self.hook is None:
                     next_pc = self.execute(insn)
@@ -195,7 +206,7 @@ class _Machine:
         elif op.is_branch:
             return jump_target(insn, pc) if self.condition(insn) else pc + 1
         elif op.is_local_call:
-            return self.call_local(jump_target(insn, pc))
+            return self.call_local(cfg.target(insn, pc))
         elif op.is_call:
             regs[0] = self.call_helper(regs[insn.dst] if op.sem == "callx" else insn.imm)
         elif op.is_exit:
@@ -360,7 +371,7 @@ class _Machine:
         return return_pc
 
     # -- memory ---------------------------------------------------------------------------------
-    def locate(self, addr: int, size: int, write: bool) -> "tuple[bytearray | memoryview, int]":
+    def locate(self, addr: int, size: int, write: bool) -> tuple[bytearray | memoryview, int]:
         """The buffer and offset holding ``[addr, addr + size)``: the one check every load,
         store, atomic and helper access goes through. The range must lie wholly inside the data
         window, the live stack frames (the current one and its callers') or a program data

@@ -8,16 +8,16 @@ from . import cfg
 from .cfg import ARGS, R0, R10, Function
 from .disasm import format_insn
 from .helpers import HelperRegistry
-from .isa import Insn, jump_target
+from .isa import Insn
 from .program import Program
 
 
-def _err(reason: str, i: int, insns: "list[Insn | None]") -> ProgramError:
+def _err(reason: str, i: int, insns: list[Insn | None]) -> ProgramError:
     insn = insns[i]
     return ProgramError(reason, i, format_insn(insn) if insn is not None else None)
 
 
-def certain_faults(insns: "list[Insn | None]", f: Function, entered_by_call: bool) -> set[int]:
+def certain_faults(insns: list[Insn | None], f: Function, entered_by_call: bool) -> set[int]:
     """Slots of ``f`` whose memory access faults on every execution, at every call depth.
 
     ``entered_by_call`` says whether ``f`` can run as a callee (every function but an entry
@@ -80,7 +80,9 @@ def check(program: Program, helpers: HelperRegistry) -> list[Function]:
     funcs = cfg.functions(insns)
     for f in funcs:
         last = cfg.last_slot(insns, f.end)
-        if not (insns[last].op.is_exit or insns[last].op.is_jump):
+        tail = insns[last]
+        assert tail is not None  # last_slot passes over an lddw's second slot
+        if not (tail.op.is_exit or tail.op.is_jump):
             what = "program" if f.start == 0 and len(funcs) == 1 else "function"
             raise _err(f"{what} does not end with exit or an unconditional jump "
                        "(execution would fall through)", last, insns)
@@ -92,7 +94,7 @@ def check(program: Program, helpers: HelperRegistry) -> list[Function]:
             if cfg.writes(insn) & R10 and not op.is_call:
                 raise _err("r10 (the frame pointer) is read-only", i, insns)
             if op.is_jump or op.is_branch:
-                t = jump_target(insn, i)
+                t = cfg.target(insn, i)
                 if t == i and op.is_jump:
                     raise _err("infinite loop: the jump targets itself", i, insns)
                 if not f.start <= t < f.end:
@@ -114,8 +116,8 @@ def _initialised_after(insn: Insn, state: int) -> int:
     return state | cfg.writes(insn)
 
 
-def initialised(insns: "list[Insn | None]", f: Function, entry: int,
-                dead_ends: "set[int] | frozenset[int]" = frozenset()) -> dict[int, int]:
+def initialised(insns: list[Insn | None], f: Function, entry: int,
+                dead_ends: set[int] | frozenset[int] = frozenset()) -> dict[int, int]:
     """Registers definitely written (and not clobbered by a call since) before each slot of
     ``f`` reachable from its start (bit sets), starting from ``entry``.
 
@@ -124,11 +126,12 @@ def initialised(insns: "list[Insn | None]", f: Function, entry: int,
     return cfg.forward(insns, f, entry, _initialised_after, operator.and_, dead_ends)
 
 
-def _check_r0(insns: "list[Insn | None]", f: Function, entered_by_call: bool) -> None:
+def _check_r0(insns: list[Insn | None], f: Function, entered_by_call: bool) -> None:
     entry = R10 | ARGS  # r1..r5: data window, input length, the three arguments
     state = initialised(insns, f, entry, certain_faults(insns, f, entered_by_call))
     for i, regs in sorted(state.items()):
         insn = insns[i]
+        assert insn is not None  # the dataflow has states for instruction slots only
         if insn.op.is_exit and not regs & R0:
             raise _err("r0 may be read uninitialised: exit is reachable on a path that never "
                        "writes r0", i, insns)

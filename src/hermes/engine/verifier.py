@@ -24,7 +24,7 @@ from . import cfg, validate
 from .cfg import ARGS, R10, Function
 from .disasm import format_insn
 from .helpers import HelperRegistry
-from .isa import Insn, jump_target
+from .isa import Insn
 from .memory import MAX_CALL_DEPTH, STACK_SIZE
 from .program import Program
 
@@ -54,15 +54,17 @@ class VerifierInfo:
     stack_safe: dict[int, int] = field(default_factory=dict)
 
 
-def _error(reason: str, index: int, insns: "list[Insn | None]") -> VerifierError:
+def _error(reason: str, index: int, insns: list[Insn | None]) -> VerifierError:
     insn = insns[index] if 0 <= index < len(insns) else None
     return VerifierError(reason, index, format_insn(insn) if insn is not None else None)
 
 
-def _check_reads(insns: "list[Insn | None]", state: dict[int, int], entry: bool) -> None:
+def _check_reads(insns: list[Insn | None], state: dict[int, int], entry: bool) -> None:
     for i in sorted(state):
-        used = cfg.reads(insns[i])
-        if not entry and insns[i].op.is_exit:
+        insn = insns[i]
+        assert insn is not None  # the dataflow has states for instruction slots only
+        used = cfg.reads(insn)
+        if not entry and insn.op.is_exit:
             used = 0  # a local function may be C `void`: its r0 is not a result
         missing = used & ~state[i]
         if missing:
@@ -99,33 +101,36 @@ def _fp_transfer(insn: Insn, regs: tuple) -> tuple:
 
 
 def _fp_join(a: tuple, b: tuple) -> tuple:
-    return tuple(x if x == y else None for x, y in zip(a, b))
+    return tuple(x if x == y else None for x, y in zip(a, b, strict=True))
 
 
-def _stack_proofs(insns: "list[Insn | None]", f: Function, out: dict[int, int]) -> None:
+def _stack_proofs(insns: list[Insn | None], f: Function, out: dict[int, int]) -> None:
     entry = (None,) * 10 + (0,)
     state = cfg.forward(insns, f, entry, _fp_transfer, _fp_join)
     for i, regs in state.items():
         insn = insns[i]
+        assert insn is not None  # the dataflow has states for instruction slots only
         reg = insn.base_reg
-        if reg is None or regs[reg] is None:
+        base = None if reg is None else regs[reg]
+        if base is None:
             continue
-        lo = regs[reg] + insn.off
+        lo = base + insn.off
         if -STACK_SIZE <= lo and lo + insn.op.width <= 0:
             out[i] = lo
 
 
-def _call_graph(insns: "list[Insn | None]", funcs: list[Function],
+def _call_graph(insns: list[Insn | None], funcs: list[Function],
                 reach: dict[int, dict[int, int]], index_of: dict[int, int]) -> int:
     """The deepest chain of calls through reachable call sites, in frames; raises
     ``VerifierError`` on recursion or on a chain deeper than MAX_CALL_DEPTH (``verify`` decides
     whether that rejects the program)."""
     edges: dict[int, list[tuple[int, int]]] = {k: [] for k in range(len(funcs))}
-    for k, f in enumerate(funcs):
+    for k in range(len(funcs)):
         for i in sorted(reach.get(k, {})):
             insn = insns[i]
+            assert insn is not None  # reachable slots hold instructions
             if insn.op.is_local_call:
-                edges[k].append((i, index_of[jump_target(insn, i)]))
+                edges[k].append((i, index_of[cfg.target(insn, i)]))
     depth: dict[int, int] = {}
     on_stack: set[int] = set()
 
@@ -184,7 +189,7 @@ def verify(program: Program, helpers: HelperRegistry, *,
     # analysis calls unreachable still gets a run-time depth check in the JIT). Only reachable
     # sites build the call graph whose depth is proven: an unreachable call cannot deepen a run.
     index_of = {f.start: k for k, f in enumerate(funcs)}
-    info.call_targets = {i: index_of[jump_target(insn, i)] for i, insn in enumerate(insns)
+    info.call_targets = {i: index_of[cfg.target(insn, i)] for i, insn in enumerate(insns)
                          if insn is not None and insn.op.is_local_call}
     try:
         info.max_depth = _call_graph(insns, funcs, states, index_of)

@@ -1,8 +1,7 @@
 """The Hermes library: open a device (emulated Hermes, CPU, ...) and run eBPF programs on data."""
 from __future__ import annotations
 
-from .api import (BACKENDS, Device, Result, Session, open_device, program_bytes,
-                  register_backend)
+from .api import BACKENDS, Device, Result, Session, open_device, program_bytes, register_backend
 from .cpu import CpuDevice, CpuSession
 from .driver_device import DriverDevice, DriverSession
 from .errors import from_execution_error, from_os_error

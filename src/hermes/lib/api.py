@@ -8,22 +8,32 @@ import importlib
 import os
 import threading
 import weakref
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence, Union
+from typing import TypeVar
 
 from .. import regs
 from ..engine import Cancel, Program, check_executor, executor_option, read_program
 from ..engine.memory import run_args
 from ..errors import DataTooLarge, DeviceError, ExecutionError, HermesError, UsageError
 from .checks import check_buffer, check_int, check_size, writable_view
-from .memory import (MAX_MEMORY, HostMemory, Memory, Range, RangeLike, read_window, window_of,
-                     window_spans)
+from .memory import (
+    MAX_MEMORY,
+    HostMemory,
+    Memory,
+    Range,
+    RangeLike,
+    read_window,
+    window_of,
+    window_spans,
+)
 
 #: What the library accepts as a program: a Program, its bytes (raw or ELF), or a file path.
-ProgramLike = Union[Program, bytes, bytearray, memoryview, str, os.PathLike]
-Buffer = Union[bytes, bytearray, memoryview]
+ProgramLike = Program | bytes | bytearray | memoryview | str | os.PathLike
+Buffer = bytes | bytearray | memoryview
+T = TypeVar("T")
 
 #: Ranges of the options every Hermes-like backend takes (``emu`` and ``cpu``), the Hermes
 #: device's own: one MSI-X vector per engine besides the DMA channels' (``specs/device.md``),
@@ -44,7 +54,7 @@ def check_options(options: dict) -> None:
             check_executor(value)
         elif name in OPTION_RANGES and not (name == "budget" and value is None):
             check_int(name, value, *OPTION_RANGES[name])
-            if name.endswith("slot_size") and value % 8:  # type: ignore[operator]
+            if name.endswith("slot_size") and value % 8:
                 raise UsageError(f"{name} must be a multiple of 8, got {value}")
 
 
@@ -70,7 +80,7 @@ class Result:
     """
 
     return_value: int
-    data: "bytes | memoryview"
+    data: bytes | memoryview
     instructions: int | None = field(default=None, compare=False)
     elapsed: float | None = field(default=None, compare=False)
     trace: str = ""
@@ -139,11 +149,11 @@ def check_limits(budget: object, timeout: object) -> None:
             raise UsageError(f"timeout must be a number of seconds > 0, got {timeout!r}")
 
 
-def check_cancel(cancel: object) -> "Cancel | None":
+def check_cancel(cancel: object) -> Cancel | None:
     """``cancel`` when it is None or a ``hermes.Cancel``, else ``UsageError``."""
     if cancel is not None and not isinstance(cancel, Cancel):
         raise UsageError(f"cancel must be a hermes.Cancel, not {type(cancel).__name__}")
-    return cancel  # type: ignore[return-value]
+    return cancel
 
 
 class Session(abc.ABC):
@@ -164,7 +174,7 @@ class Session(abc.ABC):
         self._loaded = False
 
     #: The device the session belongs to (set by the backend's constructor).
-    _device: "Device"
+    _device: Device
     closed: bool = False
 
     @property
@@ -202,7 +212,7 @@ class Session(abc.ABC):
 
     @abc.abstractmethod
     def _execute(self, length: int, size: int, args: tuple[int, int, int], budget: int | None,
-                 timeout: float | None, cancel: "Cancel | None") -> RunInfo:
+                 timeout: float | None, cancel: Cancel | None) -> RunInfo:
         """Run once on the window ``[0, size)`` of the data slot, input ``[0, length)``."""
 
     @abc.abstractmethod
@@ -267,10 +277,10 @@ class Session(abc.ABC):
             raise DeviceError("read before any data was written", errno.ENODATA)
         self._check_span("read", offset, size)
 
-    def run(self, *, args: "tuple | list" = (), length: int | None = None,
+    def run(self, *, args: tuple | list = (), length: int | None = None,
             size: int | None = None, read: int | None = None, budget: int | None = None,
-            timeout: float | None = None, cancel: "Cancel | None" = None,
-            ranges: "Sequence[RangeLike] | None" = None) -> Result:
+            timeout: float | None = None, cancel: Cancel | None = None,
+            ranges: Sequence[RangeLike] | None = None) -> Result:
         """Run the program on the data window; returns the ``Result`` with the output.
 
         ``length`` (r2) defaults to the end of the furthest write since the previous run;
@@ -286,10 +296,10 @@ class Session(abc.ABC):
             return self._run_ranges(ranges, args, length, size, read, budget, timeout, cancel)
         return self._run(args, length, size, read, budget, timeout, cancel, None)
 
-    def _run_ranges(self, ranges: "Sequence[RangeLike]", args: "tuple | list",
+    def _run_ranges(self, ranges: Sequence[RangeLike], args: tuple | list,
                     length: int | None, size: int | None, read: int | None,
                     budget: int | None, timeout: float | None,
-                    cancel: "Cancel | None") -> Result:
+                    cancel: Cancel | None) -> Result:
         """``run`` with a window made of device memory ranges."""
         regs3 = run_args(args)
         check_limits(budget, timeout)
@@ -325,9 +335,9 @@ class Session(abc.ABC):
         return Result(info.return_value, bytes(out), info.instructions, info.elapsed,
                       info.trace, trace_dropped=info.trace_dropped)
 
-    def _execute_ranges(self, window: "list[Range]", length: int, size: int,
+    def _execute_ranges(self, window: list[Range], length: int, size: int,
                         args: tuple[int, int, int], budget: int | None,
-                        timeout: float | None, cancel: "Cancel | None") -> RunInfo:
+                        timeout: float | None, cancel: Cancel | None) -> RunInfo:
         """Run on the checked ``window``. A backend whose device reads ranges itself overrides
         this; here the ranges are copied into the data slot, and the window back into them
         after the run (also a failed one: what the program stored stays)."""
@@ -349,15 +359,15 @@ class Session(abc.ABC):
         self._copy_back(window, size)
         return info
 
-    def _copy_back(self, window: "list[Range]", size: int) -> None:
+    def _copy_back(self, window: list[Range], size: int) -> None:
         for r, at, n in window_spans(window, size):
             part = bytearray(n)
             self._readinto(memoryview(part), at)
             r.memory._write(memoryview(part), r.offset)
 
-    def _run(self, args: "tuple | list", length: int | None, size: int | None,
+    def _run(self, args: tuple | list, length: int | None, size: int | None,
              read: int | None, budget: int | None, timeout: float | None,
-             cancel: "Cancel | None", out: object) -> Result:
+             cancel: Cancel | None, out: object) -> Result:
         regs3 = run_args(args)
         check_limits(budget, timeout)
         check_cancel(cancel)
@@ -396,7 +406,7 @@ class Session(abc.ABC):
         n = read if read is not None else (
             info.output_length if info.output_length is not None else length)
         if out_view is None:
-            data: "bytes | memoryview" = self.read(n) if n else b""
+            data: bytes | memoryview = self.read(n) if n else b""
         else:
             if n > out_view.nbytes:
                 raise DataTooLarge(f"the output of {n} bytes does not fit the out buffer "
@@ -411,14 +421,14 @@ class Session(abc.ABC):
     def close(self) -> None:
         """Release the slots (idempotent)."""
 
-    def __enter__(self) -> "Session":
+    def __enter__(self) -> Session:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
 
-def run_guarded(session: Session, call: Callable[[], RunInfo]) -> RunInfo:
+def run_guarded(session: Session, call: Callable[[], T]) -> T:
     """``call()``, aborting ``session``'s run when a KeyboardInterrupt cuts the wait short (the
     engine is freed before the interrupt propagates)."""
     try:
@@ -439,6 +449,8 @@ class Device(abc.ABC):
     #: The spec the device was opened with (``"emu"``, ``"cpu"``, ``"vfio-user:/path"``...).
     spec: str = ""
     _closed: bool = False
+    #: the threads of ``run_async``, made on its first call
+    _async_pool: ThreadPoolExecutor | None = None
 
     @property
     @abc.abstractmethod
@@ -478,7 +490,7 @@ class Device(abc.ABC):
             self._live_sessions().add(s)
         return s
 
-    def _live_sessions(self) -> "weakref.WeakSet[Session]":
+    def _live_sessions(self) -> weakref.WeakSet[Session]:
         live = self.__dict__.get("_sessions")
         if live is None:
             live = self.__dict__["_sessions"] = weakref.WeakSet()
@@ -499,7 +511,7 @@ class Device(abc.ABC):
             pool.shutdown(wait=True)
             self._async_pool = None
 
-    def __enter__(self) -> "Device":
+    def __enter__(self) -> Device:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -510,10 +522,10 @@ class Device(abc.ABC):
         self.check_open()
         return program
 
-    def run(self, program: ProgramLike, data: Buffer = b"", *, args: "tuple | list" = (),
+    def run(self, program: ProgramLike, data: Buffer = b"", *, args: tuple | list = (),
             size: int | None = None, read: int | None = None, out: object = None,
             budget: int | None = None, timeout: float | None = None,
-            cancel: "Cancel | None" = None) -> Result:
+            cancel: Cancel | None = None) -> Result:
         """Run ``program`` once on ``data`` (``specs/run-contract.md``).
 
         r2 = ``len(data)`` in bytes, r3..r5 = ``args``; the window is ``size`` bytes (default
@@ -528,7 +540,7 @@ class Device(abc.ABC):
             s.write(view)
             return s._run(args, view.nbytes, size, read, budget, timeout, cancel, out)
 
-    def map(self, program: ProgramLike, buffers: Iterable[Buffer], *, args: "tuple | list" = (),
+    def map(self, program: ProgramLike, buffers: Iterable[Buffer], *, args: tuple | list = (),
             size: int | None = None, read: int | None = None, budget: int | None = None,
             timeout: float | None = None, workers: int | None = None) -> Iterator[Result]:
         """Run ``program`` on every buffer, keeping all engines busy; results in input order.
@@ -551,10 +563,10 @@ class Device(abc.ABC):
 
     def scan(self, program: ProgramLike, source: object, *, piece_size: int | None = None,
              record: int | None = None, delimiter: bytes | None = None,
-             args: "tuple | list" = (), size: int | None = None, read: int | None = None,
+             args: tuple | list = (), size: int | None = None, read: int | None = None,
              budget: int | None = None, timeout: float | None = None,
-             workers: int | None = None, progress: "Callable[[int, int | None], None] | None"
-             = None, reduce: "Callable[[object, Result], object] | None" = None,
+             workers: int | None = None, progress: Callable[[int, int | None], None] | None
+             = None, reduce: Callable[[object, Result], object] | None = None,
              initial: object = None) -> object:
         """Run ``program`` over a source larger than a slot, piece by piece: ``Result``s in
         source order with ``offset``/``index``, or their ``reduce`` (section 8 of
@@ -571,7 +583,7 @@ class Device(abc.ABC):
         return _MapScheduler(self, prepared, items, options, nworkers).results()
 
     async def run_async(self, program: ProgramLike, data: Buffer = b"", *,
-                        args: "tuple | list" = (), size: int | None = None,
+                        args: tuple | list = (), size: int | None = None,
                         read: int | None = None, budget: int | None = None,
                         timeout: float | None = None) -> Result:
         """``run`` without blocking the event loop (in the device's own thread pool).
@@ -689,7 +701,7 @@ class _MapScheduler:
             for t in threads:
                 t.join()
 
-    def _take(self) -> "tuple[int, Buffer] | None":
+    def _take(self) -> tuple[int, Buffer] | None:
         """The next item and its index, or None when this worker is to stop (under ``cond``)."""
         while (not self.stop and not self.exhausted
                and self.taken - self.consumed >= self.ahead):
@@ -716,7 +728,8 @@ class _MapScheduler:
         try:
             try:
                 session = self.device.session()
-                session.load(self.prepared)
+                # what this device's prepare returned, which its sessions load as such
+                session.load(self.prepared)  # type: ignore[arg-type]
             except BaseException as exc:  # e.g. no free slot: the other workers carry on
                 with cond:
                     self.failures.append(exc)
@@ -757,7 +770,7 @@ BackendFactory = Callable[..., Device]
 
 #: Device spec prefix -> factory, or ``"module:function"`` imported on first use (so a backend
 #: with heavy imports costs nothing until opened). ``"vfio-user:/path"`` looks up ``vfio-user``.
-BACKENDS: dict[str, "BackendFactory | str"] = {
+BACKENDS: dict[str, BackendFactory | str] = {
     "emu": "hermes.lib.driver_device:open_emu",
     "cpu": "hermes.lib.cpu:open_cpu",
     "vfio-user": "hermes.lib.vfio:open_vfio_user",  # a `hermes serve` process's socket
@@ -767,7 +780,7 @@ BACKENDS: dict[str, "BackendFactory | str"] = {
 }
 
 
-def register_backend(prefix: str, factory: "BackendFactory | str") -> None:
+def register_backend(prefix: str, factory: BackendFactory | str) -> None:
     """Make ``hermes.open("prefix[:address]")`` call ``factory(address, **options)``."""
     BACKENDS[prefix] = factory
 

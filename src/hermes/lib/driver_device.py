@@ -5,8 +5,7 @@ import errno
 import hashlib
 from dataclasses import dataclass
 
-from .. import engine as _engine
-from .. import regs
+from .. import engine as _engine, regs
 from ..driver import Driver, HermesFile, RunArgs, Transport, attach
 from ..engine.cache import DEFAULT_CACHE_BYTES, LoadedCache
 from ..errors import DeviceError, ProgramTooLarge
@@ -29,7 +28,7 @@ class Prepared:
     segments: tuple
 
 
-def check_program(program: "ProgramLike | Prepared", limit: int,
+def check_program(program: ProgramLike | Prepared, limit: int,
                   cache: LoadedCache[Prepared]) -> Prepared:
     """``program`` checked on the host for a device whose programs hold at most ``limit`` bytes
     (``ProgramTooLarge``, ``ProgramError``/``VerifierError`` as on the CPU backend); ``cache``
@@ -60,7 +59,7 @@ class DriverSession(Session):
 
     _device: DriverDevice
 
-    def __init__(self, device: "DriverDevice", file: HermesFile):
+    def __init__(self, device: DriverDevice, file: HermesFile):
         super().__init__()
         self._device = device
         self.file = file
@@ -98,7 +97,7 @@ class DriverSession(Session):
             raise from_os_error(exc) from None
 
     def _execute(self, length: int, size: int, args: tuple[int, int, int], budget: int | None,
-                 timeout: float | None, cancel: "_engine.Cancel | None") -> RunInfo:
+                 timeout: float | None, cancel: _engine.Cancel | None) -> RunInfo:
         prepared = self._prepared
         assert prepared is not None
         request = RunArgs(input_len=length, window=size, args=args, budget=budget or 0,
@@ -147,13 +146,13 @@ class DriverDevice(Device):
     Backends for other transports (vfio-user, VFIO) build one with ``DriverDevice.from_transport``.
     """
 
-    def __init__(self, driver: Driver, *, on_close: "list | None" = None):
+    def __init__(self, driver: Driver, *, on_close: list | None = None):
         self.driver = driver
         self._on_close = list(on_close or [])
         self._checked: LoadedCache[Prepared] = LoadedCache(_CACHE_SIZE, DEFAULT_CACHE_BYTES)
 
     @classmethod
-    def from_transport(cls, transport: Transport, **driver_options: object) -> "DriverDevice":
+    def from_transport(cls, transport: Transport, **driver_options: object) -> DriverDevice:
         """Probe the device behind ``transport`` (closed with the device)."""
         try:
             return cls(attach(transport, **driver_options))
@@ -182,7 +181,7 @@ class DriverDevice(Device):
         except OSError as exc:
             raise from_os_error(exc) from None
 
-    def prepare(self, program: "ProgramLike | Prepared") -> Prepared:
+    def prepare(self, program: ProgramLike | Prepared) -> Prepared:
         """``program`` checked on the host with the engines' load checks (``ProgramError`` /
         ``VerifierError`` worded as on the CPU backend), cached by content."""
         self.check_open()

@@ -40,7 +40,7 @@ class Alu(wiring.Component):
     result: Out(64)
     divides: Out(1)
 
-    def elaborate(self, platform) -> Module:
+    def elaborate(self, platform: object) -> Module:
         """Build the operation switch."""
         m = Module()
         a, b, wide = self.a, self.b, self.wide
@@ -123,7 +123,7 @@ class Divider(wiring.Component):
     busy: Out(1)
     result: Out(64)
 
-    def elaborate(self, platform) -> Module:
+    def elaborate(self, platform: object) -> Module:
         """Build the divider's registers and its two restoring steps."""
         m = Module()
         rem = Signal(65)
@@ -184,7 +184,7 @@ class AtomicAlu(wiring.Component):
     word: In(1)
     new: Out(64)
 
-    def elaborate(self, platform) -> Module:
+    def elaborate(self, platform: object) -> Module:
         """Build the operation select."""
         m = Module()
         old, operand, new = self.old, self.operand, self.new

@@ -34,7 +34,7 @@ class CallStack(wiring.Component):
         self.pc_bits = pc_bits
         self.rstack = Memory(shape=pc_bits + 256, depth=MAX_CALL_DEPTH, init=[])
 
-    def elaborate(self, platform) -> Module:
+    def elaborate(self, platform: object) -> Module:
         """Build the entry memory and the depth counter."""
         m = Module()
         m.submodules.rstack = self.rstack

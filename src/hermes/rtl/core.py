@@ -106,7 +106,7 @@ class EbpfCore(wiring.Component):
         self.rstack = self.calls.rstack
         self.regs = [Signal(64, name=f"r{i}") for i in range(10)]
 
-    def elaborate(self, platform) -> Module:  # noqa: C901 - the control state machine
+    def elaborate(self, platform: object) -> Module:  # noqa: C901 - the control state machine
         """Compose the parts and build the register file and the control state machine."""
         m = Module()
         fetch, dec, alu, div, atomic = self.fetch, self.decoder, self.alu, self.divider, self.atomic

@@ -61,7 +61,7 @@ class Decoder(wiring.Component):
     nbytes: Out(4)
     valid: Out(1)
 
-    def elaborate(self, platform) -> Module:
+    def elaborate(self, platform: object) -> Module:
         """Build the field split and the validity checks."""
         m = Module()
         insn, opcode = self.insn, self.opcode

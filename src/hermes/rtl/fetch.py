@@ -27,7 +27,7 @@ class Fetch(wiring.Component):
         words = [int.from_bytes(code[i:i + 8], "little") for i in range(0, len(code), 8)]
         self.imem = Memory(shape=64, depth=depth, init=words)
 
-    def elaborate(self, platform) -> Module:
+    def elaborate(self, platform: object) -> Module:
         """Connect the memory's ports."""
         m = Module()
         m.submodules.imem = self.imem
@@ -63,7 +63,7 @@ class Branch(wiring.Component):
             "next": Out(pc_bits + 1), "target": Out(signed(pc_bits + 34)),
         })
 
-    def elaborate(self, platform) -> Module:
+    def elaborate(self, platform: object) -> Module:
         """Build the comparisons and the target adder."""
         m = Module()
         j32, a, b = self.jmp32, self.a, self.b

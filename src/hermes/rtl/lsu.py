@@ -71,7 +71,7 @@ class LoadStore(wiring.Component):
                      for bank in range(2)]
         self.smem = [Memory(shape=64, depth=STACK_BYTES // 16, init=[]) for _ in range(2)]
 
-    def elaborate(self, platform) -> Module:  # noqa: C901 - one access path, read and write
+    def elaborate(self, platform: object) -> Module:  # noqa: C901 - one access path, read and write
         """Build the address check, the bank ports and the lane shifts."""
         m = Module()
         for i in range(2):

@@ -75,7 +75,7 @@ class HermesTop(wiring.Component):
             regs.EHCAP_ABORT if self.can_abort else 0))
         return {i: int.from_bytes(image[i:i + 4], "little") for i in range(0, len(image), 4)}
 
-    def elaborate(self, platform) -> Module:  # noqa: C901 - one command block, kept in one place
+    def elaborate(self, platform: object) -> Module:  # noqa: C901 - one command block, kept in one place
         """Build the register file, the slot owners, the command sequencers and the bus decoder."""
         m = Module()
         n = self.n_engines

@@ -1,4 +1,4 @@
-"""A HermesDevice presented as a VFIO PCI function: regions, config space, MSI-X eventfds, DMA space.
+"""A HermesDevice as a VFIO PCI function: regions, config space, MSI-X eventfds, DMA space.
 
 This is the device side shared by the vfio-user server and the fake VFIO kernel used in tests:
 both translate their wire format (socket messages, ioctls) into calls on a ``VfioFunction``.
@@ -12,8 +12,9 @@ import mmap
 import os
 import struct
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any
 
 from .. import regs
 from ..device import DmaFault, HermesDevice
@@ -37,7 +38,7 @@ class DmaBackend:
         """``n`` bytes at ``offset`` into the mapping."""
         raise NotImplementedError
 
-    def write(self, offset: int, data: bytes | memoryview) -> None:
+    def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         """Store ``data`` at ``offset`` into the mapping."""
         raise NotImplementedError
 
@@ -55,7 +56,7 @@ class MmapBackend(DmaBackend):
         """Copy out of the shared mapping."""
         return self.mm[offset:offset + n]
 
-    def write(self, offset: int, data: bytes | memoryview) -> None:
+    def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         """Copy into the shared mapping."""
         self.mm[offset:offset + len(data)] = data
 
@@ -77,7 +78,7 @@ class PointerBackend(DmaBackend):
         """Copy from the process address ``vaddr + offset``."""
         return ctypes.string_at(self.vaddr + offset, n)
 
-    def write(self, offset: int, data: bytes | memoryview) -> None:
+    def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         """Copy to the process address ``vaddr + offset``."""
         data = bytes(data)
         ctypes.memmove(self.vaddr + offset, data, len(data))
@@ -96,7 +97,7 @@ class CallbackBackend(DmaBackend):
         """DMA_READ messages to the peer."""
         return self._read(self.base + offset, n)
 
-    def write(self, offset: int, data: bytes | memoryview) -> None:
+    def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         """DMA_WRITE messages to the peer."""
         self._write(self.base + offset, bytes(data))
 
@@ -303,7 +304,7 @@ class MsixEventfds:
                     os.close(old)
 
     def clear(self, start: int = 0, count: int | None = None) -> None:
-        """Unassign (and close) the eventfds of ``count`` vectors from ``start`` (all by default)."""
+        """Unassign (and close) the eventfds of ``count`` vectors from ``start`` (default all)."""
         n = self.count - start if count is None else count
         self.assign(start, [-1] * n)
 
@@ -346,7 +347,8 @@ class RegionInfo:
         caps = uapi.encode_sparse_mmap_cap(self.sparse) if self.sparse else b""
         needed = base + len(caps)
         complete = argsz >= needed
-        flags = self.flags | (uapi.VFIO_REGION_INFO_FLAG_CAPS if caps and (complete or kernel) else 0)
+        with_caps = caps and (complete or kernel)
+        flags = self.flags | (uapi.VFIO_REGION_INFO_FLAG_CAPS if with_caps else 0)
         info = uapi.vfio_region_info(needed, flags, self.index, base if caps and complete else 0,
                                      self.size, self.offset)
         fds = [self.fd] if complete and self.fd is not None else []
@@ -375,7 +377,7 @@ class VfioFunction:
     def __init__(self, device: HermesDevice, *, bar4_fd: int | None = None,
                  bar4_fd_offset: int = 0, bar4_map: mmap.mmap | None = None,
                  region_offsets: dict[int, int] | None = None,
-                 bars: "list[pci.BarSpec] | None" = None, identity: dict | None = None):
+                 bars: list[pci.BarSpec] | None = None, identity: dict | None = None):
         self.device = device
         self.bar4_fd = bar4_fd
         self._bar4_map = bar4_map
@@ -413,7 +415,7 @@ class VfioFunction:
         self._bar4 = device.bar4
 
     @classmethod
-    def create(cls, *, memfd_name: str = "hermes-bar4", **device_kwargs) -> "VfioFunction":
+    def create(cls, *, memfd_name: str = "hermes-bar4", **device_kwargs: Any) -> VfioFunction:
         """A new HermesDevice whose BAR4 lives in a fresh memfd (shareable with a client)."""
         size = bar4_size_for(device_kwargs.get("program_slots", 16),
                              device_kwargs.get("data_slots", 16),
@@ -431,7 +433,7 @@ class VfioFunction:
         return cls(device, bar4_fd=fd, bar4_map=mm)
 
     @classmethod
-    def create_nvme(cls, **controller_kwargs) -> "VfioFunction":
+    def create_nvme(cls, **controller_kwargs: Any) -> VfioFunction:
         """A new NVMe CP/SLM controller (``NvmeController`` arguments) as a PCI function: BAR0
         only (registers, doorbells, MSI-X table), class 010802h."""
         device = NvmeController(**controller_kwargs)
@@ -540,7 +542,8 @@ class VfioFunction:
         if flags & ~(uapi.VFIO_IRQ_SET_DATA_TYPE_MASK | uapi.VFIO_IRQ_SET_ACTION_TYPE_MASK):
             raise vfio_error(errno.EINVAL, f"unknown SET_IRQS flags {flags:#x}")
         if bin(dtype).count("1") != 1 or bin(action).count("1") != 1:
-            raise vfio_error(errno.EINVAL, f"SET_IRQS flags {flags:#x} need one data type and one action")
+            raise vfio_error(errno.EINVAL,
+                             f"SET_IRQS flags {flags:#x} need one data type and one action")
         _, nvec = self.irq_info(index)
         if start + count > nvec or start < 0 or count < 0:
             if not (count == 0 and dtype == uapi.VFIO_IRQ_SET_DATA_NONE):
@@ -567,7 +570,8 @@ class VfioFunction:
                     self.msix.fire(start + i)
         else:
             if fds and len(fds) != count:
-                raise vfio_error(errno.EINVAL, f"SET_IRQS carries {len(fds)} fds for {count} vectors")
+                raise vfio_error(errno.EINVAL,
+                                 f"SET_IRQS carries {len(fds)} fds for {count} vectors")
             for fd in fds:
                 if fd >= 0 and not is_eventfd(fd):
                     raise vfio_error(errno.EINVAL, f"fd {fd} is not an eventfd")

@@ -23,7 +23,8 @@ import struct
 import sys
 import threading
 import time
-from typing import Callable, TextIO
+from collections.abc import Callable
+from typing import Any, TextIO
 
 from .. import regs
 from ..device import DmaFault
@@ -67,7 +68,7 @@ class _ClientGone(Exception):
 class Connection:
     """One client connection: message dispatch, server-to-client DMA requests, cleanup."""
 
-    def __init__(self, server: "Server", sock: socket.socket, number: int):
+    def __init__(self, server: Server, sock: socket.socket, number: int):
         self.server = server
         self.fn: VfioFunction | None = None        # the device, once this connection holds it
         self.sock = sock
@@ -88,6 +89,12 @@ class Connection:
         self.stats = {"commands": 0, "errors": 0, "dma_messages": 0}
 
     # --- sending -------------------------------------------------------------------------------
+    @property
+    def _held(self) -> VfioFunction:
+        """The device this connection holds (the handlers that use it run only then)."""
+        assert self.fn is not None
+        return self.fn
+
     def send(self, msg: P.Message) -> None:
         """Send ``msg`` (thread-safe); a dead socket ends the connection later, not here."""
         if self.server.verbose:
@@ -104,7 +111,8 @@ class Connection:
             while view and not self.closed:
                 try:
                     if fds:
-                        anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
+                        rights = array.array("i", fds).tobytes()
+                        anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, rights)]
                         n = self.sock.sendmsg([view], anc)
                         fds = ()
                     else:
@@ -183,7 +191,8 @@ class Connection:
         try:
             while pos < len(data):
                 chunk = data[pos:pos + self.client_max_xfer]
-                reply = self._remote(P.DMA_WRITE, P.encode_dma_access(addr + pos, len(chunk), chunk))
+                access = P.encode_dma_access(addr + pos, len(chunk), chunk)
+                reply = self._remote(P.DMA_WRITE, access)
                 if reply.is_error:
                     raise DmaFault(addr + pos, len(chunk))
                 pos += len(chunk)
@@ -307,11 +316,11 @@ class Connection:
         if len(p) < 16 or msg.fds or msg.flags & ~P.FLAG_NO_REPLY:
             return False
         offset, region, count = _ACCESS.unpack_from(p)
-        limit = self.fn.register_bars.get(region)
+        limit = self._held.register_bars.get(region)
         if (limit is None or count not in (1, 2, 4, 8) or offset % count or offset + count > limit
                 or (region == regs.BAR_DMA and count != 4)):
             return False
-        dev = self.fn.device
+        dev = self._held.device
         if msg.cmd == P.REGION_READ:
             if len(p) != 16:
                 return False
@@ -453,7 +462,7 @@ class Connection:
         # <= 64 MiB, pgsizes a multiple of 4096, max_dma_maps <= 65535).
         ours = {"max_msg_fds": SERVER_MAX_MSG_FDS,
                 "max_data_xfer_size": P.DEFAULT_MAX_DATA_XFER_SIZE,
-                "max_dma_maps": self.fn.dma.max_maps, "pgsizes": P.DEFAULT_PGSIZE}
+                "max_dma_maps": self._held.dma.max_maps, "pgsizes": P.DEFAULT_PGSIZE}
         # The reply's capabilities must be a subset of the proposed ones.
         reply_caps = {k: v for k, v in ours.items() if k in caps}
         self.negotiated = True
@@ -475,7 +484,8 @@ class Connection:
                    (mmap.PROT_WRITE if flags & P.DMA_FLAG_WRITE else 0)
             try:
                 if req.offset % mmap.ALLOCATIONGRANULARITY:
-                    raise vfio_error(errno.EINVAL, f"DMA_MAP offset {req.offset:#x} not page aligned")
+                    raise vfio_error(errno.EINVAL,
+                                     f"DMA_MAP offset {req.offset:#x} not page aligned")
                 mm = mmap.mmap(fd, req.size, mmap.MAP_SHARED, prot or mmap.PROT_READ,
                                offset=req.offset)
             except ValueError as exc:   # e.g. the fd is shorter than offset + size
@@ -486,7 +496,7 @@ class Connection:
         else:
             backend = CallbackBackend(req.addr, self.dma_read, self.dma_write)
         try:
-            self.fn.dma.map(req.addr, req.size, flags, backend)
+            self._held.dma.map(req.addr, req.size, flags, backend)
         except OSError:
             backend.close()
             raise
@@ -503,36 +513,36 @@ class Connection:
         if req.flags & uapi.VFIO_DMA_UNMAP_FLAG_ALL:
             if req.iova or req.size:
                 raise vfio_error(errno.EINVAL, "DMA_UNMAP ALL with an address or size")
-            self.fn.dma.unmap_all()
+            self._held.dma.unmap_all()
         else:
-            req.size = self.fn.dma.unmap(req.iova, req.size)
+            req.size = self._held.dma.unmap(req.iova, req.size)
         req.argsz = ctypes.sizeof(P.DmaUnmap)
         return bytes(req), []
 
     def _device_info(self, msg: P.Message):
         self._no_fds(msg)
         self._fixed(msg, P.DEVICE_INFO_SIZE)
-        flags, nreg, nirq = self.fn.device_info()
+        flags, nreg, nirq = self._held.device_info()
         return bytes(uapi.vfio_device_info(P.DEVICE_INFO_SIZE, flags, nreg, nirq, 0))[:16], []
 
     def _region_info(self, msg: P.Message):
         self._no_fds(msg)
         self._fixed(msg, ctypes.sizeof(uapi.vfio_region_info))
         req = uapi.vfio_region_info.decode(msg.payload)
-        return self.fn.region_info(req.index).encode(req.argsz)
+        return self._held.region_info(req.index).encode(req.argsz)
 
     def _irq_info(self, msg: P.Message):
         self._no_fds(msg)
         self._fixed(msg, ctypes.sizeof(uapi.vfio_irq_info))
         req = uapi.vfio_irq_info.decode(msg.payload)
-        flags, count = self.fn.irq_info(req.index)
+        flags, count = self._held.irq_info(req.index)
         return bytes(uapi.vfio_irq_info(16, flags, req.index, count)), []
 
     def _set_irqs(self, msg: P.Message):
         self._fixed(msg, ctypes.sizeof(uapi.vfio_irq_set))
         req = uapi.vfio_irq_set.decode(msg.payload)
         fds, msg.fds = msg.fds, []
-        self.fn.set_irqs(req.flags, req.index, req.start, req.count, msg.payload[20:], fds)
+        self._held.set_irqs(req.flags, req.index, req.start, req.count, msg.payload[20:], fds)
         return b"", []
 
     def _region_access(self, msg: P.Message, write: bool):
@@ -546,12 +556,13 @@ class Connection:
         if write:
             data = msg.payload[P.REGION_ACCESS.size:]
             if len(data) != count:
-                raise vfio_error(errno.EINVAL, f"REGION_WRITE count {count} but {len(data)} data bytes")
-            self.fn.region_write(region, offset, data)
+                raise vfio_error(errno.EINVAL,
+                                 f"REGION_WRITE count {count} but {len(data)} data bytes")
+            self._held.region_write(region, offset, data)
             return head, []
         if len(msg.payload) != P.REGION_ACCESS.size:
             raise vfio_error(errno.EINVAL, "REGION_READ with trailing data")
-        return head + self.fn.region_read(region, offset, count), []
+        return head + self._held.region_read(region, offset, count), []
 
     def _region_read(self, msg: P.Message):
         return self._region_access(msg, False)
@@ -561,7 +572,7 @@ class Connection:
 
     def _reset(self, msg: P.Message):
         self._no_fds(msg)
-        self._pumping(self.fn.reset)
+        self._pumping(self._held.reset)
         return b"", []
 
     def _unsupported(self, msg: P.Message):
@@ -827,7 +838,8 @@ class Server:
                 pass
         # Closing the device waits for running programs; a runaway one must not hold up the
         # shutdown, so wait a bounded time (engine threads are daemons and die with the process).
-        closer = threading.Thread(target=self.function.close, name="hermes-serve-close", daemon=True)
+        closer = threading.Thread(target=self.function.close, name="hermes-serve-close",
+                                  daemon=True)
         closer.start()
         closer.join(CLOSE_TIMEOUT)
         if closer.is_alive():
@@ -848,7 +860,7 @@ def _peer_groups(conn: socket.socket) -> list[int]:
 def serve(path: str, *, verbose: bool = False, log_file: TextIO | None = None,
           install_signals: bool = True, ready: Callable[[], None] | None = None,
           socket_group: int | None = None, stall_timeout: float = P.STALL_TIMEOUT,
-          device: str = "hermes", **device_kwargs) -> None:
+          device: str = "hermes", **device_kwargs: Any) -> None:
     """Build a device with ``device_kwargs`` and serve it at ``path`` until SIGINT/SIGTERM.
 
     ``device`` is ``"hermes"`` (a HermesDevice) or ``"nvme-cp"`` (the NVMe CP/SLM controller,

@@ -20,7 +20,7 @@ class DmaBuffer(abc.ABC):
     bus_addr: int
     size: int
     #: the host view; subclasses set it, and ``free`` sets it to None
-    _view: "memoryview | None"
+    _view: memoryview | None
 
     @property
     def view(self) -> memoryview:
@@ -47,7 +47,7 @@ class MappedDmaBuffer(DmaBuffer):
     ``bus_addr``; ``free`` asks the transport to unregister it (``transport._unmap(buf)``)
     before the memory goes away, never the other way round."""
 
-    def __init__(self, transport: "Transport", bus_addr: int, size: int, mapped: int,
+    def __init__(self, transport: Transport, bus_addr: int, size: int, mapped: int,
                  mm: mmap.mmap):
         self._t = transport
         self.bus_addr = bus_addr
@@ -74,7 +74,7 @@ class Transport(abc.ABC):
 
     @abc.abstractmethod
     def read(self, bar: int, offset: int, size: int) -> int:
-        """Read ``size`` (1, 2, 4 or 8) bytes of BAR ``bar`` at ``offset`` as a little-endian int."""
+        """Read ``size`` (1, 2, 4 or 8) bytes of BAR ``bar`` at ``offset``, a little-endian int."""
 
     @abc.abstractmethod
     def write(self, bar: int, offset: int, size: int, value: int) -> None:
@@ -110,7 +110,7 @@ class Transport(abc.ABC):
         whole ``timeout``.
         """
 
-    def flush(self) -> None:
+    def flush(self) -> None:  # noqa: B027 - nothing to deliver on a transport that never queues
         """Deliver posted BAR writes now. A transport that queues writes (vfio-user sends them
         with its next message) implements it; a host that polls memory for the device's answer,
         rather than reading a register or waiting for an interrupt, calls it after a doorbell."""
@@ -128,7 +128,7 @@ class Transport(abc.ABC):
     def close(self) -> None:
         """Release the transport (and everything allocated through it)."""
 
-    def __enter__(self) -> "Transport":
+    def __enter__(self) -> Transport:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -57,7 +57,7 @@ class IrqCounter:
 class InProcDmaBuffer(DmaBuffer):
     """Host memory (a bytearray) registered in the device's HostMemory at ``bus_addr``."""
 
-    def __init__(self, transport: "InProcessTransport", bus_addr: int, size: int):
+    def __init__(self, transport: InProcessTransport, bus_addr: int, size: int):
         self._transport = transport
         self.bus_addr = bus_addr
         self.size = size
@@ -102,12 +102,12 @@ class InProcessTransport(Transport):
         self.write = device.bar_write  # type: ignore[method-assign]
 
     @classmethod
-    def create(cls, **device_args: object) -> "InProcessTransport":
+    def create(cls, **device_args: object) -> InProcessTransport:
         """A transport over a new ``HermesDevice(**device_args)`` that it owns (and closes)."""
         return cls(HermesDevice(**device_args), owns_device=True)  # type: ignore[arg-type]
 
     @classmethod
-    def create_nvme(cls, **controller_args: object) -> "InProcessTransport":
+    def create_nvme(cls, **controller_args: object) -> InProcessTransport:
         """A transport over a new NVMe CP/SLM ``NvmeController(**controller_args)`` it owns."""
         from ..device.nvme import NvmeController
         return cls(NvmeController(**controller_args), owns_device=True)  # type: ignore[arg-type]

@@ -17,7 +17,7 @@ import os
 import select
 import struct
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from .. import regs
 from ..vfio import mmio, uapi
@@ -125,13 +125,15 @@ class VfioTransport(PciTransport):
         _ioctl_buf(io, self.device, uapi.VFIO_DEVICE_GET_INFO, info)
         dinfo = uapi.vfio_device_info.decode(info)
         self.device_flags = dinfo.flags
-        if not dinfo.flags & uapi.VFIO_DEVICE_FLAGS_PCI or dinfo.num_regions <= uapi.VFIO_PCI_CONFIG_REGION_INDEX:
+        if (not dinfo.flags & uapi.VFIO_DEVICE_FLAGS_PCI
+                or dinfo.num_regions <= uapi.VFIO_PCI_CONFIG_REGION_INDEX):
             raise VfioError(errno.ENODEV, f"{self.bdf} is not a PCI device")
         for index in (regs.BAR_REGS, regs.BAR_DMA, regs.BAR_MEM, uapi.VFIO_PCI_CONFIG_REGION_INDEX):
             self._regions[index] = self._region(index)
         vendor, device = self._identity()
         if (vendor, device) != (regs.PCI_VENDOR_ID, regs.PCI_DEVICE_ID):
-            raise VfioError(errno.ENODEV, f"{self.bdf} is {vendor:04x}:{device:04x}, not a Hermes device")
+            raise VfioError(errno.ENODEV,
+                            f"{self.bdf} is {vendor:04x}:{device:04x}, not a Hermes device")
         self._enable()
 
         irq = bytearray(uapi.vfio_irq_info(16, 0, uapi.VFIO_PCI_MSIX_IRQ_INDEX, 0))
@@ -220,13 +222,14 @@ class VfioTransport(PciTransport):
         return int.from_bytes(data, "little")
 
     def write(self, bar: int, offset: int, size: int, value: int) -> None:
-        """One ``size``-byte write: a store into the mapping, or a pwrite of exactly ``size`` bytes."""
+        """One ``size``-byte write: a store into the mapping, or a pwrite of exactly ``size``."""
         region, hit = self._locate(bar, offset, size)
         value &= (1 << (8 * size)) - 1
         if hit is not None:
             mmio.store(hit[0], hit[1], size, value)
             return
-        if self._pwrite(self.device, value.to_bytes(size, "little"), region.info.offset + offset) != size:
+        raw = value.to_bytes(size, "little")
+        if self._pwrite(self.device, raw, region.info.offset + offset) != size:
             raise OSError(errno.EIO, f"short write of BAR{bar} at {offset:#x}")
 
     def map_bar(self, bar: int) -> memoryview | None:
@@ -252,8 +255,8 @@ class VfioTransport(PciTransport):
         anchor = ctypes.c_char.from_buffer(mm)
         vaddr = ctypes.addressof(anchor)
         del anchor
-        req = uapi.vfio_iommu_type1_dma_map(32, uapi.VFIO_DMA_MAP_FLAG_READ | uapi.VFIO_DMA_MAP_FLAG_WRITE,
-                                            vaddr, iova, mapped)
+        read_write = uapi.VFIO_DMA_MAP_FLAG_READ | uapi.VFIO_DMA_MAP_FLAG_WRITE
+        req = uapi.vfio_iommu_type1_dma_map(32, read_write, vaddr, iova, mapped)
         try:
             _ioctl_buf(self._ioctl, self.container, uapi.VFIO_IOMMU_MAP_DMA, bytearray(req))
         except OSError as exc:
@@ -307,8 +310,8 @@ class VfioTransport(PciTransport):
                 pass
         if self.device >= 0 and self._eventfds:
             try:
-                off = bytes(uapi.vfio_irq_set(20, uapi.VFIO_IRQ_SET_DATA_NONE | uapi.VFIO_IRQ_SET_ACTION_TRIGGER,
-                                              uapi.VFIO_PCI_MSIX_IRQ_INDEX, 0, 0))
+                none_trigger = uapi.VFIO_IRQ_SET_DATA_NONE | uapi.VFIO_IRQ_SET_ACTION_TRIGGER
+                off = bytes(uapi.vfio_irq_set(20, none_trigger, uapi.VFIO_PCI_MSIX_IRQ_INDEX, 0, 0))
                 _ioctl_buf(self._ioctl, self.device, uapi.VFIO_DEVICE_SET_IRQS, bytearray(off))
             except OSError:
                 pass

@@ -68,7 +68,7 @@ class VfioUserTransport(PciTransport):
 
     def __init__(self, path: str, *, timeout: float = DEFAULT_TIMEOUT, dma_fds: bool = True,
                  connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
-                 pci_id: "tuple[int, int]" = (regs.PCI_VENDOR_ID, regs.PCI_DEVICE_ID)):
+                 pci_id: tuple[int, int] = (regs.PCI_VENDOR_ID, regs.PCI_DEVICE_ID)):
         super().__init__()
         self.path = path
         #: (vendor, device) the served function must have (another device's driver passes its own).
@@ -115,12 +115,15 @@ class VfioUserTransport(PciTransport):
 
     # --- set-up --------------------------------------------------------------------------------
     def _connect(self) -> None:
-        self.sock.settimeout(max(0.001, self._open_deadline - time.monotonic()))
+        deadline = self._open_deadline
+        assert deadline is not None  # the set-up in __init__ sets it
+        self.sock.settimeout(max(0.001, deadline - time.monotonic()))
         try:
             self.sock.connect(self.path)
         except TimeoutError:
             raise OSError(errno.ETIMEDOUT, f"vfio-user server at {self.path} did not accept the "
-                          f"connection within the {self.connect_timeout:g} s connect timeout") from None
+                          f"connection within the {self.connect_timeout:g} s connect "
+                          "timeout") from None
         except BlockingIOError:   # AF_UNIX: the listen queue is full, nothing to wait for
             raise OSError(errno.EAGAIN, f"cannot connect to the vfio-user server at {self.path}: "
                           "its queue of pending connections is full (the server is stopped "
@@ -158,7 +161,8 @@ class VfioUserTransport(PciTransport):
         info = self._call(P.DEVICE_GET_INFO, bytes(uapi.vfio_device_info(16, 0, 0, 0, 0))[:16])
         flags, self.num_regions, self.num_irqs = struct.unpack_from("<III", info.payload, 4)
         self.device_flags = flags
-        if not flags & uapi.VFIO_DEVICE_FLAGS_PCI or self.num_regions <= uapi.VFIO_PCI_CONFIG_REGION_INDEX:
+        if (not flags & uapi.VFIO_DEVICE_FLAGS_PCI
+                or self.num_regions <= uapi.VFIO_PCI_CONFIG_REGION_INDEX):
             raise OSError(errno.ENODEV, f"vfio-user server at {self.path} serves a device that is "
                           "not a PCI function")
         self.regions: dict[int, uapi.vfio_region_info] = {}
@@ -189,7 +193,7 @@ class VfioUserTransport(PciTransport):
             self._call(P.DEVICE_SET_IRQS, bytes(hdr), fds)
         self._enable()
 
-    def _poller(self, eventfd: int, sock_events: int) -> "select.poll":
+    def _poller(self, eventfd: int, sock_events: int) -> select.poll:
         poller = select.poll()
         poller.register(eventfd, select.POLLIN)
         poller.register(self.sock, sock_events)
@@ -219,7 +223,7 @@ class VfioUserTransport(PciTransport):
                 os.close(fd)
         return info
 
-    # --- failure and deadlines ---------------------------------------------------------------------
+    # --- failure and deadlines --------------------------------------------------------------------
     def _limit(self) -> str:
         """The timeout that bounds the current exchange, for messages."""
         if self._open_deadline is not None:
@@ -264,8 +268,9 @@ class VfioUserTransport(PciTransport):
         if isinstance(exc, P.ProtocolError):
             return self._fail(errno.EPROTO, f"vfio-user server at {self.path} broke the protocol "
                               f"during {op}: {exc}")
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
         return self._fail(errno.ENOTCONN, f"vfio-user server at {self.path} went away during "
-                          f"{op} ({exc.strerror if isinstance(exc, OSError) and exc.strerror else exc})")
+                          f"{op} ({why})")
 
     def _begin(self, op: str) -> float:
         """Take the exchange lock for ``op`` (a holder stuck on a dead server gives it up by its
@@ -278,13 +283,13 @@ class VfioUserTransport(PciTransport):
             raise self._unusable()
         return self._deadline()
 
-    # --- framed I/O with deadlines (exchange lock held) --------------------------------------------
-    def _wait(self, poller: "select.poll", deadline: float) -> None:
+    # --- framed I/O with deadlines (exchange lock held) -------------------------------------------
+    def _wait(self, poller: select.poll, deadline: float) -> None:
         left = deadline - time.monotonic()
         if left <= 0 or not poller.poll(left * 1000):
             raise TimeoutError(self._limit())
 
-    def _send(self, data: bytes, deadline: float, fds: "list[int] | tuple" = ()) -> None:
+    def _send(self, data: bytes, deadline: float, fds: list[int] | tuple = ()) -> None:
         """Send all of ``data`` (``fds`` ride with its first byte) by ``deadline``."""
         view = memoryview(data)
         anc = ([(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
@@ -348,6 +353,7 @@ class VfioUserTransport(PciTransport):
     def _recv_message(self, deadline: float, with_fds: bool) -> P.Message:
         """One whole message by ``deadline``. Only replies that carry fds need recvmsg."""
         fds: list[int] = []
+        head = b""
         if with_fds:
             while True:
                 self._wait(self._readable, deadline)
@@ -373,7 +379,8 @@ class VfioUserTransport(PciTransport):
                    fds: list[int], deadline: float) -> P.Message:
         if not P.HEADER_SIZE <= size <= P.MAX_MESSAGE_SIZE:
             raise P.ProtocolError(f"a message of {size} bytes")
-        body = self._recv_exact(size - P.HEADER_SIZE, deadline, True) if size > P.HEADER_SIZE else b""
+        body = (self._recv_exact(size - P.HEADER_SIZE, deadline, True) if size > P.HEADER_SIZE
+                else b"")
         return P.Message(msg_id, cmd, flags, err, bytes(body), fds)
 
     def _other(self, msg: P.Message, deadline: float) -> None:
@@ -389,7 +396,7 @@ class VfioUserTransport(PciTransport):
 
     # --- messaging -----------------------------------------------------------------------------
     def _call(self, cmd: int, payload: bytes = b"", fds: list[int] | tuple = ()) -> P.Message:
-        """Send a command and wait for its reply (fds included), serving server commands meanwhile."""
+        """Send a command and wait for its reply (fds included), serving the server's meanwhile."""
         op = P.COMMAND_NAMES.get(cmd, f"command {cmd}")
         deadline = self._begin(op)
         try:
@@ -427,7 +434,8 @@ class VfioUserTransport(PciTransport):
         deadline = self._begin("REGION_READ")
         try:
             msg_id = next(self._ids) & 0xFFFF
-            msg = _HEADER.pack(msg_id, P.REGION_READ, 32, 0, 0) + _ACCESS.pack(offset, region, count)
+            msg = (_HEADER.pack(msg_id, P.REGION_READ, 32, 0, 0)
+                   + _ACCESS.pack(offset, region, count))
             if self._posted:   # posted writes go first, in the same system call
                 self._posted.append(msg)
                 msg = b"".join(self._posted)
@@ -435,7 +443,8 @@ class VfioUserTransport(PciTransport):
             self._send(msg, deadline)
             while True:
                 rid, rcmd, size, flags, err = _HEADER.unpack(self._recv_reply(16, deadline))
-                if rid == msg_id and rcmd == P.REGION_READ and flags & P.FLAG_TYPE_MASK == P.TYPE_REPLY:
+                if (rid == msg_id and rcmd == P.REGION_READ
+                        and flags & P.FLAG_TYPE_MASK == P.TYPE_REPLY):
                     if flags == P.TYPE_REPLY and size == 32 + count:
                         return self._recv_rest(16 + count, deadline)[16:]
                     reply = self._recv_body(rid, rcmd, size, flags, err, [], deadline)
@@ -465,8 +474,8 @@ class VfioUserTransport(PciTransport):
         deadline = self._begin("REGION_WRITE")
         try:
             msg_id = next(self._ids) & 0xFFFF
-            self._posted.append(_HEADER.pack(msg_id, P.REGION_WRITE, 32 + len(data), P.FLAG_NO_REPLY, 0)
-                                + _ACCESS.pack(offset, region, len(data)) + data)
+            header = _HEADER.pack(msg_id, P.REGION_WRITE, 32 + len(data), P.FLAG_NO_REPLY, 0)
+            self._posted.append(header + _ACCESS.pack(offset, region, len(data)) + data)
             if len(self._posted) >= POSTED_BATCH or len(data) > 4096:
                 self._flush_locked(deadline)
         except OSError as exc:
@@ -557,7 +566,7 @@ class VfioUserTransport(PciTransport):
             self._lock.release()
 
     def _region_read(self, region: int, offset: int, count: int) -> bytes:
-        out = []
+        out: list[bytes] = []
         pos = 0
         while pos < count or not out:
             n = min(count - pos, self.max_xfer)
@@ -592,7 +601,8 @@ class VfioUserTransport(PciTransport):
             mmio.store(mm, offset, size, value)
             return
         self._check(bar, offset, size)
-        self._region_write_posted(bar, offset, (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little"))
+        raw = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
+        self._region_write_posted(bar, offset, raw)
 
     def _bar_size(self, bar: int) -> int:
         info = self.regions.get(bar)

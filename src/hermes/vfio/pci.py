@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import struct
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from .. import regs
 
@@ -114,7 +114,8 @@ class ConfigSpace:
         mask[PCI_CACHE_LINE_SIZE] = 0xFF
         mask[PCI_LATENCY_TIMER] = 0xFF
         mask[PCI_INTERRUPT_LINE] = 0xFF
-        struct.pack_into("<H", mask, MSIX_CAP_OFFSET + 2, PCI_MSIX_FLAGS_ENABLE | PCI_MSIX_FLAGS_MASKALL)
+        struct.pack_into("<H", mask, MSIX_CAP_OFFSET + 2,
+                         PCI_MSIX_FLAGS_ENABLE | PCI_MSIX_FLAGS_MASKALL)
         self._mask = mask
 
     # --- BAR registers -------------------------------------------------------------------------
@@ -155,7 +156,8 @@ class ConfigSpace:
     def write(self, offset: int, data: bytes) -> None:
         """Write ``data`` at ``offset``: read-only bits keep their value, BARs take their mask."""
         if offset < 0 or offset + len(data) > CONFIG_SIZE:
-            raise ValueError(f"config write of {len(data)} bytes at {offset:#x} is outside config space")
+            raise ValueError(f"config write of {len(data)} bytes at {offset:#x} is outside "
+                             "config space")
         with self._lock:
             for i, byte in enumerate(data):
                 off = offset + i

@@ -1,7 +1,7 @@
 """vfio-user wire format: the 16-byte header, command numbers, payload layouts, framed socket I/O.
 
-Both ends (``hermes.server.vfio_user`` and ``hermes.transport.vfio_user``) use this module; it imports
-nothing of the device model. Host byte order (little-endian on supported hosts).
+Both ends (``hermes.server.vfio_user`` and ``hermes.transport.vfio_user``) use this module; it
+imports nothing of the device model. Host byte order (little-endian on supported hosts).
 """
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import os
 import socket
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from . import uapi
 
@@ -48,7 +48,8 @@ DEVICE_FEATURE = 16
 COMMAND_NAMES = {
     VERSION: "VERSION", DMA_MAP: "DMA_MAP", DMA_UNMAP: "DMA_UNMAP",
     DEVICE_GET_INFO: "DEVICE_GET_INFO", DEVICE_GET_REGION_INFO: "DEVICE_GET_REGION_INFO",
-    DEVICE_GET_REGION_IO_FDS: "DEVICE_GET_REGION_IO_FDS", DEVICE_GET_IRQ_INFO: "DEVICE_GET_IRQ_INFO",
+    DEVICE_GET_REGION_IO_FDS: "DEVICE_GET_REGION_IO_FDS",
+    DEVICE_GET_IRQ_INFO: "DEVICE_GET_IRQ_INFO",
     DEVICE_SET_IRQS: "DEVICE_SET_IRQS", REGION_READ: "REGION_READ", REGION_WRITE: "REGION_WRITE",
     DMA_READ: "DMA_READ", DMA_WRITE: "DMA_WRITE", DEVICE_RESET: "DEVICE_RESET",
     REGION_WRITE_MULTI: "REGION_WRITE_MULTI", DEVICE_FEATURE: "DEVICE_FEATURE",
@@ -80,7 +81,7 @@ DMA_FLAG_WRITE = 2
 
 
 class DmaMap(uapi._Struct):
-    """DMA_MAP request payload (32 bytes): ``offset`` into the attached fd, bus ``addr``, ``size``."""
+    """DMA_MAP request payload (32 bytes): ``offset`` into the attached fd, bus ``addr``, size."""
 
     _fields_ = [("argsz", ctypes.c_uint32), ("flags", ctypes.c_uint32),
                 ("offset", ctypes.c_uint64), ("addr", ctypes.c_uint64), ("size", ctypes.c_uint64)]
@@ -288,7 +289,8 @@ def close_fds(fds: list[int]) -> None:
                 pass
 
 
-def recv_header(sock: socket.socket, max_fds: int = MAX_FDS_ACCEPTED) -> tuple[tuple, list[int]] | None:
+def recv_header(sock: socket.socket, max_fds: int = MAX_FDS_ACCEPTED
+                ) -> tuple[tuple, list[int]] | None:
     """Receive a header and the fds sent with it; None on a clean EOF before any byte.
 
     On a socket with SO_RCVTIMEO, BlockingIOError propagates only when no byte has arrived (the
@@ -393,7 +395,8 @@ def describe(msg: Message) -> str:
         extra = f" addr={addr:#x} count={count}"
     err = f" error={errno.errorcode.get(msg.error_no, msg.error_no)}" if msg.is_error else ""
     fds = f" fds={len(msg.fds)}" if msg.fds else ""
-    return f"{kind} {msg.name} id={msg.msg_id} size={HEADER_SIZE + len(msg.payload)}{extra}{fds}{err}"
+    size = HEADER_SIZE + len(msg.payload)
+    return f"{kind} {msg.name} id={msg.msg_id} size={size}{extra}{fds}{err}"
 
 
 class Receiver:
@@ -507,7 +510,8 @@ class Receiver:
             except EOFError:
                 if avail == 0:
                     return None
-                raise ConnectionResetError(errno.ECONNRESET, "peer closed the connection mid-message") from None
+                raise ConnectionResetError(errno.ECONNRESET,
+                                           "peer closed the connection mid-message") from None
 
     def close(self) -> None:
         """Close fds received and never handed out."""

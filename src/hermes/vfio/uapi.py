@@ -1,4 +1,4 @@
-"""Linux VFIO UAPI numbers and struct layouts, shared by the vfio-user protocol and the VFIO transport.
+"""Linux VFIO UAPI numbers and struct layouts, shared by the vfio-user protocol and VFIO transport.
 
 vfio-user reuses the kernel's region/IRQ indices, flag values and most struct layouts, so both
 transports (and the server and the fake kernel used in tests) take them from here. Values are those
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import struct
+from typing import TypeVar
 
 # --- ioctl numbers: _IO(VFIO_TYPE, VFIO_BASE + n); _IO encodes neither size nor direction -------
 VFIO_TYPE = ord(";")
@@ -105,11 +106,15 @@ VFIO_IOMMU_INFO_CAPS = 1 << 1
 VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE = 1
 
 
+#: A subclass of ``_Struct``: what its ``decode`` returns.
+S = TypeVar("S", bound="_Struct")
+
+
 class _Struct(ctypes.Structure):
     """A kernel struct: encodes with ``bytes(s)``, decodes with ``cls.decode(buf)``."""
 
     @classmethod
-    def decode(cls, buf: bytes | bytearray | memoryview, offset: int = 0) -> "_Struct":
+    def decode(cls: type[S], buf: bytes | bytearray | memoryview, offset: int = 0) -> S:
         """Decode from ``buf`` at ``offset``; ValueError if too short."""
         size = ctypes.sizeof(cls)
         if len(buf) - offset < size:
@@ -121,11 +126,11 @@ class _Struct(ctypes.Structure):
         return bytes(self)
 
     def __repr__(self) -> str:
-        fields = ", ".join(f"{name}={getattr(self, name):#x}" for name, _ in self._fields_)
+        fields = ", ".join(f"{name}={getattr(self, name):#x}" for name, *_ in self._fields_)
         return f"{type(self).__name__}({fields})"
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and bytes(self) == bytes(other)  # type: ignore[arg-type]
+        return type(other) is type(self) and bytes(self) == bytes(other)
 
 
 _u32 = ctypes.c_uint32
@@ -154,7 +159,7 @@ class vfio_region_info(_Struct):
 
 
 class vfio_info_cap_header(_Struct):
-    """Header of every capability in an info chain (8 bytes); ``next`` is an offset from the info start."""
+    """Header of every capability in an info chain (8 bytes); ``next`` is from the info start."""
 
     _fields_ = [("id", _u16), ("version", _u16), ("next", _u32)]
 
@@ -241,8 +246,9 @@ def encode_sparse_mmap_cap(areas: list[tuple[int, int]], next_offset: int = 0) -
     return bytes(cap) + b"".join(bytes(vfio_region_sparse_mmap_area(o, s)) for o, s in areas)
 
 
-def parse_caps(info: bytes | bytearray | memoryview, cap_offset: int) -> dict[int, tuple[int, bytes]]:
-    """Walk an info struct's capability chain: ``{cap id: (version, bytes from the cap header on)}``.
+def parse_caps(info: bytes | bytearray | memoryview, cap_offset: int
+               ) -> dict[int, tuple[int, bytes]]:
+    """Walk an info struct's capability chain: ``{cap id: (version, bytes from its header on)}``.
 
     Offsets are from the start of ``info``; a chain that loops, runs past the buffer or points
     into the fixed part raises ValueError.
@@ -270,8 +276,9 @@ def parse_sparse_mmap(cap: bytes) -> list[tuple[int, int]]:
     if base + head.nr_areas * area > len(cap):
         raise ValueError(f"sparse mmap cap claims {head.nr_areas} areas, has room for "
                          f"{(len(cap) - base) // area}")
-    return [(a.offset, a.size) for a in
-            (vfio_region_sparse_mmap_area.decode(cap, base + i * area) for i in range(head.nr_areas))]
+    areas = (vfio_region_sparse_mmap_area.decode(cap, base + i * area)
+             for i in range(head.nr_areas))
+    return [(a.offset, a.size) for a in areas]
 
 
 def parse_iova_ranges(cap: bytes) -> list[tuple[int, int]]:

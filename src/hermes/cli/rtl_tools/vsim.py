@@ -36,7 +36,7 @@ class SelfStartTop(wiring.Component):
         self.data_len = len(data)
         self.budget = budget
 
-    def elaborate(self, platform) -> Module:
+    def elaborate(self, platform: object) -> Module:
         """Wire the core's start to the first cycle and latch its completion."""
         m = Module()
         m.submodules.core = c = self.core

@@ -20,10 +20,10 @@ from __future__ import annotations
 import bisect
 
 from ...errors import VerifierError
+from .. import cfg
 from ..isa import Insn, jump_target
 from ..memory import DATA_BASE, MASK64, MAX_CALL_DEPTH, STACK_BASE, STACK_SIZE, STACK_TOP, Segment
 from ..program import Program
-from .. import cfg
 from ..verifier import VerifierInfo
 from .loops import LoopPlan, plan_loops
 
@@ -66,14 +66,14 @@ def leaders(program: Program, info: VerifierInfo) -> list[int]:
 class _Func:
     """IR text builder for one eBPF function."""
 
-    def __init__(self, gen: "ModuleGen", index: int, start: int, end: int):
+    def __init__(self, gen: ModuleGen, index: int, start: int, end: int):
         self.gen = gen
         self.index = index
         self.start = start
         self.end = end
         self.lines: list[str] = []
         self.tmp = 0
-        self.fast: "LoopPlan | None" = None
+        self.fast: LoopPlan | None = None
 
     def t(self) -> str:
         self.tmp += 1
@@ -148,8 +148,8 @@ class _Func:
         # reports a failed load (flags: bit 0 = write, bit 1 = report unmapped as a load).
         flags = (1 if write else 0) | (2 if atomic else 0)
         ps = self.t()
-        self.emit(f"{ps} = call ptr @{self.gen.prefix}slow(ptr %ctx, i64 {a}, i64 {size}, i64 {flags}, "
-                  f"i64 %depth, i64 {pc}, i64 {count})")
+        self.emit(f"{ps} = call ptr @{self.gen.prefix}slow(ptr %ctx, i64 {a}, i64 {size}, "
+                  f"i64 {flags}, i64 %depth, i64 {pc}, i64 {count})")
         bad = self.t()
         self.emit(f"{bad} = icmp eq ptr {ps}, null")
         self.emit(f"br i1 {bad}, label %unwind, label %{done}")
@@ -355,7 +355,8 @@ class _Func:
             self.emit("br label %unwind")
             self.label(ok)
         res = self.t()
-        self.emit(f"{res} = call {{i64, i64}} @{self.gen.prefix}f{callee}(ptr %ctx, i64 {d1}, i64 {count}, {args})")
+        self.emit(f"{res} = call {{i64, i64}} @{self.gen.prefix}f{callee}(ptr %ctx, i64 {d1}, "
+                  f"i64 {count}, {args})")
         c = self.t()
         self.emit(f"{c} = extractvalue {{i64, i64}} {res}, 1")
         r0 = self.t()
@@ -445,8 +446,8 @@ class _Func:
         tail = ["budget_fail:",
                 "  %bpc = load i64, ptr %fpc",
                 "  %bcnt = load i64, ptr %fcnt",
-                f"  call void @{self.gen.prefix}fault(ptr %ctx, i64 {ERR_BUDGET}, i64 %bpc, i64 0, i64 0, "
-                "i64 %bcnt, i64 %depth)",
+                f"  call void @{self.gen.prefix}fault(ptr %ctx, i64 {ERR_BUDGET}, i64 %bpc, "
+                "i64 0, i64 0, i64 %bcnt, i64 %depth)",
                 "  br label %unwind",
                 "unwind:",
                 "  ret {i64, i64} {i64 0, i64 -1}"]
@@ -583,8 +584,8 @@ class _Func:
         self.emit(f"{go} = icmp uge i64 {kf}, {plan.unroll}")
         self.emit(f"br i1 {go}, label %fb{h}, label %bc{h}")
 
-    def block(self, s: int, e: int, insns: "list[Insn | None]",
-              fast: "LoopPlan | None" = None, checked_header: bool = False) -> None:
+    def block(self, s: int, e: int, insns: list[Insn | None],
+              fast: LoopPlan | None = None, checked_header: bool = False) -> None:
         """One basic block; ``fast`` emits the loop's check-free copy of it."""
         if fast is not None:
             self.label(f"fb{s}")
@@ -597,7 +598,7 @@ class _Func:
                 return f"%fb{t}"
             return f"%b{t}"
 
-        def edge(cond: "str | None", taken: int, other: int, copy: int) -> None:
+        def edge(cond: str | None, taken: int, other: int, copy: int) -> None:
             """Branch (unconditional when cond is None); back-edges in a fast copy count K."""
             if cond == "stay" and fast is not None:
                 # an exit test that certainly stays in the loop during this chunk
@@ -709,12 +710,12 @@ class _Func:
                 elif op.is_call:
                     self.helper_call(insn, i, count)
                 elif op.is_jump:
-                    edge(None, jump_target(insn, i), 0, copy)
+                    edge(None, cfg.target(insn, i), 0, copy)
                     break
                 elif op.is_branch:
                     certain = fast is not None and i in fast.tests
                     c = "stay" if certain else self.cond(insn)
-                    edge(c, jump_target(insn, i), self.inside(e, i), copy)
+                    edge(c, cfg.target(insn, i), self.inside(e, i), copy)
                     break
                 elif op.is_exit:
                     r0 = self.get(0)
@@ -762,8 +763,8 @@ class ModuleGen:
     def resolve_fn(self) -> str:
         """``@hermes_resolve``: stack frames and program segments (the slow path of an access)."""
         segs: tuple[Segment, ...] = tuple(s for s in self.program.segments if s.data)
-        lines = [f"define internal ptr @{self.prefix}resolve(ptr %ctx, i64 %a, i64 %size, i1 %write, "
-                 "i64 %depth) #1 {",
+        lines = [f"define internal ptr @{self.prefix}resolve(ptr %ctx, i64 %a, i64 %size, "
+                 "i1 %write, i64 %depth) #1 {",
                  "entry:",
                  f"  %dm = mul i64 %depth, {STACK_SIZE}",
                  f"  %slo = sub i64 {STACK_TOP - STACK_SIZE}, %dm",
@@ -832,8 +833,8 @@ class ModuleGen:
 
     def fault_fn(self) -> str:
         """``@hermes_fault``: write the error record (kind, pc, address, size, count, depth)."""
-        lines = [f"define internal void @{self.prefix}fault(ptr %ctx, i64 %kind, i64 %pc, i64 %addr, "
-                 "i64 %size, i64 %count, i64 %depth) #1 {", "entry:"]
+        lines = [f"define internal void @{self.prefix}fault(ptr %ctx, i64 %kind, i64 %pc, "
+                 "i64 %addr, i64 %size, i64 %count, i64 %depth) #1 {", "entry:"]
         for k, v in ((CTX_ERR_KIND, "kind"), (CTX_ERR_PC, "pc"), (CTX_ERR_ADDR, "addr"),
                      (CTX_ERR_SIZE, "size"), (CTX_ERR_COUNT, "count"), (CTX_ERR_DEPTH, "depth")):
             lines += [f"  %p{k} = getelementptr i64, ptr %ctx, i64 {k}",
@@ -848,7 +849,7 @@ class ModuleGen:
         slot is present) and one with r1 = r2 = 0; once inlined, the constant lets LLVM fold every
         ``r1 + k - DATA_BASE`` into a plain offset.
         """
-        def call(r1: "str | int", r2: str) -> str:
+        def call(r1: str | int, r2: str) -> str:
             return (f"call {{i64, i64}} @{self.prefix}f0(ptr %ctx, i64 0, i64 0, i64 0, "
                     f"i64 {r1}, i64 {r2}, i64 %r3, i64 %r4, i64 %r5, i64 0, i64 0, i64 0, "
                     "i64 0)")
@@ -882,7 +883,7 @@ class ModuleGen:
         """IR text of every function of this program (names prefixed, entry ``entry_name``)."""
         starts = leaders(self.program, self.info)
         n = len(self.program.insns)
-        ends = {s: e for s, e in zip(starts, starts[1:] + [n])}
+        ends = dict(zip(starts, starts[1:] + [n], strict=True))
         parts = [self.resolve_fn(), self.slow_fn(), self.fault_fn()]
         called = set(self.info.call_targets.values())
         for k, f in enumerate(self.info.functions):
@@ -895,7 +896,7 @@ class ModuleGen:
         return parts
 
 
-def generate_module(items: "list[tuple[Program, VerifierInfo, str]]", triple: str,
+def generate_module(items: list[tuple[Program, VerifierInfo, str]], triple: str,
                     layout: str) -> str:
     """One LLVM module (IR text) holding several programs: (program, facts, entry name) each."""
     parts = [f'target triple = "{triple}"', f'target datalayout = "{layout}"', ""]
@@ -903,7 +904,7 @@ def generate_module(items: "list[tuple[Program, VerifierInfo, str]]", triple: st
         parts.append(f"declare i{w} @llvm.bswap.i{w}(i{w})")
     parts.append("declare i64 @llvm.usub.sat.i64(i64, i64)")
     parts.append("declare i64 @llvm.umin.i64(i64, i64)")
-    for k, (program, info, entry) in enumerate(items):
+    for program, info, entry in items:
         if not info.functions:  # pragma: no cover - verify always returns the entry function
             raise VerifierError("program has no entry function")
         parts.extend(ModuleGen(program, info, f"{entry}_").functions(entry))

@@ -56,7 +56,7 @@ class LoopPlan:
     tests: dict = field(default_factory=dict)
     #: instructions of the shortest iteration (header back to header); the fast copy bounds its
     #: iterations through the instruction count instead of a separate down-counter
-    uniform: "int | None" = None
+    uniform: int | None = None
 
 
 def _constant_step(insn: Insn) -> bool:
@@ -65,7 +65,7 @@ def _constant_step(insn: Insn) -> bool:
     return op.is_alu and not op.source_x and op.sem in ("add", "sub") and op.width == 64
 
 
-def plan_loops(insns: "list[Insn | None]", starts: list[int], ends: dict[int, int],
+def plan_loops(insns: list[Insn | None], starts: list[int], ends: dict[int, int],
                fstart: int, fend: int, stack_safe: dict[int, int]) -> dict[int, LoopPlan]:
     """Loops of the function [fstart, fend) worth versioning, by header block start.
 
@@ -76,7 +76,9 @@ def plan_loops(insns: "list[Insn | None]", starts: list[int], ends: dict[int, in
     succ = {}
     for s in blocks:
         last = cfg.last_slot(insns, ends[s])
-        succ[s] = [t for t in cfg.successors(insns[last], last) if fstart <= t < fend]
+        tail = insns[last]
+        assert tail is not None  # last_slot passes over an lddw's second slot
+        succ[s] = [t for t in cfg.successors(tail, last) if fstart <= t < fend]
     pred: dict[int, list[int]] = {s: [] for s in blocks}
     for s in blocks:
         for t in succ[s]:
@@ -198,7 +200,7 @@ class _DomTree:
 
 
 def _loop_body(h: int, latches: list[int], pred: dict[int, list[int]],
-               limit: int) -> "set[int] | None":
+               limit: int) -> set[int] | None:
     """Blocks of the loop of header h (the union of the natural loops of its back-edges from
     ``latches``), or None as soon as it has more than ``limit`` blocks."""
     body = {h}
@@ -218,7 +220,7 @@ def _loop_body(h: int, latches: list[int], pred: dict[int, list[int]],
     return body if len(body) <= limit else None
 
 
-def _plan(insns, h, body, succ, ends, stack_safe) -> "LoopPlan | None":
+def _plan(insns, h, body, succ, ends, stack_safe) -> LoopPlan | None:
     slots = [i for b in body for i in range(b, ends[b]) if insns[i] is not None]
     defs: dict[int, bool] = {}  # reg -> only constant add/sub so far
     for i in slots:
@@ -345,7 +347,7 @@ _OPS = {"jlt": "<", "jle": "<=", "jgt": ">", "jge": ">=", "jeq": "==", "jne": "!
 _MIRROR = {"<": ">", "<=": ">=", ">": "<", ">=": "<=", "==": "==", "!=": "!="}
 
 
-def _exit_test(insns, h, b, e, body, ivs, defs, inc, partial) -> "tuple | None":
+def _exit_test(insns, h, b, e, body, ivs, defs, inc, partial) -> tuple | None:
     """(pc, iv, offset, step, condition, bound reg, bound imm, stay on taken) or None."""
     last = cfg.last_slot(insns, e)
     insn = insns[last]
@@ -383,7 +385,7 @@ _SMALL = 1 << 40
 _COEF = 1 << 16
 
 
-def _value(r: int, av: dict, ivs: set[int], cur: dict) -> "tuple | None":
+def _value(r: int, av: dict, ivs: set[int], cur: dict) -> tuple | None:
     """Abstract value of register ``r`` here: an IV is its header value plus its partial change."""
     if r in ivs:
         return (((r, 1),),) + cur[r]
