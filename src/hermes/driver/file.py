@@ -5,6 +5,7 @@ import errno
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import cast
 
 from .. import regs
 from .dma import SlotDma
@@ -127,7 +128,9 @@ class HermesFile:
 
     def download_program(self, prog: bytes, flags: int = 0) -> int:
         """Copy ``prog`` (raw instructions or an ELF object) into this file's program slot."""
-        return self.ioctl(HERMES_DOWNLOAD_PROG_IOCTL, DownloadProg(prog, flags))
+        # the download request's result is always the int 0 (only HERMES_RUN_IOCTL returns an
+        # outcome)
+        return cast(int, self.ioctl(HERMES_DOWNLOAD_PROG_IOCTL, DownloadProg(prog, flags)))
 
     def _download(self, prog: bytes, flags: int) -> int:
         if flags != 0:
@@ -171,10 +174,11 @@ class HermesFile:
     def pread(self, size: int, offset: int) -> bytes:
         """Up to ``size`` bytes of the data slot at ``offset`` (truncated at the slot's end)."""
         with self._lock:
-            n = self._pread_len(size, offset)
-            return self._dma.read_data(self._data_slot, offset, n)
+            slot, n = self._pread_len(size, offset)
+            return self._dma.read_data(slot, offset, n)
 
-    def _pread_len(self, size: int, offset: int) -> int:
+    def _pread_len(self, size: int, offset: int) -> tuple[int, int]:
+        """(data slot, bytes a read of ``size`` at ``offset`` gets), or the read's errno."""
         self._check_open()
         if offset < 0:
             raise error(errno.EINVAL, f"negative read offset {offset}")
@@ -183,7 +187,7 @@ class HermesFile:
         self._need_program("read")
         if self._data_slot is None:
             raise error(errno.ENODATA, "read before any data was written")
-        return self._clamp(offset, size)
+        return self._data_slot, self._clamp(offset, size)
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         """``pwrite`` at the file position, which advances by the bytes written."""
@@ -195,8 +199,8 @@ class HermesFile:
     def read(self, size: int) -> bytes:
         """``pread`` at the file position, which advances by the bytes read."""
         with self._lock:
-            n = self._pread_len(size, self._pos)
-            out = self._dma.read_data(self._data_slot, self._pos, n)
+            slot, n = self._pread_len(size, self._pos)
+            out = self._dma.read_data(slot, self._pos, n)
             self._pos += n
             return out
 
@@ -332,9 +336,11 @@ class HermesFile:
         interruption."""
         self._control = control
         token = cancel.watch(control.abort) if cancel is not None else None  # type: ignore
+        prog, data = self._prog_slot, self._data_slot
+        assert prog is not None and data is not None  # _run_ex refused a file without them
         try:
             response = self._commands.run_program(
-                self._prog_slot, self._data_slot, self._prog_len,
+                prog, data, self._prog_len,
                 cmd_id=self._cmd_id(), timeout=control.timeout, control=control)
         except DriverError as exc:
             if exc.command_stopped is False:

@@ -136,8 +136,9 @@ class _Machine:
         #: Every frame's bytes: frame d spans [STACK_TOP - 512 (d+1), STACK_TOP - 512 d).
         self.stack = bytearray(STACK_SIZE * MAX_CALL_DEPTH)
         #: (vaddr, bytes, writable) of each program data segment; writable ones are fresh copies.
-        self.segments = [(seg.vaddr, bytearray(seg.data) if seg.writable else seg.data,
-                          seg.writable) for seg in self.program.segments if seg.data]
+        self.segments = [(seg.vaddr, bytearray(seg.data) if seg.writable
+                          else memoryview(seg.data), seg.writable)
+                         for seg in self.program.segments if seg.data]
         self.state = state
         self.ctx = HelperContext(self.read, self.write, self.view, run=self.state)
         #: Instructions charged (whole blocks, on entry) and instructions actually executed.

@@ -374,7 +374,7 @@ class VfioFunction:
     mmap); the device is constructed with ``bar4=`` a mapping of it.
     """
 
-    def __init__(self, device: HermesDevice, *, bar4_fd: int | None = None,
+    def __init__(self, device: HermesDevice | NvmeController, *, bar4_fd: int | None = None,
                  bar4_fd_offset: int = 0, bar4_map: mmap.mmap | None = None,
                  region_offsets: dict[int, int] | None = None,
                  bars: list[pci.BarSpec] | None = None, identity: dict | None = None):
@@ -412,7 +412,8 @@ class VfioFunction:
             bar4.fd = bar4_fd
             bar4.offset = bar4_fd_offset
             bar4.sparse = [(0, bar4.size)]
-        self._bar4 = device.bar4
+        # (a device without BAR4 has an empty one: its region is 0 bytes, never accessed)
+        self._bar4: memoryview = device.bar4 if device.bar4 is not None else memoryview(b"")
 
     @classmethod
     def create(cls, *, memfd_name: str = "hermes-bar4", **device_kwargs: Any) -> VfioFunction:

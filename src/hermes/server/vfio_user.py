@@ -28,6 +28,7 @@ from typing import Any, TextIO
 
 from .. import regs
 from ..device import DmaFault
+from ..device.nvme import NvmeController
 from ..errors import DeviceError
 from ..vfio import protocol as P, uapi
 from .function import CallbackBackend, MmapBackend, VfioFunction, vfio_error
@@ -65,6 +66,16 @@ class _ClientGone(Exception):
     """The client closed or broke the socket; the connection ends."""
 
 
+class _Reply:
+    """A server-to-client DMA request waiting for its reply (``msg`` None: the client left)."""
+
+    __slots__ = ("done", "msg")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.msg: P.Message | None = None
+
+
 class Connection:
     """One client connection: message dispatch, server-to-client DMA requests, cleanup."""
 
@@ -78,7 +89,7 @@ class Connection:
         self.client_max_fds = P.DEFAULT_MAX_MSG_FDS
         self._send_lock = threading.Lock()
         self._ids = itertools.count(1)
-        self._waiters: dict[int, list] = {}        # msg_id -> [event, reply or None]
+        self._waiters: dict[int, _Reply] = {}      # msg_id -> the request waiting for it
         self._waiters_lock = threading.Lock()
         self._backlog: list[P.Message] = []        # commands received while pumping
         self._rx = P.Receiver(sock, max_fds=SERVER_MAX_MSG_FDS,
@@ -136,7 +147,7 @@ class Connection:
         if self.closed:
             raise ConnectionError("client gone")
         msg_id = next(self._ids) & 0xFFFF
-        slot = [threading.Event(), None]
+        slot = _Reply()
         with self._waiters_lock:
             self._waiters[msg_id] = slot
         try:
@@ -147,7 +158,7 @@ class Connection:
                 # which is also the only reader of the socket: receive here until the reply
                 # comes, keeping commands that arrive meanwhile for later (in order).
                 deadline = time.monotonic() + DMA_REPLY_TIMEOUT
-                while not slot[0].is_set():
+                while not slot.done.is_set():
                     if self.closed or self.server.stop_requested() or time.monotonic() > deadline:
                         raise ConnectionError("no DMA reply from the client")
                     try:
@@ -161,11 +172,11 @@ class Connection:
                         self._deliver_reply(msg)
                     else:
                         self._backlog.append(msg)
-            elif not slot[0].wait(DMA_REPLY_TIMEOUT):
+            elif not slot.done.wait(DMA_REPLY_TIMEOUT):
                 raise ConnectionError("no DMA reply from the client")
-            if slot[1] is None:
+            if slot.msg is None:
                 raise ConnectionError("client gone")
-            return slot[1]
+            return slot.msg
         finally:
             with self._waiters_lock:
                 self._waiters.pop(msg_id, None)
@@ -206,14 +217,14 @@ class Connection:
             self.server.log(f"client {self.number}: unexpected reply {P.describe(msg)}; ignored")
             msg.close_fds()
             return
-        slot[1] = msg
-        slot[0].set()
+        slot.msg = msg
+        slot.done.set()
 
     def _fail_waiters(self) -> None:
         with self._waiters_lock:
             slots = list(self._waiters.values())
         for slot in slots:
-            slot[0].set()
+            slot.done.set()
 
     # --- receiving -----------------------------------------------------------------------------
     def _recv(self) -> P.Message | None:
@@ -272,9 +283,10 @@ class Connection:
                 if self._backlog:
                     msg = self._backlog.pop(0)
                 else:
-                    msg = self._recv()
-                    if msg is None:
+                    got = self._recv()
+                    if got is None:
                         continue
+                    msg = got
                 if msg.is_reply:
                     self._deliver_reply(msg)
                 elif not (msg.cmd in _FAST and self.negotiated and not self.server.verbose
@@ -492,7 +504,7 @@ class Connection:
                 raise vfio_error(errno.EINVAL, f"DMA_MAP fd: {exc}") from None
             finally:
                 msg.close_fds()
-            backend = MmapBackend(mm)
+            backend: MmapBackend | CallbackBackend = MmapBackend(mm)
         else:
             backend = CallbackBackend(req.addr, self.dma_read, self.dma_write)
         try:
@@ -769,7 +781,8 @@ class Server:
             while not self._stop:
                 # A signal may be delivered to any thread, and Python runs its handler on the
                 # main thread only when that thread next runs: the timeout bounds the wait.
-                r, _, _ = select.select([self.listener, self.wake_r], [], [], IDLE_TICK)
+                waits: list[socket.socket | int] = [self.listener, self.wake_r]
+                r, _, _ = select.select(waits, [], [], IDLE_TICK)
                 if self._stop:
                     break
                 if self.listener in r:
@@ -886,7 +899,7 @@ def serve(path: str, *, verbose: bool = False, log_file: TextIO | None = None,
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: server.stop())
     dev = function.device
-    if device == "nvme-cp":
+    if isinstance(dev, NvmeController):
         sizes = ", ".join(f"{ns.size >> 20} MiB" for ns in dev.memory.values())
         server.log(f"serving NVMe CP/SLM controller (memory namespaces {sizes}) on {path}")
     else:

@@ -623,12 +623,12 @@ class _Func:
                 taken = h
             if copy < unroll - 1:
                 # an unrolled copy: stay in the loop by falling into the next copy
-                stay = cond
+                stay_v = cond
                 if other == h:
-                    stay = self.t()
-                    self.emit(f"{stay} = xor i1 {cond}, true")
+                    stay_v = self.t()
+                    self.emit(f"{stay_v} = xor i1 {cond}, true")
                 nxt, out = self.new_label("fu"), self.new_label("fe")
-                self.emit(f"br i1 {stay}, label %{nxt}, label %{out}")
+                self.emit(f"br i1 {stay_v}, label %{nxt}, label %{out}")
                 self.label(out)
                 self.emit(f"br label {tgt(other if taken == h else taken)}")
                 self.label(nxt)
@@ -649,12 +649,12 @@ class _Func:
             if cond is None or taken == other:
                 self.emit(f"br i1 {kok}, label %fb{h}, label %b{h}")
                 return
-            stay = cond
+            stay_v = cond
             if other == h:
-                stay = self.t()
-                self.emit(f"{stay} = xor i1 {cond}, true")
+                stay_v = self.t()
+                self.emit(f"{stay_v} = xor i1 {cond}, true")
             both = self.t()
-            self.emit(f"{both} = and i1 {stay}, {kok}")
+            self.emit(f"{both} = and i1 {stay_v}, {kok}")
             out = self.new_label("fx")
             self.emit(f"br i1 {both}, label %fb{h}, label %{out}")
             self.label(out)

@@ -449,12 +449,12 @@ def _abstract(insn: Insn, av: dict, ivs: set[int], cur: dict) -> None:
             elif sem == "mul":
                 val = _scale(cur_v, k)
             elif sem == "rsh" and 0 <= k < 64:
-                if scalar:
+                if scalar and cur_v is not None:   # (scalar implies it: said for mypy)
                     val = ((), cur_v[1] >> k, cur_v[2] >> k)
                 elif k >= 24:
                     val = ((), 0, (1 << (64 - k)) - 1)
             elif sem == "and" and k >= 0:
-                hi = cur_v[2] if scalar else k
+                hi = cur_v[2] if scalar and cur_v is not None else k
                 val = ((), 0, min(k, hi))
         else:
             src = _value(insn.src, av, ivs, cur)
