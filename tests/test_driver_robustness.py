@@ -385,10 +385,7 @@ def _run_threads(n: int, target) -> None:
         raise errors[0]
 
 
-@pytest.mark.slow
-def test_sixteen_sessions_no_cross_talk(hermes_device):
-    cycles = 1000
-
+def _sixteen_sessions(hermes_device, cycles: int) -> None:
     def session(i: int) -> None:
         with hermes_device.open() as f:
             f.download_program(AFFINE)
@@ -400,6 +397,18 @@ def test_sixteen_sessions_no_cross_talk(hermes_device):
                 assert got == (x, (x * 3 + 1) & (2**64 - 1)), (i, k, got)
 
     _run_threads(16, session)
+
+
+@pytest.mark.slow
+def test_sixteen_sessions_no_cross_talk(hermes_device):
+    """16 threads, 250 runs each, interleaved on the device's engines."""
+    _sixteen_sessions(hermes_device, 250)
+
+
+@pytest.mark.volume
+def test_sixteen_sessions_no_cross_talk_long(hermes_device):
+    """The same with 1000 runs a thread (``./dev volume``)."""
+    _sixteen_sessions(hermes_device, 1000)
 
 
 def test_concurrent_open_close_churn(make_driver):
