@@ -1,12 +1,16 @@
 """vfio-user figures: 4-byte register read round trip, Run Program round trip, 1 MiB DMA rate.
 
-Usage: python benchmarks/vfio_figures.py [--socket PATH] [--quick]
+Usage: python benchmarks/vfio_figures.py [--socket PATH] [--quick] [--baseline SRC | --no-baseline]
 Without --socket it starts ``hermes serve`` on a temporary socket (and stops it at the end).
-Targets: register read <= 50 us median, Run Program <= 100 us median, 1 MiB DMA >= 1 GB/s.
+With a baseline source tree (default ``/tmp/base/main/src`` when it exists) the same figures are
+taken of that tree, its own server and client in a subprocess, in rounds interleaved with this
+tree's, and printed side by side (the best round of each: the machine is shared and noisy).
+Targets: register read <= 50 us median, Run Program <= 50 us median, 1 MiB DMA >= 1 GB/s.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import socket
@@ -15,16 +19,17 @@ import subprocess
 import sys
 import tempfile
 import time
-
-import hermes.driver
-from hermes import regs
-from hermes.engine.asm import assemble_program
-from hermes.transport.vfio_user import VfioUserTransport
+from collections.abc import Callable
 
 MiB = 1 << 20
+DEFAULT_BASELINE = "/tmp/base/main/src"
+#: Figure name -> (comparison, target, whether bigger is better).
+TARGETS = {"register read (us)": ("<=", 50.0), "Run Program (us)": ("<=", 50.0),
+           "H2C 1 MiB (GB/s)": (">=", 1.0), "C2H 1 MiB (GB/s)": (">=", 1.0),
+           "memory copy 1 MiB (GB/s)": (">=", 0.0)}
 
 
-def _median_us(fn, n: int, warmup: int = 50) -> float:
+def _median_us(fn: Callable[[], object], n: int, warmup: int = 50) -> float:
     """Median wall time of ``fn()`` in microseconds."""
     for _ in range(warmup):
         fn()
@@ -54,7 +59,12 @@ def _start_server(path: str) -> subprocess.Popen:
 
 
 def measure(path: str, quick: bool = False) -> dict[str, float]:
-    """The three figures against the server at ``path``."""
+    """The figures against the server at ``path`` (and a plain 1 MiB memory copy for scale)."""
+    import hermes.driver
+    from hermes import regs
+    from hermes.engine.asm import assemble_program
+    from hermes.transport.vfio_user import VfioUserTransport
+
     n = 300 if quick else 5000
     t = VfioUserTransport(path)
     drv = hermes.driver.attach(t)
@@ -69,40 +79,87 @@ def measure(path: str, quick: bool = False) -> dict[str, float]:
         m = 20 if quick else 200
         h2c = _median_us(lambda: drv.dma_write(off, buf), m, warmup=5)
         c2h = _median_us(lambda: drv.dma_read_into(off, buf), m, warmup=5)
+        src, dst = bytearray(MiB), memoryview(bytearray(MiB))
+
+        def copy() -> None:
+            dst[:] = src
+
+        cp = _median_us(copy, m, warmup=5)
         buf.free()
         f.close()
     finally:
         drv.close()
     return {"register read (us)": reg, "Run Program (us)": run,
-            "H2C 1 MiB (GB/s)": MiB / h2c / 1e3, "C2H 1 MiB (GB/s)": MiB / c2h / 1e3}
+            "H2C 1 MiB (GB/s)": MiB / h2c / 1e3, "C2H 1 MiB (GB/s)": MiB / c2h / 1e3,
+            "memory copy 1 MiB (GB/s)": MiB / cp / 1e3}
+
+
+def _one_round(socket_path: str | None, quick: bool) -> dict[str, float]:
+    """One set of figures of the tree this process imports (its own server unless given one)."""
+    if socket_path is not None:
+        return measure(socket_path, quick)
+    tmp = tempfile.mkdtemp()
+    path = os.path.join(tmp, "hermes.sock")
+    proc = _start_server(path)
+    try:
+        return measure(path, quick)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+        os.rmdir(tmp)
+
+
+def _baseline_round(src: str, quick: bool) -> dict[str, float]:
+    """One set of figures of the tree at ``src``: its server and client in a subprocess."""
+    env = dict(os.environ, PYTHONPATH=src)
+    args = [sys.executable, os.path.abspath(__file__), "--json", "--no-baseline", "--rounds", "1"]
+    out = subprocess.run(args + (["--quick"] if quick else []), env=env, check=True,
+                         capture_output=True, text=True, timeout=600, cwd=os.path.dirname(src))
+    return json.loads(out.stdout)
+
+
+def _best(rounds: list[dict[str, float]]) -> dict[str, float]:
+    """Per figure the best round: the least time, the highest rate."""
+    return {name: (min if TARGETS[name][0] == "<=" else max)(r[name] for r in rounds)
+            for name in rounds[0]}
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Print the figures and whether each meets its target."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--socket", help="an already running hermes serve")
+    """Print the figures, the baseline's beside them, and whether each meets its target."""
+    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    p.add_argument("--socket", help="an already running hermes serve (no baseline then)")
     p.add_argument("--quick", action="store_true", help="fewer iterations")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    p.add_argument("--baseline", default=DEFAULT_BASELINE,
+                   help=f"source tree to compare with (default {DEFAULT_BASELINE})")
+    p.add_argument("--no-baseline", action="store_true", help="measure this tree only")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = p.parse_args(argv)
-    proc = None
-    tmp = None
-    path = args.socket
-    if path is None:
-        tmp = tempfile.mkdtemp()
-        path = os.path.join(tmp, "hermes.sock")
-        proc = _start_server(path)
-    try:
-        figures = measure(path, args.quick)
-    finally:
-        if proc is not None:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(10)
-            os.rmdir(tmp)
-    targets = {"register read (us)": ("<=", 50), "Run Program (us)": ("<=", 100),
-               "H2C 1 MiB (GB/s)": (">=", 1), "C2H 1 MiB (GB/s)": (">=", 1)}
+    base = None
+    if not (args.no_baseline or args.socket) and os.path.isdir(args.baseline):
+        base = args.baseline
+    ours: list[dict[str, float]] = []
+    theirs: list[dict[str, float]] = []
+    for _ in range(max(1, args.rounds)):
+        if base is not None:
+            theirs.append(_baseline_round(base, args.quick))
+        ours.append(_one_round(args.socket, args.quick))
+    figures = _best(ours)
+    if args.json:
+        print(json.dumps(figures))
+        return 0
+    before = _best(theirs) if theirs else None
+    head = f"{'':26s} {'this tree':>10s}" + (f" {'baseline':>10s}" if before else "")
+    print(head)
     for name, value in figures.items():
-        op, target = targets[name]
-        ok = value <= target if op == "<=" else value >= target
-        print(f"{name:22s} {value:9.2f}   target {op} {target:<4}  {'ok' if ok else 'MISSED'}")
+        op, target = TARGETS[name]
+        line = f"{name:26s} {value:10.2f}"
+        if before is not None:
+            line += f" {before[name]:10.2f}"
+        if target:
+            ok = value <= target if op == "<=" else value >= target
+            line += f"   target {op} {target:<4g}  {'ok' if ok else 'MISSED'}"
+        print(line)
     return 0
 
 
