@@ -14,6 +14,7 @@ import pytest
 import hermes.driver
 from hermes import regs
 from hermes.engine.asm import assemble_program
+from hermes.transport.base import Transport
 from hermes.transport.vfio import VfioError, VfioTransport
 from hermes.transport.vfio_user import VfioUserTransport
 from hermes.vfio import protocol as P, uapi
@@ -210,6 +211,27 @@ def test_posted_writes_are_ordered_before_reads(server):
         with pytest.raises(ValueError):
             t.write(3, 0, 4, 0)
         assert t.config_read(0, 4) == 0x3000_1DE5
+
+
+def test_read_many_sends_the_reads_together(server):
+    with VfioUserTransport(server.path) as t:
+        base = regs.cmdreq(0)
+        t.write_block(0, base, bytes(range(32)))       # posted: they go first, in the same send
+        sends = []
+        send = t._send
+        t._send = lambda data, *a, **k: (sends.append(bytes(data)), send(data, *a, **k))[1]
+        reads = [(base, 2), (base + 8, 16), (base + 4, 4), (regs.EHVER, 4)]
+        got = t.read_many(0, reads)
+        assert len(sends) == 1
+        assert got == [bytes(range(32))[o - base:o - base + n] if o >= base
+                       else t.read(0, o, n).to_bytes(n, "little") for o, n in reads]
+        assert got == Transport.read_many(t, 0, reads)   # the same bytes as one read at a time
+        with pytest.raises(ValueError):
+            t.read_many(0, [(base, 2), (regs.BAR0_SIZE, 4)])
+        with pytest.raises(OSError) as info:   # the server answers an error, as to read_block
+            t.read_many(0, [(base, 2), (regs.BAR0_SIZE, 16)])
+        assert info.value.errno == errno.EINVAL
+        assert t.read_many(0, [(base, 2)]) == [bytes([0, 1])]   # the connection still works
 
 
 def test_irq_wait_counts_and_flushes(server):

@@ -154,6 +154,9 @@ class Commands:
         # A transport with its own read_block (one message for a vfio-user client) gets the
         # 16-byte response in one access; others in two 8-byte reads rather than four 4-byte.
         self._block_reads = type(transport).read_block is not Transport.read_block
+        # A transport with its own read_many (vfio-user) reads the state and the response of a
+        # completed command in one exchange.
+        self._many_reads = type(transport).read_many is not Transport.read_many
         self._pool = _EnginePool(self, geometry.engines)
         #: Request bytes 16..31 last written to each engine (0 after probe, see _execute).
         self._req_rest = [1] * geometry.engines  # unknown at attach: the first command writes them
@@ -298,10 +301,19 @@ class Commands:
                     f"did not complete within {timeout:g} s")
             raise DriverError(errno.ETIMEDOUT, f"{what}; {how}", engine=engine,
                               command_stopped=stopped)
-        state = t.read(_BAR0, ctrl, 2)
+        raw = None
+        if self._many_reads and (control is None or control.ctx is None):
+            # State and response in one exchange (BAR0 reads have no side effects, so reading
+            # the response before the state is checked changes nothing).
+            head, raw = t.read_many(_BAR0, ((ctrl, 2), (regs.cmdres(engine), regs.EHCMDRES_LEN)))
+            state = int.from_bytes(head, "little")
+        else:
+            state = t.read(_BAR0, ctrl, 2)
         if state != 0x0100:
             raise error(errno.EIO, f"engine {engine}: interrupt without completion (EHCMDEXEC "
                         f"{state & 0xFF}, EHCMDDONE {state >> 8 & 0xFF})")
+        if raw is not None:
+            return Response.unpack(raw)
         return self._read_results(engine, control)
 
     def _read_results(self, engine: int, control: RunControl | None) -> Response:

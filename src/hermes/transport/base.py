@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import abc
 import mmap
+from collections.abc import Sequence
 
 
 class DmaBuffer(abc.ABC):
@@ -84,6 +85,18 @@ class Transport(abc.ABC):
         """Read ``length`` bytes of a BAR with 4-byte accesses (length a multiple of 4)."""
         return b"".join(self.read(bar, offset + i, 4).to_bytes(4, "little")
                         for i in range(0, length, 4))
+
+    def read_many(self, bar: int, reads: Sequence[tuple[int, int]]) -> list[bytes]:
+        """The bytes of several reads of BAR ``bar``, each ``(offset, length)``, in order: a
+        length of 1, 2, 4 or 8 is one ``read``, a longer one a ``read_block``. A transport whose
+        reads are messages (vfio-user) sends them together and waits once."""
+        out = []
+        for offset, length in reads:
+            if length in (1, 2, 4, 8):
+                out.append(self.read(bar, offset, length).to_bytes(length, "little"))
+            else:
+                out.append(self.read_block(bar, offset, length))
+        return out
 
     def write_block(self, bar: int, offset: int, data: bytes) -> None:
         """Write ``data`` (length a multiple of 4) to a BAR with 4-byte accesses."""

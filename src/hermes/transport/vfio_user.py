@@ -20,6 +20,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Sequence
 
 from .. import regs
 from ..vfio import mmio, protocol as P, uapi
@@ -441,20 +442,54 @@ class VfioUserTransport(PciTransport):
                 msg = b"".join(self._posted)
                 self._posted.clear()
             self._send(msg, deadline)
-            while True:
-                rid, rcmd, size, flags, err = _HEADER.unpack(self._recv_reply(16, deadline))
-                if (rid == msg_id and rcmd == P.REGION_READ
-                        and flags & P.FLAG_TYPE_MASK == P.TYPE_REPLY):
-                    if flags == P.TYPE_REPLY and size == 32 + count:
-                        return self._recv_rest(16 + count, deadline)[16:]
-                    reply = self._recv_body(rid, rcmd, size, flags, err, [], deadline)
-                    break
-                # Anything else (a server command, the probe's reply) first.
-                self._other(self._recv_body(rid, rcmd, size, flags, err, [], deadline), deadline)
+            reply = self._await_read(msg_id, count, deadline)
         except (OSError, P.ProtocolError) as exc:
             raise self._lost(exc, "REGION_READ") from None
         finally:
             self._lock.release()
+        return self._read_data(reply, count)
+
+    def _region_reads(self, region: int, reads: list[tuple[int, int]]) -> list[bytes]:
+        """Several REGION_READs sent in one system call (after any posted writes), then their
+        replies received in turn: one wait for the server instead of one per read."""
+        deadline = self._begin("REGION_READ")
+        try:
+            ids = []
+            msgs = self._posted
+            for offset, count in reads:
+                msg_id = next(self._ids) & 0xFFFF
+                ids.append(msg_id)
+                msgs.append(_HEADER.pack(msg_id, P.REGION_READ, 32, 0, 0)
+                            + _ACCESS.pack(offset, region, count))
+            data = b"".join(msgs)
+            msgs.clear()
+            self._send(data, deadline)
+            replies = [self._await_read(msg_id, count, deadline)
+                       for msg_id, (_, count) in zip(ids, reads, strict=True)]
+        except (OSError, P.ProtocolError) as exc:
+            raise self._lost(exc, "REGION_READ") from None
+        finally:
+            self._lock.release()
+        return [self._read_data(reply, count)
+                for reply, (_, count) in zip(replies, reads, strict=True)]
+
+    def _await_read(self, msg_id: int, count: int, deadline: float) -> bytes | P.Message:
+        """The reply to REGION_READ ``msg_id`` of ``count`` bytes (lock held): the data of a plain
+        success without parsing it, else the whole reply; what arrives before it is handled."""
+        while True:
+            rid, rcmd, size, flags, err = _HEADER.unpack(self._recv_reply(16, deadline))
+            if (rid == msg_id and rcmd == P.REGION_READ
+                    and flags & P.FLAG_TYPE_MASK == P.TYPE_REPLY):
+                if flags == P.TYPE_REPLY and size == 32 + count:
+                    return self._recv_rest(16 + count, deadline)[16:]
+                return self._recv_body(rid, rcmd, size, flags, err, [], deadline)
+            # Anything else (a server command, the probe's reply) first.
+            self._other(self._recv_body(rid, rcmd, size, flags, err, [], deadline), deadline)
+
+    def _read_data(self, reply: bytes | P.Message, count: int) -> bytes:
+        """The ``count`` bytes a REGION_READ reply carries (an error reply raises its error)."""
+        if isinstance(reply, bytes):
+            return reply
         if reply.is_error:
             raise self._remote_error(P.REGION_READ, reply.error_no)
         data = reply.payload[_ACCESS.size:]
@@ -620,6 +655,20 @@ class VfioUserTransport(PciTransport):
         if mm is not None:
             return bytes(mm[offset:offset + length])
         return self._region_read(bar, offset, length)
+
+    def read_many(self, bar: int, reads: Sequence[tuple[int, int]]) -> list[bytes]:
+        """Several reads of a BAR (see ``Transport.read_many``): the REGION_READs that ``read`` and
+        ``read_block`` send, sent together."""
+        mm = self._maps.get(bar)
+        if mm is not None:
+            return [bytes(mm[offset:offset + length]) for offset, length in reads]
+        todo = list(reads)
+        if not all(0 < length <= self.max_xfer for _, length in todo):
+            return super().read_many(bar, todo)
+        for offset, length in todo:
+            if length in (1, 2, 4, 8):
+                self._check(bar, offset, length)
+        return self._region_reads(bar, todo)
 
     def write_block(self, bar: int, offset: int, data: bytes) -> None:
         """Write ``data`` to a BAR in one message (the server splits into 4-byte accesses)."""
