@@ -221,13 +221,15 @@ Source = bytes | bytearray | memoryview | DmaBuffer
 
 class DmaChannels:
     """Both directions' channels of one device and the copies between host memory and BAR4
-    through them: a ``DmaBuffer`` in place, anything else through a channel's bounce buffer."""
+    through them: a ``DmaBuffer`` in place, other bytes in place too where the transport maps
+    them (``dma_map``), else through a channel's bounce buffer."""
 
     def __init__(self, transport: Transport, geometry: regs.Geometry,
                  h2c_vectors: list[int | None], c2h_vectors: list[int | None], *,
                  bounce_size: int = DEFAULT_BOUNCE_SIZE, chunk: int = DEFAULT_DMA_CHUNK,
                  timeout: float = DEFAULT_DMA_TIMEOUT):
         self.transport = transport
+        self._dma_map = getattr(transport, "dma_map", None)
         self.bar4_size = geometry.bar4_size
         #: Seconds one descriptor chain may take.
         self.timeout = timeout
@@ -288,9 +290,24 @@ class DmaChannels:
         finally:
             pool.release(ch)
 
+    def _mapped(self, view: memoryview, writable: bool) -> DmaBuffer | None:
+        """``view`` mapped for DMA in place, when the transport can reach the caller's memory
+        (``dma_map``, an optional transport method: in process, the device's DMA engine reaches
+        host pages as through an IOMMU mapping), else None."""
+        dma_map = self._dma_map
+        return dma_map(view, writable=writable) if dma_map is not None else None
+
     def copy_in(self, offset: int, view: memoryview) -> None:
-        """Copy the bytes of ``view`` to BAR4 at ``offset`` through an H2C bounce buffer."""
+        """Copy the bytes of ``view`` to BAR4 at ``offset``: straight from ``view`` where the
+        transport maps it, else through an H2C bounce buffer."""
         if not len(view):
+            return
+        mapped = self._mapped(view, False)
+        if mapped is not None:
+            try:
+                self._direct(self.h2c, mapped.bus_addr, offset, mapped.size)
+            finally:
+                mapped.free()
             return
         ch = self.h2c.acquire()
         try:
@@ -305,8 +322,16 @@ class DmaChannels:
             self.h2c.release(ch)
 
     def copy_out(self, offset: int, view: memoryview) -> None:
-        """Fill the writable ``view`` from BAR4 at ``offset`` through a C2H bounce buffer."""
+        """Fill the writable ``view`` from BAR4 at ``offset``: straight into ``view`` where the
+        transport maps it, else through a C2H bounce buffer."""
         if not len(view):
+            return
+        mapped = self._mapped(view, True)
+        if mapped is not None:
+            try:
+                self._direct(self.c2h, mapped.bus_addr, offset, mapped.size)
+            finally:
+                mapped.free()
             return
         ch = self.c2h.acquire()
         try:
@@ -360,3 +385,7 @@ class SlotDma:
     def read_data(self, slot: int, offset: int, length: int) -> bytes:
         """``length`` bytes of data slot ``slot`` at ``offset``."""
         return self._dma.read_bytes(self._geo.data_slot(slot) + offset, length)
+
+    def read_data_into(self, slot: int, offset: int, view: memoryview) -> None:
+        """Fill the writable ``view`` from data slot ``slot`` at ``offset``."""
+        self._dma.copy_out(self._geo.data_slot(slot) + offset, view)

@@ -256,15 +256,17 @@ class HermesFile:
         for v in views:
             if v.readonly:
                 raise error(errno.EFAULT, "preadv buffer is not writable")
-        data = self.pread(sum(len(v) for v in views), offset)
-        pos = 0
-        for v in views:
-            n = min(len(v), len(data) - pos)
-            if n <= 0:
-                break
-            v[:n] = data[pos:pos + n]
-            pos += n
-        return len(data)
+        with self._lock:
+            slot, total = self._pread_len(sum(len(v) for v in views), offset)
+            pos = 0
+            for v in views:
+                n = min(len(v), total - pos)
+                if n <= 0:
+                    break
+                # straight into the caller's buffer (one copy, no intermediate bytes)
+                self._dma.read_data_into(slot, offset + pos, v[:n])
+                pos += n
+            return total
 
     # --- running ----------------------------------------------------------------------------------
     def run(self) -> int:

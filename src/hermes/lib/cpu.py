@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import os
 import signal
@@ -85,6 +86,23 @@ def _interrupt_bridge() -> _InterruptBridge:
         return _BRIDGE
 
 
+def _address(view: memoryview) -> int | None:
+    """Address of the first byte of a writable, contiguous, non-empty ``view``, else None.
+
+    Copies between such views and the slot go through ``ctypes.memmove``, which releases the GIL
+    (a memoryview slice assignment holds it for the whole copy); ctypes cannot point at a
+    read-only buffer, which is copied by slicing.
+    """
+    if view.readonly or not view.nbytes or not view.c_contiguous:
+        return None
+    return ctypes.addressof(ctypes.c_char.from_buffer(view))
+
+
+def _slot_address(slot: bytearray) -> int:
+    """Address of a data slot's first byte (a slot is never resized, so it stays valid)."""
+    return ctypes.addressof(ctypes.c_char.from_buffer(slot))
+
+
 class CpuSession(Session):
     """A session on the CPU: a private zeroed data slot of ``data_slot_size`` bytes; each run
     sees the window ``[0, size)`` of it, with ``[length, size)`` zeroed first."""
@@ -109,10 +127,20 @@ class CpuSession(Session):
         return self._slot
 
     def _write(self, view: memoryview, offset: int) -> None:
-        self._buffer()[offset:offset + view.nbytes] = view
+        slot = self._buffer()   # (held: the copy below runs without the GIL)
+        src = _address(view)
+        if src is None:
+            slot[offset:offset + view.nbytes] = view
+        else:
+            ctypes.memmove(_slot_address(slot) + offset, src, view.nbytes)
 
     def _readinto(self, view: memoryview, offset: int) -> None:
-        view[:] = memoryview(self._buffer())[offset:offset + view.nbytes]
+        slot = self._buffer()
+        dst = _address(view)
+        if dst is None:
+            view[:] = memoryview(slot)[offset:offset + view.nbytes]
+        else:
+            ctypes.memmove(dst, _slot_address(slot) + offset, view.nbytes)
 
     def _read(self, size: int, offset: int) -> bytes:
         return bytes(memoryview(self._buffer())[offset:offset + size])

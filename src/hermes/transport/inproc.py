@@ -77,8 +77,33 @@ class InProcDmaBuffer(DmaBuffer):
         return f"<InProcDmaBuffer {self.bus_addr:#x} {state}>"
 
 
+class InProcMappedBuffer(DmaBuffer):
+    """A caller's memory mapped for the device's DMA at ``bus_addr`` (what an IOMMU mapping of
+    pinned user pages is): no copy; the device reads it, and writes it only when mapped
+    writable. ``view`` is the caller's bytes; ``free`` unmaps them (idempotent)."""
+
+    def __init__(self, transport: InProcessTransport, bus_addr: int, view: memoryview,
+                 writable: bool):
+        self._transport = transport
+        self.bus_addr = bus_addr
+        self.size = view.nbytes
+        self._view = transport.host.register(bus_addr, view, writable=writable)
+
+    def free(self) -> None:
+        """Unmap the caller's memory from the device's view of host memory. Idempotent."""
+        if self._view is None:
+            return
+        self._transport._forget(self)
+        self._view = None
+
+    def __repr__(self) -> str:
+        state = "freed" if self._view is None else f"{self.size} bytes"
+        return f"<InProcMappedBuffer {self.bus_addr:#x} {state}>"
+
+
 class InProcessTransport(Transport):
-    """Transport to a ``HermesDevice`` in this process: direct calls, shared memory, no copies.
+    """Transport to a ``HermesDevice`` in this process: direct calls, shared memory, no copies
+    (``dma_map`` lets the device's DMA reach the caller's own buffers).
 
     Takes over the device's host memory and interrupt handler. ``owns_device=True`` closes the
     device with the transport.
@@ -90,7 +115,7 @@ class InProcessTransport(Transport):
         self.num_vectors = device.num_vectors
         self.host = HostMemory()
         self._irqs = [IrqCounter() for _ in range(self.num_vectors)]
-        self._buffers: dict[int, InProcDmaBuffer] = {}
+        self._buffers: dict[int, InProcDmaBuffer | InProcMappedBuffer] = {}
         self._lock = threading.Lock()
         self._next_addr = DMA_BASE
         self._closed = False
@@ -138,17 +163,35 @@ class InProcessTransport(Transport):
         if not isinstance(size, int) or size <= 0:
             raise ValueError(f"DMA buffer size must be a positive integer, got {size!r}")
         with self._lock:
-            if self._closed:
-                raise RuntimeError("transport is closed")
-            addr = self._next_addr
-            # Addresses are never reused, so a stale descriptor can never hit a newer buffer;
-            # one guard page between buffers makes overruns fault instead of spilling over.
-            self._next_addr += (size + PAGE - 1) // PAGE * PAGE + PAGE
+            addr = self._reserve(size)
             buf = InProcDmaBuffer(self, addr, size)
             self._buffers[addr] = buf
         return buf
 
-    def _forget(self, buf: InProcDmaBuffer) -> None:
+    def _reserve(self, size: int) -> int:
+        """A fresh bus address for ``size`` bytes (the caller holds ``_lock``)."""
+        if self._closed:
+            raise RuntimeError("transport is closed")
+        addr = self._next_addr
+        # Addresses are never reused, so a stale descriptor can never hit a newer buffer; one
+        # guard page between buffers makes overruns fault instead of spilling over.
+        self._next_addr += (size + PAGE - 1) // PAGE * PAGE + PAGE
+        return addr
+
+    def dma_map(self, view: memoryview, *, writable: bool = False) -> InProcMappedBuffer | None:
+        """Map the caller's bytes ``view`` for DMA at a fresh bus address, without copying
+        (``writable``: the device may write them too); None when they cannot be mapped (not
+        contiguous, empty, or read-only where ``writable``), and the caller copies through a
+        DMA buffer instead. ``free`` the mapping once the transfer is over."""
+        if view.nbytes == 0 or not view.c_contiguous or (writable and view.readonly):
+            return None
+        with self._lock:
+            addr = self._reserve(view.nbytes)
+            buf = InProcMappedBuffer(self, addr, view, writable)
+            self._buffers[addr] = buf
+        return buf
+
+    def _forget(self, buf: InProcDmaBuffer | InProcMappedBuffer) -> None:
         with self._lock:
             if self._buffers.pop(buf.bus_addr, None) is not None:
                 self.host.unregister(buf.bus_addr)
