@@ -64,7 +64,7 @@ def child(tree: str, n: int) -> dict[str, tuple[float, float]]:
     env = dict(os.environ, PYTHONPATH=tree)
     proc = subprocess.run([sys.executable, __file__, "--child", str(n)], env=env,
                           capture_output=True, text=True, timeout=600, check=True)
-    return {k: tuple(v) for k, v in json.loads(proc.stdout).items()}  # type: ignore[misc]
+    return {k: (v[0], v[1]) for k, v in json.loads(proc.stdout).items()}
 
 
 def main(argv: list[str] | None = None) -> None:

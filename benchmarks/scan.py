@@ -5,26 +5,31 @@ Each line is one end-to-end scan: splitting, moving every piece into a data slot
 program, and reducing the results. ``engine`` is the mean of the runs' own ``Result.elapsed``
 (program time on the engine); ``overhead`` is the wall time per piece minus that, the cost of
 everything around the program. The numpy lines sum the same bytes on the host (from memory, and
-piece by piece from the file's mapping), as a bound for what the scan could reach.
+piece by piece from the file's mapping), as a bound for what the scan could reach. ``CPU us`` is
+the process's CPU time (every thread, user and system) per piece and ``cores`` that CPU time over
+the wall time: how many cores the scan kept busy, which shows a second worker's gain even when
+other jobs take the cores and the wall time says little.
+
+Every figure is measured for this tree and for a baseline tree (``--base``), each in child
+processes taking turns (``--rounds``), so both see the same load; the best wall time is kept.
 
 Usage: python benchmarks/scan.py [--mib 1024] [--piece-kib 1024] [--backends emu,cpu]
-[--workers N] [--runs 2] [--file PATH]
+[--workers N] [--runs 2] [--rounds 2] [--base SRC] [--file PATH]
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-
-import numpy as np
+from typing import cast
 
 import hermes
-from hermes.engine.clang import compile_c, require_clang
-from hermes.engine.elf import load_elf
-from hermes.lib.pieces import pieces, scan
 
 #: r0 = the sum of the input's u64 words, modulo 2^64 (a trailing partial word is ignored).
 SUM_C = r"""
@@ -48,65 +53,69 @@ def add(acc: tuple[int, float, int], result: hermes.Result) -> tuple[int, float,
     return ((acc[0] + result.return_value) & MASK, acc[1] + (result.elapsed or 0.0), acc[2] + 1)
 
 
-def best(runs: int, fn) -> tuple[float, object]:
-    """(shortest wall time, its value) of ``runs`` calls of ``fn`` (other jobs share the cores)."""
+def best(runs: int, fn: Callable[[], object]) -> tuple[float, float, object]:
+    """(shortest wall time, the CPU time of that run, its value) of ``runs`` calls of ``fn``
+    (other jobs share the cores). CPU time is the process's, every thread's, user and system."""
     out = []
     for _ in range(runs):
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         value = fn()
-        out.append((time.perf_counter() - t0, value))
+        out.append((time.perf_counter() - t0, time.process_time() - c0, value))
     return min(out, key=lambda tv: tv[0])
 
 
-HEADER = (f"{'scan':<14} {'workers':>7} {'GB/s':>6} {'pieces/s':>9} {'us/piece':>9} "
-          f"{'engine us':>9} {'overhead us':>11} {'x numpy':>7}")
+HEADER = (f"{'scan':<14} {'tree':<9} {'workers':>7} {'GB/s':>6} {'us/piece':>9} "
+          f"{'engine us':>9} {'overhead us':>11} {'CPU us':>7} {'cores':>5} {'x numpy':>7}")
 
 
-def row(label: str, workers: str, nbytes: int, wall: float, npieces: int,
-        engine: float | None, numpy_per_piece: float) -> str:
-    """One line of figures: GB/s, pieces/s, wall time per piece, engine time per piece, the
-    overhead (wall minus engine, per piece), and the time per piece against numpy's."""
-    per = wall / npieces
-    eng = f"{engine / npieces * 1e6:9.1f}" if engine else f"{'-':>9}"
-    over = f"{(per - engine / npieces) * 1e6:11.1f}" if engine else f"{'-':>11}"
-    return (f"{label:<14} {workers:>7} {nbytes / wall / 1e9:6.2f} {npieces / wall:9.0f} "
-            f"{per * 1e6:9.1f} {eng} {over} {per / numpy_per_piece:7.1f}")
+def row(r: dict, numpy_per_piece: float) -> str:
+    """One line of figures: GB/s, wall time per piece, engine time per piece, the overhead (wall
+    minus engine, per piece), CPU time per piece, cores kept busy (CPU over wall), and the time
+    per piece against numpy's."""
+    n, wall, engine = r["pieces"], r["wall"], r["engine"]
+    per = wall / n
+    eng = f"{engine / n * 1e6:9.1f}" if engine else f"{'-':>9}"
+    over = f"{(per - engine / n) * 1e6:11.1f}" if engine else f"{'-':>11}"
+    return (f"{r['label']:<14} {r['tree']:<9} {r['workers']:>7} {r['bytes'] / wall / 1e9:6.2f} "
+            f"{per * 1e6:9.1f} {eng} {over} {r['cpu'] / n * 1e6:7.1f} {r['cpu'] / wall:5.2f} "
+            f"{per / numpy_per_piece:7.1f}")
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Build the data, then time numpy and every (backend, source) scan, printing one line each."""
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--mib", type=int, default=1024, help="data size in MiB (default 1024)")
-    ap.add_argument("--piece-kib", type=int, default=1024, help="piece size in KiB (default 1024)")
-    ap.add_argument("--backends", default="emu,cpu", help="device specs, comma-separated")
-    ap.add_argument("--workers", type=int, default=None, help="map workers (default: engines)")
-    ap.add_argument("--runs", type=int, default=2, help="runs per figure, best kept (default 2)")
-    ap.add_argument("--file", default=None, help="where to write the data file (default: a "
-                                                 "temporary file, removed at the end)")
-    opts = ap.parse_args(argv)
-    require_clang()
+def measure(opts: argparse.Namespace) -> list[dict]:
+    """Build the data, then time numpy and every (backend, source, workers) scan: one dict of
+    figures each (run in a child process, for the tree on its ``PYTHONPATH``)."""
+    import numpy as np
+
+    import hermes
+    from hermes.engine.clang import compile_c
+    from hermes.engine.elf import load_elf
+    from hermes.lib.pieces import pieces, scan
+
     nbytes, piece = opts.mib << 20, opts.piece_kib << 10
+    npieces = -(-nbytes // piece)
+    rows: list[dict] = []
+
+    def add_row(label: str, workers: int, wall: float, cpu: float, n: int,
+                engine: float | None) -> None:
+        rows.append({"label": label, "workers": workers, "bytes": nbytes, "wall": wall,
+                     "cpu": cpu, "pieces": n, "engine": engine})
+
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "sum.c").write_text(SUM_C)
         program = load_elf(compile_c(Path(tmp) / "sum.c", Path(tmp) / "sum.o"))
         words = np.arange(nbytes // 8, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
         path = Path(opts.file) if opts.file else Path(tmp) / "data.bin"
         words.tofile(path)
-        npieces = -(-nbytes // piece)
-        print(f"{opts.mib} MiB in {npieces} pieces of {opts.piece_kib} KiB; "
-              f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}")
 
-        t_numpy, want = best(opts.runs, lambda: int(words.sum()))
+        wall, cpu, want = best(opts.runs, lambda: int(words.sum()))
+        add_row("numpy, memory", 1, wall, cpu, npieces, None)
 
         def numpy_pieces() -> int:
             with pieces(path, piece) as it:
                 return sum(int(np.frombuffer(p.data, dtype=np.uint64).sum()) for p in it) & MASK
-        t_numpy_file, from_file = best(opts.runs, numpy_pieces)
+        wall, cpu, from_file = best(opts.runs, numpy_pieces)
         assert from_file == want
-        per_numpy = t_numpy / npieces
-        print(HEADER)
-        print(row("numpy, memory", "1", nbytes, t_numpy, npieces, None, per_numpy))
-        print(row("numpy, file", "1", nbytes, t_numpy_file, npieces, None, per_numpy))
+        add_row("numpy, file", 1, wall, cpu, npieces, None)
 
         for spec in opts.backends.split(","):
             with hermes.open(spec) as dev:
@@ -117,16 +126,71 @@ def main(argv: list[str] | None = None) -> None:
                 for label, source in (("memory", words), ("file", str(path))):
                     # all engines busy for the throughput; one worker for the overhead (a
                     # piece's wall time is then its engine time plus everything around it)
-                    for workers in dict.fromkeys((default, 1)):
+                    for workers in dict.fromkeys((default, 2, 1)):
                         def once(source: object = source, workers: int = workers) -> tuple:
                             return scan(dev, program, source, piece_size=piece, read=0,
                                         workers=workers, reduce=add, initial=(0, 0.0, 0))
-                        wall, (total, engine, n) = best(opts.runs, once)
-                        print(row(f"{spec}, {label}", str(workers), nbytes, wall, n,
-                                  engine if workers == 1 else None, per_numpy))
+                        wall, cpu, value = best(opts.runs, once)
+                        total, engine, n = cast(tuple[int, float, int], value)
                         if total != want or n != npieces:
                             sys.exit(f"{spec} {label}: sum {total:#x} over {n} pieces, "
                                      f"numpy {want:#x} over {npieces}")
+                        add_row(f"{spec}, {label}", workers, wall, cpu, n,
+                                engine if workers == 1 else None)
+    return rows
+
+
+def child(tree: str, argv: list[str]) -> list[dict]:
+    """``measure`` in a child process importing hermes from ``tree``."""
+    env = dict(os.environ, PYTHONPATH=tree)
+    proc = subprocess.run([sys.executable, __file__, "--child", *argv], env=env,
+                          capture_output=True, text=True, timeout=3600)
+    if proc.returncode:
+        sys.exit(f"the scan of {tree} failed:\n{proc.stderr}")
+    return json.loads(proc.stdout)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Time both trees, taking turns ``--rounds`` times, and print each figure's best."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--mib", type=int, default=1024, help="data size in MiB (default 1024)")
+    ap.add_argument("--piece-kib", type=int, default=1024, help="piece size in KiB (default 1024)")
+    ap.add_argument("--backends", default="emu,cpu", help="device specs, comma-separated")
+    ap.add_argument("--workers", type=int, default=None, help="map workers (default: engines)")
+    ap.add_argument("--runs", type=int, default=2, help="runs per figure, best kept (default 2)")
+    ap.add_argument("--rounds", type=int, default=2,
+                    help="child processes per tree, taking turns (default 2)")
+    ap.add_argument("--base", default="/tmp/base/main/src",
+                    help="baseline tree's src directory ('' to skip)")
+    ap.add_argument("--file", default=None, help="where to write the data file (default: a "
+                                                 "temporary file, removed at the end)")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = sys.argv[1:] if argv is None else argv
+    opts = ap.parse_args(args)
+    if opts.child:
+        print(json.dumps(measure(opts)))
+        return
+    from hermes.engine.clang import require_clang
+    require_clang()
+    passed = [a for a in args if a != "--child"]
+    trees = {"this": str(Path(__file__).resolve().parents[1] / "src")}
+    if opts.base and Path(opts.base).is_dir():
+        trees["baseline"] = opts.base
+    bests: dict[tuple, dict] = {}
+    for _ in range(opts.rounds):
+        for name, tree in trees.items():
+            for r in child(tree, passed):
+                key = (r["label"], name, r["workers"])
+                if key not in bests or r["wall"] < bests[key]["wall"]:
+                    bests[key] = {**r, "tree": name}
+    npieces = -(-(opts.mib << 20) // (opts.piece_kib << 10))
+    per_numpy = min(r["wall"] for k, r in bests.items() if k[0] == "numpy, memory") / npieces
+    print(f"{opts.mib} MiB in {npieces} pieces of {opts.piece_kib} KiB; {os.cpu_count()} cores, "
+          f"load average {os.getloadavg()[0]:.1f}; best of {opts.rounds} x {opts.runs} runs")
+    print(HEADER)
+    labels = list(dict.fromkeys(k[0] for k in bests))
+    for key in sorted(bests, key=lambda k: (labels.index(k[0]), -k[2], k[1] != "this")):
+        print(row(bests[key], per_numpy))
 
 
 if __name__ == "__main__":
