@@ -179,7 +179,9 @@ def hermes_jit(k: Kernel, repeat: int) -> dict:
     t0 = time.perf_counter()
     exe = load(k.program, helpers=DEVICE_HELPERS, executor="jit")
     row: dict = {"compile": time.perf_counter() - t0}
-    exe.wait_final()  # type: ignore[attr-defined]
+    wait = getattr(exe, "wait_final", None)
+    if wait is not None:  # large programs are recompiled in the background: time the final code
+        wait(600)
     compiled = getattr(exe, "compiled", None)
     row["background"] = getattr(compiled, "optimise_seconds", None)
     row["llvm"] = getattr(compiled, "llvm_seconds", None) or None
@@ -452,9 +454,17 @@ def interp_table(ks: list[Kernel], peers: dict[str, Peer], repeat: int, tmp: Pat
 
 
 def scan_table(mib: int, runs: int) -> None:
-    """Print benchmarks/scan.py's table (run as its own process, so its devices start fresh)."""
+    """Print benchmarks/scan.py's table (run as its own process, so its devices start fresh):
+    this tree only, once, when scan.py offers a baseline tree or rounds (read from its --help)."""
     print(f"\n== scan of {mib} MiB, u64 sum (benchmarks/scan.py) ==", flush=True)
     cmd = [sys.executable, str(HERE / "scan.py"), "--mib", str(mib), "--runs", str(runs)]
+    try:
+        usage = subprocess.run(cmd[:2] + ["--help"], capture_output=True, text=True,
+                               timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        usage = ""
+    cmd += ["--base="] if "--base" in usage else []
+    cmd += ["--rounds", "1"] if "--rounds" in usage else []
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
     except (OSError, subprocess.SubprocessError) as exc:
