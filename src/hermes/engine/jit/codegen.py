@@ -74,6 +74,13 @@ class _Func:
         self.lines: list[str] = []
         self.tmp = 0
         self.fast: LoopPlan | None = None
+        #: the label of the block being written (a phi in a shared block names it)
+        self.current = "entry"
+        #: (block label, pc, count before the block) of every budget compare: the incoming
+        #: values of the shared ``budget_fail`` block's phis
+        self.budget_edges: list[tuple[str, int, str]] = []
+        #: access sizes with a data-slot compare (their limits are computed at entry)
+        self.sizes: set[int] = set()
 
     def t(self) -> str:
         self.tmp += 1
@@ -84,6 +91,7 @@ class _Func:
 
     def label(self, name: str) -> None:
         self.lines.append(f"{name}:")
+        self.current = name
 
     def new_label(self, stem: str) -> str:
         self.tmp += 1
@@ -135,14 +143,16 @@ class _Func:
             p = self.t()
             self.emit(f"{p} = getelementptr i8, ptr %data, i64 {o}")
             return p
+        self.sizes.add(size)
         ok = self.t()
         self.emit(f"{ok} = icmp ult i64 {o}, %dlim{size}")
-        fast, slow, done = self.new_label("fast"), self.new_label("slow"), self.new_label("mem")
-        self.emit(f"br i1 {ok}, label %{fast}, label %{slow}, {_HOT}")
-        self.label(fast)
+        # the data pointer is computed before the compare (a gep has no effect), so the hot
+        # path is one compare and branch straight to the access
         pf = self.t()
         self.emit(f"{pf} = getelementptr i8, ptr %data, i64 {o}")
-        self.emit(f"br label %{done}")
+        fast = self.current
+        slow, done = self.new_label("slow"), self.new_label("mem")
+        self.emit(f"br i1 {ok}, label %{done}, label %{slow}, {_HOT}")
         self.label(slow)
         # An atomic is a load then a store in the reference interpreter, so an unmapped atomic
         # reports a failed load (flags: bit 0 = write, bit 1 = report unmapped as a load).
@@ -399,10 +409,6 @@ class _Func:
         self.emit("%cnt = alloca i64")
         self.emit("%kvar = alloca i64")
         self.emit("store i64 0, ptr %kvar")
-        self.emit("%fpc = alloca i64")
-        self.emit("%fcnt = alloca i64")
-        self.emit("store i64 0, ptr %fpc")
-        self.emit("store i64 0, ptr %fcnt")
         for r in range(11):
             self.emit(f"%r{r} = alloca i64")
         self.emit("store i64 %cnt0, ptr %cnt")
@@ -424,12 +430,7 @@ class _Func:
         # frame (lowest byte of this function's 512 bytes) = stack + STACK_BYTES - 512*(depth+1)
         self.emit(f"%fo = sub i64 {STACK_BYTES - STACK_SIZE}, %dm")
         self.emit("%frame = getelementptr i8, ptr %stack, i64 %fo")
-        for size in (1, 2, 4, 8):
-            # valid data offsets are o < dlen - size + 1 (none when dlen < size)
-            self.emit(f"%dge{size} = icmp uge i64 %dlen, {size}")
-            self.emit(f"%dl{size} = sub i64 %dlen, {size - 1}")
-            self.emit(f"%dlim{size} = select i1 %dge{size}, i64 %dl{size}, i64 0")
-        self.emit(f"br label %b{self.start}")
+        prologue = len(self.lines)
         plans = plan_loops(insns, starts, ends, self.start, self.end, self.gen.info.stack_safe) \
             if self.gen.fast_loops else {}
         for s in starts:
@@ -443,14 +444,25 @@ class _Func:
         for plan in plans.values():
             for s in sorted(plan.body):
                 self.block(s, ends[s], insns, fast=plan)
-        tail = ["budget_fail:",
-                "  %bpc = load i64, ptr %fpc",
-                "  %bcnt = load i64, ptr %fcnt",
-                f"  call void @{self.gen.prefix}fault(ptr %ctx, i64 {ERR_BUDGET}, i64 %bpc, "
-                "i64 0, i64 0, i64 %bcnt, i64 %depth)",
-                "  br label %unwind",
-                "unwind:",
-                "  ret {i64, i64} {i64 0, i64 -1}"]
+        limits = []
+        for size in sorted(self.sizes):
+            # valid data offsets are o < dlen - size + 1 (none when dlen < size)
+            limits += [f"  %dge{size} = icmp uge i64 %dlen, {size}",
+                       f"  %dl{size} = sub i64 %dlen, {size - 1}",
+                       f"  %dlim{size} = select i1 %dge{size}, i64 %dl{size}, i64 0"]
+        limits.append(f"  br label %b{self.start}")
+        self.lines[prologue:prologue] = limits
+        tail = []
+        if self.budget_edges:
+            pcs = ", ".join(f"[{pc}, %{lbl}]" for lbl, pc, _ in self.budget_edges)
+            cnts = ", ".join(f"[{c}, %{lbl}]" for lbl, _, c in self.budget_edges)
+            tail = ["budget_fail:",
+                    f"  %bpc = phi i64 {pcs}",
+                    f"  %bcnt = phi i64 {cnts}",
+                    f"  call void @{self.gen.prefix}fault(ptr %ctx, i64 {ERR_BUDGET}, i64 %bpc, "
+                    "i64 0, i64 0, i64 %bcnt, i64 %depth)",
+                    "  br label %unwind"]
+        tail += ["unwind:", "  ret {i64, i64} {i64 0, i64 -1}"]
         body = head + self.lines + tail + ["}"]
         return "\n".join(body)
 
@@ -674,12 +686,10 @@ class _Func:
             if fast is None:
                 over = self.t()
                 self.emit(f"{over} = icmp ugt i64 {after}, {self.budget()}")
-                body, bf = self.new_label("bb"), self.new_label("bf")
-                self.emit(f"br i1 {over}, label %{bf}, label %{body}, !prof !1")
-                self.label(bf)
-                self.emit(f"store i64 {s}, ptr %fpc")
-                self.emit(f"store i64 {before}, ptr %fcnt")
-                self.emit("br label %budget_fail")
+                body = self.new_label("bb")
+                # one shared failure block per function: its phis say which block stopped
+                self.budget_edges.append((self.current, s, before))
+                self.emit(f"br i1 {over}, label %budget_fail, label %{body}, !prof !1")
                 self.label(body)
             pos = 0
             for i in range(s, e):
