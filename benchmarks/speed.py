@@ -50,6 +50,9 @@ MASK = (1 << 64) - 1
 #: A budget no kernel reaches (the direct call still counts instructions against it).
 BIG_BUDGET = 1 << 62
 NAN = float("nan")
+#: The run context's fields the direct call sets (``hermes.engine.jit.runtime.Ctx``).
+CTX_FIELDS = {"data", "dlen", "stack", "budget", "r1", "r2", "helper", "segs", "err_kind",
+              "count"}
 
 
 class Kernel:
@@ -140,12 +143,14 @@ def direct_entry(exe: object, size: int) -> Callable[[int], int] | None:
         compiled = exe.compiled  # type: ignore[attr-defined]
         entry = compiled.entry
         ctx = runtime.Ctx()
+        # a Python attribute of another name would be set silently, and the code never see it
+        if not CTX_FIELDS <= {name for name, *_ in runtime.Ctx._fields_}:
+            return None
         stack = (ctypes.c_char * runtime.STACK_BYTES)()
         segs = (ctypes.c_uint64 * 1)()
     except (ImportError, AttributeError):
         return None
     ref = ctypes.byref(ctx)
-
     stack_addr, segs_addr = ctypes.addressof(stack), ctypes.addressof(segs)
 
     def call(addr: int) -> int:
@@ -229,7 +234,8 @@ class Peer:
         except (OSError, subprocess.SubprocessError) as exc:
             return {"error": str(exc)}
         if p.returncode != 0:
-            return {"error": (p.stderr or p.stdout).strip().splitlines()[-1:] or ["failed"]}
+            lines = (p.stderr or p.stdout).strip().splitlines()
+            return {"error": lines[-1] if lines else f"exit status {p.returncode}"}
         if mode == "ir":
             return {"ir": p.stdout}
         fig: dict = {}
@@ -359,7 +365,7 @@ def run_table(ks: list[Kernel], peers: dict[str, Peer], libs: dict[str, ctypes.C
             peer_figs[(p.label, k.name, k.form)] = fig
             if "error" in fig:
                 cells.append(f"{'error':>9s} ")
-                bad.append(f"{p.label}: {fig['error']}")
+                bad.append(f"{p.label} ({fig['error']})")
                 continue
             if not k.ok(fig["r0"], fig["slot"]):
                 bad.append(p.label)
