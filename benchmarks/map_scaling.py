@@ -2,8 +2,9 @@
 
 Each item runs a 300,000-iteration ALU loop (native JIT code, which releases the GIL), so the
 figure shows how engines scale across cores rather than the Python driver path (which
-`hermes bench --device emu` measures with a 2-instruction program). Usage: python
-benchmarks/map_scaling.py [ITEMS]
+`hermes bench --device emu` measures with a 2-instruction program). ``cores busy`` is the
+process's CPU time over the wall time: on a shared machine it shows the scaling that the wall
+time may hide. Usage: python benchmarks/map_scaling.py [ITEMS]
 """
 from __future__ import annotations
 
@@ -34,13 +35,16 @@ def main() -> None:
         dev = hermes.open("emu", engines=engines)
         try:
             list(dev.map(prog, bufs[:4]))  # compile and warm up
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             list(dev.map(prog, bufs))
-            rate = items / (time.perf_counter() - t0)
+            wall = time.perf_counter() - t0
+            cores = (time.process_time() - c0) / wall
+            rate = items / wall
         finally:
             dev.close()
         base = base or rate
-        print(f"{engines} engine(s): {rate:8.1f} runs/s  x{rate / base:.2f}")
+        print(f"{engines} engine(s): {rate:8.1f} runs/s  x{rate / base:.2f}  "
+              f"{cores:4.2f} cores busy")
 
 
 if __name__ == "__main__":

@@ -157,9 +157,17 @@ def test_dma_map_declines_what_it_cannot_map(tp):
 
 def test_file_data_goes_straight_from_and_into_the_callers_buffers(tp):
     drv = attach(tp)
+    mapped: list[tuple[int, bool]] = []
+    dma_map = tp.dma_map
+
+    def counting(view: memoryview, *, writable: bool = False) -> object:
+        mapped.append((view.nbytes, writable))
+        return dma_map(view, writable=writable)
+
+    drv.dma._dma_map = counting
     try:
         f = drv.open()
-        f.download_program(PROG.to_bytes())
+        f.download_program(PROG.to_bytes())                     # small: bounce buffer
         data = os.urandom(3 << 18)
         assert f.pwrite(memoryview(data), 0) == len(data)      # read-only bytes
         arr = np.frombuffer(bytearray(os.urandom(1 << 16)), dtype=np.uint64)
@@ -168,14 +176,13 @@ def test_file_data_goes_straight_from_and_into_the_callers_buffers(tp):
         assert f.preadv([out], 0) == len(out)
         assert out == data + arr.tobytes()
         a, b = bytearray(10), np.zeros(20, dtype=np.uint8)
-        assert f.preadv([a, b], 5) == 30
+        assert f.preadv([a, b], 5) == 30                       # small: bounce buffer
         assert bytes(a) + b.tobytes() == data[5:35]
         assert f.pread(16, 0) == data[:16]
-        # no bounce buffer was needed for the caller's buffers, and every mapping is gone
-        assert all(ch._bounce is None for ch in drv.dma.h2c.channels)
+        assert mapped == [(3 << 18, False), (1 << 16, False), (len(out), True)]
+        # every mapping is gone: what stays is the channels' rings and bounce buffers
         ring = R.DESC_SIZE * drv.dma.h2c.channels[0].max_descs
-        sizes = sorted(n for _, n in tp.host.regions())
-        assert sizes == [ring, ring, 1 << 20]   # two rings, and the C2H bounce of pread
+        assert sorted(n for _, n in tp.host.regions()) == [ring, ring, 1 << 20, 1 << 20]
         f.close()
     finally:
         drv.close()
@@ -188,16 +195,16 @@ def test_failed_direct_transfer_leaves_the_callers_memory_and_the_slot(tp):
         f.download_program(PROG.to_bytes())
         data = os.urandom(4096)
         f.pwrite(data, 0)
-        out = bytearray(b"z" * 4096)
+        out = bytearray(b"z" * (1 << 16))
         tp.device.set_host_memory(None)   # every descriptor fetch now fails
         try:
             with pytest.raises(OSError):
                 f.preadv([out], 0)
             with pytest.raises(OSError):
-                f.pwrite(os.urandom(4096), 0)
+                f.pwrite(os.urandom(1 << 16), 0)
         finally:
             tp.device.set_host_memory(tp.host)
-        assert out == b"z" * 4096
+        assert out == b"z" * (1 << 16)
         assert f.pread(4096, 0) == data
         f.close()
     finally:
@@ -219,14 +226,15 @@ def test_emu_session_round_trip_through_the_callers_buffers():
 def test_cpu_session_copies_any_buffer():
     with hermes.open("cpu") as dev, dev.session() as s:
         s.load(PROG)
-        data = os.urandom(1 << 16)
+        data = os.urandom(1 << 18)
         s.write(data)                                   # read-only: sliced
         arr = np.frombuffer(bytearray(data), dtype=np.uint32)[::-1].copy()
         s.write(arr, 8)                                 # writable: memmove
-        want = data[:8] + arr.tobytes()
+        s.write(arr[:4], 4)                             # small: sliced
+        want = data[:4] + arr[:4].tobytes() + arr.tobytes()[12:]
         out = np.zeros(len(want), dtype=np.uint8)
         assert s.readinto(out) == len(want)
         assert out.tobytes() == want
         assert s.readinto(bytearray()) == 0
-        assert s.read(8, 8) == arr.tobytes()[:8]
+        assert s.read(8, 20) == arr.tobytes()[12:20]
 

@@ -27,6 +27,10 @@ _DESC = struct.Struct("<IIQQQ")
 _M32 = 0xFFFF_FFFF
 #: A C memmove: ctypes releases the GIL for the call, so a 1 MiB copy does not stall other threads.
 _memmove = ctypes.memmove
+#: Descriptors from this many bytes on are copied by ``_memmove``; shorter ones by slicing, under
+#: the GIL (a ctypes call costs more than it saves there, and giving the GIL away risks waiting
+#: for it to come back).
+GIL_FREE_COPY_MIN = 64 << 10
 
 
 def identifier(target: int, channel: int = 0) -> int:
@@ -320,7 +324,10 @@ class XdmaBlock:
         try:
             if span is not None:
                 pin, addr = span(src, length, False)
-                _memmove(self._bar4_addr + dst, addr, length)
+                if length < GIL_FREE_COPY_MIN:
+                    bar4[dst:dst + length] = pin
+                else:
+                    _memmove(self._bar4_addr + dst, addr, length)
                 del pin   # (held until the bytes have moved)
                 return 0
             view = getattr(host, "view", None)
@@ -342,7 +349,10 @@ class XdmaBlock:
         try:
             if span is not None:
                 pin, addr = span(dst, length, True)
-                _memmove(addr, self._bar4_addr + src, length)
+                if length < GIL_FREE_COPY_MIN:
+                    pin[:] = bar4[src:src + length]
+                else:
+                    _memmove(addr, self._bar4_addr + src, length)
                 del pin
                 return 0
             view = getattr(host, "view", None)

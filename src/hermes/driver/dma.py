@@ -25,6 +25,10 @@ DEFAULT_DMA_TIMEOUT = 10.0
 DEFAULT_DMA_CHUNK = 256 << 10
 #: Bytes of bounce buffer per channel (bigger transfers go in several chains).
 DEFAULT_BOUNCE_SIZE = 1 << 20
+#: Transfers from this many bytes on go straight between the caller's memory and BAR4 where the
+#: transport can map it (``dma_map``): mapping and unmapping cost a few microseconds, more than
+#: copying a smaller transfer through the bounce buffer.
+DIRECT_DMA_MIN = 64 << 10
 #: Channel interrupt-enable bits: everything a chain can end with.
 _CHANNEL_IRQ_BITS = 0x00FFFFFE
 _MAGIC_CONTROL = regs.DESC_MAGIC << 16
@@ -293,9 +297,12 @@ class DmaChannels:
     def _mapped(self, view: memoryview, writable: bool) -> DmaBuffer | None:
         """``view`` mapped for DMA in place, when the transport can reach the caller's memory
         (``dma_map``, an optional transport method: in process, the device's DMA engine reaches
-        host pages as through an IOMMU mapping), else None."""
+        host pages as through an IOMMU mapping) and the transfer is worth it
+        (``DIRECT_DMA_MIN``), else None."""
         dma_map = self._dma_map
-        return dma_map(view, writable=writable) if dma_map is not None else None
+        if dma_map is None or len(view) < DIRECT_DMA_MIN:
+            return None
+        return dma_map(view, writable=writable)
 
     def copy_in(self, offset: int, view: memoryview) -> None:
         """Copy the bytes of ``view`` to BAR4 at ``offset``: straight from ``view`` where the

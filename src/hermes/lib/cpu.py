@@ -86,14 +86,17 @@ def _interrupt_bridge() -> _InterruptBridge:
         return _BRIDGE
 
 
-def _address(view: memoryview) -> int | None:
-    """Address of the first byte of a writable, contiguous, non-empty ``view``, else None.
+#: Copies from this many bytes on go through ``ctypes.memmove``, which releases the GIL (a
+#: memoryview slice assignment holds it for the whole copy); shorter ones are sliced, cheaper
+#: than a ctypes call and with no wait for the GIL to come back.
+GIL_FREE_COPY_MIN = 64 << 10
 
-    Copies between such views and the slot go through ``ctypes.memmove``, which releases the GIL
-    (a memoryview slice assignment holds it for the whole copy); ctypes cannot point at a
-    read-only buffer, which is copied by slicing.
-    """
-    if view.readonly or not view.nbytes or not view.c_contiguous:
+
+def _address(view: memoryview) -> int | None:
+    """Address of the first byte of a writable, contiguous ``view`` of at least
+    ``GIL_FREE_COPY_MIN`` bytes, else None (sliced instead: ctypes cannot point at a read-only
+    buffer)."""
+    if view.readonly or view.nbytes < GIL_FREE_COPY_MIN or not view.c_contiguous:
         return None
     return ctypes.addressof(ctypes.c_char.from_buffer(view))
 
