@@ -332,6 +332,34 @@ def test_no_reply_flag(server):
     c.close()
 
 
+def test_a_burst_of_requests_is_answered_in_order(server):
+    """Requests sent in one go (as the client pipelines them) get every reply, in order, from the
+    register fast path and the full path alike; BAR0 block reads read the registers."""
+    c = Raw(server.path)
+    base = regs.cmdreq(0)
+    acc = P.encode_region_access
+    burst = [(P.REGION_WRITE, acc(base, 0, 8, bytes(range(8))), P.FLAG_NO_REPLY),
+             (P.REGION_READ, acc(base, 0, 2), 0),
+             (P.REGION_READ, acc(base, 0, 16), 0),                      # block read, fast path
+             (P.REGION_READ, acc(base + 1, 0, 6), 0),                   # unaligned: full path
+             (P.DEVICE_GET_INFO, bytes(uapi.vfio_device_info(16, 0, 0, 0, 0))[:16], 0),
+             (P.REGION_READ, acc(regs.BAR0_SIZE - 8, 0, 16), 0),        # out of range: EINVAL
+             (P.REGION_READ, acc(regs.EHVER, 0, 4), 0)]
+    ids = list(range(100, 100 + len(burst)))
+    c.sock.sendall(b"".join(P.Message(i, cmd, flags, 0, payload).encode()
+                            for i, (cmd, payload, flags) in zip(ids, burst, strict=True)))
+    replies = [c.recv() for _ in range(len(burst) - 1)]
+    assert [r.msg_id for r in replies] == ids[1:]
+    assert replies[0].payload[16:] == bytes(range(2))
+    assert replies[1].payload[16:] == bytes(range(8)) + bytes(8)
+    assert replies[1].payload[16:] == server.function.region_read(0, base, 16)
+    assert replies[2].payload[16:] == bytes(range(1, 7))
+    assert not replies[3].is_error
+    assert replies[4].is_error and replies[4].error_no == errno.EINVAL
+    assert replies[5].payload[16:] == (1).to_bytes(4, "little")
+    c.close()
+
+
 # --- DMA, interrupts, end to end ---------------------------------------------------------------
 
 def test_set_irqs_eventfds_and_loopback_trigger(server):

@@ -58,6 +58,8 @@ _UCRED = struct.Struct("3i")   # struct ucred: pid, uid, gid
 
 
 _FAST = (P.REGION_READ, P.REGION_WRITE)
+#: Longest BAR0 block read the register fast path serves (a response, a run context's OUT fields).
+_BLOCK_READ_MAX = 4096
 _ACCESS = P.REGION_ACCESS
 _HEADER = P.HEADER
 
@@ -92,6 +94,9 @@ class Connection:
         self._waiters: dict[int, _Reply] = {}      # msg_id -> the request waiting for it
         self._waiters_lock = threading.Lock()
         self._backlog: list[P.Message] = []        # commands received while pumping
+        #: Replies of the register fast path not sent yet: the replies to one burst of requests
+        #: go out in one system call, once no further request is buffered (connection thread).
+        self._pending: list[bytes] = []
         self._rx = P.Receiver(sock, max_fds=SERVER_MAX_MSG_FDS,
                               stall_timeout=server.stall_timeout, stop=server.stop_requested)
         self._thread: threading.Thread | None = None   # the thread running ``run``
@@ -150,6 +155,8 @@ class Connection:
         slot = _Reply()
         with self._waiters_lock:
             self._waiters[msg_id] = slot
+        if self._pending and threading.current_thread() is self._thread:
+            self._flush_pending()   # the client may be waiting for them
         try:
             self.stats["dma_messages"] += 1
             self.send(P.Message(msg_id, cmd, P.TYPE_COMMAND, 0, payload))
@@ -279,19 +286,28 @@ class Connection:
                 self._refuse_busy(first)
                 return
             self._backlog.append(first)
+            rx = self._rx
             while not self.server.stop_requested() and not self.closed:
                 if self._backlog:
                     msg = self._backlog.pop(0)
                 else:
+                    if self._pending and not rx.has_message():
+                        self._flush_pending()   # before waiting for the client
                     got = self._recv()
                     if got is None:
                         continue
                     msg = got
+                if (msg.cmd in _FAST and self.negotiated and not self.server.verbose
+                        and not msg.is_reply and self._fast_register(msg)):
+                    continue
+                if self._pending:
+                    self._flush_pending()   # in order with the replies of the full path
                 if msg.is_reply:
                     self._deliver_reply(msg)
-                elif not (msg.cmd in _FAST and self.negotiated and not self.server.verbose
-                          and self._fast_register(msg)):
+                else:
                     self.handle(msg)
+            if self._pending:
+                self._flush_pending()
         except _ClientGone:
             pass
         finally:
@@ -322,18 +338,28 @@ class Connection:
             self.send(P.error_reply(msg, errno.EBUSY))
 
     def _fast_register(self, msg: P.Message) -> bool:
-        """Handle a plain 1/2/4/8-byte BAR0/BAR2 access straight on the device (the hot path of
-        every driver command); False leaves anything unusual to ``handle``."""
+        """Handle a plain 1/2/4/8-byte BAR0/BAR2 access, or an aligned block read of BAR0,
+        straight on the device (the hot path of every driver command); False leaves anything
+        unusual to ``handle``. The reply joins ``_pending``."""
         p = msg.payload
         if len(p) < 16 or msg.fds or msg.flags & ~P.FLAG_NO_REPLY:
             return False
         offset, region, count = _ACCESS.unpack_from(p)
-        limit = self._held.register_bars.get(region)
-        if (limit is None or count not in (1, 2, 4, 8) or offset % count or offset + count > limit
-                or (region == regs.BAR_DMA and count != 4)):
+        fn = self._held
+        limit = fn.register_bars.get(region)
+        if limit is None or offset + count > limit:
             return False
-        dev = self._held.device
-        if msg.cmd == P.REGION_READ:
+        dev = fn.device
+        if count not in (1, 2, 4, 8) or offset % count or (region == regs.BAR_DMA and count != 4):
+            # A longer BAR0 read of whole registers: the 4-byte reads it splits into, as one
+            # copy (BAR0 reads have no side effects).
+            block = getattr(dev, "bar_read_block", None)
+            if (msg.cmd != P.REGION_READ or region != regs.BAR_REGS or block is None
+                    or len(p) != 16 or (offset | count) & 3 or not 0 < count <= _BLOCK_READ_MAX):
+                return False
+            data = block(region, offset, count)
+            reply = _HEADER.pack(msg.msg_id, P.REGION_READ, 32 + count, P.TYPE_REPLY, 0) + p + data
+        elif msg.cmd == P.REGION_READ:
             if len(p) != 16:
                 return False
             data = dev.bar_read(region, offset, count).to_bytes(count, "little")
@@ -345,8 +371,14 @@ class Connection:
             reply = _HEADER.pack(msg.msg_id, P.REGION_WRITE, 32, P.TYPE_REPLY, 0) + p[:16]
         self.stats["commands"] += 1
         if not msg.flags & P.FLAG_NO_REPLY:
-            self._send_bytes(reply)
+            self._pending.append(reply)
         return True
+
+    def _flush_pending(self) -> None:
+        """Send the fast path's queued replies in one system call."""
+        data = b"".join(self._pending)
+        self._pending.clear()
+        self._send_bytes(data)
 
     def _cleanup(self) -> None:
         # The client's memory and eventfds go at once; the device reset may have to wait for a

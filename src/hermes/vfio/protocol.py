@@ -455,6 +455,11 @@ class Receiver:
         """Bytes received and not yet consumed."""
         return len(self._buf) - self._pos
 
+    def has_message(self) -> bool:
+        """Whether a whole message is buffered (``recv`` returns it without a system call)."""
+        avail = len(self._buf) - self._pos
+        return avail >= HEADER_SIZE and avail >= HEADER.unpack_from(self._buf, self._pos)[2]
+
     def _take_fds(self, msg_start: int, msg_end: int) -> list[int]:
         out: list[int] = []
         keep = []
