@@ -324,11 +324,14 @@ class XdmaBlock:
         try:
             if span is not None:
                 pin, addr = span(src, length, False)
+                # Both sides are held by a view until the bytes have moved: neither the host
+                # buffer nor a caller's BAR4 mapping can be unmapped under the copy.
+                target = bar4[dst:dst + length]
                 if length < GIL_FREE_COPY_MIN:
-                    bar4[dst:dst + length] = pin
+                    target[:] = pin
                 else:
                     _memmove(self._bar4_addr + dst, addr, length)
-                del pin   # (held until the bytes have moved)
+                del pin, target
                 return 0
             view = getattr(host, "view", None)
             data = view(src, length) if view is not None else None
@@ -349,11 +352,12 @@ class XdmaBlock:
         try:
             if span is not None:
                 pin, addr = span(dst, length, True)
+                source = bar4[src:src + length]
                 if length < GIL_FREE_COPY_MIN:
-                    pin[:] = bar4[src:src + length]
+                    pin[:] = source
                 else:
                     _memmove(addr, self._bar4_addr + src, length)
-                del pin
+                del pin, source
                 return 0
             view = getattr(host, "view", None)
             target = view(dst, length) if view is not None else None
