@@ -17,8 +17,8 @@ Every engine's r0 (and the slot it leaves) is checked against the kernel's expec
 
 Peers are found in --peers DIR (default $HERMES_PEERS; none without either): DIR/ubpf and
 DIR/llvmbpf built as benchmarks/peers/README.md says. The glue programs of benchmarks/peers are
-compiled into DIR/hermes-glue when a peer is present. Default settings take about 5-10 minutes
-on a 2-core machine (most of it the 1 GiB scan); --quick (fewer repeats, 64 MiB scan) under 2.
+compiled into DIR/hermes-glue when a peer is present. With the peers, default settings take
+about 5 minutes on a busy 2-core machine, --quick (fewer repeats, 64 MiB scan) about 1.
 """
 from __future__ import annotations
 
