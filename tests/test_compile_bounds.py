@@ -128,3 +128,38 @@ def test_an_unknown_tier_is_a_usage_error():
     with pytest.raises(UsageError, match="unknown JIT tier 'fast'"):
         JitExecutable(assemble_program("mov r0, 1\nexit"), helpers=CONFORMANCE_HELPERS,
                       budget=10, tier="fast")
+
+
+def _straight(n: int) -> Program:
+    return assemble_program("\n".join(["mov r0, 0"] * (n - 1) + ["exit"]), name=f"straight-{n}")
+
+
+def test_the_compile_limit_is_at_the_autos_interpreter_threshold():
+    runtime.check_compile_size(_straight(runtime.JIT_MAX_SLOTS), runtime.JIT_MAX_BLOCKS, "full")
+    from hermes.errors import UsageError
+    with pytest.raises(UsageError, match="8193 slots and 1 basic blocks, the limit is 8192"):
+        runtime.check_compile_size(_straight(runtime.JIT_MAX_SLOTS + 1), 1, "quick")
+    with pytest.raises(UsageError, match="4097 basic blocks"):
+        runtime.check_compile_size(_straight(10), runtime.JIT_MAX_BLOCKS + 1, "full")
+
+
+@pytest.mark.parametrize("tier", ["quick", "full"])
+@pytest.mark.parametrize("program", [_straight(runtime.JIT_MAX_SLOTS + 1), dense_jumps(5000)],
+                         ids=["slots", "blocks"])
+def test_an_explicit_tier_refuses_a_program_too_large_before_compiling(program, tier,
+                                                                        monkeypatch):
+    from hermes.errors import UsageError
+
+    def no_codegen(*args, **kwargs):
+        raise AssertionError("code generation started")
+
+    monkeypatch.setattr(runtime.codegen, "generate_module", no_codegen)
+    with pytest.raises(UsageError, match=rf"too large to compile on JIT tier '{tier}': "
+                                         rf"{len(program)} slots"):
+        JitExecutable(program, helpers=CONFORMANCE_HELPERS, budget=10, tier=tier)
+    with pytest.raises(UsageError, match="the limit is 8192 slots and 4096 blocks"):
+        JitExecutable.load_many([_straight(3), program], helpers=CONFORMANCE_HELPERS,
+                                budget=10, tier=tier)
+    # "auto" interprets it instead
+    exe = JitExecutable(program, helpers=CONFORMANCE_HELPERS, budget=10**6)
+    assert exe.tier == "interp"

@@ -181,9 +181,21 @@ UPGRADE_MAX_BLOCKS = 512
 #: is super-linear in the blocks of dense control flow (a minute for 10,000 conditional jumps).
 QUICK_CFG_MAX_BLOCKS = 1024
 #: "auto" runs programs with more slots or blocks than these on the interpreter (which builds in
-#: time linear in the program): compile time is bounded before any is spent (specs/jit.md).
+#: time linear in the program): compile time is bounded before any is spent (specs/jit.md). No
+#: tier compiles a larger program: ``compile_many`` refuses it (LLVM would need minutes).
 JIT_MAX_SLOTS = 8192
 JIT_MAX_BLOCKS = 4096
+
+
+def check_compile_size(program: Program, blocks: int, tier: str) -> None:
+    """Refuse, with ``UsageError``, to compile ``program`` (of ``blocks`` basic blocks) on JIT tier
+    ``tier`` when it has more than ``JIT_MAX_SLOTS`` slots or ``JIT_MAX_BLOCKS`` blocks."""
+    if len(program) > JIT_MAX_SLOTS or blocks > JIT_MAX_BLOCKS:
+        label = f" {program.name!r}" if program.name else ""
+        raise UsageError(
+            f"program{label} is too large to compile on JIT tier {tier!r}: {len(program)} slots "
+            f"and {blocks} basic blocks, the limit is {JIT_MAX_SLOTS} slots and "
+            f"{JIT_MAX_BLOCKS} blocks (tier 'auto' runs larger programs on the interpreter)")
 
 
 def auto_tier(slots: int, blocks: int) -> str:
@@ -247,7 +259,10 @@ def compile_many(items: list[tuple[Program, VerifierInfo]], opt_level: int = 3,
         t0 = time.perf_counter()
         names = {k: f"hermes_{program.digest[:24]}_o{opt_level}" for k, program, _ in todo}
         # the passes that are super-linear are so in the blocks of one function's control flow
-        blocks = max(len(codegen.leaders(p, i)) for _, p, i in todo)
+        sizes = [len(codegen.leaders(p, i)) for _, p, i in todo]
+        for (_, program, _info), n in zip(todo, sizes, strict=True):
+            check_compile_size(program, n, tier)
+        blocks = max(sizes)
         choice = auto_tier(sum(len(p) for _, p, _i in todo), blocks) \
             if tier == "auto" and len(todo) == 1 and opt_level <= 3 else "full"
         light = tier == "quick" or (tier == "auto" and choice in ("upgrade", "quick", "interp"))
