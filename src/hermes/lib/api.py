@@ -348,9 +348,11 @@ class Session(abc.ABC):
         # (an empty write still marks the slot written, which a driver file needs to run)
         self._write(memoryview(b""), 0)
         for r, at, n in window_spans(window, length):
-            part = bytearray(n)
-            r.memory._readinto(memoryview(part), r.offset)
-            self._write(memoryview(part), at)
+            part = r.memory._host_view(r.offset, n)
+            if part is None:
+                part = memoryview(bytearray(n))
+                r.memory._readinto(part, r.offset)
+            self._write(part, at)
         try:
             info = self._execute(length, size, args, budget, timeout, cancel)
         except ExecutionError:
@@ -361,9 +363,13 @@ class Session(abc.ABC):
 
     def _copy_back(self, window: list[Range], size: int) -> None:
         for r, at, n in window_spans(window, size):
-            part = bytearray(n)
-            self._readinto(memoryview(part), at)
-            r.memory._write(memoryview(part), r.offset)
+            part = r.memory._host_view(r.offset, n)
+            if part is not None:
+                self._readinto(part, at)   # straight into the region's bytes
+                continue
+            part = memoryview(bytearray(n))
+            self._readinto(part, at)
+            r.memory._write(part, r.offset)
 
     def _run(self, args: tuple | list, length: int | None, size: int | None,
              read: int | None, budget: int | None, timeout: float | None,

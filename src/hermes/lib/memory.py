@@ -73,6 +73,12 @@ class Memory(abc.ABC):
         overrides this)."""
         self._write(memoryview(bytes([value]) * size), offset)
 
+    def _host_view(self, offset: int, size: int) -> memoryview | None:
+        """A writable view of ``size`` bytes from ``offset`` when the region is host bytes (runs
+        then copy between it and the data slot directly), else None (bounds already
+        checked)."""
+        return None
+
     @abc.abstractmethod
     def _free(self) -> None:
         """Give the region back to the device (once, from ``close``)."""
@@ -166,6 +172,9 @@ class HostMemory(Memory):
 
     def _readinto(self, view: memoryview, offset: int) -> None:
         view[:] = memoryview(self._buf())[offset:offset + view.nbytes]
+
+    def _host_view(self, offset: int, size: int) -> memoryview:
+        return memoryview(self._buf())[offset:offset + size]
 
     def _free(self) -> None:
         self._bytes = None
