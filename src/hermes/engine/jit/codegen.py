@@ -63,11 +63,20 @@ def leaders(program: Program, info: VerifierInfo) -> list[int]:
     return cfg.block_leaders(program.insns, info.functions)
 
 
+def _renamed(text: str, prefix: str, name: str, attrs: str) -> str:
+    """A copy of function 0's IR ``text`` named ``prefix + name`` with attribute group ``attrs``."""
+    head, body = text.split("\n", 1)
+    head = head.replace(f"@{prefix}f0(", f"@{prefix}{name}(").replace("#0 {", f"{attrs} {{")
+    return head + "\n" + body
+
+
 class _Func:
     """IR text builder for one eBPF function."""
 
-    def __init__(self, gen: ModuleGen, index: int, start: int, end: int):
+    def __init__(self, gen: ModuleGen, index: int, start: int, end: int,
+                 fast_loops: bool = True):
         self.gen = gen
+        self.fast_loops = fast_loops and gen.fast_loops
         self.index = index
         self.start = start
         self.end = end
@@ -403,9 +412,8 @@ class _Func:
         insns = self.gen.program.insns
         name = f"{self.gen.prefix}f{self.index}"
         params = ", ".join(f"i64 %a{r}" for r in range(0, 10))
-        attrs = "#2" if self.index == 0 and self.gen.specialise else "#0"
         head = [f"define internal {{i64, i64}} @{name}(ptr %ctx, i64 %depth, i64 %cnt0, {params}) "
-                f"{attrs} {{", "entry:"]
+                "#0 {", "entry:"]
         self.emit("%cnt = alloca i64")
         self.emit("%kvar = alloca i64")
         self.emit("store i64 0, ptr %kvar")
@@ -432,7 +440,7 @@ class _Func:
         self.emit("%frame = getelementptr i8, ptr %stack, i64 %fo")
         prologue = len(self.lines)
         plans = plan_loops(insns, starts, ends, self.start, self.end, self.gen.info.stack_safe) \
-            if self.gen.fast_loops else {}
+            if self.fast_loops else {}
         for s in starts:
             if not self.start <= s < self.end:
                 continue
@@ -855,12 +863,15 @@ class ModuleGen:
     def main_fn(self, name: str) -> str:
         """The native entry ``i64 name(ptr ctx)``: runs function 0 at depth 0.
 
-        Small programs get two calls of function 0, one with r1 = DATA_BASE as a constant (a data
-        slot is present) and one with r1 = r2 = 0; once inlined, the constant lets LLVM fold every
-        ``r1 + k - DATA_BASE`` into a plain offset.
+        Small programs with loops get two copies of function 0: ``f0s``, inlined, for runs with
+        a data slot (r1 = DATA_BASE as a constant lets LLVM fold every ``r1 + k - DATA_BASE``
+        into a plain offset), and ``f0n`` for runs without memory (r1 = 0), without fast loop
+        copies: with no data slot their access proofs fail, and the copies cost about as much
+        compile time as the rest of the program (its loops keep their per-block budget
+        compares; for loops over registers and the stack LLVM does as well without the copy).
         """
-        def call(r1: str | int, r2: str) -> str:
-            return (f"call {{i64, i64}} @{self.prefix}f0(ptr %ctx, i64 0, i64 0, i64 0, "
+        def call(r1: str | int, r2: str, fn: str = "f0") -> str:
+            return (f"call {{i64, i64}} @{self.prefix}{fn}(ptr %ctx, i64 0, i64 0, i64 0, "
                     f"i64 {r1}, i64 {r2}, i64 %r3, i64 %r4, i64 %r5, i64 0, i64 0, i64 0, "
                     "i64 0)")
 
@@ -872,10 +883,10 @@ class ModuleGen:
             body = ["  %hasmem = icmp eq i64 %r1, " + str(DATA_BASE),
                     "  br i1 %hasmem, label %withmem, label %nomem",
                     "withmem:",
-                    "  %resa = " + call(DATA_BASE, "%r2"),
+                    "  %resa = " + call(DATA_BASE, "%r2", "f0s"),
                     "  br label %done",
                     "nomem:",
-                    "  %resb = " + call("%r1", "%r2"),
+                    "  %resb = " + call("%r1", "%r2", "f0n"),
                     "  br label %done",
                     "done:",
                     "  %res = phi {i64, i64} [%resa, %withmem], [%resb, %nomem]"]
@@ -901,7 +912,16 @@ class ModuleGen:
                 continue  # never called: no code
             # only this function's blocks: the work per function stays linear in its size
             mine = starts[bisect.bisect_left(starts, f.start):bisect.bisect_left(starts, f.end)]
-            parts.append(_Func(self, k, f.start, f.end).build(mine, ends))
+            text = _Func(self, k, f.start, f.end).build(mine, ends)
+            if k == 0 and self.specialise:
+                # main_fn's two calls get copies of their own (see there); the plain function
+                # stays only for calls of the entry function from inside the program
+                parts.append(_renamed(text, self.prefix, "f0s", "#2"))
+                plain = _Func(self, k, f.start, f.end, fast_loops=False).build(mine, ends)
+                parts.append(_renamed(plain, self.prefix, "f0n", "#3"))
+                if 0 not in called:
+                    continue
+            parts.append(text)
         parts.append(self.main_fn(entry_name))
         return parts
 
@@ -921,6 +941,7 @@ def generate_module(items: list[tuple[Program, VerifierInfo, str]], triple: str,
     parts.append('attributes #0 = { nounwind }')
     parts.append('attributes #1 = { nounwind noinline cold }')
     parts.append('attributes #2 = { nounwind alwaysinline }')
+    parts.append('attributes #3 = { nounwind noinline }')
     parts.append('!0 = !{!"branch_weights", i32 2000, i32 1}')
     parts.append('!1 = !{!"branch_weights", i32 1, i32 2000}')
     return "\n".join(parts) + "\n"
