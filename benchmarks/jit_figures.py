@@ -1,17 +1,26 @@
 """JIT figures: per-kernel run time (JIT, gcc -O2 native, uBPF's published figures), compile time.
 
-Usage: python benchmarks/jit_figures.py [--repeat N] [--no-gcc]
+Usage: python benchmarks/jit_figures.py [--repeat N] [--no-gcc] [--code] [--base TREE]
 Runs the six kernels of shared/bench, as hand-written assembly (asm/) and as C compiled by
 clang -O2 for BPF, on their reference inputs, checks r0 and the output slot, and prints
 min/median milliseconds per run (of the final code: large programs are recompiled in the
 background, and the figures wait for that). gcc -O2 is timed in the same process via
 ctypes on the same slot bytes, so the ratio is measured on the same machine and run.
+
+``--code`` prints instead, per kernel, the generated code's size (IR lines and instructions
+before and after optimisation, machine code bytes) and the full pipeline's compile time (CPU
+milliseconds of code generation, parsing, optimisation and machine code, the minimum of
+``--repeat`` compilations). ``--base TREE`` adds the same figures of another checkout of the
+project (its ``src`` run in a subprocess, interleaved with this tree's measurements) beside
+them, e.g. ``--code --base /tmp/base/main``.
 """
 from __future__ import annotations
 
 import argparse
 import ctypes
+import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -89,21 +98,104 @@ def compile_time(n_insns: int = 1000) -> tuple:
     return out + ((bg * 1e3 if bg is not None else None),)
 
 
+def _kernels(tmp: Path, only: str | None = None):
+    """(name, form, program) of every bench kernel, assembly and C (or only ``name.form``)."""
+    for name, kind in [(n, k) for n in NAMES for k in ("asm", "c")]:
+        if only is not None and f"{name}.{kind}" != only:
+            continue
+        if kind == "asm":
+            yield name, kind, read_program(BENCH / "asm" / f"{name}.asm")
+        else:
+            yield name, kind, load_elf(compile_c(BENCH / f"{name}.c", tmp / f"{name}.o"))
+
+
+def _cpu() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_utime
+
+
+def code_figures(program, repeat: int) -> dict:
+    """IR and machine code size of ``program`` and the CPU ms of compiling it (full pipeline)."""
+    from hermes.engine.helpers import DEVICE_HELPERS as helpers
+    from hermes.engine.jit import codegen, runtime
+    from hermes.engine.verifier import verify
+    st = runtime._llvm()
+    llvm = st["llvm"]
+    info = verify(program, helpers)
+    best = float("inf")
+    for _ in range(max(1, repeat)):
+        t0 = _cpu()
+        ir = codegen.generate(program, info, st["triple"], st["layout"], "kernel")
+        mod = llvm.parse_assembly(ir)
+        mod.verify()
+        runtime._optimise(st, mod, 3, False)
+        obj = st["tm"].emit_object(mod)
+        best = min(best, _cpu() - t0)
+    # the JIT code model puts code in .ltext as well as .text
+    text = sum(sec.size() for sec in llvm.ObjectFileRef.from_data(obj).sections()
+               if sec.is_text())
+    lines = ir.splitlines()
+    return {"ir_lines": len(lines), "ir_insns": sum(1 for ln in lines if ln.startswith("  ")),
+            "opt_insns": sum(1 for ln in str(mod).splitlines() if ln.startswith("  ")),
+            "text": text, "ms": best * 1e3}
+
+
+def _code_rows(repeat: int, only: str | None = None) -> dict[str, dict]:
+    with tempfile.TemporaryDirectory() as tmp:
+        return {f"{name}.{kind}": code_figures(prog, repeat)
+                for name, kind, prog in _kernels(Path(tmp), only)}
+
+
+def _base_row(tree: str, key: str, repeat: int) -> dict | None:
+    """One kernel's code figures measured by the checkout ``tree`` (None when it fails)."""
+    env = dict(os.environ, PYTHONPATH=str(Path(tree) / "src"))
+    run = subprocess.run([sys.executable, __file__, "--code-json", key, "--repeat", str(repeat)],
+                         env=env, capture_output=True, text=True, timeout=600)
+    if run.returncode != 0:
+        return None
+    return json.loads(run.stdout)[key]
+
+
+def code_table(repeat: int, base: str | None) -> None:
+    """Print the per-kernel code size and compile time table (and ``base``'s beside it)."""
+    print(f"{'kernel':20s} {'IR lines':>8s} {'IR insns':>8s} {'opt insns':>9s} "
+          f"{'text B':>7s} {'compile':>9s}" + ("   (base tree: same columns)" if base else ""))
+    totals = [0.0, 0.0]
+    for key in [f"{n}.{k}" for n in NAMES for k in ("asm", "c")]:
+        # interleaved, so both trees see the same machine load
+        old = _base_row(base, key, repeat) if base else None
+        row = _code_rows(repeat, key)[key]
+        totals[0] += row["ms"]
+        line = (f"{key:20s} {row['ir_lines']:8d} {row['ir_insns']:8d} {row['opt_insns']:9d} "
+                f"{row['text']:7d} {row['ms']:7.1f}ms")
+        if old is not None:
+            totals[1] += old["ms"]
+            line += (f"   {old['ir_lines']:6d} {old['ir_insns']:6d} {old['opt_insns']:6d} "
+                     f"{old['text']:6d} {old['ms']:7.1f}ms  ({row['ms'] / old['ms']:.2f}x)")
+        print(line, flush=True)
+    print(f"{'total':20s} {'':37s} {totals[0]:7.1f}ms" +
+          (f"   {'':27s} {totals[1]:7.1f}ms  ({totals[0] / totals[1]:.2f}x)" if base else ""))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--repeat", type=int, default=21)
     ap.add_argument("--no-gcc", action="store_true")
+    ap.add_argument("--code", action="store_true", help="code size and compile time per kernel")
+    ap.add_argument("--base", help="another checkout to measure beside this one (with --code)")
+    ap.add_argument("--code-json", help=argparse.SUPPRESS)  # one kernel's figures, for --base
     args = ap.parse_args()
+    if args.code_json:
+        print(json.dumps(_code_rows(args.repeat, args.code_json)))
+        return
+    if args.code:
+        code_table(min(args.repeat, 5), args.base)
+        return
     inputs = _inputs()
     with tempfile.TemporaryDirectory() as tmp:
         lib = None if args.no_gcc else _gcc_lib(Path(tmp))
         print(f"{'program':16s} {'src':4s} {'jit min':>8s} {'jit med':>8s} {'gcc min':>8s} "
               f"{'uBPF':>7s} {'jit/gcc':>7s} {'jit/uBPF':>8s} {'compile':>8s}")
-        for name, kind in [(n, k) for n in NAMES for k in ("asm", "c")]:
-            if kind == "asm":
-                prog = read_program(BENCH / "asm" / f"{name}.asm")
-            else:
-                prog = load_elf(compile_c(BENCH / f"{name}.c", Path(tmp) / f"{name}.o"))
+        for name, kind, prog in _kernels(Path(tmp)):
             mem, r0, after = inputs[name]
             t0 = time.perf_counter()
             exe = load(prog, helpers=DEVICE_HELPERS, executor="jit")
