@@ -418,6 +418,37 @@ def test_dma_without_fds_uses_dma_read_write_messages(server):
     assert "DMA" not in server.log() or "error" not in server.log()
 
 
+def test_dma_space_views_only_whole_read_write_fd_mappings():
+    """The device copies in place only inside one fd-backed read/write mapping; everything else
+    goes through read/write, which check the flags and span adjacent mappings."""
+    import mmap as _mmap
+
+    from hermes.device import DmaFault
+    from hermes.server.function import CallbackBackend, DmaSpace, MmapBackend
+    rw = uapi.VFIO_DMA_MAP_FLAG_READ | uapi.VFIO_DMA_MAP_FLAG_WRITE
+    space = DmaSpace()
+    a, b, ro = _mmap.mmap(-1, 4096), _mmap.mmap(-1, 4096), _mmap.mmap(-1, 4096)
+    space.map(0x10000, 4096, rw, MmapBackend(a))
+    space.map(0x11000, 4096, rw, MmapBackend(b))            # adjacent to the first
+    space.map(0x20000, 4096, uapi.VFIO_DMA_MAP_FLAG_READ, MmapBackend(ro))
+    space.map(0x30000, 4096, rw, CallbackBackend(0x30000, lambda addr, n: bytes(n),
+                                                 lambda addr, data: None))
+    view = space.view(0x10010, 16)
+    assert view is not None
+    view[:] = bytes(range(16))
+    assert a[0x10:0x20] == bytes(range(16)) == space.read(0x10010, 16)
+    for addr, n in ((0x10ff0, 32), (0x20000, 16), (0x30000, 16), (0x40000, 16), (0x10000, 0)):
+        assert space.view(addr, n) is None
+    assert space.read(0x10ff0, 32) == bytes(32)              # across the two mappings
+    with pytest.raises(DmaFault):
+        space.write(0x20000, b"x")                           # read-only stays refused
+    space.unmap(0x10000, 4096)                               # while the view is held
+    assert view[0] == 0
+    view.release()
+    with pytest.raises(DmaFault):
+        space.read(0x10000, 4)
+
+
 def used_slots(fn: VfioFunction) -> int:
     progs, datas = fn.device.slots_in_use()
     return len(progs) + len(datas)

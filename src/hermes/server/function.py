@@ -112,6 +112,9 @@ class _Mapping:
     removed: bool = False
 
 
+_READ_WRITE = uapi.VFIO_DMA_MAP_FLAG_READ | uapi.VFIO_DMA_MAP_FLAG_WRITE
+
+
 class DmaSpace:
     """Bus address -> backend map the device DMAs through (the device's host-memory object).
 
@@ -208,6 +211,23 @@ class DmaSpace:
             pieces.append((m, pos - m.addr, length))
             pos += length
         return pieces
+
+    def view(self, bus_addr: int, n: int) -> memoryview | None:
+        """The ``n`` bytes at ``bus_addr`` in place, for the device to copy from or to (one copy
+        instead of two), or None where ``read``/``write`` must do it: a range not inside one
+        fd-backed mapping that allows both directions. The view holds the mapping's memory, so
+        an unmap while it is used only defers the munmap to its release."""
+        with self._lock:
+            try:
+                m = self._find(bus_addr, n)
+            except DmaFault:
+                return None
+            backend = m.backend
+            if (m.flags & _READ_WRITE != _READ_WRITE or type(backend) is not MmapBackend
+                    or n <= 0):
+                return None
+            off = bus_addr - m.addr
+            return memoryview(backend.mm)[off:off + n]
 
     def read(self, bus_addr: int, n: int) -> bytes:
         """Copy of ``n`` bytes at ``bus_addr``; raises DmaFault."""
