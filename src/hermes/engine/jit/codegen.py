@@ -6,6 +6,8 @@ Layout decisions (see specs/jit.md):
   i64 r0..r9)`` returning ``(r0, count)``; a count of -1 (never a real count) means "an error is
   recorded in the context, unwind"; ``@P(ptr ctx)`` is the native entry (P = a per-program name);
 * registers and the instruction counter are allocas, promoted to SSA by the optimiser;
+* failure paths are shared: one budget failure block (phis name the failing block) and one
+  unwind block per function;
 * basic blocks are the interpreter's blocks (same leaders), so adding the block length at block
   entry and comparing with the budget reproduces the interpreter's budget behaviour exactly;
 * memory: proven stack accesses go straight to the frame; any other access checks the data slot
