@@ -13,8 +13,12 @@ other jobs take the cores and the wall time says little.
 Every figure is measured for this tree and for a baseline tree (``--base``), each in child
 processes taking turns (``--rounds``), so both see the same load; the best wall time is kept.
 
+``--callgrind`` prints instead the instructions per 1 MiB piece written and run (one thread,
+both trees, under valgrind's callgrind), split into memcpy and the rest: the copies saved and
+the code added, exactly, on a machine too busy for wall times.
+
 Usage: python benchmarks/scan.py [--mib 1024] [--piece-kib 1024] [--backends emu,cpu]
-[--workers N] [--runs 2] [--rounds 2] [--base SRC] [--file PATH]
+[--workers N] [--runs 2] [--rounds 2] [--base SRC] [--file PATH] [--callgrind]
 """
 from __future__ import annotations
 
@@ -150,6 +154,56 @@ def child(tree: str, argv: list[str]) -> list[dict]:
     return json.loads(proc.stdout)
 
 
+#: The loop ``--callgrind`` counts: 1 MiB pieces written into a data slot and run, one thread.
+CALLGRIND_LOOP = r"""
+import os, subprocess, sys
+import hermes
+from hermes.engine.asm import assemble_program
+prog = assemble_program("mov r0, 7\nexit")
+n = int(sys.argv[1])
+data = memoryview(bytearray(os.urandom(n << 20)))
+with hermes.open(sys.argv[2], executor="interp", engines=1) as dev, dev.session() as s:
+    s.load(prog)
+    for i in range(2):
+        s.write(data[:1 << 20]); s.run(read=0)
+    me = str(os.getpid())
+    subprocess.run(["callgrind_control", "-i", "on", me], capture_output=True, check=True)
+    for i in range(n):
+        s.write(data[i << 20:(i + 1) << 20]); s.run(read=0)
+    subprocess.run(["callgrind_control", "-i", "off", me], capture_output=True, check=True)
+"""
+
+
+def callgrind(trees: dict[str, str], backends: list[str], pieces: int = 8) -> None:
+    """Print the instructions per 1 MiB piece (written into a slot, then a 2-instruction run)
+    under callgrind, and the share of them in memcpy: deterministic, whatever the load."""
+    print(f"callgrind: instructions per 1 MiB piece (write + run, {pieces} pieces, interp)")
+    print(f"{'backend':<8} {'tree':<9} {'Ir/piece':>10} {'memcpy Ir':>10} {'other Ir':>10}")
+    with tempfile.TemporaryDirectory() as tmp:
+        script = Path(tmp) / "loop.py"
+        script.write_text(CALLGRIND_LOOP)
+        for spec in backends:
+            for name, tree in trees.items():
+                out = Path(tmp) / f"{spec}.{name}.out"
+                subprocess.run(["valgrind", "--tool=callgrind", "--instr-atstart=no",
+                                f"--callgrind-out-file={out}", sys.executable, str(script),
+                                str(pieces), spec], env=dict(os.environ, PYTHONPATH=tree),
+                               capture_output=True, timeout=3600, check=True)
+                report = subprocess.run(["callgrind_annotate", "--threshold=100", str(out)],
+                                        capture_output=True, text=True, check=True).stdout
+                total = copy = 0
+                for line in report.splitlines():
+                    figure = line.strip().split(" ", 1)[0].replace(",", "")
+                    if not figure.isdigit():
+                        continue
+                    if "PROGRAM TOTALS" in line:
+                        total = int(figure)
+                    elif "memmove" in line or "memcpy" in line:
+                        copy += int(figure)
+                print(f"{spec:<8} {name:<9} {total / pieces:10.0f} {copy / pieces:10.0f} "
+                      f"{(total - copy) / pieces:10.0f}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Time both trees, taking turns ``--rounds`` times, and print each figure's best."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -164,18 +218,23 @@ def main(argv: list[str] | None = None) -> None:
                     help="baseline tree's src directory ('' to skip)")
     ap.add_argument("--file", default=None, help="where to write the data file (default: a "
                                                  "temporary file, removed at the end)")
+    ap.add_argument("--callgrind", action="store_true",
+                    help="count instructions per piece under callgrind instead of timing")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = sys.argv[1:] if argv is None else argv
     opts = ap.parse_args(args)
     if opts.child:
         print(json.dumps(measure(opts)))
         return
-    from hermes.engine.clang import require_clang
-    require_clang()
-    passed = [a for a in args if a != "--child"]
     trees = {"this": str(Path(__file__).resolve().parents[1] / "src")}
     if opts.base and Path(opts.base).is_dir():
         trees["baseline"] = opts.base
+    if opts.callgrind:
+        callgrind(trees, opts.backends.split(","))
+        return
+    from hermes.engine.clang import require_clang
+    require_clang()
+    passed = [a for a in args if a != "--child"]
     bests: dict[tuple, dict] = {}
     for _ in range(opts.rounds):
         for name, tree in trees.items():
