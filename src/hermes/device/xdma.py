@@ -316,6 +316,25 @@ class XdmaBlock:
             self._count("dma_descriptors", ch.completed)
             self._count("dma_bytes", nbytes)
 
+    def _move(self, span: Callable, host_addr: int, bar4_off: int, length: int,
+              c2h: bool) -> None:
+        """Copy ``length`` bytes between host memory (through its ``span``) and BAR4, into the
+        host for ``c2h``; raises ``DmaFault``. Both sides are held by a view until the bytes
+        have moved, so neither the host buffer nor a caller's BAR4 mapping can go away under
+        a copy that runs without the GIL."""
+        pin, addr = span(host_addr, length, c2h)
+        window = self._bar4[bar4_off:bar4_off + length]
+        if length < GIL_FREE_COPY_MIN:
+            if c2h:
+                pin[:] = window
+            else:
+                window[:] = pin
+        elif c2h:
+            _memmove(addr, self._bar4_addr + bar4_off, length)
+        else:
+            _memmove(self._bar4_addr + bar4_off, addr, length)
+        del pin, window
+
     def _h2c(self, host: object, src: int, dst: int, length: int) -> int:
         bar4 = self._bar4
         if dst + length > len(bar4):
@@ -323,15 +342,7 @@ class XdmaBlock:
         span = getattr(host, "span", None)
         try:
             if span is not None:
-                pin, addr = span(src, length, False)
-                # Both sides are held by a view until the bytes have moved: neither the host
-                # buffer nor a caller's BAR4 mapping can be unmapped under the copy.
-                target = bar4[dst:dst + length]
-                if length < GIL_FREE_COPY_MIN:
-                    target[:] = pin
-                else:
-                    _memmove(self._bar4_addr + dst, addr, length)
-                del pin, target
+                self._move(span, src, dst, length, False)
                 return 0
             view = getattr(host, "view", None)
             data = view(src, length) if view is not None else None
@@ -351,13 +362,7 @@ class XdmaBlock:
         span = getattr(host, "span", None)
         try:
             if span is not None:
-                pin, addr = span(dst, length, True)
-                source = bar4[src:src + length]
-                if length < GIL_FREE_COPY_MIN:
-                    pin[:] = source
-                else:
-                    _memmove(addr, self._bar4_addr + src, length)
-                del pin, source
+                self._move(span, dst, src, length, True)
                 return 0
             view = getattr(host, "view", None)
             target = view(dst, length) if view is not None else None

@@ -294,27 +294,31 @@ class DmaChannels:
         finally:
             pool.release(ch)
 
-    def _mapped(self, view: memoryview, writable: bool) -> DmaBuffer | None:
-        """``view`` mapped for DMA in place, when the transport can reach the caller's memory
-        (``dma_map``, an optional transport method: in process, the device's DMA engine reaches
-        host pages as through an IOMMU mapping) and the transfer is worth it
-        (``DIRECT_DMA_MIN``), else None."""
+    def _direct_mapped(self, pool: ChannelPool, view: memoryview, offset: int,
+                       writable: bool) -> bool:
+        """Move ``view`` in place (between it and BAR4 ``offset``, on a channel of ``pool``)
+        when the transport can reach the caller's memory (``dma_map``, an optional transport
+        method: in process, the device's DMA engine reaches host pages as through an IOMMU
+        mapping) and the transfer is worth it (``DIRECT_DMA_MIN``); False when it was not
+        mapped. The mapping is undone whether the transfer succeeds or not."""
         dma_map = self._dma_map
         if dma_map is None or len(view) < DIRECT_DMA_MIN:
-            return None
-        return dma_map(view, writable=writable)
+            return False
+        mapped = dma_map(view, writable=writable)
+        if mapped is None:
+            return False
+        try:
+            self._direct(pool, mapped.bus_addr, offset, mapped.size)
+        finally:
+            mapped.free()
+        return True
 
     def copy_in(self, offset: int, view: memoryview) -> None:
         """Copy the bytes of ``view`` to BAR4 at ``offset``: straight from ``view`` where the
         transport maps it, else through an H2C bounce buffer."""
         if not len(view):
             return
-        mapped = self._mapped(view, False)
-        if mapped is not None:
-            try:
-                self._direct(self.h2c, mapped.bus_addr, offset, mapped.size)
-            finally:
-                mapped.free()
+        if self._direct_mapped(self.h2c, view, offset, False):
             return
         ch = self.h2c.acquire()
         try:
@@ -333,12 +337,7 @@ class DmaChannels:
         transport maps it, else through a C2H bounce buffer."""
         if not len(view):
             return
-        mapped = self._mapped(view, True)
-        if mapped is not None:
-            try:
-                self._direct(self.c2h, mapped.bus_addr, offset, mapped.size)
-            finally:
-                mapped.free()
+        if self._direct_mapped(self.c2h, view, offset, True):
             return
         ch = self.c2h.acquire()
         try:

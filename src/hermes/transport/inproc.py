@@ -74,10 +74,10 @@ class InProcDmaBuffer(DmaBuffer):
 
     def __repr__(self) -> str:
         state = "freed" if self._view is None else f"{self.size} bytes"
-        return f"<InProcDmaBuffer {self.bus_addr:#x} {state}>"
+        return f"<{type(self).__name__} {self.bus_addr:#x} {state}>"
 
 
-class InProcMappedBuffer(DmaBuffer):
+class InProcMappedBuffer(InProcDmaBuffer):
     """A caller's memory mapped for the device's DMA at ``bus_addr`` (what an IOMMU mapping of
     pinned user pages is): no copy; the device reads it, and writes it only when mapped
     writable. ``view`` is the caller's bytes; ``free`` unmaps them (idempotent)."""
@@ -88,17 +88,6 @@ class InProcMappedBuffer(DmaBuffer):
         self.bus_addr = bus_addr
         self.size = view.nbytes
         self._view = transport.host.register(bus_addr, view, writable=writable)
-
-    def free(self) -> None:
-        """Unmap the caller's memory from the device's view of host memory. Idempotent."""
-        if self._view is None:
-            return
-        self._transport._forget(self)
-        self._view = None
-
-    def __repr__(self) -> str:
-        state = "freed" if self._view is None else f"{self.size} bytes"
-        return f"<InProcMappedBuffer {self.bus_addr:#x} {state}>"
 
 
 class InProcessTransport(Transport):
@@ -115,7 +104,7 @@ class InProcessTransport(Transport):
         self.num_vectors = device.num_vectors
         self.host = HostMemory()
         self._irqs = [IrqCounter() for _ in range(self.num_vectors)]
-        self._buffers: dict[int, InProcDmaBuffer | InProcMappedBuffer] = {}
+        self._buffers: dict[int, InProcDmaBuffer] = {}
         self._lock = threading.Lock()
         self._next_addr = DMA_BASE
         self._closed = False
@@ -191,7 +180,7 @@ class InProcessTransport(Transport):
             self._buffers[addr] = buf
         return buf
 
-    def _forget(self, buf: InProcDmaBuffer | InProcMappedBuffer) -> None:
+    def _forget(self, buf: InProcDmaBuffer) -> None:
         with self._lock:
             if self._buffers.pop(buf.bus_addr, None) is not None:
                 self.host.unregister(buf.bus_addr)
