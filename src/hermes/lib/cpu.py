@@ -133,7 +133,9 @@ class CpuSession(Session):
         slot = self._buffer()   # (held: the copy below runs without the GIL)
         src = _address(view)
         if src is None:
-            slot[offset:offset + view.nbytes] = view
+            # through a memoryview: a bytearray slice assignment copies a non-bytearray source
+            # into a temporary first
+            memoryview(slot)[offset:offset + view.nbytes] = view
         else:
             ctypes.memmove(_slot_address(slot) + offset, src, view.nbytes)
 

@@ -168,7 +168,8 @@ class HostMemory(Memory):
         return self._bytes
 
     def _write(self, view: memoryview, offset: int) -> None:
-        self._buf()[offset:offset + view.nbytes] = view
+        # (a memoryview copies once; a bytearray slice assignment first copies the source)
+        memoryview(self._buf())[offset:offset + view.nbytes] = view
 
     def _readinto(self, view: memoryview, offset: int) -> None:
         view[:] = memoryview(self._buf())[offset:offset + view.nbytes]
