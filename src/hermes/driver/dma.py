@@ -362,11 +362,13 @@ class DmaChannels:
                 ch.transfer(bounce.bus_addr, offset, length, self.timeout)
                 return bounce.view[:length].tobytes()
             out = bytearray(length)
+            into = memoryview(out)   # (a bytearray slice assignment would copy twice)
             size = ch.bounce_size
             for pos in range(0, length, size):
                 n = min(size, length - pos)
                 ch.transfer(bounce.bus_addr, offset + pos, n, self.timeout)
-                out[pos:pos + n] = bounce.view[:n]
+                into[pos:pos + n] = bounce.view[:n]
+            into.release()
             return bytes(out)
         finally:
             self.c2h.release(ch)

@@ -155,7 +155,8 @@ class CpuSession(Session):
         exe = self._exe
         assert exe is not None  # the contract loads a program before any run
         slot = self._buffer()
-        slot[length:size] = bytes(size - length)
+        if size > length:   # one pass, no zero bytes object (and no GIL held)
+            ctypes.memset(_slot_address(slot) + length, 0, size - length)
         mine = _engine.Cancel()
         self._cancel = mine
         watch = cancel.watch(mine.set) if cancel is not None else None
