@@ -41,6 +41,8 @@ DEFAULT_CONNECT_TIMEOUT = 10.0
 PROBE_INTERVAL = 0.1
 _HANGUP = select.POLLRDHUP | select.POLLHUP | select.POLLERR | select.POLLNVAL
 _DONTWAIT = socket.MSG_DONTWAIT
+_SIZES = (1, 2, 4, 8)
+_MASKS = {n: (1 << (8 * n)) - 1 for n in _SIZES}
 
 
 def check_seconds(name: str, value: object) -> float:
@@ -91,6 +93,7 @@ class VfioUserTransport(PciTransport):
         self._buf_starts: list[int] = []
         self._buf_lock = threading.Lock()
         self._maps: dict[int, mmap.mmap] = {}
+        self._bar_sizes: dict[int, int] = {}
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         # Used with the exchange lock held: readiness waits with a deadline.
         self._readable = select.poll()
@@ -169,6 +172,9 @@ class VfioUserTransport(PciTransport):
         self.regions: dict[int, uapi.vfio_region_info] = {}
         for index in range(self.num_regions):
             self.regions[index] = self._region_info(index)
+        #: Sizes of the BARs, for the range check of every register access.
+        self._bar_sizes = {i: info.size for i, info in self.regions.items()
+                           if i <= uapi.VFIO_PCI_BAR5_REGION_INDEX and info.size}
         vendor, device = self._identity()
         if (vendor, device) != self.pci_id:
             raise OSError(errno.ENODEV, f"vfio-user server at {self.path} serves a "
@@ -273,16 +279,17 @@ class VfioUserTransport(PciTransport):
         return self._fail(errno.ENOTCONN, f"vfio-user server at {self.path} went away during "
                           f"{op} ({why})")
 
-    def _begin(self, op: str) -> float:
+    def _begin(self, op: str, deadline: bool = True) -> float:
         """Take the exchange lock for ``op`` (a holder stuck on a dead server gives it up by its
-        own deadline); returns this exchange's deadline, with the lock held."""
+        own deadline); returns this exchange's deadline (0 unless ``deadline``: an exchange that
+        may not wait), with the lock held."""
         if not self._lock.acquire(False):
             if not self._lock.acquire(timeout=max(0.0, self._deadline() - time.monotonic())):
                 raise self._lost(TimeoutError(self._limit()), op)
         if self._broken is not None or self._closed:
             self._lock.release()
             raise self._unusable()
-        return self._deadline()
+        return self._deadline() if deadline else 0.0
 
     # --- framed I/O with deadlines (exchange lock held) -------------------------------------------
     def _wait(self, poller: select.poll, deadline: float) -> None:
@@ -447,9 +454,9 @@ class VfioUserTransport(PciTransport):
             raise self._lost(exc, "REGION_READ") from None
         finally:
             self._lock.release()
-        return self._read_data(reply, count)
+        return reply if type(reply) is bytes else self._read_data(reply, count)
 
-    def _region_reads(self, region: int, reads: list[tuple[int, int]]) -> list[bytes]:
+    def _region_reads(self, region: int, reads: Sequence[tuple[int, int]]) -> list[bytes]:
         """Several REGION_READs sent in one system call (after any posted writes), then their
         replies received in turn: one wait for the server instead of one per read."""
         deadline = self._begin("REGION_READ")
@@ -470,7 +477,7 @@ class VfioUserTransport(PciTransport):
             raise self._lost(exc, "REGION_READ") from None
         finally:
             self._lock.release()
-        return [self._read_data(reply, count)
+        return [reply if type(reply) is bytes else self._read_data(reply, count)
                 for reply, (_, count) in zip(replies, reads, strict=True)]
 
     def _await_read(self, msg_id: int, count: int, deadline: float) -> bytes | P.Message:
@@ -506,13 +513,14 @@ class VfioUserTransport(PciTransport):
         order, so every later read or interrupt wait sees them done. The access was
         range-checked here since no error can come back.
         """
-        deadline = self._begin("REGION_WRITE")
+        self._begin("REGION_WRITE", False)
         try:
             msg_id = next(self._ids) & 0xFFFF
             header = _HEADER.pack(msg_id, P.REGION_WRITE, 32 + len(data), P.FLAG_NO_REPLY, 0)
-            self._posted.append(header + _ACCESS.pack(offset, region, len(data)) + data)
-            if len(self._posted) >= POSTED_BATCH or len(data) > 4096:
-                self._flush_locked(deadline)
+            posted = self._posted
+            posted.append(header + _ACCESS.pack(offset, region, len(data)) + data)
+            if len(posted) >= POSTED_BATCH or len(data) > 4096:
+                self._flush_locked(self._deadline())
         except OSError as exc:
             raise self._lost(exc, "REGION_WRITE") from None
         finally:
@@ -626,7 +634,8 @@ class VfioUserTransport(PciTransport):
         mm = self._maps.get(bar)
         if mm is not None:
             return mmio.load(mm, offset, size)
-        self._check(bar, offset, size)
+        if not (size in _SIZES and 0 <= offset <= self._bar_sizes.get(bar, 0) - size):
+            self._check(bar, offset, size)
         return int.from_bytes(self._region_read_fast(bar, offset, size), "little")
 
     def write(self, bar: int, offset: int, size: int, value: int) -> None:
@@ -635,8 +644,9 @@ class VfioUserTransport(PciTransport):
         if mm is not None:
             mmio.store(mm, offset, size, value)
             return
-        self._check(bar, offset, size)
-        raw = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
+        if not (size in _SIZES and 0 <= offset <= self._bar_sizes.get(bar, 0) - size):
+            self._check(bar, offset, size)   # raises the error the access deserves
+        raw = (value & _MASKS[size]).to_bytes(size, "little")
         self._region_write_posted(bar, offset, raw)
 
     def _bar_size(self, bar: int) -> int:
@@ -662,13 +672,13 @@ class VfioUserTransport(PciTransport):
         mm = self._maps.get(bar)
         if mm is not None:
             return [bytes(mm[offset:offset + length]) for offset, length in reads]
-        todo = list(reads)
-        if not all(0 < length <= self.max_xfer for _, length in todo):
-            return super().read_many(bar, todo)
-        for offset, length in todo:
-            if length in (1, 2, 4, 8):
+        limit = self.max_xfer
+        for offset, length in reads:
+            if not 0 < length <= limit:
+                return super().read_many(bar, reads)
+            if length in _SIZES and not 0 <= offset <= self._bar_sizes.get(bar, 0) - length:
                 self._check(bar, offset, length)
-        return self._region_reads(bar, todo)
+        return self._region_reads(bar, reads)
 
     def write_block(self, bar: int, offset: int, data: bytes) -> None:
         """Write ``data`` to a BAR in one message (the server splits into 4-byte accesses)."""
@@ -752,7 +762,7 @@ class VfioUserTransport(PciTransport):
         fd = self._eventfd(vector)
         if self._posted:
             self.flush()   # the interrupt may be the answer to a queued write
-        if take_one(fd):
+        if self._pending_polls[vector].poll(0) and take_one(fd):
             return True
         if self._broken is not None or self._closed:
             raise self._unusable()
