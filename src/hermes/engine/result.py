@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
-@dataclass
+@dataclass(slots=True)
 class RunResult:
     """Outcome of one run: r0, the data window after the run, instructions executed, and what
     the program's helpers recorded (declared output length, printed text) and its run time."""
