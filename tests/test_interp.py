@@ -209,3 +209,50 @@ def test_bswap():
     assert bswap(0x1122334455667788, 16) == 0x8877
     assert bswap(0x1122334455667788, 32) == 0x88776655
     assert bswap(0x1122334455667788, 64) == 0x8877665544332211
+
+
+def _same_as_reference(program: Program, memory: bytes, budget: int) -> None:
+    """interp and the reference agree on r0, memory and count, or on the error and its count."""
+    from hermes.engine.interp import Interpreter
+    from hermes.engine.reference import Reference
+    outcomes = []
+    for cls in (Interpreter, Reference):
+        exe = cls(program, helpers=CONFORMANCE_HELPERS, budget=budget)
+        buf = bytearray(memory)
+        try:
+            r = exe.run(buf)
+            outcomes.append(("ok", r.return_value, r.instructions, bytes(buf)))
+        except ExecutionError as e:
+            outcomes.append((e.kind, e.pc, e.instructions, bytes(buf)))
+    assert outcomes[0] == outcomes[1]
+
+
+def test_programs_of_several_chunks_match_the_reference():
+    # a loop and a call that cross chunk boundaries, with every budget cut in the loop
+    from hermes.engine.interp import CHUNK
+    pad = "\n".join(["add r0, 1"] * (CHUNK + 5))
+    text = (f"mov r0, 0\nmov r6, 0\ntop:\n{pad}\nadd r6, 1\nmov r1, r6\ncall local fn\n"
+            f"jlt r6, 3, top\nexit\nfn:\nmov r7, r1\nadd r7, r7\nstxdw [r10-8], r7\n"
+            f"ldxdw r0, [r10-8]\n{pad}\nexit")
+    program = asm(text)
+    _same_as_reference(program, bytes(16), 1 << 20)
+    for budget in (CHUNK // 2, CHUNK + 7, 2 * CHUNK + 20, 3 * CHUNK):
+        _same_as_reference(program, bytes(16), budget)
+
+
+@pytest.mark.parametrize("text", [
+    "mov r7, r1\nadd r7, r7\nmov r0, r7\nexit",        # a move folded into an op on itself
+    "mov r7, r1\nmov r7, r2\nmov r0, r7\nexit",        # a move overwritten by a move
+    "mov r0, 2\nmov r7, r1\nadd r0, r7\nmov r0, r7\nsub r0, 5\nexit",  # a move read next
+    "mov r0, 0\nsub r0, 1\nadd r0, 2\nlsh r0, 63\nadd r0, r0\nexit",  # wrapping add and sub
+    "mov32 r0, -1\nadd32 r0, 1\nmov r3, r0\nadd32 r3, -1\nmov r0, r3\nexit",
+])
+def test_straight_line_arithmetic_matches_the_reference(text):
+    _same_as_reference(asm(text), bytes(8), 100)
+
+
+def test_budget_cut_inside_an_inlined_loop_matches_the_reference():
+    text = ("mov r0, 0\nmov r2, 0\nl: add r2, 1\njgt r2, 50, out\nand r0, 1\n"
+            "jeq r0, 0, even\nadd r0, 3\nja l\neven: add r0, 1\nja l\nout: exit")
+    for budget in range(1, 120, 7):
+        _same_as_reference(asm(text), bytes(8), budget)
