@@ -8,15 +8,22 @@ Rules of the translation (``Interpreter._compile``), which the run loop relies o
   linear in program size). Registers are that function's local variables.
 * Inside a chunk a ``while True`` loop dispatches on the block number ``b`` through a binary
   tree of comparisons. The arm of block R runs R and then follows control inline into its
-  successors (a trace of at most ``INLINE`` further instructions, each successor once per path):
-  an edge back to R is a ``continue`` of R's own loop, any other edge sets ``b`` and goes back to
-  the dispatch. So a loop that fits in the trace of its blocks runs without any dispatch.
-* Every block, inline or not, starts with its budget update: ``n += length`` and one compare
-  with the limit, exactly where every engine charges it. On reaching the limit the chunk returns
-  to the run loop, which raises ``BudgetExceeded`` or polls the ``Cancel`` flag and re-enters.
-  Crossing to another chunk, leaving the entry function and the limit are the only returns.
+  successors, each at most once per path and ``INLINE`` instructions in all: an edge back to R
+  is a ``continue`` of R's own loop, an edge to a loop header (a target of a backward edge) or
+  past the trace sets ``b`` and goes back to the dispatch, and those blocks get traces of their
+  own. Only a loop header's trace copies blocks; any other inlines only blocks with one
+  predecessor, and in all copies are bounded by the program's size. So a loop that fits in its
+  header's trace runs as one Python loop without any dispatch.
+* Every block, inline or not, starts with its budget update exactly where every engine charges
+  it: the chunk counts down ``left``, the instructions before the next limit, and compares it
+  with 0 (a one-digit int, the cheapest kind). On reaching the limit the chunk returns to the
+  run loop, which raises ``BudgetExceeded`` or polls the ``Cancel`` flag and re-enters. Reaching
+  a limit, entering another chunk and leaving the entry function are the only returns.
+* Registers always hold their value in [0, 2**64): a 64-bit add or sub that wraps is corrected
+  after a compare (cheaper than masking a many-digit int); a register move followed by an
+  operation on the moved-to register is written as one statement.
 * Local calls push (return block, r6..r10) on a frame list and move r10 and the stack's lower
-  bound down one frame; ``exit`` pops it. A chunk saves ``n`` before any exception leaves it, so
+  bound down one frame; ``exit`` pops it. A chunk saves ``left`` before any exception leaves it, so
   faults report the same instruction counts as the reference interpreter.
 * Memory: a load or store the verifier proved inside the current stack frame indexes the stack
   directly; any other checks the data slot, then the live stack frames, inline, and falls back to
