@@ -301,28 +301,32 @@ class Commands:
                     f"did not complete within {timeout:g} s")
             raise DriverError(errno.ETIMEDOUT, f"{what}; {how}", engine=engine,
                               command_stopped=stopped)
-        raw = None
-        if self._many_reads and (control is None or control.ctx is None):
-            # State and response in one exchange (BAR0 reads have no side effects, so reading
-            # the response before the state is checked changes nothing).
-            head, raw = t.read_many(_BAR0, ((ctrl, 2), (regs.cmdres(engine), regs.EHCMDRES_LEN)))
+        got = None
+        if self._many_reads:
+            # State, response (and a run context's OUT fields) in one exchange: BAR0 reads have
+            # no side effects, so reading them before the state is checked changes nothing.
+            reads = [(ctrl, 2), (regs.cmdres(engine), regs.EHCMDRES_LEN)]
+            if control is not None and control.ctx is not None:
+                reads.append((regs.cmdctx(engine) + regs.CTX_INSNS,
+                              (regs.RunContextOut.SIZE + 3) & ~3))
+            head, *got = t.read_many(_BAR0, reads)
             state = int.from_bytes(head, "little")
         else:
             state = t.read(_BAR0, ctrl, 2)
         if state != 0x0100:
             raise error(errno.EIO, f"engine {engine}: interrupt without completion (EHCMDEXEC "
                         f"{state & 0xFF}, EHCMDDONE {state >> 8 & 0xFF})")
-        if raw is not None:
-            return Response.unpack(raw)
-        return self._read_results(engine, control)
+        return self._read_results(engine, control, got)
 
-    def _read_results(self, engine: int, control: RunControl | None) -> Response:
+    def _read_results(self, engine: int, control: RunControl | None,
+                      got: list[bytes] | None = None) -> Response:
         """The response of ``engine``'s completed command, and a run context's OUT fields and
-        printed text into ``control``."""
-        raw = self._read_bytes(regs.cmdres(engine), regs.EHCMDRES_LEN)
+        printed text into ``control`` (``got``: the response and OUT fields read already)."""
+        raw = got[0] if got else self._read_bytes(regs.cmdres(engine), regs.EHCMDRES_LEN)
         response = Response.unpack(raw)
         if control is not None and control.ctx is not None:
-            out = self._read_bytes(regs.cmdctx(engine) + regs.CTX_INSNS, regs.RunContextOut.SIZE)
+            out = (got[1][:regs.RunContextOut.SIZE] if got else
+                   self._read_bytes(regs.cmdctx(engine) + regs.CTX_INSNS, regs.RunContextOut.SIZE))
             n = min(regs.RunContextOut.unpack(out).trace_len, regs.TRACE_LIMIT)
             control.out = out
             control.trace = self._read_bytes(regs.trace_buffer(engine), n) if n else b""
