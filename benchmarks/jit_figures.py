@@ -35,6 +35,7 @@ from hermes.engine.clang import compile_c
 from hermes.engine.elf import load_elf
 from hermes.engine.frontends import read_program
 from hermes.engine.helpers import DEVICE_HELPERS
+from hermes.engine.program import Program
 
 BENCH = Path(os.environ.get("HERMES_BENCH") or find_shared("bench") or "../shared/bench")
 #: uBPF x86-64 JIT figures from the bench README (ms, minimum of several runs).
@@ -113,7 +114,7 @@ def _cpu() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_utime
 
 
-def code_figures(program, repeat: int) -> dict:
+def code_figures(program: Program, repeat: int) -> dict:
     """IR and machine code size of ``program`` and the CPU ms of compiling it (full pipeline)."""
     from hermes.engine.helpers import DEVICE_HELPERS as helpers
     from hermes.engine.jit import codegen, runtime
