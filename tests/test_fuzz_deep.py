@@ -18,7 +18,7 @@ from .support.progen import compare_all, deep_case, outcome
 BUDGET = 10**9
 ROOT = Path(__file__).resolve().parents[1]
 #: Programs per run of the default suite (seconds); HERMES_DEEP_DIFF sets another count.
-COUNT = examples("HERMES_DEEP_DIFF", 120, 2000)
+COUNT = examples("HERMES_DEEP_DIFF", 60, 2000)
 
 
 def test_deep_programs_agree_on_every_engine():

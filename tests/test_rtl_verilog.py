@@ -44,7 +44,9 @@ f:
 """
 
 
-@pytest.mark.parametrize("forward_loads", [False, True])
+# One simulation costs ~10 s: the default suite runs the core with load forwarding (the
+# configuration the synthesis estimate reports), ./dev volume both.
+@pytest.mark.parametrize("forward_loads", [pytest.param(False, marks=pytest.mark.volume), True])
 def test_mixed_program_matches_amaranth_and_interpreter(forward_loads):
     prog = assemble_program(MIXED)
     data = bytes(range(1, 33))
