@@ -81,11 +81,18 @@ def _read(host: object, addr: int, n: int) -> bytes:
         raise TransferError(N.DATA_TRANSFER_ERROR, str(exc)) from None
 
 
-def _view(host: object, addr: int, n: int) -> memoryview:
+def _in_place(host: object, addr: int, n: int) -> memoryview | None:
+    """The host bytes in place, or None where the host must copy them (it has no ``view``, or
+    its ``view`` declines a range, as a vfio-user DMA space does outside one shared mapping)."""
     view = getattr(host, "view", None)
+    return None if view is None else view(addr, n)
+
+
+def _view(host: object, addr: int, n: int) -> memoryview:
     try:
-        if view is not None:
-            return view(addr, n)
+        got = _in_place(host, addr, n)
+        if got is not None:
+            return got
         return memoryview(bytearray(host.read(addr, n)))  # type: ignore[attr-defined]
     except DmaFault as exc:
         raise TransferError(N.DATA_TRANSFER_ERROR, str(exc)) from None
@@ -114,10 +121,10 @@ def scatter(host: object, runs: list[tuple[int, int]], data: bytes | memoryview)
         if pos >= len(src):
             return
         n = min(n, len(src) - pos)
-        view = getattr(host, "view", None)
         try:
-            if view is not None:
-                view(addr, n)[:] = src[pos:pos + n]
+            place = _in_place(host, addr, n)
+            if place is not None:
+                place[:] = src[pos:pos + n]
             else:
                 host.write(addr, src[pos:pos + n])  # type: ignore[attr-defined]
         except DmaFault as exc:
