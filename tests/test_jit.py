@@ -517,6 +517,58 @@ def test_rotated_filter_loop_matches_the_interpreter(n, records):
         same(_ROTATED_FILTER, bytes(mem), budget)
 
 
+# clang's histogram loop: the exit tests compare `i - k`, kept in another register, with the
+# count and the slot's length
+_DERIVED_TESTS = """
+    ldxdw r4, [r1]
+    add r2, -{bound}
+    mov r3, r1
+    add r3, 8
+    mov r5, {start}
+loop:
+    mov r0, r1
+    add r0, r5
+    ldxb r0, [r0]
+    lsh r0, 2
+    mov r6, r3
+    add r6, r0
+    ldxw r0, [r6]
+    add32 r0, 1
+    stxw [r6], r0
+    mov r0, r5
+    add r0, -{off}
+    jge r0, r4, out
+    add r5, 1
+    jlt r0, r2, loop
+out:
+    exit
+"""
+
+
+def test_exit_tests_on_an_iv_minus_a_constant_are_recognised(monkeypatch):
+    p = assemble_program(_DERIVED_TESTS.format(bound=1100, start=1040, off=1039))
+    plans = _loop_plans(p, monkeypatch)
+    assert len(plans) == 1
+    (plan,) = plans.values()
+    assert sorted((iv, offset, cond) for iv, offset, _, cond, *_ in plan.tests.values()) == \
+        [(5, -1039, "<"), (5, -1039, "<")]
+
+
+@pytest.mark.parametrize("n, start, off, size", [
+    (0, 1040, 1039, 1300), (5, 1040, 1039, 1300), (200, 1040, 1039, 1300),
+    (300, 1040, 1039, 1300), (50, 1040, 2000, 1300), (100, 1040, 0, 1300),
+    (1000, 1032, 1031, 4096),
+])
+def test_loops_with_derived_exit_tests_match_the_interpreter(n, start, off, size):
+    """Counts, budgets, the faulting iteration and wrapped `i - k` tests are the interpreter's."""
+    text = _DERIVED_TESTS.format(bound=0, start=start, off=off)
+    mem = bytearray(size)
+    mem[0:8] = n.to_bytes(8, "little")
+    mem[1032:] = bytes((i * 37) & 255 for i in range(size - 1032))
+    for budget in (None, 9, 100, 2000):
+        same(text, bytes(mem), budget)
+
+
 def test_shared_header_inner_loop_is_versioned_alone(monkeypatch):
     """clang's insertion sort: the outer loop jumps into the inner loop's header, so the only
     back-edge is the inner one; its accesses and its counted exit are proven per chunk."""

@@ -4,8 +4,9 @@ Rules of the translation (``Interpreter._compile``), which the run loop relies o
 
 * The program is cut into the basic blocks of ``cfg.block_leaders``; the blocks are grouped in
   order into chunks of at most ``CHUNK`` instructions, and each chunk becomes one Python
-  function, compiled on its own (so the source of one code object is bounded and load time is
-  linear in program size). Registers are that function's local variables.
+  function, compiled on its own the first time a run enters it (so the source of one code
+  object is bounded, load time is linear in program size, and code no run reaches is never
+  compiled). Registers are that function's local variables.
 * Inside a chunk a ``while True`` loop dispatches on the block number ``b`` through a binary
   tree of comparisons. The arm of block R runs R and then follows control inline into its
   successors, each at most once per path and ``INLINE`` instructions in all: an edge back to R
@@ -13,7 +14,10 @@ Rules of the translation (``Interpreter._compile``), which the run loop relies o
   past the trace sets ``b`` and goes back to the dispatch, and those blocks get traces of their
   own. Only a loop header's trace copies blocks; any other inlines only blocks with one
   predecessor, and in all copies are bounded by the program's size. So a loop that fits in its
-  header's trace runs as one Python loop without any dispatch.
+  header's trace runs as one Python loop without any dispatch. A chunk holds the traces of its
+  roots only: the entry, function starts, return points, its first block and every block a
+  trace sends to the dispatch. A block inside a trace is entered on its own only after a limit
+  stopped the trace before it; then it runs in a function of its own, compiled when needed.
 * Every block, inline or not, starts with its budget update exactly where every engine charges
   it: the chunk counts down ``left``, the instructions before the next limit, and compares it
   with 0 (a one-digit int, the cheapest kind). On reaching the limit the chunk returns to the
@@ -308,10 +312,14 @@ class _TraceWriter:
         self.exits: set[int] = set()
 
     def arm(self) -> list[tuple[int, str]]:
-        """The arm's statements as (indent, text), the ``while True`` of the root included."""
-        self.out.append((0, "while True:"))
+        """The arm's statements as (indent, text), the ``while True`` of the root included
+        when the trace loops back to the root; without one, the arm's ``break``s are the
+        dispatch loop's ``continue``s (a loop that never repeats only costs compile time)."""
         self.block(self.root, [self.root], 1)
-        return self.out
+        if any(line == "continue" for _ind, line in self.out):
+            return [(0, "while True:")] + self.out
+        return [(ind - 1, line[:-5] + "continue" if line == "break" or line.endswith("; break")
+                 else line) for ind, line in self.out]
 
     def emit(self, ind: int, line: str) -> None:
         self.out.append((ind, line))
@@ -365,36 +373,38 @@ class _TraceWriter:
         self.emit(ind, "break")
 
 
-def _chunk_source(index: int, lo: int, hi: int, arms: dict[int, list[tuple[int, str]]]) -> str:
-    """The function ``chunk<index>`` for blocks ``lo`` .. ``hi - 1``: a dispatch loop over a
-    binary tree of comparisons whose leaves are the blocks' ``arms``."""
-    out = [f"def chunk{index}(b, left, sl, R, FR, DATA, DL1, DL2, DL4, DL8, STK, LD, ST, HC, "
+def _chunk_source(name: str, lo: int, hi: int, arms: dict[int, list[tuple[int, str]]]) -> str:
+    """The function ``name`` for the blocks of ``arms``, all in ``lo`` .. ``hi - 1`` (the other
+    blocks there never reach it): a dispatch loop over a binary tree of comparisons whose leaves
+    are the arms."""
+    keys = sorted(arms)
+    out = [f"def {name}(b, left, sl, R, FR, DATA, DL1, DL2, DL4, DL8, STK, LD, ST, HC, "
            f"S, {', '.join(f'{k}={k}' for k in _BOUND)}):",
-           f"    {_REGS[1:-1]} = R",
-           "    try:",
-           "        while True:"]
+           f" {_REGS[1:-1]} = R",
+           " try:",
+           "  while True:"]
 
     def tree(first: int, last: int, ind: int) -> None:
-        pad = "    " * ind
+        pad = " " * ind
         if first == last:
             # the outermost leaves also catch the numbers of other chunks' blocks and the
             # negative codes (exit, limit): these leave for the run loop
-            if first == lo:
+            if first == 0:
                 out.append(f"{pad}if b < {lo}: return (b, left, sl, {_REGS})")
-            if first == hi - 1:
+            if first == len(keys) - 1:
                 out.append(f"{pad}if b >= {hi}: return (b, left, sl, {_REGS})")
-            out.extend(pad + "    " * i + line for i, line in arms[first])
+            out.extend(pad + " " * i + line for i, line in arms[keys[first]])
             return
         mid = (first + last + 1) // 2
-        out.append(f"{pad}if b < {mid}:")
+        out.append(f"{pad}if b < {keys[mid]}:")
         tree(first, mid - 1, ind + 1)
         out.append(f"{pad}else:")
         tree(mid, last, ind + 1)
 
-    tree(lo, hi - 1, 3)
-    out += ["    except BaseException:",
-            "        S[0] = left",  # the run loop counts a failed or stopped run from it
-            "        raise"]
+    tree(0, len(keys) - 1, 3)
+    out += [" except BaseException:",
+            "  S[0] = left",  # the run loop counts a failed or stopped run from it
+            "  raise"]
     return "\n".join(out) + "\n"
 
 
@@ -491,43 +501,57 @@ class Interpreter:
         chunk_of = [0] * nblocks
         for c, (lo, hi) in enumerate(zip(bounds, bounds[1:], strict=False)):
             chunk_of[lo:hi] = [c] * (hi - lo)
-        # roots get a trace: the entry, functions, return points and whatever a trace leaves
-        # to the dispatch; any other block's arm is the block alone (entered after a limit)
-        arms: dict[int, list[tuple[int, str]]] = {}
-        work = [0] + [block_of[f.start] for f in self.functions]
+        # roots get a trace: the entry, functions, return points, the first block of each chunk
+        # and whatever a trace leaves to the dispatch; any other block is reached only when a
+        # limit stopped a trace before it, and gets its own one-block function when that happens
+        arms: list[dict[int, list[tuple[int, str]]]] = [{} for _ in bounds[1:]]
+        work = [0] + [block_of[f.start] for f in self.functions] + bounds[1:-1]
         copies = 2 * n + INLINE  # instructions the loops' traces may copy, in all
         while work:
             root = work.pop()
-            if root in arms:
-                continue
             c = chunk_of[root]
+            if root in arms[c]:
+                continue
             room = INLINE if root not in headers else min(INLINE, max(copies, 0))
             writer = _TraceWriter(blocks, lengths, headers, single, bounds[c], bounds[c + 1],
                                   root, room)
-            arms[root] = writer.arm()
+            arms[c][root] = writer.arm()
             if root in headers:
                 copies -= room - writer.room
-            work.extend(s for s in writer.exits if s >= 0 and s not in arms)
-        for k in range(nblocks):
-            if k not in arms:
-                c = chunk_of[k]
-                arms[k] = _TraceWriter(blocks, lengths, headers, single, bounds[c],
-                                       bounds[c + 1], k, 0).arm()
-        namespace: dict = dict(_BOUND)
-        chunks, texts = [], []
-        tag = self.program.digest[:12]
-        for c, (lo, hi) in enumerate(zip(bounds, bounds[1:], strict=False)):
-            text = _chunk_source(c, lo, hi, arms)
-            exec(compile(text, f"<hermes-interp {tag} chunk {c}>", "exec"), namespace)
-            chunks.append(namespace.pop(f"chunk{c}"))
-            texts.append(text)
+            work.extend(s for s in writer.exits if s >= 0 and s not in arms[chunk_of[s]])
         self._starts = starts
         self._lengths = lengths
         self._positions = positions
         self._block_at = block_at
-        self._chunks = chunks
+        self._blocks, self._headers, self._single, self._bounds = blocks, headers, single, bounds
         self._chunk_of = chunk_of
-        self.source = "\n".join(texts)
+        self._arms = arms
+        # what the run loop calls to run block b: its chunk's function for a root, its own
+        # function for any other block; each is compiled the first time a run needs it, so
+        # code no run reaches costs no compile time
+        self._entry: list[Callable | None] = [None] * nblocks
+
+    def _function(self, b: int) -> Callable:
+        """The function that runs block ``b`` (see ``_entry``), compiled now if needed."""
+        c = self._chunk_of[b]
+        lo, hi = self._bounds[c], self._bounds[c + 1]
+        arms = self._arms[c]
+        tag = self.program.digest[:12]
+        if b in arms:
+            name, where, keys = f"chunk{c}", f"chunk {c}", list(arms)
+        else:
+            arms = {b: _TraceWriter(self._blocks, self._lengths, self._headers, self._single,
+                                    lo, hi, b, 0).arm()}
+            name, where, keys = f"block{b}", f"block {b}", [b]
+            lo, hi = b, b + 1
+        namespace: dict = dict(_BOUND)
+        text = _chunk_source(name, lo, hi, arms)
+        exec(compile(text, f"<hermes-interp {tag} {where}>", "exec"), namespace)
+        fn = namespace[name]
+        # several runs may compile the same function at once: any of the copies will do
+        for k in keys:
+            self._entry[k] = fn
+        return fn
 
     # -- execution ------------------------------------------------------------------------------
     def run(self, memory: bytearray | memoryview | bytes | None = None,
@@ -608,8 +632,7 @@ class Interpreter:
             except Exception as exc:  # a helper bug must not look like a crash of the engine
                 raise ExecutionError("helper", f"helper {helper.name} failed: {exc}", pc) from exc
 
-        chunks, chunk_of, lengths, starts = self._chunks, self._chunk_of, self._lengths, \
-            self._starts
+        entry, lengths, starts = self._entry, self._lengths, self._starts
         dl1, dl2, dl4, dl8 = dlen - 1, dlen - 2, dlen - 4, dlen - 8
         frames: list[tuple[int, int, int, int, int, int]] = []
         regs = (0, r1, r2, r3, r4, r5, 0, 0, 0, 0, STACK_TOP)
@@ -622,8 +645,9 @@ class Interpreter:
             if cancel is not None and cancel.is_set():
                 raise Cancelled("cancelled", "run cancelled", starts[b], instructions=0)
             while True:
-                b, left, sl, regs = chunks[chunk_of[b]](b, left, sl, regs, frames, data, dl1,
-                                                        dl2, dl4, dl8, stack, ld, st, hc, S)
+                fn = entry[b] or self._function(b)
+                b, left, sl, regs = fn(b, left, sl, regs, frames, data, dl1, dl2, dl4, dl8,
+                                       stack, ld, st, hc, S)
                 if b >= 0:
                     continue  # the next block is in another chunk
                 n = limit - left

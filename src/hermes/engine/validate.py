@@ -68,9 +68,10 @@ def certain_faults(insns: list[Insn | None], f: Function, entered_by_call: bool)
     return faults
 
 
-def check(program: Program, helpers: HelperRegistry) -> list[Function]:
+def check(program: Program, helpers: HelperRegistry) -> tuple[list[Function], dict[int, int]]:
     """The structural part of the load contract (``verifier.verify`` runs it first); returns
-    the program's functions or raises ``ProgramError``.
+    the program's functions and the entry function's ``initialised`` state (from r1..r5 and
+    r10, what the verifier starts from too), or raises ``ProgramError``.
 
     Checks: each function ends in ``exit`` or an unconditional jump (no fall-through), jumps stay
     inside their function, no write to r10, no ``ja -1`` self-loop, helper calls only to
@@ -104,8 +105,7 @@ def check(program: Program, helpers: HelperRegistry) -> list[Function]:
                 raise _err(f"call to unknown helper id {insn.imm}", i, insns)
     # Only the entry function's r0 is a result; a callee may be a C `void` function (clang
     # leaves r0 untouched there) and its caller already counts r0 as written after the call.
-    _check_r0(insns, funcs[0], 0 in cfg.local_call_targets(insns))
-    return funcs
+    return funcs, _check_r0(insns, funcs[0], 0 in cfg.local_call_targets(insns))
 
 
 def _initialised_after(insn: Insn, state: int) -> int:
@@ -126,12 +126,17 @@ def initialised(insns: list[Insn | None], f: Function, entry: int,
     return cfg.forward(insns, f, entry, _initialised_after, operator.and_, dead_ends)
 
 
-def _check_r0(insns: list[Insn | None], f: Function, entered_by_call: bool) -> None:
-    entry = R10 | ARGS  # r1..r5: data window, input length, the three arguments
-    state = initialised(insns, f, entry, certain_faults(insns, f, entered_by_call))
+#: Registers defined when a function starts: r1..r5 (the entry function's data window, input
+#: length and three arguments, exactly as they are a local function's arguments) and r10.
+ENTRY = R10 | ARGS
+
+
+def _check_r0(insns: list[Insn | None], f: Function, entered_by_call: bool) -> dict[int, int]:
+    state = initialised(insns, f, ENTRY, certain_faults(insns, f, entered_by_call))
     for i, regs in sorted(state.items()):
         insn = insns[i]
         assert insn is not None  # the dataflow has states for instruction slots only
         if insn.op.is_exit and not regs & R0:
             raise _err("r0 may be read uninitialised: exit is reachable on a path that never "
                        "writes r0", i, insns)
+    return state

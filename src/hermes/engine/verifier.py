@@ -21,16 +21,12 @@ from dataclasses import dataclass, field
 
 from ..errors import ProgramError, VerifierError
 from . import cfg, validate
-from .cfg import ARGS, R10, Function
+from .cfg import Function
 from .disasm import format_insn
 from .helpers import HelperRegistry
 from .isa import Insn
 from .memory import MAX_CALL_DEPTH, STACK_SIZE
 from .program import Program
-
-# The entry function is called like entry(data, len, arg0, arg1, arg2): r1..r5 are its
-# arguments exactly as r1..r5 are a local function's.
-_ENTRY = R10 | ARGS
 
 
 @dataclass
@@ -169,7 +165,7 @@ def verify(program: Program, helpers: HelperRegistry, *,
     """
     insns = program.insns
     try:
-        funcs = validate.check(program, helpers)
+        funcs, entry_state = validate.check(program, helpers)
     except VerifierError:
         raise
     except ProgramError as exc:
@@ -179,8 +175,8 @@ def verify(program: Program, helpers: HelperRegistry, *,
     entry_called = 0 in cfg.local_call_targets(insns)
     for k, f in enumerate(funcs):
         # instructions that fault on every execution (at every depth f can run at) end paths
-        state = validate.initialised(insns, f, _ENTRY,
-                                     validate.certain_faults(insns, f, entry_called))
+        state = entry_state if k == 0 else validate.initialised(
+            insns, f, validate.ENTRY, validate.certain_faults(insns, f, entry_called))
         _check_reads(insns, state, f.start == 0)
         states[k] = state
         info.reachable.update(state)

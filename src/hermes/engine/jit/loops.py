@@ -273,6 +273,7 @@ def _plan(insns, h, body, succ, ends, stack_safe) -> LoopPlan | None:
     inc: dict[int, tuple[int, int]] = {}
     accesses: dict[int, Access] = {}
     term_partial: dict[int, dict[int, tuple[int, int]]] = {}
+    term_av: dict[int, dict] = {}
     for b in order:
         cur = dict(entry[b])
         av = dict(entry_av[b])
@@ -294,6 +295,7 @@ def _plan(insns, h, body, succ, ends, stack_safe) -> LoopPlan | None:
                 cur[insn.dst] = (lo + d, hi + d)
             _abstract(insn, av, ivs, cur)
         term_partial[b] = dict(cur)
+        term_av[b] = av
         for t in succ[b]:
             if t == h:
                 for r, (lo, hi) in cur.items():
@@ -323,7 +325,7 @@ def _plan(insns, h, body, succ, ends, stack_safe) -> LoopPlan | None:
             unroll = UNROLL
     tests = {}
     for b in order:
-        t = _exit_test(insns, h, b, ends[b], body, ivs, defs, inc, term_partial[b])
+        t = _exit_test(insns, h, b, ends[b], body, ivs, defs, inc, term_partial[b], term_av[b])
         if t is not None:
             tests[t[0]] = t[1:]
     # shortest and longest path from the header start to each block's end
@@ -347,8 +349,13 @@ _OPS = {"jlt": "<", "jle": "<=", "jgt": ">", "jge": ">=", "jeq": "==", "jne": "!
 _MIRROR = {"<": ">", "<=": ">=", ">": "<", ">=": "<=", "==": "==", "!=": "!="}
 
 
-def _exit_test(insns, h, b, e, body, ivs, defs, inc, partial) -> tuple | None:
-    """(pc, iv, offset, step, condition, bound reg, bound imm, stay on taken) or None."""
+def _exit_test(insns, h, b, e, body, ivs, defs, inc, partial, av) -> tuple | None:
+    """(pc, iv, offset, step, condition, bound reg, bound imm, stay on taken) or None.
+
+    The tested register is an IV, or a register whose abstract value at the test is exactly an
+    IV's header value plus a constant (clang tests ``i - k`` kept in another register): either
+    way it equals ``iv + offset`` (mod 2**64) at the test, with ``iv`` its value at the header.
+    """
     last = cfg.last_slot(insns, e)
     insn = insns[last]
     op = insn.op
@@ -358,14 +365,25 @@ def _exit_test(insns, h, b, e, body, ivs, defs, inc, partial) -> tuple | None:
     stay_taken = taken in body
     if stay_taken == (e in body):
         return None  # not an exit test (both targets inside, or both outside)
-    iv, rel, bound = insn.dst, _OPS[op.sem], insn.src
-    if op.source_x and iv not in ivs and insn.src in ivs:
-        # clang writes `if (n > i)` as `jgt rN, rI`: read it as `i < n` (the IV on the left)
-        iv, rel, bound = insn.src, _MIRROR[rel], insn.dst
-    if iv not in ivs or inc.get(iv, (0, 1))[0] != inc[iv][1] or inc[iv][0] == 0:
+
+    def iv_plus(r: int) -> tuple[int, int] | None:
+        if r in ivs:
+            lo, hi = partial.get(r, (0, 1))
+            return (r, lo) if lo == hi else None
+        v = av.get(r)
+        if v is not None and len(v[0]) == 1 and v[0][0][1] == 1 and v[0][0][0] in ivs \
+                and v[1] == v[2]:
+            return (v[0][0][0], v[1])
         return None
-    lo, hi = partial.get(iv, (0, 1))
-    if lo != hi:
+
+    tested, rel, bound = iv_plus(insn.dst), _OPS[op.sem], insn.src
+    if op.source_x and tested is None:
+        # clang writes `if (n > i)` as `jgt rN, rI`: read it as `i < n` (the IV on the left)
+        tested, rel, bound = iv_plus(insn.src), _MIRROR[rel], insn.dst
+    if tested is None:
+        return None
+    iv, lo = tested
+    if inc.get(iv, (0, 1))[0] != inc[iv][1] or inc[iv][0] == 0:
         return None
     step = inc[iv][0]
     cond = rel if stay_taken else _NEGATE[rel]
