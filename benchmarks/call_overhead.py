@@ -1,11 +1,12 @@
 """Per-call overhead of running a tiny program: this tree against the tree before the change.
 
-Usage: python benchmarks/call_overhead.py [--base /tmp/base/main] [--calls N] [--rounds R]
+Usage: python benchmarks/call_overhead.py [--base TREE | --no-base] [--calls N] [--rounds R]
 
 Times ``mov r0, 1; exit`` (2 instructions) through ``JitExecutable.run``, through
 ``hermes.engine.load(...).run`` (the JIT, as users reach it), through the interpreter, and the
 JIT with an 8-byte data window, and prints the median and minimum microseconds per call of R
-rounds of N calls each. The baseline tree runs in a subprocess (``PYTHONPATH=BASE/src``); the two
+rounds of N calls each. Each tree runs in a child process with its ``src`` first on
+``PYTHONPATH`` (the baseline: ``--base TREE``, default /tmp/base/main when present); the two
 trees' rounds are interleaved (one round of each in turn) so both see the same machine load,
 and the last column is the baseline's median over this tree's. On a shared machine prefer the
 minimum, or callgrind instruction counts.
@@ -14,12 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
-from pathlib import Path
 
 PROGRAM = "mov r0, 1\nexit"
 CASES = ("JitExecutable.run", "load().run", "interp", "jit, 8-byte window")
@@ -59,49 +57,37 @@ def _child(calls: int) -> None:
         print(_round(runners[line.strip()], calls), flush=True)
 
 
-def _spawn(src: Path, calls: int) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(src))
-    proc = subprocess.Popen([sys.executable, __file__, "--child", "--calls", str(calls)],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
-    assert proc.stdout is not None
-    if proc.stdout.readline().strip() != "ready":
-        raise SystemExit(f"the benchmark child for {src} did not start")
-    return proc
-
-
-def _ask(proc: subprocess.Popen, case: str) -> float:
-    assert proc.stdin is not None and proc.stdout is not None
-    proc.stdin.write(case + "\n")
-    proc.stdin.flush()
-    return float(proc.stdout.readline())
-
-
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Run the interleaved rounds and print the table."""
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["--child"]:  # the measuring side: `--child CALLS`, any tree's hermes
+        _child(int(args[1]))
+        return
+    from hermes.benchmarks.baseline import THIS_TREE, Child, add_base_options, base_tree
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--base", type=Path, default=Path("/tmp/base/main"),
-                    help="the tree to compare with (its src/ is put on PYTHONPATH)")
+    add_base_options(ap)
     ap.add_argument("--calls", type=int, default=2000, help="calls per round")
     ap.add_argument("--rounds", type=int, default=40, help="rounds per case and tree")
-    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    opts = ap.parse_args()
-    if opts.child:
-        _child(opts.calls)
-        return
-    here = Path(__file__).resolve().parents[1] / "src"
-    trees = {"this": _spawn(here, opts.calls)}
-    if (opts.base / "src").is_dir():
-        trees["base"] = _spawn(opts.base / "src", opts.calls)
+    opts = ap.parse_args(args)
+    base = base_tree(opts)
+    # a round takes a few ms; the bound only catches a child that hangs
+    timeout = 60 + opts.calls / 1000
+    trees = {"this": THIS_TREE} | ({"base": base} if base else {})
+    children = {name: Child(tree, __file__, ["--child", str(opts.calls)], timeout=timeout)
+                for name, tree in trees.items()}
+    for child in children.values():
+        if child.readline() != "ready":
+            raise SystemExit(f"the benchmark child for {child.tree} did not start")
     figures: dict[str, dict[str, list[float]]] = {t: {c: [] for c in CASES} for t in trees}
     for _ in range(opts.rounds):
         for case in CASES:
-            for tree, proc in trees.items():
-                figures[tree][case].append(_ask(proc, case))
-    for proc in trees.values():
-        assert proc.stdin is not None
-        proc.stdin.close()
-        proc.wait(timeout=60)
-    print(f"{PROGRAM!r}: microseconds per call, {opts.rounds} rounds of {opts.calls} calls")
+            for tree, child in children.items():
+                figures[tree][case].append(float(child.ask(case)))
+    for child in children.values():
+        child.close()
+    print(f"{PROGRAM!r}: microseconds per call, {opts.rounds} rounds of {opts.calls} calls"
+          + (f"; base {base}" if base else ""))
     print(f"{'case':20} {'this median':>12} {'this min':>9} {'base median':>12} {'base min':>9}"
           f" {'base/this':>10}")
     summary = {}
@@ -109,9 +95,9 @@ def main() -> None:
         this = figures["this"][case]
         row = f"{case:20} {statistics.median(this):12.2f} {min(this):9.2f}"
         if "base" in figures:
-            base = figures["base"][case]
-            ratio = statistics.median(base) / statistics.median(this)
-            row += f" {statistics.median(base):12.2f} {min(base):9.2f} {ratio:9.1f}x"
+            old = figures["base"][case]
+            ratio = statistics.median(old) / statistics.median(this)
+            row += f" {statistics.median(old):12.2f} {min(old):9.2f} {ratio:9.1f}x"
         print(row)
         summary[case] = {t: {"median": statistics.median(f[case]), "min": min(f[case])}
                          for t, f in figures.items()}

@@ -1,22 +1,22 @@
 """Compile-time figures: analyses, code generation and LLVM time per program size and shape.
 
 Usage: python benchmarks/compile_time.py [--sizes 1000,10000,65536] [--shapes jumps,back,...]
-                                         [--llvm-max N] [--baseline TREE] [--timeout S]
+                                         [--llvm-max N] [--base TREE | --no-base]
+                                         [--timeout S]
 For each worst-case shape and size it prints, in seconds: the verifier (validate + data flow),
 the JIT's code generation (loop analysis and IR text), LLVM's time for the quick tier and for
 the full tier (programs up to --llvm-max slots; LLVM is super-linear on dense control flow,
 which is why larger programs never reach it), the interpreter's load, and what
 `hermes.engine.load(program, executor="jit")` followed by one run costs end to end, with the tier
 it chose. CPU seconds are given beside wall seconds: the machine may be shared. Each case runs
-in a fresh process, for this tree and, beside it, for the baseline tree (default /tmp/base/main,
-when present: its `src` on PYTHONPATH); a case that takes longer than --timeout seconds prints
-"> S s" instead.
+in a fresh process, for this tree and, beside it, for the baseline tree (`--base TREE`, default
+/tmp/base/main when present, none with `--no-base`: its `src` first on PYTHONPATH); a case that
+takes longer than --timeout seconds prints "> S s" instead.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import subprocess
 import sys
@@ -131,54 +131,50 @@ def _fmt(v) -> str:
     return "-" if v is None else f"{v:.2f}"
 
 
-HERE = Path(__file__).resolve().parents[1]
-
-
 def in_process(tree: Path, shape: str, n: int, llvm_max: int, timeout: float) -> dict | None:
     """``measure`` in a fresh process with ``tree``'s package; None when it took too long."""
-    env = dict(os.environ, PYTHONPATH=str(tree / "src"))
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--one", f"{shape},{n}",
-           "--llvm-max", str(llvm_max)]
+    from hermes.benchmarks.baseline import run_child_json
     try:
-        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout,
-                             check=True)
+        return run_child_json(tree, Path(__file__).resolve(),
+                              ["--child", f"{shape},{n}", str(llvm_max)], timeout=timeout)
     except subprocess.TimeoutExpired:
         return None
-    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """Print one line per shape and size, the baseline's figures beside this tree's."""
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["--child"]:  # one case: `--child SHAPE,N LLVM_MAX`, printed as JSON
+        shape, n = args[1].split(",")
+        print(json.dumps(measure(shape, int(n), int(args[2]))))
+        return
+    from hermes.benchmarks.baseline import THIS_TREE, add_base_options, base_tree
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--sizes", default="1000,10000,65536")
     ap.add_argument("--shapes", default=",".join(SHAPES))
     ap.add_argument("--llvm-max", type=int, default=1000,
                     help="largest program LLVM is timed on directly (default 1000 slots)")
-    ap.add_argument("--baseline", type=Path, default=Path("/tmp/base/main"),
-                    help="tree to compare with (its src on PYTHONPATH); skipped when absent")
+    add_base_options(ap)
     ap.add_argument("--timeout", type=float, default=120, help="seconds per case and tree")
-    ap.add_argument("--one", help=argparse.SUPPRESS)  # shape,n: one case, printed as JSON
-    args = ap.parse_args()
-    if args.one:
-        shape, n = args.one.split(",")
-        print(json.dumps(measure(shape, int(n), args.llvm_max)))
-        return
-    base = args.baseline if (args.baseline / "src" / "hermes").is_dir() else None
+    opts = ap.parse_args(args)
+    base = base_tree(opts)
     print(f"{'shape':9s} {'slots':>6s} {'verify':>7s} {'codegen':>8s} {'llvm q':>7s} "
           f"{'llvm f':>7s} {'interp':>7s} {'load+run':>9s} {'(cpu)':>7s}  {'tier':8s}"
           + (f" | baseline {base}: load+run (cpu) tier" if base else ""))
-    for shape in args.shapes.split(","):
-        for n in (int(x) for x in args.sizes.split(",")):
-            r = in_process(HERE, shape, n, args.llvm_max, args.timeout)
+    for shape in opts.shapes.split(","):
+        for n in (int(x) for x in opts.sizes.split(",")):
+            r = in_process(THIS_TREE, shape, n, opts.llvm_max, opts.timeout)
             if r is None:
-                line = f"{shape:9s} {n:6d} > {args.timeout:.0f} s"
+                line = f"{shape:9s} {n:6d} > {opts.timeout:.0f} s"
             else:
                 line = (f"{r['shape']:9s} {r['slots']:6d} {_fmt(r['verify']):>7s} "
                         f"{_fmt(r['codegen']):>8s} {_fmt(r['llvm_quick']):>7s} "
                         f"{_fmt(r['llvm_full']):>7s} {_fmt(r['interp']):>7s} "
                         f"{_fmt(r['total']):>9s} {_fmt(r['total_cpu']):>7s}  {r['tier']:8s}")
             if base is not None:
-                b = in_process(base, shape, n, args.llvm_max, args.timeout)
-                line += (f" | > {args.timeout:.0f} s" if b is None else
+                b = in_process(base, shape, n, opts.llvm_max, opts.timeout)
+                line += (f" | > {opts.timeout:.0f} s" if b is None else
                          f" | {_fmt(b['total'])} ({_fmt(b['total_cpu'])}) {b['tier']}")
             print(line, flush=True)
 

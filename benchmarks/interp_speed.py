@@ -1,10 +1,11 @@
 """Interpreter figures: instructions per second on the six bench kernels, and load time.
 
-Usage: python benchmarks/interp_speed.py [--repeat N] [--base /tmp/base/main] [--no-base]
+Usage: python benchmarks/interp_speed.py [--repeat N] [--base TREE | --no-base]
 Runs the kernels of shared/bench as hand assembly (asm/) and as C compiled by clang for BPF,
 on their reference inputs, with ``executor="interp"``, checks r0 and the slot, and prints the
 best of N runs (CPU time) as million instructions per second for this tree and for a baseline
-tree (the same script run in a subprocess with the baseline's ``src`` on ``PYTHONPATH``), their
+tree (``--base TREE``, default /tmp/base/main when present: the same script run in a child
+process with the baseline's ``src`` first on ``PYTHONPATH``; ``--no-base`` for none), their
 ratio, and the load time of straight-line-and-loops programs of 1,000, 10,000 and 65,536
 instructions.
 """
@@ -12,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -79,23 +78,23 @@ def measure(repeat: int) -> dict:
     return {"kernels": kernels, "load": loads}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """Measure both trees and print the table."""
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["--child"]:  # the measuring side: `--child REPEAT`, any tree's hermes
+        print(json.dumps(measure(int(args[1]))))
+        return
+    from hermes.benchmarks.baseline import add_base_options, base_tree, run_child_json
+
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--repeat", type=int, default=5)
-    ap.add_argument("--base", default="/tmp/base/main")
-    ap.add_argument("--no-base", action="store_true")
-    ap.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # the subprocess mode
-    args = ap.parse_args()
-    if args.json:
-        print(json.dumps(measure(args.repeat)))
-        return
+    add_base_options(ap)
+    opts = ap.parse_args(args)
+    tree = base_tree(opts)
     base = None
-    if not args.no_base and Path(args.base, "src").is_dir():
-        env = dict(os.environ, PYTHONPATH=str(Path(args.base, "src")))
-        out = subprocess.run([sys.executable, __file__, "--json", "--repeat", str(args.repeat)],
-                             env=env, capture_output=True, text=True, check=True, timeout=3600)
-        base = json.loads(out.stdout)
-    this = measure(args.repeat)
+    if tree is not None:
+        base = run_child_json(tree, __file__, ["--child", str(opts.repeat)], timeout=3600)
+    this = measure(opts.repeat)
     print(f"{'kernel':22s} {'Minsn/s':>8s} {'base':>8s} {'ratio':>6s}")
     for key, (mips, ok) in this["kernels"].items():
         bm = base["kernels"][key][0] if base else float("nan")

@@ -1,6 +1,6 @@
 """JIT figures: per-kernel run time (JIT, gcc -O2 native, uBPF's published figures), compile time.
 
-Usage: python benchmarks/jit_figures.py [--repeat N] [--no-gcc] [--code] [--base TREE]
+Usage: python benchmarks/jit_figures.py [--repeat N] [--no-gcc] [--code [--base TREE | --no-base]]
 Runs the six kernels of shared/bench, as hand-written assembly (asm/) and as C compiled by
 clang -O2 for BPF, on their reference inputs, checks r0 and the output slot, and prints
 min/median milliseconds per run (of the final code: large programs are recompiled in the
@@ -10,9 +10,9 @@ ctypes on the same slot bytes, so the ratio is measured on the same machine and 
 ``--code`` prints instead, per kernel, the generated code's size (IR lines and instructions
 before and after optimisation, machine code bytes) and the full pipeline's compile time (CPU
 milliseconds of code generation, parsing, optimisation and machine code, the minimum of
-``--repeat`` compilations). ``--base TREE`` adds the same figures of another checkout of the
-project (its ``src`` run in a subprocess, interleaved with this tree's measurements) beside
-them, e.g. ``--code --base /tmp/base/main``.
+``--repeat`` compilations) beside the same figures of a baseline checkout (``--base TREE``,
+default /tmp/base/main when present; ``--no-base`` for none), measured in a child process with
+its ``src`` first on ``PYTHONPATH``, kernel by kernel interleaved with this tree's.
 """
 from __future__ import annotations
 
@@ -146,17 +146,16 @@ def _code_rows(repeat: int, only: str | None = None) -> dict[str, dict]:
                 for name, kind, prog in _kernels(Path(tmp), only)}
 
 
-def _base_row(tree: str, key: str, repeat: int) -> dict | None:
+def _base_row(tree: Path, key: str, repeat: int) -> dict | None:
     """One kernel's code figures measured by the checkout ``tree`` (None when it fails)."""
-    env = dict(os.environ, PYTHONPATH=str(Path(tree) / "src"))
-    run = subprocess.run([sys.executable, __file__, "--code-json", key, "--repeat", str(repeat)],
-                         env=env, capture_output=True, text=True, timeout=600)
-    if run.returncode != 0:
+    from hermes.benchmarks.baseline import ChildError, run_child_json
+    try:
+        return run_child_json(tree, __file__, ["--child", key, str(repeat)], timeout=600)[key]
+    except (ChildError, subprocess.TimeoutExpired):
         return None
-    return json.loads(run.stdout)[key]
 
 
-def code_table(repeat: int, base: str | None) -> None:
+def code_table(repeat: int, base: Path | None) -> None:
     """Print the per-kernel code size and compile time table (and ``base``'s beside it)."""
     print(f"{'kernel':20s} {'IR lines':>8s} {'IR insns':>8s} {'opt insns':>9s} "
           f"{'text B':>7s} {'compile':>9s}" + ("   (base tree: same columns)" if base else ""))
@@ -177,19 +176,22 @@ def code_table(repeat: int, base: str | None) -> None:
           (f"   {'':27s} {totals[1]:7.1f}ms  ({totals[0] / totals[1]:.2f}x)" if base else ""))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """Print the run time table, or with ``--code`` the code size and compile time table."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--child"]:  # one kernel's code figures: `--child KEY REPEAT`, any tree
+        print(json.dumps(_code_rows(int(argv[2]), argv[1])))
+        return
+    from hermes.benchmarks.baseline import add_base_options, base_tree
+
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--repeat", type=int, default=21)
     ap.add_argument("--no-gcc", action="store_true")
     ap.add_argument("--code", action="store_true", help="code size and compile time per kernel")
-    ap.add_argument("--base", help="another checkout to measure beside this one (with --code)")
-    ap.add_argument("--code-json", help=argparse.SUPPRESS)  # one kernel's figures, for --base
-    args = ap.parse_args()
-    if args.code_json:
-        print(json.dumps(_code_rows(args.repeat, args.code_json)))
-        return
+    add_base_options(ap)
+    args = ap.parse_args(argv)
     if args.code:
-        code_table(min(args.repeat, 5), args.base)
+        code_table(min(args.repeat, 5), base_tree(args))
         return
     inputs = _inputs()
     with tempfile.TemporaryDirectory() as tmp:

@@ -9,7 +9,10 @@ in child processes taking turns, so both see the same load. CPU seconds per call
 of the whole process, every thread) are printed too: they are far less noisy than wall time on
 a shared machine.
 
-Usage: python benchmarks/rtt.py [--n 2000] [--rounds 7] [--base /tmp/base/main/src]
+The baseline is ``--base TREE`` (a checkout; default /tmp/base/main when present), or none
+with ``--no-base``.
+
+Usage: python benchmarks/rtt.py [--n 2000] [--rounds 7] [--base TREE | --no-base]
 """
 from __future__ import annotations
 
@@ -17,13 +20,8 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
-from pathlib import Path
-
-HERE = Path(__file__).resolve().parent
-TREE = HERE.parent / "src"
 
 
 def measure(n: int) -> dict[str, tuple[float, float]]:
@@ -59,35 +57,28 @@ def measure(n: int) -> dict[str, tuple[float, float]]:
     return out
 
 
-def child(tree: str, n: int) -> dict[str, tuple[float, float]]:
-    """``measure(n)`` in a child process importing hermes from ``tree``."""
-    env = dict(os.environ, PYTHONPATH=tree)
-    proc = subprocess.run([sys.executable, __file__, "--child", str(n)], env=env,
-                          capture_output=True, text=True, timeout=600, check=True)
-    return {k: (v[0], v[1]) for k, v in json.loads(proc.stdout).items()}
-
-
 def main(argv: list[str] | None = None) -> None:
     """Alternate child runs of both trees, then print one line per round trip."""
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["--child"]:  # the measuring side: `--child N`, any tree's hermes
+        print(json.dumps(measure(int(args[1]))))
+        return
+    from hermes.benchmarks.baseline import THIS_TREE, add_base_options, base_tree, run_child_json
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=2000, help="calls per round (default 2000)")
     ap.add_argument("--rounds", type=int, default=7, help="rounds per tree (default 7)")
-    ap.add_argument("--base", default="/tmp/base/main/src",
-                    help="baseline tree's src directory ('' to skip)")
-    ap.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
-    opts = ap.parse_args(argv)
-    if opts.child is not None:
-        print(json.dumps(measure(opts.child)))
-        return
-    trees = {"this tree": str(TREE)}
-    if opts.base and Path(opts.base).is_dir():
-        trees["baseline"] = opts.base
+    add_base_options(ap)
+    opts = ap.parse_args(args)
+    base = base_tree(opts)
+    trees = {"this tree": THIS_TREE} | ({"baseline": base} if base else {})
     runs: dict[str, list[dict]] = {name: [] for name in trees}
     for _ in range(opts.rounds):
         for name, tree in trees.items():
-            runs[name].append(child(tree, opts.n))
+            runs[name].append(run_child_json(tree, __file__, ["--child", str(opts.n)],
+                                             timeout=600))
     print(f"{opts.rounds} rounds of {opts.n} calls; {os.cpu_count()} cores, load average "
-          f"{os.getloadavg()[0]:.1f}")
+          f"{os.getloadavg()[0]:.1f}" + (f"; baseline {base}" if base else ""))
     print(f"{'round trip':<20} {'tree':<10} {'median us':>9} {'min us':>7} {'CPU us':>7}")
     for key in runs["this tree"][0]:
         for name in trees:

@@ -10,15 +10,16 @@ the process's CPU time (every thread, user and system) per piece and ``cores`` t
 the wall time: how many cores the scan kept busy, which shows a second worker's gain even when
 other jobs take the cores and the wall time says little.
 
-Every figure is measured for this tree and for a baseline tree (``--base``), each in child
-processes taking turns (``--rounds``), so both see the same load; the best wall time is kept.
+Every figure is measured for this tree and for a baseline tree (``--base TREE``, a checkout;
+default /tmp/base/main when present, none with ``--no-base``), each in child processes taking
+turns (``--rounds``), so both see the same load; the best wall time is kept.
 
 ``--callgrind`` prints instead the instructions per 1 MiB piece written and run (one thread,
 both trees, under valgrind's callgrind), split into memcpy and the rest: the copies saved and
 the code added, exactly, on a machine too busy for wall times.
 
 Usage: python benchmarks/scan.py [--mib 1024] [--piece-kib 1024] [--backends emu,cpu]
-[--workers N] [--runs 2] [--rounds 2] [--base SRC] [--file PATH] [--callgrind]
+[--workers N] [--runs 2] [--rounds 2] [--base TREE | --no-base] [--file PATH] [--callgrind]
 """
 from __future__ import annotations
 
@@ -144,14 +145,23 @@ def measure(opts: argparse.Namespace) -> list[dict]:
     return rows
 
 
-def child(tree: str, argv: list[str]) -> list[dict]:
-    """``measure`` in a child process importing hermes from ``tree``."""
-    env = dict(os.environ, PYTHONPATH=tree)
-    proc = subprocess.run([sys.executable, __file__, "--child", *argv], env=env,
-                          capture_output=True, text=True, timeout=3600)
-    if proc.returncode:
-        sys.exit(f"the scan of {tree} failed:\n{proc.stderr}")
-    return json.loads(proc.stdout)
+def _measure_options(ap: argparse.ArgumentParser) -> None:
+    """The options ``measure`` reads (a child parses these alone)."""
+    ap.add_argument("--mib", type=int, default=1024, help="data size in MiB (default 1024)")
+    ap.add_argument("--piece-kib", type=int, default=1024, help="piece size in KiB (default 1024)")
+    ap.add_argument("--backends", default="emu,cpu", help="device specs, comma-separated")
+    ap.add_argument("--workers", type=int, default=None, help="map workers (default: engines)")
+    ap.add_argument("--runs", type=int, default=2, help="runs per figure, best kept (default 2)")
+    ap.add_argument("--file", default=None, help="where to write the data file (default: a "
+                                                 "temporary file, removed at the end)")
+
+
+def _measure_args(opts: argparse.Namespace) -> list[str]:
+    """The command line of a child measuring what ``opts`` asks for."""
+    out = ["--child", "--mib", str(opts.mib), "--piece-kib", str(opts.piece_kib),
+           "--backends", opts.backends, "--runs", str(opts.runs)]
+    out += ["--workers", str(opts.workers)] if opts.workers is not None else []
+    return out + (["--file", opts.file] if opts.file else [])
 
 
 #: The loop ``--callgrind`` counts: 1 MiB pieces written into a data slot and run, one thread.
@@ -174,9 +184,10 @@ with hermes.open(sys.argv[2], executor="interp", engines=1) as dev, dev.session(
 """
 
 
-def callgrind(trees: dict[str, str], backends: list[str], pieces: int = 8) -> None:
+def callgrind(trees: dict[str, Path], backends: list[str], pieces: int = 8) -> None:
     """Print the instructions per 1 MiB piece (written into a slot, then a 2-instruction run)
     under callgrind, and the share of them in memcpy: deterministic, whatever the load."""
+    from hermes.benchmarks.baseline import tree_env
     print(f"callgrind: instructions per 1 MiB piece (write + run, {pieces} pieces, interp)")
     print(f"{'backend':<8} {'tree':<9} {'Ir/piece':>10} {'memcpy Ir':>10} {'other Ir':>10}")
     with tempfile.TemporaryDirectory() as tmp:
@@ -187,10 +198,11 @@ def callgrind(trees: dict[str, str], backends: list[str], pieces: int = 8) -> No
                 out = Path(tmp) / f"{spec}.{name}.out"
                 subprocess.run(["valgrind", "--tool=callgrind", "--instr-atstart=no",
                                 f"--callgrind-out-file={out}", sys.executable, str(script),
-                                str(pieces), spec], env=dict(os.environ, PYTHONPATH=tree),
+                                str(pieces), spec], env=tree_env(tree),
                                capture_output=True, timeout=3600, check=True)
                 report = subprocess.run(["callgrind_annotate", "--threshold=100", str(out)],
-                                        capture_output=True, text=True, check=True).stdout
+                                        capture_output=True, text=True, check=True,
+                                        timeout=600).stdout
                 total = copy = 0
                 for line in report.splitlines():
                     figure = line.strip().split(" ", 1)[0].replace(",", "")
@@ -206,46 +218,51 @@ def callgrind(trees: dict[str, str], backends: list[str], pieces: int = 8) -> No
 
 def main(argv: list[str] | None = None) -> None:
     """Time both trees, taking turns ``--rounds`` times, and print each figure's best."""
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["--child"]:  # the measuring side, any tree's hermes
+        child = argparse.ArgumentParser()
+        _measure_options(child)
+        print(json.dumps(measure(child.parse_args(args[1:]))))
+        return
+    from hermes.benchmarks.baseline import (
+        THIS_TREE,
+        ChildError,
+        add_base_options,
+        base_tree,
+        run_child_json,
+    )
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--mib", type=int, default=1024, help="data size in MiB (default 1024)")
-    ap.add_argument("--piece-kib", type=int, default=1024, help="piece size in KiB (default 1024)")
-    ap.add_argument("--backends", default="emu,cpu", help="device specs, comma-separated")
-    ap.add_argument("--workers", type=int, default=None, help="map workers (default: engines)")
-    ap.add_argument("--runs", type=int, default=2, help="runs per figure, best kept (default 2)")
+    _measure_options(ap)
     ap.add_argument("--rounds", type=int, default=2,
                     help="child processes per tree, taking turns (default 2)")
-    ap.add_argument("--base", default="/tmp/base/main/src",
-                    help="baseline tree's src directory ('' to skip)")
-    ap.add_argument("--file", default=None, help="where to write the data file (default: a "
-                                                 "temporary file, removed at the end)")
+    add_base_options(ap)
     ap.add_argument("--callgrind", action="store_true",
                     help="count instructions per piece under callgrind instead of timing")
-    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    args = sys.argv[1:] if argv is None else argv
     opts = ap.parse_args(args)
-    if opts.child:
-        print(json.dumps(measure(opts)))
-        return
-    trees = {"this": str(Path(__file__).resolve().parents[1] / "src")}
-    if opts.base and Path(opts.base).is_dir():
-        trees["baseline"] = opts.base
+    base = base_tree(opts)
+    trees = {"this": THIS_TREE} | ({"baseline": base} if base else {})
     if opts.callgrind:
         callgrind(trees, opts.backends.split(","))
         return
     from hermes.engine.clang import require_clang
     require_clang()
-    passed = [a for a in args if a != "--child"]
     bests: dict[tuple, dict] = {}
     for _ in range(opts.rounds):
         for name, tree in trees.items():
-            for r in child(tree, passed):
+            try:
+                rows = run_child_json(tree, __file__, _measure_args(opts), timeout=3600)
+            except ChildError as exc:
+                sys.exit(f"the scan failed: {exc}")
+            for r in rows:
                 key = (r["label"], name, r["workers"])
                 if key not in bests or r["wall"] < bests[key]["wall"]:
                     bests[key] = {**r, "tree": name}
     npieces = -(-(opts.mib << 20) // (opts.piece_kib << 10))
     per_numpy = min(r["wall"] for k, r in bests.items() if k[0] == "numpy, memory") / npieces
     print(f"{opts.mib} MiB in {npieces} pieces of {opts.piece_kib} KiB; {os.cpu_count()} cores, "
-          f"load average {os.getloadavg()[0]:.1f}; best of {opts.rounds} x {opts.runs} runs")
+          f"load average {os.getloadavg()[0]:.1f}; best of {opts.rounds} x {opts.runs} runs"
+          + (f"; baseline {base}" if base else ""))
     print(HEADER)
     labels = list(dict.fromkeys(k[0] for k in bests))
     for key in sorted(bests, key=lambda k: (labels.index(k[0]), -k[2], k[1] != "this")):

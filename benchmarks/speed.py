@@ -461,16 +461,10 @@ def interp_table(ks: list[Kernel], peers: dict[str, Peer], repeat: int, tmp: Pat
 
 def scan_table(mib: int, runs: int) -> None:
     """Print benchmarks/scan.py's table (run as its own process, so its devices start fresh):
-    this tree only, once, when scan.py offers a baseline tree or rounds (read from its --help)."""
+    this tree only, one round."""
     print(f"\n== scan of {mib} MiB, u64 sum (benchmarks/scan.py) ==", flush=True)
-    cmd = [sys.executable, str(HERE / "scan.py"), "--mib", str(mib), "--runs", str(runs)]
-    try:
-        usage = subprocess.run(cmd[:2] + ["--help"], capture_output=True, text=True,
-                               timeout=60).stdout
-    except (OSError, subprocess.SubprocessError):
-        usage = ""
-    cmd += ["--base="] if "--base" in usage else []
-    cmd += ["--rounds", "1"] if "--rounds" in usage else []
+    cmd = [sys.executable, str(HERE / "scan.py"), "--mib", str(mib), "--runs", str(runs),
+           "--no-base", "--rounds", "1"]
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
     except (OSError, subprocess.SubprocessError) as exc:

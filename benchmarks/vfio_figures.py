@@ -1,10 +1,11 @@
 """vfio-user figures: 4-byte register read round trip, Run Program round trip, 1 MiB DMA rate.
 
-Usage: python benchmarks/vfio_figures.py [--socket PATH] [--quick] [--baseline SRC | --no-baseline]
+Usage: python benchmarks/vfio_figures.py [--socket PATH] [--quick] [--base TREE | --no-base]
 Without --socket it starts ``hermes serve`` on a temporary socket (and stops it at the end).
-With a baseline source tree (default ``/tmp/base/main/src`` when it exists) the same figures are
-taken of that tree, its own server and client in a subprocess, in rounds interleaved with this
-tree's, and printed side by side (the best round of each: the machine is shared and noisy).
+With a baseline checkout (``--base TREE``, default /tmp/base/main when present) the same figures
+are taken of that tree, its own server and client in a child process with its ``src`` first on
+``PYTHONPATH``, in rounds interleaved with this tree's, and printed side by side (the best round
+of each: the machine is shared and noisy).
 Targets: register read <= 50 us median, Run Program <= 50 us median, 1 MiB DMA >= 1 GB/s.
 """
 from __future__ import annotations
@@ -20,9 +21,9 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 MiB = 1 << 20
-DEFAULT_BASELINE = "/tmp/base/main/src"
 #: Figure name -> (comparison, target, whether bigger is better).
 TARGETS = {"register read (us)": ("<=", 50.0), "Run Program (us)": ("<=", 50.0),
            "H2C 1 MiB (GB/s)": (">=", 1.0), "C2H 1 MiB (GB/s)": (">=", 1.0),
@@ -109,13 +110,11 @@ def _one_round(socket_path: str | None, quick: bool) -> dict[str, float]:
         os.rmdir(tmp)
 
 
-def _baseline_round(src: str, quick: bool) -> dict[str, float]:
-    """One set of figures of the tree at ``src``: its server and client in a subprocess."""
-    env = dict(os.environ, PYTHONPATH=src)
-    args = [sys.executable, os.path.abspath(__file__), "--json", "--no-baseline", "--rounds", "1"]
-    out = subprocess.run(args + (["--quick"] if quick else []), env=env, check=True,
-                         capture_output=True, text=True, timeout=600, cwd=os.path.dirname(src))
-    return json.loads(out.stdout)
+def _baseline_round(tree: Path, quick: bool) -> dict[str, float]:
+    """One set of figures of the checkout ``tree``: its server and client in a child process."""
+    from hermes.benchmarks.baseline import run_child_json
+    return run_child_json(tree, os.path.abspath(__file__),
+                          ["--child"] + (["--quick"] if quick else []), timeout=600, cwd=tree)
 
 
 def _best(rounds: list[dict[str, float]]) -> dict[str, float]:
@@ -126,18 +125,20 @@ def _best(rounds: list[dict[str, float]]) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     """Print the figures, the baseline's beside them, and whether each meets its target."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--child"]:  # one round of any tree's own server: `--child [--quick]`
+        print(json.dumps(_one_round(None, "--quick" in argv)))
+        return 0
+    from hermes.benchmarks.baseline import add_base_options, base_tree
+
     p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     p.add_argument("--socket", help="an already running hermes serve (no baseline then)")
     p.add_argument("--quick", action="store_true", help="fewer iterations")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
-    p.add_argument("--baseline", default=DEFAULT_BASELINE,
-                   help=f"source tree to compare with (default {DEFAULT_BASELINE})")
-    p.add_argument("--no-baseline", action="store_true", help="measure this tree only")
+    add_base_options(p)
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = p.parse_args(argv)
-    base = None
-    if not (args.no_baseline or args.socket) and os.path.isdir(args.baseline):
-        base = args.baseline
+    base = None if args.socket else base_tree(args)
     ours: list[dict[str, float]] = []
     theirs: list[dict[str, float]] = []
     for _ in range(max(1, args.rounds)):
