@@ -1,5 +1,5 @@
 """JIT code generation: the shape of the IR (shared failure blocks, entry copies) and that the
-memoryless entry copy of a specialised program behaves exactly like the interpreter."""
+memoryless module of a specialised program behaves exactly like the interpreter."""
 from __future__ import annotations
 
 import pytest
@@ -41,10 +41,10 @@ body:
 """ + LOOP.replace("exit\n", "mov r5, 0\nexit\n")
 
 
-def ir_of(program: Program) -> str:
+def ir_of(program: Program, memoryless: bool = False) -> str:
     st = _llvm()
-    return codegen.generate(program, verify(program, CONFORMANCE_HELPERS), st["triple"],
-                            st["layout"], "hermes_codegen")
+    return codegen.generate_module([(program, verify(program, CONFORMANCE_HELPERS),
+                                     "hermes_codegen")], st["triple"], st["layout"], memoryless)
 
 
 def defined(ir: str) -> list[str]:
@@ -61,17 +61,34 @@ def test_one_budget_failure_block_per_function():
     assert "alloca" in ir and "%fpc" not in ir  # the failing block comes from a phi
 
 
-def test_specialised_program_has_data_and_memoryless_copies_and_no_unused_plain_one():
+def test_specialised_program_has_a_data_copy_and_a_separate_memoryless_module():
     program = assemble_program(LOOP, name="codegen-copies")
     assert codegen.ModuleGen(program, verify(program, CONFORMANCE_HELPERS), "p_").specialise
     names = defined(ir_of(program))
-    assert "hermes_codegen_f0s" in names and "hermes_codegen_f0n" in names
+    assert "hermes_codegen_f0s" in names and "hermes_codegen_f0n" not in names
     assert "hermes_codegen_f0" not in names  # nothing calls the entry function
+    assert f"store i64 {codegen.ERR_MEMORYLESS}" in ir_of(program)
+    names = defined(ir_of(program, memoryless=True))
+    assert "hermes_codegen_f0n" in names and "hermes_codegen_f0s" not in names
 
 
 def test_entry_function_called_by_the_program_keeps_its_plain_copy():
-    names = defined(ir_of(assemble_program(RECURSIVE, name="codegen-recursive")))
-    assert {"hermes_codegen_f0", "hermes_codegen_f0s", "hermes_codegen_f0n"} <= set(names)
+    program = assemble_program(RECURSIVE, name="codegen-recursive")
+    assert {"hermes_codegen_f0", "hermes_codegen_f0s"} <= set(defined(ir_of(program)))
+    assert {"hermes_codegen_f0", "hermes_codegen_f0n"} <= \
+        set(defined(ir_of(program, memoryless=True)))
+
+
+def test_memoryless_module_is_compiled_by_the_first_run_without_memory():
+    program = assemble_program(LOOP, name="codegen-lazy")
+    exe = JitExecutable(program, helpers=CONFORMANCE_HELPERS, budget=10**6, tier="full")
+    assert exe._nomem is None
+    with_slot = exe.run(bytearray(b"\x07" * 16))
+    assert exe._nomem is None  # runs with a data slot never need it
+    first, second = exe.run(), exe.run()
+    assert exe._nomem is not None
+    assert first.return_value == second.return_value != with_slot.return_value
+    assert first.instructions == second.instructions
 
 
 @pytest.mark.parametrize("text", [LOOP, RECURSIVE], ids=["loop", "recursive"])

@@ -397,6 +397,9 @@ class JitExecutable:
         self.program = program
         self.helpers = helpers
         self.budget = budget
+        self._opt_level, self._tier = opt_level, tier
+        #: the memoryless module's entry (kept alive here) and its address, once a run needed it
+        self._nomem: tuple[object, int] | None = None
         self._interp: Interpreter | None = None
         #: the native code (None when the program is too large to compile and is interpreted)
         self.compiled: Compiled | None = None
@@ -521,6 +524,10 @@ class JitExecutable:
             try:
                 r0, count, kind = _call(st.addr, entry[1], pin, data_addr, dlen, limit,
                                         r1, r2, r3, r4, r5)
+                if kind == codegen.ERR_MEMORYLESS:  # nothing ran: run the memoryless module
+                    st.ctx.err_kind = codegen.ERR_NONE
+                    r0, count, kind = _call(st.addr, self._memoryless(), pin, data_addr, dlen,
+                                            limit, r1, r2, r3, r4, r5)
             finally:
                 elapsed = _now() - started
                 host = None  # end the buffer export so the caller may resize its bytearray
@@ -541,6 +548,15 @@ class JitExecutable:
                 st.hctx = st.rs = None
                 st.error = None
             self._free.append(st)
+
+    def _memoryless(self) -> int:
+        """The address of the entry for runs without a data slot (``codegen.ModuleGen.main_fn``),
+        compiled by the first run that needs it."""
+        if self._nomem is None:
+            compiled = compile_many([(self.program, self.info)], self._opt_level, self._tier,
+                                    memoryless=True)[0]
+            self._nomem = (compiled.entry, compiled.address)
+        return self._nomem[1]
 
     def _finish(self, st: _Run, kind: int, data: bytearray | memoryview, elapsed: int,
                 budget: int, cancel: Cancel | None) -> RunResult:

@@ -38,6 +38,9 @@ CTX_FIELDS = 19
 
 # Error kinds written to CTX_ERR_KIND.
 ERR_NONE, ERR_LOAD, ERR_STORE, ERR_READONLY, ERR_BUDGET, ERR_DEPTH, ERR_HELPER, ERR_STOP = range(8)
+#: Not an error of the program: a specialised program's entry was called without a data slot,
+#: before running any instruction; the run is made again with the program's memoryless module.
+ERR_MEMORYLESS = 8
 
 STACK_BYTES = STACK_SIZE * MAX_CALL_DEPTH
 #: Most instructions one chunk of a fast loop runs before its dispatch reads the budget again
@@ -765,20 +768,28 @@ class _Func:
         return slot
 
 
+def specialised(program: Program) -> bool:
+    """Whether ``program``'s module specialises its entry function for runs with a data slot
+    (and runs without one need its memoryless module: ``ModuleGen.main_fn``)."""
+    return len(program.insns) <= SPECIALISE_MAX and any(
+        insn is not None and (insn.op.is_jump or insn.op.is_branch)
+        and (jump_target(insn, i) or i + 1) <= i for i, insn in enumerate(program.insns))
+
+
 class ModuleGen:
     """Builds the LLVM module text for one program."""
 
     def __init__(self, program: Program, info: VerifierInfo, prefix: str,
-                 fast_loops: bool = True):
+                 fast_loops: bool = True, memoryless: bool = False):
         self.program = program
         self.info = info
         self.prefix = prefix
         self.fast_loops = fast_loops
-        #: inline function 0 twice (with and without a data slot) when the program is small
-        # (only programs with loops: straight-line code gains little for twice the compile work)
-        self.specialise = len(program.insns) <= SPECIALISE_MAX and any(
-            insn is not None and (insn.op.is_jump or insn.op.is_branch)
-            and (jump_target(insn, i) or i + 1) <= i for i, insn in enumerate(program.insns))
+        #: the module for runs of a specialised program without a data slot (see ``main_fn``)
+        self.memoryless = memoryless
+        #: inline function 0 with r1 = DATA_BASE when the program is small (only programs with
+        # loops: straight-line code gains little for the separate module runs without memory need)
+        self.specialise = specialised(program)
 
     def resolve_fn(self) -> str:
         """``@hermes_resolve``: stack frames and program segments (the slow path of an access)."""
@@ -865,12 +876,14 @@ class ModuleGen:
     def main_fn(self, name: str) -> str:
         """The native entry ``i64 name(ptr ctx)``: runs function 0 at depth 0.
 
-        Small programs with loops get two copies of function 0: ``f0s``, inlined, for runs with
-        a data slot (r1 = DATA_BASE as a constant lets LLVM fold every ``r1 + k - DATA_BASE``
-        into a plain offset), and ``f0n`` for runs without memory (r1 = 0), without fast loop
-        copies: with no data slot their access proofs fail, and the copies cost about as much
-        compile time as the rest of the program (its loops keep their per-block budget
-        compares; for loops over registers and the stack LLVM does as well without the copy).
+        Small programs with loops (``specialised``) get a copy of function 0, ``f0s``, inlined,
+        for runs with a data slot: r1 = DATA_BASE as a constant lets LLVM fold every
+        ``r1 + k - DATA_BASE`` into a plain offset. Called without one (r1 = 0), this entry
+        records ``ERR_MEMORYLESS`` and returns before any instruction runs; the caller then
+        runs the program's memoryless module (``memoryless=True``), compiled the first time a
+        run needs it, whose entry calls ``f0n``: function 0 without fast loop copies (with no
+        data slot their access proofs fail; its loops keep their per-block budget compares).
+        Runs without memory are rare, and that copy would cost a third of the compile time.
         """
         def call(r1: str | int, r2: str, fn: str = "f0") -> str:
             return (f"call {{i64, i64}} @{self.prefix}{fn}(ptr %ctx, i64 0, i64 0, i64 0, "
@@ -881,17 +894,17 @@ class ModuleGen:
         for reg, slot in ((1, CTX_R1), (2, CTX_R2), (3, CTX_R3), (4, CTX_R4), (5, CTX_R5)):
             head += [f"  %p{reg} = getelementptr i64, ptr %ctx, i64 {slot}",
                      f"  %r{reg} = load i64, ptr %p{reg}"]
-        if self.specialise:
+        if self.specialise and self.memoryless:
+            body = ["  %res = " + call("%r1", "%r2", "f0n")]
+        elif self.specialise:
             body = ["  %hasmem = icmp eq i64 %r1, " + str(DATA_BASE),
                     "  br i1 %hasmem, label %withmem, label %nomem",
-                    "withmem:",
-                    "  %resa = " + call(DATA_BASE, "%r2", "f0s"),
-                    "  br label %done",
                     "nomem:",
-                    "  %resb = " + call("%r1", "%r2", "f0n"),
-                    "  br label %done",
-                    "done:",
-                    "  %res = phi {i64, i64} [%resa, %withmem], [%resb, %nomem]"]
+                    f"  %pk = getelementptr i64, ptr %ctx, i64 {CTX_ERR_KIND}",
+                    f"  store i64 {ERR_MEMORYLESS}, ptr %pk",
+                    "  ret i64 0",
+                    "withmem:",
+                    "  %res = " + call(DATA_BASE, "%r2", "f0s")]
         else:
             body = ["  %res = " + call("%r1", "%r2")]
         tail = ["  %c = extractvalue {i64, i64} %res, 1",
@@ -916,11 +929,13 @@ class ModuleGen:
             mine = starts[bisect.bisect_left(starts, f.start):bisect.bisect_left(starts, f.end)]
             text = _Func(self, k, f.start, f.end).build(mine, ends)
             if k == 0 and self.specialise:
-                # main_fn's two calls get copies of their own (see there); the plain function
-                # stays only for calls of the entry function from inside the program
-                parts.append(_renamed(text, self.prefix, "f0s", "#2"))
-                plain = _Func(self, k, f.start, f.end, fast_loops=False).build(mine, ends)
-                parts.append(_renamed(plain, self.prefix, "f0n", "#3"))
+                # main_fn's call gets a copy of its own (see there); the plain function stays
+                # only for calls of the entry function from inside the program
+                if self.memoryless:
+                    plain = _Func(self, k, f.start, f.end, fast_loops=False).build(mine, ends)
+                    parts.append(_renamed(plain, self.prefix, "f0n", "#3"))
+                else:
+                    parts.append(_renamed(text, self.prefix, "f0s", "#2"))
                 if 0 not in called:
                     continue
             parts.append(text)
@@ -929,8 +944,9 @@ class ModuleGen:
 
 
 def generate_module(items: list[tuple[Program, VerifierInfo, str]], triple: str,
-                    layout: str) -> str:
-    """One LLVM module (IR text) holding several programs: (program, facts, entry name) each."""
+                    layout: str, memoryless: bool = False) -> str:
+    """One LLVM module (IR text) holding several programs: (program, facts, entry name) each;
+    ``memoryless``: their modules for runs without a data slot (``ModuleGen.main_fn``)."""
     parts = [f'target triple = "{triple}"', f'target datalayout = "{layout}"', ""]
     for w in (16, 32, 64):
         parts.append(f"declare i{w} @llvm.bswap.i{w}(i{w})")
@@ -939,7 +955,8 @@ def generate_module(items: list[tuple[Program, VerifierInfo, str]], triple: str,
     for program, info, entry in items:
         if not info.functions:  # pragma: no cover - verify always returns the entry function
             raise VerifierError("program has no entry function")
-        parts.extend(ModuleGen(program, info, f"{entry}_").functions(entry))
+        parts.extend(ModuleGen(program, info, f"{entry}_", memoryless=memoryless)
+                     .functions(entry))
     parts.append('attributes #0 = { nounwind }')
     parts.append('attributes #1 = { nounwind noinline cold }')
     parts.append('attributes #2 = { nounwind alwaysinline }')

@@ -233,22 +233,27 @@ def _needs_libgcc(text: str) -> bool:
 
 
 def compile_many(items: list[tuple[Program, VerifierInfo]], opt_level: int = 3,
-                 tier: str = "auto") -> list[Compiled]:
+                 tier: str = "auto", memoryless: bool = False) -> list[Compiled]:
     """Compile several verified programs ((program, info) pairs) in one LLVM module.
 
     One module amortises LLVM's fixed costs (used by the differential fuzzer); results are cached
-    per program like ``compile_program``'s. ``tier`` is one of ``TIERS``.
+    per program like ``compile_program``'s. ``tier`` is one of ``TIERS``. ``memoryless``
+    compiles the programs' modules for runs without a data slot (``codegen.ModuleGen.main_fn``),
+    on the quick tier when ``tier`` is "quick", else on the full one.
     """
     if tier not in TIERS:
         raise UsageError(f"unknown JIT tier {tier!r}; choose one of {', '.join(TIERS)}")
+    if memoryless:
+        tier = "quick" if tier == "quick" else "full"
     import time
     st = _llvm()
     llvm = st["llvm"]
     out: list[Compiled | None] = [None] * len(items)
     todo: list[tuple[int, Program, VerifierInfo]] = []
     seen: dict[tuple, int] = {}
+    variant = (tier, "memoryless") if memoryless else tier
     for k, (program, info) in enumerate(items):
-        key = (program.digest, opt_level, tier)
+        key = (program.digest, opt_level, variant)
         hit = _cached(key)
         if hit is not None:
             out[k] = hit
@@ -257,7 +262,8 @@ def compile_many(items: list[tuple[Program, VerifierInfo]], opt_level: int = 3,
             todo.append((k, program, info))
     if todo:
         t0 = time.perf_counter()
-        names = {k: f"hermes_{program.digest[:24]}_o{opt_level}" for k, program, _ in todo}
+        names = {k: f"hermes_{program.digest[:24]}_o{opt_level}{'m' if memoryless else ''}"
+                 for k, program, _ in todo}
         # the passes that are super-linear are so in the blocks of one function's control flow
         sizes = [len(codegen.leaders(p, i)) for _, p, i in todo]
         for (_, program, _info), n in zip(todo, sizes, strict=True):
@@ -267,7 +273,7 @@ def compile_many(items: list[tuple[Program, VerifierInfo]], opt_level: int = 3,
             if tier == "auto" and len(todo) == 1 and opt_level <= 3 else "full"
         light = tier == "quick" or (tier == "auto" and choice in ("upgrade", "quick", "interp"))
         ir = codegen.generate_module([(p, i, names[k]) for k, p, i in todo], st["triple"],
-                                     st["layout"])
+                                     st["layout"], memoryless)
         t1 = time.perf_counter()
         with _llvm_lock:
             _close_dead()
@@ -295,10 +301,10 @@ def compile_many(items: list[tuple[Program, VerifierInfo]], opt_level: int = 3,
                 _upgrades.submit(compiled, program, info, opt_level)
             else:
                 compiled.final.set()
-            out[k] = _remember((program.digest, opt_level, tier), compiled)
+            out[k] = _remember((program.digest, opt_level, variant), compiled)
     for k, (program, _) in enumerate(items):
         if out[k] is None:  # a repeat of a program compiled in this call
-            out[k] = out[seen[(program.digest, opt_level, tier)]]
+            out[k] = out[seen[(program.digest, opt_level, variant)]]
     # every slot is filled now: compiled here, cached, or a repeat of one compiled here
     return [c for c in out if c is not None]
 
