@@ -712,3 +712,98 @@ def test_an_upgrade_frees_the_quick_code_once_unused():
     JitExecutable(asm("mov r0, 31337\nexit"), helpers=CONFORMANCE_HELPERS, budget=BUDGET)
     assert engine.closed
     assert exe.run().return_value == sum(range(200))
+
+
+def _every_budget(program: Program, mem: bytes, budgets) -> None:
+    """The JIT's outcome equals the interpreter's with no budget and at every one of ``budgets``."""
+    jit = JitExecutable(program, helpers=CONFORMANCE_HELPERS, budget=BUDGET)
+    ref = Interpreter(program, helpers=CONFORMANCE_HELPERS, budget=BUDGET)
+    for budget in (None, *budgets):
+        case = Case("", mem, budget)
+        assert outcome(ref, case) == outcome(jit, case), budget
+
+
+# a histogram loop whose exit test on the IV comes first; the last block goes back to the header
+# by a jump or by a data-dependent latch (a bin reaching ``cap``), which can leave mid-unroll
+_CHAIN = """
+    mov r3, r1
+    add r3, 8
+    mov r5, r1
+    add r5, 1032
+    mov r4, r1
+    add r4, r2
+    add r4, {past}
+    mov r0, 0
+loop:
+    jge r5, r4, out
+    ldxb r7, [r5]
+    lsh r7, 2
+    add r7, r3
+    ldxw r6, [r7]
+    add r6, 1
+    stxw [r7], r6
+    add r0, r6
+    add r5, 1
+    {latch}
+out:
+    exit
+"""
+
+
+def _chain_memory(n: int, seed: int, spread: int = 256) -> bytes:
+    rng = random.Random(seed)
+    return bytes(1032) + bytes(rng.randrange(spread) for _ in range(n))
+
+
+@pytest.mark.parametrize("latch", ["ja loop", "jlt r6, 3, loop"])
+def test_chain_loops_are_unrolled(monkeypatch, latch):
+    from hermes.engine.jit.loops import UNROLL
+    plans = _loop_plans(assemble_program(_CHAIN.format(past=0, latch=latch)), monkeypatch)
+    (plan,) = plans.values()
+    assert plan.unroll == UNROLL and len(plan.chain) == 2 and plan.chain[0] == plan.header
+    p = assemble_program(_DERIVED_TESTS.format(bound=0, start=1032, off=1031))
+    (plan,) = _loop_plans(p, monkeypatch).values()
+    assert plan.unroll == UNROLL and len(plan.chain) == 2 and len(plan.tests) == 2
+
+
+def test_chain_loops_walking_only_ivs_are_left_to_the_vectoriser(monkeypatch):
+    """clang's ``p + i`` in another register is a walk, not a data-dependent address."""
+    text = ("mov r0, 0\nmov r4, 0\nloop:\nmov r5, r1\nadd r5, r4\nldxb r5, [r5]\nadd r0, r5\n"
+            "jge r4, 100, out\nadd r4, 1\njgt r2, r4, loop\nout:\nexit")
+    (plan,) = _loop_plans(assemble_program(text), monkeypatch).values()
+    assert plan.unroll == 1 and len(plan.tests) == 2
+    same(text, bytes(range(150)))
+
+
+@pytest.mark.parametrize("latch", ["ja loop", "jlt r6, 3, loop", "jlt r6, 100, loop"])
+@pytest.mark.parametrize("n, past", [(0, 0), (1, 0), (7, 0), (9, 0), (13, 2), (14, 1)])
+def test_unrolled_chains_match_at_every_budget(latch, n, past):
+    """Budgets at every count of the run, a fault in the last iteration (``past``: the exit
+    test's bound lies beyond the slot) and exits in the middle of an unrolled group."""
+    p = asm(_CHAIN.format(past=past, latch=latch))
+    mem = _chain_memory(n, n * 31 + past, spread=4)
+    _every_budget(p, mem, range(1, 12 * (n + past) + 16))
+
+
+@pytest.mark.parametrize("n, size", [(11, 1043), (40, 1043), (40, 1041), (9, 1200)])
+def test_unrolled_derived_tests_match_at_every_budget(n, size):
+    """clang's histogram shape: every budget, and the load faulting at the exact iteration
+    when the count runs past the slot."""
+    text = _DERIVED_TESTS.format(bound=0, start=1032, off=1031)
+    mem = bytearray(size)
+    mem[0:8] = n.to_bytes(8, "little")
+    mem[1032:] = bytes((i * 37) & 255 for i in range(size - 1032))
+    _every_budget(asm(text), bytes(mem), range(1, 14 * n + 20))
+
+
+@pytest.mark.parametrize("start, off, bound", [
+    (1040, 2000, 0),           # i - k wraps below zero: no certain iterations
+    (1040, 1039, 1400),        # the slot bound wraps: r2 - bound is near 2**64
+    (1040, 1050, 0),           # i - k starts wrapped, the first test leaves at once
+])
+def test_unrolled_chains_with_wrapped_tests(start, off, bound):
+    text = _DERIVED_TESTS.format(bound=bound, start=start, off=off)
+    mem = bytearray(1300)
+    mem[0:8] = (30).to_bytes(8, "little")
+    mem[1032:] = bytes((i * 53) & 255 for i in range(1300 - 1032))
+    _every_budget(asm(text), bytes(mem), range(1, 500, 3))

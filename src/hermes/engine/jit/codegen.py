@@ -455,6 +455,12 @@ class _Func:
             else:
                 self.block(s, ends[s], insns)
         for plan in plans.values():
+            if plan.chain:
+                # an unrolled chain: copy j of every block in order, each falling into the next
+                for copy in range(plan.unroll):
+                    for s in plan.chain:
+                        self.block(s, ends[s], insns, fast=plan, copy=copy)
+                continue
             for s in sorted(plan.body):
                 self.block(s, ends[s], insns, fast=plan)
         limits = []
@@ -609,21 +615,24 @@ class _Func:
         self.emit(f"{go} = icmp uge i64 {kf}, {plan.unroll}")
         self.emit(f"br i1 {go}, label %fb{h}, label %bc{h}")
 
-    def block(self, s: int, e: int, insns: list[Insn | None],
-              fast: LoopPlan | None = None, checked_header: bool = False) -> None:
-        """One basic block; ``fast`` emits the loop's check-free copy of it."""
-        if fast is not None:
-            self.label(f"fb{s}")
-        else:
+    def block(self, s: int, e: int, insns: list[Insn | None], fast: LoopPlan | None = None,
+              checked_header: bool = False, copy: int = 0) -> None:
+        """One basic block; ``fast`` emits the loop's check-free copy of it (``copy``: which
+        copy of an unrolled loop, whose header continues the previous copy's last block)."""
+        if fast is None:
             self.label(f"bc{s}" if checked_header else f"b{s}")
-        unroll = fast.unroll if fast is not None and s == fast.header else 1
+        elif copy == 0:
+            self.label(f"fb{s}")
+        elif s != fast.header:
+            self.label(f"fb{s}u{copy}")
+        unroll = fast.unroll if fast is not None else 1
 
         def tgt(t: int) -> str:
             if fast is not None and t in fast.body and t != fast.header:
-                return f"%fb{t}"
+                return f"%fb{t}" if copy == 0 else f"%fb{t}u{copy}"
             return f"%b{t}"
 
-        def edge(cond: str | None, taken: int, other: int, copy: int) -> None:
+        def edge(cond: str | None, taken: int, other: int) -> None:
             """Branch (unconditional when cond is None); back-edges in a fast copy count K."""
             if cond == "stay" and fast is not None:
                 # an exit test that certainly stays in the loop during this chunk
@@ -638,7 +647,7 @@ class _Func:
                     self.emit(f"br i1 {cond}, label {tgt(taken)}, label {tgt(other)}")
                 return
             h = fast.header
-            if cond == "stay":  # a counted latch inside its certain iterations
+            if cond in ("stay", None):  # a jump or a latch inside its certain iterations
                 if copy < unroll - 1:
                     nxt = self.new_label("fu")
                     self.emit(f"br label %{nxt}")
@@ -689,71 +698,70 @@ class _Func:
 
         self.fast = fast
         length = sum(1 for i in range(s, e) if insns[i] is not None)
-        for copy in range(unroll):
-            before = self.t()
-            self.emit(f"{before} = load i64, ptr %cnt")
-            after = self.t()
-            self.emit(f"{after} = add i64 {before}, {length}")
-            self.emit(f"store i64 {after}, ptr %cnt")
-            self.block_after = after
-            if fast is None:
-                over = self.t()
-                self.emit(f"{over} = icmp ugt i64 {after}, {self.budget()}")
-                body = self.new_label("bb")
-                # one shared failure block per function: its phis say which block stopped
-                self.budget_edges.append((self.current, s, before))
-                self.emit(f"br i1 {over}, label %budget_fail, label %{body}, !prof !1")
-                self.label(body)
-            pos = 0
-            for i in range(s, e):
-                insn = insns[i]
-                if insn is None:
-                    continue
-                pos += 1
-                op = insn.op
-                count = "0"
-                if op.mem_base is not None or op.is_call:
-                    # what can stop the run reports the count up to and including itself
-                    count = self.t()
-                    self.emit(f"{count} = add i64 {before}, {pos}")
-                if op.is_alu:
-                    self.alu(insn)
-                elif op.is_lddw:
-                    self.put(insn.dst, str(_s64(insn.imm)))
-                elif op.is_load:
-                    self.load(insn, i, count)
-                elif op.is_store:
-                    self.store(insn, i, count)
-                elif op.is_atomic:
-                    self.atomic(insn, i, count)
-                elif op.is_local_call:
-                    self.local_call(insn, i, count)
-                    self.emit(f"br label %b{self.inside(e, i)}")
-                    break
-                elif op.is_call:
-                    self.helper_call(insn, i, count)
-                elif op.is_jump:
-                    edge(None, cfg.target(insn, i), 0, copy)
-                    break
-                elif op.is_branch:
-                    certain = fast is not None and i in fast.tests
-                    c = "stay" if certain else self.cond(insn)
-                    edge(c, cfg.target(insn, i), self.inside(e, i), copy)
-                    break
-                elif op.is_exit:
-                    r0 = self.get(0)
-                    c = self.t()
-                    self.emit(f"{c} = load i64, ptr %cnt")
-                    v1 = self.t()
-                    self.emit(f"{v1} = insertvalue {{i64, i64}} undef, i64 {r0}, 0")
-                    v2 = self.t()
-                    self.emit(f"{v2} = insertvalue {{i64, i64}} {v1}, i64 {c}, 1")
-                    self.emit(f"ret {{i64, i64}} {v2}")
-                    break
-                else:  # pragma: no cover - the ISA table has no other kind of instruction
-                    raise AssertionError(op.mnemonic)
-            else:
-                edge(None, self.inside(e, e - 1), 0, copy)
+        before = self.t()
+        self.emit(f"{before} = load i64, ptr %cnt")
+        after = self.t()
+        self.emit(f"{after} = add i64 {before}, {length}")
+        self.emit(f"store i64 {after}, ptr %cnt")
+        self.block_after = after
+        if fast is None:
+            over = self.t()
+            self.emit(f"{over} = icmp ugt i64 {after}, {self.budget()}")
+            body = self.new_label("bb")
+            # one shared failure block per function: its phis say which block stopped
+            self.budget_edges.append((self.current, s, before))
+            self.emit(f"br i1 {over}, label %budget_fail, label %{body}, !prof !1")
+            self.label(body)
+        pos = 0
+        for i in range(s, e):
+            insn = insns[i]
+            if insn is None:
+                continue
+            pos += 1
+            op = insn.op
+            count = "0"
+            if op.mem_base is not None or op.is_call:
+                # what can stop the run reports the count up to and including itself
+                count = self.t()
+                self.emit(f"{count} = add i64 {before}, {pos}")
+            if op.is_alu:
+                self.alu(insn)
+            elif op.is_lddw:
+                self.put(insn.dst, str(_s64(insn.imm)))
+            elif op.is_load:
+                self.load(insn, i, count)
+            elif op.is_store:
+                self.store(insn, i, count)
+            elif op.is_atomic:
+                self.atomic(insn, i, count)
+            elif op.is_local_call:
+                self.local_call(insn, i, count)
+                self.emit(f"br label %b{self.inside(e, i)}")
+                break
+            elif op.is_call:
+                self.helper_call(insn, i, count)
+            elif op.is_jump:
+                edge(None, cfg.target(insn, i), 0)
+                break
+            elif op.is_branch:
+                certain = fast is not None and i in fast.tests
+                c = "stay" if certain else self.cond(insn)
+                edge(c, cfg.target(insn, i), self.inside(e, i))
+                break
+            elif op.is_exit:
+                r0 = self.get(0)
+                c = self.t()
+                self.emit(f"{c} = load i64, ptr %cnt")
+                v1 = self.t()
+                self.emit(f"{v1} = insertvalue {{i64, i64}} undef, i64 {r0}, 0")
+                v2 = self.t()
+                self.emit(f"{v2} = insertvalue {{i64, i64}} {v1}, i64 {c}, 1")
+                self.emit(f"ret {{i64, i64}} {v2}")
+                break
+            else:  # pragma: no cover - the ISA table has no other kind of instruction
+                raise AssertionError(op.mnemonic)
+        else:
+            edge(None, self.inside(e, e - 1), 0)
         self.fast = None
 
     def inside(self, slot: int, pc: int) -> int:

@@ -6,8 +6,11 @@ longest instruction path of one iteration. At run time, on entry to the loop hea
 computes how many iterations K can certainly run without exhausting the budget and without any
 IV-based data-slot access leaving the slot; it then runs K iterations of a copy of the loop that has
 no budget compares and no bounds checks for those accesses, and returns to the checked loop (which
-recomputes K) when K is used up. The loop's own exit conditions are untouched, so no trip count
-is needed and the semantics (results, counts, faults) stay exactly those of the checked code.
+recomputes K) when K is used up. Exit tests on an IV (or an IV plus a constant) that certainly
+stay in the loop during those K iterations are dropped from the copy, which K also bounds; any
+other exit condition stays, so no trip count is needed and the semantics (results, counts,
+faults) stay exactly those of the checked code. Small loops whose copy is then a chain of blocks
+and whose addresses depend on loaded data are unrolled.
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ from ..isa import Insn, jump_target
 #: Offsets and increments beyond this magnitude make an access ineligible (keeps K's i64 math
 #: free of overflow: slot offsets are below 2**40 by the dispatch's own check).
 LIMIT = 1 << 32
-#: Single-block loops up to UNROLL_MAX_LEN instructions get UNROLL copies per fast iteration.
+#: Chain loops up to UNROLL_MAX_LEN instructions in all get UNROLL copies per fast iteration.
 UNROLL = 4
 UNROLL_MAX_LEN = 16
 #: Loops with more basic blocks than this are not versioned.
@@ -46,8 +49,11 @@ class LoopPlan:
     max_iter_len: int                            #: longest header-to-exit/back-edge path
     inc: dict[int, tuple[int, int]] = field(default_factory=dict)   #: reg -> (min, max) per iter
     accesses: dict[int, Access] = field(default_factory=dict)       #: pc -> access
-    #: copies of the header block per fast iteration (single-block loops are unrolled)
+    #: copies of the loop per fast iteration (loops whose fast copy is a chain are unrolled)
     unroll: int = 1
+    #: when unrolled: the blocks of one fast iteration in order, each but the last going on to
+    #: the next (certain exit tests, jumps, fall-through), the last back to the header
+    chain: tuple[int, ...] = ()
     #: loop-exit tests on IVs against loop-invariant bounds, by pc: (iv register, value offset
     #: from the header value at the test, step per iteration, continue condition "<", "<=",
     #: ">", ">=" or "!=" (unsigned), bound register or None, bound immediate, stay on taken);
@@ -274,6 +280,8 @@ def _plan(insns, h, body, succ, ends, stack_safe) -> LoopPlan | None:
     accesses: dict[int, Access] = {}
     term_partial: dict[int, dict[int, tuple[int, int]]] = {}
     term_av: dict[int, dict] = {}
+    # a data-dependent address (a histogram's bin): no vectorising, unrolling helps instead
+    indirect = False
     for b in order:
         cur = dict(entry[b])
         av = dict(entry_av[b])
@@ -289,6 +297,10 @@ def _plan(insns, h, body, succ, ends, stack_safe) -> LoopPlan | None:
                     acc = Access(i, v[0], v[1] + insn.off, v[2] + insn.off + insn.op.width)
                     if abs(acc.lo) < LIMIT and abs(acc.hi) < LIMIT:
                         accesses[i] = acc
+            reg = insn.base_reg
+            if reg is not None and reg not in ivs and i not in stack_safe and \
+                    not _walks(_value(reg, av, ivs, cur), ivs):
+                indirect = True
             if insn.dst in ivs and _constant_step(insn):
                 d = insn.imm if insn.op.sem == "add" else -insn.imm
                 lo, hi = cur[insn.dst]
@@ -313,21 +325,18 @@ def _plan(insns, h, body, succ, ends, stack_safe) -> LoopPlan | None:
         return None
     # the partial ranges inside an iteration may exceed [min, max] of a whole iteration; the
     # access ranges above already include them
-    unroll = 1
-    if body == {h}:
-        last = cfg.last_slot(insns, ends[h])
-        # Loops that only walk IVs are left to LLVM's vectoriser (which our unrolled exits would
-        # defeat); loops with data-dependent addresses (a histogram) cannot vectorise, unroll.
-        indirect = any(insns[i].base_reg not in (None, *ivs) and i not in stack_safe
-                       for i in range(h, ends[h]) if insns[i] is not None)
-        if insns[last].op.is_branch and indirect and \
-                sum(1 for i in range(h, ends[h]) if insns[i] is not None) <= UNROLL_MAX_LEN:
-            unroll = UNROLL
     tests = {}
     for b in order:
         t = _exit_test(insns, h, b, ends[b], body, ivs, defs, inc, term_partial[b], term_av[b])
         if t is not None:
             tests[t[0]] = t[1:]
+    unroll = 1
+    chain: tuple[int, ...] = ()
+    if _is_chain(insns, h, order, succ, ends, body, tests):
+        # Loops that only walk IVs are left to LLVM's vectoriser (which our unrolled exits would
+        # defeat); loops with data-dependent addresses (a histogram) cannot vectorise, unroll.
+        if indirect and len(slots) <= UNROLL_MAX_LEN:
+            unroll, chain = UNROLL, tuple(order)
     # shortest and longest path from the header start to each block's end
     dist: dict[int, tuple[int, int]] = {}
     for b in order:
@@ -340,7 +349,36 @@ def _plan(insns, h, body, succ, ends, stack_safe) -> LoopPlan | None:
     # the shortest iteration: n iterations add at least n * shortest to the count, so a limit on
     # the count bounds the number of iterations (exactly so when all iterations are equal)
     uniform = min(x[0] for x in backs) if backs else None
-    return LoopPlan(h, set(body), longest[h], inc, accesses, unroll, tests, uniform)
+    return LoopPlan(h, set(body), longest[h], inc, accesses, unroll, chain, tests, uniform)
+
+
+def _walks(v, ivs: set[int]) -> bool:
+    """Whether abstract value ``v`` is an address that walks with the IVs: IV and invariant
+    header values plus one fixed offset (clang's ``p + i``), nothing loaded or masked."""
+    return v is not None and v[1] == v[2] and any(r in ivs for r, _ in v[0])
+
+
+def _is_chain(insns, h, order, succ, ends, body, tests) -> bool:
+    """Whether the fast copy of the loop is a straight chain of ``order``'s blocks.
+
+    Every block but the last goes on only to the next one: by falling through or jumping, or by
+    a certain exit test (``tests``: the fast copy does not evaluate it); the last one goes back
+    to the header and nowhere else in the loop (a single-block loop by a conditional branch,
+    its only exit).
+    """
+    if len(order) != len(body):  # pragma: no cover - a natural loop is reachable from h
+        return False
+    for n, b in enumerate(order):
+        nxt = order[n + 1] if n + 1 < len(order) else h
+        last = cfg.last_slot(insns, ends[b])
+        if {t for t in succ[b] if t in body} != {nxt}:
+            return False
+        leaves = any(t not in body for t in succ[b])
+        if nxt != h and leaves and last not in tests:
+            return False  # an exit the fast copy evaluates in the middle of an iteration
+        if nxt == h and len(order) == 1 and not insns[last].op.is_branch:
+            return False
+    return True
 
 
 _NEGATE = {"<": ">=", "<=": ">", ">": "<=", ">=": "<", "==": "!=", "!=": "=="}
