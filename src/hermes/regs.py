@@ -343,6 +343,7 @@ class Layout:
         #: Per field: the mask of an integer field's width, None for a byte string.
         self._masks = tuple(None if isinstance(size, str) else (1 << 8 * size) - 1
                             for _, _, size in fields)
+        self._ints = None not in self._masks
         self._struct = struct.Struct(fmt + (f"{end - pos}x" if end > pos else ""))
 
     @property
@@ -353,6 +354,10 @@ class Layout:
     def pack(self, *values: int | bytes) -> bytes:
         """The block's bytes from the field values in field order; an integer keeps the low
         bits its field holds, as a register does."""
+        if len(values) != len(self._masks):
+            raise ValueError(f"{len(values)} values for {len(self._masks)} fields")
+        if self._ints:  # (on the path of every command: one C-level pass)
+            return self._struct.pack(*map(operator.and_, values, self._masks))
         return self._struct.pack(*(v if m is None else v & m  # type: ignore[operator]
                                    for v, m in zip(values, self._masks, strict=True)))
 
@@ -361,9 +366,9 @@ class Layout:
         return [name for name, v, m in zip(self.names, values, self._masks, strict=True)
                 if m is not None and not 0 <= v <= m]  # type: ignore[operator]
 
-    def unpack(self, data: BytesLike) -> tuple:
-        """The field values (in field order) of the block's bytes ``data``."""
-        return self._struct.unpack_from(data)
+    def unpack(self, data: BytesLike, offset: int = 0) -> tuple:
+        """The field values (in field order) of the block's bytes at ``offset`` of ``data``."""
+        return self._struct.unpack_from(data, offset)
 
 
 # --- the 16-byte command response ------------------------------------------------------------
@@ -537,6 +542,8 @@ _CTX_OUT = Layout(CTX_OUT_FIELDS[0], CTX_OUT_FIELDS[1], (
     ("run_budget", CTX_RUN_BUDGET, 8)))
 
 
+#: The IN fields seen as the 64-bit words a host writes them in.
+_CTX_IN_WORDS = struct.Struct(f"<{_CTX_IN.size // 8}Q")
 #: The OUT fields of a RunContextOut in layout order (its attributes are named as the fields).
 _CTX_OUT_VALUES = operator.attrgetter(*_CTX_OUT.names)
 
@@ -569,6 +576,19 @@ class RunContextIn:
         input_len, window, a0, a1, a2, budget, entry, reserved = _CTX_IN.unpack(raw)
         return cls(input_len, window, (a0, a1, a2), budget, entry, reserved)
 
+    @staticmethod
+    def fields(raw: BytesLike, offset: int = 0) -> tuple[int, ...]:
+        """What ``unpack`` reads, as the plain tuple (input_len, window, arg0, arg1, arg2,
+        budget, entry, reserved), from the bytes at ``offset`` of ``raw`` (the fast form)."""
+        return _CTX_IN.unpack(raw, offset)
+
+    @staticmethod
+    def words(input_len: int, window: int, a0: int, a1: int, a2: int, budget: int,
+              entry: int) -> tuple[int, ...]:
+        """The IN fields as the little-endian 64-bit words the host writes (reserved 0), each
+        field taken modulo its width."""
+        return _CTX_IN_WORDS.unpack(_CTX_IN.pack(input_len, window, a0, a1, a2, budget, entry, 0))
+
 
 @dataclass(frozen=True, slots=True)
 class RunContextOut:
@@ -599,6 +619,16 @@ class RunContextOut:
     def unpack(cls, raw: BytesLike) -> RunContextOut:
         """The OUT fields from their bytes (EHCMDCTXn offset CTX_INSNS on)."""
         return cls(*_CTX_OUT.unpack(raw))
+
+    @staticmethod
+    def fields(raw: BytesLike) -> tuple[int, ...]:
+        """What ``unpack`` reads, as the plain tuple of the fields in order (the fast form)."""
+        return _CTX_OUT.unpack(raw)
+
+    @staticmethod
+    def pack_fields(*values: int) -> bytes:
+        """What ``pack`` writes, from the fields' values in order (the fast form)."""
+        return _CTX_OUT.pack(*values)
 
     @property
     def fault_write(self) -> bool:

@@ -21,6 +21,18 @@ def response(command_id: int, status: int, value: int = 0) -> bytes:
     return R.Response(command_id, status, value).pack()
 
 
+#: ``out_fields(instructions, output_len, trace_len, run_ns, fault_address, fault_size,
+#: fault_flags, trace_dropped, run_budget)``: EHCMDCTXn's OUT bytes (from CTX_INSNS on).
+out_fields = R.RunContextOut.pack_fields
+
+
+def context_in(bar0: bytearray, offset: int) -> tuple:
+    """The IN fields of the run context at ``offset`` of ``bar0`` as (input_len, window, args
+    (three), budget, entry, reserved)."""
+    input_len, window, a0, a1, a2, budget, entry, reserved = R.RunContextIn.fields(bar0, offset)
+    return input_len, window, (a0, a1, a2), budget, entry, reserved
+
+
 def error_code(exc: BaseException) -> int:
     """The status 0x05 error code describing ``exc`` (a load or run failure)."""
     if isinstance(exc, ProgramError):
@@ -30,6 +42,43 @@ def error_code(exc: BaseException) -> int:
     if isinstance(exc, ExecutionError):
         return R.ErrorKind.of(exc.kind).pack(exc.pc)
     return R.ErrorKind.INTERNAL.pack(0)
+
+
+#: A program's ``work_bound``: (instruction slots when no run can execute an instruction twice,
+#: else None; helper calls in the code).
+Work = tuple[int | None, int]
+_NO_BOUND: Work = (None, 0)
+_CLS_JMP, _CLS_JMP32, _JMP_CALL, _JMP_EXIT, _LDDW = 0x05, 0x06, 0x80, 0x90, 0x18
+
+
+def work_bound(program: object) -> Work:
+    """How much work one run of ``program`` (an ``hermes.engine.Program``) can do at most,
+    from its code alone: a program without backward jumps and without calls of its own
+    functions executes each instruction slot at most once. Helper calls are counted apart
+    because their work grows with the data window. Anything else (None, no code) is unbounded.
+    """
+    code = getattr(program, "code", None)
+    if not isinstance(code, bytes) or len(code) % 8:
+        return _NO_BOUND
+    calls = 0
+    i, n = 0, len(code)
+    while i < n:
+        op = code[i]
+        cls = op & 7
+        if cls == _CLS_JMP or cls == _CLS_JMP32:
+            kind = op & 0xF0
+            if kind == _JMP_CALL:
+                if code[i + 1] >> 4:      # a call of a local function (or another pseudo call)
+                    return _NO_BOUND
+                calls += 1
+            elif kind != _JMP_EXIT:
+                # gotol (JMP32 | JA) jumps by imm; every other jump by the 16-bit offset
+                back = (code[i + 7] & 0x80 if cls == _CLS_JMP32 and kind == 0
+                        else code[i + 3] & 0x80)
+                if back:
+                    return _NO_BOUND
+        i += 16 if op == _LDDW else 8
+    return n // 8, calls
 
 
 class ProgramCache:
@@ -49,7 +98,7 @@ class ProgramCache:
         self.size = size
         self._loader = loader
         self._lock = threading.Lock()
-        self._lru: LoadedCache[object] = LoadedCache(size, max_bytes)
+        self._lru: LoadedCache[tuple[object, Work]] = LoadedCache(size, max_bytes)
         self.hits = 0
         self.misses = 0
 
@@ -62,17 +111,28 @@ class ProgramCache:
         n = len(code)
         digest = code if n <= SHORT_KEY else hashlib.sha256(code).digest()
         key = (n, digest, entry, executor)
-        loaded = self._lru.get(key)
-        if loaded is not None:
+        entry_ = self._lru.get(key)
+        if entry_ is not None:
             self.hits += 1         # approximate under concurrency; diagnostics only
-            return loaded
+            return entry_[0]
         with self._lock:
             self.misses += 1
         loaded = self._loader(code, entry)
         program = getattr(loaded, "program", None)
         cost = len(digest) + (program.host_bytes if program is not None else 0)
-        self._lru.put(key, loaded, cost)
+        self._lru.put(key, (loaded, work_bound(program)), cost)
         return loaded
+
+    def lookup(self, code: bytes, executor: str, entry: int = 0) -> tuple[object, Work] | None:
+        """What ``get`` returns for a program loaded already, with its ``work_bound``, counted
+        as a hit; None (and nothing counted) when it is not cached, so loading is left to a
+        later ``get``."""
+        n = len(code)
+        digest = code if n <= SHORT_KEY else hashlib.sha256(code).digest()
+        found = self._lru.get((n, digest, entry, executor))
+        if found is not None:
+            self.hits += 1
+        return found
 
     def clear(self) -> None:
         """Forget every cached program."""

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from .. import engine as _engine, regs as R
 from ..engine.elf import load_elf
 from ..errors import Cancelled, ExecutionError, ProgramError
-from .commands import ELF_MAGIC, MASK64, ProgramCache, error_code, response
+from .commands import ELF_MAGIC, MASK64, ProgramCache, context_in, error_code, out_fields, response
 from .xdma import NUM_VECTORS, XdmaBlock
 
 #: Most engines a device may have: every engine needs its own MSI-X vector (8 + n < 32) and its
@@ -19,6 +19,14 @@ MAX_ENGINES = NUM_VECTORS - R.XDMA_H2C_CHANNELS - R.XDMA_C2H_CHANNELS
 BAR4_ALIGN = 4096
 #: Programs kept compiled per device.
 DEFAULT_CACHE_SIZE = 64
+#: Most work a Run Program may do to run in the thread of an ``exec_inline`` call (its host waits
+#: for it anyway) instead of the engine's worker: instructions, plus per helper call
+#: ``_HELPER_WORK`` and one per 64 bytes of the data window (what a memset of it costs). About
+#: 1.5 ms on the interpreter, far less on the JIT: short enough that timeouts, aborts and Ctrl-C
+#: keep the latency they have with the worker.
+INLINE_WORK = 1 << 16
+#: What a helper call costs in instructions of the interpreter (measured about 2.5 us).
+_HELPER_WORK = 128
 
 #: Zeros a slot is cleared with, one chunk at a time (memset speed, bounded memory).
 _ZERO_CHUNK = memoryview(bytes(1 << 20))
@@ -27,6 +35,7 @@ _CTRL_RUNNING = b"\x01\x00\x00"   # EHCMDEXEC = 1, EHCMDDONE = 0, EHCMDABORT = 0
 _CTRL_DONE = b"\x00\x01\x00"      # EHCMDEXEC = 0, EHCMDDONE = 1, EHCMDABORT = 0
 #: Run context fields the host writes (RW); the rest of each EHCMDCTXn block is read-only.
 _CTX_IN_END = R.CTX_OUT_FIELDS[0]
+_OUT_SIZE = R.RunContextOut.SIZE
 #: Slot owners (section 4.3 of specs/device.md): not handed out, handed out by Request Slot, or
 #: claimed by a Run Program of a driver that allocates slots on the host side.
 FREE, DEVICE_OWNED, HOST_OWNED = 0, 1, 2
@@ -65,6 +74,8 @@ class _Engine:
         self.go = threading.Lock()
         self.go.acquire()
         self.request = b""
+        #: The running Run Program's executable when found at EXEC (None: the runner loads it).
+        self.exe: object | None = None
         self.ctx = R.cmdctx(n)
         self.trace = R.trace_buffer(n)
         #: The run's parameters decoded from EHCMDCTXn at EXEC: (input length, window, args,
@@ -253,6 +264,23 @@ class HermesDevice:
             return bytes(self._bar0[offset:offset + length])
         return b"".join(self.bar_read(bar, offset + i, 4).to_bytes(4, "little")
                         for i in range(0, length, 4))
+
+    def bar_write_block(self, bar: int, offset: int, data: bytes) -> None:
+        """Write ``data`` (length a multiple of 4) to BAR ``bar`` at ``offset`` as that many
+        4-byte writes would: one copy when it lands, 8-aligned, inside one engine's request or
+        run context IN fields (plain storage, whatever the access size)."""
+        n = len(data)
+        if bar == 0 and n and not (offset | n) & 7:
+            if R.EHCMDREQ_BASE <= offset < self._req_end:
+                if (offset - R.EHCMDREQ_BASE) % R.EHCMD_STRIDE + n <= R.EHCMDREQ_LEN:
+                    self._bar0[offset:offset + n] = data
+                    return
+            elif R.EHCMDCTX_BASE <= offset < self._ctx_end:
+                if (offset - R.EHCMDCTX_BASE) % R.EHCMDCTX_STRIDE + n <= _CTX_IN_END:
+                    self._bar0[offset:offset + n] = data
+                    return
+        for i in range(0, n, 4):
+            self.bar_write(bar, offset + i, 4, int.from_bytes(data[i:i + 4], "little"))
 
     def bar_read(self, bar: int, offset: int, size: int) -> int:
         """Read ``size`` bytes of BAR ``bar`` at ``offset`` as a little-endian integer."""
@@ -482,11 +510,26 @@ class HermesDevice:
         except Exception:  # the handler belongs to the host side; never let it kill our thread
             self._count("irq_handler_errors")
 
-    def _exec(self, eng: _Engine) -> None:
-        """Handshake start (Decision 2): EXEC=1 and DONE=0 before the write returns."""
+    def exec_inline(self, engine: int, started: Callable[[int], None] | None = None) -> bool:
+        """Write 1 to engine ``engine``'s EHCMDEXEC for a host that waits for the command at
+        once, then call ``started(engine)``: as the register write does, except that a Run
+        Program whose work is bounded small (section 10 of specs/device.md: a cached program,
+        at most ``INLINE_WORK`` units of work) runs and completes in the calling thread, with
+        ``started`` called before it begins, rather than on the engine's worker thread. True
+        when the command has completed by the return (a short run, or a command that completes
+        inside the write anyway); False when the worker runs it or the engine was busy."""
+        return self._exec(self._engines[engine], started)
+
+    def _exec(self, eng: _Engine, started: Callable[[int], None] | None = None) -> bool:
+        """Handshake start (Decision 2): EXEC=1 and DONE=0 before the write returns.
+
+        ``started``: given by ``exec_inline`` (a short run may then complete here), None for a
+        register write. Returns whether the command has completed already."""
         if not eng.running.acquire(False):
             self._count("busy_exec_writes")
-            return
+            if started is not None:
+                started(eng.index)
+            return False
         b = self._bar0
         ctrl = eng.ctrl
         req = bytes(b[eng.req:eng.req + R.EHCMDREQ_LEN])   # later REQ writes do not affect it
@@ -501,17 +544,58 @@ class HermesDevice:
         # or Request Slot issued after it can miss that the slots are in use.
         try:
             res = self._claim_run_slots(eng, req) if is_run else self._slot_command(req)
-            if res is None:
-                eng.request = req
-                eng.go.release()
-                return
         except Exception as exc:  # defensive: a model bug must still complete the handshake
             self._count("internal_errors")
             self.last_errors[eng.index] = exc
             res = response(_cid(req), R.STATUS_EBPF_ERROR, R.ErrorKind.INTERNAL.pack())
+        if res is None:
+            eng.request = req
+            eng.exe = None
+            if started is not None and self._short_run(eng, req):
+                self._serve(eng, started)
+                return True
+            eng.go.release()
+            if started is not None:
+                started(eng.index)
+            return False
         if is_run:
             self._write_out(eng)   # refused before it ran: no result of an earlier run remains
         self._complete(eng, res)
+        if started is not None:
+            started(eng.index)
+        return True
+
+    def _short_run(self, eng: _Engine, req: bytes) -> bool:
+        """Whether the Run Program ``req`` (slots claimed) may run in the caller's thread: its
+        program is loaded already and a run of it is bounded small (``INLINE_WORK``). A cached
+        program found is kept in ``eng.exe`` for whichever thread runs the command, so the
+        cache counts one lookup either way."""
+        try:
+            length = int.from_bytes(req[12:16], "little")
+            if length == 0 or length % 8 or length > self.program_slot_size:
+                return True   # refused at once, without a load
+            ctx = eng.run_ctx
+            poff = self.program_slot_offset + req[8] * self.program_slot_size
+            found = self._cache.lookup(bytes(self._bar4[poff:poff + length]),
+                                       self.executor_name, 0 if ctx is None else ctx[4])
+            if found is None:
+                return False   # loading may take long: the worker loads it
+            eng.exe, (slots, calls) = found
+            if isinstance(eng.exe, int):
+                return True    # it failed to load: refused at once
+            if ctx is None:
+                steps, window = self.budget, self.data_slot_size
+            else:
+                steps, window = ctx[3] or self.budget, ctx[1]
+            if slots is not None:
+                steps = min(steps, slots)
+            elif calls:
+                calls = steps   # a loop may call a helper at every instruction
+            return steps + calls * (_HELPER_WORK + (window >> 6)) <= INLINE_WORK
+        except Exception:   # defensive: the worker then runs it as any other
+            eng.exe = None
+            self._count("internal_errors")
+            return False
 
     def _abort(self, eng: _Engine, count_idle: bool = True) -> None:
         """EHCMDABORT: set the running command's cancellation flag (an idle engine: counted as a
@@ -550,11 +634,28 @@ class HermesDevice:
             else:
                 eng.counts["interrupts_masked"] += 1
 
-    def _serve(self, eng: _Engine) -> None:
-        """Run the Run Program command handed over by the EXEC write, then complete it."""
+    def _serve(self, eng: _Engine, started: Callable[[int], None] | None = None) -> None:
+        """Run the Run Program command handed over by the EXEC write, then complete it.
+
+        ``started``: the command runs in the thread of an ``exec_inline`` call, which is told
+        before the run begins. An interruption of that thread (KeyboardInterrupt) during the
+        run completes the command as aborted before it propagates."""
         req = eng.request
         try:
-            res = self._run_program(eng, req)
+            if started is not None:
+                try:
+                    res = self._run_program(eng, req, started)
+                except Exception:
+                    raise
+                except BaseException:
+                    eng.counts["aborted"] += 1
+                    try:
+                        self._write_out(eng)
+                    finally:
+                        self._complete(eng, response(_cid(req), R.STATUS_ABORTED))
+                    raise
+            else:
+                res = self._run_program(eng, req)
         except Exception as exc:  # never let an exception kill the engine thread
             self._count("internal_errors")
             self.last_errors[eng.index] = exc
@@ -610,14 +711,19 @@ class HermesDevice:
                 self.last_errors[eng.index] = ValueError(problem)
                 return response(cid, R.STATUS_INVALID_CONTEXT)
         claims = 0
+        powner, downer = self._owner
+        pbusy, dbusy = self._busy
         with self._slots_lock:
-            for kind, slot in ((0, pslot), (1, dslot)):
-                if self._owner[kind][slot] == FREE:
-                    # A slot the device did not hand out: a driver that allocates on the host
-                    # side chose it. It stays out of Request Slot until released or reset.
-                    self._owner[kind][slot] = HOST_OWNED
-                    claims += 1
-                self._busy[kind][slot] += 1
+            # A slot the device did not hand out: a driver that allocates on the host side chose
+            # it. It stays out of Request Slot until released or reset.
+            if powner[pslot] == FREE:
+                powner[pslot] = HOST_OWNED
+                claims += 1
+            if downer[dslot] == FREE:
+                downer[dslot] = HOST_OWNED
+                claims += 1
+            pbusy[pslot] += 1
+            dbusy[dslot] += 1
         if claims:
             self._count("host_slot_claims", claims)
         return None
@@ -633,9 +739,8 @@ class HermesDevice:
             return None
         if req[R.RUN_FLAGS_BYTE + 1]:
             return "reserved Run Program byte 11 is not 0"
-        ctx = R.RunContextIn.unpack(self._bar0[eng.ctx:eng.ctx + _CTX_IN_END])
-        input_len, window, entry = ctx.input_len, ctx.window, ctx.entry
-        if ctx.reserved:
+        input_len, window, args, budget, entry, reserved = context_in(self._bar0, eng.ctx)
+        if reserved:
             return f"reserved run context field (offset {R.CTX_IN_RESERVED:#x}) is not 0"
         if window > self.data_slot_size:
             return f"window of {window} bytes is larger than a data slot ({self.data_slot_size})"
@@ -645,7 +750,7 @@ class HermesDevice:
             poff = self.program_slot_offset + pslot * self.program_slot_size
             if bytes(self._bar4[poff:poff + 4]) != ELF_MAGIC:
                 return f"entry symbol {entry} given for a program that is not an ELF object"
-        eng.run_ctx = (input_len, window, ctx.args, ctx.budget, entry)
+        eng.run_ctx = (input_len, window, args, budget, entry)
         return None
 
     def _write_out(self, eng: _Engine, instructions: int = 0, output_len: int | None = None,
@@ -662,20 +767,25 @@ class HermesDevice:
             flags = R.RunContextOut.fault_flags_of(bool(fault.write), fault.depth)
         else:
             address = size = flags = 0
-        out = R.RunContextOut(instructions, R.CTX_NO_OUTPUT if output_len is None else output_len,
-                              n, run_ns, address, size, flags, dropped, budget)
         at = eng.ctx + R.CTX_INSNS
-        b[at:at + R.RunContextOut.SIZE] = out.pack()
-        b[eng.trace:eng.trace + n] = trace
+        b[at:at + _OUT_SIZE] = out_fields(
+            instructions, R.CTX_NO_OUTPUT if output_len is None else output_len, n, run_ns,
+            address, size, flags, dropped, budget)
+        if n:
+            b[eng.trace:eng.trace + n] = trace
         if eng.trace_len > n:   # a shorter text than last time: no old text stays readable
             b[eng.trace + n:eng.trace + eng.trace_len] = bytes(eng.trace_len - n)
         eng.trace_len = n
 
-    def _run_program(self, eng: _Engine, req: bytes) -> bytes:
-        """Run Program on slots ``_claim_run_slots`` counted busy; they are idle again after."""
+    def _run_program(self, eng: _Engine, req: bytes,
+                     started: Callable[[int], None] | None = None) -> bytes:
+        """Run Program on slots ``_claim_run_slots`` counted busy; they are idle again after.
+        ``started(engine)`` is called first (see ``_serve``)."""
         pslot, dslot = req[8], req[9]
         try:
-            return self._run_on_slots(eng, req, _cid(req), pslot, dslot)
+            if started is not None:
+                started(eng.index)
+            return self._run_on_slots(eng, req, req[2] | req[3] << 8, pslot, dslot)
         finally:
             with self._slots_lock:
                 self._busy[0][pslot] -= 1
@@ -689,8 +799,11 @@ class HermesDevice:
         counts["runs"] += 1
         ctx = eng.run_ctx
         entry = 0 if ctx is None else ctx[4]
-        if length == 0 or length % 8 or length > self.program_slot_size:
-            exe: object = R.ErrorKind.LOAD.pack()
+        exe: object = eng.exe
+        if exe is not None:
+            eng.exe = None   # looked up at EXEC already (see _short_run)
+        elif length == 0 or length % 8 or length > self.program_slot_size:
+            exe = R.ErrorKind.LOAD.pack()
         else:
             poff = self.program_slot_offset + pslot * self.program_slot_size
             exe = self._cache.get(bytes(self._bar4[poff:poff + length]), self.executor_name, entry)
@@ -701,18 +814,23 @@ class HermesDevice:
         doff = self.data_slot_offset + dslot * self.data_slot_size
         if ctx is None:   # legacy: the whole slot, r2 = its size, no arguments
             memory = self._bar4[doff:doff + self.data_slot_size]
-            budget, extra = self.budget, {}
+            budget = self.budget
         else:
             input_len, window, args, budget, _ = ctx
             memory = self._bar4[doff:doff + window]
-            # Nothing of a previous run is visible past the input (a memset, no DMA).
-            self._zero(memory[input_len:])
-            budget, extra = budget or self.budget, {"length": input_len, "args": args}
+            if input_len < window:
+                # Nothing of a previous run is visible past the input (a memset, no DMA).
+                self._zero(memory[input_len:])
+            budget = budget or self.budget
         start = time.perf_counter_ns()
         try:
             # In place: the program edits BAR4. An abort during loading is seen by the engine:
             # the run stops before its first block.
-            result = exe.run(memory, budget, cancel=cancel, **extra)  # type: ignore[attr-defined]
+            if ctx is None:
+                result = exe.run(memory, budget, cancel=cancel)  # type: ignore[attr-defined]
+            else:
+                result = exe.run(memory, budget, cancel=cancel,  # type: ignore[attr-defined]
+                                 length=input_len, args=args)
         except Cancelled as exc:
             counts["aborted"] += 1
             self._write_out(eng, exc.instructions or 0, run_ns=time.perf_counter_ns() - start,

@@ -170,9 +170,9 @@ class RunArgs:
         if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float))
                               or not t > 0):
             raise error(errno.EINVAL, f"timeout {t!r} must be a number of seconds > 0, or None")
-        raw = regs.RunContextIn(self.input_len, self.window, tuple(a & _MASK64 for a in args),
-                                self.budget, self.entry).pack()
-        return struct.unpack(f"<{len(raw) // 8}Q", raw)
+        a0, a1, a2 = (tuple(args) + (0, 0, 0))[:3]
+        return regs.RunContextIn.words(self.input_len, self.window, a0, a1, a2, self.budget,
+                                       self.entry)
 
 
 @dataclass(frozen=True)
@@ -199,6 +199,14 @@ class RunOutcome:
     @classmethod
     def parse(cls, response: Response, out: bytes, trace: bytes) -> RunOutcome:
         """From the response and EHCMDCTXn's OUT bytes (read from ``CTX_INSNS`` on)."""
+        if len(out) >= regs.RunContextOut.SIZE:
+            insns, output_len, _, run_ns, _, fault_size, _, dropped, budget = \
+                regs.RunContextOut.fields(out)
+            if not fault_size:   # the usual case: no fault fields to decode
+                return cls(response.value if response.status == regs.STATUS_SUCCESS else 0,
+                           insns, None if output_len == regs.CTX_NO_OUTPUT else output_len,
+                           run_ns, bytes(trace), dropped, None, None, None, response, None,
+                           budget or None)
         ctx = regs.RunContextOut.unpack(out)
         faulted = ctx.fault_size != 0
         return cls(response.value if response.status == regs.STATUS_SUCCESS else 0,

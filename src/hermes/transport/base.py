@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import abc
 import mmap
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 
 class DmaBuffer(abc.ABC):
@@ -72,6 +72,9 @@ class Transport(abc.ABC):
 
     #: Number of interrupt vectors the device exposes (MSI-X table size).
     num_vectors: int = 32
+    #: Whether ``write_block`` costs no more than one ``write`` (one call into an in-process
+    #: model), so a host writes a register block in one go rather than 8 bytes at a time.
+    cheap_block_writes: bool = False
 
     @abc.abstractmethod
     def read(self, bar: int, offset: int, size: int) -> int:
@@ -102,6 +105,16 @@ class Transport(abc.ABC):
         """Write ``data`` (length a multiple of 4) to a BAR with 4-byte accesses."""
         for i in range(0, len(data), 4):
             self.write(bar, offset + i, 4, int.from_bytes(data[i:i + 4], "little"))
+
+    def execute(self, ctrl: int, engine: int, started: Callable[[int], None]) -> bool:
+        """Start the command in engine ``engine``'s request registers for a host that waits for
+        it at once: write 1 to its EHCMDEXEC (BAR0 offset ``ctrl``), then call
+        ``started(engine)``. True when the command has completed by the return: the in-process
+        transport may run a short command in the calling thread, calling ``started`` before it
+        begins (specs/device.md section 10). False: wait for its completion as usual."""
+        self.write(0, ctrl, 1, 1)
+        started(engine)
+        return False
 
     def map_bar(self, bar: int) -> memoryview | None:
         """A direct mapping of a BAR when the transport can offer one (BAR4 on some), else None."""
