@@ -223,7 +223,8 @@ def _same_as_reference(program: Program, memory: bytes, budget: int) -> None:
             r = exe.run(buf)
             outcomes.append(("ok", r.return_value, r.instructions, bytes(buf)))
         except ExecutionError as e:
-            outcomes.append((e.kind, e.pc, e.instructions, bytes(buf)))
+            outcomes.append((e.kind, e.pc, e.instructions, getattr(e, "address", None),
+                             getattr(e, "size", None), bytes(buf)))
     assert outcomes[0] == outcomes[1]
 
 
@@ -256,3 +257,77 @@ def test_budget_cut_inside_an_inlined_loop_matches_the_reference():
             "jeq r0, 0, even\nadd r0, 3\nja l\neven: add r0, 1\nja l\nout: exit")
     for budget in range(1, 120, 7):
         _same_as_reference(asm(text), bytes(8), budget)
+
+
+def test_folded_alu_chains_match_the_reference():
+    # runs of 64-bit steps on one register, written as one expression with one mask
+    import random
+    rng = random.Random(16)
+    ops = ["add", "sub", "mul", "lsh", "rsh", "and", "or", "xor"]
+    imms = [0, 1, 7, 63, 64, -1, -4, -4096, 0x7FFFFFFF, -0x80000000]
+    for _ in range(60):
+        lines = [f"ldxdw r{k}, [r1+{8 * k}]" for k in range(2, 6)]
+        for _ in range(rng.randrange(4, 20)):
+            d = rng.randrange(2, 6)
+            if rng.random() < 0.2:
+                lines.append(f"mov r{d}, r{rng.randrange(2, 6)}")
+            op = rng.choice(ops)
+            if rng.random() < 0.5 and op not in ("lsh", "rsh"):
+                lines.append(f"{op} r{d}, {rng.choice(imms)}")
+            elif op in ("lsh", "rsh"):
+                lines.append(f"{op} r{d}, {rng.randrange(64)}")
+            else:
+                lines.append(f"{op} r{d}, r{rng.choice([k for k in range(2, 6) if k != d])}")
+        lines += ["mov r0, r2", "xor r0, r3", "add r0, r4", "xor r0, r5", "stxdw [r1], r0",
+                  "exit"]
+        memory = bytes(rng.randrange(256) for _ in range(48))
+        _same_as_reference(asm("\n".join(lines)), memory, 1000)
+
+
+@pytest.mark.parametrize("size, mnem", [(2, "h"), (4, "w"), (8, "dw")])
+@pytest.mark.parametrize("offset", [0, 1, 2, 3, 4, 6, 7, 8])
+def test_aligned_and_unaligned_words_match_the_reference(size, mnem, offset):
+    # words of the slot and the stack, through the word views or unpacked, signed or not
+    text = (f"mov r6, r1\nadd r6, {offset}\nldx{mnem} r2, [r6+0]\nstx{mnem} [r6+16], r2\n"
+            f"st{mnem} [r6+32], -3\nmov r7, r10\nadd r7, -{32 - offset}\n"
+            f"stx{mnem} [r7+0], r2\nldx{mnem} r3, [r7+0]\nstx{mnem} [r10-{24 - offset}], r3\n"
+            f"ldx{mnem} r4, [r10-{24 - offset}]\n"
+            + (f"ldxs{mnem} r5, [r6+32]\n" if size < 8 else "mov r5, 0\n")
+            + "mov r0, r2\nadd r0, r3\nadd r0, r4\nxor r0, r5\nexit")
+    memory = bytes((0x80 + 37 * k) & 0xFF for k in range(48))
+    _same_as_reference(asm(text), memory, 100)
+
+
+def test_every_budget_cut_in_a_trace_matches_the_reference():
+    # the trace of the loop tests its limit once, for all its inlined blocks: any budget must
+    # still stop at the block the reference stops at
+    text = ("mov r0, 0\nmov r2, 0\nl: add r2, 1\njgt r2, 20, out\nstxb [r1+1], r2\n"
+            "jset r2, 1, odd\nadd r0, 3\nldxb r3, [r1+1]\nadd r0, r3\nja l\n"
+            "odd: add r0, 1\nja l\nout: exit")
+    for budget in range(0, 160):
+        _same_as_reference(asm(text), bytes(8), budget)
+
+
+def test_the_slot_can_be_resized_after_a_run():
+    # the word views of the slot are released at the end of a run, a failed one too
+    buf = bytearray(16)
+    run(asm("stdw [r1], 1\nmov r0, 0\nexit"), buf, executor="interp")
+    buf.extend(bytes(8))
+    with pytest.raises(ExecutionError) as info:
+        run(asm("ldxdw r0, [r1+24]\nexit"), buf, executor="interp")
+    buf.extend(bytes(8))  # while the error, and its traceback's frames, are still alive
+    assert len(buf) == 32 and info.value.kind == "out_of_bounds"
+
+
+@pytest.mark.parametrize("steps, a, b", [
+    ("mov r5, r4\nadd r5, r1\nadd r5, r6", 1 << 63, (1 << 63) + 2),    # wraps into the slot
+    ("mov r5, r4\nadd r5, r1\nadd r5, r6", 1 << 63, (1 << 63) + (1 << 40)),  # wraps, faults
+    ("mov r5, r1\nsub r5, 8", 0, 0),                                    # below, then back in
+    ("mov r5, r4\nsub r5, r6", 5, 9),                                   # negative: faults
+    ("mov r5, r4\nmul r5, r6\nadd r5, r1", 1 << 40, 1 << 30),           # product wraps to 0
+])
+def test_a_load_through_an_address_it_overwrites_matches_the_reference(steps, a, b):
+    # the address of "ldxb r5, [r5+off]" after a run of steps on r5 is used without masking
+    text = f"ldxdw r4, [r1+0]\nldxdw r6, [r1+8]\n{steps}\nldxb r5, [r5+9]\nmov r0, r5\nexit"
+    memory = a.to_bytes(8, "little") + b.to_bytes(8, "little") + bytes(range(1, 17))
+    _same_as_reference(asm(text), memory, 100)

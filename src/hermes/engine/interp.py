@@ -19,26 +19,43 @@ Rules of the translation (``Interpreter._compile``), which the run loop relies o
   trace sends to the dispatch. A block inside a trace is entered on its own only after a limit
   stopped the trace before it; then it runs in a function of its own, compiled when needed.
 * Every block, inline or not, starts with its budget update exactly where every engine charges
-  it: the chunk counts down ``left``, the instructions before the next limit, and compares it
-  with 0 (a one-digit int, the cheapest kind). On reaching the limit the chunk returns to the
-  run loop, which raises ``BudgetExceeded`` or polls the ``Cancel`` flag and re-enters. Reaching
-  a limit, entering another chunk and leaving the entry function are the only returns.
-* Registers always hold their value in [0, 2**64): a 64-bit add or sub that wraps is corrected
-  after a compare (cheaper than masking a many-digit int); a register move followed by an
-  operation on the moved-to register is written as one statement.
+  it: the chunk counts down ``left``, the instructions before the next limit (a one-digit int,
+  the cheapest kind). Only the first block of an arm compares it: with the most instructions
+  the blocks inlined after it can take on one pass (``_TraceWriter.need``), so no block inside
+  the trace can pass the limit. When the test fails the chunk returns to the run loop, which
+  raises ``BudgetExceeded`` if the block itself does not fit, or polls the ``Cancel`` flag, and
+  re-enters; if the trace still cannot finish before the limit, the block runs alone in a
+  one-block function (``Interpreter._alone``), which tests only its own count, so every stop
+  falls on the block the reference stops at. Reaching a limit, entering another chunk and
+  leaving the entry function are the only returns.
+* Registers always hold their value in [0, 2**64) between instructions, except inside a chain:
+  consecutive 64-bit add, sub, mul, lsh, rsh, and, or, xor steps on one register (after a
+  ``mov`` to it, too) are one expression, reduced modulo 2**64 once at the end (and before an
+  rsh, which needs the exact value; not at all after an ``and`` or rsh, whose results are in
+  range); a load that overwrites the chain's register takes the chain's expression as its
+  address unreduced, as any value outside [0, 2**64) fails the inline range tests. A lone
+  64-bit add or sub that wraps is corrected after a compare (cheaper than masking a many-digit
+  int), and adding or subtracting a constant of 2**63 or more is subtracting or adding its
+  small negation; a register move followed by an operation on the moved-to register is one
+  statement.
 * Local calls push (return block, r6..r10) on a frame list and move r10 and the stack's lower
   bound down one frame; ``exit`` pops it. A chunk saves ``left`` before any exception leaves it, so
   faults report the same instruction counts as the reference interpreter.
 * Memory: a load or store the verifier proved inside the current stack frame indexes the stack
   directly; any other checks the data slot, then the live stack frames, inline, and falls back to
   a general region lookup (program segments, faults), so every access is bounds-checked against
-  the program's own regions only.
+  the program's own regions only. An aligned 2-, 4- or 8-byte word of the slot or the stack is
+  read or written through a memoryview of such words (``D<size>``, ``T<size>``; native order,
+  so only on little-endian hosts), cheaper than ``struct``; the run releases the views when it
+  ends, so the caller's buffer is never left pinned.
 """
 from __future__ import annotations
 
 import struct
+import sys
 import time
 from collections.abc import Callable
+from typing import Literal
 
 from ..errors import BudgetExceeded, Cancelled, ExecutionError
 from . import cfg
@@ -126,6 +143,25 @@ _BOUND = {"U2": _UNPACK[2], "U4": _UNPACK[4], "U8": _UNPACK[8], "P2": _PACK[2], 
           "P8": _PACK[8], "SDIV": sdiv, "SMOD": smod, "BSWAP": bswap, "CALLDEPTH": _call_depth}
 
 
+#: Whether the chunks read and write aligned 2-, 4- and 8-byte words of the data slot and the
+#: stack through memoryviews of those words (native order, so only on little-endian hosts).
+_VIEWS = sys.byteorder == "little" and [struct.calcsize(c) for c in "HIQ"] == [2, 4, 8]
+_VIEW = {"DATA": "D", "STK": "T"}
+_SHIFT = {2: 1, 4: 2, 8: 3}
+_WORD: tuple[tuple[int, Literal["H", "I", "Q"]], ...] = ((2, "H"), (4, "I"), (8, "Q"))
+#: The most ALU instructions written as one expression (bounds the size of its intermediates).
+_CHAIN = 6
+_FOLD = frozenset(("add", "sub", "mul", "lsh", "rsh", "and", "or", "xor"))
+
+
+def _folds(insn: Insn) -> bool:
+    """Whether ``insn`` is a 64-bit ALU step ``_BlockCompiler.chain`` folds: one of ``_FOLD``
+    with an immediate or another register as its source."""
+    op = insn.op
+    return op.is_alu and op.width == 64 and op.sem in _FOLD \
+        and not (op.source_x and insn.src == insn.dst)
+
+
 class _BlockCompiler:
     """Turns the instructions of a basic block into Python statements over locals r0..r10.
 
@@ -154,7 +190,10 @@ class _BlockCompiler:
         if sem in _BINOP:
             if sem in ("or", "and", "xor") and w == 64:
                 return [f"{d} = {dr} {_BINOP[sem]} {s}"]
-            # a compare is cheaper than masking a multi-digit int, and mostly nothing wraps
+            # a compare is cheaper than masking a multi-digit int, and mostly nothing wraps;
+            # adding 2**64 - k is subtracting k (C's "x += -k"), and the small k is cheaper
+            if w == 64 and not op.source_x and sem in ("add", "sub") and int(s) >> 63:
+                sem, s = ("sub" if sem == "add" else "add"), str((1 << 64) - int(s))
             if sem == "add":
                 return [f"{d} = {dr} + {s}", f"if {d} > {mask}: {d} &= {mask}"]
             if sem == "sub" and w == 64:
@@ -198,6 +237,53 @@ class _BlockCompiler:
             return [f"{d} = BSWAP({dr}, {w})"]
         raise AssertionError(sem)  # pragma: no cover - the table has no other ALU sem
 
+    def chain(self, steps: list[Insn]) -> list[str]:
+        """Statements of consecutive ALU instructions on one register (``_folds`` says which;
+        the first may be a 64-bit ``mov``): one or, for a register move and one step, two
+        instructions as ``alu`` writes them, else one expression masked once at the end."""
+        first = steps[0]
+        if len(steps) == 1:
+            return self.alu(first)
+        moved = first.op.sem == "mov"
+        if len(steps) == 2 and moved:
+            if not first.op.source_x:
+                return self.alu(first) + self.alu(steps[1])
+            return self.alu(steps[1], f"r{first.src}")  # "mov d, s; op d": one step
+        expr, exact = self.chain_expr(steps)
+        return [f"r{first.dst} = {expr}" if exact else f"r{first.dst} = {expr} & {_M}"]
+
+    @staticmethod
+    def chain_expr(steps: list[Insn]) -> tuple[str, bool]:
+        """The value of a chain (see ``chain``; each step after a first ``mov`` folds) as an
+        expression, and whether that is in [0, 2**64) (else it is only congruent to it)."""
+        first = steps[0]
+        expr, exact = f"r{first.dst}", True
+        if first.op.sem == "mov":
+            expr = f"r{first.src}" if first.op.source_x else str(first.imm & MASK64)
+            steps = steps[1:]
+        for insn in steps:
+            sem = insn.op.sem
+            s = f"r{insn.src}" if insn.op.source_x else str(insn.imm & MASK64)
+            if sem in ("lsh", "rsh"):
+                s = f"({s} & 63)" if insn.op.source_x else str(insn.imm & 63)
+            if sem == "rsh":
+                expr = f"({expr} >> {s})" if exact else f"(({expr} & {_M}) >> {s})"
+                exact = True
+            elif sem == "lsh":
+                expr, exact = f"({expr} << {s})", False
+            elif sem == "and":  # of a value in range: in range whatever ``expr`` held
+                expr, exact = f"({expr} & {s})", True
+            elif sem in ("or", "xor"):
+                expr = f"({expr} {_BINOP[sem]} {s})"
+            elif sem in ("add", "sub") and not insn.op.source_x \
+                    and (insn.imm & MASK64) >> 63:
+                # as in ``alu``: adding or subtracting the small negation instead
+                other = "-" if sem == "add" else "+"
+                expr, exact = f"({expr} {other} {(1 << 64) - (insn.imm & MASK64)})", False
+            else:  # add, sub, mul: congruent modulo 2**64, masked once at the end
+                expr, exact = f"({expr} {_BINOP[sem]} {s})", False
+        return expr, exact
+
     def cond(self, insn: Insn) -> str:
         op = insn.op
         w = op.width
@@ -219,33 +305,62 @@ class _BlockCompiler:
         return f"{d} {_CMP[op.sem]} {s}"
 
     @staticmethod
-    def _get(buf: str, index: str, size: int) -> str:
-        return f"{buf}[{index}]" if size == 1 else f"U{size}({buf}, {index})[0]"
+    def _get(buf: str, index: str, size: int, aligned: str | bool) -> str:
+        """The value of ``size`` bytes at ``buf[index]``: through the buffer's view of
+        ``size``-byte words (``D<size>``, ``T<size>``) when ``aligned`` (a condition, or known
+        now) holds, else unpacked."""
+        if size == 1:
+            return f"{buf}[{index}]"
+        slow = f"U{size}({buf}, {index})[0]"
+        if not _VIEWS or aligned is False:
+            return slow
+        word = f"{_VIEW[buf]}{size}[({index}) >> {_SHIFT[size]}]"
+        return word if aligned is True else f"{word} if {aligned} else {slow}"
 
     @staticmethod
-    def _put(buf: str, index: str, size: int, value: str) -> str:
-        return f"{buf}[{index}] = {value}" if size == 1 else f"P{size}({buf}, {index}, {value})"
+    def _put(buf: str, index: str, size: int, value: str, aligned: str | bool) -> list[str]:
+        """Statements storing ``value`` at ``buf[index]`` (see ``_get``)."""
+        if size == 1:
+            return [f"{buf}[{index}] = {value}"]
+        slow = f"P{size}({buf}, {index}, {value})"
+        if not _VIEWS or aligned is False:
+            return [slow]
+        word = f"{_VIEW[buf]}{size}[({index}) >> {_SHIFT[size]}] = {value}"
+        return [word] if aligned is True else [f"if {aligned}: {word}", f"else: {slow}"]
 
     @staticmethod
-    def _checked(base: int, off: int, size: int, act: Callable[[str, str], str],
+    def _checked(base: str, off: int, size: int, act: Callable[[str, str, str], list[str]],
                  slow: Callable[[str], str]) -> list[str]:
-        """An access at ``r<base> + off``: ``act(buffer, index)`` when it lies in the data slot
-        or a live stack frame, else ``slow(address)`` (the general lookup, which faults)."""
-        return [f"_i = r{base} + {off - DATA_BASE}",
-                f"if 0 <= _i <= DL{size}: {act('DATA', '_i')}",
-                f"elif sl <= _i <= {STACK_TOP - size - DATA_BASE}: "
-                f"{act('STK', f'_i + {DATA_BASE - STACK_BASE}')}",
-                f"else: {slow(f'(_i + {DATA_BASE}) & {_M}')}"]
+        """An access at ``base + off`` (``base`` an expression congruent to the address modulo
+        2**64: one outside [0, 2**64) fails both range tests, and the general lookup masks it):
+        ``act(buffer, index, aligned)`` when it lies in the data slot or a live stack frame, else
+        ``slow(address)`` (the general lookup, which faults). Both buffers start on a multiple
+        of 8 bytes, so ``_i`` tells the alignment."""
+        aligned = f"not _i & {size - 1}"
+        lines = [f"_i = {base} + {off - DATA_BASE}"]
+        for test, buf, index in (
+                (f"if 0 <= _i <= DL{size}", "DATA", "_i"),
+                (f"elif sl <= _i <= {STACK_TOP - size - DATA_BASE}", "STK",
+                 f"_i + {DATA_BASE - STACK_BASE}")):
+            body = act(buf, index, aligned)
+            if len(body) == 1:
+                lines.append(f"{test}: {body[0]}")
+            else:
+                lines += [f"{test}:"] + [" " + line for line in body]
+        return lines + [f"else: {slow(f'(_i + {DATA_BASE}) & {_M}')}"]
 
-    def load(self, insn: Insn, pc: int) -> list[str]:
+    def load(self, insn: Insn, pc: int, base: str | None = None) -> list[str]:
+        """Statements of a load; ``base``, when given, is what the address register would
+        hold (see ``_checked``), which the load then overwrites without it being written."""
         size, dst = insn.op.width, f"r{insn.dst}"
         proven = self.stack_safe.get(pc)
         wrap = (lambda e: e) if insn.op.sem != "ldxs" else (  # noqa: E731
             lambda e, h=1 << (size * 8 - 1): f"((({e}) ^ {h}) - {h}) & {_M}")
-        if proven is not None:
-            return [f"{dst} = {wrap(self._get('STK', f'r10 + {proven - STACK_BASE}', size))}"]
-        return self._checked(insn.src, insn.off, size,
-                             lambda buf, i: f"{dst} = {wrap(self._get(buf, i, size))}",
+        if proven is not None:  # r10 - STACK_BASE is a multiple of STACK_SIZE
+            get = self._get("STK", f"r10 + {proven - STACK_BASE}", size, proven % size == 0)
+            return [f"{dst} = {wrap(get)}"]
+        return self._checked(base or f"r{insn.src}", insn.off, size,
+                             lambda buf, i, al: [f"{dst} = {wrap(self._get(buf, i, size, al))}"],
                              lambda a: f"{dst} = {wrap(f'LD({a}, {size}, {pc}, sl)')}")
 
     def store(self, insn: Insn, pc: int) -> list[str]:
@@ -256,9 +371,9 @@ class _BlockCompiler:
             v = str(insn.imm & _SIZE_MASK[size])
         proven = self.stack_safe.get(pc)
         if proven is not None:
-            return [self._put("STK", f"r10 + {proven - STACK_BASE}", size, v)]
-        return self._checked(insn.dst, insn.off, size,
-                             lambda buf, i: self._put(buf, i, size, v),
+            return self._put("STK", f"r10 + {proven - STACK_BASE}", size, v, proven % size == 0)
+        return self._checked(f"r{insn.dst}", insn.off, size,
+                             lambda buf, i, al: self._put(buf, i, size, v, al),
                              lambda a: f"ST({a}, {size}, {v}, {pc}, sl)")
 
     def atomic(self, insn: Insn, pc: int) -> list[str]:
@@ -310,12 +425,16 @@ class _TraceWriter:
         self.lo, self.hi, self.root, self.room = lo, hi, root, room
         self.out: list[tuple[int, str]] = []
         self.exits: set[int] = set()
+        #: the most instructions the inlined blocks of one pass through the trace may take
+        self.need = 0
 
     def arm(self) -> list[tuple[int, str]]:
         """The arm's statements as (indent, text), the ``while True`` of the root included
         when the trace loops back to the root; without one, the arm's ``break``s are the
         dispatch loop's ``continue``s (a loop that never repeats only costs compile time)."""
-        self.block(self.root, [self.root], 1)
+        self.block(self.root, [self.root], 1, 0)
+        length = self.lengths[self.root]
+        self.out[1] = (1, f"if left < {self.need}: left += {length}; b = {~self.root}; break")
         if any(line == "continue" for _ind, line in self.out):
             return [(0, "while True:")] + self.out
         return [(ind - 1, line[:-5] + "continue" if line == "break" or line.endswith("; break")
@@ -324,20 +443,24 @@ class _TraceWriter:
     def emit(self, ind: int, line: str) -> None:
         self.out.append((ind, line))
 
-    def block(self, k: int, path: list[int], ind: int) -> None:
-        length = self.lengths[k]
-        self.emit(ind, f"left -= {length}")
-        self.emit(ind, f"if left < 0: left += {length}; b = {~k}; break")
+    def block(self, k: int, path: list[int], ind: int, spent: int) -> None:
+        """Block ``k`` at the end of ``path``, ``spent`` instructions of inlined blocks after
+        the root (``k`` included); only the root compares ``left``, with ``need`` (see
+        ``arm``)."""
+        self.emit(ind, f"left -= {self.lengths[k]}")
+        if k == self.root:
+            self.emit(ind, "")  # the root's limit test, once ``need`` is known
+        self.need = max(self.need, spent)
         body, term = self.blocks[k]
         for line in body:
             self.emit(ind, line)
         kind = term[0]
         if kind == "goto":
-            self.edge(term[1], path, ind)
+            self.edge(term[1], path, ind, spent)
         elif kind == "branch":
             self.emit(ind, f"if {term[1]}:")
-            self.edge(term[2], path, ind + 1)
-            self.edge(term[3], path, ind)
+            self.edge(term[2], path, ind + 1, spent)
+            self.edge(term[3], path, ind, spent)
         elif kind == "exit":
             self.exit(ind)
         else:  # a local call: ("call", callee block, return block, pc)
@@ -346,9 +469,9 @@ class _TraceWriter:
             self.emit(ind, f"r10 -= {STACK_SIZE}")
             self.emit(ind, f"sl -= {STACK_SIZE}")
             self.exits.add(term[2])
-            self.edge(term[1], path, ind)
+            self.edge(term[1], path, ind, spent)
 
-    def edge(self, s: int, path: list[int], ind: int) -> None:
+    def edge(self, s: int, path: list[int], ind: int, spent: int) -> None:
         """Code that sends control to block ``s`` (-1: the end of the function)."""
         if s == -1:
             self.exit(ind)
@@ -358,7 +481,7 @@ class _TraceWriter:
                 and (self.single is None or s in self.single) \
                 and self.lengths[s] <= self.room and len(path) < _DEPTH:
             self.room -= self.lengths[s]
-            self.block(s, path + [s], ind)
+            self.block(s, path + [s], ind, spent + self.lengths[s])
         else:
             self.exits.add(s)
             self.emit(ind, f"b = {s}")
@@ -379,6 +502,7 @@ def _chunk_source(name: str, lo: int, hi: int, arms: dict[int, list[tuple[int, s
     are the arms."""
     keys = sorted(arms)
     out = [f"def {name}(b, left, sl, R, FR, DATA, DL1, DL2, DL4, DL8, STK, LD, ST, HC, "
+           f"D2, D4, D8, T2, T4, T8, "
            f"S, {', '.join(f'{k}={k}' for k in _BOUND)}):",
            f" {_REGS[1:-1]} = R",
            " try:",
@@ -442,7 +566,7 @@ class Interpreter:
             count = 0
             nxt = block_of[e] if e < n else -1  # falling off the end is an exit
             term: tuple = ("goto", nxt)
-            moved: Insn | None = None  # a register move not written yet
+            chain: list[Insn] = []  # ALU steps on one register not written yet
             for pc in range(s, e):
                 block_at[pc] = b
                 insn = insns[pc]
@@ -451,6 +575,23 @@ class Interpreter:
                 count += 1
                 positions[pc] = count
                 op = insn.op
+                # a chain grows by folding steps, or a register move by any one operation
+                if chain and op.is_alu and insn.dst == chain[0].dst and (
+                        _folds(insn) and len(chain) < _CHAIN
+                        and (len(chain) == 1 or _folds(chain[-1]))
+                        or len(chain) == 1 and chain[0].op.sem == "mov" and chain[0].op.source_x
+                        and op.sem not in ("mov", "movsx")):
+                    chain.append(insn)
+                    continue
+                if chain and op.is_load and insn.src == insn.dst == chain[0].dst \
+                        and pc not in stack_safe and all(_folds(c) for c in chain[1:]):
+                    # the address is all the load reads of its register, which it overwrites
+                    body.extend(comp.load(insn, pc, comp.chain_expr(chain)[0]))
+                    chain = []
+                    continue
+                if chain:
+                    body.extend(comp.chain(chain))
+                    chain = []
                 if op.is_jump:
                     term = ("goto", block_of[cfg.target(insn, pc)])
                 elif op.is_branch:
@@ -461,22 +602,13 @@ class Interpreter:
                     # a call in the last slot returns to the last block, as the frame list says
                     term = ("call", block_of[cfg.target(insn, pc)],
                             nxt if nxt >= 0 else nblocks - 1, pc)
-                elif moved is not None and op.is_alu and insn.dst == moved.dst \
-                        and op.sem not in ("mov", "movsx"):
-                    body.extend(comp.alu(insn, f"r{moved.src}"))  # "mov d, s; op d": one step
-                    moved = None
-                    continue
+                elif _folds(insn) or (op.is_alu and op.sem == "mov" and op.width == 64
+                                      and not (op.source_x and insn.src == insn.dst)):
+                    chain = [insn]
                 else:
-                    if moved is not None:
-                        body.extend(comp.alu(moved))
-                        moved = None
                     body.extend(comp.insn(insn, pc))
-                if op.is_alu and op.sem == "mov" and op.width == 64 and op.source_x \
-                        and insn.dst != insn.src:
-                    body.pop()  # written with the next instruction, or before it
-                    moved = insn
-            if moved is not None:
-                body.extend(comp.alu(moved))
+            if chain:
+                body.extend(comp.chain(chain))
             blocks.append((body, term))
             lengths.append(count)
         # chunks: consecutive blocks of at most CHUNK instructions (a longer block is alone)
@@ -507,6 +639,8 @@ class Interpreter:
         arms: list[dict[int, list[tuple[int, str]]]] = [{} for _ in bounds[1:]]
         work = [0] + [block_of[f.start] for f in self.functions] + bounds[1:-1]
         copies = 2 * n + INLINE  # instructions the loops' traces may copy, in all
+        # the ``left`` a root's trace needs on entry to run without stopping (see _TraceWriter)
+        thresh = list(lengths)
         while work:
             root = work.pop()
             c = chunk_of[root]
@@ -516,6 +650,7 @@ class Interpreter:
             writer = _TraceWriter(blocks, lengths, headers, single, bounds[c], bounds[c + 1],
                                   root, room)
             arms[c][root] = writer.arm()
+            thresh[root] += writer.need
             if root in headers:
                 copies -= room - writer.room
             work.extend(s for s in writer.exits if s >= 0 and s not in arms[chunk_of[s]])
@@ -530,14 +665,19 @@ class Interpreter:
         # function for any other block; each is compiled the first time a run needs it, so
         # code no run reaches costs no compile time
         self._entry: list[Callable | None] = [None] * nblocks
+        # near a limit a root whose trace cannot finish runs on its own instead, in the same
+        # kind of one-block function, so every block stops exactly where the reference does
+        self._thresh = thresh
+        self._alone: list[Callable | None] = [None] * nblocks
 
-    def _function(self, b: int) -> Callable:
-        """The function that runs block ``b`` (see ``_entry``), compiled now if needed."""
+    def _function(self, b: int, alone: bool = False) -> Callable:
+        """The function that runs block ``b`` (see ``_entry``), or with ``alone`` the block by
+        itself (see ``_alone``), compiled now if needed."""
         c = self._chunk_of[b]
         lo, hi = self._bounds[c], self._bounds[c + 1]
         arms = self._arms[c]
         tag = self.program.digest[:12]
-        if b in arms:
+        if b in arms and not alone:
             name, where, keys = f"chunk{c}", f"chunk {c}", list(arms)
         else:
             arms = {b: _TraceWriter(self._blocks, self._lengths, self._headers, self._single,
@@ -549,8 +689,9 @@ class Interpreter:
         exec(compile(text, f"<hermes-interp {tag} {where}>", "exec"), namespace)
         fn = namespace[name]
         # several runs may compile the same function at once: any of the copies will do
+        table = self._alone if alone else self._entry
         for k in keys:
-            self._entry[k] = fn
+            table[k] = fn
         return fn
 
     # -- execution ------------------------------------------------------------------------------
@@ -633,7 +774,11 @@ class Interpreter:
                 raise ExecutionError("helper", f"helper {helper.name} failed: {exc}", pc) from exc
 
         entry, lengths, starts = self._entry, self._lengths, self._starts
+        alone, thresh = self._alone, self._thresh
         dl1, dl2, dl4, dl8 = dlen - 1, dlen - 2, dlen - 4, dlen - 8
+        # D2..D8, T2..T8: the slot's and the stack's words (released below: a view pins them)
+        views = [memoryview(buf)[:len(buf) - len(buf) % n].cast(code) if _VIEWS else None
+                 for buf in (data, stack) for n, code in _WORD]
         frames: list[tuple[int, int, int, int, int, int]] = []
         regs = (0, r1, r2, r3, r4, r5, 0, 0, 0, 0, STACK_TOP)
         sl = STACK_TOP - STACK_SIZE - DATA_BASE
@@ -644,12 +789,13 @@ class Interpreter:
         try:
             if cancel is not None and cancel.is_set():
                 raise Cancelled("cancelled", "run cancelled", starts[b], instructions=0)
+            fn = entry[b] or self._function(b)
             while True:
-                fn = entry[b] or self._function(b)
                 b, left, sl, regs = fn(b, left, sl, regs, frames, data, dl1, dl2, dl4, dl8,
-                                       stack, ld, st, hc, S)
-                if b >= 0:
-                    continue  # the next block is in another chunk
+                                       stack, ld, st, hc, *views, S)
+                if b >= 0:  # the next block is in another chunk
+                    fn = entry[b] or self._function(b)
+                    continue
                 n = limit - left
                 if b == _EXIT:
                     r0 = regs[0]
@@ -662,6 +808,10 @@ class Interpreter:
                     raise Cancelled("cancelled", "run cancelled", starts[b], instructions=n)
                 limit = min(budget, n + lengths[b] + step)
                 left = limit - n
+                if left < thresh[b]:  # its trace would stop again: run the block alone
+                    fn = alone[b] or self._function(b, True)
+                else:
+                    fn = entry[b] or self._function(b)
         except StopRun as stop:
             r0 = stop.value & MASK64
             n = limit - S[0]
@@ -671,5 +821,9 @@ class Interpreter:
                 exc.instructions = (limit - S[0] - lengths[self._block_at[site]]
                                     + self._positions[exc.pc])
             raise state.stamp(exc)  # noqa: B904 - the same exception, with the printed text
+        finally:
+            for view in views:
+                if view is not None:
+                    view.release()
         return RunResult(r0, data, n, state.output_length, bytes(state.trace),
                          state.trace_dropped, time.perf_counter_ns() - started)
