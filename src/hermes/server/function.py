@@ -24,6 +24,10 @@ from ..vfio import pci, uapi
 from ..vfio.protocol import close_fds
 
 
+def _not_told(engine: int) -> None:
+    """``started`` of a command started by a register write: nobody follows it here."""
+
+
 def vfio_error(err: int, what: str) -> OSError:
     """An OSError carrying ``err`` (the errno the peer or ioctl caller will see)."""
     return OSError(err, f"{what}: {os.strerror(err)}")
@@ -434,6 +438,12 @@ class VfioFunction:
             bar4.sparse = [(0, bar4.size)]
         # (a device without BAR4 has an empty one: its region is 0 bytes, never accessed)
         self._bar4: memoryview = device.bar4 if device.bar4 is not None else memoryview(b"")
+        # The model's start of a command for a host that waits for it (HermesDevice.exec_inline)
+        # and the BAR0 range of the engines' control registers it applies to; none on others.
+        self._exec_inline: Callable[[int, Callable[[int], None]], bool] | None = getattr(
+            device, "exec_inline", None)
+        self._ctrl_end = (regs.cmdctrl(getattr(device, "engines", 0))
+                          if self._exec_inline is not None else regs.EHCMDCTRL_BASE)
 
     @classmethod
     def create(cls, *, memfd_name: str = "hermes-bar4", **device_kwargs: Any) -> VfioFunction:
@@ -524,6 +534,23 @@ class VfioFunction:
             return data + bytes(count - len(data))
         return b"".join(self.device.bar_read(index, pos, size).to_bytes(size, "little")
                         for pos, size in self._pieces(index, offset, count))
+
+    def inline_start(self, index: int, offset: int, size: int, value: int) -> int | None:
+        """The engine whose command a register write of ``value`` starts, when the model can run
+        that start for a host that waits for it (``exec_inline``): an odd byte written to an
+        engine's EHCMDEXEC; None for any other write."""
+        if (size == 1 and value & 1 and index == regs.BAR_REGS
+                and regs.EHCMDCTRL_BASE <= offset < self._ctrl_end
+                and (offset - regs.EHCMDCTRL_BASE) % regs.EHCMDCTRL_STRIDE == regs.EHCMDEXEC):
+            return (offset - regs.EHCMDCTRL_BASE) // regs.EHCMDCTRL_STRIDE
+        return None
+
+    def start_inline(self, engine: int) -> None:
+        """Start engine ``engine``'s command as its EXEC write does, except that a short Run
+        Program on a cached program (specs/device.md section 10) runs to completion, and raises
+        its interrupt, before this returns rather than on the engine's worker thread."""
+        assert self._exec_inline is not None   # inline_start names an engine only then
+        self._exec_inline(engine, _not_told)
 
     def region_write(self, index: int, offset: int, data: bytes) -> None:
         """Write ``data`` to region ``index`` at ``offset`` (split like ``region_read``)."""

@@ -58,8 +58,8 @@ _UCRED = struct.Struct("3i")   # struct ucred: pid, uid, gid
 
 
 _FAST = (P.REGION_READ, P.REGION_WRITE)
-#: Longest BAR0 block read the register fast path serves (a response, a run context's OUT fields).
-_BLOCK_READ_MAX = 4096
+#: Longest BAR0 block access the register fast path serves (a request, a run context, a response).
+_BLOCK_MAX = 4096
 _ACCESS = P.REGION_ACCESS
 _HEADER = P.HEADER
 
@@ -351,14 +351,24 @@ class Connection:
             return False
         dev = fn.device
         if count not in (1, 2, 4, 8) or offset % count or (region == regs.BAR_DMA and count != 4):
-            # A longer BAR0 read of whole registers: the 4-byte reads it splits into, as one
-            # copy (BAR0 reads have no side effects).
-            block = getattr(dev, "bar_read_block", None)
-            if (msg.cmd != P.REGION_READ or region != regs.BAR_REGS or block is None
-                    or len(p) != 16 or (offset | count) & 3 or not 0 < count <= _BLOCK_READ_MAX):
+            # A longer BAR0 access of whole registers: the 4-byte accesses it splits into, at
+            # once (a read as one copy, since BAR0 reads have no side effects; a write as the
+            # model's block write, which is those 4-byte writes in order).
+            if region != regs.BAR_REGS or (offset | count) & 3 or not 0 < count <= _BLOCK_MAX:
                 return False
-            data = block(region, offset, count)
-            reply = _HEADER.pack(msg.msg_id, P.REGION_READ, 32 + count, P.TYPE_REPLY, 0) + p + data
+            if msg.cmd == P.REGION_READ:
+                block = getattr(dev, "bar_read_block", None)
+                if block is None or len(p) != 16:
+                    return False
+                data = block(region, offset, count)
+                reply = (_HEADER.pack(msg.msg_id, P.REGION_READ, 32 + count, P.TYPE_REPLY, 0)
+                         + p + data)
+            else:
+                put = getattr(dev, "bar_write_block", None)
+                if put is None or len(p) != 16 + count:
+                    return False
+                put(region, offset, p[16:])
+                reply = _HEADER.pack(msg.msg_id, P.REGION_WRITE, 32, P.TYPE_REPLY, 0) + p[:16]
         elif msg.cmd == P.REGION_READ:
             if len(p) != 16:
                 return False
@@ -367,12 +377,30 @@ class Connection:
         else:
             if len(p) != 16 + count:
                 return False
-            dev.bar_write(region, offset, count, int.from_bytes(p[16:], "little"))
+            value = int.from_bytes(p[16:], "little")
+            engine = fn.inline_start(region, offset, count, value) if count == 1 else None
+            if engine is not None and not self._control_write_follows(offset):
+                fn.start_inline(engine)
+            else:
+                dev.bar_write(region, offset, count, value)
             reply = _HEADER.pack(msg.msg_id, P.REGION_WRITE, 32, P.TYPE_REPLY, 0) + p[:16]
         self.stats["commands"] += 1
         if not msg.flags & P.FLAG_NO_REPLY:
             self._pending.append(reply)
         return True
+
+    def _control_write_follows(self, ctrl: int) -> bool:
+        """Whether the next message, already received, writes BAR0's control register at
+        ``ctrl`` (an abort sent right after a start): the start then goes to the engine's
+        worker, so that the abort reaches the command before it runs as it would on hardware,
+        rather than after a run in this thread."""
+        head = self._rx.peek(_HEADER.size + _ACCESS.size)
+        if len(head) < _HEADER.size + _ACCESS.size:
+            return False
+        cmd = _HEADER.unpack_from(head)[1]
+        offset, region, count = _ACCESS.unpack_from(head, _HEADER.size)
+        return (cmd == P.REGION_WRITE and region == regs.BAR_REGS
+                and offset < ctrl + regs.EHCMDCTRL_STRIDE and ctrl < offset + count)
 
     def _flush_pending(self) -> None:
         """Send the fast path's queued replies in one system call."""

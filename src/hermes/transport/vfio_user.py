@@ -20,7 +20,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from .. import regs
 from ..vfio import mmio, protocol as P, uapi
@@ -32,7 +32,8 @@ _HEADER = P.HEADER
 #: Posted writes queued before they are sent anyway.
 POSTED_BATCH = 16
 #: Seconds the server may take to answer one message. A healthy server answers in microseconds
-#: (its session thread never runs programs), so this only has to absorb scheduling delays.
+#: (its session thread runs only programs bounded to about 1.5 ms, inside their start), so this
+#: only has to absorb scheduling delays.
 DEFAULT_TIMEOUT = 10.0
 #: Seconds for connecting and the whole set-up (VERSION, region and IRQ info, SET_IRQS).
 DEFAULT_CONNECT_TIMEOUT = 10.0
@@ -43,6 +44,9 @@ _HANGUP = select.POLLRDHUP | select.POLLHUP | select.POLLERR | select.POLLNVAL
 _DONTWAIT = socket.MSG_DONTWAIT
 _SIZES = (1, 2, 4, 8)
 _MASKS = {n: (1 << (8 * n)) - 1 for n in _SIZES}
+#: An engine's EHCMDEXEC and EHCMDDONE bytes (a 2-byte read of its control) once its command has
+#: completed.
+_DONE_STATE = 0x0100
 
 
 def check_seconds(name: str, value: object) -> float:
@@ -69,6 +73,10 @@ class VfioUserTransport(PciTransport):
     DMA_READ/DMA_WRITE messages (the protocol's fallback; slow, for tests and odd servers).
     """
 
+    #: A block write is one posted REGION_WRITE, as one register write is (the server splits it
+    #: into the 4-byte writes it stands for).
+    cheap_block_writes = True
+
     def __init__(self, path: str, *, timeout: float = DEFAULT_TIMEOUT, dma_fds: bool = True,
                  connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
                  pci_id: tuple[int, int] = (regs.PCI_VENDOR_ID, regs.PCI_DEVICE_ID)):
@@ -81,6 +89,13 @@ class VfioUserTransport(PciTransport):
         self.dma_fds = dma_fds
         self._lock = threading.Lock()          # one request/reply exchange at a time
         self._posted: list[bytes] = []         # posted writes not sent yet
+        #: (thread id, {(offset, length): bytes}) of BAR0 reads that ``execute`` sent with a
+        #: start, kept for that thread's next ``read``/``read_many`` of them; any message to the
+        #: server drops them (see ``execute``).
+        self._kept: tuple[int, dict[tuple[int, int], bytes]] | None = None
+        #: Per engine control offset: the BAR0 reads ``execute`` sends with a start (those the
+        #: host made after the last start there, learnt when they were not all kept).
+        self._after_start: dict[int, list[tuple[int, int]]] = {}
         self._ids = itertools.count(1)
         self._closed = False
         #: (errno, message) once the connection failed; every later call raises it.
@@ -286,6 +301,7 @@ class VfioUserTransport(PciTransport):
         if not self._lock.acquire(False):
             if not self._lock.acquire(timeout=max(0.0, self._deadline() - time.monotonic())):
                 raise self._lost(TimeoutError(self._limit()), op)
+        self._kept = None   # a message goes to the server: what was read before may change
         if self._broken is not None or self._closed:
             self._lock.release()
             raise self._unusable()
@@ -456,9 +472,11 @@ class VfioUserTransport(PciTransport):
             self._lock.release()
         return reply if type(reply) is bytes else self._read_data(reply, count)
 
-    def _region_reads(self, region: int, reads: Sequence[tuple[int, int]]) -> list[bytes]:
+    def _region_reads(self, region: int, reads: Sequence[tuple[int, int]],
+                      keep: bool = False) -> list[bytes]:
         """Several REGION_READs sent in one system call (after any posted writes), then their
-        replies received in turn: one wait for the server instead of one per read."""
+        replies received in turn: one wait for the server instead of one per read. ``keep``:
+        the data of plain replies becomes ``_kept`` for this thread (see ``execute``)."""
         deadline = self._begin("REGION_READ")
         try:
             ids = []
@@ -471,14 +489,57 @@ class VfioUserTransport(PciTransport):
             data = b"".join(msgs)
             msgs.clear()
             self._send(data, deadline)
-            replies = [self._await_read(msg_id, count, deadline)
-                       for msg_id, (_, count) in zip(ids, reads, strict=True)]
+            replies: list[bytes | P.Message] = [*self._plain_replies(ids, reads)]
+            replies += [self._await_read(msg_id, count, deadline)
+                        for msg_id, (_, count) in zip(ids[len(replies):], reads[len(replies):],
+                                                      strict=True)]
+            if keep and all(type(reply) is bytes for reply in replies):
+                # Kept only for a completed command (``execute``): the first read is its state.
+                if int.from_bytes(replies[0], "little") == _DONE_STATE:   # type: ignore[arg-type]
+                    self._kept = (threading.get_ident(),
+                                  dict(zip(reads, replies, strict=True)))  # type: ignore[arg-type]
         except (OSError, P.ProtocolError) as exc:
             raise self._lost(exc, "REGION_READ") from None
         finally:
             self._lock.release()
         return [reply if type(reply) is bytes else self._read_data(reply, count)
                 for reply, (_, count) in zip(replies, reads, strict=True)]
+
+    def _plain_replies(self, ids: list[int], reads: Sequence[tuple[int, int]]) -> list[bytes]:
+        """The data of the plain successful replies to REGION_READs ``ids`` that have arrived,
+        in order, taken in two system calls: a look at what is there (waiting, bounded by
+        SO_RCVTIMEO, for its first byte), then a receive of exactly those replies. It stops at
+        the first reply not there whole, or anything else, which stays unread for
+        ``_await_read``. Nothing when a probe is out or during the set-up (their own waits)."""
+        if self._probe is not None or self._open_deadline is not None:
+            return []
+        want = 0
+        for _, count in reads:
+            want += 32 + count
+        try:
+            seen = self.sock.recv(want, socket.MSG_PEEK)
+        except BlockingIOError:   # SO_RCVTIMEO expired with nothing received
+            raise TimeoutError(self._limit()) from None
+        if not seen:
+            raise ConnectionResetError(errno.ECONNRESET, "the connection was closed")
+        spans = []
+        pos = 0
+        for msg_id, (_, count) in zip(ids, reads, strict=True):
+            end = pos + 32 + count
+            if end > len(seen):
+                break
+            rid, rcmd, size, flags, _ = _HEADER.unpack_from(seen, pos)
+            if (rid != msg_id or rcmd != P.REGION_READ or flags != P.TYPE_REPLY
+                    or size != 32 + count):
+                break
+            spans.append((pos + 32, end))
+            pos = end
+        if not pos:
+            return []
+        got = self.sock.recv(pos, _DONTWAIT)   # all of it is there: it was just seen
+        if len(got) != pos:
+            raise P.ProtocolError("the received bytes changed between a look and their receive")
+        return [got[a:b] for a, b in spans]
 
     def _await_read(self, msg_id: int, count: int, deadline: float) -> bytes | P.Message:
         """The reply to REGION_READ ``msg_id`` of ``count`` bytes (lock held): the data of a plain
@@ -599,6 +660,7 @@ class VfioUserTransport(PciTransport):
         try:
             if self._broken is not None or self._closed or self._probe is not None:
                 return
+            self._kept = None
             msg_id = next(self._ids) & 0xFFFF
             self._probe = (msg_id, time.monotonic())
             self._send(_HEADER.pack(msg_id, P.REGION_READ, 32, 0, 0)
@@ -634,6 +696,10 @@ class VfioUserTransport(PciTransport):
         mm = self._maps.get(bar)
         if mm is not None:
             return mmio.load(mm, offset, size)
+        if self._kept is not None and bar == 0:
+            got = self._take_kept(((offset, size),))
+            if got is not None:
+                return int.from_bytes(got[0], "little")
         if not (size in _SIZES and 0 <= offset <= self._bar_sizes.get(bar, 0) - size):
             self._check(bar, offset, size)
         return int.from_bytes(self._region_read_fast(bar, offset, size), "little")
@@ -672,13 +738,54 @@ class VfioUserTransport(PciTransport):
         mm = self._maps.get(bar)
         if mm is not None:
             return [bytes(mm[offset:offset + length]) for offset, length in reads]
+        kept = self._kept
+        if kept is not None and bar == 0:
+            got = self._take_kept(reads)
+            if got is not None:
+                return got
         limit = self.max_xfer
         for offset, length in reads:
             if not 0 < length <= limit:
                 return super().read_many(bar, reads)
             if length in _SIZES and not 0 <= offset <= self._bar_sizes.get(bar, 0) - length:
                 self._check(bar, offset, length)
+        if (kept is not None and kept[0] == threading.get_ident() and bar == 0
+                and reads and reads[0] in kept[1]):
+            # The host reads more after a start than was sent with it: send all of it next time.
+            self._after_start[reads[0][0]] = list(reads)
         return self._region_reads(bar, reads)
+
+    def _take_kept(self, reads: Sequence[tuple[int, int]]) -> list[bytes] | None:
+        """The kept data of ``reads`` when this thread's ``execute`` read all of them (they are
+        dropped then: each is served once), else None."""
+        kept = self._kept
+        if kept is None or kept[0] != threading.get_ident():
+            return None
+        try:
+            got = [kept[1][r] for r in reads]
+        except (KeyError, TypeError):
+            return None
+        self._kept = None
+        return got
+
+    def execute(self, ctrl: int, engine: int, started: Callable[[int], None]) -> bool:
+        """Start engine ``engine``'s command for a host that waits for it: the posted request
+        writes, the EXEC write and reads of the engine's state and response (and of whatever
+        else the host read after its last start there, a run context's OUT fields) go in one
+        system call, ``started(engine)`` being called before it. ``hermes serve`` runs a short
+        Run Program to completion before it answers the reads (specs/vfio-user.md), so True
+        when the state read shows the command completed; then the data read is kept for this
+        thread's next ``read``/``read_many`` of it, which sends nothing, until any message goes
+        to the server: the registers of an engine whose command has completed change only
+        through the host's messages. False (the command runs on): nothing is kept."""
+        if 0 in self._maps:
+            return super().execute(ctrl, engine, started)
+        self.write(0, ctrl, 1, 1)
+        started(engine)
+        reads = self._after_start.get(ctrl) or [(ctrl, 2), (regs.cmdres(engine),
+                                                            regs.EHCMDRES_LEN)]
+        got = self._region_reads(0, reads, keep=True)
+        return int.from_bytes(got[0], "little") == _DONE_STATE
 
     def write_block(self, bar: int, offset: int, data: bytes) -> None:
         """Write ``data`` to a BAR in one message (the server splits into 4-byte accesses)."""

@@ -455,6 +455,10 @@ class Receiver:
         """Bytes received and not yet consumed."""
         return len(self._buf) - self._pos
 
+    def peek(self, n: int) -> bytes:
+        """The next ``n`` received bytes (fewer when fewer are buffered), left unconsumed."""
+        return bytes(self._buf[self._pos:self._pos + n])
+
     def has_message(self) -> bool:
         """Whether a whole message is buffered (``recv`` returns it without a system call)."""
         avail = len(self._buf) - self._pos
