@@ -149,6 +149,8 @@ _VIEWS = sys.byteorder == "little" and [struct.calcsize(c) for c in "HIQ"] == [2
 _VIEW = {"DATA": "D", "STK": "T"}
 _SHIFT = {2: 1, 4: 2, 8: 3}
 _WORD: tuple[tuple[int, Literal["H", "I", "Q"]], ...] = ((2, "H"), (4, "I"), (8, "Q"))
+#: The views of a run of a program without word accesses (D2..D8, T2..T8).
+_NO_VIEWS: list[memoryview | None] = [None] * 6
 #: The most ALU instructions written as one expression (bounds the size of its intermediates).
 _CHAIN = 6
 _FOLD = frozenset(("add", "sub", "mul", "lsh", "rsh", "and", "or", "xor"))
@@ -549,6 +551,11 @@ class Interpreter:
         info = checked or verify(program, helpers)
         self.functions = info.functions
         self._compile(info.stack_safe)
+        # the word views a run builds: only those of the access sizes the program has (a view
+        # costs about as much as a short run)
+        widths = {i.op.width for i in program.insns
+                  if i is not None and (i.op.is_load or i.op.is_store) and not i.op.is_atomic}
+        self._words = tuple((n, code) for n, code in _WORD if n in widths) if _VIEWS else ()
 
     # -- translation ----------------------------------------------------------------------------
     def _compile(self, stack_safe: dict[int, int]) -> None:
@@ -777,8 +784,10 @@ class Interpreter:
         alone, thresh = self._alone, self._thresh
         dl1, dl2, dl4, dl8 = dlen - 1, dlen - 2, dlen - 4, dlen - 8
         # D2..D8, T2..T8: the slot's and the stack's words (released below: a view pins them)
-        views = [memoryview(buf)[:len(buf) - len(buf) % n].cast(code) if _VIEWS else None
-                 for buf in (data, stack) for n, code in _WORD]
+        words = self._words
+        views = [memoryview(buf)[:len(buf) - len(buf) % n].cast(code)
+                 if (n, code) in words else None
+                 for buf in (data, stack) for n, code in _WORD] if words else _NO_VIEWS
         frames: list[tuple[int, int, int, int, int, int]] = []
         regs = (0, r1, r2, r3, r4, r5, 0, 0, 0, 0, STACK_TOP)
         sl = STACK_TOP - STACK_SIZE - DATA_BASE
