@@ -571,10 +571,15 @@ def test_subprocess_end_to_end_and_library(proc):
     with VfioUserTransport(proc.path) as t:
         assert run_file(t) == b"\x2a" + bytes(7)
     assert proc.proc.poll() is None
-    time.sleep(0.1)
-    log = proc.log().splitlines()
-    opened = [line for line in log if line.endswith(" connected")]
-    closed = [line for line in log if " disconnected after " in line]
+    # the server logs a disconnection once it has seen the client go: wait for it, bounded
+    deadline = time.monotonic() + 10
+    while True:
+        log = proc.log().splitlines()
+        opened = [line for line in log if line.endswith(" connected")]
+        closed = [line for line in log if " disconnected after " in line]
+        if len(closed) >= 3 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert len(opened) == len(closed) >= 3     # the start-up probe + our two clients
     assert all("0 errors" in line for line in closed)
 
