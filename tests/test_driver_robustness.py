@@ -320,8 +320,9 @@ def test_faulting_program_leaves_state_intact(hermes_device):
 
 
 def test_looping_program_times_out_and_engine_recovers(make_driver):
-    # One engine, an interpreter budget of ~0.5 s of looping, a driver timeout of 50 ms.
-    drv = make_driver(engines=1, executor="interp", budget=5_000_000, timeout=0.05)
+    # One engine, an interpreter budget of ~1 s of looping (at 50 M instructions/s), a driver
+    # timeout of 50 ms.
+    drv = make_driver(engines=1, executor="interp", budget=50_000_000, timeout=0.05)
     loop = assemble_program("mov r0, 0\nloop:\nadd r0, 1\nja loop").to_bytes()
     with drv.open() as f:
         f.download_program(loop)

@@ -208,7 +208,8 @@ def test_elf_program_on_both_backends(device, tmp_path):
 
 def test_timeout():
     loop = assemble_program("mov r0, 0\nloop:\nadd r0, 1\nja loop")
-    with hermes.open("emu", engines=1, executor="interp", budget=3_000_000, timeout=0.05) as dev:
+    # a budget of about 1 s of interpretation, far beyond the 50 ms timeout
+    with hermes.open("emu", engines=1, executor="interp", budget=50_000_000, timeout=0.05) as dev:
         with pytest.raises(hermes.DeviceTimeout) as info:
             dev.run(loop, b"")
         assert info.value.errno == errno.ETIMEDOUT
