@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from .. import regs as R
 from ..engine.cache import DEFAULT_CACHE_BYTES, LoadedCache
+from ..engine.isa import jump_target
 from ..errors import BudgetExceeded, ExecutionError, ProgramError
 
 MASK64 = 0xFFFF_FFFF_FFFF_FFFF
@@ -48,7 +49,6 @@ def error_code(exc: BaseException) -> int:
 #: else None; helper calls in the code).
 Work = tuple[int | None, int]
 _NO_BOUND: Work = (None, 0)
-_CLS_JMP, _CLS_JMP32, _JMP_CALL, _JMP_EXIT, _LDDW = 0x05, 0x06, 0x80, 0x90, 0x18
 
 
 def work_bound(program: object) -> Work:
@@ -57,28 +57,23 @@ def work_bound(program: object) -> Work:
     functions executes each instruction slot at most once. Helper calls are counted apart
     because their work grows with the data window. Anything else (None, no code) is unbounded.
     """
-    code = getattr(program, "code", None)
-    if not isinstance(code, bytes) or len(code) % 8:
+    insns = getattr(program, "insns", None)
+    if not isinstance(insns, list):
         return _NO_BOUND
     calls = 0
-    i, n = 0, len(code)
-    while i < n:
-        op = code[i]
-        cls = op & 7
-        if cls == _CLS_JMP or cls == _CLS_JMP32:
-            kind = op & 0xF0
-            if kind == _JMP_CALL:
-                if code[i + 1] >> 4:      # a call of a local function (or another pseudo call)
-                    return _NO_BOUND
-                calls += 1
-            elif kind != _JMP_EXIT:
-                # gotol (JMP32 | JA) jumps by imm; every other jump by the 16-bit offset
-                back = (code[i + 7] & 0x80 if cls == _CLS_JMP32 and kind == 0
-                        else code[i + 3] & 0x80)
-                if back:
-                    return _NO_BOUND
-        i += 16 if op == _LDDW else 8
-    return n // 8, calls
+    for i, insn in enumerate(insns):
+        if insn is None:
+            continue
+        op = insn.op
+        if op.is_local_call:
+            return _NO_BOUND
+        if op.is_call:
+            calls += 1
+            continue
+        target = jump_target(insn, i)
+        if target is not None and target <= i:
+            return _NO_BOUND
+    return len(insns), calls
 
 
 class ProgramCache:

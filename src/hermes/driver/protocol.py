@@ -199,23 +199,12 @@ class RunOutcome:
     @classmethod
     def parse(cls, response: Response, out: bytes, trace: bytes) -> RunOutcome:
         """From the response and EHCMDCTXn's OUT bytes (read from ``CTX_INSNS`` on)."""
-        if len(out) >= regs.RunContextOut.SIZE:
-            insns, output_len, _, run_ns, _, fault_size, _, dropped, budget = \
-                regs.RunContextOut.fields(out)
-            if not fault_size:   # the usual case: no fault fields to decode
-                return cls(response.value if response.status == regs.STATUS_SUCCESS else 0,
-                           insns, None if output_len == regs.CTX_NO_OUTPUT else output_len,
-                           run_ns, bytes(trace), dropped, None, None, None, response, None,
-                           budget or None)
-        ctx = regs.RunContextOut.unpack(out)
-        faulted = ctx.fault_size != 0
-        return cls(response.value if response.status == regs.STATUS_SUCCESS else 0,
-                   ctx.instructions,
-                   None if ctx.output_len == regs.CTX_NO_OUTPUT else ctx.output_len,
-                   ctx.run_ns, bytes(trace), ctx.trace_dropped,
-                   ctx.fault_address if faulted else None,
-                   ctx.fault_size if faulted else None,
-                   ctx.fault_write if faulted else None,
-                   response,
-                   ctx.fault_depth if faulted else None,
-                   ctx.run_budget or None)
+        insns, output_len, _, run_ns, address, size, _, dropped, budget = \
+            regs.RunContextOut.fields(out)
+        # the fault fields mean something only after a fault (their decoding: the codec's)
+        fault = regs.RunContextOut.unpack(out) if size else None
+        return cls(response.value if response.status == regs.STATUS_SUCCESS else 0, insns,
+                   None if output_len == regs.CTX_NO_OUTPUT else output_len, run_ns,
+                   bytes(trace), dropped, address if fault else None, size if fault else None,
+                   fault.fault_write if fault else None, response,
+                   fault.fault_depth if fault else None, budget or None)

@@ -154,15 +154,6 @@ class InProcessTransport(Transport):
         """Write a BAR register (see ``HermesDevice.bar_write``)."""
         self.device.bar_write(bar, offset, size, value)
 
-    def write_block(self, bar: int, offset: int, data: bytes) -> None:
-        """Write ``data`` to a BAR in one step where the model offers it (the Hermes device),
-        else with 4-byte writes."""
-        block = getattr(self.device, "bar_write_block", None)
-        if block is not None:
-            block(bar, offset, data)
-        else:
-            super().write_block(bar, offset, data)
-
     def execute(self, ctrl: int, engine: int, started: Callable[[int], None]) -> bool:
         """Start engine ``engine``'s command; the device's ``exec_inline`` may run a short one to
         completion here, in the caller's thread (see ``Transport.execute``)."""

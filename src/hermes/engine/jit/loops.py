@@ -405,10 +405,7 @@ def _exit_test(insns, h, b, e, body, ivs, defs, inc, partial, av) -> tuple | Non
         return None  # not an exit test (both targets inside, or both outside)
 
     def iv_plus(r: int) -> tuple[int, int] | None:
-        if r in ivs:
-            lo, hi = partial.get(r, (0, 1))
-            return (r, lo) if lo == hi else None
-        v = av.get(r)
+        v = _value(r, av, ivs, partial)
         if v is not None and len(v[0]) == 1 and v[0][0][1] == 1 and v[0][0][0] in ivs \
                 and v[1] == v[2]:
             return (v[0][0][0], v[1])
