@@ -68,14 +68,16 @@ static const uint64_t prog_inc64[] = {
 };
 /*
  * Runs until the device's budget ends, slowly: a 64-bit division by a divisor that changes every
- * iteration (no compiler can make it a multiplication); native code spends 0.1 to 0.6 s of a
- * 10^9-instruction budget on it here, the interpreter far longer.
- * r0 = 1; for (;;) { r3 = r0 | 1; r4 = ~0 / r3; r0 += r4; }
+ * iteration (no compiler can make it a multiplication), its result stored to the data slot at
+ * every iteration so that no compiler may drop the work (the registers are not observable when
+ * the budget ends, memory is); native code spends about 0.6 s of a 10^9-instruction budget on
+ * it here, the interpreter far longer.
+ * r0 = 1; for (;;) { r3 = r0 | 1; r4 = ~0 / r3; r0 += r4; *(u64 *)r1 = r0; }
  */
 static const uint64_t prog_loop[] = {
 	INSN(0xb7, 0x00, 0, 1), INSN(0xbf, 0x03, 0, 0), INSN(0x47, 0x03, 0, 1),
 	INSN(0xb7, 0x04, 0, -1), INSN(0x3f, 0x34, 0, 0), INSN(0x0f, 0x40, 0, 0),
-	INSN(0x05, 0x00, -6, 0),
+	INSN(0x7b, 0x01, 0, 0), INSN(0x05, 0x00, -7, 0),
 };
 static const uint8_t prog_invalid[8] = { 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff };
 
