@@ -15,7 +15,7 @@ from hermes.device import HermesDevice, commands as C
 from hermes.device.model import INLINE_WORK
 from hermes.driver import RunArgs, engines, protocol as P
 from hermes.engine.asm import assemble_program
-from hermes.transport.inproc import InProcessTransport
+from hermes.transport.inproc import InProcessTransport, Watchdog
 from tests.test_driver import expect_errno
 
 RET7 = assemble_program("mov r0, 7\nexit").to_bytes()
@@ -120,6 +120,95 @@ def test_two_long_runs_on_two_engines_still_overlap(dev):
         b.close()
     finally:
         drv.close()
+
+
+def _in_thread(fn):
+    """``fn()`` in a thread other than the main one: its value, or the exception it raised."""
+    out: list = []
+
+    def body() -> None:
+        try:
+            out.append(fn())
+        except BaseException as exc:   # handed to the test
+            out.append(exc)
+
+    t = threading.Thread(target=body, name="fast-path-host")
+    t.start()
+    t.join(30)
+    assert not t.is_alive()
+    return out[0]
+
+
+def test_a_long_run_from_another_thread_runs_there_and_its_timeout_aborts_it(dev):
+    seen = _where_runs(dev)
+    with _file(dev, LOOP, timeout=0.3) as f:
+        expect_errno(errno.ENOEXEC, f.run_ex, RunArgs(8, 8, budget=10))   # loads it, on the worker
+
+        def timed() -> tuple[object, float]:
+            t0 = time.monotonic()
+            try:
+                return f.run_ex(RunArgs(8, 8, budget=ENDLESS_BUDGET)), 0.0
+            except OSError as exc:
+                return exc, time.monotonic() - t0
+
+        exc, took = _in_thread(timed)
+        assert isinstance(exc, OSError) and exc.errno == errno.ETIMEDOUT, exc
+        assert "did not complete within 0.3 s; the command was aborted; the engine is idle" \
+            in str(exc)
+        # the watchdog fires at most a tick late; the run stops within its bounded work
+        assert 0.3 <= took < 0.3 + 1.0
+        assert seen[1:] == ["fast-path-host"]
+        assert dev.stats["aborted"] == 1 and dev.busy_slots() == ([], [])
+        # a run's own timeout: the driver's message for it, the pc the abort stopped it at
+        exc = _in_thread(lambda: f.run_ex(RunArgs(8, 8, budget=ENDLESS_BUDGET, timeout=0.2)))
+        assert isinstance(exc, OSError) and exc.errno == errno.ETIMEDOUT, exc
+        assert "exceeded its timeout of 0.2 s and was aborted at pc" in str(exc)
+        assert seen[2:] == ["fast-path-host"]
+        # the engine serves the next command at once
+        assert _in_thread(lambda: f.run_ex(RunArgs(8, 8, budget=100))).errno == errno.ENOEXEC
+
+
+def test_a_cancel_from_another_thread_stops_a_long_run_in_its_host_thread(dev):
+    seen = _where_runs(dev)
+    with _file(dev, LOOP, timeout=30) as f:
+        expect_errno(errno.ENOEXEC, f.run_ex, RunArgs(8, 8, budget=10))
+        flag = hermes.engine.Cancel()
+        threading.Timer(0.2, flag.set).start()
+        t0 = time.monotonic()
+        exc = _in_thread(lambda: f.run_ex(RunArgs(8, 8, budget=ENDLESS_BUDGET), cancel=flag))
+        assert isinstance(exc, OSError) and exc.errno == errno.ECANCELED, exc
+        assert time.monotonic() - t0 < 10
+        assert seen[1:] == ["fast-path-host"]
+
+
+def test_the_main_thread_keeps_long_runs_on_the_worker(dev):
+    # Only the main thread takes Ctrl-C: it waits in slices (R21) while the worker runs.
+    seen = _where_runs(dev)
+    with _file(dev, LOOP, timeout=0.3) as f:
+        expect_errno(errno.ENOEXEC, f.run_ex, RunArgs(8, 8, budget=10))
+        expect_errno(errno.ETIMEDOUT, f.run_ex, RunArgs(8, 8, budget=ENDLESS_BUDGET))
+    assert all(name.startswith("hermes-engine-") for name in seen), seen
+
+
+def test_an_idle_watchdog_sleeps_and_wakes_for_the_next_deadline():
+    fired: list[int] = []
+    dog = Watchdog(fired.append)
+    dog.IDLE = 0.05   # type: ignore[misc]
+    try:
+        dog.disarm(dog.arm(1, 10))
+        time.sleep(0.2)   # past IDLE with nothing armed: the thread sleeps untimed
+        assert dog._sleeping
+        dog.arm(2, 0.05)
+        deadline = time.monotonic() + 5
+        while not fired and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert fired == [2]
+        token = dog.arm(3, 0.05)
+        dog.disarm(token)
+        time.sleep(0.2)
+        assert fired == [2]   # a disarmed deadline never fires
+    finally:
+        dog.close()
 
 
 def _outcomes(inline: bool) -> tuple[list, dict, bytes]:

@@ -373,3 +373,33 @@ def test_receiver_stop_ends_a_wait_inside_a_message(pair):
     with pytest.raises(P.ProtocolError, match="stopping"):
         rx.recv()
     assert time.monotonic() - t0 < 2
+
+
+def test_spin_returns_once_a_byte_is_there_and_is_bounded_when_none_comes(pair):
+    a, b = pair
+    b.setblocking(False)
+    t0 = time.perf_counter()
+    P.spin_for(b, 0.01)          # nothing comes: back after about the spin
+    assert 0.01 <= time.perf_counter() - t0 < 1.0
+    threading.Timer(0.002, a.send, args=(b"x",)).start()
+    t0 = time.perf_counter()
+    P.spin_for(b, 5.0)           # a byte comes after 2 ms: back then, not after 5 s
+    assert time.perf_counter() - t0 < 2.5
+    assert b.recv(1) == b"x"     # peeked only: still there for the read
+    a.close()
+    t0 = time.perf_counter()
+    P.spin_for(b, 5.0)           # the end of the stream ends it too
+    assert time.perf_counter() - t0 < 2.5
+
+
+def test_a_spinning_receiver_reads_the_same_messages(pair):
+    a, b = pair
+    rx = P.Receiver(b, spin=0.001)
+    threading.Timer(0.01, P.send_message,
+                    args=(a, P.Message(5, P.REGION_READ, payload=b"y" * 16))).start()
+    got = rx.recv()                       # spins, then blocks until it comes
+    assert (got.msg_id, got.payload) == (5, b"y" * 16)
+    P.send_message(a, P.Message(6, P.REGION_READ, payload=b"z" * 16))
+    assert rx.recv().msg_id == 6          # arrives during the spin
+    a.close()
+    assert rx.recv() is None

@@ -731,6 +731,7 @@ def test_peer_check_refuses_other_users_and_admits_the_group():
     (["--slots", "0"], "--slots"),
     (["--socket-group", "no-such-group-here"], "no such group"),
     (["--stall-timeout", "-1"], "--stall-timeout"),
+    (["--spin-us", "-5"], "--spin-us"),
 ])
 def test_serve_cli_errors_are_one_line(tmp_path, args, names):
     import subprocess
@@ -741,3 +742,23 @@ def test_serve_cli_errors_are_one_line(tmp_path, args, names):
     assert out.returncode != 0 and "Traceback" not in out.stderr
     assert names in out.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "x.sock").exists()
+
+
+def test_a_server_that_never_spins_serves_the_same(tmp_path):
+    from hermes.engine.asm import assemble_program
+    from hermes.transport.vfio_user import VfioUserTransport
+    server = ServerProcess(str(tmp_path / "nospin.sock"), "--spin-us", "0", "--engines", "1")
+    try:
+        t = VfioUserTransport(server.path)
+        t.reply_spin = 0.0
+        drv = hermes.driver.attach(t)
+        try:
+            with drv.open() as f:
+                f.download_program(assemble_program("mov r0, 0\nexit").to_bytes())
+                f.pwrite(bytes(8), 0)
+                for _ in range(3):
+                    f.fsync()
+        finally:
+            drv.close()
+    finally:
+        assert server.stop() == 0

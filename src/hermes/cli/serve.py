@@ -113,6 +113,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="engine-completion interrupts: 'legacy' (default) also interrupts a "
                         "driver that never wrote the user interrupt mask since reset (the "
                         "published Linux driver); 'xdma' gates them by the mask from power-on")
+    p.add_argument("--spin-us", type=_count(0, 100_000), default=None, metavar="US",
+                   help="microseconds a connection polls for the client's next message before "
+                        "it sleeps (default 100; 0: sleep at once, least CPU, slower round "
+                        "trips)")
     p.add_argument("--verbose", "-v", action="store_true", help="trace every message")
     p.set_defaults(func=_run)
 
@@ -154,5 +158,7 @@ def _run(args: argparse.Namespace) -> int:
         kwargs["stall_timeout"] = args.stall_timeout
     if args.irq_compat is not None:
         kwargs["irq_compat"] = args.irq_compat
+    if args.spin_us is not None:
+        kwargs["spin"] = args.spin_us / 1e6
     serve(args.socket, verbose=args.verbose, socket_group=args.socket_group, **kwargs)
     return 0

@@ -510,21 +510,27 @@ class HermesDevice:
         except Exception:  # the handler belongs to the host side; never let it kill our thread
             self._count("irq_handler_errors")
 
-    def exec_inline(self, engine: int, started: Callable[[int], None] | None = None) -> bool:
+    def exec_inline(self, engine: int, started: Callable[[int], None] | None = None,
+                    watched: bool = False) -> bool:
         """Write 1 to engine ``engine``'s EHCMDEXEC for a host that waits for the command at
         once, then call ``started(engine)``: as the register write does, except that a Run
         Program whose work is bounded small (section 10 of specs/device.md: a cached program,
         at most ``INLINE_WORK`` units of work) runs and completes in the calling thread, with
-        ``started`` called before it begins, rather than on the engine's worker thread. True
-        when the command has completed by the return (a short run, or a command that completes
-        inside the write anyway); False when the worker runs it or the engine was busy."""
-        return self._exec(self._engines[engine], started)
+        ``started`` called before it begins, rather than on the engine's worker thread.
+        ``watched``: the host aborts the command itself at its deadline (an EHCMDABORT from
+        another thread) and the calling thread takes no KeyboardInterrupt, so a run of any
+        length on a cached program may run here. True when the command has completed by the
+        return (a run here, or a command that completes inside the write anyway); False when
+        the worker runs it or the engine was busy."""
+        return self._exec(self._engines[engine], started, watched)
 
-    def _exec(self, eng: _Engine, started: Callable[[int], None] | None = None) -> bool:
+    def _exec(self, eng: _Engine, started: Callable[[int], None] | None = None,
+              watched: bool = False) -> bool:
         """Handshake start (Decision 2): EXEC=1 and DONE=0 before the write returns.
 
-        ``started``: given by ``exec_inline`` (a short run may then complete here), None for a
-        register write. Returns whether the command has completed already."""
+        ``started``: given by ``exec_inline`` (a short run, or with ``watched`` any run of a
+        cached program, may then complete here), None for a register write. Returns whether the
+        command has completed already."""
         if not eng.running.acquire(False):
             self._count("busy_exec_writes")
             if started is not None:
@@ -551,7 +557,7 @@ class HermesDevice:
         if res is None:
             eng.request = req
             eng.exe = None
-            if started is not None and self._short_run(eng, req):
+            if started is not None and self._short_run(eng, req, watched):
                 self._serve(eng, started)
                 return True
             eng.go.release()
@@ -565,9 +571,10 @@ class HermesDevice:
             started(eng.index)
         return True
 
-    def _short_run(self, eng: _Engine, req: bytes) -> bool:
+    def _short_run(self, eng: _Engine, req: bytes, watched: bool = False) -> bool:
         """Whether the Run Program ``req`` (slots claimed) may run in the caller's thread: its
-        program is loaded already and a run of it is bounded small (``INLINE_WORK``). A cached
+        program is loaded already and a run of it is bounded small (``INLINE_WORK``), or its
+        host stops it at a deadline of its own (``watched``). A cached
         program found is kept in ``eng.exe`` for whichever thread runs the command, so the
         cache counts one lookup either way."""
         try:
@@ -581,8 +588,9 @@ class HermesDevice:
             if found is None:
                 return False   # loading may take long: the worker loads it
             eng.exe, (slots, calls) = found
-            if isinstance(eng.exe, int):
-                return True    # it failed to load: refused at once
+            if isinstance(eng.exe, int) or watched:
+                # failed to load: refused at once; a watched run may take as long as it needs
+                return True
             if ctx is None:
                 steps, window = self.budget, self.data_slot_size
             else:

@@ -328,11 +328,14 @@ class Commands:
             self._req_rest[engine] = rest
         ctrl = self._ctrl_at[engine]
         started = control.started if control is not None else _not_told
-        if timeout >= INLINE_MIN_TIMEOUT and t.execute(ctrl, engine, started):
+        inline = timeout >= INLINE_MIN_TIMEOUT
+        begun = time.monotonic() if inline else 0.0
+        if inline and t.execute(ctrl, engine, started, timeout):
             # Completed inside the call (an in-process device ran it in this thread): its
             # interrupt is pending already, and EHCMDDONE could not have been stale.
             fired = vector is None or t.irq_wait(vector, 0) or self.irq.wait(vector, timeout)
         else:
+            inline = False
             if timeout < INLINE_MIN_TIMEOUT:
                 t.write(_BAR0, ctrl, 1, 1)  # EHCMDEXEC
                 started(engine)
@@ -348,8 +351,8 @@ class Commands:
                 fired = self._poll_done(engine, timeout)
         if not fired:
             stopped, how = self._stop_command(engine)
-            if stopped and control is not None and control.timeout is not None:
-                return self._timed_out_run(engine, control)
+            if stopped:
+                return self._timed_out(engine, word0, timeout, control)
             what = (f"engine {engine}: command {word0 >> 16:#06x} (opcode {word0 & 0xFF:#04x}) "
                     f"did not complete within {timeout:g} s")
             raise DriverError(errno.ETIMEDOUT, f"{what}; {how}", engine=engine,
@@ -369,7 +372,13 @@ class Commands:
         if state != 0x0100:
             raise error(errno.EIO, f"engine {engine}: interrupt without completion (EHCMDEXEC "
                         f"{state & 0xFF}, EHCMDDONE {state >> 8 & 0xFF})")
-        return self._read_results(engine, control, got)
+        response = self._read_results(engine, control, got)
+        if (inline and response.status == regs.STATUS_ABORTED
+                and time.monotonic() - begun >= timeout):
+            # Run in this thread and stopped at the timeout by the transport (Transport.execute),
+            # as _stop_command stops a command run elsewhere.
+            return self._timed_out(engine, word0, timeout, control, response)
+        return response
 
     def _read_results(self, engine: int, control: RunControl | None,
                       got: list[bytes] | None = None) -> Response:
@@ -395,15 +404,23 @@ class Commands:
         return b"".join(t.read(_BAR0, offset + i, 8).to_bytes(8, "little")
                         for i in range(0, length, 8))[:length]
 
-    def _timed_out_run(self, engine: int, control: RunControl) -> Response:
-        """A run past its own timeout that the abort stopped: its response (a run that finished
-        as the abort arrived is simply returned), else ETIMEDOUT with the pc it stopped at."""
-        response = self._read_results(engine, control)
-        if response.status != regs.STATUS_ABORTED:
-            return response
-        raise DriverError(errno.ETIMEDOUT, f"the run exceeded its timeout of "
-                          f"{control.timeout:g} s and was aborted at pc {response.value}",
-                          response, engine=engine, command_stopped=True)
+    def _timed_out(self, engine: int, word0: int, timeout: float, control: RunControl | None,
+                   response: Response | None = None) -> Response:
+        """A command past its timeout that an abort stopped (the engine reads idle): ETIMEDOUT.
+        A run with a timeout of its own gets its response (a run that finished as the abort
+        arrived is simply returned) or the pc it stopped at; ``response``: read already."""
+        if control is not None and control.timeout is not None:
+            if response is None:
+                response = self._read_results(engine, control)
+            if response.status != regs.STATUS_ABORTED:
+                return response
+            raise DriverError(errno.ETIMEDOUT, f"the run exceeded its timeout of "
+                              f"{control.timeout:g} s and was aborted at pc {response.value}",
+                              response, engine=engine, command_stopped=True)
+        raise DriverError(errno.ETIMEDOUT, f"engine {engine}: command {word0 >> 16:#06x} (opcode "
+                          f"{word0 & 0xFF:#04x}) did not complete within {timeout:g} s; the "
+                          "command was aborted; the engine is idle", engine=engine,
+                          command_stopped=True)
 
     def _poll_done(self, engine: int, timeout: float) -> bool:
         deadline = time.monotonic() + timeout

@@ -58,6 +58,11 @@ _UCRED = struct.Struct("3i")   # struct ucred: pid, uid, gid
 
 
 _FAST = (P.REGION_READ, P.REGION_WRITE)
+#: Seconds a connection polls its socket for the client's next message before it sleeps: a
+#: driver's next access usually follows a reply within tens of microseconds, and a thread put to
+#: sleep in between costs as much again to wake (more on a virtual machine whose vCPU idles). It
+#: costs that much CPU after the last message of a burst, never while the client is quiet.
+RECEIVE_SPIN = 100e-6
 #: Longest BAR0 block access the register fast path serves (a request, a run context, a response).
 _BLOCK_MAX = 4096
 _ACCESS = P.REGION_ACCESS
@@ -98,7 +103,8 @@ class Connection:
         #: go out in one system call, once no further request is buffered (connection thread).
         self._pending: list[bytes] = []
         self._rx = P.Receiver(sock, max_fds=SERVER_MAX_MSG_FDS,
-                              stall_timeout=server.stall_timeout, stop=server.stop_requested)
+                              stall_timeout=server.stall_timeout, stop=server.stop_requested,
+                              spin=server.spin)
         self._thread: threading.Thread | None = None   # the thread running ``run``
         self.claimed = False                       # this connection holds the server's device
         self.closed = False
@@ -678,8 +684,11 @@ class Server:
     def __init__(self, path: str, function: VfioFunction, *, verbose: bool = False,
                  log_file: TextIO | None = None,
                  factory: Callable[[], VfioFunction] | None = None,
-                 socket_group: int | None = None, stall_timeout: float = P.STALL_TIMEOUT):
+                 socket_group: int | None = None, stall_timeout: float = P.STALL_TIMEOUT,
+                 spin: float = RECEIVE_SPIN):
         self.path = path
+        #: Seconds a connection polls for the client's next message before it sleeps.
+        self.spin = spin
         self.function = function
         self.factory = factory
         self._retiring: list[threading.Thread] = []
@@ -933,7 +942,7 @@ def _peer_groups(conn: socket.socket) -> list[int]:
 def serve(path: str, *, verbose: bool = False, log_file: TextIO | None = None,
           install_signals: bool = True, ready: Callable[[], None] | None = None,
           socket_group: int | None = None, stall_timeout: float = P.STALL_TIMEOUT,
-          device: str = "hermes", **device_kwargs: Any) -> None:
+          spin: float = RECEIVE_SPIN, device: str = "hermes", **device_kwargs: Any) -> None:
     """Build a device with ``device_kwargs`` and serve it at ``path`` until SIGINT/SIGTERM.
 
     ``device`` is ``"hermes"`` (a HermesDevice) or ``"nvme-cp"`` (the NVMe CP/SLM controller,
@@ -949,7 +958,7 @@ def serve(path: str, *, verbose: bool = False, log_file: TextIO | None = None,
         raise DeviceError(f"bad device option: {exc}") from None
     server = Server(path, function, verbose=verbose, log_file=log_file,
                     factory=lambda: make(**device_kwargs),
-                    socket_group=socket_group, stall_timeout=stall_timeout)
+                    socket_group=socket_group, stall_timeout=stall_timeout, spin=spin)
     try:
         server.bind()
     except BaseException:

@@ -106,12 +106,16 @@ class Transport(abc.ABC):
         for i in range(0, len(data), 4):
             self.write(bar, offset + i, 4, int.from_bytes(data[i:i + 4], "little"))
 
-    def execute(self, ctrl: int, engine: int, started: Callable[[int], None]) -> bool:
+    def execute(self, ctrl: int, engine: int, started: Callable[[int], None],
+                timeout: float | None = None) -> bool:
         """Start the command in engine ``engine``'s request registers for a host that waits for
         it at once: write 1 to its EHCMDEXEC (BAR0 offset ``ctrl``), then call
         ``started(engine)``. True when the command has completed by the return: the in-process
         transport may run a short command in the calling thread, calling ``started`` before it
-        begins (specs/device.md section 10). False: wait for its completion as usual."""
+        begins (specs/device.md section 10), and with ``timeout`` (the host's wait, in seconds)
+        a command of any length from a thread other than the main one, aborting it once
+        ``timeout`` has passed as the host would (the command then completes with status 0x07).
+        False: wait for its completion as usual."""
         self.write(0, ctrl, 1, 1)
         started(engine)
         return False

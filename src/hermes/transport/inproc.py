@@ -1,9 +1,12 @@
 """In-process transport: the driver talks to a HermesDevice model living in this Python process."""
 from __future__ import annotations
 
+import itertools
 import threading
+import time
 from collections.abc import Callable
 
+from .. import regs
 from ..device import HermesDevice, HostMemory
 from .base import DmaBuffer, Transport
 
@@ -53,6 +56,83 @@ class IrqCounter:
     def pending(self) -> int:
         """Interrupts posted and not consumed yet."""
         return self._count
+
+
+class Watchdog:
+    """Stops commands that run in their host's thread at the host's deadline, as the host itself
+    would after a timeout: by writing the engine's EHCMDABORT, from one daemon thread.
+
+    Rules:
+    * an armed deadline fires at most once, at most ``TICK`` seconds late;
+    * ``disarm`` returns only when no abort for its token can come any more (the abort is
+      written under the lock ``disarm`` takes), so a later command on that engine is never hit;
+    * the thread wakes every ``TICK`` while deadlines are armed, or were in the last ``IDLE``
+      seconds, and else sleeps until an ``arm`` wakes it: back-to-back commands cost no
+      thread wake-up each, an idle transport costs none at all.
+    """
+
+    TICK = 0.01
+    IDLE = 1.0
+
+    def __init__(self, abort: Callable[[int], None]) -> None:
+        self._abort = abort
+        self._cond = threading.Condition(threading.Lock())
+        self._armed: dict[int, tuple[float, int]] = {}
+        self._tokens = itertools.count()
+        self._last = 0.0
+        self._sleeping = True   # the thread waits without a timeout, or is not started yet
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def arm(self, engine: int, timeout: float) -> int:
+        """Abort ``engine``'s command once ``timeout`` seconds have passed, unless disarmed
+        first; returns the token for ``disarm``."""
+        now = time.monotonic()
+        with self._cond:
+            token = next(self._tokens)
+            self._armed[token] = (now + timeout, engine)
+            self._last = now
+            if self._sleeping and not self._closed:
+                self._sleeping = False
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._loop, daemon=True,
+                                                    name="hermes-inproc-watchdog")
+                    self._thread.start()
+                else:
+                    self._cond.notify()
+        return token
+
+    def disarm(self, token: int) -> None:
+        """Forget the deadline of ``token`` (one that has fired already: nothing to do)."""
+        with self._cond:
+            self._armed.pop(token, None)
+
+    def close(self) -> None:
+        """Stop the thread (deadlines still armed never fire). Idempotent."""
+        with self._cond:
+            self._closed = True
+            self._armed.clear()
+            self._cond.notify()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(1.0)
+
+    def _loop(self) -> None:
+        with self._cond:
+            while not self._closed:
+                now = time.monotonic()
+                for token, (deadline, engine) in list(self._armed.items()):
+                    if now >= deadline:
+                        del self._armed[token]
+                        try:
+                            self._abort(engine)
+                        except Exception:   # noqa: S110 - a closed device has nothing to stop
+                            pass
+                if not self._armed and now - self._last > self.IDLE:
+                    self._sleeping = True
+                    self._cond.wait()
+                else:
+                    self._cond.wait(self.TICK)
 
 
 class InProcDmaBuffer(DmaBuffer):
@@ -118,6 +198,8 @@ class InProcessTransport(Transport):
         # The Hermes model runs a short command in the thread that waits for it (no hand-off to
         # its engine thread and back); a model without ``exec_inline`` gets the plain write.
         self._execute = getattr(device, "exec_inline", None)
+        self._watchdog = Watchdog(self._abort)
+        self._main = threading.main_thread()
         block = getattr(device, "bar_read_block", None)
         if block is not None:
             self.read_block = block  # type: ignore[method-assign]
@@ -154,13 +236,26 @@ class InProcessTransport(Transport):
         """Write a BAR register (see ``HermesDevice.bar_write``)."""
         self.device.bar_write(bar, offset, size, value)
 
-    def execute(self, ctrl: int, engine: int, started: Callable[[int], None]) -> bool:
-        """Start engine ``engine``'s command; the device's ``exec_inline`` may run a short one to
-        completion here, in the caller's thread (see ``Transport.execute``)."""
+    def execute(self, ctrl: int, engine: int, started: Callable[[int], None],
+                timeout: float | None = None) -> bool:
+        """Start engine ``engine``'s command; the device's ``exec_inline`` may run it to
+        completion here, in the caller's thread (see ``Transport.execute``): a short one, or,
+        with ``timeout`` from a thread other than the main one (which alone takes Ctrl-C), any
+        run of a cached program, which the watchdog aborts once ``timeout`` has passed."""
         run = self._execute
         if run is None:
-            return super().execute(ctrl, engine, started)
-        return run(engine, started)
+            return super().execute(ctrl, engine, started, timeout)
+        if timeout is None or threading.current_thread() is self._main:
+            return run(engine, started)
+        token = self._watchdog.arm(engine, timeout)
+        try:
+            return run(engine, started, True)
+        finally:
+            self._watchdog.disarm(token)
+
+    def _abort(self, engine: int) -> None:
+        """The watchdog's EHCMDABORT write: what the driver writes after a timeout."""
+        self.device.bar_write(regs.BAR_REGS, regs.cmdctrl(engine) + regs.EHCMDABORT, 1, 1)
 
     def map_bar(self, bar: int) -> memoryview | None:
         """BAR4 is directly mapped (the device's memoryview); other BARs are not."""
@@ -241,6 +336,7 @@ class InProcessTransport(Transport):
                 return
             self._closed = True
             buffers = list(self._buffers.values())
+        self._watchdog.close()
         for buf in buffers:
             buf.free()
         self.device.set_irq_handler(None)

@@ -31,6 +31,10 @@ _ACCESS = P.REGION_ACCESS
 _HEADER = P.HEADER
 #: Posted writes queued before they are sent anyway.
 POSTED_BATCH = 16
+#: Seconds the client polls for a reply before it sleeps in the receive: the server answers a
+#: register access or a short Run Program within tens of microseconds, about what waking a
+#: sleeping thread costs (more on a virtual machine whose vCPU idles meanwhile).
+REPLY_SPIN = 100e-6
 #: Seconds the server may take to answer one message. A healthy server answers in microseconds
 #: (its session thread runs only programs bounded to about 1.5 ms, inside their start), so this
 #: only has to absorb scheduling delays.
@@ -87,6 +91,8 @@ class VfioUserTransport(PciTransport):
         self.timeout = check_seconds("timeout", timeout)
         self.connect_timeout = check_seconds("connect_timeout", connect_timeout)
         self.dma_fds = dma_fds
+        #: Seconds to poll for a reply before sleeping in the receive (0: sleep at once).
+        self.reply_spin = REPLY_SPIN
         self._lock = threading.Lock()          # one request/reply exchange at a time
         self._posted: list[bytes] = []         # posted writes not sent yet
         #: (thread id, {(offset, length): bytes}) of BAR0 reads that ``execute`` sent with a
@@ -353,6 +359,8 @@ class VfioUserTransport(PciTransport):
         timeout) saves the poll of ``_recv_exact`` on the register hot path."""
         if self._probe is not None or self._open_deadline is not None:
             return bytes(self._recv_exact(n, deadline))
+        if self.reply_spin:
+            P.spin_for(self.sock, self.reply_spin)
         try:
             data = self.sock.recv(n, socket.MSG_WAITALL)
         except BlockingIOError:   # SO_RCVTIMEO expired with nothing received
@@ -516,6 +524,8 @@ class VfioUserTransport(PciTransport):
         want = 0
         for _, count in reads:
             want += 32 + count
+        if self.reply_spin:
+            P.spin_for(self.sock, self.reply_spin)
         try:
             seen = self.sock.recv(want, socket.MSG_PEEK)
         except BlockingIOError:   # SO_RCVTIMEO expired with nothing received
@@ -768,7 +778,8 @@ class VfioUserTransport(PciTransport):
         self._kept = None
         return got
 
-    def execute(self, ctrl: int, engine: int, started: Callable[[int], None]) -> bool:
+    def execute(self, ctrl: int, engine: int, started: Callable[[int], None],
+                timeout: float | None = None) -> bool:
         """Start engine ``engine``'s command for a host that waits for it: the posted request
         writes, the EXEC write and reads of the engine's state and response (and of whatever
         else the host read after its last start there, a run context's OUT fields) go in one
@@ -777,9 +788,10 @@ class VfioUserTransport(PciTransport):
         when the state read shows the command completed; then the data read is kept for this
         thread's next ``read``/``read_many`` of it, which sends nothing, until any message goes
         to the server: the registers of an engine whose command has completed change only
-        through the host's messages. False (the command runs on): nothing is kept."""
+        through the host's messages. False (the command runs on): nothing is kept. ``timeout``
+        changes nothing here: the server runs only short commands inside the start."""
         if 0 in self._maps:
-            return super().execute(ctrl, engine, started)
+            return super().execute(ctrl, engine, started, timeout)
         self.write(0, ctrl, 1, 1)
         started(engine)
         reads = self._after_start.get(ctrl) or [(ctrl, 2), (regs.cmdres(engine),
