@@ -56,6 +56,12 @@ def test_response_round_trip(cmd_id, status, value, reserved):
     assert R.Response.parse(raw) == response and response.raw == raw
 
 
+@given(st.integers(0, (1 << 20) - 1), st.integers(0, 1023), st.integers(0, (1 << 70) - 1))
+def test_response_fast_form_is_the_pack_of_its_fields(cmd_id, status, value):
+    assert R.Response.pack_fields(cmd_id, status, value) == R.Response(cmd_id, status,
+                                                                       value).pack()
+
+
 def test_response_error_fields():
     response = R.Response(7, R.STATUS_EBPF_ERROR, R.ErrorKind.BUDGET.pack(12))
     assert response.status_name == "eBPF error"
@@ -194,6 +200,8 @@ def test_run_context_out_fault_flags():
 def test_layout_wraps_integers_and_refuses_overlaps():
     layout = R.Layout(0, 8, (("a", 0, 4), ("b", 4, 2)))
     assert layout.pack(1 << 32 | 5, 7) == bytes((5, 0, 0, 0, 7, 0, 0, 0))
+    assert layout.pack(-1, 1 << 16 | 3) == bytes((255, 255, 255, 255, 3, 0, 0, 0))
+    assert layout.pack(5, 7) == bytes((5, 0, 0, 0, 7, 0, 0, 0))
     assert layout.overflowing(1 << 32, 7) == ["a"]
     with pytest.raises(ValueError, match="overlaps"):
         R.Layout(0, 8, (("a", 0, 4), ("b", 2, 2)))

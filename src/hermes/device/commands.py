@@ -19,7 +19,7 @@ SHORT_KEY = 512
 
 def response(command_id: int, status: int, value: int = 0) -> bytes:
     """The 16-byte command response: id, status, reserved bytes, then the 64-bit value."""
-    return R.Response(command_id, status, value).pack()
+    return R.Response.pack_fields(command_id, status, value)
 
 
 #: ``out_fields(instructions, output_len, trace_len, run_ns, fault_address, fault_size,

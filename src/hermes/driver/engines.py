@@ -47,6 +47,9 @@ class RunControl:
     printed text; ``timeout`` is the run's own timeout (None: the driver's).
     """
 
+    __slots__ = ("_commands", "_lock", "aborted", "ctx", "done", "engine", "last_engine", "out",
+                 "stopped", "timeout", "trace")
+
     def __init__(self, commands: Commands, ctx: tuple[int, ...] | None = None,
                  timeout: float | None = None):
         self._commands = commands

@@ -14,6 +14,8 @@ class Cancel:
     use a fresh ``Cancel`` for the next run.
     """
 
+    __slots__ = ("_hooks", "_lock", "_next", "_set")
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._set = False

@@ -105,10 +105,12 @@ class _Run:
         self.rs: RunState | None = None
         _runs[self.addr] = weakref.ref(self, functools.partial(_forget, self.addr))
 
-    def stop(self, cancel: Cancel) -> None:
-        """Cancellation hook: zero the budget if this state still runs for ``cancel``."""
+    def stop(self) -> None:
+        """Cancellation hook: zero the budget if the run in progress has its flag set (a hook
+        of an earlier run's flag, called late, finds this run's flag unset or none)."""
         with self.lock:
-            if self.cancel is cancel:
+            cancel = self.cancel
+            if cancel is not None and cancel.is_set():
                 # the native code reads the budget at every block and loop chunk
                 self.ctx.budget = 0
 
@@ -515,7 +517,7 @@ class JitExecutable:
                 limit = _KEEP_BUDGET
                 # A zero budget stops the native code at its next block or loop chunk, and the
                 # budget error it records is reported as the cancellation.
-                watch = cancel.watch(functools.partial(st.stop, cancel))
+                watch = cancel.watch(st.stop)
             fn = self.compiled.entry  # read once: the code it belongs to lives while fn does
             entry = self._entry
             if entry[0] is not fn:
