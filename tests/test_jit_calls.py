@@ -145,9 +145,13 @@ def test_a_late_cancellation_hook_does_not_stop_a_later_run():
     flag = Cancel()
     assert exe.run(cancel=flag).return_value == 5
     state = exe._free[-1]
-    state.stop(flag)  # as a hook that fires after its run ended
+    flag.set()
+    state.stop()  # as the flag's hook firing after its run ended
     assert exe.run().return_value == 5
     other = Cancel()
+    state.cancel = other
+    state.stop()  # ... or while a later run of the state watches another flag, still unset
+    state.cancel = None
     assert exe.run(cancel=other).return_value == 5
 
 
