@@ -45,7 +45,9 @@ DEFAULT_CONNECT_TIMEOUT = 10.0
 #: still answers, so a stopped server fails the wait within the reply timeout plus this.
 PROBE_INTERVAL = 0.1
 _HANGUP = select.POLLRDHUP | select.POLLHUP | select.POLLERR | select.POLLNVAL
-_DONTWAIT = socket.MSG_DONTWAIT
+_DONTWAIT = int(socket.MSG_DONTWAIT)
+_PEEK = int(socket.MSG_PEEK)
+_WAITALL = int(socket.MSG_WAITALL)
 _SIZES = (1, 2, 4, 8)
 _MASKS = {n: (1 << (8 * n)) - 1 for n in _SIZES}
 #: An engine's EHCMDEXEC and EHCMDDONE bytes (a 2-byte read of its control) once its command has
@@ -362,7 +364,7 @@ class VfioUserTransport(PciTransport):
         if self.reply_spin:
             P.spin_for(self.sock, self.reply_spin)
         try:
-            data = self.sock.recv(n, socket.MSG_WAITALL)
+            data = self.sock.recv(n, _WAITALL)
         except BlockingIOError:   # SO_RCVTIMEO expired with nothing received
             raise TimeoutError(self._limit()) from None
         if len(data) == n:
@@ -527,7 +529,7 @@ class VfioUserTransport(PciTransport):
         if self.reply_spin:
             P.spin_for(self.sock, self.reply_spin)
         try:
-            seen = self.sock.recv(want, socket.MSG_PEEK)
+            seen = self.sock.recv(want, _PEEK)
         except BlockingIOError:   # SO_RCVTIMEO expired with nothing received
             raise TimeoutError(self._limit()) from None
         if not seen:

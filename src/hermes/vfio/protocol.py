@@ -18,6 +18,10 @@ from dataclasses import dataclass, field
 
 from . import uapi
 
+# --- socket flags as plain ints (arithmetic on the socket module's enums runs Python code) -----
+_PEEK_NOW = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)
+_CTRUNC = int(socket.MSG_CTRUNC)
+
 # --- header ------------------------------------------------------------------------------------
 HEADER = struct.Struct("<HHIII")   #: msg_id, cmd, msg_size, flags, error_no
 HEADER_SIZE = HEADER.size
@@ -108,7 +112,7 @@ class RemoteError(OSError):
     """The peer answered a command with an error reply (``errno`` set from the reply)."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Message:
     """One framed message: header fields, payload bytes and the fds that travelled with it."""
 
@@ -318,7 +322,7 @@ def recv_header(sock: socket.socket, max_fds: int = MAX_FDS_ACCEPTED
                 arr = array.array("i")
                 arr.frombytes(data[:len(data) - len(data) % 4])
                 fds.extend(arr)
-        if mflags & socket.MSG_CTRUNC:
+        if mflags & _CTRUNC:
             # Too many fds: close what arrived and let the caller reject the message.
             close_fds(fds)
             fds = [-1]
@@ -399,7 +403,6 @@ def describe(msg: Message) -> str:
     return f"{kind} {msg.name} id={msg.msg_id} size={size}{extra}{fds}{err}"
 
 
-_PEEK_NOW = socket.MSG_PEEK | socket.MSG_DONTWAIT
 
 
 def spin_for(sock: socket.socket, seconds: float) -> None:
@@ -461,7 +464,7 @@ class Receiver:
                 arr = array.array("i")
                 arr.frombytes(data[:len(data) - len(data) % 4])
                 fds.extend(arr)
-        if mflags & socket.MSG_CTRUNC:
+        if mflags & _CTRUNC:
             close_fds(fds)
             fds = [-1]
         if n == 0:
