@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import random
 import threading
 import time
 
@@ -209,6 +210,56 @@ def test_an_idle_watchdog_sleeps_and_wakes_for_the_next_deadline():
         assert fired == [2]   # a disarmed deadline never fires
     finally:
         dog.close()
+
+
+@pytest.mark.volume
+@pytest.mark.parametrize("executor", ["jit", "interp"])
+def test_timeouts_and_cancels_in_host_threads_never_reach_other_commands(executor):
+    # Four threads mix short runs with long ones that time out or are cancelled, on two
+    # engines: every short run still answers (no late abort hits it), every long one stops.
+    device = HermesDevice(engines=2, executor=executor)
+    drv = hermes.driver.attach(device, timeout=0.5)
+    wrong: list[str] = []
+    stopped: list[int] = []
+
+    def host(seed: int) -> None:
+        rng = random.Random(seed)
+        with drv.open() as looping, drv.open() as short:
+            looping.download_program(LOOP)
+            looping.pwrite(bytes(8), 0)
+            short.download_program(RET7)
+            short.pwrite(bytes(8), 0)
+            end = time.monotonic() + 4
+            while time.monotonic() < end:
+                k = rng.random()
+                try:
+                    if k < 0.1:
+                        looping.run_ex(RunArgs(8, 8, budget=ENDLESS_BUDGET))
+                        wrong.append("an endless run finished")
+                    elif k < 0.15:
+                        flag = hermes.engine.Cancel()
+                        threading.Timer(rng.random() * 0.05, flag.set).start()
+                        looping.run_ex(RunArgs(8, 8, budget=ENDLESS_BUDGET), cancel=flag)
+                        wrong.append("a cancelled endless run finished")
+                    elif short.run() != 7:
+                        wrong.append("a short run returned another r0")
+                except OSError as exc:
+                    if k >= 0.15:
+                        wrong.append(f"a short run failed: {exc}")
+                    stopped.append(exc.errno)
+
+    try:
+        threads = [threading.Thread(target=host, args=(n,)) for n in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not wrong, wrong[:5]
+        assert stopped and set(stopped) <= {errno.ETIMEDOUT, errno.ECANCELED}
+        assert device.busy_slots() == ([], [])
+    finally:
+        drv.close()
+        device.close(abort=True)
 
 
 def _outcomes(inline: bool) -> tuple[list, dict, bytes]:
