@@ -356,11 +356,12 @@ class Layout:
         bits its field holds, as a register does."""
         if len(values) != len(self._masks):
             raise ValueError(f"{len(values)} values for {len(self._masks)} fields")
-        if self._ints:  # (on the path of every command: values in range need no masking)
-            try:
-                return self._struct.pack(*values)
-            except struct.error:
-                return self._struct.pack(*map(operator.and_, values, self._masks))
+        try:  # on the path of every command: values in range need no masking
+            return self._struct.pack(*values)
+        except struct.error:
+            pass
+        if self._ints:
+            return self._struct.pack(*map(operator.and_, values, self._masks))
         return self._struct.pack(*(v if m is None else v & m  # type: ignore[operator]
                                    for v, m in zip(values, self._masks, strict=True)))
 
@@ -377,8 +378,6 @@ class Layout:
 # --- the 16-byte command response ------------------------------------------------------------
 _RESPONSE = Layout(0, EHCMDRES_LEN, (("cmd_id", 0, 2), ("status", 2, 1), ("reserved", 3, "5s"),
                                      ("value", 8, 8)))
-#: The same bytes with the reserved ones 0 (every response a device sends): one C-level pack.
-_RESPONSE_PLAIN = struct.Struct("<HB5xQ")
 
 
 class Response(NamedTuple):
@@ -405,7 +404,7 @@ class Response(NamedTuple):
     def pack_fields(cmd_id: int, status: int, value: int = 0) -> bytes:
         """What ``Response(cmd_id, status, value).pack()`` gives (reserved bytes 0), without
         the tuple: the fast form for the device's every completion."""
-        return _RESPONSE_PLAIN.pack(cmd_id & 0xFFFF, status & 0xFF, value & 0xFFFF_FFFF_FFFF_FFFF)
+        return _RESPONSE.pack(cmd_id, status, b"", value)
 
     @classmethod
     def parse(cls, raw: BytesLike) -> Response:

@@ -29,6 +29,16 @@ _REQ_WORDS = struct.Struct("<QQQQ")
 _TRACE_LEN_AT = regs.CTX_TRACE_LEN - regs.CTX_INSNS
 
 
+#: How a command past its timeout ended when an abort stopped it.
+_ABORTED_IDLE = "the command was aborted; the engine is idle"
+
+
+def _late(engine: int, word0: int, timeout: float) -> str:
+    """The start of a timeout's message: which command on which engine, and the timeout."""
+    return (f"engine {engine}: command {word0 >> 16:#06x} (opcode {word0 & 0xFF:#04x}) did not "
+            f"complete within {timeout:g} s")
+
+
 def _not_told(engine: int) -> None:
     """``started`` of a command that no ``RunControl`` follows."""
 
@@ -355,11 +365,9 @@ class Commands:
         if not fired:
             stopped, how = self._stop_command(engine)
             if stopped:
-                return self._timed_out(engine, word0, timeout, control)
-            what = (f"engine {engine}: command {word0 >> 16:#06x} (opcode {word0 & 0xFF:#04x}) "
-                    f"did not complete within {timeout:g} s")
-            raise DriverError(errno.ETIMEDOUT, f"{what}; {how}", engine=engine,
-                              command_stopped=stopped)
+                return self._timed_out(engine, word0, timeout, control, how)
+            raise DriverError(errno.ETIMEDOUT, f"{_late(engine, word0, timeout)}; {how}",
+                              engine=engine, command_stopped=stopped)
         got = None
         if self._many_reads:
             # State, response (and a run context's OUT fields) in one exchange: BAR0 reads have
@@ -380,7 +388,7 @@ class Commands:
                 and time.monotonic() - begun >= timeout):
             # Run in this thread and stopped at the timeout by the transport (Transport.execute),
             # as _stop_command stops a command run elsewhere.
-            return self._timed_out(engine, word0, timeout, control, response)
+            return self._timed_out(engine, word0, timeout, control, _ABORTED_IDLE, response)
         return response
 
     def _read_results(self, engine: int, control: RunControl | None,
@@ -408,10 +416,11 @@ class Commands:
                         for i in range(0, length, 8))[:length]
 
     def _timed_out(self, engine: int, word0: int, timeout: float, control: RunControl | None,
-                   response: Response | None = None) -> Response:
-        """A command past its timeout that an abort stopped (the engine reads idle): ETIMEDOUT.
-        A run with a timeout of its own gets its response (a run that finished as the abort
-        arrived is simply returned) or the pc it stopped at; ``response``: read already."""
+                   how: str, response: Response | None = None) -> Response:
+        """A command past its timeout whose engine reads idle again (``how`` says why):
+        ETIMEDOUT. A run with a timeout of its own gets its response (a run that finished as
+        the abort arrived is simply returned) or the pc it stopped at; ``response``: read
+        already."""
         if control is not None and control.timeout is not None:
             if response is None:
                 response = self._read_results(engine, control)
@@ -420,10 +429,8 @@ class Commands:
             raise DriverError(errno.ETIMEDOUT, f"the run exceeded its timeout of "
                               f"{control.timeout:g} s and was aborted at pc {response.value}",
                               response, engine=engine, command_stopped=True)
-        raise DriverError(errno.ETIMEDOUT, f"engine {engine}: command {word0 >> 16:#06x} (opcode "
-                          f"{word0 & 0xFF:#04x}) did not complete within {timeout:g} s; the "
-                          "command was aborted; the engine is idle", engine=engine,
-                          command_stopped=True)
+        raise DriverError(errno.ETIMEDOUT, f"{_late(engine, word0, timeout)}; {how}",
+                          engine=engine, command_stopped=True)
 
     def _poll_done(self, engine: int, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -455,7 +462,7 @@ class Commands:
                 delay = min(delay * 2, 0.01)
             else:
                 self.irq.clear_engine(engine)   # the aborted command's completion interrupt
-                return True, ("the command was aborted; the engine is idle" if can_abort else
+                return True, (_ABORTED_IDLE if can_abort else
                               "the command has finished since; the engine is idle")
         except OSError as exc:
             return False, f"the engine could not be checked ({exc})"

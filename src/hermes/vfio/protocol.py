@@ -403,8 +403,6 @@ def describe(msg: Message) -> str:
     return f"{kind} {msg.name} id={msg.msg_id} size={size}{extra}{fds}{err}"
 
 
-
-
 def spin_for(sock: socket.socket, seconds: float) -> None:
     """Poll ``sock`` without sleeping until a byte (or the end of the stream) can be read, for
     at most ``seconds``; the read that follows then finds it without blocking."""
