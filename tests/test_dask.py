@@ -32,7 +32,9 @@ DEVICES = [("emu", {"engines": 2, "data_slot_size": SLOT}),
            ("cpu", {"engines": 1, "data_slot_size": SLOT})]
 
 #: r0 = the number of '\n' in the input; then r3 (argument 0) rounds of a spin loop, so a test
-#: can make each piece take long enough to kill a worker in the middle of a job.
+#: can make each piece take long enough to kill a worker in the middle of a job. Each round
+#: divides by a value the previous round made and stores the sum's low byte to the input's first
+#: byte: no compiler can drop or shorten the rounds (a loop with no observable effect, it may).
 NEWLINES = """
     mov r0, 0
     mov r6, 0
@@ -47,9 +49,19 @@ skip:
     add r6, 1
     ja next
 spin:
+    mov r9, 1
+round:
     jeq r3, 0, done
+    mov r4, -1
+    mov r5, r9
+    or r5, 1
+    div r4, r5
+    add r9, r4
+    jeq r2, 0, counted
+    stxb [r1], r9
+counted:
     sub r3, 1
-    ja spin
+    ja round
 done:
     exit
 """
@@ -324,7 +336,7 @@ def test_bad_input_is_refused_before_anything_runs(client, program, tmp_path):
 
 def test_killing_a_worker_mid_job_gives_the_local_result(client, program, local, textfile):
     """The dead worker's pieces run again elsewhere; each piece is counted once."""
-    spin = (2_000_000,)  # each piece spins a while, so the job is still running at the kill
+    spin = (5_000_000,)  # each piece spins a while, so the job is still running at the kill
     want = local_run(local, program, textfile, delimiter=b"\n", read=0)
     job = hd.submit(program, textfile, client=client, delimiter=b"\n", read=0, args=spin,
                     resource="hermes-emu", batch=2)
@@ -352,7 +364,7 @@ def test_a_vanished_device_is_reported_and_its_pieces_run_elsewhere(client, prog
     lost, other = workers_of(client)
     try:
         job = hd.submit(program, textfile, client=client, delimiter=b"\n", read=0,
-                        args=(1_000_000,), workers=[lost], resource="hermes-emu", batch=2)
+                        args=(5_000_000,), workers=[lost], resource="hermes-emu", batch=2)
         deadline = time.monotonic() + 30
         while not any(f.done() for f in job.futures) and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -399,7 +411,7 @@ def test_a_killed_vfio_user_server_is_a_lost_device(program, textfile):
                 distributed.Client(cluster) as c:
             c.register_plugin(hd.HermesPlugin([(spec, {"timeout": 5})]))
             job = hd.submit(program, textfile, client=c, delimiter=b"\n", read=0,
-                            args=(300_000,), batch=2)
+                            args=(2_000_000,), batch=2)
             deadline = time.monotonic() + 30
             while not any(f.done() for f in job.futures) and time.monotonic() < deadline:
                 time.sleep(0.05)
