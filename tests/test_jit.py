@@ -807,3 +807,121 @@ def test_unrolled_chains_with_wrapped_tests(start, off, bound):
     mem[0:8] = (30).to_bytes(8, "little")
     mem[1032:] = bytes((i * 53) & 255 for i in range(1300 - 1032))
     _every_budget(asm(text), bytes(mem), range(1, 500, 3))
+
+
+# insertion sort's inner loop: a walk down by 4 that leaves in the middle of an iteration on the
+# data or at its exit test on the IV; ``{lo}`` (below the slot when negative) is where it stops
+_SORT = """
+    mov r9, r1
+    add r9, {lo}
+    mov r3, r2
+    rsh r3, 2
+    mov r5, 1
+    jge r5, r3, done
+outer:
+    mov r6, r5
+    lsh r6, 2
+    add r6, r1
+    ldxw r7, [r6+0]
+inner:
+    jle r6, r9, place
+    ldxw r8, [r6-4]
+    jle r8, r7, place
+    stxw [r6+0], r8
+    sub r6, 4
+    ja inner
+place:
+    stxw [r6+0], r7
+    add r5, 1
+    jlt r5, r3, outer
+done:
+    ldxw r0, [r1+0]
+    exit
+"""
+
+
+def test_fast_copies_without_a_count_are_chosen_where_every_iteration_is_alike(monkeypatch):
+    """The count comes from an IV when all iterations have one length and nothing but the
+    loop's exits needs it; the filter loop's paths differ, so it keeps its count."""
+    plans = _loop_plans(assemble_program(_SORT.format(lo=0)), monkeypatch)
+    assert [p.counter for p in plans.values()] == [(6, -4)]
+    (plan,) = _loop_plans(assemble_program(_CHAIN.format(past=0, latch="ja loop")),
+                          monkeypatch).values()
+    assert plan.counter == (5, 1) and plan.unroll > 1
+    (plan,) = _loop_plans(assemble_program(_ROTATED_FILTER), monkeypatch).values()
+    assert plan.counter is None
+    # a helper call needs the count inside the copy
+    text = "mov r6, r1\nmov r7, 0\nloop:\nldxb r1, [r6]\ncall 0\nadd r6, 1\nadd r7, 1\n" \
+           "jlt r7, 9, loop\nexit"
+    assert all(p.counter is None for p in _loop_plans(assemble_program(text),
+                                                      monkeypatch).values())
+
+
+@pytest.mark.parametrize("lo, n", [(0, 14), (0, 3), (-8, 14), (-4, 9), (4, 12)])
+def test_sort_walks_without_a_count_match_at_every_budget(lo, n):
+    """Exits on the data in the middle of an iteration, at the IV's test, and (``lo`` below
+    the slot) a fault at the exact iteration, with every budget."""
+    rng = random.Random(n * 7 + lo)
+    mem = b"".join(rng.randrange(1 << 32).to_bytes(4, "little") for _ in range(n))
+    _every_budget(asm(_SORT.format(lo=lo)), mem, range(1, 8 * n * n + 40))
+
+
+@pytest.mark.parametrize("counter, size", [("", 40), ("", 200), ("add r3, 1\njne r3, 0", 200),
+                                           ("add r3, 1\njne r3, 0", 60)])
+def test_walks_by_odd_strides_and_wrapping_counters_match_at_every_budget(counter, size):
+    """A stride of 12 (the iteration count is a division, not a shift) and a counter that
+    wraps through zero (its last value is found modulo 2**64)."""
+    latch = counter or "jlt r5, r6"
+    text = (f"mov r0, 0\nmov r5, r1\nmov r6, r1\nadd r6, 160\nmov r3, -11\nloop:\n"
+            f"ldxw r4, [r5+4]\nadd r0, r4\nadd r5, 12\n{latch}, loop\nexit")
+    mem = bytes((i * 29) & 255 for i in range(size))
+    _every_budget(asm(text), mem, range(1, 90))
+
+
+# range filters: ``if (a || b) skip`` in its shapes (the second test's target to the skip path
+# taken or fallen through, the first test reaching the second by a jump or by falling through)
+_EITHER = {
+    "both taken": "jlt r8, 8, next\njge r8, 30, next\nstxb [r7], r8\nadd r7, 1\nadd r0, 1\n"
+                  "next:\nadd r6, 1\njlt r6, r3, loop\nexit",
+    "second falls": "jlt r8, 8, next\njlt r8, 30, keep\nnext:\nadd r6, 1\njlt r6, r3, loop\n"
+                    "exit\nkeep:\nstxb [r7], r8\nadd r7, 1\nadd r0, 1\nja next",
+    "first jumps": "jge r8, 8, second\nnext:\nadd r6, 1\njlt r6, r3, loop\nexit\nsecond:\n"
+                   "jge r8, 30, next\nstxb [r7], r8\nadd r7, 1\nadd r0, 1\nja next",
+}
+
+
+@pytest.mark.parametrize("shape", sorted(_EITHER))
+@pytest.mark.parametrize("end", [40, 43])
+def test_range_filters_as_one_branch_match_at_every_budget(shape, end):
+    """The fast copy tests ``a || b`` at once and counts the second test's instruction only
+    when it ran; every budget, and (``end`` past the slot) the load faulting in the end."""
+    text = (f"mov r0, 0\nmov r6, r1\nmov r7, r1\nmov r3, r1\nadd r3, {end}\nloop:\n"
+            f"ldxb r8, [r6]\n{_EITHER[shape]}")
+    mem = bytes((k * 7) % 41 for k in range(40))
+    _every_budget(asm(text), mem, range(1, 8 * end + 20))
+
+
+def test_dead_code_falling_into_a_loop_keeps_the_count(monkeypatch):
+    """A dead block that falls into a loop belongs to its body but not to its analysis (found
+    by the fuzzer): such a copy keeps its count."""
+    text = ("mov r0, 0\nmov r5, 0\nmov r8, r1\nadd r8, 3\nmov r9, 8\nja L1\nL2:\nadd r8, 3\n"
+            "sub r9, 1\njne r9, 0, L1\nmov r0, 1\nexit\nL1:\nstw [r8+0], -98\n"
+            "jsgt r5, -20, L4\nexit\n"
+            "mov r7, r1\nadd r7, 10\nstb [r7-9], 77\nL4:\nja L2")
+    assert all(p.counter is None
+               for p in _loop_plans(assemble_program(text), monkeypatch).values())
+    _every_budget(asm(text), bytes(40), range(1, 60))
+    _every_budget(asm(text), bytes(20), range(1, 60))
+
+
+def test_register_only_loops_without_a_count_stay_loops():
+    """A copy that only computes registers has a closed form LLVM would use instead: the run
+    of a loop meant to go on until it is stopped must take its time (the contract's cancel
+    and timeout tests)."""
+    from hermes.engine.jit.runtime import optimised_ir
+    from hermes.engine.verifier import verify
+    p = asm("mov r0, 0\nloop:\nadd r0, 1\nja loop")
+    assert 'asm sideeffect ""' in optimised_ir(p, verify(p, CONFORMANCE_HELPERS))
+    for budget in (1, 2, 3, 17, 1000):
+        a, b = both(p, b"", budget)
+        assert a == b

@@ -63,6 +63,14 @@ class LoopPlan:
     #: instructions of the shortest iteration (header back to header); the fast copy bounds its
     #: iterations through the instruction count instead of a separate down-counter
     uniform: int | None = None
+    #: (iv, step) when the fast copy keeps no count: every iteration runs the same number of
+    #: instructions, ``iv`` moves by exactly ``step`` in each, and the copy can only leave
+    #: through its exits (no unproven access, call or ``exit``), so the count at an exit is
+    #: the count at the dispatch plus whole iterations (read from ``iv``) plus ``at_end``
+    counter: tuple[int, int] | None = None
+    #: with ``counter``: per block, (instructions from the header's start to the block's end,
+    #: ``iv``'s change from the header to the block's end) in one iteration
+    at_end: dict[int, tuple[int, int]] = field(default_factory=dict)
 
 
 def _constant_step(insn: Insn) -> bool:
@@ -349,7 +357,43 @@ def _plan(insns, h, body, succ, ends, stack_safe) -> LoopPlan | None:
     # the shortest iteration: n iterations add at least n * shortest to the count, so a limit on
     # the count bounds the number of iterations (exactly so when all iterations are equal)
     uniform = min(x[0] for x in backs) if backs else None
-    return LoopPlan(h, set(body), longest[h], inc, accesses, unroll, chain, tests, uniform)
+    plan = LoopPlan(h, set(body), longest[h], inc, accesses, unroll, chain, tests, uniform)
+    _counter(plan, insns, order, succ, ends, dist, term_partial, stack_safe)
+    return plan
+
+
+def _counter(plan: LoopPlan, insns, order, succ, ends, dist, term_partial, stack_safe) -> None:
+    """Set ``plan.counter`` and ``plan.at_end`` when the fast copy can do without a count.
+
+    Every path through an iteration must have the same length (so whole iterations say the
+    count), an IV must move by the same step in each (so its value says how many whole
+    iterations ran) with a fixed partial change at every block end, and nothing in the copy
+    may need the count before it leaves the copy: no unproven or atomic access (slow path),
+    no call and no ``exit``.
+    """
+    if plan.uniform is None or any(dist[b][0] != dist[b][1] for b in order):
+        return
+    if len(order) != len(plan.body):
+        return  # a dead block falls into the loop: the analysis never walked it
+    if any(dist[b][1] != plan.uniform for b in order if plan.header in succ[b]):
+        return
+    for b in order:
+        for i in range(b, ends[b]):
+            insn = insns[i]
+            if insn is None:
+                continue
+            op = insn.op
+            if op.is_call or op.is_exit or op.mem_base is not None and i not in stack_safe and (
+                    op.is_atomic or i not in plan.accesses):
+                return
+    steps = [(abs(lo), r, lo) for r, (lo, hi) in plan.inc.items() if lo == hi and lo != 0
+             and all(term_partial[b][r][0] == term_partial[b][r][1] for b in order)]
+    if not steps:
+        return
+    # a power-of-two step makes the iteration count a shift
+    _, iv, step = min(steps, key=lambda x: (x[0] & (x[0] - 1) != 0, x[0], x[1]))
+    plan.counter = (iv, step)
+    plan.at_end = {b: (dist[b][1], term_partial[b][iv][0]) for b in order}
 
 
 def _walks(v, ivs: set[int]) -> bool:
