@@ -330,6 +330,34 @@ def test_flood_of_valid_small_messages(srv):
     s.close()
 
 
+def test_a_burst_mixing_register_accesses_with_other_messages_is_answered_in_order(srv):
+    """Register accesses served in place, malformed ones and full-path commands in one send:
+    each is answered as it would be alone, in order (posted writes and stray replies: none)."""
+    s = connect(srv.path)
+    assert not exchange(s, P.VERSION, VERSION).is_error
+    req = regs.cmdreq(0)
+    s.sendall(msg(10, P.REGION_READ, READ_EHVER)
+              + msg(11, P.REGION_READ, READ_EHVER + b"x")                  # trailing data
+              + msg(12, P.REGION_WRITE, P.encode_region_access(req, 0, 4, b"\1\2\3\4"),
+                    P.FLAG_NO_REPLY)
+              + msg(13, P.REGION_READ, P.encode_region_access(req, 0, 4))
+              + msg(14, P.DEVICE_GET_INFO, bytes(uapi.vfio_device_info(16, 0, 0, 0, 0))[:16])
+              + msg(99, P.REGION_READ, READ_EHVER, P.TYPE_REPLY)           # a stray reply
+              + msg(15, P.REGION_WRITE, P.encode_region_access(req + 8, 0, 8, bytes(range(8))))
+              + msg(16, P.REGION_READ, P.encode_region_access(req, 0, 16))
+              + msg(17, P.REGION_READ, P.encode_region_access(regs.EHVER, 99, 4)))  # no region
+    replies = [P.recv_message(s) for _ in range(7)]
+    assert [r.msg_id for r in replies] == [10, 11, 13, 14, 15, 16, 17]
+    assert replies[0].payload[16:] == b"\1\0\0\0"
+    assert replies[1].is_error and replies[1].error_no == errno.EINVAL
+    assert replies[2].payload[16:] == b"\1\2\3\4"
+    assert not replies[3].is_error and len(replies[3].payload) == 16
+    assert not replies[4].is_error and replies[4].payload == P.encode_region_access(req + 8, 0, 8)
+    assert replies[5].payload[16:] == b"\1\2\3\4" + bytes(4) + bytes(range(8))
+    assert replies[6].is_error
+    s.close()
+
+
 @pytest.mark.parametrize("doc", [
     b"[" * 100_000 + b"]" * 100_000,
     b'{"capabilities": {"max_msg_fds": true}}',

@@ -375,20 +375,20 @@ def test_receiver_stop_ends_a_wait_inside_a_message(pair):
     assert time.monotonic() - t0 < 2
 
 
-def test_spin_returns_once_a_byte_is_there_and_is_bounded_when_none_comes(pair):
+def test_spinning_receive_returns_what_comes_and_is_bounded_when_nothing_does(pair):
     a, b = pair
-    b.setblocking(False)
     t0 = time.perf_counter()
-    P.spin_for(b, 0.01)          # nothing comes: back after about the spin
+    assert P.recv_spinning(b, 8, 0.01) is None   # nothing comes: back after about the spin
     assert 0.01 <= time.perf_counter() - t0 < 1.0
-    threading.Timer(0.002, a.send, args=(b"x",)).start()
+    threading.Timer(0.002, a.send, args=(b"xy",)).start()
     t0 = time.perf_counter()
-    P.spin_for(b, 5.0)           # a byte comes after 2 ms: back then, not after 5 s
+    assert P.recv_spinning(b, 8, 5.0, socket.MSG_PEEK) == b"xy"   # after 2 ms, not 5 s
     assert time.perf_counter() - t0 < 2.5
-    assert b.recv(1) == b"x"     # peeked only: still there for the read
+    assert P.recv_spinning(b, 1, 5.0) == b"x"    # peeked only: still there for the read
+    assert b.recv(1) == b"y"
     a.close()
     t0 = time.perf_counter()
-    P.spin_for(b, 5.0)           # the end of the stream ends it too
+    assert P.recv_spinning(b, 8, 5.0) == b""     # the end of the stream ends it too
     assert time.perf_counter() - t0 < 2.5
 
 

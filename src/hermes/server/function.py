@@ -14,6 +14,7 @@ import struct
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from .. import regs
@@ -438,12 +439,22 @@ class VfioFunction:
             bar4.sparse = [(0, bar4.size)]
         # (a device without BAR4 has an empty one: its region is 0 bytes, never accessed)
         self._bar4: memoryview = device.bar4 if device.bar4 is not None else memoryview(b"")
-        # The model's start of a command for a host that waits for it (HermesDevice.exec_inline)
-        # and the BAR0 range of the engines' control registers it applies to; none on others.
-        self._exec_inline: Callable[[int, Callable[[int], None]], bool] | None = getattr(
-            device, "exec_inline", None)
-        self._ctrl_end = (regs.cmdctrl(getattr(device, "engines", 0))
-                          if self._exec_inline is not None else regs.EHCMDCTRL_BASE)
+        # The model's start of a command for a host that waits for it (HermesDevice.exec_inline);
+        # none on other models.
+        exec_inline = getattr(device, "exec_inline", None)
+        #: BAR0 offset of each engine's EHCMDEXEC byte -> that engine, on a model with
+        #: ``exec_inline`` (empty on others): an odd byte written there may go to
+        #: ``start_inline`` rather than to ``bar_write``.
+        self.exec_bytes: dict[int, int] = (
+            {regs.cmdctrl(e) + regs.EHCMDEXEC: e for e in range(getattr(device, "engines", 0))}
+            if exec_inline is not None else {})
+        #: ``start_inline(engine)`` starts the engine's command as its EXEC write does, except
+        #: that a short Run Program on a cached program (specs/device.md section 10) runs to
+        #: completion, and raises its interrupt, before it returns rather than on the engine's
+        #: worker thread (a C-level partial: no Python frame on the hot path). None on models
+        #: without ``exec_inline``.
+        self.start_inline: Callable[[int], object] | None = (
+            partial(exec_inline, started=_not_told) if exec_inline is not None else None)
 
     @classmethod
     def create(cls, *, memfd_name: str = "hermes-bar4", **device_kwargs: Any) -> VfioFunction:
@@ -534,23 +545,6 @@ class VfioFunction:
             return data + bytes(count - len(data))
         return b"".join(self.device.bar_read(index, pos, size).to_bytes(size, "little")
                         for pos, size in self._pieces(index, offset, count))
-
-    def inline_start(self, index: int, offset: int, size: int, value: int) -> int | None:
-        """The engine whose command a register write of ``value`` starts, when the model can run
-        that start for a host that waits for it (``exec_inline``): an odd byte written to an
-        engine's EHCMDEXEC; None for any other write."""
-        if (size == 1 and value & 1 and index == regs.BAR_REGS
-                and regs.EHCMDCTRL_BASE <= offset < self._ctrl_end
-                and (offset - regs.EHCMDCTRL_BASE) % regs.EHCMDCTRL_STRIDE == regs.EHCMDEXEC):
-            return (offset - regs.EHCMDCTRL_BASE) // regs.EHCMDCTRL_STRIDE
-        return None
-
-    def start_inline(self, engine: int) -> None:
-        """Start engine ``engine``'s command as its EXEC write does, except that a short Run
-        Program on a cached program (specs/device.md section 10) runs to completion, and raises
-        its interrupt, before this returns rather than on the engine's worker thread."""
-        assert self._exec_inline is not None   # inline_start names an engine only then
-        self._exec_inline(engine, _not_told)
 
     def region_write(self, index: int, offset: int, data: bytes) -> None:
         """Write ``data`` to region ``index`` at ``offset`` (split like ``region_read``)."""

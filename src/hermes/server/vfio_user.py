@@ -57,7 +57,6 @@ SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)
 _UCRED = struct.Struct("3i")   # struct ucred: pid, uid, gid
 
 
-_FAST = (P.REGION_READ, P.REGION_WRITE)
 #: Seconds a connection polls its socket for the client's next message before it sleeps: a
 #: driver's next access usually follows a reply within tens of microseconds, and a thread put to
 #: sleep in between costs as much again to wake (more on a virtual machine whose vCPU idles). It
@@ -65,8 +64,11 @@ _FAST = (P.REGION_READ, P.REGION_WRITE)
 RECEIVE_SPIN = 100e-6
 #: Longest BAR0 block access the register fast path serves (a request, a run context, a response).
 _BLOCK_MAX = 4096
-_ACCESS = P.REGION_ACCESS
-_HEADER = P.HEADER
+_MESSAGE = P.REGION_MESSAGE
+#: Size of a REGION_READ/WRITE message without data (the header and the fixed part).
+_ACCESS_SIZE = P.REGION_MESSAGE.size
+#: Widths of a plain register access.
+_WORDS = frozenset((1, 2, 4, 8))
 
 
 class _ClientGone(Exception):
@@ -127,9 +129,20 @@ class Connection:
         """Send ``data`` (fds with its first byte). A client that stops reading gets
         ``stall_timeout`` seconds to make room, less if the server is asked to stop; then the
         connection is over (the socket's SO_SNDTIMEO of IDLE_TICK lets this loop look at both)."""
-        view = memoryview(data)
         deadline = None
         with self._send_lock:
+            if not fds and not self.closed:
+                try:
+                    sent = self.sock.send(data)
+                except (BlockingIOError, TimeoutError):
+                    sent = 0
+                except OSError:
+                    self.closed = True
+                    return
+                if sent == len(data):
+                    return   # the usual case: all of it at once
+                data = data[sent:]
+            view = memoryview(data)
             while view and not self.closed:
                 try:
                     if fds:
@@ -240,13 +253,15 @@ class Connection:
             slot.done.set()
 
     # --- receiving -----------------------------------------------------------------------------
-    def _recv(self) -> P.Message | None:
-        """The next message; None when the client stayed idle for IDLE_TICK or sent junk that
-        was answered already. Raises _ClientGone when the connection is over."""
+    def _wait(self) -> bool:
+        """Receive until a whole message is buffered: True then; False when the client stayed
+        idle for IDLE_TICK. Raises _ClientGone when the connection is over (a message too big
+        to read is answered E2BIG first)."""
         try:
-            msg = self._rx.recv()
+            if self._rx.wait():
+                return True
         except BlockingIOError:
-            return None   # idle tick (SO_RCVTIMEO): lets the loop notice a stop request
+            return False   # idle tick (SO_RCVTIMEO): lets the loop notice a stop request
         except P.MessageTooBig as exc:
             # Nothing of it is read: the stream cannot be resynced, so the connection ends.
             self.server.log(f"client {self.number}: error: {exc}; closing the connection")
@@ -260,8 +275,15 @@ class Connection:
             raise _ClientGone() from None
         except OSError as exc:
             raise _ClientGone(str(exc)) from None
-        if msg is None:
-            raise _ClientGone()
+        raise _ClientGone()
+
+    def _recv(self) -> P.Message | None:
+        """The next message; None when the client stayed idle for IDLE_TICK. Raises _ClientGone
+        when the connection is over."""
+        if not self._wait():
+            return None
+        msg = self._rx.recv()   # whole already: no wait
+        assert msg is not None
         if self.server.verbose:
             self.server.log(f"client {self.number}: <- {P.describe(msg)}")
         return msg
@@ -293,19 +315,24 @@ class Connection:
                 return
             self._backlog.append(first)
             rx = self._rx
+            # --verbose logs every message, so it takes them all through the full path.
+            in_place = not self.server.verbose
             while not self.server.stop_requested() and not self.closed:
                 if self._backlog:
                     msg = self._backlog.pop(0)
                 else:
-                    if self._pending and not rx.has_message():
-                        self._flush_pending()   # before waiting for the client
+                    if (in_place and self.negotiated and not rx.fd_reads
+                            and self._serve_registers()):
+                        continue   # commands received during a DMA to the client go first
+                    if not rx.has_message():
+                        if self._pending:
+                            self._flush_pending()   # before waiting for the client
+                        self._wait()
+                        continue
                     got = self._recv()
                     if got is None:
                         continue
                     msg = got
-                if (msg.cmd in _FAST and self.negotiated and not self.server.verbose
-                        and not msg.is_reply and self._fast_register(msg)):
-                    continue
                 if self._pending:
                     self._flush_pending()   # in order with the replies of the full path
                 if msg.is_reply:
@@ -343,68 +370,102 @@ class Connection:
         if not msg.is_reply and not msg.flags & P.FLAG_NO_REPLY:
             self.send(P.error_reply(msg, errno.EBUSY))
 
-    def _fast_register(self, msg: P.Message) -> bool:
-        """Handle a plain 1/2/4/8-byte BAR0/BAR2 access, or an aligned block read of BAR0,
-        straight on the device (the hot path of every driver command); False leaves anything
-        unusual to ``handle``. The reply joins ``_pending``."""
-        p = msg.payload
-        if len(p) < 16 or msg.fds or msg.flags & ~P.FLAG_NO_REPLY:
+    def _serve_registers(self) -> bool:
+        """Serve the plain register accesses at the head of the receive buffer in place: 1/2/4/8
+        byte BAR0/BAR2 accesses and aligned BAR0 block accesses (the hot path of every driver
+        command), straight from the received bytes to the device, no ``Message`` built. It
+        stops at the first message that is not whole or not such an access (a reply, fds,
+        other flags, a size or range the full path must judge): ``handle`` takes that one.
+        Replies join ``_pending``. True when the device's work received messages meanwhile (a
+        DMA to the client): the caller looks again before it parses anything."""
+        rx = self._rx
+        buf = rx.buf
+        pos = rx.pos
+        end = len(buf)
+        if end - pos < _ACCESS_SIZE:
             return False
-        offset, region, count = _ACCESS.unpack_from(p)
         fn = self._held
-        limit = fn.register_bars.get(region)
-        if limit is None or offset + count > limit:
-            return False
         dev = fn.device
-        if count not in (1, 2, 4, 8) or offset % count or (region == regs.BAR_DMA and count != 4):
-            # A longer BAR0 access of whole registers: the 4-byte accesses it splits into, at
-            # once (a read as one copy, since BAR0 reads have no side effects; a write as the
-            # model's block write, which is those 4-byte writes in order).
-            if region != regs.BAR_REGS or (offset | count) & 3 or not 0 < count <= _BLOCK_MAX:
-                return False
-            if msg.cmd == P.REGION_READ:
-                block = getattr(dev, "bar_read_block", None)
-                if block is None or len(p) != 16:
+        bars = fn.register_bars
+        starts = fn.exec_bytes
+        start = fn.start_inline
+        pending = self._pending
+        served = 0
+        try:
+            while end - pos >= _ACCESS_SIZE:
+                msg_id, cmd, size, flags, _, offset, region, count = _MESSAGE.unpack_from(buf, pos)
+                if flags & ~P.FLAG_NO_REPLY or size > end - pos:
                     return False
-                data = block(region, offset, count)
-                reply = (_HEADER.pack(msg.msg_id, P.REGION_READ, 32 + count, P.TYPE_REPLY, 0)
-                         + p + data)
-            else:
-                put = getattr(dev, "bar_write_block", None)
-                if put is None or len(p) != 16 + count:
+                limit = bars.get(region)
+                if limit is None or offset + count > limit:
                     return False
-                put(region, offset, p[16:])
-                reply = _HEADER.pack(msg.msg_id, P.REGION_WRITE, 32, P.TYPE_REPLY, 0) + p[:16]
-        elif msg.cmd == P.REGION_READ:
-            if len(p) != 16:
-                return False
-            data = dev.bar_read(region, offset, count).to_bytes(count, "little")
-            reply = _HEADER.pack(msg.msg_id, P.REGION_READ, 32 + count, P.TYPE_REPLY, 0) + p + data
-        else:
-            if len(p) != 16 + count:
-                return False
-            value = int.from_bytes(p[16:], "little")
-            engine = fn.inline_start(region, offset, count, value) if count == 1 else None
-            if engine is not None and not self._control_write_follows(offset):
-                fn.start_inline(engine)
-            else:
-                dev.bar_write(region, offset, count, value)
-            reply = _HEADER.pack(msg.msg_id, P.REGION_WRITE, 32, P.TYPE_REPLY, 0) + p[:16]
-        self.stats["commands"] += 1
-        if not msg.flags & P.FLAG_NO_REPLY:
-            self._pending.append(reply)
-        return True
+                word = count in _WORDS and not offset % count and (region != regs.BAR_DMA
+                                                                    or count == 4)
+                if not word and (region != regs.BAR_REGS or (offset | count) & 3
+                                 or not 0 < count <= _BLOCK_MAX):
+                    return False
+                # Each access is consumed before the device sees it: an access may DMA to the
+                # client, whose messages are then received from here on (see _remote).
+                if cmd == P.REGION_READ:
+                    if size != _ACCESS_SIZE:
+                        return False
+                    if word:
+                        rx.pos = pos + size
+                        data = dev.bar_read(region, offset, count).to_bytes(count, "little")
+                    else:
+                        # BAR0 reads have no side effects: a block is one copy.
+                        block = getattr(dev, "bar_read_block", None)
+                        if block is None:
+                            return False
+                        rx.pos = pos + size
+                        data = block(region, offset, count)
+                    if not flags:
+                        pending.append(_MESSAGE.pack(msg_id, cmd, size + count, P.TYPE_REPLY, 0,
+                                                     offset, region, count) + data)
+                elif cmd == P.REGION_WRITE and size == _ACCESS_SIZE + count:
+                    if word:
+                        value = int.from_bytes(buf[pos + _ACCESS_SIZE:pos + size], "little")
+                        rx.pos = pos + size
+                        engine = (starts.get(offset) if count == 1 and value & 1
+                                  and region == regs.BAR_REGS else None)
+                        if (engine is not None and start is not None
+                                and not self._control_write_follows(offset)):
+                            start(engine)
+                        else:
+                            dev.bar_write(region, offset, count, value)
+                    else:
+                        # The model's block write is the 4-byte writes it stands for, in order.
+                        put = getattr(dev, "bar_write_block", None)
+                        if put is None:
+                            return False
+                        data = bytes(buf[pos + _ACCESS_SIZE:pos + size])
+                        rx.pos = pos + size
+                        put(region, offset, data)
+                    if not flags:
+                        pending.append(_MESSAGE.pack(msg_id, cmd, _ACCESS_SIZE, P.TYPE_REPLY, 0,
+                                                     offset, region, count))
+                else:
+                    return False
+                served += 1
+                pos += size
+                if pos != rx.pos or self._backlog or rx.fd_reads or self.closed:
+                    # A DMA to the client received more meanwhile (commands may wait in the
+                    # backlog, fds may have come): the loop decides what is next.
+                    return True
+                end = len(buf)
+        finally:
+            self.stats["commands"] += served
+        return False
 
     def _control_write_follows(self, ctrl: int) -> bool:
         """Whether the next message, already received, writes BAR0's control register at
         ``ctrl`` (an abort sent right after a start): the start then goes to the engine's
         worker, so that the abort reaches the command before it runs as it would on hardware,
         rather than after a run in this thread."""
-        head = self._rx.peek(_HEADER.size + _ACCESS.size)
-        if len(head) < _HEADER.size + _ACCESS.size:
+        rx = self._rx
+        if len(rx.buf) - rx.pos < _ACCESS_SIZE:
             return False
-        cmd = _HEADER.unpack_from(head)[1]
-        offset, region, count = _ACCESS.unpack_from(head, _HEADER.size)
+        _, cmd, _, _, _, offset, region, count = _MESSAGE.unpack_from(rx.buf, rx.pos)
         return (cmd == P.REGION_WRITE and region == regs.BAR_REGS
                 and offset < ctrl + regs.EHCMDCTRL_STRIDE and ctrl < offset + count)
 

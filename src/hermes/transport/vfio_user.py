@@ -29,6 +29,7 @@ from .pci import PciTransport, map_region, mappable_areas, take_one
 
 _ACCESS = P.REGION_ACCESS
 _HEADER = P.HEADER
+_MESSAGE = P.REGION_MESSAGE
 #: Posted writes queued before they are sent anyway.
 POSTED_BATCH = 16
 #: Seconds the client polls for a reply before it sleeps in the receive: the server answers a
@@ -53,6 +54,8 @@ _MASKS = {n: (1 << (8 * n)) - 1 for n in _SIZES}
 #: An engine's EHCMDEXEC and EHCMDDONE bytes (a 2-byte read of its control) once its command has
 #: completed.
 _DONE_STATE = 0x0100
+#: The byte written to EHCMDEXEC to start a command.
+_EXEC = b"\x01"
 
 
 def check_seconds(name: str, value: object) -> float:
@@ -104,6 +107,9 @@ class VfioUserTransport(PciTransport):
         #: Per engine control offset: the BAR0 reads ``execute`` sends with a start (those the
         #: host made after the last start there, learnt when they were not all kept).
         self._after_start: dict[int, list[tuple[int, int]]] = {}
+        #: ``execute`` saw its command completed: its interrupt is most likely pending (a hint
+        #: for the next ``irq_wait``, which then reads the eventfd without a poll first).
+        self._irq_likely = False
         self._ids = itertools.count(1)
         self._closed = False
         #: (errno, message) once the connection failed; every later call raises it.
@@ -323,6 +329,14 @@ class VfioUserTransport(PciTransport):
 
     def _send(self, data: bytes, deadline: float, fds: list[int] | tuple = ()) -> None:
         """Send all of ``data`` (``fds`` ride with its first byte) by ``deadline``."""
+        if not fds:
+            try:
+                sent = self.sock.send(data, _DONTWAIT)
+            except BlockingIOError:
+                sent = 0
+            if sent == len(data):
+                return   # the usual case: all of it at once
+            data = data[sent:]
         view = memoryview(data)
         anc = ([(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
                if fds else None)
@@ -361,12 +375,12 @@ class VfioUserTransport(PciTransport):
         timeout) saves the poll of ``_recv_exact`` on the register hot path."""
         if self._probe is not None or self._open_deadline is not None:
             return bytes(self._recv_exact(n, deadline))
-        if self.reply_spin:
-            P.spin_for(self.sock, self.reply_spin)
-        try:
-            data = self.sock.recv(n, _WAITALL)
-        except BlockingIOError:   # SO_RCVTIMEO expired with nothing received
-            raise TimeoutError(self._limit()) from None
+        data = P.recv_spinning(self.sock, n, self.reply_spin) if self.reply_spin else None
+        if data is None:
+            try:
+                data = self.sock.recv(n, _WAITALL)
+            except BlockingIOError:   # SO_RCVTIMEO expired with nothing received
+                raise TimeoutError(self._limit()) from None
         if len(data) == n:
             return data
         if not data:
@@ -468,8 +482,7 @@ class VfioUserTransport(PciTransport):
         deadline = self._begin("REGION_READ")
         try:
             msg_id = next(self._ids) & 0xFFFF
-            msg = (_HEADER.pack(msg_id, P.REGION_READ, 32, 0, 0)
-                   + _ACCESS.pack(offset, region, count))
+            msg = _MESSAGE.pack(msg_id, P.REGION_READ, 32, 0, 0, offset, region, count)
             if self._posted:   # posted writes go first, in the same system call
                 self._posted.append(msg)
                 msg = b"".join(self._posted)
@@ -491,23 +504,29 @@ class VfioUserTransport(PciTransport):
         try:
             ids = []
             msgs = self._posted
+            counter = self._ids
             for offset, count in reads:
-                msg_id = next(self._ids) & 0xFFFF
+                msg_id = next(counter) & 0xFFFF
                 ids.append(msg_id)
-                msgs.append(_HEADER.pack(msg_id, P.REGION_READ, 32, 0, 0)
-                            + _ACCESS.pack(offset, region, count))
+                msgs.append(_MESSAGE.pack(msg_id, P.REGION_READ, 32, 0, 0, offset, region, count))
             data = b"".join(msgs)
             msgs.clear()
             self._send(data, deadline)
-            replies: list[bytes | P.Message] = [*self._plain_replies(ids, reads)]
+            plain = self._plain_replies(ids, reads)
+            if len(plain) == len(reads):
+                if keep and int.from_bytes(plain[0], "little") == _DONE_STATE:
+                    # Kept only for a completed command (``execute``): the first read is its
+                    # state.
+                    self._kept = (threading.get_ident(), dict(zip(reads, plain, strict=True)))
+                return plain
+            replies: list[bytes | P.Message] = [*plain]
             replies += [self._await_read(msg_id, count, deadline)
                         for msg_id, (_, count) in zip(ids[len(replies):], reads[len(replies):],
                                                       strict=True)]
-            if keep and all(type(reply) is bytes for reply in replies):
-                # Kept only for a completed command (``execute``): the first read is its state.
-                if int.from_bytes(replies[0], "little") == _DONE_STATE:   # type: ignore[arg-type]
-                    self._kept = (threading.get_ident(),
-                                  dict(zip(reads, replies, strict=True)))  # type: ignore[arg-type]
+            if (keep and all(type(reply) is bytes for reply in replies)
+                    and int.from_bytes(replies[0], "little") == _DONE_STATE):   # type: ignore[arg-type]
+                self._kept = (threading.get_ident(),
+                              dict(zip(reads, replies, strict=True)))  # type: ignore[arg-type]
         except (OSError, P.ProtocolError) as exc:
             raise self._lost(exc, "REGION_READ") from None
         finally:
@@ -526,15 +545,16 @@ class VfioUserTransport(PciTransport):
         want = 0
         for _, count in reads:
             want += 32 + count
-        if self.reply_spin:
-            P.spin_for(self.sock, self.reply_spin)
-        try:
-            seen = self.sock.recv(want, _PEEK)
-        except BlockingIOError:   # SO_RCVTIMEO expired with nothing received
-            raise TimeoutError(self._limit()) from None
+        seen = (P.recv_spinning(self.sock, want, self.reply_spin, _PEEK) if self.reply_spin
+                else None)
+        if seen is None:
+            try:
+                seen = self.sock.recv(want, _PEEK)
+            except BlockingIOError:   # SO_RCVTIMEO expired with nothing received
+                raise TimeoutError(self._limit()) from None
         if not seen:
             raise ConnectionResetError(errno.ECONNRESET, "the connection was closed")
-        spans = []
+        out = []
         pos = 0
         for msg_id, (_, count) in zip(ids, reads, strict=True):
             end = pos + 32 + count
@@ -544,14 +564,14 @@ class VfioUserTransport(PciTransport):
             if (rid != msg_id or rcmd != P.REGION_READ or flags != P.TYPE_REPLY
                     or size != 32 + count):
                 break
-            spans.append((pos + 32, end))
+            out.append(seen[pos + 32:end])
             pos = end
         if not pos:
             return []
-        got = self.sock.recv(pos, _DONTWAIT)   # all of it is there: it was just seen
-        if len(got) != pos:
+        # Those bytes are all there (they were just seen): receive them, as seen.
+        if len(self.sock.recv(pos, _DONTWAIT)) != pos:
             raise P.ProtocolError("the received bytes changed between a look and their receive")
-        return [got[a:b] for a, b in spans]
+        return out
 
     def _await_read(self, msg_id: int, count: int, deadline: float) -> bytes | P.Message:
         """The reply to REGION_READ ``msg_id`` of ``count`` bytes (lock held): the data of a plain
@@ -588,11 +608,11 @@ class VfioUserTransport(PciTransport):
         """
         self._begin("REGION_WRITE", False)
         try:
-            msg_id = next(self._ids) & 0xFFFF
-            header = _HEADER.pack(msg_id, P.REGION_WRITE, 32 + len(data), P.FLAG_NO_REPLY, 0)
+            n = len(data)
             posted = self._posted
-            posted.append(header + _ACCESS.pack(offset, region, len(data)) + data)
-            if len(posted) >= POSTED_BATCH or len(data) > 4096:
+            posted.append(_MESSAGE.pack(next(self._ids) & 0xFFFF, P.REGION_WRITE, 32 + n,
+                                        P.FLAG_NO_REPLY, 0, offset, region, n) + data)
+            if len(posted) >= POSTED_BATCH or n > 4096:
                 self._flush_locked(self._deadline())
         except OSError as exc:
             raise self._lost(exc, "REGION_WRITE") from None
@@ -675,8 +695,8 @@ class VfioUserTransport(PciTransport):
             self._kept = None
             msg_id = next(self._ids) & 0xFFFF
             self._probe = (msg_id, time.monotonic())
-            self._send(_HEADER.pack(msg_id, P.REGION_READ, 32, 0, 0)
-                       + _ACCESS.pack(0, uapi.VFIO_PCI_CONFIG_REGION_INDEX, 2), self._deadline())
+            self._send(_MESSAGE.pack(msg_id, P.REGION_READ, 32, 0, 0, 0,
+                                     uapi.VFIO_PCI_CONFIG_REGION_INDEX, 2), self._deadline())
         except OSError as exc:
             self._lost(exc, "a liveness probe")
         finally:
@@ -774,7 +794,7 @@ class VfioUserTransport(PciTransport):
         if kept is None or kept[0] != threading.get_ident():
             return None
         try:
-            got = [kept[1][r] for r in reads]
+            got = [*map(kept[1].__getitem__, reads)]
         except (KeyError, TypeError):
             return None
         self._kept = None
@@ -794,12 +814,20 @@ class VfioUserTransport(PciTransport):
         changes nothing here: the server runs only short commands inside the start."""
         if 0 in self._maps:
             return super().execute(ctrl, engine, started, timeout)
-        self.write(0, ctrl, 1, 1)
+        if not 0 <= ctrl < self._bar_sizes.get(0, 0):
+            self._check(0, ctrl, 1)   # raises the error the access deserves
+        self._region_write_posted(0, ctrl, _EXEC)
         started(engine)
-        reads = self._after_start.get(ctrl) or [(ctrl, 2), (regs.cmdres(engine),
-                                                            regs.EHCMDRES_LEN)]
+        reads = self._after_start.get(ctrl)
+        if reads is None:
+            reads = self._after_start[ctrl] = [(ctrl, 2), (regs.cmdres(engine),
+                                                           regs.EHCMDRES_LEN)]
         got = self._region_reads(0, reads, keep=True)
-        return int.from_bytes(got[0], "little") == _DONE_STATE
+        done = int.from_bytes(got[0], "little") == _DONE_STATE
+        # The server raises the interrupt of a command it completed before it answers the
+        # reads: the interrupt wait that follows can take it without asking first.
+        self._irq_likely = done
+        return done
 
     def write_block(self, bar: int, offset: int, data: bytes) -> None:
         """Write ``data`` to a BAR in one message (the server splits into 4-byte accesses)."""
@@ -808,9 +836,13 @@ class VfioUserTransport(PciTransport):
             mm[offset:offset + len(data)] = data
             return
         data = bytes(data)
+        n = len(data)
+        if 0 < n <= self.max_xfer and 0 <= offset <= self._bar_sizes.get(bar, 0) - n:
+            self._region_write_posted(bar, offset, data)   # the usual case: one message
+            return
         self._check(bar, offset, 1)
-        self._check(bar, offset + len(data) - 1 if data else offset, 1)
-        for pos in range(0, len(data), self.max_xfer):
+        self._check(bar, offset + n - 1 if data else offset, 1)
+        for pos in range(0, n, self.max_xfer):
             self._region_write_posted(bar, offset + pos, data[pos:pos + self.max_xfer])
 
     def map_bar(self, bar: int) -> memoryview | None:
@@ -883,7 +915,11 @@ class VfioUserTransport(PciTransport):
         fd = self._eventfd(vector)
         if self._posted:
             self.flush()   # the interrupt may be the answer to a queued write
-        if self._pending_polls[vector].poll(0) and take_one(fd):
+        if self._irq_likely:
+            self._irq_likely = False
+            if take_one(fd):
+                return True
+        elif self._pending_polls[vector].poll(0) and take_one(fd):
             return True
         if self._broken is not None or self._closed:
             raise self._unusable()

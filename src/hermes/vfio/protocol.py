@@ -15,11 +15,12 @@ import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from . import uapi
 
 # --- socket flags as plain ints (arithmetic on the socket module's enums runs Python code) -----
-_PEEK_NOW = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)
+_DONTWAIT = int(socket.MSG_DONTWAIT)
 _CTRUNC = int(socket.MSG_CTRUNC)
 
 # --- header ------------------------------------------------------------------------------------
@@ -96,6 +97,10 @@ DmaUnmap = uapi.vfio_iommu_type1_dma_unmap
 
 #: REGION_READ/WRITE fixed part: offset u64, region u32, count u32.
 REGION_ACCESS = struct.Struct("<QII")
+#: A REGION_READ/WRITE message's first 32 bytes, the header and the fixed part in one struct
+#: (msg_id, cmd, msg_size, flags, error_no, offset, region, count): a hot-path access is one
+#: unpack, its reply one pack.
+REGION_MESSAGE = struct.Struct(HEADER.format + REGION_ACCESS.format[1:])
 #: DMA_READ request / reply fixed part and DMA_WRITE request fixed part: address u64, count u64.
 DMA_ACCESS = struct.Struct("<QQ")
 #: DMA_WRITE reply (spec table): address u64, count u32.
@@ -283,6 +288,20 @@ def _recv_exact_into(sock: socket.socket, view: memoryview) -> None:
         got += n
 
 
+def _received_fds(anc: list[tuple[int, int, bytes]], mflags: int, fds: list[int]) -> list[int]:
+    """``fds`` extended by the descriptors a ``recvmsg`` passed in ``anc``; ``[-1]`` (all of
+    them closed) when ``mflags`` says some were cut off, so the caller rejects the message."""
+    for level, kind, data in anc:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            arr = array.array("i")
+            arr.frombytes(data[:len(data) - len(data) % 4])
+            fds.extend(arr)
+    if mflags & _CTRUNC:
+        close_fds(fds)
+        return [-1]
+    return fds
+
+
 def close_fds(fds: list[int]) -> None:
     """Close every valid fd of ``fds`` (fds received with a message nobody will own)."""
     for fd in fds:
@@ -317,15 +336,7 @@ def recv_header(sock: socket.socket, max_fds: int = MAX_FDS_ACCEPTED
                 close_fds(fds)
                 raise ProtocolError("peer stalled in the middle of a header") from None
             continue
-        for level, kind, data in anc:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                arr = array.array("i")
-                arr.frombytes(data[:len(data) - len(data) % 4])
-                fds.extend(arr)
-        if mflags & _CTRUNC:
-            # Too many fds: close what arrived and let the caller reject the message.
-            close_fds(fds)
-            fds = [-1]
+        fds = _received_fds(anc, mflags, fds)
         if n == 0:
             close_fds(fds)
             if got == 0:
@@ -403,19 +414,19 @@ def describe(msg: Message) -> str:
     return f"{kind} {msg.name} id={msg.msg_id} size={size}{extra}{fds}{err}"
 
 
-def spin_for(sock: socket.socket, seconds: float) -> None:
-    """Poll ``sock`` without sleeping until a byte (or the end of the stream) can be read, for
-    at most ``seconds``; the read that follows then finds it without blocking."""
+def recv_spinning(sock: socket.socket, n: int, seconds: float, flags: int = 0) -> bytes | None:
+    """``sock.recv(n, flags)`` without sleeping: non-blocking receives retried for at most
+    ``seconds`` until one finds data (or the end of the stream: b""); None when nothing came,
+    for the caller's blocking receive. Polling with the receive itself, rather than with a look
+    before it, makes data that arrives during the spin cost one system call."""
+    flags |= _DONTWAIT
     end = time.perf_counter() + seconds
     while True:
         try:
-            sock.recv(1, _PEEK_NOW)
-            return
+            return sock.recv(n, flags)
         except BlockingIOError:
             if time.perf_counter() >= end:
-                return
-        except OSError:
-            return   # the read that follows reports it
+                return None
 
 
 class Receiver:
@@ -429,7 +440,14 @@ class Receiver:
 
     ``spin``: seconds to poll the socket without sleeping before a read blocks (0: never). A
     peer that answers within it is read without the thread being put to sleep and woken again,
-    which on a virtual machine with idle vCPUs costs tens of microseconds per wake-up.
+    which on a virtual machine with idle vCPUs costs tens of microseconds per wake-up. The polls
+    are the reads themselves (non-blocking), so data that arrives during the spin costs one
+    system call.
+
+    In-place parsing: ``buf[pos:]`` holds the bytes received and not consumed. While
+    ``fd_reads`` is empty no fd waits for a message, and a consumer may decode whole messages
+    straight from ``buf`` and advance ``pos`` past them (a hot path that builds no ``Message``);
+    ``wait`` receives until a whole message is there.
     """
 
     CHUNK = 256 << 10
@@ -443,68 +461,73 @@ class Receiver:
         self.stop = stop
         self.spin = spin
         self._ancsize = socket.CMSG_SPACE(max_fds * 4)
-        self._buf = bytearray()
-        self._pos = 0                 # parse position in _buf
-        self._base = 0                # stream offset of _buf[0]
-        self._fd_reads: list[tuple[int, int, list[int]]] = []   # (start, end, fds) of reads
-        self._chunk = memoryview(bytearray(self.CHUNK))   # reused: no allocation per read
+        #: Received bytes; ``buf[pos:]`` is not consumed yet.
+        self.buf = bytearray()
+        self.pos = 0
+        self._base = 0                # stream offset of buf[0]
+        #: (start, end, fds) of reads that brought fds not handed out yet.
+        self.fd_reads: list[tuple[int, int, list[int]]] = []
+        self._iov = [memoryview(bytearray(self.CHUNK))]   # reused: no allocation per read
+
+    def _read(self) -> tuple[int, list[tuple[int, int, bytes]], int, Any]:
+        """One recvmsg into the chunk, after polling with non-blocking ones for ``spin``."""
+        if self.spin:
+            end = time.perf_counter() + self.spin
+            while True:
+                try:
+                    return self.sock.recvmsg_into(self._iov, self._ancsize, _DONTWAIT)
+                except BlockingIOError:
+                    if time.perf_counter() >= end:
+                        break
+        return self.sock.recvmsg_into(self._iov, self._ancsize)
 
     def _fill(self) -> None:
-        """One read (blocking, or SO_RCVTIMEO-bounded); EOF -> ConnectionResetError/None logic
-        is left to the caller through ``self.eof``."""
-        chunk = self._chunk
-        if self.spin:
-            spin_for(self.sock, self.spin)
-        n, anc, mflags, _ = self.sock.recvmsg_into([chunk], self._ancsize)
-        fds: list[int] = []
-        for level, kind, data in anc:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                arr = array.array("i")
-                arr.frombytes(data[:len(data) - len(data) % 4])
-                fds.extend(arr)
-        if mflags & _CTRUNC:
-            close_fds(fds)
-            fds = [-1]
+        """One read (blocking, or SO_RCVTIMEO-bounded); EOFError at the end of the stream."""
+        n, anc, mflags, _ = self._read()
+        fds = _received_fds(anc, mflags, []) if anc or mflags else []
         if n == 0:
             close_fds(fds)
             raise EOFError
-        if self._pos and (self._pos == len(self._buf) or self._pos > (1 << 20)):
-            del self._buf[:self._pos]      # drop consumed bytes (usually all of them)
-            self._base += self._pos
-            self._pos = 0
-        start = self._base + len(self._buf)
-        self._buf += chunk[:n]
+        buf = self.buf
+        pos = self.pos
+        if pos and (pos == len(buf) or pos > (1 << 20)):
+            del buf[:pos]      # drop consumed bytes (usually all of them)
+            self._base += pos
+            self.pos = 0
+        start = self._base + len(buf)
+        buf += self._iov[0][:n]
         if fds:
-            self._fd_reads.append((start, start + n, fds))
+            self.fd_reads.append((start, start + n, fds))
 
     def buffered(self) -> int:
         """Bytes received and not yet consumed."""
-        return len(self._buf) - self._pos
+        return len(self.buf) - self.pos
 
     def peek(self, n: int) -> bytes:
         """The next ``n`` received bytes (fewer when fewer are buffered), left unconsumed."""
-        return bytes(self._buf[self._pos:self._pos + n])
+        return bytes(self.buf[self.pos:self.pos + n])
 
     def has_message(self) -> bool:
         """Whether a whole message is buffered (``recv`` returns it without a system call)."""
-        avail = len(self._buf) - self._pos
-        return avail >= HEADER_SIZE and avail >= HEADER.unpack_from(self._buf, self._pos)[2]
+        avail = len(self.buf) - self.pos
+        return avail >= HEADER_SIZE and avail >= HEADER.unpack_from(self.buf, self.pos)[2]
 
     def _take_fds(self, msg_start: int, msg_end: int) -> list[int]:
         out: list[int] = []
         keep = []
-        for start, end, fds in self._fd_reads:
+        for start, end, fds in self.fd_reads:
             if start <= msg_start < end and msg_end >= end:
                 out.extend(fds)
             elif end <= msg_start:
                 close_fds(fds)   # a read whose fds matched no message: drop them
             else:
                 keep.append((start, end, fds))
-        self._fd_reads = keep
+        self.fd_reads = keep
         return out
 
-    def recv(self) -> Message | None:
-        """The next message; None on EOF at a message boundary.
+    def wait(self) -> int:
+        """Receive until the next message is whole in ``buf[pos:]``; returns its size, 0 on EOF
+        at a message boundary. Nothing is consumed.
 
         BlockingIOError propagates only when nothing of the next message has arrived (an idle
         peer on a socket with SO_RCVTIMEO). Once a message has begun it must be complete within
@@ -515,19 +538,15 @@ class Receiver:
         """
         deadline = None
         while True:
-            avail = len(self._buf) - self._pos
+            avail = len(self.buf) - self.pos
             if avail >= HEADER_SIZE:
-                msg_id, cmd, size, flags, error_no = HEADER.unpack_from(self._buf, self._pos)
+                msg_id, cmd, size, flags, error_no = HEADER.unpack_from(self.buf, self.pos)
                 if size < HEADER_SIZE:
                     raise ProtocolError(f"message size {size} is smaller than the header")
                 if size > self.max_size:
                     raise MessageTooBig(Message(msg_id, cmd, flags, error_no), size, self.max_size)
                 if avail >= size:
-                    start = self._base + self._pos
-                    payload = bytes(self._buf[self._pos + HEADER_SIZE:self._pos + size])
-                    self._pos += size
-                    fds = self._take_fds(start, start + size) if self._fd_reads else []
-                    return Message(msg_id, cmd, flags, error_no, payload, fds)
+                    return size
             if avail:
                 now = time.monotonic()
                 if deadline is None:
@@ -544,12 +563,26 @@ class Receiver:
                     raise
             except EOFError:
                 if avail == 0:
-                    return None
+                    return 0
                 raise ConnectionResetError(errno.ECONNRESET,
                                            "peer closed the connection mid-message") from None
 
+    def recv(self) -> Message | None:
+        """The next message (see ``wait`` for what ends a wait for it); None on EOF at a message
+        boundary."""
+        size = self.wait()
+        if not size:
+            return None
+        pos = self.pos
+        msg_id, cmd, _, flags, error_no = HEADER.unpack_from(self.buf, pos)
+        start = self._base + pos
+        payload = bytes(self.buf[pos + HEADER_SIZE:pos + size])
+        self.pos = pos + size
+        fds = self._take_fds(start, start + size) if self.fd_reads else []
+        return Message(msg_id, cmd, flags, error_no, payload, fds)
+
     def close(self) -> None:
         """Close fds received and never handed out."""
-        for _, _, fds in self._fd_reads:
+        for _, _, fds in self.fd_reads:
             close_fds(fds)
-        self._fd_reads = []
+        self.fd_reads = []
