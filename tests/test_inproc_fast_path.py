@@ -72,6 +72,31 @@ def test_a_short_cached_run_runs_in_the_callers_thread(dev):
     assert dev.stats["cache_misses"] == 1 and dev.stats["cache_hits"] == 2
 
 
+def test_a_short_run_looks_at_its_abort_flag_only_at_its_start(dev, monkeypatch):
+    # A short inline run is not watched (an abort during it finds it as good as done): its
+    # executable gets no flag, unless an abort is pending at its start, which stops it there.
+    flags: list[object] = []
+    run = hermes.engine.jit.JitExecutable.run
+
+    def spy(self, *args, **kw):  # type: ignore[no-untyped-def]
+        flags.append(kw.get("cancel"))
+        return run(self, *args, **kw)
+
+    monkeypatch.setattr(hermes.engine.jit.JitExecutable, "run", spy)
+    seen = _where_runs(dev)
+    with _file(dev, RET7) as f:
+        f.run()   # loads the program on the worker, which watches the flag
+        assert f.run() == 7 and flags[-1] is None
+        cancel = hermes.engine.Cancel()
+        cancel.set()
+        expect_errno(errno.ECANCELED, f.run_ex, RunArgs(8, 8), cancel=cancel)
+        assert flags[-1] is not None and flags[-1].is_set()  # type: ignore[attr-defined]
+        assert f.run() == 7   # the engine serves the next run as before
+    me = threading.current_thread().name
+    assert flags[0] is not None and seen[1:] == [me, me, me]
+    assert dev.stats["aborted"] == 1
+
+
 def test_unbounded_runs_and_short_timeouts_use_the_worker(dev):
     seen = _where_runs(dev)
     with _file(dev, RET7, timeout=engines.INLINE_MIN_TIMEOUT / 2) as f:

@@ -17,9 +17,9 @@ ELF_MAGIC = b"\x7fELF"
 SHORT_KEY = 512
 
 
-def response(command_id: int, status: int, value: int = 0) -> bytes:
-    """The 16-byte command response: id, status, reserved bytes, then the 64-bit value."""
-    return R.Response.pack_fields(command_id, status, value)
+#: ``response(command_id, status, value=0)``: the 16-byte command response (id, status,
+#: reserved bytes, then the 64-bit value).
+response = R.Response.pack_fields
 
 
 #: ``out_fields(instructions, output_len, trace_len, run_ns, fault_address, fault_size,

@@ -76,6 +76,9 @@ class _Engine:
         self.request = b""
         #: The running Run Program's executable when found at EXEC (None: the runner loads it).
         self.exe: object | None = None
+        #: The running Run Program is a short one run in its host's thread (``_short_run``): it
+        #: sees an abort only when one is pending at its start.
+        self.short = False
         self.ctx = R.cmdctx(n)
         self.trace = R.trace_buffer(n)
         #: The run's parameters decoded from EHCMDCTXn at EXEC: (input length, window, args,
@@ -185,6 +188,9 @@ class HermesDevice:
         self._ctx_end = R.cmdctx(engines) if self.run_context else R.EHCMDCTX_BASE
         self._trace_end = R.trace_buffer(engines) if self.run_context else R.EHTRACE_BASE
         self._bar0 = bytearray(self._trace_end if self.run_context else self._ctrl_end)
+        # The command path stores and slices BAR0 through a view: storing bytes into a slice of
+        # a bytearray copies them first, and a slice of a bytearray is itself a copy.
+        self._bar0v = memoryview(self._bar0)
         self._bar0_len = len(self._bar0)
         #: What the BAR0 header says (the XDMA block has every channel), written from it once.
         self.geometry = R.Geometry(
@@ -261,7 +267,7 @@ class HermesDevice:
         them: BAR0 reads have no side effects, so an aligned block inside it is one copy."""
         if bar == 0 and offset >= 0 and not (offset | length) & 3 \
                 and offset + length <= self._bar0_len:
-            return bytes(self._bar0[offset:offset + length])
+            return self._bar0v[offset:offset + length].tobytes()
         return b"".join(self.bar_read(bar, offset + i, 4).to_bytes(4, "little")
                         for i in range(0, length, 4))
 
@@ -273,11 +279,11 @@ class HermesDevice:
         if bar == 0 and n and not (offset | n) & 7:
             if R.EHCMDREQ_BASE <= offset < self._req_end:
                 if (offset - R.EHCMDREQ_BASE) % R.EHCMD_STRIDE + n <= R.EHCMDREQ_LEN:
-                    self._bar0[offset:offset + n] = data
+                    self._bar0v[offset:offset + n] = data
                     return
             elif R.EHCMDCTX_BASE <= offset < self._ctx_end:
                 if (offset - R.EHCMDCTX_BASE) % R.EHCMDCTX_STRIDE + n <= _CTX_IN_END:
-                    self._bar0[offset:offset + n] = data
+                    self._bar0v[offset:offset + n] = data
                     return
         for i in range(0, n, 4):
             self.bar_write(bar, offset + i, 4, int.from_bytes(data[i:i + 4], "little"))
@@ -288,7 +294,7 @@ class HermesDevice:
             if size in _MASKS and not offset & (size - 1):
                 end = offset + size
                 if end <= self._bar0_len and offset >= 0:
-                    return int.from_bytes(self._bar0[offset:end], "little")
+                    return int.from_bytes(self._bar0v[offset:end], "little")
                 self._check_range(0, offset, size)
                 return 0
             self._check_range(0, offset, size)
@@ -536,7 +542,7 @@ class HermesDevice:
             if started is not None:
                 started(eng.index)
             return False
-        b = self._bar0
+        b = self._bar0v
         ctrl = eng.ctrl
         req = bytes(b[eng.req:eng.req + R.EHCMDREQ_LEN])   # later REQ writes do not affect it
         is_run = req[0] == R.CMD_RUN_PROGRAM
@@ -557,6 +563,7 @@ class HermesDevice:
         if res is None:
             eng.request = req
             eng.exe = None
+            eng.short = False
             if started is not None and self._short_run(eng, req, watched):
                 self._serve(eng, started)
                 return True
@@ -599,7 +606,8 @@ class HermesDevice:
                 steps = min(steps, slots)
             elif calls:
                 calls = steps   # a loop may call a helper at every instruction
-            return steps + calls * (_HELPER_WORK + (window >> 6)) <= INLINE_WORK
+            eng.short = steps + calls * (_HELPER_WORK + (window >> 6)) <= INLINE_WORK
+            return eng.short
         except Exception:   # defensive: the worker then runs it as any other
             eng.exe = None
             self._count("internal_errors")
@@ -621,7 +629,7 @@ class HermesDevice:
 
     def _complete(self, eng: _Engine, res: bytes) -> None:
         """Handshake end: response, then DONE=1 with EXEC=0 (one store), then the vector."""
-        b = self._bar0
+        b = self._bar0v
         with eng.done:
             b[eng.res:eng.res + R.EHCMDRES_LEN] = res
             b[eng.ctrl:eng.ctrl + 3] = _CTRL_DONE
@@ -706,18 +714,18 @@ class HermesDevice:
     def _claim_run_slots(self, eng: _Engine, req: bytes) -> bytes | None:
         """Check a Run Program's slot ids and run context and count its slots busy; the error
         response, or None when the run may go to the engine's worker."""
-        cid, pslot, dslot = _cid(req), req[8], req[9]
+        pslot, dslot = req[8], req[9]
         if pslot >= self.program_slots:
-            return response(cid, R.STATUS_INVALID_PROG_SLOT)
+            return response(_cid(req), R.STATUS_INVALID_PROG_SLOT)
         if dslot >= self.data_slots:
-            return response(cid, R.STATUS_INVALID_DATA_SLOT)
+            return response(_cid(req), R.STATUS_INVALID_DATA_SLOT)
         eng.run_ctx = None
-        if self.run_context:
+        if self.run_context and req[R.RUN_FLAGS_BYTE]:   # no flags: a legacy run
             problem = self._take_context(eng, req, pslot)
             if problem is not None:
                 eng.counts["invalid_contexts"] += 1
                 self.last_errors[eng.index] = ValueError(problem)
-                return response(cid, R.STATUS_INVALID_CONTEXT)
+                return response(_cid(req), R.STATUS_INVALID_CONTEXT)
         claims = 0
         powner, downer = self._owner
         pbusy, dbusy = self._busy
@@ -767,7 +775,13 @@ class HermesDevice:
         """Fill engine ``eng``'s OUT fields and EHTRACEn after a Run Program (before DONE)."""
         if not self.run_context:
             return
-        b = self._bar0
+        b = self._bar0v
+        if fault is None and not trace and not eng.trace_len:   # most runs: no text, no fault
+            at = eng.ctx + R.CTX_INSNS
+            b[at:at + _OUT_SIZE] = out_fields(
+                instructions, R.CTX_NO_OUTPUT if output_len is None else output_len, 0, run_ns,
+                0, 0, 0, dropped, budget)
+            return
         trace = trace[:R.TRACE_LIMIT]
         n = len(trace)
         if fault is not None and fault.kind == R.ErrorKind.OUT_OF_BOUNDS:
@@ -801,20 +815,26 @@ class HermesDevice:
 
     def _run_on_slots(self, eng: _Engine, req: bytes, cid: int, pslot: int, dslot: int) -> bytes:
         """Load (cached), run, encode the result and fill the OUT fields."""
-        length = int.from_bytes(req[12:16], "little")
         cancel = eng.cancel
+        if eng.short and not cancel.is_set():  # type: ignore[attr-defined]
+            # Bounded small work (D26): an abort arriving during it finds the run as good as
+            # done, so the engine need not watch the flag; one pending at its start still stops
+            # it there. Watching costs more than such a run.
+            cancel = None
         counts = eng.counts
         counts["runs"] += 1
         ctx = eng.run_ctx
-        entry = 0 if ctx is None else ctx[4]
         exe: object = eng.exe
         if exe is not None:
             eng.exe = None   # looked up at EXEC already (see _short_run)
-        elif length == 0 or length % 8 or length > self.program_slot_size:
-            exe = R.ErrorKind.LOAD.pack()
         else:
-            poff = self.program_slot_offset + pslot * self.program_slot_size
-            exe = self._cache.get(bytes(self._bar4[poff:poff + length]), self.executor_name, entry)
+            length = int.from_bytes(req[12:16], "little")
+            if length == 0 or length % 8 or length > self.program_slot_size:
+                exe = R.ErrorKind.LOAD.pack()
+            else:
+                poff = self.program_slot_offset + pslot * self.program_slot_size
+                exe = self._cache.get(bytes(self._bar4[poff:poff + length]), self.executor_name,
+                                      0 if ctx is None else ctx[4])
         if isinstance(exe, int):
             counts["run_errors"] += 1
             self._write_out(eng)   # it did not run: nothing of the previous run survives

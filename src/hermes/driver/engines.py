@@ -57,8 +57,18 @@ class RunControl:
     printed text; ``timeout`` is the run's own timeout (None: the driver's).
     """
 
-    __slots__ = ("_commands", "_lock", "aborted", "ctx", "done", "engine", "last_engine", "out",
-                 "stopped", "timeout", "trace")
+    # The state a run starts in is the class's: a run stores only what it changes (this is on
+    # the path of every run).
+    engine: int | None = None
+    #: The engine the command last started on (kept after it ended, for the quarantine).
+    last_engine: int | None = None
+    aborted = False
+    done = False
+    #: After an interruption (KeyboardInterrupt...) during the command: whether its engine was
+    #: seen idle afterwards.
+    stopped: bool | None = None
+    out = b""
+    trace = b""
 
     def __init__(self, commands: Commands, ctx: tuple[int, ...] | None = None,
                  timeout: float | None = None):
@@ -66,16 +76,6 @@ class RunControl:
         self._lock = threading.Lock()
         self.ctx = ctx
         self.timeout = timeout
-        self.engine: int | None = None
-        #: The engine the command last started on (kept after it ended, for the quarantine).
-        self.last_engine: int | None = None
-        self.aborted = False
-        self.done = False
-        #: After an interruption (KeyboardInterrupt...) during the command: whether its engine
-        #: was seen idle afterwards.
-        self.stopped: bool | None = None
-        self.out = b""
-        self.trace = b""
 
     def abort(self) -> bool:
         """Stop the run: now if its command runs, at its start if it has not started yet. False
@@ -92,10 +92,13 @@ class RunControl:
 
     def started(self, engine: int) -> None:
         """The command was started on ``engine`` (EHCMDEXEC written)."""
-        with self._lock:
-            self.engine = self.last_engine = engine
-            if self.aborted:
-                self._commands.abort_engine(engine)
+        # No lock (this is on the path of every run): ``abort`` stores ``aborted`` before it
+        # reads ``engine``, this stores ``engine`` before it reads ``aborted``, so at least one
+        # of them sends the abort (both may: the command was to stop either way). ``finished``,
+        # which ends the window for aborts, runs after this in the same thread.
+        self.engine = self.last_engine = engine
+        if self.aborted:
+            self._commands.abort_engine(engine)
 
     def finished(self) -> None:
         """The command is over (its engine is about to serve others): aborts no longer apply."""
@@ -123,6 +126,12 @@ class _EnginePool:
         """A free engine's number. Waits as long as it takes while engines run live commands
         (each has its own timeout); when only engines with timed-out commands remain, polls them
         for up to ``timeout`` seconds, then fails with ETIMEDOUT."""
+        if not self._stale:
+            # A free engine needs no lock: taking one is a single list operation (atomic).
+            try:
+                return self._free.pop()
+            except IndexError:
+                pass
         deadline = None
         with self._lock:
             if self._stale:
@@ -130,8 +139,10 @@ class _EnginePool:
                 # slots its timed-out command held.
                 self._reclaim()
             while True:
-                if self._free:
+                try:   # (another thread may take the last free engine without the lock)
                     return self._free.pop()
+                except IndexError:
+                    pass
                 if self._commands.closed:
                     raise error(errno.ENODEV, "the driver was closed")
                 if self._stale:

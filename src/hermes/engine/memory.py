@@ -97,6 +97,12 @@ def run_args(args: tuple | list = ()) -> tuple[int, int, int]:
     missing ones 0; anything else is ``UsageError``."""
     if args == ():
         return 0, 0, 0
+    if type(args) is tuple and len(args) == MAX_ARGS:
+        # the device's case (three u64 words of a run context), which the loop below accepts
+        a, b, c = args
+        if type(a) is int and type(b) is int and type(c) is int \
+                and 0 <= a <= MASK64 and 0 <= b <= MASK64 and 0 <= c <= MASK64:
+            return a, b, c
     if not isinstance(args, (tuple, list)):
         raise UsageError(f"args must be a tuple of at most {MAX_ARGS} integers, "
                          f"not {type(args).__name__}")
@@ -122,8 +128,12 @@ def input_region(memory: bytearray | memoryview | bytes | None, length: int | No
     r2 is ``length``, the input length (default: the whole window); it may not exceed the
     window (``DataTooLarge``).
     """
-    if memory is None:
-        data: bytearray | memoryview = bytearray()
+    if type(memory) is memoryview and memory.c_contiguous and memory.format == "B" \
+            and memory.ndim == 1 and not memory.readonly and memory.nbytes <= MAX_DATA:
+        # the devices' case (a window of a slot), which everything below would also accept
+        data: bytearray | memoryview = memory
+    elif memory is None:
+        data = bytearray()
     else:
         size = memory.nbytes if isinstance(memory, memoryview) else len(memory)
         if size > MAX_DATA:
