@@ -331,3 +331,182 @@ def test_a_load_through_an_address_it_overwrites_matches_the_reference(steps, a,
     text = f"ldxdw r4, [r1+0]\nldxdw r6, [r1+8]\n{steps}\nldxb r5, [r5+9]\nmov r0, r5\nexit"
     memory = a.to_bytes(8, "little") + b.to_bytes(8, "little") + bytes(range(1, 17))
     _same_as_reference(asm(text), memory, 100)
+
+
+def _random_block_program(rng, n: int) -> str:
+    """Random straight-line and branching code over r0..r9: 64- and 32-bit ALU steps (moves
+    between registers among them), loads and stores through r1-based pointers (some out of
+    the slot), forward branches and one backward one (a loop that only the budget may end)."""
+    ops64 = ["add", "sub", "mul", "lsh", "rsh", "and", "or", "xor", "mov", "arsh", "div", "mod",
+             "neg"]
+    imms = [0, 1, 2, 7, 32, 63, -1, -4, -4096, 0x7FFFFFFF, -0x80000000, 255]
+    lines = ["ldxdw r2, [r1+0]", "ldxdw r3, [r1+8]", "ldxw r4, [r1+16]", "ldxb r5, [r1+20]",
+             "mov r6, r1", "mov r7, 0", "mov r8, -1", "mov r9, 3", "mov r0, 0", "top:"]
+    labels = 0
+    for k in range(n):
+        d = rng.randrange(0, 10)
+        d = 6 if d == 1 else d  # r1 stays the slot's address
+        roll = rng.random()
+        if roll < 0.55:
+            op = rng.choice(ops64) + ("32" if rng.random() < 0.25 else "")
+            if op.startswith("neg"):
+                lines.append(f"{op} r{d}")
+            elif op.startswith(("lsh", "rsh", "arsh")) and rng.random() < 0.6:
+                lines.append(f"{op} r{d}, {rng.randrange(64 if '32' not in op else 32)}")
+            elif rng.random() < 0.5:
+                lines.append(f"{op} r{d}, {rng.choice(imms)}")
+            else:
+                lines.append(f"{op} r{d}, r{rng.randrange(0, 10)}")
+        elif roll < 0.65:
+            lines.append(f"lddw r{d}, {rng.choice([1 << 63, (1 << 64) - 3, 0x1_0000_0000])}")
+        elif roll < 0.75:
+            size = rng.choice(["b", "h", "w", "dw"])
+            base = rng.choice(["r1", "r6"])
+            lines.append(f"ldx{size} r{d}, [{base}+{rng.randrange(-2, 30)}]")
+        elif roll < 0.85:
+            size = rng.choice(["b", "h", "w", "dw"])
+            base = rng.choice(["r1", "r6"])
+            lines.append(f"stx{size} [{base}+{rng.randrange(-2, 30)}], r{rng.randrange(0, 10)}")
+        elif roll < 0.97:
+            labels += 1
+            cond = rng.choice(["jeq", "jne", "jgt", "jlt", "jsgt", "jsle", "jset", "jeq32"])
+            lines.append(f"{cond} r{d}, {rng.choice(imms)}, L{labels}")
+            lines += [f"add r{rng.randrange(2, 10)}, 1", f"L{labels}:"]
+        else:
+            lines += ["sub r9, 1", "jne r9, 0, top"]
+        if k == n // 2:
+            lines.append("mov r6, r1")  # the pointer back into the slot
+    lines += ["xor r0, r2", "add r0, r3", "xor r0, r4", "add r0, r5", "xor r0, r7",
+              "add r0, r8", "stxdw [r1+24], r0", "exit"]
+    return "\n".join(lines)
+
+
+def test_random_blocks_match_the_reference_with_every_kind_of_stop():
+    # pending values, liveness, ranges and merged budget updates against the reference: results,
+    # faults (their pc, address and count) and budgets stopping anywhere
+    import random
+    rng = random.Random(1969)
+    for _ in range(150):
+        text = _random_block_program(rng, rng.randrange(4, 30))
+        memory = bytes(rng.randrange(256) for _ in range(rng.choice((24, 32, 40))))
+        program = asm(text)
+        _same_as_reference(program, memory, 2000)
+        for budget in rng.sample(range(1, 120), 4):
+            _same_as_reference(program, memory, budget)
+
+
+@pytest.mark.parametrize("text", [
+    # a pending address read by the fault report (the value is never written)
+    "mov r5, r1\nadd r5, 100\nldxb r0, [r5+0]\nexit",
+    "mov r5, r1\nlsh r5, 1\nsub r5, r1\nadd r5, -9\nldxb r0, [r5+3]\nexit",
+    # a store whose pending value and address fold, then a fault
+    "mov r2, r1\nadd r2, 8\nmov r3, 7\nmul r3, 3\nstxb [r2+0], r3\nldxdw r0, [r2+8]\nexit",
+    # a dead value, then a fault at a register that wraps past 2**64 into the slot
+    "lddw r4, 0xffffffffffffffff\nmov r7, r4\nadd r7, r1\nmov r7, 5\nadd r4, r1\n"
+    "ldxb r0, [r4+1]\nldxb r0, [r4+100]\nexit",
+])
+def test_folded_values_seen_by_faults_match_the_reference(text):
+    _same_as_reference(asm(text), bytes(16), 100)
+
+
+@pytest.mark.parametrize("text", [
+    "mov r3, r1\nmov r1, r2\nmov r2, r3\nmov r0, r1\nsub r0, r2\nexit",  # a swap by moves
+    # values that read each other's locals, written when a 32-bit op overwrites one
+    "mov r2, 5\nmov r3, 9\nmov r4, r2\nmov r2, r3\nmov r3, r4\nadd32 r4, r2\n"
+    "mov r0, r2\nlsh r0, 8\nor r0, r3\nlsh r0, 8\nor r0, r4\nexit",
+    "mov r2, r1\nadd r2, r2\nmov r3, r2\nmul r3, r3\nmov r0, r3\nxor r0, r2\nexit",
+    # (x << k) >> k of a loaded word, and a 32-bit op on a pending 64-bit value
+    "ldxdw r2, [r1+0]\nlsh r2, 40\nrsh r2, 40\nmov r3, r2\nadd r3, -1\nadd32 r3, 1\n"
+    "mov r0, r3\nadd r0, r2\nexit",
+    # values known in range: a byte plus a constant, an address plus one, a sum of words
+    "ldxb r2, [r1+0]\nadd r2, 0x7fffffff\nmov r3, r1\nldxb r4, [r3+1]\nadd r3, 1\n"
+    "sub r3, r1\nldxw r5, [r1+4]\nldxw r6, [r1+8]\nadd r5, r6\nmov r0, r2\nadd r0, r3\n"
+    "add r0, r4\nadd r0, r5\nexit",
+    # a store and a load at one address (one _i), then the base moves and they repeat
+    "mov r7, r1\nldxw r8, [r7+4]\nadd r8, 1\nstxw [r7+4], r8\nadd r7, 2\nldxw r8, [r7+4]\n"
+    "add r8, 1\nstxw [r7+4], r8\nldxdw r0, [r1+0]\nexit",
+    # a pending copy of a register a load then overwrites
+    "ldxb r3, [r1+1]\nmov r2, r3\nldxb r3, [r1+0]\nmov r0, r2\nlsh r0, 8\nor r0, r3\nexit",
+    "ldxb r3, [r1+1]\nmov r2, r3\nadd r2, 5\nmov r4, r2\nldxb r2, [r1+2]\nmov r0, r4\n"
+    "lsh r0, 8\nor r0, r2\nexit",
+    # ranges carried into a block only earlier blocks jump to: the widest of them
+    "ldxb r2, [r1+0]\njgt r2, 100, big\nadd r2, 1\nja join\nbig:\nldxh r2, [r1+2]\njoin:\n"
+    "add r2, -1\nmov r0, r2\nexit",
+    "ldxb r2, [r1+0]\njgt r2, 100, big\nja join\nbig:\nldxdw r2, [r1+8]\njoin:\n"
+    "add r2, 1\nmov r0, r2\nexit",
+    # a shift whose range reaches 2**64 exactly: 256 << 56 wraps to 0
+    "ldxb r2, [r1+0]\nadd r2, 1\nlsh r2, 56\nmov r0, r2\nrsh r0, 1\nexit",
+])
+def test_pending_values_and_ranges_match_the_reference(text):
+    memory = bytes([0xFF, 0x80, 0xFE, 0xFF]) + bytes(range(240, 244)) + bytes([0xFF]) * 8
+    _same_as_reference(asm(text), memory, 100)
+
+
+def test_registers_live_after_a_call_match_the_reference():
+    # the callee's r0 is live at its exit; its r6..r9 come back from the frame, so the
+    # callee's own values there are dead
+    text = ("mov r6, 11\nmov r1, 3\nmov r7, 4\ncall local fn\nadd r0, r6\nadd r0, r7\n"
+            "exit\n"
+            "fn:\nmov r6, r1\nadd r6, 100\nmov r7, 1\nmov r2, r1\nmul r2, 3\nmov r1, 40\n"
+            "mov r0, r2\nadd r0, r6\nexit")
+    _same_as_reference(asm(text), bytes(8), 100)
+    for budget in range(1, 20):
+        _same_as_reference(asm(text), bytes(8), budget)
+
+
+def test_budget_stops_in_blocks_counted_together_match_the_reference():
+    # ALU-only blocks that jump straight on are counted by one update; a budget may stop
+    # before any of them, and a fault after them reports the full count
+    text = ("mov r0, 0\nmov r2, 0\nl: add r2, 1\nja +0\nadd r0, r2\nja +0\nmul r0, 3\n"
+            "jlt r2, 9, l\nldxb r0, [r1+99]\nexit")
+    for budget in range(0, 80):
+        _same_as_reference(asm(text), bytes(8), budget)
+    # a block that may fail is never counted together with the one after it
+    text = "mov r0, 0\nldxb r0, [r1+99]\nja +0\nadd r0, 1\nexit"
+    for budget in range(0, 6):
+        _same_as_reference(asm(text), bytes(8), budget)
+
+
+def test_wrapping_adds_and_subs_match_the_reference():
+    lines = ["ldxdw r2, [r1+0]", "ldxdw r3, [r1+8]", "ldxb r4, [r1+16]"]
+    lines += ["mov r5, r2", "add r5, r3", "mov r6, r4", "sub r6, r3", "mov r7, r4",
+              "sub r7, 300", "mov r8, r2", "add r8, -1", "mov r9, r3", "add r9, r4",
+              "mov r0, r5", "xor r0, r6", "xor r0, r7", "xor r0, r8", "xor r0, r9", "exit"]
+    text = "\n".join(lines)
+    for a, b, c in [(0, 0, 0), ((1 << 64) - 1, 1, 255), (1 << 63, 1 << 63, 1), (5, 9, 2),
+                    ((1 << 64) - 1, (1 << 64) - 1, 255)]:
+        memory = a.to_bytes(8, "little") + b.to_bytes(8, "little") + bytes([c]) + bytes(7)
+        _same_as_reference(asm(text), memory, 100)
+
+
+@pytest.mark.parametrize("cond", ["jgt r3, r2", "jge r3, r2", "jlt r2, r3", "jle r2, r3",
+                                  "jne r2, r3", "jgt r3, -2", "jge r3, -1", "jne r2, 0",
+                                  "jeq r2, r3"])
+@pytest.mark.parametrize("start", [0, 5, (1 << 64) - 6, (1 << 64) - 1])
+def test_loop_counters_near_2_64_match_the_reference(cond, start):
+    # the back edge's compare narrows the counter's range at the loop's head: a step past
+    # 2**64 - 1 must still wrap
+    text = (f"ldxdw r2, [r1+0]\nldxdw r3, [r1+8]\nmov r0, 0\nloop:\nadd r0, 1\nadd r2, 1\n"
+            f"mov r4, r2\nadd r4, 1\nstxdw [r1+16], r4\njgt r0, 12, out\n{cond}, loop\n"
+            "out:\nmov r0, r2\nexit")
+    end = (start + 4) % (1 << 64)
+    memory = start.to_bytes(8, "little") + end.to_bytes(8, "little") + bytes(8)
+    _same_as_reference(asm(text), memory, 1000)
+
+
+def test_ranges_after_compares_match_the_reference():
+    # every unsigned compare, against a register or a constant, with values at its boundary:
+    # on each edge a range one too narrow would store 16 << 60 (2**64) or 17 - 18 unwrapped
+    m = (1 << 64) - 1
+    edge = ("mov r4, r2\nlsh r4, 60\nstxdw [r1+16], r4\nmov r5, r3\nlsh r5, 60\n"
+            "stxdw [r1+24], r5\nmov r6, r2\nsub r6, 17\nstxdw [r1+32], r6\nmov r7, r3\n"
+            "sub r7, 16\nstxdw [r1+40], r7\nmov r0, r2\nadd r0, -16\nrsh r0, 1\n")
+    for cond in ("jgt", "jge", "jlt", "jle", "jeq", "jne"):
+        for c in (15, 16, 17):
+            for x in (c - 1, c, c + 1):
+                for against in ("r3", str(c)):
+                    text = (f"ldxdw r2, [r1+0]\nldxdw r3, [r1+8]\nmov r0, 0\n"
+                            f"{cond} r2, {against}, t\n{edge}ja out\nt:\n{edge}"
+                            "add r0, 1\nout:\nexit")
+                    memory = (x & m).to_bytes(8, "little") + c.to_bytes(8, "little")
+                    _same_as_reference(asm(text), memory + bytes(32), 100)

@@ -20,24 +20,39 @@ Rules of the translation (``Interpreter._compile``), which the run loop relies o
   stopped the trace before it; then it runs in a function of its own, compiled when needed.
 * Every block, inline or not, starts with its budget update exactly where every engine charges
   it: the chunk counts down ``left``, the instructions before the next limit (a one-digit int,
-  the cheapest kind). Only the first block of an arm compares it: with the most instructions
-  the blocks inlined after it can take on one pass (``_TraceWriter.need``), so no block inside
-  the trace can pass the limit. When the test fails the chunk returns to the run loop, which
-  raises ``BudgetExceeded`` if the block itself does not fit, or polls the ``Cancel`` flag, and
+  the cheapest kind). A block that cannot fail (no memory access, no call) and goes straight on
+  to an inlined block counts that block in its own update, as nothing can see ``left`` in
+  between. Only the first block of an arm compares it: with the most instructions the blocks
+  inlined after it can take on one pass (``_TraceWriter.need``), so no block inside the trace
+  can pass the limit. When the test fails the chunk returns to the run loop, which raises
+  ``BudgetExceeded`` if the block itself does not fit, or polls the ``Cancel`` flag, and
   re-enters; if the trace still cannot finish before the limit, the block runs alone in a
   one-block function (``Interpreter._alone``), which tests only its own count, so every stop
   falls on the block the reference stops at. Reaching a limit, entering another chunk and
   leaving the entry function are the only returns.
-* Registers always hold their value in [0, 2**64) between instructions, except inside a chain:
-  consecutive 64-bit add, sub, mul, lsh, rsh, and, or, xor steps on one register (after a
-  ``mov`` to it, too) are one expression, reduced modulo 2**64 once at the end (and before an
-  rsh, which needs the exact value; not at all after an ``and`` or rsh, whose results are in
-  range); a load that overwrites the chain's register takes the chain's expression as its
-  address unreduced, as any value outside [0, 2**64) fails the inline range tests. A lone
-  64-bit add or sub that wraps is corrected after a compare (cheaper than masking a many-digit
-  int), and adding or subtracting a constant of 2**63 or more is subtracting or adding its
-  small negation; a register move followed by an operation on the moved-to register is one
-  statement.
+* Registers hold their value in [0, 2**64) at every block boundary and call, if they are live
+  (``Interpreter._liveness``: read on some path before being written; a local call needs all
+  of them, an ``exit`` r0 in the entry function and r0..r5 in any other, when no call enters
+  the entry function and no jump leaves a function). Nothing else sees a register: a fault
+  reports its pc, address and kind, and a budget stop falls on a block boundary. Inside a block
+  (``_Body``) a 64-bit add, sub, mul, lsh, rsh, and, or, xor or mov (and an lddw) is a pending
+  expression, not a statement, when the block reads its value once and it is dead after the
+  block, or it is a copy of a register or a constant; a later step, the address of a load or
+  store, or a stored value reads the expression itself, and a value no one reads is never
+  computed. A pending value is written before any statement overwrites a local it reads, and
+  the block's live values at its end. Expressions are congruent to the value modulo 2**64 and
+  carry the range interval arithmetic proves of them: from constants, load sizes, 32-bit
+  results, masks and shifts; a register an access succeeded through lies in ``_ADDR``; a block
+  that no call, return or function entry reaches starts from the widest ranges its
+  predecessors leave on the edges to it, as an unsigned 64-bit compare narrows them
+  (``_refine``), first from earlier blocks only, then, for a loop header, once more with its
+  back edges (the ranges of one translation hold for any other: they compute the same
+  values). A value is written as it is when in range, corrected by a compare when it can only
+  have wrapped once (cheaper than masking a many-digit int), else masked; an rsh takes an exact
+  operand, and ``(x << k) >> k`` is ``x`` masked. Adding or subtracting a constant of 2**63
+  or more is subtracting or adding its small negation. An address not in [0, 2**64) fails the
+  inline range tests, and the general lookup masks it. A block computes ``_i`` (the address)
+  again only when it changed.
 * Local calls push (return block, r6..r10) on a frame list and move r10 and the stack's lower
   bound down one frame; ``exit`` pops it. A chunk saves ``left`` before any exception leaves it, so
   faults report the same instruction counts as the reference interpreter.
@@ -51,6 +66,7 @@ Rules of the translation (``Interpreter._compile``), which the run loop relies o
 """
 from __future__ import annotations
 
+import bisect
 import struct
 import sys
 import time
@@ -151,17 +167,51 @@ _SHIFT = {2: 1, 4: 2, 8: 3}
 _WORD: tuple[tuple[int, Literal["H", "I", "Q"]], ...] = ((2, "H"), (4, "I"), (8, "Q"))
 #: The views of a run of a program without word accesses (D2..D8, T2..T8).
 _NO_VIEWS: list[memoryview | None] = [None] * 6
-#: The most ALU instructions written as one expression (bounds the size of its intermediates).
+#: The most ALU steps written as one expression (bounds the size of its intermediates).
 _CHAIN = 6
-_FOLD = frozenset(("add", "sub", "mul", "lsh", "rsh", "and", "or", "xor"))
+_FOLD = frozenset(("add", "sub", "mul", "lsh", "rsh", "and", "or", "xor", "mov"))
+_ALL = (1 << 11) - 1
+#: Registers live at the ``exit`` of a function called by another: r0 and, for a caller that
+#: reads them after the call, r1..r5 (r6..r10 come back from the frame).
+_CALLEE_EXIT = (1 << 6) - 1
+#: The values a register lies in when an access based on it succeeded: every region lies in
+#: [DATA_BASE, STACK_TOP) and an offset is a signed 16-bit number.
+_ADDR = (DATA_BASE - (1 << 15), STACK_TOP + (1 << 15))
 
 
 def _folds(insn: Insn) -> bool:
-    """Whether ``insn`` is a 64-bit ALU step ``_BlockCompiler.chain`` folds: one of ``_FOLD``
-    with an immediate or another register as its source."""
+    """Whether ``insn`` is a 64-bit ALU step ``_Body`` keeps as an expression (one of
+    ``_FOLD``)."""
     op = insn.op
-    return op.is_alu and op.width == 64 and op.sem in _FOLD \
-        and not (op.source_x and insn.src == insn.dst)
+    return op.is_alu and op.width == 64 and op.sem in _FOLD
+
+
+def _mask(regs: tuple[int, ...] | list[int] | set[int]) -> int:
+    """A bit for each register of ``regs``."""
+    m = 0
+    for r in regs:
+        m |= 1 << r
+    return m
+
+
+def _rw(insn: Insn) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The registers ``insn`` reads (once per operand, as ``_Body`` reads them) and writes;
+    a local call, ``exit`` and an atomic's writes are left to the caller (see ``_liveness``)."""
+    op = insn.op
+    src = (insn.src,) if op.source_x else ()
+    if op.is_alu:
+        return (src if op.sem in ("mov", "movsx") else (insn.dst,) + src), (insn.dst,)
+    if op.is_lddw:
+        return (), (insn.dst,)
+    if op.is_load:
+        return (insn.src,), (insn.dst,)
+    if op.is_store or op.is_branch:
+        return (insn.dst,) + src, ()
+    if op.is_atomic:  # what it writes (r0 or src) counts as live before it: conservative
+        return (insn.dst, insn.src, 0), ()
+    if op.is_call and not op.is_local_call:
+        return ((insn.dst,) if op.sem == "callx" else ()) + (1, 2, 3, 4, 5), (0,)
+    return (), ()
 
 
 class _BlockCompiler:
@@ -176,16 +226,17 @@ class _BlockCompiler:
     def __init__(self, stack_safe: dict[int, int]):
         self.stack_safe = stack_safe
 
-    def alu(self, insn: Insn, rd: str | None = None) -> list[str]:
-        """Statements of an ALU instruction; ``rd`` names what holds the destination's value
-        when that is not the destination register itself (a ``mov`` folded into this one)."""
+    def alu(self, insn: Insn, rd: str | None = None, rs: str | None = None) -> list[str]:
+        """Statements of an ALU instruction; ``rd`` and ``rs`` are expressions of the
+        destination's and the source's values when those are not the registers themselves
+        (pending values, see ``_Body``)."""
         op = insn.op
         sem, w = op.sem, op.width
         d = f"r{insn.dst}"
         dr = rd or d
         mask = _M if w == 64 else _W
         if op.source_x:
-            s = dr if insn.src == insn.dst else f"r{insn.src}"
+            s = rs or (dr if insn.src == insn.dst else f"r{insn.src}")
         else:
             s = str(insn.imm & (MASK64 if w == 64 else W32))
         sh = 63 if w == 64 else 31
@@ -238,53 +289,6 @@ class _BlockCompiler:
                 return [f"{d} = (({dr} & 255) << 8) | (({dr} >> 8) & 255)"]
             return [f"{d} = BSWAP({dr}, {w})"]
         raise AssertionError(sem)  # pragma: no cover - the table has no other ALU sem
-
-    def chain(self, steps: list[Insn]) -> list[str]:
-        """Statements of consecutive ALU instructions on one register (``_folds`` says which;
-        the first may be a 64-bit ``mov``): one or, for a register move and one step, two
-        instructions as ``alu`` writes them, else one expression masked once at the end."""
-        first = steps[0]
-        if len(steps) == 1:
-            return self.alu(first)
-        moved = first.op.sem == "mov"
-        if len(steps) == 2 and moved:
-            if not first.op.source_x:
-                return self.alu(first) + self.alu(steps[1])
-            return self.alu(steps[1], f"r{first.src}")  # "mov d, s; op d": one step
-        expr, exact = self.chain_expr(steps)
-        return [f"r{first.dst} = {expr}" if exact else f"r{first.dst} = {expr} & {_M}"]
-
-    @staticmethod
-    def chain_expr(steps: list[Insn]) -> tuple[str, bool]:
-        """The value of a chain (see ``chain``; each step after a first ``mov`` folds) as an
-        expression, and whether that is in [0, 2**64) (else it is only congruent to it)."""
-        first = steps[0]
-        expr, exact = f"r{first.dst}", True
-        if first.op.sem == "mov":
-            expr = f"r{first.src}" if first.op.source_x else str(first.imm & MASK64)
-            steps = steps[1:]
-        for insn in steps:
-            sem = insn.op.sem
-            s = f"r{insn.src}" if insn.op.source_x else str(insn.imm & MASK64)
-            if sem in ("lsh", "rsh"):
-                s = f"({s} & 63)" if insn.op.source_x else str(insn.imm & 63)
-            if sem == "rsh":
-                expr = f"({expr} >> {s})" if exact else f"(({expr} & {_M}) >> {s})"
-                exact = True
-            elif sem == "lsh":
-                expr, exact = f"({expr} << {s})", False
-            elif sem == "and":  # of a value in range: in range whatever ``expr`` held
-                expr, exact = f"({expr} & {s})", True
-            elif sem in ("or", "xor"):
-                expr = f"({expr} {_BINOP[sem]} {s})"
-            elif sem in ("add", "sub") and not insn.op.source_x \
-                    and (insn.imm & MASK64) >> 63:
-                # as in ``alu``: adding or subtracting the small negation instead
-                other = "-" if sem == "add" else "+"
-                expr, exact = f"({expr} {other} {(1 << 64) - (insn.imm & MASK64)})", False
-            else:  # add, sub, mul: congruent modulo 2**64, masked once at the end
-                expr, exact = f"({expr} {_BINOP[sem]} {s})", False
-        return expr, exact
 
     def cond(self, insn: Insn) -> str:
         op = insn.op
@@ -365,16 +369,21 @@ class _BlockCompiler:
                              lambda buf, i, al: [f"{dst} = {wrap(self._get(buf, i, size, al))}"],
                              lambda a: f"{dst} = {wrap(f'LD({a}, {size}, {pc}, sl)')}")
 
-    def store(self, insn: Insn, pc: int) -> list[str]:
+    def store(self, insn: Insn, pc: int, base: str | None = None,
+              value: str | None = None) -> list[str]:
+        """Statements of a store; ``base`` is as for ``load``, ``value`` an expression of the
+        value stored, already in [0, 2**(8 * size))."""
         size = insn.op.width
-        if insn.op.source_x:  # registers always hold 64-bit values
+        if value is not None:
+            v = value
+        elif insn.op.source_x:  # registers always hold 64-bit values
             v = f"r{insn.src}" if size == 8 else f"(r{insn.src} & {_SIZE_MASK[size]})"
         else:
             v = str(insn.imm & _SIZE_MASK[size])
         proven = self.stack_safe.get(pc)
         if proven is not None:
             return self._put("STK", f"r10 + {proven - STACK_BASE}", size, v, proven % size == 0)
-        return self._checked(f"r{insn.dst}", insn.off, size,
+        return self._checked(base or f"r{insn.dst}", insn.off, size,
                              lambda buf, i, al: self._put(buf, i, size, v, al),
                              lambda a: f"ST({a}, {size}, {v}, {pc}, sl)")
 
@@ -414,13 +423,352 @@ class _BlockCompiler:
         raise AssertionError(op.mnemonic)  # pragma: no cover - the caller handles control flow
 
 
+def _refine(known: dict[int, tuple[int, int]], insn: Insn,
+            taken: bool) -> dict[int, tuple[int, int]]:
+    """The ranges ``known`` narrowed by a 64-bit unsigned compare ``insn`` having gone the way
+    ``taken`` says (unchanged for any other branch, or an edge no value can take)."""
+    op = insn.op
+    sem = op.sem
+    if op.width != 64 or op.signed or sem not in ("jgt", "jge", "jlt", "jle", "jeq", "jne") \
+            or op.source_x and insn.src == insn.dst:
+        return known
+    full = (0, 1 << 64)
+    a = known.get(insn.dst, full)
+    c = insn.imm & MASK64
+    b = known.get(insn.src, full) if op.source_x else (c, c + 1)
+    swap = sem in ("jlt", "jle")
+    if swap:  # a < b is b > a
+        a, b, sem = b, a, "jgt" if sem == "jlt" else "jge"
+    if sem == "jne":
+        sem, taken = "jeq", not taken
+    if sem == "jeq":
+        if not taken:
+            return known
+        a = b = (max(a[0], b[0]), min(a[1], b[1]))
+    elif sem == "jgt":
+        a, b = (((max(a[0], b[0] + 1), a[1]), (b[0], min(b[1], a[1] - 1))) if taken
+                else ((a[0], min(a[1], b[1])), (max(b[0], a[0]), b[1])))
+    else:  # jge
+        a, b = (((max(a[0], b[0]), a[1]), (b[0], min(b[1], a[1]))) if taken
+                else ((a[0], min(a[1], b[1] - 1)), (max(b[0], a[0] + 1), b[1])))
+    if swap:
+        a, b = b, a
+    if a[0] >= a[1] or b[0] >= b[1]:
+        return known
+    out = dict(known)
+    out[insn.dst] = a
+    if op.source_x:
+        out[insn.src] = b
+    return out
+
+
+class _Val:
+    """A value as an expression over the chunk's locals. When ``lo`` is not None the value
+    lies in ``lo`` .. ``hi - 1``, else the expression is only congruent to it modulo 2**64;
+    ``ops`` counts its ALU steps, ``refs`` has a bit for each register it reads, ``const`` is
+    the value when it is known now and ``shl`` (inner, k) says the expression is
+    ``inner << k``."""
+
+    __slots__ = ("expr", "lo", "hi", "ops", "refs", "const", "shl")
+
+    def __init__(self, expr: str, lo: int | None, hi: int, ops: int = 0, refs: int = 0,
+                 const: int | None = None, shl: tuple[_Val, int] | None = None):
+        self.expr, self.lo, self.hi, self.ops, self.refs = expr, lo, hi, ops, refs
+        self.const, self.shl = const, shl
+
+    @property
+    def exact(self) -> bool:
+        """Whether the expression is the value itself, in [0, 2**64)."""
+        return self.lo is not None and self.lo >= 0 and self.hi <= 1 << 64
+
+
+def _const(c: int) -> _Val:
+    return _Val(str(c), c, c + 1, const=c)
+
+
+def _exact(v: _Val) -> _Val:
+    return v if v.exact else _Val(f"({v.expr} & {_M})", 0, 1 << 64, v.ops + 1, v.refs)
+
+
+def _fold_const(sem: str, a: int, b: int) -> int:
+    if sem in ("lsh", "rsh"):
+        return (a << (b & 63)) & MASK64 if sem == "lsh" else a >> (b & 63)
+    return {"add": a + b, "sub": a - b, "mul": a * b, "and": a & b, "or": a | b,
+            "xor": a ^ b}[sem] & MASK64
+
+
+def _step(sem: str, a: _Val, b: _Val) -> _Val:
+    """The value of the 64-bit ALU step ``sem`` (one of ``_FOLD``) with destination value ``a``
+    and source value ``b``, with the range interval arithmetic proves of it."""
+    if sem == "mov":
+        return b
+    if a.const is not None and b.const is not None:
+        return _const(_fold_const(sem, a.const, b.const))
+    ops, refs = a.ops + b.ops + 1, a.refs | b.refs
+    if sem in ("add", "sub") and b.const is not None and b.const >> 63:
+        # adding 2**64 - k is subtracting k (C's "x += -k"), and the small k is cheaper
+        sem, b = ("sub" if sem == "add" else "add"), _const((1 << 64) - b.const)
+    alo, blo = a.lo, b.lo
+    lo: int | None = None
+    hi = 0
+    if sem in ("add", "sub", "mul"):
+        if alo is not None and blo is not None:
+            if sem == "add":
+                lo, hi = alo + blo, a.hi + b.hi - 1
+            elif sem == "sub":
+                lo, hi = alo - b.hi + 1, a.hi - blo
+            elif alo >= 0 and blo >= 0:
+                lo, hi = alo * blo, (a.hi - 1) * (b.hi - 1) + 1
+        return _Val(f"({a.expr} {_BINOP[sem]} {b.expr})", lo, hi, ops, refs)
+    if sem == "lsh":
+        k = 63 if b.const is None else b.const & 63
+        amt = f"({b.expr} & 63)" if b.const is None else str(k)
+        if alo is not None and alo >= 0:
+            lo, hi = (alo << k if b.const is not None else 0), ((a.hi - 1) << k) + 1
+        return _Val(f"({a.expr} << {amt})", lo, hi, ops, refs,
+                    shl=(a, k) if b.const is not None else None)
+    if sem == "rsh":
+        if b.const is None:
+            a = _exact(a)
+            return _Val(f"({a.expr} >> ({b.expr} & 63))", 0, a.hi, a.ops + b.ops + 1,
+                        a.refs | b.refs)
+        k = b.const & 63
+        if a.shl is not None and a.shl[1] == k and a.shl[0].exact and not a.exact:
+            # (x << k) mod 2**64 >> k: the low 64 - k bits of x
+            inner = a.shl[0]
+            return _Val(f"({inner.expr} & {(1 << (64 - k)) - 1})", 0,
+                        min(inner.hi, 1 << (64 - k)), inner.ops + 1, inner.refs)
+        a = _exact(a)
+        assert a.lo is not None
+        return _Val(f"({a.expr} >> {k})", a.lo >> k, ((a.hi - 1) >> k) + 1, a.ops + 1, a.refs)
+    if sem == "and":  # of a value in range: in range whatever the other held
+        bounds = [v.hi for v in (a, b) if v.exact]
+        if bounds:
+            lo, hi = 0, min(bounds)
+    elif alo is not None and blo is not None and alo >= 0 and blo >= 0:  # or, xor
+        lo, hi = 0, 1 << max((a.hi - 1).bit_length(), (b.hi - 1).bit_length())
+    return _Val(f"({a.expr} {_BINOP[sem]} {b.expr})", lo, hi, ops, refs)
+
+
+class _Body:
+    """Writes the statements of one basic block's instructions (see the module's rules),
+    keeping the value of a 64-bit ALU step (``_folds``) as a pending expression instead of a
+    statement when it is read at most once, or is a copy of a register or a constant.
+
+    ``pend`` maps a register to [its pending value, reads left in the block, whether it is
+    live after the block]; the register's local still holds an older value. Before any
+    statement writes a register's local, every pending value that reads that local is written
+    first (``clobber``), so a pending expression always reads the values it was made of.
+    ``known`` maps a register to the range its local is known to lie in."""
+
+    def __init__(self, comp: _BlockCompiler, known: dict[int, tuple[int, int]]):
+        self.comp = comp
+        self.lines: list[str] = []
+        self.pend: dict[int, list] = {}
+        self.known = dict(known)
+        self.known[10] = (STACK_BASE, STACK_TOP + 1)
+        #: the last ``_i = ...`` statement and the registers it reads, while ``_i`` holds it
+        self.last: tuple[str, int] | None = None
+
+    def peek(self, r: int) -> _Val:
+        p = self.pend.get(r)
+        if p is not None:
+            return p[0]
+        lo, hi = self.known.get(r, (0, 1 << 64))
+        return _Val(f"r{r}", lo, hi, refs=1 << r)
+
+    def take(self, r: int) -> _Val:
+        """The value of ``r`` for one of the reads the analysis counted."""
+        p = self.pend.get(r)
+        if p is None:
+            return self.peek(r)
+        p[1] -= 1
+        if p[1] <= 0 and not p[2]:
+            del self.pend[r]
+        return p[0]
+
+    def wrote(self, r: int, rng: tuple[int, int] = (0, 1 << 64)) -> None:
+        """Note that a statement wrote ``r``'s local, now in ``rng``."""
+        self.known[r] = rng
+        if self.last is not None and self.last[1] >> r & 1:
+            self.last = None
+
+    def assign(self, r: int, v: _Val) -> None:
+        """The statements writing ``v`` to ``r`` in [0, 2**64): as it is when in range, else
+        corrected by a compare when only one wrap is possible (cheaper than masking a
+        many-digit int), else masked."""
+        d = f"r{r}"
+        self.pend.pop(r, None)
+        if v.exact:
+            assert v.lo is not None
+            self.lines.append(f"{d} = {v.expr}")
+            self.wrote(r, (v.lo, v.hi))
+            return
+        if v.lo is not None and v.lo >= 0 and v.hi <= 1 << 65:
+            self.lines += [f"{d} = {v.expr}", f"if {d} > {_M}: {d} &= {_M}"]
+        elif v.lo is not None and v.lo >= -(1 << 64) and v.hi <= 1 << 64:
+            self.lines += [f"{d} = {v.expr}", f"if {d} < 0: {d} += {1 << 64}"]
+        else:
+            self.lines.append(f"{d} = {v.expr} & {_M}")
+        self.wrote(r)
+
+    def flush(self, regs: set[int] | list[int], extra: tuple[int, _Val] | None = None) -> None:
+        """Write the pending values of ``regs``, each after (or with) every pending value
+        that reads its local; then ``extra`` (a register and a new value), which reads the
+        locals as they were before (with the others in one statement if it must)."""
+        todo = {r for r in regs if r in self.pend}
+        if not todo:  # the common case, quickly
+            if extra is not None:
+                self.assign(*extra)
+            return
+        while True:
+            mask = _mask(todo)
+            more = {r for r, p in self.pend.items() if r not in todo and p[0].refs & mask}
+            if not more:
+                break
+            todo |= more
+        if extra is not None and extra[0] in todo:
+            todo.discard(extra[0])  # overwritten by extra
+            self.pend.pop(extra[0])
+        if extra is not None and extra[1].refs & _mask(todo):
+            self.together(sorted(todo), [self.pend[r][0] for r in sorted(todo)], extra)
+            return
+        while todo:
+            ready = [r for r in sorted(todo)
+                     if not any(self.pend[q][0].refs >> r & 1 for q in todo if q != r)]
+            if not ready:  # values that read each other's locals: one statement
+                self.together(sorted(todo), [self.pend[r][0] for r in sorted(todo)], extra)
+                return
+            for r in ready:
+                self.assign(r, self.pend[r][0])
+                todo.discard(r)
+        if extra is not None:
+            self.assign(*extra)
+
+    def together(self, regs: list[int], vals: list[_Val], extra: tuple[int, _Val] | None) -> None:
+        """One statement writing ``vals`` to ``regs`` (and ``extra``), all read first."""
+        if extra is not None:
+            regs, vals = regs + [extra[0]], vals + [extra[1]]
+        vals = [_exact(v) for v in vals]
+        self.lines.append(", ".join(f"r{r}" for r in regs) + " = "
+                          + ", ".join(v.expr for v in vals))
+        for r, v in zip(regs, vals, strict=True):
+            assert v.lo is not None
+            self.pend.pop(r, None)
+            self.wrote(r, (v.lo, v.hi))
+
+    def clobber(self, r: int, then: _Val | None = None) -> None:
+        """Make ready for a statement writing ``r``'s local (see the class); with ``then``,
+        write that value to ``r`` too."""
+        self.flush([q for q, p in self.pend.items() if q != r and p[0].refs >> r & 1],
+                   None if then is None else (r, then))
+
+    def access(self, head: list[str], base: _Val, checked: bool) -> None:
+        """Add ``head``, the ``_i = ...`` statement of a checked access at ``base``, unless
+        ``_i`` still holds that value."""
+        if checked:
+            if self.last is not None and self.last[0] == head[0]:
+                return
+            self.last = (head[0], base.refs)
+        self.lines += head
+
+    def based(self, base: _Val) -> None:
+        """After a checked access at ``base`` succeeded: a local that is the base lies in
+        ``_ADDR``."""
+        if base.ops == 0 and base.const is None:
+            r = base.refs.bit_length() - 1
+            lo, hi = self.known.get(r, (0, 1 << 64))
+            self.known[r] = (max(lo, _ADDR[0]), min(hi, _ADDR[1]))
+
+    def insn(self, insn: Insn, pc: int, reads: int, live: bool) -> None:
+        """The statements of ``insn`` (not a jump, exit or local call); ``reads`` and ``live``
+        say how often the block reads the value it writes and whether that is live after the
+        block."""
+        op = insn.op
+        comp = self.comp
+        d = insn.dst
+        if op.is_lddw or _folds(insn):
+            if not reads and not live:
+                return  # never read
+            if op.is_lddw:
+                a, src = None, _const(insn.imm & MASK64)
+            else:
+                a = None if op.sem == "mov" else self.peek(d)
+                src = self.peek(insn.src) if op.source_x else _const(insn.imm & MASK64)
+            if a is not None and a.ops + src.ops >= _CHAIN:  # bound the expression's size
+                self.flush([d] if a.ops >= src.ops else [insn.src])
+            if op.is_lddw:
+                v = src
+            else:
+                a = None if op.sem == "mov" else self.take(d)
+                b = self.take(insn.src) if op.source_x else _const(insn.imm & MASK64)
+                v = b if a is None else _step(op.sem, a, b)
+            if v.ops == 0 or reads == 1 and not live:  # a copy, a constant or read once
+                self.pend[d] = [v, reads, live]
+            else:
+                self.clobber(d, v)
+        elif op.is_alu:
+            if not reads and not live:
+                return  # never read (and no ALU instruction faults)
+            self.clobber(d)
+            wide = op.width == 64
+            sem = op.sem
+            rd = None if sem in ("mov", "movsx") else self.take(d)
+            rs = self.take(insn.src) \
+                if op.source_x and sem not in ("neg", "le", "be", "bswap") else None
+            # a 32-bit (or narrower) result is masked: a congruent operand will do
+            ed = None if rd is None else (_exact(rd) if wide else rd).expr
+            es = None if rs is None else (_exact(rs) if wide else rs).expr
+            self.pend.pop(d, None)
+            self.lines += comp.alu(insn, ed, es)
+            self.wrote(d, (0, 1 << op.width) if op.width < 64 else (0, 1 << 64))
+        elif op.is_load:
+            base = self.take(insn.src)
+            self.pend.pop(d, None)  # read for the last time as the address, or dead
+            checked = pc not in comp.stack_safe
+            lines = comp.load(insn, pc, base.expr)
+            # the address is in ``_i`` before the pending values reading rd are written
+            self.access(lines[:1] if checked else [], base, checked)
+            self.clobber(d)
+            self.lines += lines[1:] if checked else lines
+            if checked:
+                self.based(base)
+            size = insn.op.width
+            self.wrote(d, (0, 1 << (8 * size)) if op.sem != "ldxs" else (0, 1 << 64))
+        elif op.is_store:
+            base = self.take(d)
+            value = None
+            if op.source_x:
+                v = self.take(insn.src)
+                m = _SIZE_MASK[op.width]
+                value = v.expr if v.exact and v.hi <= m + 1 else f"({v.expr} & {m})"
+            checked = pc not in comp.stack_safe
+            lines = comp.store(insn, pc, base.expr, value)
+            self.access(lines[:1] if checked else [], base, checked)
+            self.lines += lines[1:] if checked else lines
+            if checked:
+                self.based(base)
+        else:  # atomics and helper calls: every register in its local
+            self.flush(set(self.pend))
+            self.lines += comp.insn(insn, pc)
+            self.last = None
+            for r in (0, insn.src):
+                self.known.pop(r, None)
+
+    def end(self) -> list[str]:
+        """The block's statements, every value still pending written."""
+        self.flush(set(self.pend))
+        return self.lines
+
+
 class _TraceWriter:
     """Writes the arm of one block: the block and, for a root, its trace (see the module's
     rules); ``exits`` collects the blocks the arm sends back to the dispatch."""
 
     def __init__(self, blocks: list[tuple[list[str], tuple]], lengths: list[int],
-                 headers: set[int], single: set[int], lo: int, hi: int, root: int, room: int):
-        self.blocks, self.lengths, self.headers = blocks, lengths, headers
+                 headers: set[int], single: set[int], quiet: set[int], lo: int, hi: int,
+                 root: int, room: int):
+        self.blocks, self.lengths, self.headers, self.quiet = blocks, lengths, headers, quiet
         # a loop's trace may copy blocks; any other inlines only blocks with one predecessor,
         # so each of those is written once
         self.single = None if root in headers else single
@@ -429,14 +777,20 @@ class _TraceWriter:
         self.exits: set[int] = set()
         #: the most instructions the inlined blocks of one pass through the trace may take
         self.need = 0
+        #: the count each ``left -= ...`` statement (by its index in ``out``) takes
+        self.counts: dict[int, int] = {}
 
     def arm(self) -> list[tuple[int, str]]:
         """The arm's statements as (indent, text), the ``while True`` of the root included
         when the trace loops back to the root; without one, the arm's ``break``s are the
         dispatch loop's ``continue``s (a loop that never repeats only costs compile time)."""
         self.block(self.root, [self.root], 1, 0)
-        length = self.lengths[self.root]
-        self.out[1] = (1, f"if left < {self.need}: left += {length}; b = {~self.root}; break")
+        for at, count in self.counts.items():
+            self.out[at] = (self.out[at][0], f"left -= {count}")
+        # the root's statement may count blocks after it too (see ``block``)
+        length, later = self.counts[0], self.counts[0] - self.lengths[self.root]
+        self.out[1] = (1, f"if left < {self.need - later}: left += {length}; "
+                          f"b = {~self.root}; break")
         if any(line == "continue" for _ind, line in self.out):
             return [(0, "while True:")] + self.out
         return [(ind - 1, line[:-5] + "continue" if line == "break" or line.endswith("; break")
@@ -445,11 +799,18 @@ class _TraceWriter:
     def emit(self, ind: int, line: str) -> None:
         self.out.append((ind, line))
 
-    def block(self, k: int, path: list[int], ind: int, spent: int) -> None:
+    def block(self, k: int, path: list[int], ind: int, spent: int, at: int | None = None) -> None:
         """Block ``k`` at the end of ``path``, ``spent`` instructions of inlined blocks after
         the root (``k`` included); only the root compares ``left``, with ``need`` (see
-        ``arm``)."""
-        self.emit(ind, f"left -= {self.lengths[k]}")
+        ``arm``). With ``at`` the ``left -= ...`` statement there counts ``k`` too: the blocks
+        since then go straight to ``k`` and none of them can fail, so no error, stop or
+        exit sees ``left`` in between."""
+        if at is None:
+            self.counts[len(self.out)] = self.lengths[k]
+            at = len(self.out)
+            self.emit(ind, "")
+        else:
+            self.counts[at] += self.lengths[k]
         if k == self.root:
             self.emit(ind, "")  # the root's limit test, once ``need`` is known
         self.need = max(self.need, spent)
@@ -458,7 +819,7 @@ class _TraceWriter:
             self.emit(ind, line)
         kind = term[0]
         if kind == "goto":
-            self.edge(term[1], path, ind, spent)
+            self.edge(term[1], path, ind, spent, at if k in self.quiet else None)
         elif kind == "branch":
             self.emit(ind, f"if {term[1]}:")
             self.edge(term[2], path, ind + 1, spent)
@@ -473,8 +834,9 @@ class _TraceWriter:
             self.exits.add(term[2])
             self.edge(term[1], path, ind, spent)
 
-    def edge(self, s: int, path: list[int], ind: int, spent: int) -> None:
-        """Code that sends control to block ``s`` (-1: the end of the function)."""
+    def edge(self, s: int, path: list[int], ind: int, spent: int, at: int | None = None) -> None:
+        """Code that sends control to block ``s`` (-1: the end of the function); ``at`` as for
+        ``block``."""
         if s == -1:
             self.exit(ind)
         elif s == self.root:
@@ -483,7 +845,7 @@ class _TraceWriter:
                 and (self.single is None or s in self.single) \
                 and self.lengths[s] <= self.room and len(path) < _DEPTH:
             self.room -= self.lengths[s]
-            self.block(s, path + [s], ind, spent + self.lengths[s])
+            self.block(s, path + [s], ind, spent + self.lengths[s], at)
         else:
             self.exits.add(s)
             self.emit(ind, f"b = {s}")
@@ -566,58 +928,108 @@ class Interpreter:
         block_of = {s: b for b, s in enumerate(starts)}
         ends = starts[1:] + [n]
         comp = _BlockCompiler(stack_safe)
-        blocks: list[tuple[list[str], tuple]] = []
         lengths, positions, block_at = [], [0] * n, [0] * n
+        items: list[list[tuple[int, Insn]]] = []  # each block's instructions
+        terms: list[tuple] = []
         for b, (s, e) in enumerate(zip(starts, ends, strict=True)):
-            body: list[str] = []
-            count = 0
+            block: list[tuple[int, Insn]] = []
             nxt = block_of[e] if e < n else -1  # falling off the end is an exit
             term: tuple = ("goto", nxt)
-            chain: list[Insn] = []  # ALU steps on one register not written yet
             for pc in range(s, e):
                 block_at[pc] = b
                 insn = insns[pc]
                 if insn is None:
                     continue
-                count += 1
-                positions[pc] = count
+                block.append((pc, insn))
+                positions[pc] = len(block)
                 op = insn.op
-                # a chain grows by folding steps, or a register move by any one operation
-                if chain and op.is_alu and insn.dst == chain[0].dst and (
-                        _folds(insn) and len(chain) < _CHAIN
-                        and (len(chain) == 1 or _folds(chain[-1]))
-                        or len(chain) == 1 and chain[0].op.sem == "mov" and chain[0].op.source_x
-                        and op.sem not in ("mov", "movsx")):
-                    chain.append(insn)
-                    continue
-                if chain and op.is_load and insn.src == insn.dst == chain[0].dst \
-                        and pc not in stack_safe and all(_folds(c) for c in chain[1:]):
-                    # the address is all the load reads of its register, which it overwrites
-                    body.extend(comp.load(insn, pc, comp.chain_expr(chain)[0]))
-                    chain = []
-                    continue
-                if chain:
-                    body.extend(comp.chain(chain))
-                    chain = []
                 if op.is_jump:
                     term = ("goto", block_of[cfg.target(insn, pc)])
                 elif op.is_branch:
-                    term = ("branch", comp.cond(insn), block_of[cfg.target(insn, pc)], nxt)
+                    term = ("branch", insn, block_of[cfg.target(insn, pc)], nxt)
                 elif op.is_exit:
                     term = ("exit",)
                 elif op.is_local_call:
                     # a call in the last slot returns to the last block, as the frame list says
                     term = ("call", block_of[cfg.target(insn, pc)],
                             nxt if nxt >= 0 else nblocks - 1, pc)
-                elif _folds(insn) or (op.is_alu and op.sem == "mov" and op.width == 64
-                                      and not (op.source_x and insn.src == insn.dst)):
-                    chain = [insn]
-                else:
-                    body.extend(comp.insn(insn, pc))
-            if chain:
-                body.extend(comp.chain(chain))
-            blocks.append((body, term))
-            lengths.append(count)
+            items.append(block)
+            terms.append(term)
+            lengths.append(len(block))
+        rws = [[_rw(insn) for _pc, insn in block] for block in items]
+        # blocks whose statements cannot fail: no memory access and no call
+        quiet = {b for b, block in enumerate(items)
+                 if not any(i.op.is_load or i.op.is_store or i.op.is_atomic or i.op.is_call
+                            for _pc, i in block)}
+        live_out = self._liveness(starts, terms, rws)
+        # the ranges of the locals on entry to a block that only earlier blocks jump to (no
+        # call, return or function entry): those its predecessors leave them in
+        entered = {0} | {block_of[f.start] for f in self.functions}
+        incoming: list[list[int]] = [[] for _ in range(nblocks)]
+        for b, term in enumerate(terms):
+            if term[0] == "call":
+                entered |= {term[1], term[2]}
+            for t in (term[1:] if term[0] == "goto" else term[2:] if term[0] == "branch" else ()):
+                if t >= 0:
+                    incoming[t].append(b)
+        known_after: list[dict[int, tuple[int, int]]] = []
+
+        def entry(b: int, loops: bool) -> dict[int, tuple[int, int]]:
+            """The ranges on entry to ``b``: the widest its predecessors leave on the edges to
+            it (as ``_refine`` narrows them); from earlier blocks only, unless ``loops``."""
+            if b in entered or not incoming[b] or not loops and max(incoming[b]) >= b:
+                return {}
+            known: dict[int, tuple[int, int]] | None = None
+            for p in sorted(set(incoming[b])):
+                term, after = terms[p], known_after[p]
+                edges = [after] if term[0] == "goto" else \
+                    [_refine(after, term[1], taken)
+                     for taken, t in ((True, term[2]), (False, term[3])) if t == b]
+                for facts in edges:
+                    known = dict(facts) if known is None else {
+                        r: (min(lo, facts[r][0]), max(hi, facts[r][1]))
+                        for r, (lo, hi) in known.items() if r in facts}
+            return known or {}
+
+        def translate(b: int, known: dict[int, tuple[int, int]]) -> tuple[list[str], _Body]:
+            block = items[b]
+            # how often the block reads the value each instruction writes, and whether that
+            # value is live after the block (read before the register is written again)
+            reads, live = [0] * 11, [bool(live_out[b] >> r & 1) for r in range(11)]
+            uses: list[tuple[int, bool]] = [(0, False)] * len(block)
+            for i in range(len(block) - 1, -1, -1):
+                rd, wr = rws[b][i]
+                if len(wr) == 1:
+                    uses[i] = (reads[wr[0]], live[wr[0]])
+                for r in wr:
+                    reads[r], live[r] = 0, False
+                for r in rd:
+                    reads[r] += 1
+            body = _Body(comp, known)
+            for (pc, insn), (count, alive) in zip(block, uses, strict=True):
+                op = insn.op
+                if not (op.is_jump or op.is_branch or op.is_exit or op.is_local_call):
+                    body.insn(insn, pc, count, alive)
+            return body.end(), body
+
+        blocks: list[tuple[list[str], tuple]] = []
+        firsts = []
+        for b in range(nblocks):
+            term = terms[b]
+            if term[0] == "branch":
+                term = ("branch", comp.cond(term[1])) + term[2:]
+            known = entry(b, False)
+            lines, body = translate(b, known)
+            blocks.append((lines, term))
+            known_after.append(body.known)
+            firsts.append(known)
+        # a loop header again, with what the loop's blocks leave on its back edges: the ranges
+        # of a first translation hold for any other, which computes the same values
+        for b in range(nblocks):
+            if incoming[b] and max(incoming[b]) >= b:
+                known = entry(b, True)
+                if known != firsts[b]:
+                    blocks[b] = (translate(b, known)[0], blocks[b][1])
         # chunks: consecutive blocks of at most CHUNK instructions (a longer block is alone)
         bounds = [0]
         size = 0
@@ -654,8 +1066,8 @@ class Interpreter:
             if root in arms[c]:
                 continue
             room = INLINE if root not in headers else min(INLINE, max(copies, 0))
-            writer = _TraceWriter(blocks, lengths, headers, single, bounds[c], bounds[c + 1],
-                                  root, room)
+            writer = _TraceWriter(blocks, lengths, headers, single, quiet, bounds[c],
+                                  bounds[c + 1], root, room)
             arms[c][root] = writer.arm()
             thresh[root] += writer.need
             if root in headers:
@@ -666,6 +1078,7 @@ class Interpreter:
         self._positions = positions
         self._block_at = block_at
         self._blocks, self._headers, self._single, self._bounds = blocks, headers, single, bounds
+        self._quiet = quiet
         self._chunk_of = chunk_of
         self._arms = arms
         # what the run loop calls to run block b: its chunk's function for a root, its own
@@ -676,6 +1089,56 @@ class Interpreter:
         # kind of one-block function, so every block stops exactly where the reference does
         self._thresh = thresh
         self._alone: list[Callable | None] = [None] * nblocks
+
+    def _liveness(self, starts: list[int], terms: list[tuple],
+                  rws: list[list[tuple[tuple[int, ...], tuple[int, ...]]]]) -> list[int]:
+        """The registers live after each block (a bit each): read on some path before being
+        written. A local call needs all of them; an ``exit`` needs r0 in the entry function and
+        ``_CALLEE_EXIT`` in any other, when no call enters the entry function and no block
+        leaves its function (else it needs all of them too)."""
+        nblocks = len(starts)
+        fstarts = [f.start for f in self.functions]
+        func = [bisect.bisect_right(fstarts, s) - 1 for s in starts]
+        contained = fstarts[0] == 0
+        for b, term in enumerate(terms):
+            if term[0] == "call":
+                contained = contained and term[1] != 0
+            succ = term[1:] if term[0] == "goto" else term[2:] if term[0] == "branch" else ()
+            contained = contained and all(s >= 0 and func[s] == func[b] for s in succ)
+        gen, kill = [0] * nblocks, [0] * nblocks
+        for b in range(nblocks):
+            g = k = 0
+            for rd, wr in reversed(rws[b]):
+                w = _mask(wr)
+                g = (g & ~w) | _mask(rd)
+                k |= w
+            gen[b], kill[b] = g, k
+        fixed = []  # blocks whose live-out set does not depend on other blocks
+        out = [0] * nblocks
+        for b, term in enumerate(terms):
+            if term[0] == "exit":
+                out[b] = _ALL if not contained else 1 if func[b] == 0 else _CALLEE_EXIT
+                fixed.append(b)
+            elif term[0] == "call" or -1 in term[1:] and term[0] != "call":
+                out[b] = _ALL
+                fixed.append(b)
+        isfixed = set(fixed)
+        live_in = [gen[b] | (out[b] & ~kill[b]) for b in range(nblocks)]
+        changed = True
+        while changed:
+            changed = False
+            for b in range(nblocks - 1, -1, -1):
+                if b in isfixed:
+                    continue
+                term = terms[b]
+                o = 0
+                for s in (term[1:] if term[0] == "goto" else term[2:]):
+                    o |= live_in[s]
+                if o != out[b]:
+                    out[b] = o
+                    live_in[b] = gen[b] | (o & ~kill[b])
+                    changed = True
+        return out
 
     def _function(self, b: int, alone: bool = False) -> Callable:
         """The function that runs block ``b`` (see ``_entry``), or with ``alone`` the block by
@@ -688,7 +1151,7 @@ class Interpreter:
             name, where, keys = f"chunk{c}", f"chunk {c}", list(arms)
         else:
             arms = {b: _TraceWriter(self._blocks, self._lengths, self._headers, self._single,
-                                    lo, hi, b, 0).arm()}
+                                    self._quiet, lo, hi, b, 0).arm()}
             name, where, keys = f"block{b}", f"block {b}", [b]
             lo, hi = b, b + 1
         namespace: dict = dict(_BOUND)
