@@ -1,18 +1,19 @@
 #!/usr/bin/env python3
-"""Differential fuzzer: random valid eBPF programs on the interpreter and both JIT tiers must agree.
+"""Differential fuzzer: random programs agree on the reference, the interpreter and both JIT tiers.
 
 Usage: python fuzz/jit_diff.py --count N [--kind flat|deep|mixed] [--seed S] [--batch B]
                                [--jobs J] [--max-items K]
-Every program runs on the interpreter, the JIT's quick tier and its full tier; r0, memory,
-instruction count and errors (type, kind, pc, address, size, count, message) are compared, each
+Every program runs on the reference interpreter (the specification, `engine/reference.py`), the
+fast interpreter, the JIT's quick tier and its full tier; r0, memory, instruction count and
+errors (type, kind, pc, address, size, count, message) are compared with the reference's, each
 difference is printed with the program and the exit status is 1 when any was found. Kinds:
 `flat` (ALU, memory, helpers, shallow calls, counted loops), `deep` (recursion to and past the
 depth limit, mutual calls, callers' frames through r10, code no run reaches, budgets running out
-at depth), `mixed` (alternating). Each program is verified once (the interpreter and both tiers
-share the result) and compiled B at a time in one LLVM module per tier. J worker processes
-(each chunk of programs in a fresh one) share the programs, so every worker has some. The time
-is LLVM's: about 16 ms of CPU per program for the quick tier and 70 ms for the full tier, out of
-about 100 ms in all, so the rate is about 10 programs a second per core (specs/jit.md).
+at depth), `mixed` (alternating). Each program is verified once (every engine shares the result)
+and compiled B at a time in one LLVM module per tier. J worker processes (each chunk of programs
+in a fresh one) share the programs, so every worker has some. The time is LLVM's: about 16 ms of
+CPU per program for the quick tier and 70 ms for the full tier, out of about 100 ms in all,
+so the rate is about 10 programs a second per core (specs/jit.md).
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from hermes.engine.helpers import CONFORMANCE_HELPERS
 from hermes.engine.interp import Interpreter
 from hermes.engine.jit import DEFAULT_OPT_LEVEL, JitExecutable, runtime
 from hermes.engine.program import Program
+from hermes.engine.reference import Reference
 from hermes.engine.verifier import VerifierInfo, verify
 from hermes.errors import VerifierError
 
@@ -62,8 +64,10 @@ def run_range(args: tuple[int, int, int, int, str]) -> tuple[int, int, list[str]
                 rejected += 1
                 diffs.append(f"generator produced a program the verifier rejects: {bad}\n"
                              f"{case.text}")
+        # the reference comes first: every other engine is compared with it
         exes: list[dict[str, object]] = [
-            {"interp": Interpreter(p, helpers=CONFORMANCE_HELPERS, budget=BUDGET, checked=info)}
+            {"reference": Reference(p, helpers=CONFORMANCE_HELPERS, budget=BUDGET, checked=info),
+             "interp": Interpreter(p, helpers=CONFORMANCE_HELPERS, budget=BUDGET, checked=info)}
             for _, p, info in checked]
         for tier in TIERS:
             # one LLVM module per tier and batch amortises LLVM's fixed cost
@@ -101,7 +105,7 @@ def main() -> int:
     args = ap.parse_args()
     seed = args.seed if args.seed is not None else random.randrange(2**32)
     print(f"jit_diff: {args.count} programs of kind {args.kind}, seed {seed}, {args.jobs} job(s), "
-          f"engines interp + JIT {' + '.join(TIERS)}", flush=True)
+          f"engines reference + interp + JIT {' + '.join(TIERS)}", flush=True)
     work = chunks(seed, args.count, args.chunk, args.jobs, args.batch, args.max_items,
                   args.kind)
     t0 = time.time()

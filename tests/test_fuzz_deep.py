@@ -64,5 +64,5 @@ def test_fuzzer_script_runs_every_engine():
                           "--kind", "mixed", "--jobs", "0", "--seed", "11", "--batch", "20"],
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "engines interp + JIT quick + full" in out.stdout
+    assert "engines reference + interp + JIT quick + full" in out.stdout
     assert "ran 40 programs (mixed) with seed 11: 0 differences" in out.stdout
