@@ -129,6 +129,30 @@ def test_irq_wait_counts_and_never_loses(tp):
         tp.irq_wait(32, 0)
 
 
+def test_bar0_reads_of_every_size_are_little_endian_and_aligned():
+    with HermesDevice(engines=1) as dev:
+        raw = bytes(dev._bar0[:64])
+        for size in (1, 2, 4, 8):
+            for off in range(0, 64, size):
+                assert dev.bar_read(0, off, size) == int.from_bytes(raw[off:off + size], "little")
+        before = dev.stats["bad_size_accesses"]
+        assert dev.bar_read(0, 2, 4) == 0 and dev.bar_read(0, 0, 3) == 0   # misaligned, odd
+        assert dev.stats["bad_size_accesses"] == before + 2
+        with pytest.raises(ValueError):
+            dev.bar_read(0, R.BAR0_SIZE, 4)
+
+
+def test_irq_counter_clear():
+    c = IrqCounter()
+    c.clear()   # nothing posted: nothing to do
+    for _ in range(3):
+        c.post()
+    c.clear()
+    assert c.pending == 0 and not c.wait(0)
+    c.post()
+    assert c.wait(0)
+
+
 def test_irq_counter_across_threads():
     c = IrqCounter()
     got = []

@@ -1,6 +1,7 @@
 """The Hermes PCIe device model: BAR0 registers, command engines, slots, BAR4, and BAR2 via xdma."""
 from __future__ import annotations
 
+import struct
 import threading
 import time
 import weakref
@@ -9,7 +10,7 @@ from collections.abc import Callable
 from .. import engine as _engine, regs as R
 from ..engine.elf import load_elf
 from ..errors import Cancelled, ExecutionError, ProgramError
-from .commands import ELF_MAGIC, MASK64, ProgramCache, context_in, error_code, out_fields, response
+from .commands import ELF_MAGIC, MASK64, ProgramCache, error_code, out_fields, response
 from .xdma import NUM_VECTORS, XdmaBlock
 
 #: Most engines a device may have: every engine needs its own MSI-X vector (8 + n < 32) and its
@@ -31,11 +32,19 @@ _HELPER_WORK = 128
 #: Zeros a slot is cleared with, one chunk at a time (memset speed, bounded memory).
 _ZERO_CHUNK = memoryview(bytes(1 << 20))
 _MASKS = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFF_FFFF, 8: MASK64}
+#: Little-endian readers of each access size: ``struct`` decodes in place, where
+#: ``int.from_bytes`` of a memoryview slice copies the bytes first (every register read).
+_READERS = {size: struct.Struct("<" + code).unpack_from
+            for size, code in ((1, "B"), (2, "H"), (4, "I"), (8, "Q"))}
+#: Run Program bytes 12..15: the program length.
+_PROG_LEN = struct.Struct("<I")
 _CTRL_RUNNING = b"\x01\x00\x00"   # EHCMDEXEC = 1, EHCMDDONE = 0, EHCMDABORT = 0
 _CTRL_DONE = b"\x00\x01\x00"      # EHCMDEXEC = 0, EHCMDDONE = 1, EHCMDABORT = 0
 #: Run context fields the host writes (RW); the rest of each EHCMDCTXn block is read-only.
 _CTX_IN_END = R.CTX_OUT_FIELDS[0]
 _OUT_SIZE = R.RunContextOut.SIZE
+#: The IN fields as a flat tuple (what ``commands.context_in`` groups, without the regrouping).
+_ctx_fields = R.RunContextIn.fields
 #: Slot owners (section 4.3 of specs/device.md): not handed out, handed out by Request Slot, or
 #: claimed by a Run Program of a driver that allocates slots on the host side.
 FREE, DEVICE_OWNED, HOST_OWNED = 0, 1, 2
@@ -291,10 +300,10 @@ class HermesDevice:
     def bar_read(self, bar: int, offset: int, size: int) -> int:
         """Read ``size`` bytes of BAR ``bar`` at ``offset`` as a little-endian integer."""
         if bar == 0:
-            if size in _MASKS and not offset & (size - 1):
-                end = offset + size
-                if end <= self._bar0_len and offset >= 0:
-                    return int.from_bytes(self._bar0v[offset:end], "little")
+            reader = _READERS.get(size)
+            if reader is not None and not offset & (size - 1):
+                if offset + size <= self._bar0_len and offset >= 0:
+                    return reader(self._bar0, offset)[0]
                 self._check_range(0, offset, size)
                 return 0
             self._check_range(0, offset, size)
@@ -585,7 +594,7 @@ class HermesDevice:
         program found is kept in ``eng.exe`` for whichever thread runs the command, so the
         cache counts one lookup either way."""
         try:
-            length = int.from_bytes(req[12:16], "little")
+            length = _PROG_LEN.unpack_from(req, 12)[0]
             if length == 0 or length % 8 or length > self.program_slot_size:
                 return True   # refused at once, without a load
             ctx = eng.run_ctx
@@ -603,7 +612,8 @@ class HermesDevice:
             else:
                 steps, window = ctx[3] or self.budget, ctx[1]
             if slots is not None:
-                steps = min(steps, slots)
+                if slots < steps:
+                    steps = slots
             elif calls:
                 calls = steps   # a loop may call a helper at every instruction
             eng.short = steps + calls * (_HELPER_WORK + (window >> 6)) <= INLINE_WORK
@@ -755,7 +765,7 @@ class HermesDevice:
             return None
         if req[R.RUN_FLAGS_BYTE + 1]:
             return "reserved Run Program byte 11 is not 0"
-        input_len, window, args, budget, entry, reserved = context_in(self._bar0, eng.ctx)
+        input_len, window, a0, a1, a2, budget, entry, reserved = _ctx_fields(self._bar0, eng.ctx)
         if reserved:
             return f"reserved run context field (offset {R.CTX_IN_RESERVED:#x}) is not 0"
         if window > self.data_slot_size:
@@ -766,7 +776,7 @@ class HermesDevice:
             poff = self.program_slot_offset + pslot * self.program_slot_size
             if bytes(self._bar4[poff:poff + 4]) != ELF_MAGIC:
                 return f"entry symbol {entry} given for a program that is not an ELF object"
-        eng.run_ctx = (input_len, window, args, budget, entry)
+        eng.run_ctx = (input_len, window, (a0, a1, a2), budget, entry)
         return None
 
     def _write_out(self, eng: _Engine, instructions: int = 0, output_len: int | None = None,
@@ -828,7 +838,7 @@ class HermesDevice:
         if exe is not None:
             eng.exe = None   # looked up at EXEC already (see _short_run)
         else:
-            length = int.from_bytes(req[12:16], "little")
+            length = _PROG_LEN.unpack_from(req, 12)[0]
             if length == 0 or length % 8 or length > self.program_slot_size:
                 exe = R.ErrorKind.LOAD.pack()
             else:
@@ -876,7 +886,7 @@ class HermesDevice:
             return response(cid, R.STATUS_EBPF_ERROR, error_code(exc))
         run_ns = time.perf_counter_ns() - start
         self._write_out(eng, result.instructions, result.output_length, result.trace, run_ns,
-                        dropped=result.trace_dropped, budget=budget)
+                        None, result.trace_dropped, budget)
         return response(cid, R.STATUS_SUCCESS, result.return_value)
 
     def _load(self, code: bytes, entry: int = 0) -> object:

@@ -27,6 +27,8 @@ _REQ_HEAD = struct.Struct("<QQ")
 _REQ_WORDS = struct.Struct("<QQQQ")
 #: Where CTX_TRACE_LEN (u32) sits in the OUT bytes read from CTX_INSNS on.
 _TRACE_LEN_AT = regs.CTX_TRACE_LEN - regs.CTX_INSNS
+#: A u32 read in place (``int.from_bytes`` of a slice copies it first).
+_U32 = struct.Struct("<I")
 
 
 #: How a command past its timeout ended when an abort stopped it.
@@ -43,9 +45,10 @@ def _not_told(engine: int) -> None:
     """``started`` of a command that no ``RunControl`` follows."""
 
 
-def _words(words: tuple[int, ...]) -> bytes:
-    """Little-endian bytes of 64-bit ``words``."""
-    return struct.pack(f"<{len(words)}Q", *words)
+#: The run context's IN words as the bytes of one block write.
+_CTX_WORDS = struct.Struct(f"<{regs.RunContextIn.SIZE // 8}Q")
+#: Bytes of the OUT fields a run context's results are read in (whole 4-byte reads).
+_OUT_READ = (regs.RunContextOut.SIZE + 3) & ~3
 
 
 class RunControl:
@@ -335,7 +338,7 @@ class Commands:
         long_req = rest or self._req_rest[engine]
         if self._block_writes:
             if ctx is not None:
-                t.write_block(_BAR0, self._ctx_at[engine], _words(ctx))
+                t.write_block(_BAR0, self._ctx_at[engine], _CTX_WORDS.pack(*ctx))
             t.write_block(_BAR0, base, _REQ_WORDS.pack(word0, word1, rest & _MASK64, rest >> 64)
                           if long_req else _REQ_HEAD.pack(word0, word1))
         else:
@@ -385,8 +388,7 @@ class Commands:
             # no side effects, so reading them before the state is checked changes nothing.
             reads = [(ctrl, 2), (regs.cmdres(engine), regs.EHCMDRES_LEN)]
             if ctx is not None:
-                reads.append((self._ctx_at[engine] + regs.CTX_INSNS,
-                              (regs.RunContextOut.SIZE + 3) & ~3))
+                reads.append((self._ctx_at[engine] + regs.CTX_INSNS, _OUT_READ))
             head, *got = t.read_many(_BAR0, reads)
             state = int.from_bytes(head, "little")
         else:
@@ -406,13 +408,23 @@ class Commands:
                       got: list[bytes] | None = None) -> Response:
         """The response of ``engine``'s completed command, and a run context's OUT fields and
         printed text into ``control`` (``got``: the response and OUT fields read already)."""
-        raw = got[0] if got else self._read_bytes(self._res_at[engine], regs.EHCMDRES_LEN)
+        if got:
+            raw = got[0]
+        elif self._block_reads:   # (a whole number of 4-byte reads: one block read is all)
+            raw = self.transport.read_block(_BAR0, self._res_at[engine], regs.EHCMDRES_LEN)
+        else:
+            raw = self._read_bytes(self._res_at[engine], regs.EHCMDRES_LEN)
         response = Response.unpack(raw)
         if control is not None and control.ctx is not None:
-            out = (got[1][:regs.RunContextOut.SIZE] if got else
-                   self._read_bytes(self._ctx_at[engine] + regs.CTX_INSNS, regs.RunContextOut.SIZE))
-            n = min(int.from_bytes(out[_TRACE_LEN_AT:_TRACE_LEN_AT + 4], "little"),
-                    regs.TRACE_LIMIT)
+            if got:
+                out = got[1][:regs.RunContextOut.SIZE]
+            elif self._block_reads:
+                out = self.transport.read_block(_BAR0, self._ctx_at[engine] + regs.CTX_INSNS,
+                                                _OUT_READ)[:regs.RunContextOut.SIZE]
+            else:
+                out = self._read_bytes(self._ctx_at[engine] + regs.CTX_INSNS,
+                                       regs.RunContextOut.SIZE)
+            n = min(_U32.unpack_from(out, _TRACE_LEN_AT)[0], regs.TRACE_LIMIT)
             control.out = out
             control.trace = self._read_bytes(regs.trace_buffer(engine), n) if n else b""
         return response

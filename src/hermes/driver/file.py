@@ -306,19 +306,44 @@ class HermesFile:
             self._check_open()
             return self._run_ex(run, cancel)
 
-    def _run_ex(self, run: object, cancel: object | None = None) -> RunOutcome:
-        if not isinstance(run, RunArgs):
-            raise error(errno.EINVAL, f"HERMES_RUN_IOCTL takes a RunArgs, not "
-                        f"{type(run).__name__}")
+    def run_context(self, input_len: int, window: int, args: tuple[int, int, int],
+                    budget: int, entry: int, timeout: float | None, *,
+                    cancel: object | None = None) -> RunOutcome:
+        """``run_ex`` for a caller that has checked the run's fields itself, as the library
+        does: the same run, outcome and failures, without a ``RunArgs`` to build and check
+        again. The fields are those of ``RunArgs`` (``args``: exactly three), each taken modulo
+        the width of its register field; the device refuses a window past the data slot or an
+        input past the window (EINVAL)."""
+        with self._lock:
+            self._check_open()
+            self._need_runctx()
+            a0, a1, a2 = args
+            return self._run_words(
+                regs.RunContextIn.words(input_len, window, a0, a1, a2, budget, entry),
+                timeout, cancel)
+
+    def _need_runctx(self) -> None:
         if not self._geo.capabilities & regs.EHCAP_RUNCTX:
             raise error(errno.EOPNOTSUPP, "the device has no run context (EHCAP_RUNCTX is clear "
                         "in EHCAP): it runs programs only on the whole data slot, without "
                         "arguments")
-        words = run.context_words(self._geo.data_slot_size)
-        self._need_program("run")
+
+    def _run_ex(self, run: object, cancel: object | None = None) -> RunOutcome:
+        if not isinstance(run, RunArgs):
+            raise error(errno.EINVAL, f"HERMES_RUN_IOCTL takes a RunArgs, not "
+                        f"{type(run).__name__}")
+        self._need_runctx()
+        return self._run_words(run.context_words(self._geo.data_slot_size), run.timeout,
+                               cancel)
+
+    def _run_words(self, words: tuple[int, ...], timeout: float | None,
+                   cancel: object | None) -> RunOutcome:
+        """Run with the run context IN ``words`` (checked), under the file's lock."""
+        if self._prog_slot is None:
+            self._need_program("run")
         if self._data_slot is None:
             raise error(errno.EBADFD, "run before any data was written")
-        control = RunControl(self._commands, words, run.timeout)
+        control = RunControl(self._commands, words, timeout)
         try:
             response = self._send_run(control, cancel)
         except DriverError as exc:

@@ -124,13 +124,14 @@ def run_word(prog_slot: int, data_slot: int, length: int, flags: int = 0) -> int
 
 
 _MASK64 = (1 << 64) - 1
+_MIN64 = -(1 << 63)
 
 
 def _int_in(value: object, lo: int, hi: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class RunArgs:
     """The argument of ``HERMES_RUN_IOCTL`` / ``HermesFile.run_ex``: a run with a run context.
 
@@ -148,8 +149,45 @@ class RunArgs:
     entry: int = 0
     timeout: float | None = None
 
+    def __init__(self, input_len: int, window: int, args: tuple = (), budget: int = 0,
+                 entry: int = 0, timeout: float | None = None) -> None:
+        # Stores into the instance dict: a frozen dataclass's own __init__ sets each field
+        # through object.__setattr__, at three times the cost, and the library builds one per run.
+        d = self.__dict__
+        d["input_len"] = input_len
+        d["window"] = window
+        d["args"] = args
+        d["budget"] = budget
+        d["entry"] = entry
+        d["timeout"] = timeout
+
     def context_words(self, slot_size: int) -> tuple[int, ...]:
         """The six little-endian words of EHCMDCTXn's IN fields; EINVAL naming what is wrong."""
+        input_len, window, args, budget, entry = (self.input_len, self.window, self.args,
+                                                  self.budget, self.entry)
+        t = self.timeout
+        # What the library sends (plain ints in range, three args or none, a float timeout or
+        # None) passes in one test; anything else goes through the checks one by one, which
+        # accept it too or name what is wrong.
+        if (type(input_len) is int and type(window) is int and type(budget) is int
+                and type(entry) is int and 0 <= input_len <= window <= slot_size
+                and 0 <= budget <= _MASK64 and 0 <= entry <= 0xFFFF_FFFF
+                and (t is None or type(t) is float and t > 0) and type(args) is tuple):
+            if not args:
+                return regs.RunContextIn.words(input_len, window, 0, 0, 0, budget, entry)
+            if len(args) == 3:
+                a0, a1, a2 = args
+                if (type(a0) is int and type(a1) is int and type(a2) is int
+                        and _MIN64 <= a0 <= _MASK64 and _MIN64 <= a1 <= _MASK64
+                        and _MIN64 <= a2 <= _MASK64):
+                    return regs.RunContextIn.words(input_len, window, a0, a1, a2, budget,
+                                                   entry)
+        self._check(slot_size)
+        a0, a1, a2 = (tuple(args) + (0, 0, 0))[:3]
+        return regs.RunContextIn.words(input_len, window, a0, a1, a2, budget, entry)
+
+    def _check(self, slot_size: int) -> None:
+        """EINVAL naming the first field that is out of its range (none: nothing raised)."""
         if not _int_in(self.window, 0, slot_size):
             raise error(errno.EINVAL, f"window {self.window!r} must be 0..{slot_size} bytes "
                         "(the data slot size)")
@@ -158,7 +196,7 @@ class RunArgs:
                         "bytes (the window)")
         args = self.args
         if not isinstance(args, (tuple, list)) or len(args) > regs.CTX_ARGS or not all(
-                _int_in(a, -(1 << 63), _MASK64) for a in args):
+                _int_in(a, _MIN64, _MASK64) for a in args):
             raise error(errno.EINVAL, f"args {args!r} must be at most {regs.CTX_ARGS} integers "
                         "in -2^63..2^64-1")
         if not _int_in(self.budget, 0, _MASK64):
@@ -170,12 +208,9 @@ class RunArgs:
         if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float))
                               or not t > 0):
             raise error(errno.EINVAL, f"timeout {t!r} must be a number of seconds > 0, or None")
-        a0, a1, a2 = (tuple(args) + (0, 0, 0))[:3]
-        return regs.RunContextIn.words(self.input_len, self.window, a0, a1, a2, self.budget,
-                                       self.entry)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class RunOutcome:
     """What ``run_ex`` returns (and a failed run's ``DriverError.outcome`` carries): r0, the OUT
     fields of the run context and the printed text. ``output_len`` is None when the program
@@ -196,15 +231,35 @@ class RunOutcome:
     fault_depth: int | None = None
     budget: int | None = None
 
+    def __init__(self, r0: int, instructions: int, output_len: int | None, run_ns: int,
+                 trace: bytes, trace_dropped: int, fault_address: int | None,
+                 fault_size: int | None, fault_write: bool | None, response: Response,
+                 fault_depth: int | None = None, budget: int | None = None) -> None:
+        # Stores into the instance dict, as ``RunArgs`` does (one per run).
+        d = self.__dict__
+        d["r0"] = r0
+        d["instructions"] = instructions
+        d["output_len"] = output_len
+        d["run_ns"] = run_ns
+        d["trace"] = trace
+        d["trace_dropped"] = trace_dropped
+        d["fault_address"] = fault_address
+        d["fault_size"] = fault_size
+        d["fault_write"] = fault_write
+        d["response"] = response
+        d["fault_depth"] = fault_depth
+        d["budget"] = budget
+
     @classmethod
     def parse(cls, response: Response, out: bytes, trace: bytes) -> RunOutcome:
         """From the response and EHCMDCTXn's OUT bytes (read from ``CTX_INSNS`` on)."""
         insns, output_len, _, run_ns, address, size, _, dropped, budget = \
             regs.RunContextOut.fields(out)
-        # the fault fields mean something only after a fault (their decoding: the codec's)
-        fault = regs.RunContextOut.unpack(out) if size else None
-        return cls(response.value if response.status == regs.STATUS_SUCCESS else 0, insns,
-                   None if output_len == regs.CTX_NO_OUTPUT else output_len, run_ns,
-                   bytes(trace), dropped, address if fault else None, size if fault else None,
-                   fault.fault_write if fault else None, response,
-                   fault.fault_depth if fault else None, budget or None)
+        r0 = response.value if response.status == regs.STATUS_SUCCESS else 0
+        declared = None if output_len == regs.CTX_NO_OUTPUT else output_len
+        if not size:   # the fault fields mean something only after a fault
+            return cls(r0, insns, declared, run_ns, bytes(trace), dropped, None, None, None,
+                       response, None, budget or None)
+        fault = regs.RunContextOut.unpack(out)   # (their decoding: the codec's)
+        return cls(r0, insns, declared, run_ns, bytes(trace), dropped, address, size,
+                   fault.fault_write, response, fault.fault_depth, budget or None)

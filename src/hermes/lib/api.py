@@ -67,7 +67,7 @@ def _elapsed_text(seconds: float) -> str:
     return f"{seconds:.2f}s"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Result:
     """Outcome of one run (``specs/run-contract.md`` section 4).
 
@@ -88,6 +88,23 @@ class Result:
     index: int | None = None
     trace_dropped: int = 0
 
+    def __init__(self, return_value: int, data: bytes | memoryview,
+                 instructions: int | None = None, elapsed: float | None = None,
+                 trace: str = "", offset: int | None = None, index: int | None = None,
+                 trace_dropped: int = 0) -> None:
+        # The dataclass's own __init__ of a frozen class sets each field through
+        # object.__setattr__; stores into the instance dict cost a third of that, and every run
+        # builds a Result.
+        d = self.__dict__
+        d["return_value"] = return_value
+        d["data"] = data
+        d["instructions"] = instructions
+        d["elapsed"] = elapsed
+        d["trace"] = trace
+        d["offset"] = offset
+        d["index"] = index
+        d["trace_dropped"] = trace_dropped
+
     def __repr__(self) -> str:
         parts = [f"r0={self.return_value}", f"data={memoryview(self.data).nbytes} bytes"]
         if self.instructions is not None:
@@ -105,7 +122,7 @@ class Result:
         return f"Result({', '.join(parts)})"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class RunInfo:
     """What a backend reports of one run before the library reads the output."""
 
@@ -115,6 +132,17 @@ class RunInfo:
     elapsed: float | None
     trace: str = ""
     trace_dropped: int = 0
+
+    def __init__(self, return_value: int, instructions: int | None, output_length: int | None,
+                 elapsed: float | None, trace: str = "", trace_dropped: int = 0) -> None:
+        # Stores into the instance dict, as ``Result`` does (one per run).
+        d = self.__dict__
+        d["return_value"] = return_value
+        d["instructions"] = instructions
+        d["output_length"] = output_length
+        d["elapsed"] = elapsed
+        d["trace"] = trace
+        d["trace_dropped"] = trace_dropped
 
 
 class Deadline:
@@ -375,11 +403,17 @@ class Session(abc.ABC):
              read: int | None, budget: int | None, timeout: float | None,
              cancel: Cancel | None, out: object) -> Result:
         regs3 = run_args(args)
-        check_limits(budget, timeout)
-        check_cancel(cancel)
-        for name, value in (("length", length), ("size", size), ("read", read)):
-            if value is not None:
-                check_size(name, value)
+        # Each check only for an argument given (this runs once per run).
+        if budget is not None or timeout is not None:
+            check_limits(budget, timeout)
+        if cancel is not None:
+            check_cancel(cancel)
+        if length is not None:
+            check_size("length", length)
+        if size is not None:
+            check_size("size", size)
+        if read is not None:
+            check_size("read", read)
         out_view = writable_view(out) if out is not None else None
         self._need_program("run")
         limit = self.data_slot_size
@@ -421,7 +455,7 @@ class Session(abc.ABC):
             if n:
                 self._readinto(data, 0)
         return Result(info.return_value, data, info.instructions, info.elapsed, info.trace,
-                      trace_dropped=info.trace_dropped)
+                      None, None, info.trace_dropped)
 
     @abc.abstractmethod
     def close(self) -> None:

@@ -6,10 +6,10 @@ import hashlib
 from dataclasses import dataclass
 
 from .. import engine as _engine, regs
-from ..driver import Driver, HermesFile, RunArgs, Transport, attach
+from ..driver import Driver, HermesFile, Transport, attach
 from ..engine.cache import DEFAULT_CACHE_BYTES, LoadedCache
 from ..errors import DeviceError, ProgramTooLarge
-from .api import Device, ProgramLike, RunInfo, Session, as_program, program_bytes, run_guarded
+from .api import Device, ProgramLike, RunInfo, Session, as_program, program_bytes
 from .errors import from_os_error, run_cancelled, run_failure, run_timeout, with_trace
 
 #: ``hermes.open("emu", ...)`` options that configure the driver; the rest go to HermesDevice.
@@ -100,10 +100,15 @@ class DriverSession(Session):
                  timeout: float | None, cancel: _engine.Cancel | None) -> RunInfo:
         prepared = self._prepared
         assert prepared is not None
-        request = RunArgs(input_len=length, window=size, args=args, budget=budget or 0,
-                          entry=prepared.entry, timeout=timeout)
         try:
-            outcome = run_guarded(self, lambda: self.file.run_ex(request, cancel=cancel))
+            # Session._run has checked every field (what run_ex would check again).
+            outcome = self.file.run_context(length, size, args, budget or 0, prepared.entry,
+                                            timeout, cancel=cancel)
+        except KeyboardInterrupt:
+            # ``run_guarded``'s rule, without its closure: the engine is freed before the
+            # interrupt propagates.
+            self.abort()
+            raise
         except OSError as exc:
             self._device.check_open()  # stopped by the device's close
             out = getattr(exc, "outcome", None)
@@ -120,8 +125,9 @@ class DriverSession(Session):
                                   budget=budget,
                                   segments=prepared.segments) from None
             raise from_os_error(exc) from None
+        trace = outcome.trace
         return RunInfo(outcome.r0, outcome.instructions, outcome.output_len,
-                       outcome.run_ns / 1e9, bytes(outcome.trace).decode("utf-8", "replace"),
+                       outcome.run_ns / 1e9, trace.decode("utf-8", "replace") if trace else "",
                        outcome.trace_dropped)
 
     def abort(self) -> None:
