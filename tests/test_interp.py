@@ -9,7 +9,7 @@ from hermes import BudgetExceeded, ExecutionError, Program, ProgramError
 from hermes.engine import CONFORMANCE_HELPERS, load, run
 from hermes.engine.asm import assemble_program
 from hermes.engine.helpers import Helper, HelperRegistry
-from hermes.engine.interp import bswap, sdiv, smod
+from hermes.engine.interp import _chunk_source, bswap, sdiv, smod
 from hermes.engine.memory import DATA_BASE, RODATA_BASE, RWDATA_BASE, STACK_TOP, Segment
 
 
@@ -510,3 +510,197 @@ def test_ranges_after_compares_match_the_reference():
                             "add r0, 1\nout:\nexit")
                     memory = (x & m).to_bytes(8, "little") + c.to_bytes(8, "little")
                     _same_as_reference(asm(text), memory + bytes(32), 100)
+
+
+@pytest.mark.parametrize("cond", ["jne", "jeq"])
+@pytest.mark.parametrize("c", [0, 1, 254, 255])
+@pytest.mark.parametrize("x", [0, 1, 254, 255])
+def test_ranges_after_equality_compares_match_the_reference(cond, c, x):
+    # x != c with c at an end of x's range [0, 255] leaves [1, 255] or [0, 254]: a range one
+    # too narrow would store -1 or 256 unwrapped, or unmasked
+    edge = ("mov r4, r2\nsub r4, 1\nstxdw [r1+8], r4\nmov r5, r2\nadd r5, 1\nlsh r5, 56\n"
+            "stxdw [r1+16], r5\nmov r6, r2\nsub r6, r3\nstxdw [r1+24], r6\n")
+    for against in ("r3", str(c)):
+        text = (f"ldxb r2, [r1+0]\nldxb r3, [r1+1]\nmov r0, 0\n{cond} r2, {against}, t\n"
+                f"{edge}ja out\nt:\n{edge}add r0, 1\nout:\nexit")
+        _same_as_reference(asm(text), bytes([x, c]) + bytes(30), 100)
+
+
+def _has_fast_loop(program: Program) -> bool:
+    from hermes.engine.interp import Interpreter
+    exe = Interpreter(program, helpers=CONFORMANCE_HELPERS, budget=1000)
+    return any("_v = r" in line for arms in exe._arms for arm in arms.values()
+               for _ind, line in arm)
+
+
+_POINTER_LOOP = """ldxdw r5, [r1+0]
+ldxdw r6, [r1+8]
+mov r0, 0
+loop:
+ldx{w} r7, [r5+{pre}]
+xor r0, r7
+mul r0, 31
+{step}
+ldxb r7, [r5+{post}]
+add r0, r7
+stxb [r5+{post}], r0
+{cond} r5, r6, loop
+exit"""
+
+
+@pytest.mark.parametrize("step, cond", [
+    ("add r5, 1", "jlt"), ("add r5, 1", "jne"), ("add r5, 2", "jlt"), ("add r5, 3", "jle"),
+    ("sub r5, -1", "jle"), ("add r5, -1", "jgt"), ("sub r5, 1", "jne"), ("sub r5, 2", "jge"),
+    ("sub r5, 3", "jgt"),
+])
+@pytest.mark.parametrize("w, pre, post", [("b", 0, 0), ("h", 1, -1), ("w", 0, 3), ("dw", 2, 0)])
+def test_pointer_loops_match_the_reference_in_and_out_of_the_slot(step, cond, w, pre, post):
+    # a loop of one block moving a pointer runs its fast version when every pass stays in the
+    # slot and the budget covers them; partly out of it, it faults at the reference's pc and
+    # address, and a budget running out stops where the reference stops
+    text = _POINTER_LOOP.format(w=w, pre=pre, post=post, step=step, cond=cond)
+    program = asm(text)
+    assert _has_fast_loop(program)
+    down = "-" in step.split(",")[1] if step.startswith("add") else "-" not in step
+    size = 96
+    for a, z in [(16, 60), (16, 17), (24, 24), (40, 16), (0, 80), (-3, 30), (30, size - 2),
+                 (30, size + 5), (size - 9, size), (60, 2), (60, -4), (70, 100)]:
+        if down:
+            a, z = z, a
+        memory = ((DATA_BASE + a) % (1 << 64)).to_bytes(8, "little") + \
+            ((DATA_BASE + z) % (1 << 64)).to_bytes(8, "little")
+        memory += bytes((37 * k + 5) & 0xFF for k in range(size - 16))
+        _same_as_reference(program, memory, 10_000)
+        for budget in (1, 4, 5, 11, 12, 13, 40, 41, 97, 150):
+            _same_as_reference(program, memory, budget)
+
+
+@pytest.mark.parametrize("step, branch", [
+    ("add r3, 1", "jlt r3, r4"), ("add r3, 1", "jne r3, r4"), ("add r3, 5", "jle r3, r4"),
+    ("sub r3, 1", "jne r3, 0"), ("sub r3, 1", "jgt r3, r4"), ("sub r3, 4", "jge r3, r4"),
+    ("add r3, 7", "jlt r3, -7"), ("add r3, 1", "jle r3, -2"), ("sub r3, 2", "jgt r3, 1"),
+    ("add r3, 7", "jlt r3, -6"), ("add r3, 1", "jle r3, -1"),  # these two could wrap: no version
+    ("sub r3, 2", "jge r3, 2"), ("add r3, 1", "jgt r4, r3"), ("add r3, 2", "jge r4, r3"),
+    ("sub r3, 1", "jlt r4, r3"), ("sub r3, 3", "jle r4, r3"), ("add r3, 1", "jne r4, r3"),
+    ("add r3, 3", "jge r3, r4"),  # the last one leaves the loop when taken
+])
+@pytest.mark.parametrize("start, end", [(0, 9), (5, 5), (9, 0), ((1 << 64) - 9, (1 << 64) - 1),
+                                        ((1 << 64) - 1, (1 << 64) - 9), ((1 << 64) - 2, 3),
+                                        (3, (1 << 64) - 2), (1, 0), (2, 1)])
+def test_counted_loops_match_the_reference_near_0_and_2_64(step, branch, start, end):
+    # the fast version's guard must reject every start from which the counter could wrap, and
+    # charge exactly the passes made; a budget may run out before, inside or after the loop
+    flip = branch.startswith("jge r3") and step.startswith("add")
+    text = (f"ldxdw r3, [r1+0]\nldxdw r4, [r1+8]\nmov r0, 0\nloop:\nadd r0, r3\nmul r0, 3\n"
+            f"{step}\n{branch}, {'out' if flip else 'loop'}\n"
+            + ("ja loop\n" if flip else "") + "out:\nstxdw [r1+16], r3\nexit")
+    program = asm(text)
+    assert _has_fast_loop(program) == (not flip and branch not in ("jlt r3, -6", "jle r3, -1"))
+    memory = start.to_bytes(8, "little") + end.to_bytes(8, "little") + bytes(8)
+    for budget in (1, 3, 4, 7, 8, 20, 21, 22, 50, 5000):
+        _same_as_reference(program, memory, budget)
+
+
+def test_a_pointer_loop_entered_again_from_its_exit_matches_the_reference():
+    # the path out of the loop goes back to it, through the guard again: the range grows each
+    # time until it leaves the slot and the load faults
+    assert _has_fast_loop(asm(_POINTER_LOOP.format(w="b", pre=0, post=0, step="add r5, 1",
+                                                   cond="jlt")))
+    text = ("mov r0, 0\nmov r8, 0\nmov r5, r1\nmov r6, r1\nadd r6, 4\nloop:\nldxb r7, [r5+0]\n"
+            "add r0, r7\nadd r5, 1\njlt r5, r6, loop\nadd r6, 9\nadd r8, 1\njlt r8, 9, loop\n"
+            "exit")
+    program = asm(text)
+    assert _has_fast_loop(program)
+    memory = bytes(range(1, 41))
+    for budget in [10_000] + list(range(0, 200, 3)):
+        _same_as_reference(program, memory, budget)
+    _same_as_reference(program, memory + bytes(60), 10_000)
+
+
+def test_random_pointer_loops_match_the_reference():
+    # loops of one block stepping a pointer or counter through, around and out of the slot,
+    # with loads, stores and stack accesses, ALU work and every kind of bound: results,
+    # faults and budget stops against the reference, on the fast version's and on the
+    # checked path
+    import random
+    rng = random.Random(2718)
+    fast = 0
+    for _ in range(120):
+        c = rng.choice([1, 1, 2, 3, 8, -1, -1, -2, -4])
+        up = c > 0
+        cond = rng.choice(["jlt", "jle", "jne"] if up else ["jgt", "jge", "jne"])
+        swapped = rng.random() < 0.3
+        bound = "r6"
+        branch = (f"{ {'jlt': 'jgt', 'jle': 'jge', 'jgt': 'jlt', 'jge': 'jle', 'jne': 'jne'}[cond]}"
+                  f" {bound}, r5" if swapped else f"{cond} r5, {bound}")
+        step = f"add r5, {c}" if rng.random() < 0.5 else f"sub r5, {-c}"
+        body = []
+        for _k in range(rng.randrange(1, 5)):
+            w = rng.choice(["b", "h", "w", "dw"])
+            roll = rng.random()
+            if roll < 0.4:
+                body.append(f"ldx{w} r7, [r5+{rng.randrange(-3, 9)}]")
+                body.append(rng.choice(["xor r0, r7", "add r0, r7", "mul r0, r7"]))
+            elif roll < 0.6:
+                body.append(f"stx{w} [r5+{rng.randrange(-3, 9)}], r0")
+            elif roll < 0.75:
+                body.append(f"stx{w} [r10-{rng.randrange(8, 40)}], r0")
+                body.append(f"ldx{w} r8, [r10-{rng.randrange(8, 40)}]")
+            else:
+                body.append(rng.choice(["mul r0, 31", "add r0, r5", "lsh r0, 3", "rsh r0, 1",
+                                        "add32 r0, 7"]))
+        at = rng.randrange(len(body) + 1)
+        body.insert(at, step)
+        text = ("ldxdw r5, [r1+0]\nldxdw r6, [r1+8]\nmov r0, 0\nstdw [r10-48], 0\n"
+                "stdw [r10-40], 0\nstdw [r10-32], 0\nstdw [r10-24], 0\nstdw [r10-16], 0\n"
+                "stdw [r10-8], 0\nloop:\n" + "\n".join(body) + f"\n{branch}, loop\nexit")
+        program = asm(text)
+        fast += _has_fast_loop(program)
+        size = rng.choice([32, 64, 100])
+        a = rng.choice([16, 20, 24, size - 9, size - 1, size, size + 3, -2, 0, 40])
+        n = rng.choice([0, 1, 2, 5, 17, 33, -3])
+        z = a + n * (1 if up else -1)
+        if rng.random() < 0.15:
+            a, z = rng.choice([((1 << 64) - DATA_BASE - 5, 3), (-DATA_BASE + 2, 40)])
+        memory = ((DATA_BASE + a) % (1 << 64)).to_bytes(8, "little") + \
+            ((DATA_BASE + z) % (1 << 64)).to_bytes(8, "little")
+        memory += bytes(rng.randrange(256) for _ in range(size - 16))
+        for budget in [5000] + rng.sample(range(1, 300), 6):
+            _same_as_reference(program, memory, budget)
+    assert fast > 60
+
+
+def _fast_passes(program: Program, memory: bytes, budget: int, monkeypatch) -> int:
+    """How often a run of ``program`` entered a loop's fast version."""
+    from hermes.engine import interp
+    entries: list[int] = []
+    monkeypatch.setattr(interp, "_chunk_source", lambda *a: _chunk_source(*a).replace(
+        "_v = r", "FAST.append(1); _v = r"))
+    monkeypatch.setitem(interp._BOUND, "FAST", entries)
+    try:
+        interp.Interpreter(program, helpers=CONFORMANCE_HELPERS, budget=budget).run(
+            bytearray(memory))
+    except ExecutionError:
+        pass
+    return len(entries)
+
+
+@pytest.mark.parametrize("w, step", [("dw", 8), ("w", 4), ("h", 2), ("dw", 24)])
+def test_a_loop_up_to_the_last_word_of_the_slot_runs_fast(w, step, monkeypatch):
+    # the guard bounds the last address by the last pass's, not the bound's: a loop of word
+    # stores ending at the slot's last word runs its fast version; one word more faults
+    text = (f"mov r5, r1\nmov r6, r1\nadd r6, r2\nmov r0, 0\nloop:\nst{w} [r5+0], 7\n"
+            f"add r5, {step}\njlt r5, r6, loop\nldxdw r0, [r1+0]\nexit")
+    program = asm(text)
+    size = {"dw": 8, "w": 4, "h": 2}[w]
+    memory = bytes(step * 6)
+    assert _fast_passes(program, memory, 1000, monkeypatch) == 1
+    _same_as_reference(program, memory, 1000)
+    # the budget exactly covers the loop and the block after it, or one less
+    for budget in range(13, 23):
+        _same_as_reference(program, memory, budget)
+    assert _fast_passes(program, memory, 4 + 3 * 6 + 2, monkeypatch) == 1
+    assert _fast_passes(program, memory, 4 + 3 * 6 + 1, monkeypatch) == 0
+    short = asm(text.replace("add r6, r2", f"add r6, r2\nadd r6, {step - size + 1}"))
+    assert _fast_passes(short, memory, 1000, monkeypatch) == 0
+    _same_as_reference(short, memory, 1000)

@@ -28,36 +28,52 @@ Rules of the translation (``Interpreter._compile``), which the run loop relies o
   ``BudgetExceeded`` if the block itself does not fit, or polls the ``Cancel`` flag, and
   re-enters; if the trace still cannot finish before the limit, the block runs alone in a
   one-block function (``Interpreter._alone``), which tests only its own count, so every stop
-  falls on the block the reference stops at. Reaching a limit, entering another chunk and
+  falls on the block the reference stops at (a loop's fast version tests the limit once for
+  all its passes, see below). Reaching a limit, entering another chunk and
   leaving the entry function are the only returns.
 * Registers hold their value in [0, 2**64) at every block boundary and call, if they are live
-  (``Interpreter._liveness``: read on some path before being written; a local call needs all
-  of them, an ``exit`` r0 in the entry function and r0..r5 in any other, when no call enters
-  the entry function and no jump leaves a function). Nothing else sees a register: a fault
-  reports its pc, address and kind, and a budget stop falls on a block boundary. Inside a block
+  (``Interpreter._liveness``: read on some path before being written; a local call needs all of
+  them, an ``exit`` r0 in the entry function and r0..r5 in any other, when no call enters the
+  entry function and no jump leaves a function). Nothing else sees a register: a fault reports
+  its pc, address and kind, and a budget stop falls on a block boundary. Inside a block
   (``_Body``) a 64-bit add, sub, mul, lsh, rsh, and, or, xor or mov (and an lddw) is a pending
   expression, not a statement, when the block reads its value once and it is dead after the
   block, or it is a copy of a register or a constant; a later step, the address of a load or
   store, or a stored value reads the expression itself, and a value no one reads is never
-  computed. A pending value is written before any statement overwrites a local it reads, and
-  the block's live values at its end. Expressions are congruent to the value modulo 2**64 and
-  carry the range interval arithmetic proves of them: from constants, load sizes, 32-bit
-  results, masks and shifts; a register an access succeeded through lies in ``_ADDR``; a block
-  that no call, return or function entry reaches starts from the widest ranges its
-  predecessors leave on the edges to it, as an unsigned 64-bit compare narrows them
-  (``_refine``), first from earlier blocks only, then, for a loop header, once more with its
-  back edges (the ranges of one translation hold for any other: they compute the same
-  values). A value is written as it is when in range, corrected by a compare when it can only
-  have wrapped once (cheaper than masking a many-digit int), else masked; an rsh takes an exact
-  operand, and ``(x << k) >> k`` is ``x`` masked. Adding or subtracting a constant of 2**63
-  or more is subtracting or adding its small negation. An address not in [0, 2**64) fails the
-  inline range tests, and the general lookup masks it. A block computes ``_i`` (the address)
-  again only when it changed.
+  computed. A pending value is written before any statement overwrites a local it reads, and the
+  block's live values at its end. Expressions are congruent to the value modulo 2**64 and carry
+  the range interval arithmetic proves of them: from constants, load sizes, 32-bit results,
+  masks and shifts; a register an access succeeded through lies in ``_ADDR``; a block that no
+  call, return or function entry reaches starts from the widest ranges its predecessors leave on
+  the edges to it, as an unsigned 64-bit compare narrows them (``_refine``; for ``jeq``/``jne``
+  going the unequal way, only when one side is a single value at an end of the other's range),
+  first from earlier blocks only, then, for a loop header, once more with its back edges (the
+  ranges of one translation hold for any other: they compute the same values). A value is
+  written as it is when in range, corrected by a compare when it can only have wrapped once
+  (cheaper than masking a many-digit int), else masked; an rsh takes an exact operand, and
+  ``(x << k) >> k`` is ``x`` masked. Adding or subtracting a constant of 2**63 or more is
+  subtracting or adding its small negation. An address not in [0, 2**64) fails the inline range
+  tests, and the general lookup masks it. A block computes ``_i`` (the address) again only when
+  it changed.
+* A loop of one block that moves one register r by a constant c and goes on while r is on
+  one side of a bound x the block does not write (``_version``: r below x for c > 0, above
+  for c < 0, or not x for a step of one; nothing calls and every access that is not proven
+  in the stack is through r) has a fast version in its trace (``_TraceWriter.versioned``).
+  On each entry a guard computed from r and x proves that r moves monotonically to x without
+  wrapping, so the loop makes at most a known number of passes, that ``left`` covers them
+  all and what the trace needs after them, and that the first and last address of every
+  access lie in the data slot; then the passes run without the limit test and with their
+  accesses indexing the slot directly, and ``left`` is charged the passes made (r's distance
+  from its value on entry, over c) when the loop ends: none of those statements can fail,
+  so nothing sees ``left`` in between. Otherwise the passes run as in any trace, so a fault
+  or a budget stop falls where the reference's does. Only a chunk's arm has it, never a
+  block run alone.
 * Local calls push (return block, r6..r10) on a frame list and move r10 and the stack's lower
-  bound down one frame; ``exit`` pops it. A chunk saves ``left`` before any exception leaves it, so
-  faults report the same instruction counts as the reference interpreter.
+  bound down one frame; ``exit`` pops it. A chunk saves ``left`` before any exception leaves it,
+  so faults report the same instruction counts as the reference interpreter.
 * Memory: a load or store the verifier proved inside the current stack frame indexes the stack
-  directly; any other checks the data slot, then the live stack frames, inline, and falls back to
+  directly, and so does one of a loop's fast version in the data slot (its guard proved it
+  there); any other checks the data slot, then the live stack frames, inline, and falls back to
   a general region lookup (program segments, faults), so every access is bounds-checked against
   the program's own regions only. An aligned 2-, 4- or 8-byte word of the slot or the stack is
   read or written through a memoryview of such words (``D<size>``, ``T<size>``; native order,
@@ -355,9 +371,22 @@ class _BlockCompiler:
                 lines += [f"{test}:"] + [" " + line for line in body]
         return lines + [f"else: {slow(f'(_i + {DATA_BASE}) & {_M}')}"]
 
-    def load(self, insn: Insn, pc: int, base: str | None = None) -> list[str]:
+    @staticmethod
+    def _direct(base: str, off: int, size: int, act: Callable[[str, str, str | bool], list[str]],
+                inline: bool) -> list[str]:
+        """An access at ``base + off`` known to lie in the data slot (``base`` then the address
+        itself): ``_i = ...`` and ``act(buffer, index, aligned)``, or with ``inline`` for a
+        byte the index written in the access."""
+        if inline and size == 1:
+            return act("DATA", f"{base} + {off - DATA_BASE}", True)
+        return [f"_i = {base} + {off - DATA_BASE}"] + act("DATA", "_i", f"not _i & {size - 1}")
+
+    def load(self, insn: Insn, pc: int, base: str | None = None,
+             direct: int = 0) -> list[str]:
         """Statements of a load; ``base``, when given, is what the address register would
-        hold (see ``_checked``), which the load then overwrites without it being written."""
+        hold (see ``_checked``), which the load then overwrites without it being written;
+        ``direct`` is 1 or 2 for an access known to lie in the data slot (2: inline, see
+        ``_direct``)."""
         size, dst = insn.op.width, f"r{insn.dst}"
         proven = self.stack_safe.get(pc)
         wrap = (lambda e: e) if insn.op.sem != "ldxs" else (  # noqa: E731
@@ -365,14 +394,18 @@ class _BlockCompiler:
         if proven is not None:  # r10 - STACK_BASE is a multiple of STACK_SIZE
             get = self._get("STK", f"r10 + {proven - STACK_BASE}", size, proven % size == 0)
             return [f"{dst} = {wrap(get)}"]
+        if direct:
+            return self._direct(base or f"r{insn.src}", insn.off, size,
+                                lambda buf, i, al: [f"{dst} = {wrap(self._get(buf, i, size, al))}"],
+                                direct == 2)
         return self._checked(base or f"r{insn.src}", insn.off, size,
                              lambda buf, i, al: [f"{dst} = {wrap(self._get(buf, i, size, al))}"],
                              lambda a: f"{dst} = {wrap(f'LD({a}, {size}, {pc}, sl)')}")
 
     def store(self, insn: Insn, pc: int, base: str | None = None,
-              value: str | None = None) -> list[str]:
-        """Statements of a store; ``base`` is as for ``load``, ``value`` an expression of the
-        value stored, already in [0, 2**(8 * size))."""
+              value: str | None = None, direct: int = 0) -> list[str]:
+        """Statements of a store; ``base`` and ``direct`` are as for ``load``, ``value`` an
+        expression of the value stored, already in [0, 2**(8 * size))."""
         size = insn.op.width
         if value is not None:
             v = value
@@ -383,6 +416,9 @@ class _BlockCompiler:
         proven = self.stack_safe.get(pc)
         if proven is not None:
             return self._put("STK", f"r10 + {proven - STACK_BASE}", size, v, proven % size == 0)
+        if direct:
+            return self._direct(base or f"r{insn.dst}", insn.off, size,
+                                lambda buf, i, al: self._put(buf, i, size, v, al), direct == 2)
         return self._checked(base or f"r{insn.dst}", insn.off, size,
                              lambda buf, i, al: self._put(buf, i, size, v, al),
                              lambda a: f"ST({a}, {size}, {v}, {pc}, sl)")
@@ -423,6 +459,18 @@ class _BlockCompiler:
         raise AssertionError(op.mnemonic)  # pragma: no cover - the caller handles control flow
 
 
+def _unequal(a: tuple[int, int], b: tuple[int, int]) -> tuple[int, int]:
+    """The range ``a`` of a value known to differ from one in ``b``: without ``b``'s value
+    when ``b`` holds one value only and it is an end of ``a``."""
+    if b[1] - b[0] != 1:
+        return a
+    if b[0] == a[0]:
+        return (a[0] + 1, a[1])
+    if b[0] == a[1] - 1:
+        return (a[0], a[1] - 1)
+    return a
+
+
 def _refine(known: dict[int, tuple[int, int]], insn: Insn,
             taken: bool) -> dict[int, tuple[int, int]]:
     """The ranges ``known`` narrowed by a 64-bit unsigned compare ``insn`` having gone the way
@@ -441,9 +489,10 @@ def _refine(known: dict[int, tuple[int, int]], insn: Insn,
         a, b, sem = b, a, "jgt" if sem == "jlt" else "jge"
     if sem == "jne":
         sem, taken = "jeq", not taken
-    if sem == "jeq":
-        if not taken:
-            return known
+    if sem == "jeq" and not taken:
+        # a != b with one side a single value at an end of the other's range: one less
+        a, b = _unequal(a, b), _unequal(b, a)
+    elif sem == "jeq":
         a = b = (max(a[0], b[0]), min(a[1], b[1]))
     elif sem == "jgt":
         a, b = (((max(a[0], b[0] + 1), a[1]), (b[0], min(b[1], a[1] - 1))) if taken
@@ -460,6 +509,97 @@ def _refine(known: dict[int, tuple[int, int]], insn: Insn,
     if op.source_x:
         out[insn.src] = b
     return out
+
+
+#: The compares a loop's fast version may go on with (``_version``), and each with its
+#: operands swapped.
+_SWAPPED = {"jlt": "jgt", "jgt": "jlt", "jle": "jge", "jge": "jle", "jne": "jne"}
+
+
+def _version(block: list[tuple[int, Insn]], term: tuple,
+             rws: list[tuple[tuple[int, ...], tuple[int, ...]]],
+             stack_safe: dict[int, int]) -> tuple[tuple[str, str, str, int], set[int]] | None:
+    """The plan of the fast version of ``block``, a loop of one block (``term`` a branch
+    taken back to it), or None: ((guard, trips, done, r), the pcs of its checked accesses).
+
+    The loop qualifies when one register r is written once in it, by adding a constant c,
+    and the branch goes on while r is below (c > 0) or above (c < 0) a constant or a register
+    the block does not write, x (or is not x, for a step of one), no access can fail but
+    through r and nothing calls. At entry ``guard`` (with r and x in their locals) then
+    proves that r never wraps: it moves monotonically to x, so the loop runs at most
+    ``trips`` times, and every access through r stays between its first and last address,
+    both in the data slot when the guard holds; ``done`` is the number of times it ran, from
+    r and its value on entry, ``_v``."""
+    insn = term[1]
+    op = insn.op
+    if op.width != 64 or op.signed or op.sem not in _SWAPPED:
+        return None
+    writes = [[k for k, (_rd, wr) in enumerate(rws) if q in wr] for q in range(11)]
+    r, sem = insn.dst, op.sem
+    if op.source_x and len(writes[insn.src]) == 1 and insn.src != r:  # x < r is r > x
+        r, sem = insn.src, _SWAPPED[sem]
+    steps = writes[r]
+    if len(steps) != 1 or any(i.op.is_atomic or i.op.is_call for _pc, i in block):
+        return None
+    step = block[steps[0]][1]
+    if not (step.op.is_alu and step.op.width == 64 and step.op.sem in ("add", "sub")
+            and not step.op.source_x):
+        return None
+    c = _signed(step.imm & MASK64, 64) * (1 if step.op.sem == "add" else -1)
+    if c == 0 or abs(c) >= 1 << 31:
+        return None
+    x: int | None = None
+    if op.source_x:
+        other = insn.src + insn.dst - r
+        if other == r or writes[other]:
+            return None
+        xv = f"r{other}"
+    else:
+        x = insn.imm & MASK64
+        xv = str(x)
+    rr = f"r{r}"
+    # the bound of r on a pass, x + k, and the condition that no step wraps, x <= / >= w
+    if c > 0 and (sem == "jlt" or sem == "jne" and c == 1):
+        first, k, wrap = f"{rr} < {xv}", -1, ("<=", (1 << 64) - c)
+    elif c > 0 and sem == "jle":
+        first, k, wrap = f"{rr} <= {xv}", 0, ("<=", MASK64 - c)
+    elif c < 0 and (sem == "jgt" or sem == "jne" and c == -1):
+        first, k, wrap = f"{rr} > {xv}", 1, (">=", -c - 1)
+    elif c < 0 and sem == "jge":
+        first, k, wrap = f"{rr} >= {xv}", 0, (">=", -c)
+    else:
+        return None
+    tests = [first]
+    if x is not None:
+        if not (x <= wrap[1] if wrap[0] == "<=" else x >= wrap[1]):
+            return None
+    elif not (wrap == ("<=", MASK64) or wrap == (">=", 0)):
+        tests.append(f"{xv} {wrap[0]} {wrap[1]}")
+    d = abs(c)
+    # the passes: 1 + ((x + k) - r) // d for c > 0, 1 + (r - (x + k)) // d for c < 0
+    span = f"{xv} - {rr}" if c > 0 else rr if x == 0 else f"{rr} - {xv}"
+    extra = k if c > 0 else -k
+    trips = (f"{span} + {extra + 1}" if extra + 1 else span) if d == 1 else \
+        f"({span} + {extra}) // {d} + 1" if extra else f"({span}) // {d} + 1"
+    done = (f"{rr} - _v" if c > 0 else f"_v - {rr}") if d == 1 else \
+        f"({rr + ' - _v' if c > 0 else '_v - ' + rr}) // {d}"
+    pcs: set[int] = set()
+    for at, (pc, i) in enumerate(block):
+        if not (i.op.is_load or i.op.is_store) or pc in stack_safe:
+            continue
+        if (i.src if i.op.is_load else i.dst) != r:
+            return None
+        pcs.add(pc)
+        o = i.off + (c if at > steps[0] else 0) - DATA_BASE
+        # r's farthest value on a pass: x + k for a step of one, else the last multiple of d
+        # from r's value on entry before it
+        far = f"{xv} + {k + o}" if d == 1 else \
+            f"{rr} {'+' if c > 0 else '-'} ({span} + {extra}) // {d} * {d} + {o}"
+        lo, hi = (f"{rr} + {o}", far) if c > 0 else (far, f"{rr} + {o}")
+        for test in (f"0 <= {lo}", f"{hi} <= DL{i.op.width}"):
+            if test not in tests:
+                tests.append(test)
+    return (" and ".join(tests), trips, done, r), pcs
 
 
 class _Val:
@@ -561,8 +701,11 @@ class _Body:
     first (``clobber``), so a pending expression always reads the values it was made of.
     ``known`` maps a register to the range its local is known to lie in."""
 
-    def __init__(self, comp: _BlockCompiler, known: dict[int, tuple[int, int]]):
+    def __init__(self, comp: _BlockCompiler, known: dict[int, tuple[int, int]],
+                 direct: frozenset[int] = frozenset()):
         self.comp = comp
+        #: the pcs of the checked accesses known to lie in the data slot (see ``_version``)
+        self.direct = direct
         self.lines: list[str] = []
         self.pend: dict[int, list] = {}
         self.known = dict(known)
@@ -726,7 +869,13 @@ class _Body:
             base = self.take(insn.src)
             self.pend.pop(d, None)  # read for the last time as the address, or dead
             checked = pc not in comp.stack_safe
-            lines = comp.load(insn, pc, base.expr)
+            direct = 0
+            if checked and pc in self.direct:
+                # a byte's index inline when no pending value must be written before rd is
+                direct = 1 + (insn.op.width == 1 and not any(
+                    p[0].refs >> d & 1 for q, p in self.pend.items() if q != d))
+                checked = direct == 1
+            lines = comp.load(insn, pc, base.expr, direct)
             # the address is in ``_i`` before the pending values reading rd are written
             self.access(lines[:1] if checked else [], base, checked)
             self.clobber(d)
@@ -743,7 +892,11 @@ class _Body:
                 m = _SIZE_MASK[op.width]
                 value = v.expr if v.exact and v.hi <= m + 1 else f"({v.expr} & {m})"
             checked = pc not in comp.stack_safe
-            lines = comp.store(insn, pc, base.expr, value)
+            direct = 0
+            if checked and pc in self.direct:
+                direct = 1 + (insn.op.width == 1)
+                checked = direct == 1
+            lines = comp.store(insn, pc, base.expr, value, direct)
             self.access(lines[:1] if checked else [], base, checked)
             self.lines += lines[1:] if checked else lines
             if checked:
@@ -767,8 +920,11 @@ class _TraceWriter:
 
     def __init__(self, blocks: list[tuple[list[str], tuple]], lengths: list[int],
                  headers: set[int], single: set[int], quiet: set[int], lo: int, hi: int,
-                 root: int, room: int):
+                 root: int, room: int, fast: tuple[list[str], str, str, str, int] | None = None):
         self.blocks, self.lengths, self.headers, self.quiet = blocks, lengths, headers, quiet
+        #: the root's fast version (its statements and ``_version``'s plan), for a root that
+        #: loops on itself
+        self.fast = fast
         # a loop's trace may copy blocks; any other inlines only blocks with one predecessor,
         # so each of those is written once
         self.single = None if root in headers else single
@@ -784,6 +940,8 @@ class _TraceWriter:
         """The arm's statements as (indent, text), the ``while True`` of the root included
         when the trace loops back to the root; without one, the arm's ``break``s are the
         dispatch loop's ``continue``s (a loop that never repeats only costs compile time)."""
+        if self.fast is not None:
+            return self.versioned(*self.fast)
         self.block(self.root, [self.root], 1, 0)
         for at, count in self.counts.items():
             self.out[at] = (self.out[at][0], f"left -= {count}")
@@ -795,6 +953,43 @@ class _TraceWriter:
             return [(0, "while True:")] + self.out
         return [(ind - 1, line[:-5] + "continue" if line == "break" or line.endswith("; break")
                  else line) for ind, line in self.out]
+
+    def versioned(self, fast: list[str], cond: str, trips: str, done: str,
+                  r: int) -> list[tuple[int, str]]:
+        """The arm of a root that loops on itself, with its fast version: when ``cond`` (the
+        plan's guard) holds and ``left`` covers the most passes the loop can make (see
+        ``_version``), the passes run without limit test or range tests and are counted when
+        the loop ends (no statement of them can fail, so nothing sees ``left`` in between);
+        else they run as in any trace. The edge out of the loop follows both, inlined as
+        usual; a path back to the root goes through the guard again."""
+        root = self.root
+        body, term = self.blocks[root]
+        length = self.lengths[root]
+        self.emit(0, "while True:")
+        guard = len(self.out)
+        self.emit(1, "")  # the guard, once ``need`` is known
+        self.emit(2, f"_v = r{r}")
+        test = 0
+        for lines in (fast, body):
+            self.emit(2, "while True:")
+            if lines is body:
+                self.emit(3, f"left -= {length}")
+                test = len(self.out)
+                self.emit(3, "")  # the limit test, once ``need`` is known
+            for line in lines:
+                self.emit(3, line)
+            self.emit(3, f"if {term[1]}: continue")
+            self.emit(3, "break")
+            if lines is fast:
+                self.emit(2, f"left -= {length} * ({done})")
+                self.emit(1, "else:")
+        self.edge(term[3], [root], 1, 0)
+        for at, count in self.counts.items():
+            self.out[at] = (self.out[at][0], f"left -= {count}")
+        self.out[guard] = (1, f"if {cond} and left >= {self.need} + {length} * ({trips}):")
+        self.out[test] = (3, f"if left < {self.need}: left += {length}; "
+                             f"return ({~root}, left, sl, {_REGS})")
+        return self.out
 
     def emit(self, ind: int, line: str) -> None:
         self.out.append((ind, line))
@@ -991,7 +1186,8 @@ class Interpreter:
                         for r, (lo, hi) in known.items() if r in facts}
             return known or {}
 
-        def translate(b: int, known: dict[int, tuple[int, int]]) -> tuple[list[str], _Body]:
+        def translate(b: int, known: dict[int, tuple[int, int]],
+                      direct: frozenset[int] = frozenset()) -> tuple[list[str], _Body]:
             block = items[b]
             # how often the block reads the value each instruction writes, and whether that
             # value is live after the block (read before the register is written again)
@@ -1005,7 +1201,7 @@ class Interpreter:
                     reads[r], live[r] = 0, False
                 for r in rd:
                     reads[r] += 1
-            body = _Body(comp, known)
+            body = _Body(comp, known, direct)
             for (pc, insn), (count, alive) in zip(block, uses, strict=True):
                 op = insn.op
                 if not (op.is_jump or op.is_branch or op.is_exit or op.is_local_call):
@@ -1025,11 +1221,21 @@ class Interpreter:
             firsts.append(known)
         # a loop header again, with what the loop's blocks leave on its back edges: the ranges
         # of a first translation hold for any other, which computes the same values
+        finals = list(firsts)
         for b in range(nblocks):
             if incoming[b] and max(incoming[b]) >= b:
                 known = entry(b, True)
+                finals[b] = known
                 if known != firsts[b]:
                     blocks[b] = (translate(b, known)[0], blocks[b][1])
+        # the fast versions of the loops of one block (see ``_version``)
+        versions = {}
+        for b in range(nblocks):
+            if terms[b][0] == "branch" and terms[b][2] == b:  # (a fall-through is never b)
+                plan = _version(items[b], terms[b], rws[b], stack_safe)
+                if plan is not None:
+                    fast = translate(b, finals[b], frozenset(plan[1]))[0]
+                    versions[b] = (fast,) + plan[0]
         # chunks: consecutive blocks of at most CHUNK instructions (a longer block is alone)
         bounds = [0]
         size = 0
@@ -1067,7 +1273,7 @@ class Interpreter:
                 continue
             room = INLINE if root not in headers else min(INLINE, max(copies, 0))
             writer = _TraceWriter(blocks, lengths, headers, single, quiet, bounds[c],
-                                  bounds[c + 1], root, room)
+                                  bounds[c + 1], root, room, versions.get(root))
             arms[c][root] = writer.arm()
             thresh[root] += writer.need
             if root in headers:
