@@ -9,7 +9,7 @@ from .. import engine as _engine, regs
 from ..driver import Driver, HermesFile, Transport, attach
 from ..engine.cache import DEFAULT_CACHE_BYTES, LoadedCache
 from ..errors import DeviceError, ProgramTooLarge
-from .api import Device, ProgramLike, RunInfo, Session, as_program, program_bytes
+from .api import Device, ProgramLike, RunInfo, Session, as_program, program_bytes, run_guarded
 from .errors import from_os_error, run_cancelled, run_failure, run_timeout, with_trace
 
 #: ``hermes.open("emu", ...)`` options that configure the driver; the rest go to HermesDevice.
@@ -102,13 +102,8 @@ class DriverSession(Session):
         assert prepared is not None
         try:
             # Session._run has checked every field (what run_ex would check again).
-            outcome = self.file.run_context(length, size, args, budget or 0, prepared.entry,
-                                            timeout, cancel=cancel)
-        except KeyboardInterrupt:
-            # ``run_guarded``'s rule, without its closure: the engine is freed before the
-            # interrupt propagates.
-            self.abort()
-            raise
+            outcome = run_guarded(self, lambda: self.file.run_context(
+                length, size, args, budget or 0, prepared.entry, timeout, cancel=cancel))
         except OSError as exc:
             self._device.check_open()  # stopped by the device's close
             out = getattr(exc, "outcome", None)
