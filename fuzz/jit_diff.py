@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Differential fuzzer: random programs agree on the reference, the interpreter and both JIT tiers.
 
-Usage: python fuzz/jit_diff.py --count N [--kind flat|deep|mixed] [--seed S] [--batch B]
+Usage: python fuzz/jit_diff.py --count N [--kind flat|deep|loops|mixed] [--seed S] [--batch B]
                                [--jobs J] [--max-items K]
 Every program runs on the reference interpreter (the specification, `engine/reference.py`), the
 fast interpreter, the JIT's quick tier and its full tier; r0, memory, instruction count and
@@ -9,7 +9,9 @@ errors (type, kind, pc, address, size, count, message) are compared with the ref
 difference is printed with the program and the exit status is 1 when any was found. Kinds:
 `flat` (ALU, memory, helpers, shallow calls, counted loops), `deep` (recursion to and past the
 depth limit, mutual calls, callers' frames through r10, code no run reaches, budgets running out
-at depth), `mixed` (alternating). Each program is verified once (every engine shares the result)
+at depth), `loops` (the loop shapes of the interpreter's fast versions and of clang's kernels:
+pointer and base + index walks, derived counters, exits mid-body), `mixed` (alternating).
+Each program is verified once (every engine shares the result)
 and compiled B at a time in one LLVM module per tier. J worker processes (each chunk of programs
 in a fresh one) share the programs, so every worker has some. The time is LLVM's: about 16 ms of
 CPU per program for the quick tier and 70 ms for the full tier, out of about 100 ms in all,
@@ -100,7 +102,7 @@ def main() -> int:
     ap.add_argument("--jobs", type=int, default=1, help="worker processes (0: in this process)")
     ap.add_argument("--max-items", type=int, default=24)
     ap.add_argument("--kind", choices=[*KINDS, "mixed"], default="mixed",
-                    help="program generator (default: both kinds, alternating)")
+                    help="program generator (default: every kind, alternating)")
     ap.add_argument("--chunk", type=int, default=5000, help="programs per progress report")
     args = ap.parse_args()
     seed = args.seed if args.seed is not None else random.randrange(2**32)

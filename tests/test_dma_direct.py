@@ -169,11 +169,17 @@ def test_file_data_goes_straight_from_and_into_the_callers_buffers(tp):
         f = drv.open()
         f.download_program(PROG.to_bytes())                     # small: bounce buffer
         data = os.urandom(3 << 18)
+        before = tp.device.stats["dma_descriptors"]
         assert f.pwrite(memoryview(data), 0) == len(data)      # read-only bytes
+        # a mapping is one contiguous bus range: one descriptor, where the bounce buffer's
+        # copies go in chunks
+        assert tp.device.stats["dma_descriptors"] == before + 1
         arr = np.frombuffer(bytearray(os.urandom(1 << 16)), dtype=np.uint64)
         assert f.pwrite(memoryview(arr), 3 << 18) == 1 << 16   # a numpy array
         out = bytearray(len(data) + (1 << 16))
+        before = tp.device.stats["dma_descriptors"]
         assert f.preadv([out], 0) == len(out)
+        assert tp.device.stats["dma_descriptors"] == before + 1
         assert out == data + arr.tobytes()
         a, b = bytearray(10), np.zeros(20, dtype=np.uint8)
         assert f.preadv([a, b], 5) == 30                       # small: bounce buffer

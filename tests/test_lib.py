@@ -417,6 +417,19 @@ def test_bad_programs(device, bad):
         device.run(bad, b"")
 
 
+def test_a_program_path_that_cannot_be_read_is_a_usage_error(device, tmp_path):
+    missing = tmp_path / "missing.asm"
+    with pytest.raises(hermes.UsageError, match="cannot read program file .*missing.asm"):
+        device.run(str(missing), b"")
+    with pytest.raises(hermes.UsageError, match="cannot read program file") as info:
+        device.run(missing, b"")
+    assert "from_asm" not in str(info.value)
+    # assembly text given where a path goes: the message says how to pass text
+    with pytest.raises(hermes.UsageError, match=r"Program\.from_asm\(text\)"):
+        device.run("mov r0, 7\nexit", b"")
+    assert device.run(hermes.Program.from_asm("mov r0, 7\nexit"), b"").return_value == 7
+
+
 def test_bad_sizes_and_offsets(device):
     with device.session() as s:
         s.load(RET7)

@@ -227,6 +227,8 @@ DESC_STOP = 1 << 0
 DESC_COMPLETED = 1 << 1
 DESC_EOP = 1 << 4
 MAX_DESC_CHAIN = 4096
+#: Longest transfer one descriptor may describe (XDMA's 28-bit length field).
+DESC_MAX_LEN = (1 << 28) - 1
 
 
 def desc_control(adjacent: int = 0, *, stop: bool = False, eop: bool = False,

@@ -211,6 +211,19 @@ class _Gen:
         out.append(f"call local {name}")
         self.reset_args(out)
 
+    def access(self, out: list[str], addr: str, value: int) -> None:
+        """One load or store at ``addr`` (``rX`` or ``rX+off``), values through r``value``."""
+        m = self.rng.choice(_LOADS + _STORES)
+        size = _size(m)
+        off = self.rng.choice((0, 0, size, -size, self.rng.randint(-8, 8)))
+        at = f"[{addr}{off:+d}]"
+        if m.startswith("ld"):
+            out.append(f"{m} r{value}, {at}")
+        elif m.startswith("stx"):
+            out.append(f"{m} {at}, r{value}")
+        else:
+            out.append(f"{m} {at}, {self.imm()}")
+
     def loop(self, out: list[str], in_func: bool) -> None:
         """A counted loop (r9), often walking a pointer or an index (induction variables) over
         the slot; sometimes in clang's rotated form (entered in the middle, latch first)."""
@@ -236,9 +249,6 @@ class _Gen:
         body: list[str] = [f"{head}:"]
         if walk:
             for _ in range(self.rng.randint(1, 2)):
-                m = self.rng.choice(_LOADS + _STORES)
-                size = _size(m)
-                off = self.rng.choice((0, 0, size, -size, self.rng.randint(-8, 8)))
                 base = ptr
                 if index:
                     base = tmp
@@ -257,12 +267,7 @@ class _Gen:
                             body.append(f"add r{tmp}, r5")
                         else:
                             body.append(f"add r{tmp}, r{ptr}")
-                if m.startswith("ld"):
-                    body.append(f"{m} r{self.rng.choice((0, 2, 3))}, [r{base}{off:+d}]")
-                elif m.startswith("stx"):
-                    body.append(f"{m} [r{base}{off:+d}], r{self.rng.choice((0, 2, 3))}")
-                else:
-                    body.append(f"{m} [r{base}{off:+d}], {self.imm()}")
+                self.access(body, f"r{base}", self.rng.choice((0, 2, 3)))
         self.block(body, self.rng.randint(0, 4), in_func, allow_loop=False)
         step_code: list[str] = []
         if walk:
@@ -505,8 +510,121 @@ def deep_case(rng: random.Random, max_items: int = 16) -> Case:
     return Case(text, memory, budget, gen.segments)
 
 
+#: Straight-line operations a loop body of ``loop_case`` mixes in (on r0, r2..r4 only).
+_BODY_ALU = ("add", "sub", "xor", "or", "and", "mul", "lsh", "rsh", "arsh", "add32", "xor32",
+             "mul32", "rsh32")
+
+
+class _LoopGen(_Gen):
+    """Programs made of the loop shapes the interpreter's fast versions and clang's kernels
+    have (see ``loop_case``)."""
+
+    def body_alu(self, out: list[str]) -> None:
+        op, d = self.rng.choice(_BODY_ALU), self.rng.choice((0, 2, 3, 4))
+        if op.startswith(("lsh", "rsh", "arsh")):
+            out.append(f"{op} r{d}, {self.rng.randint(0, 31)}")
+        elif self.rng.random() < 0.5:
+            out.append(f"{op} r{d}, r{self.rng.choice((0, 2, 3, 4))}")
+        else:
+            out.append(f"{op} r{d}, {self.imm()}")
+
+    def shaped_loop(self, out: list[str]) -> None:
+        """One loop: a pointer (r7) or an index (r7, addresses r6 + (r7 << shift)) stepping by a
+        constant towards a bound in r8 or an immediate, compared directly, through a derived
+        counter (r9 = r7 - bound) or at an exit in the middle of a two-block body; mostly
+        inside the slot, sometimes running off either end of it."""
+        rng, n = self.rng, max(1, self.mem_len)
+        index = rng.random() < 0.4
+        shift = rng.choice((0, 1, 2, 3)) if index else 0
+        step = rng.choice((1, 1, 2, 4, 8, -1, -4, 3))
+        trips = rng.choice((1, 2, 3, 7, 16, 64, 200, 1000))
+        span = n >> shift if index else n
+        start = rng.randint(0, span)
+        if rng.random() < 0.15:   # run off the end (or the start) of the slot
+            trips = max(trips, span // abs(step) + 2)
+        end = start + step * trips
+        if index:
+            out.append(f"mov r7, {start}")
+        else:
+            out.append("mov r7, r6")
+            out.append(f"add r7, {start}")
+        bound_reg = not index or rng.random() < 0.6   # a pointer's bound depends on r6
+        if bound_reg:
+            if index:
+                out.append(f"mov r8, {end}")
+            else:
+                out.append("mov r8, r6")
+                out.append(f"add r8, {end}")
+        head, done = self.label(), self.label()
+        body: list[str] = [f"{head}:"]
+        for _ in range(rng.randint(1, 3)):
+            if index:
+                body.append("mov r5, r7")
+                if shift:
+                    body.append(f"lsh r5, {shift}")
+                body.append("add r5, r6")
+                addr = "r5"
+            else:
+                addr = "r7"
+            if index and rng.random() < 0.3:   # a byte read, then an address made from it
+                body.append(f"ldxb r4, [{addr}]")
+                body.append("and r4, 15")
+                body.append("mov r5, r6")
+                body.append("add r5, r4")
+                addr = "r5"
+            self.access(body, addr, rng.choice((0, 2, 3)))
+            for _ in range(rng.randint(0, 2)):
+                self.body_alu(body)
+        middle = rng.random() < 0.3
+        if middle:   # the exit test between two blocks of the body, as clang rotates loops
+            cmp = "jeq"
+            body.append(f"{cmp} r7, {'r8' if bound_reg else self._bound(end, index)}, {done}")
+            self.body_alu(body)
+        body.append(f"add r7, {step}")
+        if middle:
+            body.append(f"ja {head}")
+        elif rng.random() < 0.3:   # a derived counter: r9 = r7 - bound, tested against 0
+            body.append("mov r9, r7")
+            body.append(f"sub r9, {'r8' if bound_reg else self._bound(end, index)}")
+            body.append(f"jne r9, 0, {head}")
+        else:
+            ops = ["jne"] + (["jlt", "jle"] if step > 0 else ["jgt", "jge"])
+            op = rng.choice(ops)
+            if op in ("jle", "jge") and rng.random() < 0.5:
+                op = "jne"   # (jle/jge run one pass more: both kinds appear)
+            body.append(f"{op} r7, {'r8' if bound_reg else self._bound(end, index)}, {head}")
+        out.extend(body)
+        out.append(f"{done}:")
+
+    def _bound(self, end: int, index: bool) -> str:
+        """The immediate bound of an index loop whose bound is not in r8."""
+        assert index and -2**31 <= end < 2**31
+        return str(end)
+
+    def program(self, n: int) -> str:
+        out = ["mov r6, r1", "mov r0, 0", "mov r2, 1", "mov r3, 2", "mov r4, 3"]
+        for _ in range(n):
+            self.shaped_loop(out)
+            if self.rng.random() < 0.3:
+                self.body_alu(out)
+        out.append("exit")
+        return "\n".join(out) + "\n"
+
+
+def loop_case(rng: random.Random, max_items: int = 3) -> Case:
+    """One program of 1..3 loops of the shapes the interpreter's fast loop versions take (and
+    clang's kernels have): pointer and base + index addressing, bounds in a register or an
+    immediate, derived counters, exits in the middle, addresses from loaded bytes, over slots of
+    up to 4 KiB, with budgets that run out inside a loop about one case in five."""
+    mem_len = rng.choice((16, 64, 256, 1024, 4096))
+    gen = _LoopGen(rng, mem_len)
+    text = gen.program(rng.randint(1, min(3, max(1, max_items))))
+    budget = rng.randint(1, 3000) if rng.random() < 0.2 else None
+    return Case(text, rng.randbytes(mem_len), budget)
+
+
 #: Generators by the name ``fuzz/jit_diff.py --kind`` uses.
-KINDS = {"flat": random_case, "deep": deep_case}
+KINDS = {"flat": random_case, "deep": deep_case, "loops": loop_case}
 
 
 def outcome(exe, case: Case):

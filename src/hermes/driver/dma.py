@@ -19,9 +19,10 @@ assert (regs.XDMA_CH_STATUS_RC, regs.XDMA_CH_COMPLETED) == (regs.XDMA_CH_STATUS 
 
 #: Seconds one DMA chain may take.
 DEFAULT_DMA_TIMEOUT = 10.0
-#: Bytes per descriptor (a chain has one descriptor per chunk). The bounce buffers are contiguous,
-#: so page-sized descriptors are not needed; each descriptor costs the device a fixed overhead,
-#: and 256 KiB keeps 1 MiB transfers a real chain (4 descriptors) at ~80% of one-descriptor speed.
+#: Bytes per descriptor of a transfer through a bounce buffer or a DMA buffer (a chain has one
+#: descriptor per chunk). The buffers are contiguous, so page-sized descriptors are not needed;
+#: each descriptor costs the device a fixed overhead, and 256 KiB keeps a full bounce buffer a
+#: real chain (4 descriptors) at ~80% of one-descriptor speed.
 DEFAULT_DMA_CHUNK = 256 << 10
 #: Bytes of bounce buffer per channel (bigger transfers go in several chains).
 DEFAULT_BOUNCE_SIZE = 1 << 20
@@ -29,6 +30,8 @@ DEFAULT_BOUNCE_SIZE = 1 << 20
 #: transport can map it (``dma_map``): mapping and unmapping cost a few microseconds, more than
 #: copying a smaller transfer through the bounce buffer.
 DIRECT_DMA_MIN = 64 << 10
+#: Bytes per descriptor of a transfer straight from or to a mapping of the caller's memory.
+_MAPPED_CHUNK = regs.DESC_MAX_LEN & ~0xFFF
 #: Channel interrupt-enable bits: everything a chain can end with.
 _CHANNEL_IRQ_BITS = 0x00FFFFFE
 _MAGIC_CONTROL = regs.DESC_MAGIC << 16
@@ -106,25 +109,29 @@ class Channel:
             self._descs = self.t.dma_alloc(self.max_descs * regs.DESC_SIZE)
         return self._descs
 
-    def transfer(self, host_addr: int, bar4_off: int, length: int, timeout: float) -> None:
+    def transfer(self, host_addr: int, bar4_off: int, length: int, timeout: float,
+                 chunk: int | None = None) -> None:
         """Move ``length`` bytes between host bus address ``host_addr`` and BAR4 ``bar4_off``.
 
-        Builds one chain of descriptors of at most ``chunk`` bytes each (splitting into several
-        chains when it would be longer than the ring), starts the channel and waits for its
-        interrupt. Raises EIO on an error status and ETIMEDOUT when the channel never finishes.
+        Builds one chain of descriptors of at most ``chunk`` bytes each (default the channel's
+        ``chunk``; splitting into several chains when it would be longer than the ring), starts
+        the channel and waits for its interrupt. Raises EIO on an error status and ETIMEDOUT
+        when the channel never finishes.
         """
-        step = self.chunk * self.max_descs
+        if chunk is None:
+            chunk = self.chunk
+        step = chunk * self.max_descs
         pos = 0
         while pos < length:
             n = min(step, length - pos)
-            self._chain(host_addr + pos, bar4_off + pos, n, timeout)
+            self._chain(host_addr + pos, bar4_off + pos, n, timeout, chunk)
             pos += n
 
-    def _chain(self, host_addr: int, bar4_off: int, length: int, timeout: float) -> None:
+    def _chain(self, host_addr: int, bar4_off: int, length: int, timeout: float,
+               chunk: int) -> None:
         ring = self._ring()
         view = ring.view
         base = ring.bus_addr
-        chunk = self.chunk
         count = -(-length // chunk)
         h2c = self.direction == H2C
         pack = _DESC.pack_into
@@ -285,12 +292,13 @@ class DmaChannels:
         self.copy_out(offset, view)
         return len(view)
 
-    def _direct(self, pool: ChannelPool, host: int, offset: int, length: int) -> None:
+    def _direct(self, pool: ChannelPool, host: int, offset: int, length: int,
+                chunk: int | None = None) -> None:
         if not length:
             return
         ch = pool.acquire()
         try:
-            ch.transfer(host, offset, length, self.timeout)
+            ch.transfer(host, offset, length, self.timeout, chunk)
         finally:
             pool.release(ch)
 
@@ -308,7 +316,9 @@ class DmaChannels:
         if mapped is None:
             return False
         try:
-            self._direct(pool, mapped.bus_addr, offset, mapped.size)
+            # The mapping is one contiguous bus range: one descriptor covers it (each one
+            # more costs the device a walk step and, in process, a copy that drops the GIL).
+            self._direct(pool, mapped.bus_addr, offset, mapped.size, _MAPPED_CHUNK)
         finally:
             mapped.free()
         return True

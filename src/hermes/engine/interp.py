@@ -68,6 +68,23 @@ Rules of the translation (``Interpreter._compile``), which the run loop relies o
   so nothing sees ``left`` in between. Otherwise the passes run as in any trace, so a fault
   or a budget stop falls where the reference's does. Only a chunk's arm has it, never a
   block run alone.
+* Any other loop from a header h through at most ``_CYCLE_BLOCKS`` later blocks of its chunk
+  back to h, each going on to the next and leaving the blocks up to the last edge back to h
+  otherwise (``_cycle``), has a fast version too (``_cycle_version``) when one register r is
+  written once in it, by adding a constant c, nothing calls, every access not proven in the
+  stack is through an affine address of the pass (invariant registers plus a multiple of r
+  plus a constant, plus a value in a known interval such as a loaded byte), and some branch
+  goes on while an affine r + k is below (c > 0) or above (c < 0) an invariant, or is not it
+  for a step of one. Its guard proves, from the values at the first pass and at ``_n``, the
+  fewest passes such branches allow, that r and every such r + k stay in [0, 2**64) (they
+  never wrap, so they are the integers r0 + j c (+ k)), that the first and last address of
+  every access lie in the data slot, and that ``left`` covers ``_n + 1`` passes; an access
+  then indexes the slot with its base's expression when that is exact, else with its
+  affine form over the locals (never a congruent pending value), and none with a range
+  term and an inexact base has one. Each edge out charges the passes before it and the
+  blocks of this one up to it, counted from r's distance to its value on entry, and the
+  translation knows r in the range the guard proved. Failing the guard, the trace runs in
+  a loop of its own (``_TraceWriter.cycled``).
 * Local calls push (return block, r6..r10) on a frame list and move r10 and the stack's lower
   bound down one frame; ``exit`` pops it. A chunk saves ``left`` before any exception leaves it,
   so faults report the same instruction counts as the reference interpreter.
@@ -263,8 +280,10 @@ class _BlockCompiler:
             # adding 2**64 - k is subtracting k (C's "x += -k"), and the small k is cheaper
             if w == 64 and not op.source_x and sem in ("add", "sub") and int(s) >> 63:
                 sem, s = ("sub" if sem == "add" else "add"), str((1 << 64) - int(s))
-            if sem == "add":
+            if sem == "add" and (w == 64 or rd is None and rs is None):
                 return [f"{d} = {dr} + {s}", f"if {d} > {mask}: {d} &= {mask}"]
+            if sem == "add":  # a congruent operand (a pending value) may be negative
+                return [f"{d} = ({dr} + {s}) & {mask}"]
             if sem == "sub" and w == 64:
                 return [f"{d} = {dr} - {s}", f"if {d} < 0: {d} += {1 << 64}"]
             return [f"{d} = ({dr} {_BINOP[sem]} {s}) & {mask}"]
@@ -602,6 +621,271 @@ def _version(block: list[tuple[int, Insn]], term: tuple,
     return (" and ".join(tests), trips, done, r), pcs
 
 
+#: An affine value of a loop's pass (``_cycle_version``): (invariant registers added, m, k,
+#: u): the sum of those registers' values, m times the stepped register's value at the start
+#: of the pass and k, plus some integer in u's closed interval (a loaded value) when u is not
+#: None; it is congruent to the register's value modulo 2**64.
+_Form = tuple[tuple[int, ...], int, int, "tuple[int, int] | None"]
+#: The compare that goes on when the one given does not (the other edge).
+_NEGATED = {"jlt": "jge", "jge": "jlt", "jgt": "jle", "jle": "jgt", "jeq": "jne", "jne": "jeq"}
+#: The compare with its operands swapped.
+_MIRROR = {"jlt": "jgt", "jgt": "jlt", "jle": "jge", "jge": "jle", "jeq": "jeq", "jne": "jne"}
+#: The most blocks and instructions a loop with a fast version of several blocks may have.
+_CYCLE_BLOCKS, _CYCLE_LENGTH = 4, 64
+
+
+def _cycle(h: int, last: int, terms: list[tuple]) -> list[int] | None:
+    """A path of at most ``_CYCLE_BLOCKS`` blocks from ``h`` back to it, each after the one
+    before it in the program, whose other edges all leave ``h`` .. ``last`` (the blocks up to
+    the last edge back to ``h``: a loop's fast version is left only when the loop ends, not
+    on a path inside it), or None."""
+    def walk(path: list[int]) -> list[int] | None:
+        term = terms[path[-1]]
+        succ = [term[1]] if term[0] == "goto" else [term[2], term[3]] \
+            if term[0] == "branch" else []
+        if h in succ:
+            return path if all(s == h or not h <= s <= last for s in succ) else None
+        if len(path) < _CYCLE_BLOCKS:
+            for s in succ:
+                if s > path[-1] and all(o == s or not h <= o <= last for o in succ):
+                    found = walk(path + [s])
+                    if found is not None:
+                        return found
+        return None
+    return walk([h])
+
+
+def _add(a: _Form | None, b: _Form | None, sign: int) -> _Form | None:
+    """``a + b`` (``sign`` 1) or ``a - b`` (-1), when both are known (and ``b`` has no
+    register for a difference)."""
+    if a is None or b is None or sign < 0 and b[0]:
+        return None
+    u = a[3]
+    if b[3] is not None:
+        lo, hi = (b[3][0], b[3][1]) if sign > 0 else (-b[3][1], -b[3][0])
+        u = (lo, hi) if u is None else (u[0] + lo, u[1] + hi)
+    return tuple(sorted(a[0] + b[0])), a[1] + sign * b[1], a[2] + sign * b[2], u
+
+
+def _scale(a: _Form | None, f: int) -> _Form | None:
+    """``a * f`` for a form without registers."""
+    if a is None or a[0] or abs(f) >> 40:
+        return None
+    u = a[3]
+    if u is not None:
+        u = (min(u[0] * f, u[1] * f), max(u[0] * f, u[1] * f))
+    return (), a[1] * f, a[2] * f, u
+
+
+def _affine(insn: Insn, forms: dict[int, _Form]) -> _Form | None:
+    """The form of the value a 64-bit ALU step ``insn`` writes (None: not affine)."""
+    op = insn.op
+    if op.width != 64 or op.sem not in ("mov", "add", "sub", "lsh", "mul"):
+        return None
+    imm = _signed(insn.imm & MASK64, 64)
+    src = forms.get(insn.src) if op.source_x else ((), 0, imm, None)
+    if op.sem == "mov":
+        return src
+    dst = forms.get(insn.dst)
+    if op.sem in ("add", "sub"):
+        return _add(dst, src, 1 if op.sem == "add" else -1)
+    if op.source_x:
+        return None
+    return _scale(dst, 1 << (imm & 63) if op.sem == "lsh" else imm)
+
+
+def _sum(terms: list[str], k: int) -> str:
+    """The expression ``terms[0] + ... + k``."""
+    out = " + ".join(terms) if terms else ""
+    if not out:
+        return str(k)
+    return f"{out} + {k}" if k > 0 else f"{out} - {-k}" if k < 0 else out
+
+
+def _times(rr: str, m: int) -> list[str]:
+    """The terms of ``m * rr``."""
+    if m == 0:
+        return []
+    if m == 1:
+        return [rr]
+    if m > 0 and m & (m - 1) == 0:
+        return [f"({rr} << {m.bit_length() - 1})"]
+    return [f"{rr} * {m}"]
+
+
+def _cycle_version(chain: list[int], items: list[list[tuple[int, Insn]]], terms: list[tuple],
+                   rws: list[list[tuple[tuple[int, ...], tuple[int, ...]]]],
+                   stack_safe: dict[int, int]) -> dict | None:
+    """The plan of the fast version of the loop ``chain`` (blocks, each going on to the next
+    and the last back to the first, see ``_cycle``), or None.
+
+    The loop qualifies when one register r is written once in it, by adding a constant c,
+    nothing calls, every access not proven in the stack is through an address ``_Form`` of
+    the pass, and some branch goes on while a value r + k is below (c > 0) or above (c < 0)
+    an invariant x, or is not x for a step of one. Each pass then starts with r the integer
+    r0 + j c and every form is an affine function of j (plus a bounded u), so their values at
+    pass 0 and pass ``_n`` (at least the last pass, the fewest any such branch allows) bound
+    them on every pass between: the guard proves that r and each r + k stay in [0, 2**64)
+    (so they are the integers themselves and never wrap) and that every address lies in the
+    data slot, and then the address is the form's integer value. The plan: "r", "c", "n"
+    (``_n``'s expression), "guard", "direct" (for each checked access: the expression of its
+    base over the locals when the form has no u, else None: the base's own expression must be
+    exact), "exits" (for each block: None when it goes on unconditionally, else (target,
+    whether the taken edge goes on, instructions to charge as an expression over r and its
+    value on entry ``_v``))."""
+    if len(chain) > _CYCLE_BLOCKS:
+        return None
+    flat = [(b, pc, insn) for b in chain for pc, insn in items[b]]
+    if len(flat) > _CYCLE_LENGTH or any(
+            i.op.is_atomic or i.op.is_call or i.op.is_exit for _b, _pc, i in flat):
+        return None
+    count = [0] * 11
+    for b in chain:
+        for _rd, wr in rws[b]:
+            for q in wr:
+                count[q] += 1
+    for at, (_b, _pc, step) in enumerate(flat):
+        op = step.op
+        if not (op.is_alu and op.width == 64 and op.sem in ("add", "sub")
+                and not op.source_x and count[step.dst] == 1):
+            continue
+        c = _signed(step.imm & MASK64, 64) * (1 if op.sem == "add" else -1)
+        if c == 0 or abs(c) >= 1 << 31:
+            continue
+        plan = _cycle_plan(chain, items, terms, flat, count, step.dst, c, at, stack_safe)
+        if plan is not None:
+            return plan
+    return None
+
+
+def _cycle_plan(chain: list[int], items: list[list[tuple[int, Insn]]], terms: list[tuple],
+                flat: list[tuple[int, int, Insn]], count: list[int], r: int, c: int,
+                at: int, stack_safe: dict[int, int]) -> dict | None:
+    """``_cycle_version`` for the step of r by c at ``flat[at]``."""
+    forms: dict[int, _Form] = {q: ((q,), 0, 0, None) for q in range(11) if not count[q]}
+    forms[r] = ((), 1, 0, None)
+    rr, d = f"r{r}", abs(c)
+    accesses = []  # (pc, form, after the step, size, offset)
+    bounds = []  # (k, compare going on, x)
+    exits: list[tuple[int, bool, str] | None] = []
+    lengths = [len(items[b]) for b in chain]
+    total = sum(lengths)
+    pos = 0
+    for ci, b in enumerate(chain):
+        for pc, insn in items[b]:
+            op = insn.op
+            after = pos > at
+            pos += 1
+            if op.is_load or op.is_store:
+                if pc not in stack_safe:
+                    f = forms.get(insn.src if op.is_load else insn.dst)
+                    if f is None:
+                        return None
+                    accesses.append((pc, f, after, op.width, insn.off))
+                if op.is_load:
+                    forms.pop(insn.dst, None)
+                    if op.sem == "ldx":
+                        forms[insn.dst] = ((), 0, 0, (0, (1 << (8 * op.width)) - 1))
+            elif op.is_lddw:
+                forms[insn.dst] = ((), 0, _signed(insn.imm & MASK64, 64), None)
+            elif op.is_alu:
+                f = _affine(insn, forms)
+                forms.pop(insn.dst, None)
+                if f is not None:
+                    forms[insn.dst] = f
+        nxt = chain[(ci + 1) % len(chain)]
+        term = terms[b]
+        if term[0] == "goto":
+            if term[1] != nxt:
+                return None
+            exits.append(None)
+            continue
+        if term[0] != "branch" or (term[2] == nxt) == (term[3] == nxt):
+            return None
+        on = term[2] == nxt
+        target = term[3] if on else term[2]
+        if target < 0:
+            return None
+        # the instructions run when the loop leaves here: the passes before and this one up
+        # to here; r was stepped on this pass when its step lies before
+        steps = f"{rr} - _v" if c > 0 else f"_v - {rr}"
+        steps = steps if d == 1 else f"({steps}) // {d}"
+        upto = sum(lengths[:ci + 1]) - (total if at < sum(lengths[:ci + 1]) else 0)
+        exits.append((target, on, _sum([f"{total} * ({steps})" if total > 1 else f"({steps})"],
+                                       upto)))
+        insn = term[1]
+        op = insn.op
+        if op.width != 64 or op.signed or op.sem not in _NEGATED:
+            continue
+        fd = forms.get(insn.dst)
+        fs = forms.get(insn.src) if op.source_x else ((), 0, insn.imm & MASK64, None)
+        sem = op.sem if on else _NEGATED[op.sem]
+
+        def bound(f: _Form | None) -> str | None:
+            if f is None or f[3] is not None or f[1] or len(f[0]) > 1 or f[0] and f[2]:
+                return None
+            return f"r{f[0][0]}" if f[0] else str(f[2] & MASK64)
+        if fd is not None and fd[:2] == ((), 1) and fd[3] is None and bound(fs) is not None:
+            bounds.append((fd[2], sem, bound(fs)))
+        elif fs is not None and fs[:2] == ((), 1) and fs[3] is None and bound(fd) is not None:
+            bounds.append((fs[2], _MIRROR[sem], bound(fd)))
+    counts, used = [], []
+    for k, sem, x in bounds:
+        # the pass on which the branch leaves: the first j with r0 + j c + k past x
+        if c > 0 and (sem == "jlt" or sem == "jne" and c == 1):
+            extra = d - 1 - k
+        elif c > 0 and sem == "jle":
+            extra = d - k
+        elif c < 0 and (sem == "jgt" or sem == "jne" and c == -1):
+            extra = k + d - 1
+        elif c < 0 and sem == "jge":
+            extra = k + d
+        else:
+            continue
+        span = _sum([f"{x} - {rr}" if c > 0 else f"{rr} - {x}"], extra)
+        counts.append(span if d == 1 else f"({span}) // {d}")
+        used.append(k)
+    if not counts:
+        return None
+    tests = ["_n > 0"]
+    tests.append((f"{rr} + _n < {MASK64}" if c == 1 else f"{rr} + (_n + 1) * {c} <= {MASK64}")
+                 if c > 0 else f"{rr} > _n" if d == 1 else f"{rr} >= (_n + 1) * {d}")
+    for k in sorted(set(used)):
+        if c > 0:
+            if k < 0:
+                tests.append(f"{rr} >= {-k}")
+            # implied by the step's test when k <= c
+            tests.append(f"{_sum([rr], k)} + _n * {c} <= {MASK64}" if k > c else "")
+        else:
+            if k > 0:
+                tests.append(f"{rr} + {k} <= {MASK64}")
+            tests.append(f"{_sum([rr], k)} >= _n * {d}" if k < -d else "")
+    tests = [test for test in tests if test]
+    direct: dict[int, tuple[str, int] | None] = {}
+    for pc, (invs, m, k, u), after, size, off in accesses:
+        base = [f"r{q}" for q in invs] + _times(rr, m)
+        first = _sum(base, k + off - DATA_BASE)
+        last = (f"{first} + _n" if m * c == 1 else f"{first} + _n * {m * c}") if m else first
+        lo, hi = (first, last) if m * c >= 0 else (last, first)
+        ulo, uhi = u if u is not None else (0, 0)
+        for test in (f"0 <= {_sum([lo], ulo)}", f"{_sum([hi], uhi)} <= DL{size}"):
+            if test not in tests:
+                tests.append(test)
+        # the base's value over the locals: r's holds r + c after the step
+        direct[pc] = None if u is not None else (
+            _sum([f"r{q}" for q in invs] + _times(rr, m), k - (m * c if after else 0)),
+            _mask(list(invs) + ([r] if m else [])))
+    # r's values at the start of the passes the guard admits: every r + k a bound reads
+    # in [0, 2**64) (c > 0 raises them from the first pass, c < 0 lowers them to the last) and
+    # the step never wraps
+    rlo = max([0 if c > 0 else d] + [-k for k in used])
+    rhi = min([(1 << 64) - (c if c > 0 else 0)] + [(1 << 64) - k for k in used if k > 0])
+    step_block = next(ci for ci in range(len(chain)) if at < sum(lengths[:ci + 1]))
+    return {"r": r, "c": c, "n": counts[0] if len(counts) == 1 else f"min({', '.join(counts)})",
+            "guard": " and ".join(tests), "direct": direct, "exits": exits, "length": total,
+            "range": (rlo, rhi), "step": step_block}
+
+
 class _Val:
     """A value as an expression over the chunk's locals. When ``lo`` is not None the value
     lies in ``lo`` .. ``hi - 1``, else the expression is only congruent to it modulo 2**64;
@@ -702,10 +986,14 @@ class _Body:
     ``known`` maps a register to the range its local is known to lie in."""
 
     def __init__(self, comp: _BlockCompiler, known: dict[int, tuple[int, int]],
-                 direct: frozenset[int] = frozenset()):
+                 direct: dict[int, tuple[str, int] | None] | None = None):
         self.comp = comp
-        #: the pcs of the checked accesses known to lie in the data slot (see ``_version``)
-        self.direct = direct
+        #: the pcs of the checked accesses known to lie in the data slot (see ``_version``),
+        #: each with the exact value of its base over the locals (and the registers that
+        #: reads), or None when the base's own expression must be exact
+        self.direct = direct or {}
+        #: whether an access of ``direct`` had neither
+        self.failed = False
         self.lines: list[str] = []
         self.pend: dict[int, list] = {}
         self.known = dict(known)
@@ -815,6 +1103,19 @@ class _Body:
             self.last = (head[0], base.refs)
         self.lines += head
 
+    def index(self, pc: int, base: _Val) -> _Val | None:
+        """The base of the access at ``pc`` of ``direct`` as an exact expression: its own
+        when exact (congruent to the base and in [0, 2**64): the base itself), else the
+        plan's (which reads only locals no statement of the loop writes but its step, and
+        indexes the data slot only with the integer the guard proved there), else None."""
+        if base.exact:
+            return base
+        alt = self.direct[pc]
+        if alt is None:
+            self.failed = True
+            return None
+        return _Val(alt[0], None, 0, ops=1, refs=alt[1])
+
     def based(self, base: _Val) -> None:
         """After a checked access at ``base`` succeeded: a local that is the base lies in
         ``_ADDR``."""
@@ -871,10 +1172,13 @@ class _Body:
             checked = pc not in comp.stack_safe
             direct = 0
             if checked and pc in self.direct:
-                # a byte's index inline when no pending value must be written before rd is
-                direct = 1 + (insn.op.width == 1 and not any(
-                    p[0].refs >> d & 1 for q, p in self.pend.items() if q != d))
-                checked = direct == 1
+                exact = self.index(pc, base)
+                if exact is not None:
+                    base = exact
+                    # a byte's index inline when no pending value must be written before rd is
+                    direct = 1 + (insn.op.width == 1 and not any(
+                        p[0].refs >> d & 1 for q, p in self.pend.items() if q != d))
+                    checked = direct == 1
             lines = comp.load(insn, pc, base.expr, direct)
             # the address is in ``_i`` before the pending values reading rd are written
             self.access(lines[:1] if checked else [], base, checked)
@@ -894,8 +1198,11 @@ class _Body:
             checked = pc not in comp.stack_safe
             direct = 0
             if checked and pc in self.direct:
-                direct = 1 + (insn.op.width == 1)
-                checked = direct == 1
+                exact = self.index(pc, base)
+                if exact is not None:
+                    base = exact
+                    direct = 1 + (insn.op.width == 1)
+                    checked = direct == 1
             lines = comp.store(insn, pc, base.expr, value, direct)
             self.access(lines[:1] if checked else [], base, checked)
             self.lines += lines[1:] if checked else lines
@@ -920,11 +1227,15 @@ class _TraceWriter:
 
     def __init__(self, blocks: list[tuple[list[str], tuple]], lengths: list[int],
                  headers: set[int], single: set[int], quiet: set[int], lo: int, hi: int,
-                 root: int, room: int, fast: tuple[list[str], str, str, str, int] | None = None):
+                 root: int, room: int, fast: tuple[list[str], str, str, str, int] | None = None,
+                 cycle: tuple[list[int], list[list[str]], dict] | None = None):
         self.blocks, self.lengths, self.headers, self.quiet = blocks, lengths, headers, quiet
         #: the root's fast version (its statements and ``_version``'s plan), for a root that
         #: loops on itself
         self.fast = fast
+        #: or the fast version of a loop from the root (its blocks, their statements and
+        #: ``_cycle_version``'s plan)
+        self.cycle = cycle
         # a loop's trace may copy blocks; any other inlines only blocks with one predecessor,
         # so each of those is written once
         self.single = None if root in headers else single
@@ -942,6 +1253,8 @@ class _TraceWriter:
         dispatch loop's ``continue``s (a loop that never repeats only costs compile time)."""
         if self.fast is not None:
             return self.versioned(*self.fast)
+        if self.cycle is not None:
+            return self.cycled(*self.cycle)
         self.block(self.root, [self.root], 1, 0)
         for at, count in self.counts.items():
             self.out[at] = (self.out[at][0], f"left -= {count}")
@@ -989,6 +1302,59 @@ class _TraceWriter:
         self.out[guard] = (1, f"if {cond} and left >= {self.need} + {length} * ({trips}):")
         self.out[test] = (3, f"if left < {self.need}: left += {length}; "
                              f"return ({~root}, left, sl, {_REGS})")
+        return self.out
+
+    def cycled(self, chain: list[int], fast: list[list[str]], plan: dict) -> list[tuple[int, str]]:
+        """The arm of a loop header with the fast version of the loop ``chain`` (see
+        ``_cycle_version``): when the guard holds and ``left`` covers every pass the loop may
+        make (``_n + 1``, the last perhaps in part) and what the trace needs after, the passes
+        run without limit test or range tests and each edge out of the loop charges the
+        instructions run (no statement of them can fail, so nothing sees ``left`` in
+        between), then follows the edge: inlined when every edge out goes to one block, else
+        through the dispatch. Else the trace runs as usual, in a loop of its own: its edges
+        back to the root go round it, and its other exits leave the arm. A path from the fast
+        version back to the root goes through the guard again."""
+        root = self.root
+        r = plan["r"]
+        self.emit(0, "while True:")
+        self.emit(1, f"_n = {plan['n']}")
+        guard = len(self.out)
+        self.emit(1, "")  # the guard, once ``need`` is known
+        self.emit(2, f"_v = r{r}")
+        self.emit(2, "while True:")
+        targets = {e[0] for e in plan["exits"] if e is not None}
+        for k, (b, lines) in enumerate(zip(chain, fast, strict=True)):
+            for line in lines:
+                self.emit(3, line)
+            leave = plan["exits"][k]
+            if leave is None:
+                continue
+            target, on, charge = leave
+            cond = self.blocks[b][1][1]
+            out = f"left -= {charge}" + (f"; b = {target}" if len(targets) > 1 else "") + "; break"
+            if not on:
+                self.emit(3, f"if {cond}: {out}")
+            elif k == len(chain) - 1:
+                self.emit(3, f"if {cond}: continue")
+                self.emit(3, out)
+            else:
+                self.emit(3, f"if not ({cond}): {out}")
+        if len(targets) == 1:
+            self.edge(targets.pop(), [root], 2, 0)
+        else:
+            self.exits |= targets
+            self.emit(2, "break")
+        self.emit(1, "while True:")
+        at = len(self.out)
+        self.block(root, [root], 2, 0)
+        self.emit(1, "break")
+        for pos, count in self.counts.items():
+            self.out[pos] = (self.out[pos][0], f"left -= {count}")
+        length, later = self.counts[at], self.counts[at] - self.lengths[root]
+        self.out[at + 1] = (2, f"if left < {self.need - later}: left += {length}; "
+                               f"b = {~root}; break")
+        self.out[guard] = (1, f"if {plan['guard']} and "
+                              f"left >= {self.need} + {plan['length']} * (_n + 1):")
         return self.out
 
     def emit(self, ind: int, line: str) -> None:
@@ -1187,7 +1553,8 @@ class Interpreter:
             return known or {}
 
         def translate(b: int, known: dict[int, tuple[int, int]],
-                      direct: frozenset[int] = frozenset()) -> tuple[list[str], _Body]:
+                      direct: dict[int, tuple[str, int] | None] | None = None
+                      ) -> tuple[list[str], _Body]:
             block = items[b]
             # how often the block reads the value each instruction writes, and whether that
             # value is live after the block (read before the register is written again)
@@ -1228,14 +1595,6 @@ class Interpreter:
                 finals[b] = known
                 if known != firsts[b]:
                     blocks[b] = (translate(b, known)[0], blocks[b][1])
-        # the fast versions of the loops of one block (see ``_version``)
-        versions = {}
-        for b in range(nblocks):
-            if terms[b][0] == "branch" and terms[b][2] == b:  # (a fall-through is never b)
-                plan = _version(items[b], terms[b], rws[b], stack_safe)
-                if plan is not None:
-                    fast = translate(b, finals[b], frozenset(plan[1]))[0]
-                    versions[b] = (fast,) + plan[0]
         # chunks: consecutive blocks of at most CHUNK instructions (a longer block is alone)
         bounds = [0]
         size = 0
@@ -1245,6 +1604,48 @@ class Interpreter:
                 size = 0
             size += lengths[b]
         bounds.append(nblocks)
+        chunk_of = [0] * nblocks
+        for c, (lo, hi) in enumerate(zip(bounds, bounds[1:], strict=False)):
+            chunk_of[lo:hi] = [c] * (hi - lo)
+        # the fast versions of the loops of one block (see ``_version``), and of the other
+        # loops from a header through later blocks of its chunk (see ``_cycle_version``)
+        versions = {}
+        cycles = {}
+        for b in range(nblocks):
+            if terms[b][0] == "branch" and terms[b][2] == b:  # (a fall-through is never b)
+                plan = _version(items[b], terms[b], rws[b], stack_safe)
+                if plan is not None:
+                    fast, body = translate(b, finals[b], dict.fromkeys(plan[1]))
+                    if not body.failed:
+                        versions[b] = (fast,) + plan[0]
+                        continue
+            if not incoming[b] or max(incoming[b]) < b:
+                continue
+            chain = _cycle(b, max(incoming[b]), terms)
+            if chain is None or any(chunk_of[k] != chunk_of[b] for k in chain):
+                continue
+            cplan = _cycle_version(chain, items, terms, rws, stack_safe)
+            if cplan is None:
+                continue
+            fasts = []
+            r = cplan["r"]
+            for ci, k in enumerate(chain):
+                pcs = {pc for pc, _i in items[k]}
+                # r in the range the guard proves for every pass (stepped once before here)
+                lo, hi = cplan["range"]
+                moved = cplan["c"] if ci > cplan["step"] else 0
+                was = finals[k].get(r, (0, 1 << 64))
+                known = dict(finals[k])
+                known[r] = (max(lo + moved, was[0]), min(hi + moved, was[1]))
+                if known[r][0] >= known[r][1]:
+                    break
+                fast, body = translate(k, known, {pc: e for pc, e in cplan["direct"].items()
+                                                  if pc in pcs})
+                if body.failed:
+                    break
+                fasts.append(fast)
+            else:
+                cycles[b] = (chain, fasts, cplan)
         # loop headers (targets of backward edges) are roots, never inlined into a trace
         headers = set()
         preds = [0] * nblocks
@@ -1255,9 +1656,6 @@ class Interpreter:
                     if s <= b:
                         headers.add(s)
         single = {b for b in range(nblocks) if preds[b] == 1}
-        chunk_of = [0] * nblocks
-        for c, (lo, hi) in enumerate(zip(bounds, bounds[1:], strict=False)):
-            chunk_of[lo:hi] = [c] * (hi - lo)
         # roots get a trace: the entry, functions, return points, the first block of each chunk
         # and whatever a trace leaves to the dispatch; any other block is reached only when a
         # limit stopped a trace before it, and gets its own one-block function when that happens
@@ -1273,7 +1671,8 @@ class Interpreter:
                 continue
             room = INLINE if root not in headers else min(INLINE, max(copies, 0))
             writer = _TraceWriter(blocks, lengths, headers, single, quiet, bounds[c],
-                                  bounds[c + 1], root, room, versions.get(root))
+                                  bounds[c + 1], root, room, versions.get(root),
+                                  cycles.get(root))
             arms[c][root] = writer.arm()
             thresh[root] += writer.need
             if root in headers:

@@ -857,13 +857,26 @@ def open_device(spec: str = "emu", **options: object) -> Device:
     return device
 
 
+def unreadable_program(path: str | os.PathLike, exc: OSError) -> UsageError:
+    """The error for a program path that cannot be read: it names the path (cut short) and,
+    when a str looks like program text rather than a path, says how to pass text."""
+    text = str(path)
+    hint = (" (a str is a program file's path; for assembly text pass Program.from_asm(text))"
+            if isinstance(path, str) and ("\n" in text or " " in text.strip()) else "")
+    what = text if len(text) <= 80 else f"{text[:38]}...{text[-39:]}"
+    return UsageError(f"cannot read program file {what!r}: {exc.strerror or exc}{hint}")
+
+
 def program_bytes(program: ProgramLike) -> bytes:
     """The bytes a device loads for ``program``: the ELF object when it came from one (the device
     loads ELF itself), else the raw instructions."""
     if isinstance(program, (bytes, bytearray, memoryview)):
         return bytes(program)
     if isinstance(program, (str, os.PathLike)):
-        return Path(program).read_bytes()
+        try:
+            return Path(program).read_bytes()
+        except OSError as exc:
+            raise unreadable_program(program, exc) from None
     if isinstance(program, Program):
         elf = program.elf_bytes
         if elf:
@@ -882,7 +895,10 @@ def as_program(program: ProgramLike, *, max_size: int | None = None) -> Program:
     if isinstance(program, Program):
         return program
     if isinstance(program, (str, os.PathLike)):
-        return read_program(program, max_size=max_size)
+        try:
+            return read_program(program, max_size=max_size)
+        except OSError as exc:
+            raise unreadable_program(program, exc) from None
     if not isinstance(program, (bytes, bytearray, memoryview)):
         raise UsageError(f"expected a Program, bytes or a path, not {type(program).__name__}")
     data = bytes(program)
